@@ -1,0 +1,3 @@
+//! Pantera benchmarks.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,2 @@
+//! Double-entry ledger with TigerBeetle's semantics, its write-ahead log and the HTTP/JSON API (sans-IO)
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The pantera appliance binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! TLS termination (rustls, sans-IO), mTLS identities and roles, dev certificates
+#![forbid(unsafe_code)]
