@@ -3,3 +3,4 @@
 
 pub mod model;
 pub use model::*;
+pub mod http;
