@@ -1,1 +1,247 @@
-fn main() {}
+//! `cargo xtask`: the project's own set-up, lab, test, demo and benchmark commands.
+//!
+//! Std-only on purpose (plus anyhow): it must build in seconds on a fresh machine, before the
+//! system packages the appliance needs are installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use std::{env, fs, thread};
+
+use anyhow::{bail, ensure, Context, Result};
+
+#[path = "../../src/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+
+use lab::{Lab, LabSpec};
+
+/// Debian packages the build, the tests and the benchmarks need (FACTS.md, "Machine and build").
+const PACKAGES: &[&str] = &[
+    // libxdp-sys / libbpf-sys build libxdp and libbpf; bindgen needs libclang.
+    "clang", "llvm", "libelf-dev", "zlib1g-dev", "libpcap-dev", "pkg-config", "m4", "make",
+    // BPF headers for steer.bpf.c, kernel uapi headers.
+    "libbpf-dev", "linux-libc-dev",
+    // The lab and its tests.
+    "iproute2", "ethtool", "iputils-ping", "curl", "openssl", "procps",
+    // Benchmark peers.
+    "nginx", "wrk",
+];
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  deps                 install the Debian packages the build and tests need; mount bpffs
+  lab up [--queues N]  create the lab (netns pantera-client, veth pantera0/pantera1)
+  lab down             remove the lab
+  test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
+  demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
+  bench [NAME]         run the benchmarks (ledger, xsk, https; default all) in release mode";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
+    match args.as_slice() {
+        ["deps"] => deps(),
+        ["lab", "up"] => lab_up(1),
+        ["lab", "up", "--queues", n] => lab_up(n.parse().context("--queues takes a number")?),
+        ["lab", "down"] => {
+            Lab::remove(&LabSpec::standard(1));
+            println!("lab removed (or was absent)");
+            Ok(())
+        }
+        ["test"] => test(),
+        ["demo"] => demo(),
+        ["bench"] => bench("all"),
+        ["bench", name] => bench(name),
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown command: {}", args.join(" "));
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn is_root() -> bool {
+    // The effective uid, without libc: /proc/self/status "Uid: real effective saved fs".
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("cannot run {shown}"))?;
+    ensure!(st.success(), "{shown} failed: {st}");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        ensure!(is_root(), "missing Debian packages {missing:?}; run `cargo xtask deps` as root");
+        println!("xtask deps: installing {}", missing.join(" "));
+        status(Command::new("apt-get").arg("update").arg("-qq"))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    // nginx is a benchmark peer only; Debian starts it on port 80 at install. Leave it stopped.
+    let _ = Command::new("systemctl").args(["disable", "--now", "nginx"]).stderr(Stdio::null()).status();
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) && is_root() {
+        status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    println!("xtask deps: all {} packages present, bpffs mounted", PACKAGES.len());
+    Ok(())
+}
+
+fn lab_up(queues: u32) -> Result<()> {
+    ensure!(is_root(), "the lab needs root (CAP_NET_ADMIN)");
+    ensure!((1..=64).contains(&queues), "--queues must be 1..=64");
+    let spec = LabSpec::standard(queues);
+    Lab::create(&spec)?.keep();
+    println!(
+        "lab up: netns {} ({} {}/{}), host {} {}/{}, service address {} ({} queue(s))",
+        spec.netns, spec.peer_if, spec.peer_ipv4, spec.prefix_len, spec.host_if, spec.host_ipv4,
+        spec.prefix_len, spec.service_ipv4, queues
+    );
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    deps()?;
+    // Unit, property and in-memory tests of every crate, then the root lab tests, which make
+    // their own namespaces and veth pairs. The lab tests start real servers: run them one at a
+    // time so two of them do not fight over the machine's two cores.
+    status(cargo().args(["test", "--workspace", "--exclude", "pantera"]))?;
+    status(cargo().args(["test", "--package", "pantera", "--", "--test-threads", "1"]))?;
+    Ok(())
+}
+
+/// Waits until `url` answers 200 on the management listener, or the child exits.
+fn wait_ready(child: &mut Child, url: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            bail!("pantera exited before it was ready: {st}");
+        }
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "pantera was not ready within {timeout:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn demo() -> Result<()> {
+    deps()?;
+    ensure!(is_root(), "the demo needs root: it attaches XDP to the lab's veth");
+    status(cargo().args(["build", "--release", "--bin", "pantera"]))?;
+    let spec = LabSpec::standard(1);
+    let lab = Lab::create(&spec)?;
+    let bin = "target/release/pantera";
+    status(Command::new(bin).args(["certs", "init"]))?;
+    // A fresh ledger for the demo, so its balances are the ones printed below.
+    let wal = Path::new(".pantera/demo-wal");
+    let _ = fs::remove_dir_all(wal);
+    let mut server = Command::new(bin)
+        .args(["serve", "--lab", "--wal-dir"])
+        .arg(wal)
+        .spawn()
+        .context("cannot start pantera")?;
+    let result = demo_requests(&lab, &mut server);
+    // SIGTERM: the appliance detaches its XDP program and stops cleanly.
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let st = server.wait()?;
+    drop(lab);
+    result?;
+    ensure!(st.success(), "pantera did not exit cleanly: {st}");
+    println!("\ndemo done: pantera stopped cleanly, XDP program detached, lab removed");
+    Ok(())
+}
+
+fn demo_requests(lab: &Lab, server: &mut Child) -> Result<()> {
+    wait_ready(server, "http://127.0.0.1:9464/readyz", Duration::from_secs(30))?;
+    let tls = workspace_root().join(".pantera/tls");
+    let cert = |name: &str| tls.join(name).display().to_string();
+    let base = format!("https://{}:8443", lab.spec.service_ipv4);
+    let curl = |args: &[&str]| -> Result<String> {
+        let mut full = vec![
+            "curl", "-sS", "--max-time", "10", "--cacert", &cert("ca.pem"), "--cert",
+            &cert("client.pem"), "--key", &cert("client.key"),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        full.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = lab.exec_in_ns(&refs)?;
+        ensure!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let post = |path: &str, body: &str| curl(&["-X", "POST", "--data", body, "-H", "content-type: application/json", &format!("{base}{path}")]);
+    println!("\n== ping 10.99.0.2 from the client namespace (answered by the userspace stack)");
+    let ping = lab.exec_in_ns(&["ping", "-c", "3", "-i", "0.2", &lab.spec.service_ipv4.to_string()])?;
+    print!("{}", String::from_utf8_lossy(&ping.stdout));
+    println!("\n== POST /v1/accounts (two accounts on ledger 1)");
+    println!("{}", post("/v1/accounts", r#"[{"id":"1","ledger":1,"code":10},{"id":"2","ledger":1,"code":10}]"#)?);
+    println!("\n== POST /v1/transfers (100 from account 1 to account 2)");
+    let transfer = r#"[{"id":"7","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}]"#;
+    println!("{}", post("/v1/transfers", transfer)?);
+    println!("\n== the same POST again: idempotent, status exists");
+    println!("{}", post("/v1/transfers", transfer)?);
+    for id in ["1", "2"] {
+        println!("\n== GET /v1/accounts/{id}");
+        println!("{}", curl(&[&format!("{base}/v1/accounts/{id}")])?);
+    }
+    println!("\n== metrics (127.0.0.1:9464/metrics, excerpt)");
+    let metrics = Command::new("curl").args(["-sf", "http://127.0.0.1:9464/metrics"]).output()?;
+    for line in String::from_utf8_lossy(&metrics.stdout).lines().filter(|l| !l.starts_with('#')).take(40) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn bench(name: &str) -> Result<()> {
+    deps()?;
+    let all = ["ledger", "xsk", "https"];
+    let names: Vec<&str> = if name == "all" { all.to_vec() } else { vec![name] };
+    for n in &names {
+        ensure!(all.contains(n), "unknown benchmark {n}; one of {all:?}");
+    }
+    status(cargo().args(["build", "--release", "--bins", "--package", "bench", "--package", "pantera"]))?;
+    for n in names {
+        println!("== bench {n}");
+        status(&mut Command::new(format!("target/release/{n}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,564 @@
+//! The appliance's configuration: `pantera.toml`, or the lab's defaults (`serve --lab`).
+//!
+//! Parsed once at start and validated as a whole; every error names the field and the reason,
+//! and nothing is allocated or attached before the configuration is known to be good.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::lab::LabSpec;
+
+/// A configuration error: which field, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dataplane: DataplaneSection,
+    pub service: ServiceSection,
+    #[serde(default)]
+    pub tcp: TcpSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    pub ledger: LedgerSection,
+    #[serde(default)]
+    pub management: ManagementSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// The interface whose queues the appliance takes over. Named by the operator: nothing is
+    /// attached anywhere else.
+    pub interface: String,
+    /// The rx queues to serve, one worker each. Empty: every queue of the interface (a queue
+    /// without a socket would lose its flows, FACTS.md).
+    #[serde(default)]
+    pub queues: Vec<u32>,
+    /// "auto" (native, falling back to generic with a warning), "native" or "generic".
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: String,
+    #[serde(default = "default_frame_count")]
+    pub umem_frames: u32,
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    /// Loop turns without work before a worker blocks in poll(2).
+    #[serde(default = "default_busy_poll_turns")]
+    pub busy_poll_turns: u32,
+}
+
+fn default_xdp_mode() -> String {
+    "auto".to_owned()
+}
+fn default_frame_count() -> u32 {
+    16_384
+}
+fn default_ring_size() -> u32 {
+    4_096
+}
+fn default_busy_poll_turns() -> u32 {
+    64
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub address: Ipv4Addr,
+    #[serde(default = "default_prefix_len")]
+    pub prefix_len: u8,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// "ledger" (HTTPS API, the product) or "echo" (a TCP byte echo, for dataplane tests).
+    #[serde(default = "default_app")]
+    pub app: String,
+}
+
+fn default_prefix_len() -> u8 {
+    24
+}
+fn default_port() -> u16 {
+    8443
+}
+fn default_app() -> String {
+    "ledger".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSection {
+    pub listen_sockets: usize,
+    pub connections_max: usize,
+    pub rx_buffer_bytes: usize,
+    pub tx_buffer_bytes: usize,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for TcpSection {
+    fn default() -> TcpSection {
+        let d = tcp::StackConfig::default();
+        TcpSection {
+            listen_sockets: d.listen_sockets,
+            connections_max: d.connections_max,
+            rx_buffer_bytes: d.rx_buffer_bytes,
+            tx_buffer_bytes: d.tx_buffer_bytes,
+            idle_timeout_ms: d.idle_timeout_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_chain: PathBuf,
+    pub private_key: PathBuf,
+    /// With a CA, clients must present a certificate chaining to it (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// "1.2" (default) or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Client identity (certificate SAN or CN) -> "write" | "read".
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+    /// The role of a client without a certificate (only when `client_ca` is unset):
+    /// "none" (default: every request gets 403), "read" or "write".
+    #[serde(default = "default_anonymous_role")]
+    pub anonymous_role: String,
+}
+
+fn default_min_version() -> String {
+    "1.2".to_owned()
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_anonymous_role() -> String {
+    "none".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> HttpSection {
+        let d = ledger_svc::http::Limits::default();
+        HttpSection {
+            header_bytes_max: d.header_bytes_max,
+            body_bytes_max: d.body_bytes_max,
+            requests_in_flight_max: d.requests_in_flight_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    pub wal_dir: PathBuf,
+    /// "fsync" (default: a reply only after the batch is on disk) or "none" (benchmarks only).
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    #[serde(default = "default_checkpoint_every_batches")]
+    pub checkpoint_every_batches: u64,
+    /// Submissions waiting for the ledger thread, from all workers; past it, 503 Retry-After.
+    #[serde(default = "default_queue_depth_max")]
+    pub queue_depth_max: usize,
+    /// Events applied in one group commit (the batch may hold several requests).
+    #[serde(default = "default_batch_events_max")]
+    pub batch_events_max: usize,
+}
+
+fn default_durability() -> String {
+    "fsync".to_owned()
+}
+fn default_checkpoint_every_batches() -> u64 {
+    LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT
+}
+fn default_queue_depth_max() -> usize {
+    4_096
+}
+fn default_batch_events_max() -> usize {
+    ledger_svc::BATCH_EVENTS_MAX * 4
+}
+
+const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementSection {
+    /// Kernel TCP listener for /metrics, /healthz, /readyz: the operator's network.
+    pub listen: SocketAddr,
+}
+
+impl Default for ManagementSection {
+    fn default() -> ManagementSection {
+        ManagementSection { listen: "127.0.0.1:9464".parse().expect("valid literal") }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The lab's defaults (DESIGN.md): pantera0, 10.99.0.2:8443, mTLS with the dev CA under
+    /// `home/tls`, the WAL under `home/wal`.
+    pub fn lab(home: &Path) -> Config {
+        let spec = LabSpec::standard(1);
+        let tls = home.join("tls");
+        Config {
+            dataplane: DataplaneSection {
+                interface: spec.host_if,
+                queues: Vec::new(),
+                xdp_mode: default_xdp_mode(),
+                umem_frames: default_frame_count(),
+                ring_size: default_ring_size(),
+                busy_poll_turns: default_busy_poll_turns(),
+            },
+            service: ServiceSection {
+                address: spec.service_ipv4,
+                prefix_len: spec.prefix_len,
+                gateway: None,
+                port: default_port(),
+                app: default_app(),
+            },
+            tcp: TcpSection::default(),
+            tls: TlsSection {
+                cert_chain: tls.join("server.pem"),
+                private_key: tls.join("server.key"),
+                client_ca: Some(tls.join("ca.pem")),
+                min_version: default_min_version(),
+                handshake_timeout_ms: default_handshake_timeout_ms(),
+                roles: [("client", "write"), ("reader", "read")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                anonymous_role: default_anonymous_role(),
+            },
+            http: HttpSection::default(),
+            ledger: LedgerSection {
+                wal_dir: home.join("wal"),
+                durability: default_durability(),
+                checkpoint_every_batches: default_checkpoint_every_batches(),
+                queue_depth_max: default_queue_depth_max(),
+                batch_events_max: default_batch_events_max(),
+            },
+            management: ManagementSection::default(),
+        }
+    }
+
+    /// Checks every field once, before anything is started.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.dataplane;
+        if d.interface.is_empty() || d.interface.len() > 15 {
+            return Err(invalid("dataplane.interface", "must be an interface name of 1..=15 bytes"));
+        }
+        self.xdp_mode()?;
+        let mut queues = d.queues.clone();
+        queues.sort_unstable();
+        queues.dedup();
+        if queues.len() != d.queues.len() {
+            return Err(invalid("dataplane.queues", "a queue is listed twice"));
+        }
+        if !d.umem_frames.is_power_of_two() || !(1024..=1 << 20).contains(&d.umem_frames) {
+            return Err(invalid("dataplane.umem_frames", "must be a power of two in 1024..=1048576"));
+        }
+        if !d.ring_size.is_power_of_two() || !(64..=1 << 16).contains(&d.ring_size) {
+            return Err(invalid("dataplane.ring_size", "must be a power of two in 64..=65536"));
+        }
+        // The fill ring and the rx ring each hold up to ring_size frames, and TX needs frames
+        // of its own: with fewer UMEM frames the fill ring starves and RX drops (FACTS.md).
+        if d.umem_frames < 2 * d.ring_size {
+            return Err(invalid("dataplane.umem_frames", "must be at least 2 * ring_size"));
+        }
+        let s = &self.service;
+        if s.address.is_unspecified() || s.address.is_multicast() || s.address.is_broadcast() {
+            return Err(invalid("service.address", "must be a unicast IPv4 address"));
+        }
+        if !(1..=32).contains(&s.prefix_len) {
+            return Err(invalid("service.prefix_len", "must be 1..=32"));
+        }
+        if s.port == 0 {
+            return Err(invalid("service.port", "must not be 0"));
+        }
+        self.app()?;
+        self.stack_config([0; 6]).validate().map_err(|e| invalid("tcp", e.to_string()))?;
+        let t = &self.tls;
+        self.tls_min_version()?;
+        if !(100..=120_000).contains(&t.handshake_timeout_ms) {
+            return Err(invalid("tls.handshake_timeout_ms", "must be 100..=120000"));
+        }
+        for (identity, role) in &t.roles {
+            if parse_role(role).is_none() {
+                return Err(invalid("tls.roles", format!("identity {identity:?}: role {role:?} is not \"write\" or \"read\"")));
+            }
+        }
+        match t.anonymous_role.as_str() {
+            "none" | "read" | "write" => {}
+            other => return Err(invalid("tls.anonymous_role", format!("{other:?} is not \"none\", \"read\" or \"write\""))),
+        }
+        if t.client_ca.is_some() && t.anonymous_role != "none" {
+            return Err(invalid("tls.anonymous_role", "must be \"none\" when client_ca is set (every client has a certificate)"));
+        }
+        let h = &self.http;
+        if !(512..=1 << 20).contains(&h.header_bytes_max) {
+            return Err(invalid("http.header_bytes_max", "must be 512..=1048576"));
+        }
+        if !(1024..=64 << 20).contains(&h.body_bytes_max) {
+            return Err(invalid("http.body_bytes_max", "must be 1024..=67108864"));
+        }
+        if !(1..=1024).contains(&h.requests_in_flight_max) {
+            return Err(invalid("http.requests_in_flight_max", "must be 1..=1024"));
+        }
+        let l = &self.ledger;
+        self.durability()?;
+        if l.checkpoint_every_batches == 0 {
+            return Err(invalid("ledger.checkpoint_every_batches", "must be at least 1"));
+        }
+        if !(1..=1 << 20).contains(&l.queue_depth_max) {
+            return Err(invalid("ledger.queue_depth_max", "must be 1..=1048576"));
+        }
+        if l.batch_events_max < ledger_svc::BATCH_EVENTS_MAX {
+            return Err(invalid(
+                "ledger.batch_events_max",
+                format!("must be at least {} (one full request)", ledger_svc::BATCH_EVENTS_MAX),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn xdp_mode(&self) -> Result<dataplane::XdpMode, ConfigError> {
+        match self.dataplane.xdp_mode.as_str() {
+            "auto" => Ok(dataplane::XdpMode::Auto),
+            "native" => Ok(dataplane::XdpMode::Native),
+            "generic" => Ok(dataplane::XdpMode::Generic),
+            other => Err(invalid("dataplane.xdp_mode", format!("{other:?} is not auto, native or generic"))),
+        }
+    }
+
+    pub fn app(&self) -> Result<App, ConfigError> {
+        match self.service.app.as_str() {
+            "ledger" => Ok(App::Ledger),
+            "echo" => Ok(App::Echo),
+            other => Err(invalid("service.app", format!("{other:?} is not \"ledger\" or \"echo\""))),
+        }
+    }
+
+    pub fn durability(&self) -> Result<ledger_svc::Durability, ConfigError> {
+        match self.ledger.durability.as_str() {
+            "fsync" => Ok(ledger_svc::Durability::Fsync),
+            "none" => Ok(ledger_svc::Durability::None),
+            other => Err(invalid("ledger.durability", format!("{other:?} is not \"fsync\" or \"none\""))),
+        }
+    }
+
+    pub fn tls_min_version(&self) -> Result<tls_term::TlsVersion, ConfigError> {
+        match self.tls.min_version.as_str() {
+            "1.2" => Ok(tls_term::TlsVersion::Tls12),
+            "1.3" => Ok(tls_term::TlsVersion::Tls13),
+            other => Err(invalid("tls.min_version", format!("{other:?} is not \"1.2\" or \"1.3\""))),
+        }
+    }
+
+    pub fn stack_config(&self, mac: [u8; 6]) -> tcp::StackConfig {
+        tcp::StackConfig {
+            mac,
+            ipv4: self.service.address,
+            prefix_len: self.service.prefix_len,
+            gateway: self.service.gateway,
+            port: self.service.port,
+            listen_sockets: self.tcp.listen_sockets,
+            connections_max: self.tcp.connections_max,
+            rx_buffer_bytes: self.tcp.rx_buffer_bytes,
+            tx_buffer_bytes: self.tcp.tx_buffer_bytes,
+            idle_timeout_ms: self.tcp.idle_timeout_ms,
+            ..tcp::StackConfig::default()
+        }
+    }
+
+    pub fn xsk_config(&self) -> dataplane::XskConfig {
+        let d = &self.dataplane;
+        dataplane::XskConfig {
+            frame_count: d.umem_frames,
+            rx_ring: d.ring_size,
+            tx_ring: d.ring_size,
+            fill_ring: d.ring_size,
+            comp_ring: d.ring_size,
+            busy_poll_turns: d.busy_poll_turns,
+            ..dataplane::XskConfig::default()
+        }
+    }
+
+    pub fn tls_settings(&self) -> Result<tls_term::TlsSettings, ConfigError> {
+        let t = &self.tls;
+        Ok(tls_term::TlsSettings {
+            cert_chain: t.cert_chain.clone(),
+            private_key: t.private_key.clone(),
+            client_ca: t.client_ca.clone(),
+            min_version: self.tls_min_version()?,
+            handshake_timeout_ms: t.handshake_timeout_ms,
+            ..tls_term::TlsSettings::default()
+        })
+    }
+
+    pub fn http_limits(&self) -> ledger_svc::http::Limits {
+        ledger_svc::http::Limits {
+            header_bytes_max: self.http.header_bytes_max,
+            body_bytes_max: self.http.body_bytes_max,
+            requests_in_flight_max: self.http.requests_in_flight_max,
+            ..ledger_svc::http::Limits::default()
+        }
+    }
+
+    pub fn ledger_config(&self) -> Result<ledger_svc::LedgerConfig, ConfigError> {
+        Ok(ledger_svc::LedgerConfig {
+            durability: self.durability()?,
+            checkpoint_every_batches: self.ledger.checkpoint_every_batches,
+            ..ledger_svc::LedgerConfig::default()
+        })
+    }
+
+    /// Identity -> role, and the role of a client without a certificate.
+    pub fn roles(&self) -> Roles {
+        Roles {
+            by_identity: self
+                .tls
+                .roles
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), parse_role(v)?)))
+                .collect(),
+            anonymous: parse_role(&self.tls.anonymous_role),
+        }
+    }
+}
+
+/// Which application the workers run over TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    Ledger,
+    Echo,
+}
+
+fn parse_role(s: &str) -> Option<ledger_svc::api::Role> {
+    match s {
+        "write" => Some(ledger_svc::api::Role::Write),
+        "read" => Some(ledger_svc::api::Role::Read),
+        _ => None,
+    }
+}
+
+/// The authorization table: who may do what.
+#[derive(Clone, Debug, Default)]
+pub struct Roles {
+    pub by_identity: BTreeMap<String, ledger_svc::api::Role>,
+    pub anonymous: Option<ledger_svc::api::Role>,
+}
+
+impl Roles {
+    /// The role of a session's client: by its certificate identity, or the anonymous role when
+    /// it presented none. An unknown identity has no role (every request gets 403).
+    pub fn of(&self, identity: Option<&str>) -> Option<ledger_svc::api::Role> {
+        match identity {
+            Some(id) => self.by_identity.get(id).copied(),
+            None => self.anonymous,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+interface = "eth1"
+queues = [0, 1]
+
+[service]
+address = "192.0.2.10"
+
+[tls]
+cert_chain = "/etc/pantera/server.pem"
+private_key = "/etc/pantera/server.key"
+client_ca = "/etc/pantera/ca.pem"
+roles = { "payments-gw" = "write", "audit" = "read" }
+
+[ledger]
+wal_dir = "/var/lib/pantera/wal"
+"#;
+
+    #[test]
+    fn parses_a_minimal_file_with_defaults() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.service.port, 8443);
+        assert_eq!(c.dataplane.queues, vec![0, 1]);
+        assert_eq!(c.management.listen.to_string(), "127.0.0.1:9464");
+        let roles = c.roles();
+        assert_eq!(roles.of(Some("payments-gw")), Some(ledger_svc::api::Role::Write));
+        assert_eq!(roles.of(Some("audit")), Some(ledger_svc::api::Role::Read));
+        assert_eq!(roles.of(Some("stranger")), None);
+        assert_eq!(roles.of(None), None);
+    }
+
+    #[test]
+    fn the_lab_defaults_are_valid() {
+        Config::lab(Path::new(".pantera")).validate().expect("lab config is valid");
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(Path::new("t.toml"), text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_reason() {
+        let e = error_of(&GOOD.replace("[service]", "[service]\nport = 0"));
+        assert!(e.contains("service.port"), "{e}");
+        let e = error_of(&GOOD.replace("queues = [0, 1]", "queues = [1, 1]"));
+        assert!(e.contains("dataplane.queues") && e.contains("twice"), "{e}");
+        let e = error_of(&GOOD.replace("\"audit\" = \"read\"", "\"audit\" = \"admin\""));
+        assert!(e.contains("tls.roles") && e.contains("admin"), "{e}");
+        let e = error_of(&GOOD.replace("[ledger]", "[ledger]\ndurability = \"sometimes\""));
+        assert!(e.contains("ledger.durability"), "{e}");
+        let e = error_of(&GOOD.replace("[dataplane]", "[dataplane]\nxdp_mode = \"offload\""));
+        assert!(e.contains("dataplane.xdp_mode"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[tcp]\nlisten_sockets = 8\nconnections_max = 64\nrx_buffer_bytes = 262144\ntx_buffer_bytes = 65535\nidle_timeout_ms = 1000\n"));
+        assert!(e.contains("tcp"), "{e}");
+        let e = error_of(&GOOD.replace("[service]", "[service]\ncolour = \"red\""));
+        assert!(e.contains("colour"), "{e}");
+        let e = error_of(&GOOD.replace("[tls]", "[tls]\nanonymous_role = \"write\""));
+        assert!(e.contains("tls.anonymous_role"), "{e}");
+    }
+}

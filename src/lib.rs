@@ -1,0 +1,9 @@
+//! The pantera appliance: configuration, the per-queue workers, the ledger thread, the
+//! management listener, and the lab helpers. The binary (`main.rs`) is a thin CLI over this.
+
+pub mod committer;
+pub mod config;
+pub mod lab;
+pub mod metrics;
+pub mod serve;
+pub mod worker;

@@ -1,0 +1,173 @@
+//! `pantera serve`: start-up in dependency order, the threads, and an orderly stop.
+//!
+//! Order: configuration (validated) -> TLS material -> ledger recovery -> AF_XDP sockets on
+//! every queue -> XDP program attached and sockets registered -> workers -> ready. Stop on
+//! SIGTERM/SIGINT: workers close their connections, the XDP program is detached (dropping the
+//! bpf_link), the ledger drains what was submitted and stops.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::committer;
+use crate::config::{App, Config};
+use crate::metrics::{self, sync_counter, Metrics};
+use crate::worker::{AppConfig, LedgerApp, Worker};
+
+/// Runs the appliance until a stop signal. Returns after a clean stop.
+pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
+    }
+    let metrics = Metrics::new();
+    let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
+    let app = config.app()?;
+    let d = &config.dataplane;
+
+    // The queues: as configured, or every rx queue of the interface (a queue without a socket
+    // would lose its flows silently).
+    let queues: Vec<u32> = if d.queues.is_empty() {
+        let n = dataplane::interface_queues(&d.interface).with_context(|| format!("dataplane.interface {:?}", d.interface))?;
+        (0..n).collect()
+    } else {
+        d.queues.clone()
+    };
+    let mac = dataplane::interface_mac(&d.interface).with_context(|| format!("dataplane.interface {:?}", d.interface))?;
+    let stack_config = config.stack_config(mac);
+
+    // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
+    let mut ledger_thread = None;
+    let mut ledger_parts = None;
+    if app == App::Ledger {
+        if let Some(home) = lab_home {
+            let tls_dir = home.join("tls");
+            tls_term::certs::init(&tls_dir, std::net::IpAddr::V4(config.service.address), false)
+                .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
+        }
+        let tls = tls_term::server_config(&config.tls_settings()?).context("tls")?;
+        std::fs::create_dir_all(&config.ledger.wal_dir)
+            .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
+        let storage = ledger_svc::FileStorage::open(&config.ledger.wal_dir)
+            .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
+        let recovery = Instant::now();
+        let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config()?)
+            .with_context(|| format!("cannot recover the ledger from {}", config.ledger.wal_dir.display()))?;
+        log::info!("ledger recovered from {} in {:?}", config.ledger.wal_dir.display(), recovery.elapsed());
+        let (client, rx, reply_tx, reply_rx) = committer::channels(config.ledger.queue_depth_max, queues.len());
+        let batch_events_max = config.ledger.batch_events_max;
+        let durability = config.ledger.durability.clone();
+        let m = metrics.clone();
+        ledger_thread = Some(thread::Builder::new().name("ledger".to_owned()).spawn(move || {
+            if let Err(e) = committer::run(&mut ledger, &rx, &reply_tx, batch_events_max, &m, &durability) {
+                // STYLE.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
+                // acknowledged; stop now rather than acknowledge anything after a lost write.
+                log::error!("FATAL: the write-ahead log failed, stopping: {e}");
+                std::process::exit(70);
+            }
+        })?);
+        ledger_parts = Some((tls, client, reply_rx));
+    }
+
+    // The dataplane: a leftover program from a killed run goes first.
+    if dataplane::detach_leftover(&d.interface)? {
+        log::warn!("removed an XDP program left on {} by an earlier run", d.interface);
+    }
+    let xsk_config = config.xsk_config();
+    let mut ports = Vec::with_capacity(queues.len());
+    for &q in &queues {
+        let port = dataplane::XskPort::open(&d.interface, q, &xsk_config)
+            .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
+        ports.push(port);
+    }
+    let mut steering = dataplane::Steering::attach(&dataplane::SteerConfig {
+        ifname: d.interface.clone(),
+        service_ipv4: config.service.address,
+        service_port: config.service.port,
+        mode: config.xdp_mode()?,
+    })
+    .with_context(|| format!("cannot attach the XDP program to {}", d.interface))?;
+    for port in &ports {
+        steering.register(port.queue_id(), port)?;
+    }
+    log::info!(
+        "XDP program attached to {} ({:?} mode); serving {}:{} on queue(s) {:?}",
+        d.interface,
+        steering.mode(),
+        config.service.address,
+        config.service.port,
+        queues
+    );
+
+    let mut workers = Vec::with_capacity(ports.len());
+    let (worker_started_tx, worker_started_rx) = crossbeam_channel::bounded::<Result<(), String>>(ports.len());
+    for (index, port) in ports.into_iter().enumerate() {
+        let app = match &ledger_parts {
+            None => AppConfig::Echo,
+            Some((tls, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
+                tls: Arc::clone(tls),
+                handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+                http_limits: config.http_limits(),
+                roles: config.roles(),
+                ledger: client.clone(),
+                completions: reply_rx[index].clone(),
+            }),
+        };
+        let stop = Arc::clone(&stop);
+        let m = metrics.clone();
+        let stack_config = stack_config.clone();
+        let busy_poll_turns = d.busy_poll_turns;
+        let started_tx = worker_started_tx.clone();
+        let label = port.queue_id().to_string();
+        workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
+            match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
+                Ok(mut worker) => {
+                    let _ = started_tx.send(Ok(()));
+                    worker.run(&stop);
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e.to_string()));
+                }
+            }
+        })?);
+    }
+    // Only the workers hold the ledger client now: when they stop, the ledger thread drains.
+    drop(ledger_parts);
+    for _ in 0..workers.len() {
+        match worker_started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                bail!("a worker failed to start: {e}");
+            }
+            Err(_) => bail!("a worker died while starting"),
+        }
+    }
+    metrics.ready.set(1);
+    log::info!("ready in {:?}", started.elapsed());
+
+    while !stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(100));
+        for (name, value) in steering.counters() {
+            sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
+        }
+    }
+    log::info!("stopping");
+    metrics.ready.set(0);
+    for w in workers {
+        let _ = w.join();
+    }
+    // Detach the program and clear the map: the host gets its queues back.
+    drop(steering);
+    if let Some(t) = ledger_thread {
+        let _ = t.join();
+    }
+    let _ = management.join();
+    log::info!("stopped cleanly");
+    Ok(())
+}

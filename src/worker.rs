@@ -1,0 +1,489 @@
+//! The per-queue worker: one thread, one NIC queue, shared-nothing.
+//!
+//! Loop: rx batch -> poll stack -> TLS -> HTTP decode -> submit to the ledger -> collect replies
+//! -> encode -> TLS -> stack -> tx batch. It busy-polls while there is work and blocks in
+//! poll(2) when idle, so an idle appliance burns no core.
+//!
+//! The worker is generic over its port (`Port`): the AF_XDP socket in production, an in-memory
+//! link in the whole-stack test.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use ledger_svc::api::{self, Action, Role};
+use ledger_svc::http::{self, RequestDecoder, Response};
+use smoltcp::phy::Device;
+use tcp::{ConnId, Event, Stack};
+use tls_term::Session;
+
+use crate::committer::{Completion, LedgerClient, ReplyTo, Submission};
+use crate::config::Roles;
+use crate::metrics::{sync_counter, Metrics};
+
+/// A device the worker can drive: the smoltcp `Device` plus the ring upkeep and the idle wait.
+pub trait Port: Device {
+    /// Refills the fill ring, reaps completions, kicks TX: once per loop turn.
+    fn service(&mut self);
+    /// Blocks until frames arrive or `timeout` passes.
+    fn wait(&mut self, timeout: Duration);
+    /// Cumulative counters for the metrics, as (name, value).
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+impl Port for dataplane::XskPort {
+    fn service(&mut self) {
+        dataplane::XskPort::service(self);
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        if let Err(e) = dataplane::XskPort::wait(self, timeout) {
+            log::warn!("queue {}: poll failed: {e}", self.queue_id());
+            std::thread::sleep(timeout);
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats().counters()
+    }
+}
+
+/// What the worker serves over TCP.
+#[derive(Debug)]
+pub enum AppConfig {
+    /// Bytes in, the same bytes out (dataplane tests).
+    Echo,
+    /// HTTPS: TLS, HTTP/1.1, the JSON API, the ledger.
+    Ledger(LedgerApp),
+}
+
+#[derive(Debug)]
+pub struct LedgerApp {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+    pub http_limits: http::Limits,
+    pub roles: Roles,
+    pub ledger: LedgerClient,
+    pub completions: Receiver<Completion>,
+}
+
+/// Plaintext bytes a connection may hold decrypted but not yet decoded; TLS input stops being
+/// read past it, so a slow consumer backs up into the TCP window, not into memory.
+const PLAINTEXT_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Loop turns between metric publications.
+const METRICS_EVERY_TURNS: u32 = 1024;
+/// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
+/// While replies from the ledger are outstanding the worker cannot sleep on the socket alone
+/// (a reply does not wake poll(2)); it naps this long instead.
+const REPLY_WAIT: Duration = Duration::from_micros(50);
+
+pub struct Worker<P: Port> {
+    pub index: usize,
+    queue_label: String,
+    port: P,
+    stack: Stack,
+    app: AppConfig,
+    conns: Vec<Option<Conn>>,
+    metrics: Metrics,
+    busy_poll_turns: u32,
+    /// Scratch space for the echo app.
+    scratch: Vec<u8>,
+    /// Ledger submissions whose replies have not come back, over all connections.
+    outstanding: usize,
+}
+
+impl<P: Port> std::fmt::Debug for Worker<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("index", &self.index).field("queue", &self.queue_label).finish()
+    }
+}
+
+enum Conn {
+    Echo(ConnId),
+    Tls(Box<TlsConn>),
+}
+
+/// One HTTPS connection: its TLS session, its HTTP decoder, and its responses in request order.
+struct TlsConn {
+    id: ConnId,
+    session: Session,
+    decoder: RequestDecoder,
+    role: Option<Role>,
+    plaintext: Vec<u8>,
+    /// Responses in request order; a ledger reply fills its slot when it arrives.
+    pending: VecDeque<Pending>,
+    next_seq: u64,
+    /// Encoded responses not yet taken by TLS.
+    out: Vec<u8>,
+    /// No more requests will be read: after an HTTP error, `Connection: close` or TLS close.
+    closing: bool,
+    handshake_counted: bool,
+}
+
+enum Pending {
+    Ready(Response),
+    Waiting(u64),
+}
+
+impl<P: Port> Worker<P> {
+    pub fn new(
+        index: usize,
+        queue_label: String,
+        mut port: P,
+        stack_config: &tcp::StackConfig,
+        app: AppConfig,
+        metrics: Metrics,
+        busy_poll_turns: u32,
+    ) -> Result<Worker<P>, tcp::ConfigError> {
+        let now = smoltcp_now(Instant::now());
+        let mut stack = Stack::new(stack_config, &mut port, now)?;
+        // Announce our address so the first SYN of a client is not lost while we ARP (FACTS.md).
+        stack.announce(&mut port, now);
+        let slots = stack_config.connections_max + stack_config.listen_sockets;
+        Ok(Worker {
+            index,
+            queue_label,
+            port,
+            stack,
+            app,
+            conns: (0..slots).map(|_| None).collect(),
+            metrics,
+            busy_poll_turns,
+            scratch: vec![0; 64 * 1024],
+            outstanding: 0,
+        })
+    }
+
+    /// Runs until `stop` is set; then closes every connection politely for a moment.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut idle_turns = 0u32;
+        let mut turns = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let busy = self.turn(Instant::now());
+            turns = turns.wrapping_add(1);
+            if turns % METRICS_EVERY_TURNS == 0 {
+                self.publish_metrics();
+            }
+            if busy {
+                idle_turns = 0;
+                continue;
+            }
+            idle_turns += 1;
+            if idle_turns < self.busy_poll_turns {
+                continue;
+            }
+            let now = Instant::now();
+            let mut wait = self
+                .stack
+                .poll_delay(smoltcp_now(now))
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(IDLE_WAIT_MAX)
+                .min(IDLE_WAIT_MAX);
+            if self.outstanding > 0 {
+                wait = wait.min(REPLY_WAIT);
+            }
+            // The metrics stay fresh while idle too.
+            self.publish_metrics();
+            self.port.wait(wait);
+        }
+        self.shutdown();
+        self.publish_metrics();
+    }
+
+    /// One loop turn. Returns true if anything moved.
+    pub fn turn(&mut self, now: Instant) -> bool {
+        let t = smoltcp_now(now);
+        self.port.service();
+        let mut busy = self.stack.poll(t, &mut self.port);
+        let (conns, app) = (&mut self.conns, &self.app);
+        self.stack.service(t, |event| match event {
+            Event::Opened(id) => {
+                conns[id.slot()] = Some(match app {
+                    AppConfig::Echo => Conn::Echo(id),
+                    AppConfig::Ledger(l) => Conn::Tls(Box::new(TlsConn::new(id, l, now))),
+                });
+            }
+            Event::Closed(id) => conns[id.slot()] = None,
+        });
+        busy |= self.collect_completions();
+        for slot in 0..self.conns.len() {
+            busy |= self.drive(slot, now);
+        }
+        busy |= self.stack.poll(t, &mut self.port);
+        self.port.service();
+        busy
+    }
+
+    fn collect_completions(&mut self) -> bool {
+        let AppConfig::Ledger(app) = &self.app else { return false };
+        let mut any = false;
+        while let Ok(c) = app.completions.try_recv() {
+            any = true;
+            self.outstanding -= 1;
+            let Some(Some(Conn::Tls(conn))) = self.conns.get_mut(c.reply_to.conn.slot()) else { continue };
+            // The connection may have been closed and its slot reused meanwhile.
+            if conn.id != c.reply_to.conn {
+                continue;
+            }
+            if let Some(p) = conn.pending.iter_mut().find(|p| matches!(p, Pending::Waiting(s) if *s == c.reply_to.seq)) {
+                *p = Pending::Ready(c.response);
+            }
+        }
+        any
+    }
+
+    fn drive(&mut self, slot: usize, now: Instant) -> bool {
+        match &mut self.conns[slot] {
+            None => false,
+            Some(Conn::Echo(id)) => echo(&mut self.stack, *id, &mut self.scratch),
+            Some(Conn::Tls(conn)) => {
+                let AppConfig::Ledger(app) = &self.app else { unreachable!("TLS conns exist only in the ledger app") };
+                conn.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding)
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for slot in 0..self.conns.len() {
+            if let Some(Conn::Tls(conn)) = &mut self.conns[slot] {
+                conn.session.close();
+                flush_tls(&mut self.stack, conn);
+                self.stack.close(conn.id);
+            }
+        }
+        // Give the stack a moment to send the close_notify alerts and FINs.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            self.port.service();
+            if !self.stack.poll(smoltcp_now(Instant::now()), &mut self.port) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn publish_metrics(&mut self) {
+        let q = self.queue_label.as_str();
+        for (name, value) in self.port.counters() {
+            sync_counter(&self.metrics.xsk.with_label_values(&[q, name]), value);
+        }
+        for (name, value) in self.stack.counters().as_pairs() {
+            sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
+        }
+        self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    pub fn port_mut(&mut self) -> &mut P {
+        &mut self.port
+    }
+}
+
+/// Echo: what arrived goes back, as far as the send buffer has room.
+fn echo(stack: &mut Stack, id: ConnId, scratch: &mut [u8]) -> bool {
+    let room = stack.send_capacity_free(id).min(scratch.len());
+    if room == 0 || !stack.can_recv(id) {
+        if !stack.may_recv(id) && !stack.can_recv(id) {
+            stack.close(id);
+        }
+        return false;
+    }
+    let n = stack
+        .recv(id, |data| {
+            let n = data.len().min(room);
+            scratch[..n].copy_from_slice(&data[..n]);
+            (n, n)
+        })
+        .unwrap_or(0);
+    if n > 0 {
+        let sent = stack.send_slice(id, &scratch[..n]).unwrap_or(0);
+        debug_assert_eq!(sent, n, "room was checked");
+    }
+    n > 0
+}
+
+impl TlsConn {
+    fn new(id: ConnId, app: &LedgerApp, now: Instant) -> TlsConn {
+        TlsConn {
+            id,
+            session: Session::new(&app.tls, now, app.handshake_timeout).expect("a server session can always be created from a valid config"),
+            decoder: RequestDecoder::new(app.http_limits),
+            role: None,
+            plaintext: Vec::new(),
+            pending: VecDeque::new(),
+            next_seq: 0,
+            out: Vec::new(),
+            closing: false,
+            handshake_counted: false,
+        }
+    }
+
+    /// Moves this connection forward as far as it can go now. Returns true if anything moved.
+    fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize) -> bool {
+        let mut busy = false;
+        // 1. Ciphertext in.
+        while stack.can_recv(self.id) && self.session.plaintext_pending() < PLAINTEXT_BUFFER_BYTES_MAX {
+            let session = &mut self.session;
+            let result = stack.recv(self.id, |data| match session.handle_input(now, data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (data.len(), Err(e)),
+            });
+            match result {
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => busy = true,
+                Ok(Err(e)) => return self.fail(stack, metrics, &e),
+                Err(_) => return false,
+            }
+        }
+        if !stack.may_recv(self.id) && !self.session.peer_closed() {
+            self.session.handle_eof();
+        }
+        if let Err(e) = self.session.handle_timeout(now) {
+            return self.fail(stack, metrics, &e);
+        }
+        if !self.session.is_handshaking() && !self.handshake_counted {
+            self.handshake_counted = true;
+            self.role = app.roles.of(self.session.identity());
+            let version = match self.session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                _ => "other",
+            };
+            let resumed = if self.session.resumed() { "true" } else { "false" };
+            metrics.tls_handshakes.with_label_values(&[version, resumed]).inc();
+        }
+        // 2. Plaintext -> requests -> responses or ledger submissions.
+        if !self.closing {
+            if self.session.read_plaintext(&mut self.plaintext, PLAINTEXT_BUFFER_BYTES_MAX) > 0 {
+                self.decoder.feed(&self.plaintext);
+                self.plaintext.clear();
+                busy = true;
+            }
+            loop {
+                match self.decoder.poll_request() {
+                    Ok(Some(request)) => {
+                        busy = true;
+                        self.dispatch(request, app, worker, metrics, outstanding);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let response = api::error_response(e.status(), e.code(), &e.to_string());
+                        self.pending.push_back(Pending::Ready(response));
+                        self.closing = true;
+                        break;
+                    }
+                }
+            }
+            if self.decoder.is_closed() || self.session.peer_closed() {
+                self.closing = true;
+            }
+        }
+        // 3. Responses out, in request order.
+        while let Some(Pending::Ready(_)) = self.pending.front() {
+            let Some(Pending::Ready(response)) = self.pending.pop_front() else { unreachable!() };
+            metrics.http_responses.with_label_values(&[status_label(response.status)]).inc();
+            if self.decoder.encode_response(&response, &mut self.out) {
+                self.closing = true;
+            }
+            busy = true;
+        }
+        if !self.out.is_empty() && self.session.write_plaintext(&self.out).is_ok() {
+            self.out.clear();
+        }
+        busy |= flush_tls(stack, self);
+        // 4. Close once everything owed has been sent.
+        if self.closing && self.pending.is_empty() && self.out.is_empty() {
+            self.session.close();
+            flush_tls(stack, self);
+            if !self.session.wants_output() {
+                stack.close(self.id);
+            }
+        }
+        busy
+    }
+
+    fn dispatch(&mut self, request: http::Request, app: &LedgerApp, worker: usize, metrics: &Metrics, outstanding: &mut usize) {
+        let Some(role) = self.role else {
+            let r = api::error_response(403, "forbidden", "this client identity has no role on this appliance");
+            self.pending.push_back(Pending::Ready(r));
+            return;
+        };
+        match api::handle(&request, role) {
+            Action::Respond(response) => self.pending.push_back(Pending::Ready(response)),
+            Action::Ledger(command) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let submission = Submission { reply_to: ReplyTo { worker, conn: self.id, seq }, command };
+                match app.ledger.submit(submission) {
+                    Ok(()) => {
+                        *outstanding += 1;
+                        self.pending.push_back(Pending::Waiting(seq));
+                    }
+                    Err(_) => {
+                        metrics.ledger_queue_full.inc();
+                        let mut r = api::error_response(503, "ledger_busy", "the ledger's queue is full; retry after the indicated delay");
+                        r.retry_after_s = Some(1);
+                        self.pending.push_back(Pending::Ready(r));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A TLS error ends the connection: send the alert rustls queued, then close.
+    fn fail(&mut self, stack: &mut Stack, metrics: &Metrics, e: &tls_term::SessionError) -> bool {
+        log::debug!("connection {:?}: {e}", self.id);
+        metrics.tls_errors.with_label_values(&[e.metric_label()]).inc();
+        self.closing = true;
+        self.pending.clear();
+        self.out.clear();
+        flush_tls(stack, self);
+        stack.close(self.id);
+        true
+    }
+}
+
+/// Moves ciphertext from the session into the TCP send buffer. Returns true if any moved.
+fn flush_tls(stack: &mut Stack, conn: &mut TlsConn) -> bool {
+    let mut moved = false;
+    while conn.session.wants_output() && stack.send_capacity_free(conn.id) > 0 {
+        let session = &mut conn.session;
+        match stack.send(conn.id, |buf| {
+            let n = session.poll_output(buf);
+            (n, n)
+        }) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => moved = true,
+        }
+    }
+    moved
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        411 => "411",
+        413 => "413",
+        431 => "431",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
+    // smoltcp wants a monotonic clock; any fixed origin will do.
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    smoltcp::time::Instant::from_micros(now.saturating_duration_since(origin).as_micros() as i64)
+}
