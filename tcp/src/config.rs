@@ -1,0 +1,345 @@
+//! The stack's configuration and its validation.
+//!
+//! Every bound the stack works under is a field here, checked once by [`StackConfig::validate`]
+//! before anything is allocated (TigerBeetle's TIGER_STYLE: limits on everything, checked at
+//! startup).
+
+use std::net::Ipv4Addr;
+
+/// The largest TCP buffer the stack accepts, in bytes.
+///
+/// With a receive buffer above 65535 bytes smoltcp 0.14 advertises a window-scale shift ≥ 1
+/// (RFC 7323 §2.2), and then can shrink its own right window edge by rounding and drop every
+/// later ACK as "unacceptable" (RFC 9293 §3.10.7.4): the connection stalls forever. With 16-bit
+/// windows (shift 0) that rounding cannot happen; see FACTS.md and docs/tcp.md.
+pub const TCP_BUFFER_BYTES_MAX: usize = 65535;
+
+/// The smallest TCP buffer the stack accepts: one full-size segment at the Ethernet MTU
+/// (1500 - 20 IPv4 - 20 TCP), so a buffer can always hold what the peer may send at once.
+pub const TCP_BUFFER_BYTES_MIN: usize = 1460;
+
+/// An upper bound on the socket table, so that a typo cannot make the stack allocate
+/// terabytes at start (each slot holds rx + tx buffers).
+pub const SOCKETS_MAX: usize = 1 << 20;
+
+/// Configuration of one [`crate::Stack`] (one per NIC queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackConfig {
+    /// Our Ethernet address; must be unicast.
+    pub mac: [u8; 6],
+    /// Our IPv4 address on the link.
+    pub ipv4: Ipv4Addr,
+    /// Prefix length of the link's subnet, 1..=32.
+    pub prefix_len: u8,
+    /// Default route, if clients may be off-link. Must be inside our subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// The service port; SYNs to any other port get RST.
+    pub port: u16,
+    /// Sockets kept in LISTEN: smoltcp has no backlog, so this is the number of handshakes
+    /// that can arrive between two [`crate::Stack::service`] calls. Default 64.
+    pub listen_sockets: usize,
+    /// Connections (SYN-RECEIVED through LAST-ACK) at most. Default 1024. The socket table
+    /// holds `connections_max + listen_sockets` sockets, allocated at start.
+    pub connections_max: usize,
+    /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 65535.
+    pub rx_buffer_bytes: usize,
+    /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 65535.
+    pub tx_buffer_bytes: usize,
+    /// A connection with no data moved in either direction for this long is aborted (RST).
+    /// Also bounds half-open handshakes (SYN floods). Default 60_000.
+    pub idle_timeout_ms: u64,
+    /// TCP keep-alive interval (RFC 1122 §4.2.3.6), None to send none. Default None.
+    pub keep_alive_ms: Option<u64>,
+    /// Frames taken from the device per [`crate::Stack::poll`]; the rest wait for the next
+    /// turn so one busy queue cannot starve the worker's other work. Default 64.
+    pub ingress_frames_per_poll_max: usize,
+    /// Egress rounds per poll; one round lets every socket emit at most one segment.
+    /// Default 64.
+    pub egress_rounds_per_poll_max: usize,
+    /// Nagle's algorithm (RFC 896). Off by default: the TLS layer writes whole records, and
+    /// Nagle with the peer's delayed ACK (RFC 1122 §4.2.3.2) delays the last segment of a
+    /// response by up to one delayed-ACK time.
+    pub nagle: bool,
+    /// Seed for smoltcp's initial sequence numbers and ephemeral ports. The caller passes
+    /// randomness in (sans-IO); use a fresh random value per start (RFC 6528).
+    pub random_seed: u64,
+}
+
+impl Default for StackConfig {
+    /// The lab's appliance address (DESIGN.md): 10.99.0.2/24, port 8443.
+    fn default() -> Self {
+        StackConfig {
+            mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x02],
+            ipv4: Ipv4Addr::new(10, 99, 0, 2),
+            prefix_len: 24,
+            gateway: None,
+            port: 8443,
+            listen_sockets: 64,
+            connections_max: 1024,
+            rx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
+            tx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
+            idle_timeout_ms: 60_000,
+            keep_alive_ms: None,
+            ingress_frames_per_poll_max: 64,
+            egress_rounds_per_poll_max: 64,
+            nagle: false,
+            random_seed: 0,
+        }
+    }
+}
+
+/// A configuration value the stack cannot run with. Each names the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("tcp.{field}: {value} is out of range {min}..={max}: {reason}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+        reason: &'static str,
+    },
+    #[error("tcp.listen_sockets: {listen_sockets} exceeds tcp.connections_max {connections_max}: every listening socket must be able to become a connection")]
+    ListenExceedsConnections {
+        listen_sockets: usize,
+        connections_max: usize,
+    },
+    #[error("tcp.mac: {mac:02x?} is not a unicast address")]
+    MacNotUnicast { mac: [u8; 6] },
+    #[error("tcp.ipv4: {ipv4} is not a unicast host address")]
+    Ipv4NotUnicast { ipv4: Ipv4Addr },
+    #[error("device: {reason}")]
+    Device { reason: &'static str },
+    #[error("tcp.gateway: {gateway} is not inside {ipv4}/{prefix_len}")]
+    GatewayOffLink {
+        gateway: Ipv4Addr,
+        ipv4: Ipv4Addr,
+        prefix_len: u8,
+    },
+}
+
+impl StackConfig {
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range(
+            field: &'static str,
+            value: u64,
+            min: u64,
+            max: u64,
+            reason: &'static str,
+        ) -> Result<(), ConfigError> {
+            if value < min || value > max {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    value,
+                    min,
+                    max,
+                    reason,
+                });
+            }
+            Ok(())
+        }
+        let buffer_reason = "buffers above 65535 bytes need TCP window scaling, with which smoltcp 0.14 can stall a connection forever; below one segment (1460) the peer cannot send a full segment";
+        range(
+            "prefix_len",
+            u64::from(self.prefix_len),
+            1,
+            32,
+            "an IPv4 prefix length",
+        )?;
+        range("port", u64::from(self.port), 1, 65535, "port 0 cannot be listened on")?;
+        range(
+            "listen_sockets",
+            self.listen_sockets as u64,
+            1,
+            SOCKETS_MAX as u64,
+            "at least one socket must listen to accept connections",
+        )?;
+        range(
+            "connections_max",
+            self.connections_max as u64,
+            1,
+            (SOCKETS_MAX - self.listen_sockets.min(SOCKETS_MAX)) as u64,
+            "the socket table (connections_max + listen_sockets) is allocated at start",
+        )?;
+        if self.listen_sockets > self.connections_max {
+            return Err(ConfigError::ListenExceedsConnections {
+                listen_sockets: self.listen_sockets,
+                connections_max: self.connections_max,
+            });
+        }
+        range(
+            "rx_buffer_bytes",
+            self.rx_buffer_bytes as u64,
+            TCP_BUFFER_BYTES_MIN as u64,
+            TCP_BUFFER_BYTES_MAX as u64,
+            buffer_reason,
+        )?;
+        range(
+            "tx_buffer_bytes",
+            self.tx_buffer_bytes as u64,
+            TCP_BUFFER_BYTES_MIN as u64,
+            TCP_BUFFER_BYTES_MAX as u64,
+            buffer_reason,
+        )?;
+        range(
+            "idle_timeout_ms",
+            self.idle_timeout_ms,
+            1,
+            24 * 3600 * 1000,
+            "idle connections must be reclaimed, within a day",
+        )?;
+        if let Some(keep_alive_ms) = self.keep_alive_ms {
+            range(
+                "keep_alive_ms",
+                keep_alive_ms,
+                1,
+                24 * 3600 * 1000,
+                "a keep-alive interval, within a day",
+            )?;
+        }
+        range(
+            "ingress_frames_per_poll_max",
+            self.ingress_frames_per_poll_max as u64,
+            1,
+            1 << 16,
+            "each poll must take at least one frame, and a bounded number",
+        )?;
+        range(
+            "egress_rounds_per_poll_max",
+            self.egress_rounds_per_poll_max as u64,
+            1,
+            1 << 16,
+            "each poll must let sockets transmit, a bounded number of times",
+        )?;
+        // A multicast or broadcast source MAC is invalid on Ethernet (IEEE 802.3 §3.2.3:
+        // the I/G bit of a source address is 0), and smoltcp panics on one.
+        if self.mac[0] & 0x01 != 0 || self.mac == [0; 6] {
+            return Err(ConfigError::MacNotUnicast { mac: self.mac });
+        }
+        let ip = self.ipv4;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(ConfigError::Ipv4NotUnicast { ipv4: ip });
+        }
+        if let Some(gateway) = self.gateway {
+            let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+            if u32::from(gateway) & mask != u32::from(ip) & mask || gateway == ip {
+                return Err(ConfigError::GatewayOffLink {
+                    gateway,
+                    ipv4: ip,
+                    prefix_len: self.prefix_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sockets in the table: connections plus the listening pool.
+    pub fn sockets_total(&self) -> usize {
+        self.connections_max + self.listen_sockets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(error: ConfigError) -> &'static str {
+        match error {
+            ConfigError::OutOfRange { field, .. } => field,
+            ConfigError::ListenExceedsConnections { .. } => "listen_sockets",
+            ConfigError::MacNotUnicast { .. } => "mac",
+            ConfigError::Ipv4NotUnicast { .. } => "ipv4",
+            ConfigError::GatewayOffLink { .. } => "gateway",
+            ConfigError::Device { .. } => "device",
+        }
+    }
+
+    fn check(f: impl FnOnce(&mut StackConfig)) -> Result<(), &'static str> {
+        let mut config = StackConfig::default();
+        f(&mut config);
+        config.validate().map_err(field_of)
+    }
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(StackConfig::default().validate(), Ok(()));
+        assert_eq!(StackConfig::default().sockets_total(), 1024 + 64);
+    }
+
+    #[test]
+    fn buffers_above_65535_are_rejected() {
+        assert_eq!(check(|c| c.rx_buffer_bytes = 65536), Err("rx_buffer_bytes"));
+        assert_eq!(check(|c| c.tx_buffer_bytes = 256 * 1024), Err("tx_buffer_bytes"));
+        assert_eq!(check(|c| c.rx_buffer_bytes = 65535), Ok(()));
+        let error = StackConfig {
+            rx_buffer_bytes: 65536,
+            ..StackConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("rx_buffer_bytes") && message.contains("window scaling"));
+    }
+
+    #[test]
+    fn zero_sizes_are_rejected() {
+        assert_eq!(check(|c| c.rx_buffer_bytes = 0), Err("rx_buffer_bytes"));
+        assert_eq!(check(|c| c.tx_buffer_bytes = 0), Err("tx_buffer_bytes"));
+        assert_eq!(check(|c| c.listen_sockets = 0), Err("listen_sockets"));
+        assert_eq!(check(|c| c.connections_max = 0), Err("connections_max"));
+        assert_eq!(check(|c| c.idle_timeout_ms = 0), Err("idle_timeout_ms"));
+        assert_eq!(check(|c| c.port = 0), Err("port"));
+        assert_eq!(check(|c| c.prefix_len = 0), Err("prefix_len"));
+        assert_eq!(check(|c| c.prefix_len = 33), Err("prefix_len"));
+        assert_eq!(
+            check(|c| c.ingress_frames_per_poll_max = 0),
+            Err("ingress_frames_per_poll_max")
+        );
+        assert_eq!(
+            check(|c| c.egress_rounds_per_poll_max = 0),
+            Err("egress_rounds_per_poll_max")
+        );
+        assert_eq!(check(|c| c.keep_alive_ms = Some(0)), Err("keep_alive_ms"));
+    }
+
+    #[test]
+    fn listen_sockets_above_connections_max_is_rejected() {
+        assert_eq!(
+            check(|c| {
+                c.connections_max = 10;
+                c.listen_sockets = 11;
+            }),
+            Err("listen_sockets")
+        );
+        assert_eq!(
+            check(|c| {
+                c.connections_max = 10;
+                c.listen_sockets = 10;
+            }),
+            Ok(())
+        );
+        assert_eq!(check(|c| c.connections_max = usize::MAX), Err("connections_max"));
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(check(|c| c.mac = [0x01, 0, 0x5e, 0, 0, 1]), Err("mac"));
+        assert_eq!(check(|c| c.mac = [0xff; 6]), Err("mac"));
+        assert_eq!(check(|c| c.mac = [0; 6]), Err("mac"));
+        assert_eq!(check(|c| c.ipv4 = Ipv4Addr::UNSPECIFIED), Err("ipv4"));
+        assert_eq!(check(|c| c.ipv4 = Ipv4Addr::new(224, 0, 0, 1)), Err("ipv4"));
+        assert_eq!(
+            check(|c| c.gateway = Some(Ipv4Addr::new(10, 98, 0, 1))),
+            Err("gateway")
+        );
+        assert_eq!(check(|c| c.gateway = Some(Ipv4Addr::new(10, 99, 0, 1))), Ok(()));
+        assert_eq!(
+            check(|c| {
+                c.prefix_len = 32;
+                c.gateway = Some(Ipv4Addr::new(10, 99, 0, 1));
+            }),
+            Err("gateway")
+        );
+    }
+}

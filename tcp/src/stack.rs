@@ -1,0 +1,714 @@
+//! The stack: one smoltcp `Interface`, a fixed socket table, the listener pool and the
+//! connection lifecycle (see docs/tcp.md).
+//!
+//! # Slot lifecycle
+//!
+//! Every socket of the table lives in a slot, allocated at start. A slot has a role:
+//!
+//! ```text
+//!   Free ──listen()──▶ Listening ──SYN──▶ Embryonic ──handshake done──▶ Open ──▶ Lingering ──▶ Free
+//!                          ▲                  │ RST in SYN-RECEIVED          (Closed reported)
+//!                          └──────────────────┘ (RFC 9293 §3.10.7.4: back to LISTEN)
+//! ```
+//!
+//! - `Embryonic` and `Open` slots are the connections counted against `connections_max`.
+//! - `Opened` is reported when a slot reaches `Open`, `Closed` when it leaves it, whatever the
+//!   cause, so the two always pair up. A handshake that dies before completing reports nothing.
+//! - `Lingering` slots hold a socket in TIME-WAIT (RFC 9293 §3.10.7.4, smoltcp keeps it 10 s)
+//!   or one with an RST still to send. They are reclaimed for listening when no slot is free.
+//!
+//! # Bounds
+//!
+//! The listening pool is kept at `min(listen_sockets, connections_max - connections)`. Since
+//! each new connection consumes a listening socket, `listening + connections <=
+//! connections_max` holds at every instant, also inside a poll: the table can never hold more
+//! than `connections_max` connections. The `listen_sockets` extra slots leave room for
+//! lingering sockets, so re-arming always finds a slot.
+
+use std::net::Ipv4Addr;
+
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
+use smoltcp::phy::{Device, Medium, TxToken};
+use smoltcp::socket::tcp::{self, RecvError, SendError, State};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+
+use crate::arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
+use crate::config::{ConfigError, StackConfig};
+use crate::probe::{Probe, ProbeDevice};
+
+/// Names one connection: a slot of the socket table and the slot's generation when the
+/// connection was opened. The generation changes each time the slot opens a new connection,
+/// so an id kept after its connection closed can never reach the next one (it gets
+/// [`ConnError::Stale`]). Generations are u32 and wrap: an id would have to outlive 2^32
+/// connections on its slot to alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    slot: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// Index in the socket table, `< connections_max + listen_sockets`: use it to index
+    /// per-connection state (TLS sessions) in a table of the same size.
+    pub fn slot(self) -> usize {
+        self.slot as usize
+    }
+
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// A change in the connection table, reported by [`Stack::service`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The three-way handshake completed; the id is valid until its `Closed`.
+    Opened(ConnId),
+    /// Reported exactly once for every `Opened`, whatever ended the connection: both FINs
+    /// exchanged, an RST from the peer, the idle timeout, or [`Stack::abort`]. The id is
+    /// stale from now on.
+    Closed(ConnId),
+}
+
+/// Why an operation on a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnError {
+    /// The id names no open connection: its connection was closed (and `Closed` reported),
+    /// and the slot may already serve another one.
+    #[error("connection {id:?} is closed; the id is stale")]
+    Stale { id: ConnId },
+    /// The peer closed its side (FIN) and every byte it sent has been received.
+    #[error("connection {id:?}: the peer finished sending (FIN), all its data was received")]
+    Finished { id: ConnId },
+    /// The connection cannot receive in this state (reset, or aborted by us).
+    #[error("connection {id:?} cannot receive in state {state}")]
+    NotReadable { id: ConnId, state: State },
+    /// The connection cannot send in this state (we closed our side, or it was reset).
+    #[error("connection {id:?} cannot send in state {state}")]
+    NotWritable { id: ConnId, state: State },
+}
+
+/// Counters since start; plain u64 fields for the caller to export (Prometheus).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackCounters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Connections that completed the handshake (`Opened` events).
+    pub accepted: u64,
+    /// `Closed` events; equals `accepted` minus open connections.
+    pub closed: u64,
+    /// Connections (open or in handshake) aborted after `idle_timeout_ms` without traffic.
+    pub idle_timeouts: u64,
+    /// Connections aborted by [`Stack::abort`].
+    pub aborted: u64,
+    /// Handshakes that left LISTEN but never completed (RST, idle timeout).
+    pub handshakes_failed: u64,
+    /// SYNs to the service port answered with RST because `connections_max` was reached.
+    pub refused_at_capacity: u64,
+    /// SYNs answered with RST because more arrived in one poll than sockets were listening
+    /// (raise `listen_sockets`).
+    pub refused_listen_pool_empty: u64,
+    /// TIME-WAIT sockets (or sockets with an RST still queued) cut short to listen again.
+    pub lingering_reclaimed: u64,
+    /// Gratuitous ARP announcements sent.
+    pub announcements: u64,
+    /// Polls that stopped at `ingress_frames_per_poll_max` (more frames may be waiting).
+    pub ingress_limit_hits: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Free,
+    Listening,
+    Embryonic,
+    Open,
+    Lingering,
+}
+
+#[derive(Debug)]
+struct Slot {
+    handle: SocketHandle,
+    generation: u32,
+    role: Role,
+    /// When data last moved or the state last changed (for the idle timeout).
+    last_activity: Instant,
+    /// (bytes in rx buffer, bytes in tx buffer, state) at the last look: a change is activity.
+    seen: (usize, usize, State),
+}
+
+/// One userspace TCP/IP stack over one device (one NIC queue). Sans-IO: the caller passes
+/// the device and the time into every call.
+pub struct Stack {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    slots: Vec<Slot>,
+    /// Indices of `Free` slots.
+    free: Vec<u32>,
+    listening: usize,
+    /// Embryonic + Open slots: the connections counted against `connections_max`.
+    connections: usize,
+    open: usize,
+    /// True when the last re-arm kept fewer than `listen_sockets` listening because of
+    /// `connections_max`: a refused SYN is then counted as refused at capacity.
+    at_capacity: bool,
+    /// The earliest idle deadline seen by the last `service`.
+    idle_deadline: Option<Instant>,
+    now: Instant,
+    probe: Probe,
+    counters: StackCounters,
+    mac: [u8; 6],
+    ipv4: Ipv4Addr,
+    port: u16,
+    listen_sockets: usize,
+    connections_max: usize,
+    idle_timeout: Duration,
+    ingress_frames_per_poll_max: usize,
+    egress_rounds_per_poll_max: usize,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("ipv4", &self.ipv4)
+            .field("port", &self.port)
+            .field("listening", &self.listening)
+            .field("connections", &self.connections)
+            .field("open", &self.open)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Validates `config`, allocates the whole socket table and starts listening.
+    /// Memory: `(connections_max + listen_sockets) * (rx_buffer_bytes + tx_buffer_bytes)`,
+    /// 136 MiB with the defaults.
+    pub fn new(
+        config: &StackConfig,
+        device: &mut impl Device,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let capabilities = device.capabilities();
+        if capabilities.medium != Medium::Ethernet {
+            return Err(ConfigError::Device {
+                reason: "the device's medium is not Ethernet",
+            });
+        }
+        // An Ethernet header plus the smallest datagram every IPv4 host must take
+        // (RFC 791: 576 bytes).
+        if capabilities.max_transmission_unit < 14 + 576 {
+            return Err(ConfigError::Device {
+                reason: "the device's frame size is below 14 + 576 bytes",
+            });
+        }
+
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        iface_config.random_seed = config.random_seed;
+        let mut iface = Interface::new(iface_config, device, now);
+        iface.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(config.ipv4), config.prefix_len))
+                .expect("a fresh interface has room for one address");
+        });
+        if let Some(gateway) = config.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gateway)
+                .expect("a fresh interface has room for one route");
+        }
+
+        let sockets_total = config.sockets_total();
+        assert!(sockets_total <= u32::MAX as usize);
+        let mut sockets = SocketSet::new(Vec::with_capacity(sockets_total));
+        let mut slots = Vec::with_capacity(sockets_total);
+        for _ in 0..sockets_total {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; config.rx_buffer_bytes]),
+                tcp::SocketBuffer::new(vec![0; config.tx_buffer_bytes]),
+            );
+            socket.set_nagle_enabled(config.nagle);
+            socket.set_keep_alive(config.keep_alive_ms.map(Duration::from_millis));
+            slots.push(Slot {
+                handle: sockets.add(socket),
+                generation: 0,
+                role: Role::Free,
+                last_activity: now,
+                seen: (0, 0, State::Closed),
+            });
+        }
+        // Pop order: the lowest slots listen first.
+        let free = (0..sockets_total as u32).rev().collect();
+
+        let mut stack = Stack {
+            iface,
+            sockets,
+            slots,
+            free,
+            listening: 0,
+            connections: 0,
+            open: 0,
+            at_capacity: false,
+            idle_deadline: None,
+            now,
+            probe: Probe::new(config.port),
+            counters: StackCounters::default(),
+            mac: config.mac,
+            ipv4: config.ipv4,
+            port: config.port,
+            listen_sockets: config.listen_sockets,
+            connections_max: config.connections_max,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            ingress_frames_per_poll_max: config.ingress_frames_per_poll_max,
+            egress_rounds_per_poll_max: config.egress_rounds_per_poll_max,
+        };
+        stack.rearm();
+        Ok(stack)
+    }
+
+    /// Sends one gratuitous ARP announcement for our address (RFC 5227 §2.3). Call at start
+    /// (and after a MAC change) so neighbours do not drop our first replies while they ARP.
+    /// Returns false if the device had no transmit buffer free; call again later.
+    pub fn announce(&mut self, device: &mut impl Device, now: Instant) -> bool {
+        let Some(token) = device.transmit(now) else {
+            return false;
+        };
+        let (mac, ipv4) = (self.mac, self.ipv4);
+        token.consume(GRATUITOUS_ARP_FRAME_BYTES, |frame| {
+            write_gratuitous_arp(frame, mac, ipv4)
+        });
+        self.counters.announcements += 1;
+        self.counters.tx_frames += 1;
+        self.counters.tx_bytes += GRATUITOUS_ARP_FRAME_BYTES as u64;
+        true
+    }
+
+    /// Runs the interface: at most `ingress_frames_per_poll_max` frames in (ARP, ICMP echo and
+    /// TCP are answered by smoltcp), then at most `egress_rounds_per_poll_max` rounds out.
+    /// Returns true if anything happened (frames moved or socket state changed).
+    pub fn poll(&mut self, now: Instant, device: &mut impl Device) -> bool {
+        self.now = now;
+        let tx_frames_before = self.probe.tx_frames.get();
+        let mut device = ProbeDevice {
+            inner: device,
+            probe: &self.probe,
+        };
+        let mut changed = false;
+        let mut frames = 0;
+        self.iface.poll_maintenance(now);
+        while frames < self.ingress_frames_per_poll_max {
+            let result = self
+                .iface
+                .poll_ingress_single(now, &mut device, &mut self.sockets);
+            match result {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => changed = true,
+            }
+            frames += 1;
+            // A SYN to the service port answered with an RST: no socket was listening
+            // (smoltcp's reply to a segment no socket accepts, RFC 9293 §3.10.7.1).
+            if self.probe.rx_syn.get() && self.probe.tx_rst.get() {
+                if self.at_capacity {
+                    self.counters.refused_at_capacity += 1;
+                } else {
+                    self.counters.refused_listen_pool_empty += 1;
+                }
+                self.probe.rx_syn.set(false);
+            }
+        }
+        if frames == self.ingress_frames_per_poll_max {
+            self.counters.ingress_limit_hits += 1;
+        }
+        for _ in 0..self.egress_rounds_per_poll_max {
+            match self.iface.poll_egress(now, &mut device, &mut self.sockets) {
+                PollResult::None => break,
+                PollResult::SocketStateChanged => changed = true,
+            }
+        }
+        self.counters.rx_frames = self.probe.rx_frames.get();
+        self.counters.rx_bytes = self.probe.rx_bytes.get();
+        self.counters.tx_frames = self.probe.tx_frames.get() + self.counters.announcements;
+        self.counters.tx_bytes = self.probe.tx_bytes.get()
+            + self.counters.announcements * GRATUITOUS_ARP_FRAME_BYTES as u64;
+        changed || frames > 0 || self.probe.tx_frames.get() != tx_frames_before
+    }
+
+    /// How long the caller may wait before the next `poll`/`service` if no frame arrives:
+    /// smoltcp's timers (retransmission, delayed ACK, TIME-WAIT) and the earliest idle
+    /// timeout. None: nothing is pending.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        let iface = self.iface.poll_delay(now, &self.sockets);
+        let idle = self.idle_deadline.map(|deadline| {
+            if deadline > now {
+                deadline - now
+            } else {
+                Duration::ZERO
+            }
+        });
+        match (iface, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Walks the connection table: reports `Opened`/`Closed`, aborts connections idle for
+    /// `idle_timeout_ms`, frees closed sockets and re-arms the listening pool. Call after
+    /// every `poll` (its cost is one look at each slot).
+    pub fn service(&mut self, now: Instant, mut on_event: impl FnMut(Event)) {
+        self.now = now;
+        self.idle_deadline = None;
+        for index in 0..self.slots.len() {
+            if self.slots[index].role != Role::Free {
+                self.service_slot(index, now, &mut on_event);
+            }
+        }
+        self.rearm();
+    }
+
+    fn service_slot(&mut self, index: usize, now: Instant, on_event: &mut impl FnMut(Event)) {
+        let slot = &mut self.slots[index];
+        let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+        let state = socket.state();
+
+        if slot.role == Role::Listening {
+            match state {
+                State::Listen => return,
+                // Only a reset (our address removed) closes a listening socket.
+                State::Closed => {
+                    self.listening -= 1;
+                    slot.role = Role::Free;
+                    self.free.push(index as u32);
+                    return;
+                }
+                // A SYN arrived: this socket is now a connection (RFC 9293 §3.10.7.2).
+                _ => {
+                    self.listening -= 1;
+                    self.connections += 1;
+                    slot.role = Role::Embryonic;
+                    slot.last_activity = now;
+                    slot.seen = (socket.recv_queue(), socket.send_queue(), state);
+                }
+            }
+        }
+
+        if slot.role == Role::Embryonic {
+            match state {
+                // RST in SYN-RECEIVED: smoltcp returned the socket to LISTEN.
+                State::Listen => {
+                    self.connections -= 1;
+                    self.listening += 1;
+                    self.counters.handshakes_failed += 1;
+                    slot.role = Role::Listening;
+                    return;
+                }
+                State::SynReceived | State::SynSent => {
+                    if now >= slot.last_activity + self.idle_timeout {
+                        socket.abort();
+                        self.counters.idle_timeouts += 1;
+                        self.counters.handshakes_failed += 1;
+                        self.connections -= 1;
+                        slot.role = Role::Lingering;
+                    } else {
+                        let deadline = slot.last_activity + self.idle_timeout;
+                        self.idle_deadline = Some(match self.idle_deadline {
+                            Some(d) => d.min(deadline),
+                            None => deadline,
+                        });
+                    }
+                    return;
+                }
+                // Ended before we saw it open (RST right after the handshake): the caller
+                // never knew it, so nothing is reported.
+                State::Closed | State::TimeWait => {
+                    self.connections -= 1;
+                    self.counters.handshakes_failed += 1;
+                    slot.role = Role::Lingering;
+                }
+                // The handshake completed (possibly with data and FIN already in).
+                _ => {
+                    slot.generation = slot.generation.wrapping_add(1);
+                    slot.role = Role::Open;
+                    slot.last_activity = now;
+                    self.open += 1;
+                    self.counters.accepted += 1;
+                    on_event(Event::Opened(ConnId {
+                        slot: index as u32,
+                        generation: slot.generation,
+                    }));
+                }
+            }
+        }
+
+        if slot.role == Role::Open {
+            let id = ConnId {
+                slot: index as u32,
+                generation: slot.generation,
+            };
+            let ended = matches!(state, State::Closed | State::TimeWait | State::Listen);
+            if !ended {
+                let seen = (socket.recv_queue(), socket.send_queue(), state);
+                if seen != slot.seen {
+                    slot.seen = seen;
+                    slot.last_activity = now;
+                }
+                let deadline = slot.last_activity + self.idle_timeout;
+                if now < deadline {
+                    self.idle_deadline = Some(match self.idle_deadline {
+                        Some(d) => d.min(deadline),
+                        None => deadline,
+                    });
+                    return;
+                }
+                // RFC 9293 §3.10.4: ABORT sends an RST and deletes the connection.
+                socket.abort();
+                self.counters.idle_timeouts += 1;
+            }
+            self.connections -= 1;
+            self.open -= 1;
+            self.counters.closed += 1;
+            slot.role = Role::Lingering;
+            on_event(Event::Closed(id));
+        }
+
+        if slot.role == Role::Lingering {
+            // Free once TIME-WAIT expired and any RST went out (smoltcp forgets the
+            // remote endpoint after sending the RST of an abort).
+            let socket = self.sockets.get::<tcp::Socket>(slot.handle);
+            if socket.state() == State::Closed && socket.remote_endpoint().is_none() {
+                slot.role = Role::Free;
+                self.free.push(index as u32);
+            }
+        }
+    }
+
+    /// Keeps `min(listen_sockets, connections_max - connections)` sockets listening.
+    fn rearm(&mut self) {
+        let room = self.connections_max - self.connections;
+        let wanted = self.listen_sockets.min(room);
+        self.at_capacity = room < self.listen_sockets;
+        while self.listening < wanted {
+            let index = match self.free.pop() {
+                Some(index) => index as usize,
+                None => {
+                    // listening + connections <= connections_max and the table holds
+                    // connections_max + listen_sockets slots, so a lingering slot exists.
+                    let index = self
+                        .slots
+                        .iter()
+                        .position(|slot| slot.role == Role::Lingering)
+                        .expect("a lingering slot exists when none is free");
+                    self.counters.lingering_reclaimed += 1;
+                    index
+                }
+            };
+            let slot = &mut self.slots[index];
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            // Free and lingering sockets are CLOSED or TIME-WAIT, which `listen` accepts; it
+            // resets the socket, dropping a TIME-WAIT or an unsent RST.
+            socket
+                .listen(self.port)
+                .expect("a closed socket listens on a nonzero port");
+            slot.role = Role::Listening;
+            self.listening += 1;
+        }
+    }
+
+    /// Looks up an open connection.
+    fn slot_of(&self, id: ConnId) -> Result<&Slot, ConnError> {
+        match self.slots.get(id.slot()) {
+            Some(slot) if slot.generation == id.generation && slot.role == Role::Open => Ok(slot),
+            _ => Err(ConnError::Stale { id }),
+        }
+    }
+
+    fn socket_of(&self, id: ConnId) -> Option<&tcp::Socket<'static>> {
+        let handle = self.slot_of(id).ok()?.handle;
+        Some(self.sockets.get::<tcp::Socket>(handle))
+    }
+
+    /// Zero-copy receive: `f` gets the contiguous readable bytes and returns how many it
+    /// consumed (at most the slice's length) plus a value.
+    ///
+    /// The receive buffer is a ring: the slice stops at its end, so one call may show fewer
+    /// bytes than are buffered. Loop while [`Stack::can_recv`] is true. With an empty buffer
+    /// `f` gets an empty slice.
+    pub fn recv<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
+        let handle = self.slot_of(id)?.handle;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let result = socket.recv(|buffer| {
+            let (consumed, value) = f(buffer);
+            assert!(
+                consumed <= buffer.len(),
+                "recv callback consumed {consumed} of {} bytes",
+                buffer.len()
+            );
+            (consumed, (consumed, value))
+        });
+        match result {
+            Ok((consumed, value)) => {
+                if consumed > 0 {
+                    self.slots[id.slot()].last_activity = self.now;
+                }
+                Ok(value)
+            }
+            Err(RecvError::Finished) => Err(ConnError::Finished { id }),
+            Err(RecvError::InvalidState) => Err(ConnError::NotReadable {
+                id,
+                state: socket.state(),
+            }),
+        }
+    }
+
+    /// Zero-copy send: `f` gets free transmit-buffer space and returns how many bytes it
+    /// wrote (at most the slice's length) plus a value.
+    ///
+    /// The slice is the contiguous free space up to the ring's end, so it may be shorter
+    /// than [`Stack::send_capacity_free`]: loop while there is more to write and room.
+    pub fn send<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut [u8]) -> (usize, R),
+    ) -> Result<R, ConnError> {
+        let handle = self.slot_of(id)?.handle;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let result = socket.send(|buffer| {
+            let length = buffer.len();
+            let (written, value) = f(buffer);
+            assert!(
+                written <= length,
+                "send callback wrote {written} of {length} bytes"
+            );
+            (written, (written, value))
+        });
+        match result {
+            Ok((written, value)) => {
+                if written > 0 {
+                    self.slots[id.slot()].last_activity = self.now;
+                }
+                Ok(value)
+            }
+            Err(SendError::InvalidState) => Err(ConnError::NotWritable {
+                id,
+                state: socket.state(),
+            }),
+        }
+    }
+
+    /// Copies as much of `data` as fits into the transmit buffer (both parts of the ring);
+    /// returns how many bytes were taken, possibly 0.
+    pub fn send_slice(&mut self, id: ConnId, data: &[u8]) -> Result<usize, ConnError> {
+        let handle = self.slot_of(id)?.handle;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        match socket.send_slice(data) {
+            Ok(written) => {
+                if written > 0 {
+                    self.slots[id.slot()].last_activity = self.now;
+                }
+                Ok(written)
+            }
+            Err(SendError::InvalidState) => Err(ConnError::NotWritable {
+                id,
+                state: socket.state(),
+            }),
+        }
+    }
+
+    /// True if received bytes are waiting. False for a stale id.
+    pub fn can_recv(&self, id: ConnId) -> bool {
+        self.socket_of(id).is_some_and(|socket| socket.can_recv())
+    }
+
+    /// True while more data may come: the peer has not closed its side, or bytes are still
+    /// buffered. False for a stale id.
+    pub fn may_recv(&self, id: ConnId) -> bool {
+        self.socket_of(id).is_some_and(|socket| socket.may_recv())
+    }
+
+    /// True while we may send (our side not closed, no reset). False for a stale id.
+    pub fn may_send(&self, id: ConnId) -> bool {
+        self.socket_of(id).is_some_and(|socket| socket.may_send())
+    }
+
+    /// Free bytes in the transmit buffer; 0 if the connection cannot send or the id is stale.
+    pub fn send_capacity_free(&self, id: ConnId) -> usize {
+        match self.socket_of(id) {
+            Some(socket) if socket.may_send() => socket.send_capacity() - socket.send_queue(),
+            _ => 0,
+        }
+    }
+
+    /// Bytes queued for sending and not yet acknowledged by the peer.
+    pub fn send_queue(&self, id: ConnId) -> usize {
+        self.socket_of(id).map_or(0, |socket| socket.send_queue())
+    }
+
+    /// The TCP state of the connection, None for a stale id.
+    pub fn state(&self, id: ConnId) -> Option<State> {
+        self.socket_of(id).map(|socket| socket.state())
+    }
+
+    /// The peer's address and port, None for a stale id.
+    pub fn remote_endpoint(&self, id: ConnId) -> Option<IpEndpoint> {
+        self.socket_of(id).and_then(|socket| socket.remote_endpoint())
+    }
+
+    /// Closes our side: a FIN goes out after the queued data (RFC 9293 §3.10.4). `Closed` is
+    /// reported once the peer's FIN has arrived too (or the idle timeout ends it). A stale id
+    /// is ignored.
+    pub fn close(&mut self, id: ConnId) {
+        if let Ok(slot) = self.slot_of(id) {
+            self.sockets.get_mut::<tcp::Socket>(slot.handle).close();
+        }
+    }
+
+    /// Resets the connection: one RST, queued data dropped (RFC 9293 §3.10.4 ABORT).
+    /// `Closed` is reported by the next `service`. A stale id is ignored.
+    pub fn abort(&mut self, id: ConnId) {
+        if let Ok(slot) = self.slot_of(id) {
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            if socket.state() != State::Closed {
+                socket.abort();
+                self.counters.aborted += 1;
+            }
+        }
+    }
+
+    /// Open connections (reported `Opened`, not yet `Closed`).
+    pub fn connections(&self) -> usize {
+        self.open
+    }
+
+    /// Connections in the handshake (SYN-RECEIVED), counted against `connections_max`.
+    pub fn handshakes_pending(&self) -> usize {
+        self.connections - self.open
+    }
+
+    /// Sockets in LISTEN.
+    pub fn listening(&self) -> usize {
+        self.listening
+    }
+
+    /// Sockets in the table (`connections_max + listen_sockets`).
+    pub fn sockets_total(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn counters(&self) -> &StackCounters {
+        &self.counters
+    }
+
+    /// The smoltcp interface, for inspection (neighbour cache, addresses).
+    pub fn interface(&self) -> &Interface {
+        &self.iface
+    }
+}
