@@ -6,8 +6,17 @@ fn main() {
     let src = PathBuf::from("src/steer.bpf.c");
     println!("cargo:rerun-if-changed={}", src.display());
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
-    let status = Command::new(&clang)
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-c"])
+    let mut command = Command::new(&clang);
+    command.args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-c"]);
+    // `-target bpf` has no multiarch include path, yet <linux/types.h> includes <asm/types.h>,
+    // which Debian keeps under the host's multiarch directory.
+    for dir in ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu"] {
+        if std::path::Path::new(dir).join("asm/types.h").exists() {
+            command.arg(format!("-I{dir}"));
+            break;
+        }
+    }
+    let status = command
         .arg(&src)
         .arg("-o")
         .arg(out.join("steer.bpf.o"))
