@@ -1,2 +1,28 @@
-//! TLS termination (rustls, sans-IO), mTLS identities and roles, dev certificates
+//! TLS termination for Pantera (pipeline stage [4], DESIGN.md): one rustls server session per
+//! TCP connection, driven sans-IO; the mutual-TLS client identity and its role; dev
+//! certificates for the lab. Policy and file formats: docs/tls.md.
+//!
+//! ```text
+//! settings ──server_config()──▶ Arc<ServerConfig> ──Session::new()──▶ Session (per connection)
+//!   TCP rx ─▶ handle_input ─▶ read_plaintext ─▶ HTTP        HTTP ─▶ write_plaintext ─▶ poll_output ─▶ TCP tx
+//!   identity() ─▶ RoleMap::role_of() ─▶ Role
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod certs;
+mod config;
+pub mod identity;
+mod roles;
+mod session;
+
+pub use config::{
+    crypto_provider, load_certs, load_private_key, server_config, SessionLimits, TlsError,
+    TlsSettings, TlsVersion, ALLOWED_CIPHER_SUITES, ALPN_HTTP_1_1, HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    HANDSHAKE_TIMEOUT_MS_MAX, PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT, PLAINTEXT_BUFFER_BYTES_MAX_LIMIT,
+    PLAINTEXT_BUFFER_BYTES_MIN, SESSION_CACHE_ENTRIES_DEFAULT, SESSION_CACHE_ENTRIES_MAX,
+};
+pub use roles::{Role, RoleError, RoleMap, IDENTITY_BYTES_MAX, ROLE_ENTRIES_MAX};
+pub use session::{Session, SessionError};
+
+/// rustls, re-exported so callers name the same version's types (ServerConfig, ProtocolVersion).
+pub use rustls;

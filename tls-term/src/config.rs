@@ -1,0 +1,525 @@
+//! TLS settings and the one `rustls::ServerConfig` every session of the process shares.
+//!
+//! Policy (docs/tls.md): TLS 1.3 and 1.2 (minimum configurable), AEAD cipher suites with
+//! ephemeral (EC)DHE key exchange only, ALPN `http/1.1`, session resumption by a stateful cache
+//! and by tickets, and optional mutual TLS against a configured client CA.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The only application protocol spoken over the tunnel (RFC 7301 ALPN id).
+pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// Default stateful session cache size: about 4096 × ~300 B ≈ 1.2 MiB per process.
+pub const SESSION_CACHE_ENTRIES_DEFAULT: usize = 4096;
+/// Upper bound on the stateful session cache: keeps a typo from reserving gigabytes.
+pub const SESSION_CACHE_ENTRIES_MAX: usize = 1 << 20;
+/// A client that has not finished its handshake within this time is dropped: it holds a
+/// connection slot and handshake state (slowloris at the TLS layer).
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Ten minutes: anything longer is a misconfiguration, not a slow client.
+pub const HANDSHAKE_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Default bound on plaintext queued for encryption per session (one HTTP response batch).
+pub const PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT: usize = 256 * 1024;
+/// Below one maximal TLS record (RFC 8446 §5.1: 2^14 bytes) a session could never send a full
+/// record.
+pub const PLAINTEXT_BUFFER_BYTES_MIN: usize = 16 * 1024;
+/// Per-session upper bound: with thousands of sessions per worker this is already a lot.
+pub const PLAINTEXT_BUFFER_BYTES_MAX_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Lowest protocol version the server accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// Accept TLS 1.2 and TLS 1.3 (the default: many payment clients still speak 1.2).
+    #[default]
+    Tls12,
+    /// Accept TLS 1.3 only.
+    Tls13,
+}
+
+impl TlsVersion {
+    fn protocol_versions(self) -> &'static [&'static SupportedProtocolVersion] {
+        static BOTH: [&SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            TlsVersion::Tls12 => &BOTH,
+            TlsVersion::Tls13 => &TLS13_ONLY,
+        }
+    }
+}
+
+impl std::str::FromStr for TlsVersion {
+    type Err = TlsError;
+
+    /// Accepts "1.2"/"tls12"/"TLS1.2" and "1.3"/"tls13"/"TLS1.3".
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let normal: String = s
+            .chars()
+            .filter(|c| *c != '.' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        match normal.as_str() {
+            "12" | "tls12" | "tlsv12" => Ok(TlsVersion::Tls12),
+            "13" | "tls13" | "tlsv13" => Ok(TlsVersion::Tls13),
+            _ => Err(TlsError::InvalidSetting {
+                name: "min_version",
+                value: s.to_owned(),
+                reason: "expected \"1.2\" or \"1.3\"",
+            }),
+        }
+    }
+}
+
+/// Everything the TLS terminator needs to know; see docs/tls.md for each field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM file: the server certificate first, then any intermediates.
+    pub cert_chain: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Must be mode 0600 or
+    /// stricter: the server refuses to start when group or others may read it.
+    pub private_key: PathBuf,
+    /// PEM file of CA certificates: when set, every client must present a certificate chaining
+    /// to one of them (mutual TLS). When unset, no client certificate is requested.
+    pub client_ca: Option<PathBuf>,
+    /// Lowest protocol version accepted.
+    pub min_version: TlsVersion,
+    /// Entries of the stateful resumption cache (TLS 1.2 session ids, TLS 1.3 stateful
+    /// tickets when `tickets` is off). 0 disables the cache.
+    pub session_cache_entries: usize,
+    /// Issue stateless resumption tickets (RFC 8446 §4.6.1, RFC 5077), with keys that rotate
+    /// every 6 hours and live only in this process.
+    pub tickets: bool,
+    /// Deadline from the first byte of a connection to the end of its handshake.
+    pub handshake_timeout_ms: u64,
+    /// Bound on plaintext a session queues for encryption ([`crate::Session::write_plaintext`]).
+    pub plaintext_buffer_bytes_max: usize,
+}
+
+impl TlsSettings {
+    /// Settings for the dev certificates that [`crate::certs::init`] writes into `dir`,
+    /// with mutual TLS on.
+    pub fn lab(dir: &Path) -> Self {
+        let paths = crate::certs::DevCertPaths::in_dir(dir);
+        TlsSettings {
+            cert_chain: paths.server_cert,
+            private_key: paths.server_key,
+            client_ca: Some(paths.ca_cert),
+            ..TlsSettings::default()
+        }
+    }
+
+    /// Checks every bound; paths are checked by [`server_config`], which opens them.
+    pub fn validate(&self) -> Result<(), TlsError> {
+        if self.session_cache_entries > SESSION_CACHE_ENTRIES_MAX {
+            return Err(TlsError::InvalidSetting {
+                name: "session_cache_entries",
+                value: self.session_cache_entries.to_string(),
+                reason: "must be at most 1048576",
+            });
+        }
+        if self.handshake_timeout_ms == 0 || self.handshake_timeout_ms > HANDSHAKE_TIMEOUT_MS_MAX {
+            return Err(TlsError::InvalidSetting {
+                name: "handshake_timeout_ms",
+                value: self.handshake_timeout_ms.to_string(),
+                reason: "must be in 1..=600000",
+            });
+        }
+        if !(PLAINTEXT_BUFFER_BYTES_MIN..=PLAINTEXT_BUFFER_BYTES_MAX_LIMIT)
+            .contains(&self.plaintext_buffer_bytes_max)
+        {
+            return Err(TlsError::InvalidSetting {
+                name: "plaintext_buffer_bytes_max",
+                value: self.plaintext_buffer_bytes_max.to_string(),
+                reason: "must be in 16384..=67108864",
+            });
+        }
+        for (name, path) in [
+            ("cert_chain", &self.cert_chain),
+            ("private_key", &self.private_key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(TlsError::InvalidSetting {
+                    name,
+                    value: String::new(),
+                    reason: "path must not be empty",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-session limits derived from these settings, for [`crate::Session::with_limits`].
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            plaintext_buffer_bytes_max: self.plaintext_buffer_bytes_max,
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert_chain: PathBuf::from(".pantera/tls/server.pem"),
+            private_key: PathBuf::from(".pantera/tls/server.key"),
+            client_ca: Some(PathBuf::from(".pantera/tls/ca.pem")),
+            min_version: TlsVersion::Tls12,
+            session_cache_entries: SESSION_CACHE_ENTRIES_DEFAULT,
+            tickets: true,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            plaintext_buffer_bytes_max: PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Bounds one [`crate::Session`] enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Deadline from `Session` creation to the end of the handshake.
+    pub handshake_timeout: Duration,
+    /// Bound on plaintext queued for encryption and not yet taken by rustls.
+    pub plaintext_buffer_bytes_max: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
+            plaintext_buffer_bytes_max: PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Operating errors: the server cannot be configured as asked. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("invalid TLS setting {name} = {value:?}: {reason}")]
+    InvalidSetting {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("{what} file {path} does not exist")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("cannot read {what} file {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "private key {path} is readable by group or others (mode {mode:04o}); \
+         refusing to start: run `chmod 600 {path}`"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{what} file {path} is not valid PEM: {source}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        source: pem::Error,
+    },
+    #[error("{what} file {path} holds no PEM CERTIFICATE section")]
+    NoCertificates { what: &'static str, path: PathBuf },
+    #[error("private key file {path} holds no PEM private key section")]
+    NoPrivateKey { path: PathBuf },
+    #[error("private key {key} does not match the certificate {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("cannot use the certificate {cert} with the key {key}: {source}")]
+    CertifiedKey {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error(
+        "client CA file {path} holds a certificate that is not a usable trust anchor: {source}"
+    )]
+    BadClientCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot build the client certificate verifier from {path}: {source}")]
+    ClientVerifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("TLS configuration: {what}: {source}")]
+    Rustls {
+        what: &'static str,
+        source: rustls::Error,
+    },
+}
+
+/// The cipher suites Pantera allows: AEAD only (RFC 8446 §5.2; for 1.2, RFC 5288 GCM and
+/// RFC 7905 ChaCha20-Poly1305) with ephemeral ECDHE (forward secrecy). TLS 1.3 suites carry no
+/// key exchange: every TLS 1.3 key exchange is ephemeral (RFC 8446 §2).
+pub const ALLOWED_CIPHER_SUITES: &[CipherSuite] = &[
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// rustls' ring provider restricted to [`ALLOWED_CIPHER_SUITES`]. ring's defaults already are
+/// exactly these; the filter keeps a future default from widening the policy silently.
+pub fn crypto_provider() -> CryptoProvider {
+    let mut provider = ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|suite| ALLOWED_CIPHER_SUITES.contains(&suite.suite()));
+    provider
+}
+
+/// Loads the certificates and key named by `settings` and builds the shared server config.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    settings.validate()?;
+    let provider = Arc::new(crypto_provider());
+
+    let cert_chain = load_certs("certificate chain", &settings.cert_chain)?;
+    let private_key = load_private_key(&settings.private_key)?;
+
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(settings.min_version.protocol_versions())
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?;
+
+    let builder = match &settings.client_ca {
+        Some(ca_path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs("client CA", ca_path)? {
+                roots.add(cert).map_err(|source| TlsError::BadClientCa {
+                    path: ca_path.clone(),
+                    source,
+                })?;
+            }
+            // Anonymous clients are refused (allow_unauthenticated is not called): with mTLS
+            // configured, the certificate is the only identity a request has.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|source| TlsError::ClientVerifier {
+                    path: ca_path.clone(),
+                    source,
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+
+    let mut config = builder
+        .with_single_cert(cert_chain, private_key)
+        .map_err(|source| {
+            let cert = settings.cert_chain.clone();
+            let key = settings.private_key.clone();
+            match source {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    TlsError::KeyMismatch { cert, key }
+                }
+                source => TlsError::CertifiedKey { cert, key, source },
+            }
+        })?;
+
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    config.session_storage = if settings.session_cache_entries == 0 {
+        Arc::new(NoServerSessionStorage {})
+    } else {
+        ServerSessionMemoryCache::new(settings.session_cache_entries)
+    };
+    if settings.tickets {
+        config.ticketer = ring::Ticketer::new().map_err(|source| TlsError::Rustls {
+            what: "ticket key generation",
+            source,
+        })?;
+    }
+    // 0-RTT stays off (max_early_data_size = 0, rustls' default): early data is replayable
+    // (RFC 8446 §8) and every request here moves money.
+    debug_assert_eq!(config.max_early_data_size, 0);
+    Ok(Arc::new(config))
+}
+
+fn check_exists(what: &'static str, path: &Path) -> Result<fs::Metadata, TlsError> {
+    fs::metadata(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => TlsError::Missing {
+            what,
+            path: path.to_owned(),
+        },
+        _ => TlsError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn pem_error(what: &'static str, path: &Path, source: pem::Error) -> TlsError {
+    match source {
+        pem::Error::Io(source) if source.kind() == io::ErrorKind::NotFound => TlsError::Missing {
+            what,
+            path: path.to_owned(),
+        },
+        pem::Error::Io(source) => TlsError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+        source => TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Every CERTIFICATE section of a PEM file, in file order; at least one.
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    check_exists(what, path)?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file, after checking that only its owner may read it.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    const WHAT: &str = "private key";
+    let metadata = check_exists(WHAT, path)?;
+    // A key readable by other local users is a key that may already be copied: refuse rather
+    // than serve with it (the same rule as OpenSSH's "UNPROTECTED PRIVATE KEY FILE").
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_owned(),
+        },
+        e => pem_error(WHAT, path, e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_defaults_are_aead_with_forward_secrecy() {
+        let defaults = ring::default_provider();
+        assert!(!defaults.cipher_suites.is_empty());
+        for suite in &defaults.cipher_suites {
+            assert!(
+                ALLOWED_CIPHER_SUITES.contains(&suite.suite()),
+                "ring default suite {:?} is outside the policy",
+                suite.suite()
+            );
+            let name = format!("{:?}", suite.suite());
+            // Belt and braces on the names: AEAD (GCM or ChaCha20-Poly1305), and for 1.2 ECDHE.
+            assert!(
+                name.contains("GCM") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
+            if name.starts_with("TLS_") {
+                assert!(name.starts_with("TLS_ECDHE_"), "{name}");
+            }
+        }
+        // The filter keeps all of them: the policy costs no suite.
+        assert_eq!(
+            crypto_provider().cipher_suites.len(),
+            defaults.cipher_suites.len()
+        );
+        // Key exchange groups are all ephemeral ECDHE.
+        for group in &crypto_provider().kx_groups {
+            let name = format!("{:?}", group.name());
+            assert!(
+                matches!(name.as_str(), "X25519" | "secp256r1" | "secp384r1"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_checks_bounds() {
+        let ok = TlsSettings::default();
+        ok.validate().unwrap();
+        let bad = TlsSettings {
+            handshake_timeout_ms: 0,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "handshake_timeout_ms",
+                ..
+            })
+        ));
+        let bad = TlsSettings {
+            plaintext_buffer_bytes_max: 100,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "plaintext_buffer_bytes_max",
+                ..
+            })
+        ));
+        let bad = TlsSettings {
+            session_cache_entries: usize::MAX,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "session_cache_entries",
+                ..
+            })
+        ));
+        let bad = TlsSettings {
+            cert_chain: PathBuf::new(),
+            ..ok
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "cert_chain",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tls_version_parses() {
+        assert_eq!("1.2".parse::<TlsVersion>().unwrap(), TlsVersion::Tls12);
+        assert_eq!("TLS1.3".parse::<TlsVersion>().unwrap(), TlsVersion::Tls13);
+        assert_eq!("tls13".parse::<TlsVersion>().unwrap(), TlsVersion::Tls13);
+        assert!("1.1".parse::<TlsVersion>().is_err());
+    }
+}
