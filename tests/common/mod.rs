@@ -1,0 +1,334 @@
+//! Support for the root lab tests: a private lab per test (RAII), the appliance as a child
+//! process (RAII), clients that run inside the lab's client namespace, and a small HTTPS client.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+pub use pantera::lab::{Lab, LabSpec};
+
+pub const PANTERA: &str = env!("CARGO_BIN_EXE_pantera");
+pub const PORT: u16 = 8443;
+
+/// The lab tests need root (netns, veth, XDP). They fail loudly without it rather than pass
+/// silently: `cargo xtask test` runs as root.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "root lab tests need root: run `cargo xtask test` as root");
+}
+
+pub fn lab(tag: &str, queues: u32) -> Lab {
+    require_root();
+    Lab::create(&LabSpec::unique(tag, queues)).expect("cannot create the lab")
+}
+
+/// Moves the calling thread into the lab's client namespace. Sockets it opens from then on
+/// live in that namespace (setns(2) with CLONE_NEWNET affects only the calling thread).
+pub fn enter_netns(netns: &str) {
+    let f = File::open(Path::new("/run/netns").join(netns)).expect("netns exists");
+    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Runs `f` on a fresh thread inside the client namespace.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let netns = netns.to_owned();
+    thread::spawn(move || {
+        enter_netns(&netns);
+        f()
+    })
+}
+
+fn free_local_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The appliance, started as a child process on a test lab. Killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub management: SocketAddr,
+    pub service: Ipv4Addr,
+    pub interface: String,
+    config_path: PathBuf,
+}
+
+impl Server {
+    /// Writes a configuration for `lab` under `dir` (certificates, WAL) and starts the
+    /// appliance; returns once /readyz answers 200.
+    pub fn start(lab: &Lab, dir: &Path, app: &str, extra_toml: &str) -> Server {
+        let tls = dir.join("tls");
+        let out = Command::new(PANTERA)
+            .args(["certs", "init", "--dir"])
+            .arg(&tls)
+            .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
+            .output()
+            .expect("run pantera certs init");
+        assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+        let management: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().expect("addr");
+        let config = format!(
+            r#"
+[dataplane]
+interface = "{interface}"
+
+[service]
+address = "{service}"
+port = {PORT}
+app = "{app}"
+
+[tls]
+cert_chain = "{tls}/server.pem"
+private_key = "{tls}/server.key"
+client_ca = "{tls}/ca.pem"
+roles = {{ "client" = "write", "reader" = "read" }}
+handshake_timeout_ms = 2000
+
+[ledger]
+wal_dir = "{wal}"
+
+[management]
+listen = "{management}"
+{extra_toml}
+"#,
+            interface = lab.spec.host_if,
+            service = lab.spec.service_ipv4,
+            tls = tls.display(),
+            wal = dir.join("wal").display(),
+        );
+        let config_path = dir.join("pantera.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut server = Server {
+            child: None,
+            dir: dir.to_owned(),
+            management,
+            service: lab.spec.service_ipv4,
+            interface: lab.spec.host_if.clone(),
+            config_path,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts (or restarts) the process with the same configuration and waits until ready.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(PANTERA)
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start pantera serve");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
+                panic!("pantera exited before it was ready: {st}");
+            }
+            if http_get(self.management, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pantera not ready within {timeout:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.management, "/metrics").expect("scrape /metrics").1
+    }
+
+    /// The value of one sample line of /metrics (the sum over label sets matching `filter`).
+    pub fn metric_sum(&self, name: &str, filter: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && filter.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls /metrics until the sum reaches `min` (workers publish a few times a second), and
+    /// returns the last value seen.
+    pub fn wait_metric(&self, name: &str, filter: &[&str], min: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric_sum(name, filter);
+            if v >= min || Instant::now() > deadline {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("kill -TERM");
+        wait_bounded(&mut child, Duration::from_secs(20))
+    }
+
+    /// SIGKILL: no clean-up of any kind runs in the process.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pantera did not stop within {timeout:?} of SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// XDP programs attached to an interface, as `ip -d link show` reports them.
+pub fn xdp_attached(interface: &str) -> bool {
+    let out = Command::new("ip").args(["-d", "link", "show", "dev", interface]).output().expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("prog/xdp") || text.contains(" xdp")
+}
+
+/// A plain HTTP/1.1 GET on a kernel socket (the management listener).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: pantera\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A rustls client configuration trusting the lab CA, with the named client certificate
+/// (`client`, `reader`) or none.
+pub fn tls_client_config(tls_dir: &Path, who: Option<&str>) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls_dir.join("ca.pem")).expect("ca.pem") {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match who {
+        Some(name) => {
+            let certs: Vec<_> = CertificateDer::pem_file_iter(tls_dir.join(format!("{name}.pem")))
+                .expect("client cert")
+                .map(|c| c.expect("cert"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(tls_dir.join(format!("{name}.key"))).expect("client key");
+            builder.with_client_auth_cert(certs, key).expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects over TLS from the current thread's namespace and finishes the handshake.
+pub fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// One HTTP/1.1 request on a keep-alive stream; returns (status, body).
+pub fn request(stream: &mut impl ReadWrite, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pantera\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()?;
+    read_response(stream)
+}
+
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Reads one Content-Length framed response.
+pub fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        buf.push(byte[0]);
+        if buf.len() > 64 * 1024 {
+            return Err(std::io::Error::other("response head too large"));
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The JSON value of `field` of an account, read through the API.
+pub fn account_field(stream: &mut impl ReadWrite, id: u128, field: &str) -> String {
+    let (status, body) = request(stream, "GET", &format!("/v1/accounts/{id}"), "").expect("GET account");
+    assert_eq!(status, 200, "GET /v1/accounts/{id}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("account JSON");
+    v[field].as_str().unwrap_or_else(|| panic!("{field} in {body}")).to_owned()
+}
