@@ -299,9 +299,17 @@ fn client_certificate_from_another_ca_is_refused() {
     // The client trusts our server but presents a certificate issued by a foreign CA: once a
     // CA with another name (unknown issuer), once one posing under our CA's name (its
     // signature does not verify with our CA's key).
-    for (ca_name, expected) in [
-        ("Mallory CA", CertificateError::UnknownIssuer),
-        (certs::CA_COMMON_NAME, CertificateError::BadSignature),
+    for (ca_name, expected, alert) in [
+        (
+            "Mallory CA",
+            CertificateError::UnknownIssuer,
+            AlertDescription::UnknownCA,
+        ),
+        (
+            certs::CA_COMMON_NAME,
+            CertificateError::BadSignature,
+            AlertDescription::DecryptError,
+        ),
     ] {
         let (cert, key) = foreign_client(dir.path(), ca_name);
         let client = client_config(&paths.ca_cert, ClientCert::Pair(&cert, &key), BOTH);
@@ -316,10 +324,7 @@ fn client_certificate_from_another_ca_is_refused() {
             }
             other => panic!("expected BadClientCertificate, got {other:?}"),
         }
-        assert!(matches!(
-            pair.deliver_alert(),
-            rustls::Error::AlertReceived(_)
-        ));
+        assert_eq!(pair.deliver_alert(), rustls::Error::AlertReceived(alert));
         assert_eq!(pair.server.identity(), None);
     }
     // Another dev CA directory: the same name again, a different key.
