@@ -1,0 +1,720 @@
+//! End-to-end tests: the appliance's [`Stack`] on one end of a [`SimLink`], a client smoltcp
+//! `Interface` (built here directly) or hand-made frames on the other. Time is simulated: the
+//! tests jump it to the next deadline, so timeouts cost no wall-clock time.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::tcp as stcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
+    Ipv4Packet, Ipv4Repr,
+};
+use tcp::sim::{Side, SimConfig, SimLink};
+use tcp::{ConnError, ConnId, Event, Stack, StackConfig};
+
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const PORT: u16 = 8443;
+
+fn server_config() -> StackConfig {
+    StackConfig {
+        mac: SERVER_MAC,
+        ipv4: SERVER_IP,
+        prefix_len: 24,
+        port: PORT,
+        random_seed: 0x5eed,
+        ..StackConfig::default()
+    }
+}
+
+/// Checks the event stream as it comes: every `Closed` follows exactly one `Opened` of the
+/// same id, and ids are never reused while open.
+#[derive(Default)]
+struct EventLedger {
+    open: HashMap<ConnId, ()>,
+    opened: Vec<ConnId>,
+    closed: Vec<ConnId>,
+}
+
+impl EventLedger {
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Opened(id) => {
+                assert!(
+                    !self.opened.contains(&id),
+                    "{id:?} opened twice (generation reused)"
+                );
+                assert!(self.open.insert(id, ()).is_none());
+                self.opened.push(id);
+            }
+            Event::Closed(id) => {
+                assert!(
+                    self.open.remove(&id).is_some(),
+                    "{id:?} closed without being open, or closed twice"
+                );
+                self.closed.push(id);
+            }
+        }
+    }
+}
+
+/// The appliance and a client interface over one simulated link.
+struct World {
+    link: SimLink,
+    server: Stack,
+    client: Interface,
+    client_sockets: SocketSet<'static>,
+    now: Instant,
+    events: EventLedger,
+    /// Events of the last step, for the test's application logic.
+    fresh: Vec<Event>,
+}
+
+impl World {
+    fn new(config: &StackConfig, sim: SimConfig) -> World {
+        let mut link = SimLink::new(sim);
+        let now = Instant::from_millis(1_000);
+        let mut server = Stack::new(config, &mut link.port(Side::A), now).expect("valid config");
+        assert!(server.announce(&mut link.port(Side::A), now));
+        let mut client_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(CLIENT_MAC)));
+        client_config.random_seed = 0xc11e;
+        let mut client = Interface::new(client_config, &mut link.port(Side::B), now);
+        client.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(CLIENT_IP), 24))
+                .unwrap()
+        });
+        World {
+            link,
+            server,
+            client,
+            client_sockets: SocketSet::new(Vec::new()),
+            now,
+            events: EventLedger::default(),
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Adds a client socket connecting to the service from `local_port`.
+    fn connect(&mut self, local_port: u16, buffer_bytes: usize) -> SocketHandle {
+        let mut socket = stcp::Socket::new(
+            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
+            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
+        );
+        socket
+            .connect(
+                self.client.context(),
+                (IpAddress::Ipv4(SERVER_IP), PORT),
+                local_port,
+            )
+            .unwrap();
+        self.client_sockets.add(socket)
+    }
+
+    fn client_socket(&mut self, handle: SocketHandle) -> &mut stcp::Socket<'static> {
+        self.client_sockets.get_mut::<stcp::Socket>(handle)
+    }
+
+    /// One turn of both ends. True if anything moved.
+    fn step(&mut self) -> bool {
+        let mut busy = self.server.poll(self.now, &mut self.link.port(Side::A));
+        let (events, fresh) = (&mut self.events, &mut self.fresh);
+        fresh.clear();
+        self.server.service(self.now, |event| {
+            events.record(event);
+            fresh.push(event);
+        });
+        busy |= !self.fresh.is_empty();
+        busy |= self.client.poll(self.now, &mut self.link.port(Side::B), &mut self.client_sockets)
+            == PollResult::SocketStateChanged;
+        busy
+    }
+
+    /// Moves time to the next thing due (a frame, a timer), at least 1 ms on.
+    fn advance(&mut self) {
+        let candidates = [
+            self.server.poll_delay(self.now).map(|d| self.now + d),
+            self.client.poll_at(self.now, &self.client_sockets),
+            self.link.next_delivery(),
+        ];
+        let next = candidates.into_iter().flatten().min();
+        let floor = self.now + Duration::from_millis(1);
+        self.now = match next {
+            Some(next) if next > floor => next.min(self.now + Duration::from_secs(1)),
+            _ => floor,
+        };
+    }
+
+    /// Steps (running `app` after each step) until `done` or `limit` of simulated time.
+    fn run_until(
+        &mut self,
+        limit: Duration,
+        mut app: impl FnMut(&mut World),
+        mut done: impl FnMut(&mut World) -> bool,
+    ) -> bool {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            let busy = self.step();
+            app(self);
+            if done(self) {
+                return true;
+            }
+            if !busy {
+                self.advance();
+            }
+        }
+        false
+    }
+}
+
+fn no_app(_: &mut World) {}
+
+// ---------------------------------------------------------------- ARP and ICMP
+
+fn arp_request_frame(target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = vec![0u8; 42];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(CLIENT_MAC),
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut ethernet);
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(CLIENT_MAC),
+        source_protocol_addr: CLIENT_IP,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(ethernet.payload_mut()));
+    frame
+}
+
+fn server_alone() -> (SimLink, Stack, Instant) {
+    let mut link = SimLink::new(SimConfig::default());
+    let now = Instant::from_millis(1_000);
+    let server = Stack::new(&server_config(), &mut link.port(Side::A), now).unwrap();
+    (link, server, now)
+}
+
+#[test]
+fn announce_sends_the_gratuitous_arp() {
+    let (mut link, mut server, now) = server_alone();
+    assert!(server.announce(&mut link.port(Side::A), now));
+    let frame = link.take(Side::B, now).expect("announcement on the wire");
+    let mut golden = [0u8; tcp::GRATUITOUS_ARP_FRAME_BYTES];
+    tcp::write_gratuitous_arp(&mut golden, SERVER_MAC, SERVER_IP);
+    assert_eq!(frame, golden);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&frame[14..]).unwrap()).unwrap();
+    assert_eq!(
+        arp,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(SERVER_MAC),
+            source_protocol_addr: SERVER_IP,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: SERVER_IP,
+        }
+    );
+    assert_eq!(server.counters().announcements, 1);
+    assert_eq!(server.counters().tx_frames, 1);
+}
+
+#[test]
+fn arp_request_gets_a_reply_and_others_are_ignored() {
+    let (mut link, mut server, now) = server_alone();
+    // For someone else: no reply.
+    link.inject(Side::A, now, &arp_request_frame(Ipv4Addr::new(10, 99, 0, 7)));
+    server.poll(now, &mut link.port(Side::A));
+    assert_eq!(link.take(Side::B, now), None);
+
+    link.inject(Side::A, now, &arp_request_frame(SERVER_IP));
+    assert!(server.poll(now, &mut link.port(Side::A)));
+    let reply = link.take(Side::B, now).expect("ARP reply");
+    let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
+    assert_eq!(ethernet.dst_addr(), EthernetAddress(CLIENT_MAC));
+    assert_eq!(ethernet.src_addr(), EthernetAddress(SERVER_MAC));
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap();
+    assert_eq!(
+        arp,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(SERVER_MAC),
+            source_protocol_addr: SERVER_IP,
+            target_hardware_addr: EthernetAddress(CLIENT_MAC),
+            target_protocol_addr: CLIENT_IP,
+        }
+    );
+    assert_eq!(server.counters().rx_frames, 2);
+    assert_eq!(server.counters().tx_frames, 1);
+}
+
+#[test]
+fn icmp_echo_request_gets_a_reply() {
+    let (mut link, mut server, now) = server_alone();
+    // The ARP request teaches the server our MAC, as a real client's resolution would.
+    link.inject(Side::A, now, &arp_request_frame(SERVER_IP));
+    server.poll(now, &mut link.port(Side::A));
+    link.take(Side::B, now).expect("ARP reply");
+
+    let payload = b"pantera ping payload 0123456789";
+    let icmp = Icmpv4Repr::EchoRequest {
+        ident: 0x1234,
+        seq_no: 7,
+        data: payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: CLIENT_IP,
+        dst_addr: SERVER_IP,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let checksums = ChecksumCapabilities::default();
+    let mut frame = vec![0u8; 14 + ip.buffer_len() + icmp.buffer_len()];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(CLIENT_MAC),
+        dst_addr: EthernetAddress(SERVER_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut ethernet);
+    let mut ip_packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+    ip.emit(&mut ip_packet, &checksums);
+    icmp.emit(
+        &mut Icmpv4Packet::new_unchecked(ip_packet.payload_mut()),
+        &checksums,
+    );
+    link.inject(Side::A, now, &frame);
+    assert!(server.poll(now, &mut link.port(Side::A)));
+
+    let reply = link.take(Side::B, now).expect("echo reply");
+    let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
+    assert_eq!(ethernet.dst_addr(), EthernetAddress(CLIENT_MAC));
+    let ip_packet = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
+    assert!(ip_packet.verify_checksum());
+    let ip_reply = Ipv4Repr::parse(&ip_packet, &checksums).unwrap();
+    assert_eq!((ip_reply.src_addr, ip_reply.dst_addr), (SERVER_IP, CLIENT_IP));
+    let icmp_packet = Icmpv4Packet::new_checked(ip_packet.payload()).unwrap();
+    assert!(icmp_packet.verify_checksum());
+    assert_eq!(
+        Icmpv4Repr::parse(&icmp_packet, &checksums).unwrap(),
+        Icmpv4Repr::EchoReply {
+            ident: 0x1234,
+            seq_no: 7,
+            data: payload,
+        }
+    );
+}
+
+#[test]
+fn malformed_frames_are_dropped_without_panic() {
+    let (mut link, mut server, now) = server_alone();
+    let mut rng = tcp::sim::SplitMix64::new(3);
+    let good = arp_request_frame(SERVER_IP);
+    for length in [0usize, 1, 13, 14, 20, 41, 42, 60, 200] {
+        for _ in 0..20 {
+            let mut frame: Vec<u8> = (0..length).map(|_| rng.next_u64() as u8).collect();
+            // Keep some frames plausible so parsing goes deeper than the Ethernet header.
+            if length >= 14 && rng.chance(500_000) {
+                frame[..12].copy_from_slice(&good[..12]);
+                frame[12..14].copy_from_slice(&[0x08, 0x00]);
+            }
+            link.inject(Side::A, now, &frame);
+            server.poll(now, &mut link.port(Side::A));
+        }
+    }
+    server.service(now, |event| panic!("no connection, yet {event:?}"));
+}
+
+// ---------------------------------------------------------------- TCP
+
+/// Echoes everything received on open connections; closes once the peer has closed and
+/// everything was sent back.
+fn echo_app(world: &mut World) {
+    for &event in &world.fresh {
+        if let Event::Opened(_) = event {}
+    }
+    let ids: Vec<ConnId> = world.events.open.keys().copied().collect();
+    for id in ids {
+        let server = &mut world.server;
+        while server.can_recv(id) && server.send_capacity_free(id) > 0 {
+            let mut chunk = [0u8; 4096];
+            let room = server.send_capacity_free(id).min(chunk.len());
+            let n = server
+                .recv(id, |bytes| {
+                    let n = bytes.len().min(room);
+                    chunk[..n].copy_from_slice(&bytes[..n]);
+                    (n, n)
+                })
+                .unwrap();
+            let mut sent = 0;
+            while sent < n {
+                sent += server
+                    .send(id, |free| {
+                        let k = free.len().min(n - sent);
+                        free[..k].copy_from_slice(&chunk[sent..sent + k]);
+                        (k, k)
+                    })
+                    .unwrap();
+            }
+        }
+        if !server.may_recv(id) && server.send_queue(id) == 0 {
+            server.close(id);
+        }
+    }
+}
+
+#[test]
+fn echo_64_kib_intact_with_loss_and_reorder() {
+    let sim = SimConfig {
+        seed: 0xfeed,
+        loss_ppm: 50_000,
+        reorder_ppm: 50_000,
+        duplicate_ppm: 10_000,
+        latency: Duration::from_millis(1),
+        ..SimConfig::default()
+    };
+    let mut world = World::new(&server_config(), sim);
+    let message: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let client = world.connect(40_000, 65535);
+    let mut sent = 0;
+    let mut echoed = Vec::with_capacity(message.len());
+    let finished = world.run_until(
+        Duration::from_secs(600),
+        |world| {
+            echo_app(world);
+            let socket = world.client_socket(client);
+            if socket.can_send() && sent < message.len() {
+                sent += socket.send_slice(&message[sent..]).unwrap();
+            }
+            while socket.can_recv() {
+                socket
+                    .recv(|bytes| {
+                        echoed.extend_from_slice(bytes);
+                        (bytes.len(), ())
+                    })
+                    .unwrap();
+            }
+            if echoed.len() == message.len() && socket.state() == stcp::State::Established {
+                socket.close();
+            }
+        },
+        |world| world.events.closed.len() == 1 && !world.client_socket(client).is_active(),
+    );
+    let stats = world.link.stats().clone();
+    assert!(finished, "echo did not finish: {} of {} bytes back; {stats:?}", echoed.len(), message.len());
+    assert!(echoed == message, "echoed bytes differ");
+    assert!(stats.lost > 3 && stats.reordered > 3, "faults were injected: {stats:?}");
+    assert_eq!(world.events.opened.len(), 1);
+    assert_eq!(world.events.closed, world.events.opened);
+    assert_eq!(world.server.connections(), 0);
+    let counters = world.server.counters();
+    assert_eq!((counters.accepted, counters.closed), (1, 1));
+    assert_eq!(counters.idle_timeouts, 0);
+}
+
+#[test]
+fn a_thousand_concurrent_connections_with_64_listeners() {
+    const CLIENTS: usize = 1000;
+    const WAVE: usize = 50;
+    let config = StackConfig {
+        listen_sockets: 64,
+        connections_max: 1024,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    assert_eq!(world.server.sockets_total(), 1024 + 64);
+    assert_eq!(world.server.listening(), 64);
+    let mut handles = Vec::with_capacity(CLIENTS);
+    for wave in 0..CLIENTS / WAVE {
+        for i in 0..WAVE {
+            handles.push(world.connect((20_000 + wave * WAVE + i) as u16, 1024));
+        }
+        let expected = handles.len();
+        assert!(
+            world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+                == expected),
+            "wave {wave}: {} of {expected} open",
+            world.server.connections()
+        );
+        // The pool is re-armed after each wave, within the room left under connections_max.
+        assert_eq!(
+            world.server.listening(),
+            64.min(1024 - expected),
+            "wave {wave}: {:?} pending {}",
+            world.server.counters(),
+            world.server.handshakes_pending()
+        );
+    }
+    // Let the last ACKs settle, then check every client is established.
+    world.run_until(Duration::from_millis(50), no_app, |_| false);
+    for &handle in &handles {
+        assert_eq!(world.client_socket(handle).state(), stcp::State::Established);
+    }
+    let counters = world.server.counters().clone();
+    assert_eq!(world.server.connections(), CLIENTS);
+    assert_eq!(counters.accepted, CLIENTS as u64);
+    assert_eq!(counters.refused_at_capacity, 0);
+    assert_eq!(counters.refused_listen_pool_empty, 0);
+    assert_eq!(counters.handshakes_failed, 0);
+    // Every open connection has its own slot.
+    let mut slots: Vec<usize> = world.events.opened.iter().map(|id| id.slot()).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), CLIENTS);
+    assert!(slots.iter().all(|&slot| slot < 1024 + 64));
+}
+
+#[test]
+fn connections_max_is_enforced_and_refusals_counted() {
+    let config = StackConfig {
+        listen_sockets: 4,
+        connections_max: 8,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        handles.push(world.connect(30_000 + i, 1024));
+        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == i as usize + 1));
+    }
+    assert_eq!(world.server.listening(), 0, "no socket listens at capacity");
+
+    // The ninth is refused: smoltcp answers its SYN with an RST.
+    let ninth = world.connect(30_100, 1024);
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| !w
+        .client_socket(ninth)
+        .is_open()));
+    assert_eq!(world.server.connections(), 8);
+    assert_eq!(world.server.counters().refused_at_capacity, 1);
+    assert_eq!(world.server.counters().refused_listen_pool_empty, 0);
+
+    // One connection ends (the client resets it); a new one is then accepted.
+    world.client_socket(handles[0]).abort();
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 7));
+    assert_eq!(world.server.listening(), 1);
+    let tenth = world.connect(30_101, 1024);
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 8));
+    assert_eq!(world.client_socket(tenth).state(), stcp::State::Established);
+    assert_eq!(world.server.counters().accepted, 9);
+    assert_eq!(world.events.closed.len(), 1);
+}
+
+#[test]
+fn a_burst_beyond_the_listen_pool_is_refused_and_counted() {
+    let config = StackConfig {
+        listen_sockets: 2,
+        connections_max: 16,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    // Resolve ARP first so the whole burst reaches the server in one poll.
+    let first = world.connect(31_000, 1024);
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1));
+    let burst: Vec<_> = (1..5).map(|i| world.connect(31_000 + i, 1024)).collect();
+    // Client sends four SYNs; the server polls once with two sockets listening.
+    world
+        .client
+        .poll(world.now, &mut world.link.port(Side::B), &mut world.client_sockets);
+    world.server.poll(world.now, &mut world.link.port(Side::A));
+    assert_eq!(world.server.counters().refused_listen_pool_empty, 2);
+    assert_eq!(world.server.counters().refused_at_capacity, 0);
+    world.run_until(Duration::from_millis(100), no_app, |_| false);
+    let established = burst
+        .iter()
+        .filter(|&&h| world.client_socket(h).state() == stcp::State::Established)
+        .count();
+    assert_eq!(established, 2);
+    assert_eq!(world.server.connections(), 3);
+    let _ = first;
+}
+
+#[test]
+fn idle_connections_time_out_and_report_closed() {
+    let config = StackConfig {
+        idle_timeout_ms: 2_000,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    let quiet = world.connect(32_000, 1024);
+    let chatty = world.connect(32_001, 1024);
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 2));
+    let opened_at = world.now;
+    // The chatty client sends a byte every 500 ms; the quiet one nothing.
+    let mut next_chat = world.now;
+    let timed_out = world.run_until(
+        Duration::from_secs(10),
+        |w| {
+            if w.now >= next_chat {
+                next_chat = w.now + Duration::from_millis(500);
+                let _ = w.client_socket(chatty).send_slice(b"x");
+            }
+            echo_app(w);
+        },
+        |w| w.events.closed.len() == 1,
+    );
+    assert!(timed_out);
+    let waited = world.now - opened_at;
+    assert!(
+        waited >= Duration::from_millis(2_000) && waited < Duration::from_millis(3_100),
+        "timed out after {waited}"
+    );
+    assert_eq!(world.server.counters().idle_timeouts, 1);
+    assert_eq!(world.server.connections(), 1);
+    // The quiet client got the RST.
+    assert!(world.run_until(Duration::from_secs(1), no_app, |w| !w
+        .client_socket(quiet)
+        .is_open()));
+    assert_eq!(world.client_socket(chatty).state(), stcp::State::Established);
+}
+
+#[test]
+fn every_ending_reports_closed_exactly_once() {
+    let config = StackConfig {
+        listen_sockets: 8,
+        connections_max: 8,
+        idle_timeout_ms: 3_000,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    // 0: client closes first (we close after its FIN); 1: client resets; 2: we close first;
+    // 3: we abort; 4: idle timeout.
+    let clients: Vec<_> = (0..5).map(|i| world.connect(33_000 + i, 1024)).collect();
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 5));
+    let id_of = |world: &World, port: u16| -> ConnId {
+        *world
+            .events
+            .open
+            .keys()
+            .find(|&&id| {
+                world.server.remote_endpoint(id).map(|e| e.port) == Some(port)
+            })
+            .expect("open")
+    };
+    let ids: Vec<ConnId> = (0..5).map(|i| id_of(&world, 33_000 + i)).collect();
+
+    world.client_socket(clients[0]).close();
+    world.client_socket(clients[1]).abort();
+    world.server.close(ids[2]);
+    world.server.abort(ids[3]);
+    let all_closed = world.run_until(
+        Duration::from_secs(20),
+        |w| {
+            // Close our side once the peer has finished (connection 0).
+            if !w.server.may_recv(ids[0]) && w.server.state(ids[0]).is_some() {
+                w.server.close(ids[0]);
+            }
+            // Connection 2's client closes when it sees our FIN.
+            let socket = w.client_socket(clients[2]);
+            if socket.state() == stcp::State::CloseWait {
+                socket.close();
+            }
+        },
+        |w| w.events.closed.len() == 5,
+    );
+    assert!(all_closed, "closed: {:?}", world.events.closed);
+    let mut opened = world.events.opened.clone();
+    let mut closed = world.events.closed.clone();
+    opened.sort();
+    closed.sort();
+    assert_eq!(opened, closed);
+    let counters = world.server.counters();
+    assert_eq!((counters.accepted, counters.closed), (5, 5));
+    assert_eq!(counters.idle_timeouts, 1);
+    assert_eq!(counters.aborted, 1);
+    assert_eq!(world.server.connections(), 0);
+    // Nothing more is ever reported for them, and the table recovers fully.
+    world.run_until(Duration::from_secs(30), no_app, |_| false);
+    assert_eq!(world.events.closed.len(), 5);
+    assert_eq!(world.server.listening(), 8);
+    for id in ids {
+        assert_eq!(world.server.recv(id, |b| (0, b.len())), Err(ConnError::Stale { id }));
+    }
+}
+
+#[test]
+fn a_stale_id_never_touches_the_reused_slot() {
+    // One connection and one listener: slots are reused constantly.
+    let config = StackConfig {
+        listen_sockets: 1,
+        connections_max: 1,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    let mut first_id: Option<ConnId> = None;
+    let mut reused: Option<ConnId> = None;
+    for round in 0..6u16 {
+        let client = world.connect(34_000 + round, 1024);
+        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1));
+        let id = *world.events.opened.last().unwrap();
+        match first_id {
+            None => first_id = Some(id),
+            Some(old) if old.slot() == id.slot() => {
+                reused = Some(id);
+                assert_ne!(old.generation(), id.generation());
+                // The stale id fails everywhere, and cannot disturb the new connection.
+                assert_eq!(world.server.send_slice(old, b"x"), Err(ConnError::Stale { id: old }));
+                assert_eq!(
+                    world.server.send(old, |b| (0, b.len())),
+                    Err(ConnError::Stale { id: old })
+                );
+                assert_eq!(world.server.recv(old, |b| (0, b.len())), Err(ConnError::Stale { id: old }));
+                assert!(!world.server.can_recv(old) && !world.server.may_recv(old));
+                assert_eq!(world.server.send_capacity_free(old), 0);
+                world.server.close(old);
+                world.server.abort(old);
+                world.run_until(Duration::from_millis(100), no_app, |_| false);
+                assert_eq!(world.server.state(id), Some(stcp::State::Established));
+                assert_eq!(world.server.send_slice(id, b"live"), Ok(4));
+                break;
+            }
+            Some(_) => {}
+        }
+        // End this connection: the client resets it, the slot is freed.
+        world.client_socket(client).abort();
+        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 0));
+    }
+    assert!(reused.is_some(), "a slot was reused within six connections");
+}
+
+#[test]
+fn stack_rejects_invalid_config_and_tiny_frames() {
+    let mut link = SimLink::new(SimConfig::default());
+    let config = StackConfig {
+        tx_buffer_bytes: 65536,
+        ..server_config()
+    };
+    let error = Stack::new(&config, &mut link.port(Side::A), Instant::ZERO).unwrap_err();
+    assert!(error.to_string().contains("tx_buffer_bytes"), "{error}");
+
+    let mut link = SimLink::new(SimConfig {
+        frame_bytes_max: 100,
+        ..SimConfig::default()
+    });
+    let error = Stack::new(&server_config(), &mut link.port(Side::A), Instant::ZERO).unwrap_err();
+    assert!(matches!(error, tcp::ConfigError::Device { .. }), "{error}");
+}
