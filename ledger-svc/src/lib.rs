@@ -3,4 +3,13 @@
 
 pub mod model;
 pub use model::*;
-pub mod http;
+
+mod codec;
+pub mod state_machine;
+pub use state_machine::StateMachine;
+pub mod storage;
+pub use storage::{FileStorage, SimStorage, Storage, StorageError};
+pub mod wal;
+pub mod checkpoint;
+pub mod ledger;
+pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};

@@ -1,0 +1,356 @@
+//! The durable ledger: the state machine, its write-ahead log and its checkpoints.
+//!
+//! `submit` applies a batch of operations, appends the batch (its inputs and its ledger time)
+//! as one WAL record, syncs once for the whole batch (group commit) and only then returns the
+//! replies. `open` recovers: newest checkpoint, then every later record replayed through the
+//! same deterministic code path, so the state equals the state after the last durable batch.
+//!
+//! Failure policy (TigerBeetle, and the PostgreSQL "fsyncgate" lesson): after a failed write
+//! or fsync the kernel may have dropped the dirty pages, so the ledger cannot know what is on
+//! disk. Every `LedgerError` from `submit` except `BatchTooLarge` is fatal: the ledger refuses
+//! further batches (`Poisoned`) and the caller must stop the process without sending the
+//! batch's replies; recovery at the next start decides what was durable.
+
+use crate::checkpoint::{self, parse_checkpoint_name, CHECKPOINT_TEMP_NAME};
+use crate::model::*;
+use crate::state_machine::StateMachine;
+use crate::storage::{Storage, StorageError};
+use crate::wal::{self, ReadOutcome, SegmentReader, OPERATIONS_PER_RECORD_MAX};
+
+/// When `submit` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Only after the batch's record is synced (fdatasync). The default, and the only setting
+    /// for production.
+    #[default]
+    Fsync,
+    /// Without syncing: a crash loses recent batches that were answered. Benchmarks only.
+    None,
+}
+
+/// The ledger's bounds and durability.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    pub durability: Durability,
+    /// Write a checkpoint every this many batches (0: never), bounding the WAL that recovery
+    /// replays and letting older segments be removed.
+    pub checkpoint_every_batches: u64,
+    /// Start a new segment once the current one holds at least this many bytes.
+    pub segment_bytes_max: u64,
+    /// Accounts and transfers to allocate room for at start.
+    pub accounts_capacity: usize,
+    pub transfers_capacity: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            durability: Durability::Fsync,
+            checkpoint_every_batches: 1024,
+            segment_bytes_max: 64 * 1024 * 1024,
+            accounts_capacity: 0,
+            transfers_capacity: 0,
+        }
+    }
+}
+
+/// An operating error of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A storage call failed. Fatal.
+    #[error("ledger storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// Acknowledged data on disk is damaged: the ledger refuses to start rather than drop it.
+    #[error("ledger data corrupt in {file} at byte offset {offset}: {reason}")]
+    Corrupt { file: String, offset: u64, reason: String },
+    /// The batch breaks a bound; nothing was applied or logged. Not fatal: the caller's
+    /// validation should have refused it.
+    #[error("batch too large: {operations} operations (max {OPERATIONS_PER_RECORD_MAX}), largest has {events} events (max {BATCH_EVENTS_MAX})")]
+    BatchTooLarge { operations: usize, events: usize },
+    /// An earlier storage failure stopped the ledger. Fatal.
+    #[error("ledger stopped after an earlier storage failure")]
+    Poisoned,
+    #[error("invalid ledger configuration: {0}")]
+    Config(&'static str),
+}
+
+impl LedgerError {
+    /// True for every error after which the process must stop.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, LedgerError::BatchTooLarge { .. })
+    }
+}
+
+/// What `open` found and did, for the operator's log and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The sequence of the checkpoint loaded (0: none).
+    pub checkpoint_sequence: u64,
+    /// Records replayed after it.
+    pub records_replayed: u64,
+    /// Events (accounts and transfers) replayed.
+    pub events_replayed: u64,
+    /// A torn tail cut off: (file, offset, bytes removed).
+    pub truncated: Option<(String, u64, u64)>,
+    /// The sequence of the last durable batch.
+    pub last_sequence: u64,
+}
+
+/// Applies one batch to the state: expiries due at `now_ns` first, then the operations in
+/// order. The one code path for `submit` and for replay, which is what makes replay exact.
+fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<OperationReply> {
+    state.expire_pending_transfers(now_ns);
+    ops.iter()
+        .map(|op| match op {
+            Operation::CreateAccounts(events) => OperationReply::CreateAccounts(state.create_accounts(now_ns, events)),
+            Operation::CreateTransfers(events) => {
+                OperationReply::CreateTransfers(state.create_transfers(now_ns, events))
+            }
+        })
+        .collect()
+}
+
+/// The durable ledger. See the module documentation.
+#[derive(Debug)]
+pub struct Ledger<S: Storage> {
+    storage: S,
+    config: LedgerConfig,
+    state: StateMachine,
+    /// The sequence of the last batch logged.
+    sequence: u64,
+    /// The segment being appended to and its size; `None` until the next append starts one.
+    segment: Option<(String, u64)>,
+    checkpoint_sequence: u64,
+    poisoned: bool,
+    /// Reused record buffer (no allocation per batch once warm).
+    record: Vec<u8>,
+    recovery: RecoveryReport,
+}
+
+impl<S: Storage> Ledger<S> {
+    /// Opens the ledger on `storage`, recovering its state. Fails with `Corrupt` (naming the
+    /// file and offset) if acknowledged data is damaged.
+    pub fn open(mut storage: S, config: LedgerConfig) -> Result<Self, LedgerError> {
+        if config.segment_bytes_max == 0 {
+            return Err(LedgerError::Config("segment_bytes_max must be positive"));
+        }
+        let names = storage.list()?;
+        let mut checkpoints: Vec<(u64, String)> =
+            names.iter().filter_map(|n| parse_checkpoint_name(n).map(|s| (s, n.clone()))).collect();
+        checkpoints.sort();
+        let mut segments: Vec<(u64, String)> =
+            names.iter().filter_map(|n| wal::parse_segment_name(n).map(|s| (s, n.clone()))).collect();
+        segments.sort();
+
+        let mut report = RecoveryReport::default();
+        let (checkpoint_sequence, mut state) = match checkpoints.last() {
+            Some((_, name)) => {
+                let bytes = storage.read(name)?;
+                let (sequence, state) = checkpoint::read(&bytes).map_err(|d| LedgerError::Corrupt {
+                    file: storage.describe(name),
+                    offset: d.offset,
+                    reason: d.reason.to_string(),
+                })?;
+                (sequence, state)
+            }
+            None => (0, StateMachine::with_capacity(config.accounts_capacity, config.transfers_capacity)),
+        };
+        report.checkpoint_sequence = checkpoint_sequence;
+
+        let mut sequence = checkpoint_sequence;
+        let mut segment: Option<(String, u64)> = None;
+        let segments_count = segments.len();
+        for (position, (_, name)) in segments.iter().enumerate() {
+            let bytes = storage.read(name)?;
+            let mut reader = SegmentReader::new(&bytes);
+            let corrupt = |offset: u64, reason: String| LedgerError::Corrupt {
+                file: storage.describe(name),
+                offset,
+                reason,
+            };
+            let mut valid_len = bytes.len() as u64;
+            loop {
+                match reader.next_record() {
+                    ReadOutcome::Record { offset, header, body } => {
+                        if header.sequence <= checkpoint_sequence {
+                            // Covered by the checkpoint; the segment outlived its removal.
+                            continue;
+                        }
+                        if header.sequence != sequence + 1 {
+                            return Err(corrupt(
+                                offset,
+                                format!("record sequence {} where {} was expected", header.sequence, sequence + 1),
+                            ));
+                        }
+                        let ops = wal::decode_body(body)
+                            .ok_or_else(|| corrupt(offset, "record body malformed".to_string()))?;
+                        apply_batch(&mut state, header.now_ns, &ops);
+                        sequence = header.sequence;
+                        report.records_replayed += 1;
+                        report.events_replayed += ops.iter().map(|op| op.len() as u64).sum::<u64>();
+                    }
+                    ReadOutcome::End => break,
+                    ReadOutcome::Corrupt { offset, reason } => return Err(corrupt(offset, reason.to_string())),
+                    ReadOutcome::Torn { offset, reason } => {
+                        if position + 1 != segments_count {
+                            // Only the newest segment can end in an unacknowledged write.
+                            return Err(corrupt(offset, format!("{reason} in a segment that is not the newest")));
+                        }
+                        log::warn!(
+                            "ledger recovery: cutting torn WAL tail of {} at offset {offset} ({} bytes): {reason}",
+                            storage.describe(name),
+                            bytes.len() as u64 - offset
+                        );
+                        report.truncated = Some((storage.describe(name), offset, bytes.len() as u64 - offset));
+                        valid_len = offset;
+                        break;
+                    }
+                }
+            }
+            if valid_len < bytes.len() as u64 {
+                storage.truncate(name, valid_len)?;
+                storage.sync(name)?;
+            }
+            segment = Some((name.clone(), valid_len));
+        }
+        // A gap between the checkpoint and the first segment, or between segments, was caught
+        // above by the sequence check. Leftovers of an interrupted checkpoint are of no use.
+        if names.iter().any(|n| n == CHECKPOINT_TEMP_NAME) {
+            storage.remove(CHECKPOINT_TEMP_NAME)?;
+        }
+        report.last_sequence = sequence;
+        log::info!(
+            "ledger recovered: checkpoint {}, {} records ({} events) replayed, last batch {}",
+            report.checkpoint_sequence,
+            report.records_replayed,
+            report.events_replayed,
+            report.last_sequence
+        );
+        Ok(Ledger {
+            storage,
+            config,
+            state,
+            sequence,
+            segment,
+            checkpoint_sequence,
+            poisoned: false,
+            record: Vec::new(),
+            recovery: report,
+        })
+    }
+
+    /// Applies all operations as ONE batch at ledger time `now_ns` (the ledger keeps its
+    /// clock monotonic: timestamps strictly increase even if `now_ns` goes backwards), appends
+    /// them as one WAL record, syncs once (group commit), and returns the replies only after
+    /// the record is durable. `Err` is fatal unless `!err.is_fatal()` (see the module docs).
+    pub fn submit(&mut self, now_ns: u64, ops: &[Operation]) -> Result<Vec<OperationReply>, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        let events_max = ops.iter().map(Operation::len).max().unwrap_or(0);
+        if ops.len() > OPERATIONS_PER_RECORD_MAX || events_max > BATCH_EVENTS_MAX {
+            return Err(LedgerError::BatchTooLarge { operations: ops.len(), events: events_max });
+        }
+        let sequence = self.sequence + 1;
+        let mut record = std::mem::take(&mut self.record);
+        wal::encode_record(&mut record, sequence, now_ns, ops);
+        let result = self.append_record(sequence, &record);
+        self.record = record;
+        if let Err(error) = result {
+            self.poisoned = true;
+            return Err(error.into());
+        }
+        let replies = apply_batch(&mut self.state, now_ns, ops);
+        self.sequence = sequence;
+        if self.config.checkpoint_every_batches > 0
+            && self.sequence - self.checkpoint_sequence >= self.config.checkpoint_every_batches
+        {
+            if let Err(error) = self.checkpoint() {
+                self.poisoned = true;
+                return Err(error);
+            }
+        }
+        Ok(replies)
+    }
+
+    fn append_record(&mut self, sequence: u64, record: &[u8]) -> Result<(), StorageError> {
+        let roll = match &self.segment {
+            None => true,
+            Some((_, size)) => *size > 0 && *size + record.len() as u64 > self.config.segment_bytes_max,
+        };
+        if roll {
+            self.segment = Some((wal::segment_name(sequence), 0));
+        }
+        let (name, size) = self.segment.as_mut().expect("set above");
+        self.storage.append(name, record)?;
+        *size += record.len() as u64;
+        if self.config.durability == Durability::Fsync {
+            self.storage.sync(name)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current state now and removes the segments and checkpoints
+    /// it supersedes. `submit` calls it every `checkpoint_every_batches` batches.
+    pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        let result = self.checkpoint_inner();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn checkpoint_inner(&mut self) -> Result<(), LedgerError> {
+        if self.config.durability == Durability::None {
+            // The checkpoint must not claim batches that may not be on disk.
+            if let Some((name, _)) = &self.segment {
+                self.storage.sync(name)?;
+            }
+        }
+        let (name, size) = checkpoint::write(&mut self.storage, &self.state, self.sequence)?;
+        log::info!("ledger checkpoint {name} written ({size} bytes) at batch {}", self.sequence);
+        self.checkpoint_sequence = self.sequence;
+        // Every record so far is covered: the next batch starts a new segment and all
+        // existing segments and older checkpoints can go.
+        self.segment = None;
+        for old in self.storage.list()? {
+            let superseded_checkpoint = parse_checkpoint_name(&old).is_some_and(|s| s < self.sequence);
+            let superseded_segment = wal::parse_segment_name(&old).is_some_and(|s| s <= self.sequence);
+            if superseded_checkpoint || superseded_segment {
+                self.storage.remove(&old)?;
+            }
+        }
+        self.storage.sync_dir()?;
+        Ok(())
+    }
+
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+
+    /// The sequence number of the last batch logged.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// What recovery found when the ledger was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Gives the storage back (tests: crash it and recover).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+}

@@ -1,0 +1,1228 @@
+//! The ledger's state machine: TigerBeetle's `create_accounts` / `create_transfers` semantics,
+//! pure and deterministic. Time comes in as `now_ns`; the same calls in the same order give the
+//! same state, byte for byte, which is what lets the write-ahead log record inputs only.
+//!
+//! Checks follow TigerBeetle 0.16 `src/state_machine.zig` (`execute_create`, `create_account`,
+//! `create_transfer`, `post_or_void_pending_transfer`, the `*_exists` comparisons and
+//! `execute_expire_pending_transfers`), in the same order, so every event gets the result of
+//! highest precedence among those that apply.
+//!
+//! Layout: accounts and transfers live in vectors in timestamp order (creation order), with a
+//! hash index from id to position. Each account keeps the positions of its transfers, so
+//! `get_account_transfers` is a binary search plus a walk, and (with `history`) its balance
+//! after each change. A linked chain records an undo log while it is open; a failed chain is
+//! rolled back in LIFO order, as TigerBeetle discards its groove scope.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+
+use crate::codec::{Reader, Writer};
+use crate::model::*;
+
+/// The largest timestamp (TigerBeetle's `TimestampRange.timestamp_max`: the top bit of the u64
+/// is reserved). Also the bound for `timestamp + timeout` (`overflows_timeout`).
+pub const TIMESTAMP_MAX: u64 = (1 << 63) - 1;
+
+/// The most pending transfers one batch expires before its events run (TigerBeetle's pulse is
+/// bounded by the create_transfers batch size). Any left over expire at the next batch; a
+/// post or void of one of them meanwhile still gets `pending_transfer_expired`.
+pub const EXPIRIES_PER_BATCH_MAX: usize = BATCH_EVENTS_MAX;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// A hasher for u128 ids: two folded multiplies with a per-map secret seed. Far cheaper than
+/// SipHash on the hot path; the random seed keeps client-chosen ids from being crafted into
+/// collisions. Iteration order of the maps never reaches the output, so the seed does not make
+/// the state machine non-deterministic.
+#[derive(Clone, Copy, Debug)]
+pub struct IdHasher {
+    hash: u64,
+}
+
+const MIX_A: u64 = 0x243f_6a88_85a3_08d3; // pi's fraction, as in foldhash
+const MIX_B: u64 = 0x1319_8a2e_0370_7344;
+
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = (a as u128).wrapping_mul(b as u128);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.hash = folded_multiply(v ^ self.hash, MIX_A);
+    }
+    #[inline]
+    fn write_u128(&mut self, v: u128) {
+        self.hash = folded_multiply((v as u64) ^ self.hash, ((v >> 64) as u64) ^ MIX_A);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        folded_multiply(self.hash, MIX_B)
+    }
+}
+
+/// Builds `IdHasher`s with one secret seed.
+#[derive(Clone, Copy, Debug)]
+pub struct IdBuildHasher {
+    seed: u64,
+}
+
+impl IdBuildHasher {
+    /// A seed drawn from std's per-process random keys.
+    pub fn random() -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        IdBuildHasher { seed: seed | 1 }
+    }
+}
+
+impl BuildHasher for IdBuildHasher {
+    type Hasher = IdHasher;
+    #[inline]
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher { hash: self.seed }
+    }
+}
+
+type IdMap<V> = HashMap<u128, V, IdBuildHasher>;
+type IdSet = HashSet<u128, IdBuildHasher>;
+
+/// One history entry: the account's balances right after a change, and whether the account
+/// was the debit side of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HistoryEntry {
+    balance: AccountBalance,
+    debit: bool,
+}
+
+#[derive(Clone, Debug)]
+struct AccountSlot {
+    account: Account,
+    /// Positions in `StateMachine::transfers` of every transfer on this account, ascending
+    /// (hence in timestamp order).
+    transfers: Vec<u32>,
+    /// Balances after each change, only for accounts with `history`.
+    history: Vec<HistoryEntry>,
+}
+
+/// What to undo when a linked chain fails, in LIFO order.
+#[derive(Clone, Copy, Debug)]
+enum Undo {
+    AccountCreated,
+    AccountSaved { index: u32, account: Account },
+    TransferCreated { dr: u32, cr: u32, dr_history: bool, cr_history: bool, expires_at: Option<u64> },
+    PendingResolved { index: u32, expires_at: Option<u64> },
+}
+
+/// The ledger's state and its transition function. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    accounts: Vec<AccountSlot>,
+    account_index: IdMap<u32>,
+    transfers: Vec<Transfer>,
+    /// The pending status of each transfer (`None` unless it has the `pending` flag).
+    transfer_status: Vec<PendingStatus>,
+    transfer_index: IdMap<u32>,
+    /// Ids of transfers that failed with a transient result (`id_already_failed`).
+    orphans: IdSet,
+    /// Pending transfers with a timeout, by (expires_at, position).
+    expiries: BTreeSet<(u64, u32)>,
+    /// The last timestamp handed out; every event gets a larger one.
+    prepare_timestamp: u64,
+    undo: Vec<Undo>,
+    undo_active: bool,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether an account's debits exceed its credits after adding `amount` to its debits
+/// (TigerBeetle `Account.debits_exceed_credits`). The caller has ruled out overflow.
+fn debits_exceed_credits(a: &Account, amount: u128) -> bool {
+    a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        && a.debits_pending + a.debits_posted + amount > a.credits_posted
+}
+
+fn credits_exceed_debits(a: &Account, amount: u128) -> bool {
+    a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        && a.credits_pending + a.credits_posted + amount > a.debits_posted
+}
+
+fn balance_of(a: &Account, timestamp: u64) -> AccountBalance {
+    AccountBalance {
+        debits_pending: a.debits_pending,
+        debits_posted: a.debits_posted,
+        credits_pending: a.credits_pending,
+        credits_posted: a.credits_posted,
+        timestamp,
+    }
+}
+
+/// Results that depend on the ledger's state at the time, so that retrying the same transfer
+/// could succeed later: TigerBeetle remembers the id and answers `id_already_failed` to any
+/// retry (TigerBeetle `CreateTransferResult.transient`).
+pub fn transient(result: CreateTransferResult) -> bool {
+    use CreateTransferResult as R;
+    matches!(
+        result,
+        R::DebitAccountNotFound
+            | R::CreditAccountNotFound
+            | R::PendingTransferNotFound
+            | R::ExceedsCredits
+            | R::ExceedsDebits
+            | R::DebitAccountAlreadyClosed
+            | R::CreditAccountAlreadyClosed
+    )
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        let hasher = IdBuildHasher::random();
+        StateMachine {
+            accounts: Vec::new(),
+            account_index: HashMap::with_hasher(hasher),
+            transfers: Vec::new(),
+            transfer_status: Vec::new(),
+            transfer_index: HashMap::with_hasher(hasher),
+            orphans: HashSet::with_hasher(hasher),
+            expiries: BTreeSet::new(),
+            prepare_timestamp: 0,
+            undo: Vec::new(),
+            undo_active: false,
+        }
+    }
+
+    /// Reserves room for this many accounts and transfers (allocate at startup, not per event).
+    pub fn with_capacity(accounts: usize, transfers: usize) -> Self {
+        let mut sm = Self::new();
+        sm.accounts.reserve(accounts);
+        sm.account_index.reserve(accounts);
+        sm.transfers.reserve(transfers);
+        sm.transfer_status.reserve(transfers);
+        sm.transfer_index.reserve(transfers);
+        sm
+    }
+
+    /// The last timestamp the ledger handed out (its clock).
+    pub fn timestamp(&self) -> u64 {
+        self.prepare_timestamp
+    }
+
+    pub fn accounts_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn transfers_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Every account, in creation order.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.iter().map(|slot| &slot.account)
+    }
+
+    /// Every transfer, in timestamp order.
+    pub fn transfers(&self) -> &[Transfer] {
+        &self.transfers
+    }
+
+    /// Hands out `count` strictly increasing timestamps after every earlier one, ending at
+    /// `now_ns` when the clock allows (TigerBeetle: `timestamp - events.len + index + 1`).
+    /// Returns the one before the first.
+    fn reserve_timestamps(&mut self, now_ns: u64, count: usize) -> u64 {
+        let count = count as u64;
+        let last = now_ns.min(TIMESTAMP_MAX).max(self.prepare_timestamp + count);
+        self.prepare_timestamp = last;
+        last - count
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // create_accounts
+
+    /// Creates accounts at ledger time `now_ns`; one result per event, in order.
+    pub fn create_accounts(&mut self, now_ns: u64, events: &[Account]) -> Vec<CreateAccountResult> {
+        let mut results = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            return results;
+        }
+        let base = self.reserve_timestamps(now_ns, events.len());
+        let last = events.len() - 1;
+        let mut chain: Option<usize> = None;
+        let mut chain_broken = false;
+        for (index, event) in events.iter().enumerate() {
+            let linked = event.flags.contains(AccountFlags::LINKED);
+            let result = 'result: {
+                if linked {
+                    if chain.is_none() {
+                        chain = Some(index);
+                        self.chain_open();
+                    }
+                    if index == last {
+                        break 'result CreateAccountResult::LinkedEventChainOpen;
+                    }
+                }
+                if chain_broken {
+                    break 'result CreateAccountResult::LinkedEventFailed;
+                }
+                if event.timestamp != 0 {
+                    break 'result CreateAccountResult::TimestampMustBeZero;
+                }
+                self.create_account(event, base + index as u64 + 1)
+            };
+            if result != CreateAccountResult::Ok {
+                if let Some(start) = chain {
+                    if !chain_broken {
+                        chain_broken = true;
+                        self.chain_rollback();
+                        for r in &mut results[start..index] {
+                            *r = CreateAccountResult::LinkedEventFailed;
+                        }
+                    }
+                }
+            }
+            results.push(result);
+            if chain.is_some() && (!linked || result == CreateAccountResult::LinkedEventChainOpen) {
+                chain = None;
+                chain_broken = false;
+                self.chain_close();
+            }
+        }
+        debug_assert!(chain.is_none() && !self.undo_active);
+        results
+    }
+
+    fn create_account(&mut self, a: &Account, timestamp: u64) -> CreateAccountResult {
+        use CreateAccountResult as R;
+        if a.flags.has_reserved() {
+            return R::ReservedFlag;
+        }
+        if a.id == 0 {
+            return R::IdMustNotBeZero;
+        }
+        if a.id == u128::MAX {
+            return R::IdMustNotBeIntMax;
+        }
+        if let Some(&index) = self.account_index.get(&a.id) {
+            return account_exists(a, &self.accounts[index as usize].account);
+        }
+        if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        {
+            return R::FlagsAreMutuallyExclusive;
+        }
+        if a.debits_pending != 0 {
+            return R::DebitsPendingMustBeZero;
+        }
+        if a.debits_posted != 0 {
+            return R::DebitsPostedMustBeZero;
+        }
+        if a.credits_pending != 0 {
+            return R::CreditsPendingMustBeZero;
+        }
+        if a.credits_posted != 0 {
+            return R::CreditsPostedMustBeZero;
+        }
+        if a.ledger == 0 {
+            return R::LedgerMustNotBeZero;
+        }
+        if a.code == 0 {
+            return R::CodeMustNotBeZero;
+        }
+        let index = u32::try_from(self.accounts.len()).expect("accounts fit in u32");
+        self.accounts.push(AccountSlot {
+            account: Account { timestamp, ..*a },
+            transfers: Vec::new(),
+            history: Vec::new(),
+        });
+        self.account_index.insert(a.id, index);
+        if self.undo_active {
+            self.undo.push(Undo::AccountCreated);
+        }
+        R::Ok
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // create_transfers
+
+    /// Creates transfers at ledger time `now_ns`; one result per event, in order. First
+    /// expires pending transfers whose timeout has passed at `now_ns`.
+    pub fn create_transfers(&mut self, now_ns: u64, events: &[Transfer]) -> Vec<CreateTransferResult> {
+        self.expire_pending_transfers(now_ns);
+        let mut results = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            return results;
+        }
+        let base = self.reserve_timestamps(now_ns, events.len());
+        let last = events.len() - 1;
+        let mut chain: Option<usize> = None;
+        let mut chain_broken = false;
+        for (index, event) in events.iter().enumerate() {
+            let linked = event.flags.contains(TransferFlags::LINKED);
+            let result = 'result: {
+                if linked {
+                    if chain.is_none() {
+                        chain = Some(index);
+                        self.chain_open();
+                    }
+                    if index == last {
+                        break 'result CreateTransferResult::LinkedEventChainOpen;
+                    }
+                }
+                if chain_broken {
+                    break 'result CreateTransferResult::LinkedEventFailed;
+                }
+                if event.timestamp != 0 {
+                    break 'result CreateTransferResult::TimestampMustBeZero;
+                }
+                self.create_transfer(event, base + index as u64 + 1)
+            };
+            if result != CreateTransferResult::Ok {
+                if let Some(start) = chain {
+                    if !chain_broken {
+                        chain_broken = true;
+                        self.chain_rollback();
+                        for r in &mut results[start..index] {
+                            *r = CreateTransferResult::LinkedEventFailed;
+                        }
+                    }
+                }
+                // Outside the chain's undo log, as TigerBeetle inserts the orphaned id after
+                // discarding the chain's scope: the failure itself is durable.
+                if transient(result) {
+                    self.orphans.insert(event.id);
+                }
+            }
+            results.push(result);
+            if chain.is_some() && (!linked || result == CreateTransferResult::LinkedEventChainOpen) {
+                chain = None;
+                chain_broken = false;
+                self.chain_close();
+            }
+        }
+        debug_assert!(chain.is_none() && !self.undo_active);
+        results
+    }
+
+    fn create_transfer(&mut self, t: &Transfer, timestamp: u64) -> CreateTransferResult {
+        use CreateTransferResult as R;
+        if t.flags.has_reserved() {
+            return R::ReservedFlag;
+        }
+        if t.id == 0 {
+            return R::IdMustNotBeZero;
+        }
+        if t.id == u128::MAX {
+            return R::IdMustNotBeIntMax;
+        }
+        if let Some(&index) = self.transfer_index.get(&t.id) {
+            return self.transfer_exists(t, &self.transfers[index as usize]);
+        }
+        if self.orphans.contains(&t.id) {
+            return R::IdAlreadyFailed;
+        }
+        if t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER) {
+            return self.post_or_void_pending_transfer(t, timestamp);
+        }
+
+        if t.debit_account_id == 0 {
+            return R::DebitAccountIdMustNotBeZero;
+        }
+        if t.debit_account_id == u128::MAX {
+            return R::DebitAccountIdMustNotBeIntMax;
+        }
+        if t.credit_account_id == 0 {
+            return R::CreditAccountIdMustNotBeZero;
+        }
+        if t.credit_account_id == u128::MAX {
+            return R::CreditAccountIdMustNotBeIntMax;
+        }
+        if t.credit_account_id == t.debit_account_id {
+            return R::AccountsMustBeDifferent;
+        }
+        if t.pending_id != 0 {
+            return R::PendingIdMustBeZero;
+        }
+        let pending = t.flags.contains(TransferFlags::PENDING);
+        if !pending {
+            if t.timeout != 0 {
+                return R::TimeoutReservedForPendingTransfer;
+            }
+            if t.flags.intersects(TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT) {
+                return R::ClosingTransferMustBePending;
+            }
+        }
+        if t.ledger == 0 {
+            return R::LedgerMustNotBeZero;
+        }
+        if t.code == 0 {
+            return R::CodeMustNotBeZero;
+        }
+        let Some(&dr_index) = self.account_index.get(&t.debit_account_id) else {
+            return R::DebitAccountNotFound;
+        };
+        let Some(&cr_index) = self.account_index.get(&t.credit_account_id) else {
+            return R::CreditAccountNotFound;
+        };
+        let dr = self.accounts[dr_index as usize].account;
+        let cr = self.accounts[cr_index as usize].account;
+        if dr.ledger != cr.ledger {
+            return R::AccountsMustHaveTheSameLedger;
+        }
+        if t.ledger != dr.ledger {
+            return R::TransferMustHaveTheSameLedgerAsAccounts;
+        }
+        if dr.flags.contains(AccountFlags::CLOSED) {
+            return R::DebitAccountAlreadyClosed;
+        }
+        if cr.flags.contains(AccountFlags::CLOSED) {
+            return R::CreditAccountAlreadyClosed;
+        }
+
+        // Balancing transfers move at most what keeps the account's balance at zero: `amount`
+        // is an upper bound (TigerBeetle `flags.balancing_debit` / `balancing_credit`).
+        let mut amount = t.amount;
+        if t.flags.contains(TransferFlags::BALANCING_DEBIT) {
+            let dr_balance = dr.debits_posted.saturating_add(dr.debits_pending);
+            amount = amount.min(dr.credits_posted.saturating_sub(dr_balance));
+        }
+        if t.flags.contains(TransferFlags::BALANCING_CREDIT) {
+            let cr_balance = cr.credits_posted.saturating_add(cr.credits_pending);
+            amount = amount.min(cr.debits_posted.saturating_sub(cr_balance));
+        }
+
+        if pending {
+            if amount.checked_add(dr.debits_pending).is_none() {
+                return R::OverflowsDebitsPending;
+            }
+            if amount.checked_add(cr.credits_pending).is_none() {
+                return R::OverflowsCreditsPending;
+            }
+        }
+        if amount.checked_add(dr.debits_posted).is_none() {
+            return R::OverflowsDebitsPosted;
+        }
+        if amount.checked_add(cr.credits_posted).is_none() {
+            return R::OverflowsCreditsPosted;
+        }
+        // The sums of pending and posted never overflow (checked on every change), so these
+        // additions are safe.
+        if amount.checked_add(dr.debits_pending + dr.debits_posted).is_none() {
+            return R::OverflowsDebits;
+        }
+        if amount.checked_add(cr.credits_pending + cr.credits_posted).is_none() {
+            return R::OverflowsCredits;
+        }
+        // The timeout in nanoseconds fits (u32::MAX s * 1e9 < 2^63), the sum may not.
+        let timeout_ns = u64::from(t.timeout) * NS_PER_S;
+        if timestamp.checked_add(timeout_ns).is_none_or(|sum| sum > TIMESTAMP_MAX) {
+            return R::OverflowsTimeout;
+        }
+        if debits_exceed_credits(&dr, amount) {
+            return R::ExceedsCredits;
+        }
+        if credits_exceed_debits(&cr, amount) {
+            return R::ExceedsDebits;
+        }
+
+        // From here on the transfer succeeds.
+        let mut dr_new = dr;
+        let mut cr_new = cr;
+        if pending {
+            dr_new.debits_pending += amount;
+            cr_new.credits_pending += amount;
+        } else {
+            dr_new.debits_posted += amount;
+            cr_new.credits_posted += amount;
+        }
+        if t.flags.contains(TransferFlags::CLOSING_DEBIT) {
+            dr_new.flags.insert(AccountFlags::CLOSED);
+        }
+        if t.flags.contains(TransferFlags::CLOSING_CREDIT) {
+            cr_new.flags.insert(AccountFlags::CLOSED);
+        }
+        let expires_at = (pending && t.timeout > 0).then(|| timestamp + timeout_ns);
+        let stored = Transfer { amount, timestamp, ..*t };
+        let status = if pending { PendingStatus::Pending } else { PendingStatus::None };
+        self.insert_transfer(stored, status, dr_index, cr_index, dr, cr, dr_new, cr_new, expires_at);
+        R::Ok
+    }
+
+    /// Records a successful transfer: accounts, indexes, history, expiry, undo.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_transfer(
+        &mut self,
+        t: Transfer,
+        status: PendingStatus,
+        dr_index: u32,
+        cr_index: u32,
+        dr_old: Account,
+        cr_old: Account,
+        dr_new: Account,
+        cr_new: Account,
+        expires_at: Option<u64>,
+    ) {
+        let index = u32::try_from(self.transfers.len()).expect("transfers fit in u32");
+        if self.undo_active {
+            self.undo.push(Undo::AccountSaved { index: dr_index, account: dr_old });
+            self.undo.push(Undo::AccountSaved { index: cr_index, account: cr_old });
+        }
+        let dr_history = dr_new.flags.contains(AccountFlags::HISTORY);
+        let cr_history = cr_new.flags.contains(AccountFlags::HISTORY);
+        {
+            let slot = &mut self.accounts[dr_index as usize];
+            slot.account = dr_new;
+            slot.transfers.push(index);
+            if dr_history {
+                slot.history.push(HistoryEntry { balance: balance_of(&dr_new, t.timestamp), debit: true });
+            }
+        }
+        {
+            let slot = &mut self.accounts[cr_index as usize];
+            slot.account = cr_new;
+            slot.transfers.push(index);
+            if cr_history {
+                slot.history.push(HistoryEntry { balance: balance_of(&cr_new, t.timestamp), debit: false });
+            }
+        }
+        if let Some(expires_at) = expires_at {
+            self.expiries.insert((expires_at, index));
+        }
+        self.transfer_index.insert(t.id, index);
+        self.transfers.push(t);
+        self.transfer_status.push(status);
+        if self.undo_active {
+            self.undo.push(Undo::TransferCreated { dr: dr_index, cr: cr_index, dr_history, cr_history, expires_at });
+        }
+    }
+
+    fn post_or_void_pending_transfer(&mut self, t: &Transfer, timestamp: u64) -> CreateTransferResult {
+        use CreateTransferResult as R;
+        let post = t.flags.contains(TransferFlags::POST_PENDING_TRANSFER);
+        let void = t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER);
+        debug_assert!(post || void);
+        if post && void {
+            return R::FlagsAreMutuallyExclusive;
+        }
+        if t.flags.intersects(
+            TransferFlags::PENDING
+                | TransferFlags::BALANCING_DEBIT
+                | TransferFlags::BALANCING_CREDIT
+                | TransferFlags::CLOSING_DEBIT
+                | TransferFlags::CLOSING_CREDIT,
+        ) {
+            return R::FlagsAreMutuallyExclusive;
+        }
+        if t.pending_id == 0 {
+            return R::PendingIdMustNotBeZero;
+        }
+        if t.pending_id == u128::MAX {
+            return R::PendingIdMustNotBeIntMax;
+        }
+        if t.pending_id == t.id {
+            return R::PendingIdMustBeDifferent;
+        }
+        if t.timeout != 0 {
+            return R::TimeoutReservedForPendingTransfer;
+        }
+        let Some(&p_index) = self.transfer_index.get(&t.pending_id) else {
+            return R::PendingTransferNotFound;
+        };
+        let p = self.transfers[p_index as usize];
+        if !p.flags.contains(TransferFlags::PENDING) {
+            return R::PendingTransferNotPending;
+        }
+        let dr_index = self.account_index[&p.debit_account_id];
+        let cr_index = self.account_index[&p.credit_account_id];
+        let dr = self.accounts[dr_index as usize].account;
+        let cr = self.accounts[cr_index as usize].account;
+        if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
+            return R::PendingTransferHasDifferentDebitAccountId;
+        }
+        if t.credit_account_id != 0 && t.credit_account_id != p.credit_account_id {
+            return R::PendingTransferHasDifferentCreditAccountId;
+        }
+        // user_data may differ between the pending transfer and its post or void.
+        if t.ledger != 0 && t.ledger != p.ledger {
+            return R::PendingTransferHasDifferentLedger;
+        }
+        if t.code != 0 && t.code != p.code {
+            return R::PendingTransferHasDifferentCode;
+        }
+        // A void releases everything (0 means the full amount); a post moves `amount`, or the
+        // full pending amount for AMOUNT_MAX.
+        let amount = if void {
+            if t.amount > 0 { t.amount } else { p.amount }
+        } else if t.amount == AMOUNT_MAX {
+            p.amount
+        } else {
+            t.amount
+        };
+        if amount > p.amount {
+            return R::ExceedsPendingTransferAmount;
+        }
+        if void && amount < p.amount {
+            return R::PendingTransferHasDifferentAmount;
+        }
+        match self.transfer_status[p_index as usize] {
+            PendingStatus::Pending => {}
+            PendingStatus::Posted => return R::PendingTransferAlreadyPosted,
+            PendingStatus::Voided => return R::PendingTransferAlreadyVoided,
+            PendingStatus::Expired => return R::PendingTransferExpired,
+            PendingStatus::None => unreachable!("a pending transfer has a pending status"),
+        }
+        let expires_at = (p.timeout > 0).then(|| p.timestamp + u64::from(p.timeout) * NS_PER_S);
+        if let Some(expires_at) = expires_at {
+            // Expired but not yet swept by the batch's expiry pass (more than
+            // EXPIRIES_PER_BATCH_MAX were due, or the clock went backwards).
+            if expires_at <= timestamp {
+                return R::PendingTransferExpired;
+            }
+        }
+        // The only movement allowed on a closed account is voiding a pending transfer.
+        if dr.flags.contains(AccountFlags::CLOSED) && !void {
+            return R::DebitAccountAlreadyClosed;
+        }
+        if cr.flags.contains(AccountFlags::CLOSED) && !void {
+            return R::CreditAccountAlreadyClosed;
+        }
+
+        // From here on the transfer succeeds.
+        let stored = Transfer {
+            id: t.id,
+            debit_account_id: p.debit_account_id,
+            credit_account_id: p.credit_account_id,
+            amount,
+            pending_id: t.pending_id,
+            user_data_128: if t.user_data_128 > 0 { t.user_data_128 } else { p.user_data_128 },
+            user_data_64: if t.user_data_64 > 0 { t.user_data_64 } else { p.user_data_64 },
+            user_data_32: if t.user_data_32 > 0 { t.user_data_32 } else { p.user_data_32 },
+            timeout: 0,
+            ledger: p.ledger,
+            code: p.code,
+            flags: t.flags,
+            timestamp,
+        };
+        if let Some(expires_at) = expires_at {
+            let removed = self.expiries.remove(&(expires_at, p_index));
+            debug_assert!(removed);
+        }
+        self.transfer_status[p_index as usize] = if post { PendingStatus::Posted } else { PendingStatus::Voided };
+        if self.undo_active {
+            self.undo.push(Undo::PendingResolved { index: p_index, expires_at });
+        }
+        let mut dr_new = dr;
+        let mut cr_new = cr;
+        dr_new.debits_pending -= p.amount;
+        cr_new.credits_pending -= p.amount;
+        if post {
+            dr_new.debits_posted += amount;
+            cr_new.credits_posted += amount;
+        } else {
+            // Voiding a pending closing transfer reopens the account.
+            if p.flags.contains(TransferFlags::CLOSING_DEBIT) {
+                dr_new.flags.remove(AccountFlags::CLOSED);
+            }
+            if p.flags.contains(TransferFlags::CLOSING_CREDIT) {
+                cr_new.flags.remove(AccountFlags::CLOSED);
+            }
+        }
+        self.insert_transfer(stored, PendingStatus::None, dr_index, cr_index, dr, cr, dr_new, cr_new, None);
+        R::Ok
+    }
+
+    /// TigerBeetle `create_transfer_exists` (and `post_or_void_pending_transfer_exists`).
+    fn transfer_exists(&self, t: &Transfer, e: &Transfer) -> CreateTransferResult {
+        use CreateTransferResult as R;
+        // The flags change the meaning of the other fields, so they are compared first.
+        if t.flags != e.flags {
+            return R::ExistsWithDifferentFlags;
+        }
+        if t.pending_id != e.pending_id {
+            return R::ExistsWithDifferentPendingId;
+        }
+        if t.timeout != e.timeout {
+            return R::ExistsWithDifferentTimeout;
+        }
+        if t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER) {
+            // Same pending_id as a stored post/void, so the pending transfer exists.
+            let p = &self.transfers[self.transfer_index[&t.pending_id] as usize];
+            if t.debit_account_id != 0 && t.debit_account_id != e.debit_account_id {
+                return R::ExistsWithDifferentDebitAccountId;
+            }
+            if t.credit_account_id != 0 && t.credit_account_id != e.credit_account_id {
+                return R::ExistsWithDifferentCreditAccountId;
+            }
+            let expected = if t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER) {
+                if t.amount == 0 { p.amount } else { t.amount }
+            } else if t.amount == AMOUNT_MAX {
+                p.amount
+            } else {
+                t.amount
+            };
+            if expected != e.amount {
+                return R::ExistsWithDifferentAmount;
+            }
+            let ud128 = if t.user_data_128 == 0 { p.user_data_128 } else { t.user_data_128 };
+            if ud128 != e.user_data_128 {
+                return R::ExistsWithDifferentUserData128;
+            }
+            let ud64 = if t.user_data_64 == 0 { p.user_data_64 } else { t.user_data_64 };
+            if ud64 != e.user_data_64 {
+                return R::ExistsWithDifferentUserData64;
+            }
+            let ud32 = if t.user_data_32 == 0 { p.user_data_32 } else { t.user_data_32 };
+            if ud32 != e.user_data_32 {
+                return R::ExistsWithDifferentUserData32;
+            }
+            if t.ledger != 0 && t.ledger != e.ledger {
+                return R::ExistsWithDifferentLedger;
+            }
+            if t.code != 0 && t.code != e.code {
+                return R::ExistsWithDifferentCode;
+            }
+            return R::Exists;
+        }
+        if t.debit_account_id != e.debit_account_id {
+            return R::ExistsWithDifferentDebitAccountId;
+        }
+        if t.credit_account_id != e.credit_account_id {
+            return R::ExistsWithDifferentCreditAccountId;
+        }
+        // A balancing transfer's amount is an upper bound: a retry matches as long as the bound
+        // covers what was moved.
+        if t.flags.intersects(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT) {
+            if t.amount < e.amount {
+                return R::ExistsWithDifferentAmount;
+            }
+        } else if t.amount != e.amount {
+            return R::ExistsWithDifferentAmount;
+        }
+        if t.user_data_128 != e.user_data_128 {
+            return R::ExistsWithDifferentUserData128;
+        }
+        if t.user_data_64 != e.user_data_64 {
+            return R::ExistsWithDifferentUserData64;
+        }
+        if t.user_data_32 != e.user_data_32 {
+            return R::ExistsWithDifferentUserData32;
+        }
+        if t.ledger != e.ledger {
+            return R::ExistsWithDifferentLedger;
+        }
+        if t.code != e.code {
+            return R::ExistsWithDifferentCode;
+        }
+        R::Exists
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Expiry
+
+    /// Expires pending transfers whose timeout has passed at `now_ns` (at most
+    /// `EXPIRIES_PER_BATCH_MAX`), releasing their amounts and reopening accounts they closed
+    /// (TigerBeetle `execute_expire_pending_transfers`). Each expiry takes a timestamp of its
+    /// own. Returns how many expired.
+    pub fn expire_pending_transfers(&mut self, now_ns: u64) -> usize {
+        debug_assert!(!self.undo_active);
+        let due = self
+            .expiries
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now_ns)
+            .take(EXPIRIES_PER_BATCH_MAX)
+            .count();
+        if due == 0 {
+            return 0;
+        }
+        let base = self.reserve_timestamps(now_ns, due);
+        for i in 0..due {
+            let (expires_at, p_index) = self.expiries.pop_first().expect("counted above");
+            debug_assert!(expires_at <= now_ns);
+            let timestamp = base + i as u64 + 1;
+            let p = self.transfers[p_index as usize];
+            debug_assert_eq!(self.transfer_status[p_index as usize], PendingStatus::Pending);
+            self.transfer_status[p_index as usize] = PendingStatus::Expired;
+            let dr_index = self.account_index[&p.debit_account_id] as usize;
+            let cr_index = self.account_index[&p.credit_account_id] as usize;
+            for (index, debit) in [(dr_index, true), (cr_index, false)] {
+                let slot = &mut self.accounts[index];
+                if debit {
+                    slot.account.debits_pending -= p.amount;
+                    if p.flags.contains(TransferFlags::CLOSING_DEBIT) {
+                        slot.account.flags.remove(AccountFlags::CLOSED);
+                    }
+                } else {
+                    slot.account.credits_pending -= p.amount;
+                    if p.flags.contains(TransferFlags::CLOSING_CREDIT) {
+                        slot.account.flags.remove(AccountFlags::CLOSED);
+                    }
+                }
+                if slot.account.flags.contains(AccountFlags::HISTORY) {
+                    let balance = balance_of(&slot.account, timestamp);
+                    slot.history.push(HistoryEntry { balance, debit });
+                }
+            }
+        }
+        due
+    }
+
+    /// The earliest expiry still due, for the caller's timer (`poll_at`).
+    pub fn poll_at(&self) -> Option<u64> {
+        self.expiries.first().map(|(expires_at, _)| *expires_at)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Linked chains
+
+    fn chain_open(&mut self) {
+        debug_assert!(!self.undo_active && self.undo.is_empty());
+        self.undo_active = true;
+    }
+
+    fn chain_close(&mut self) {
+        self.undo_active = false;
+        self.undo.clear();
+    }
+
+    /// Undoes every change since the chain opened, newest first.
+    fn chain_rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::AccountCreated => {
+                    let slot = self.accounts.pop().expect("undo matches a created account");
+                    self.account_index.remove(&slot.account.id);
+                }
+                Undo::AccountSaved { index, account } => {
+                    self.accounts[index as usize].account = account;
+                }
+                Undo::TransferCreated { dr, cr, dr_history, cr_history, expires_at } => {
+                    let t = self.transfers.pop().expect("undo matches a created transfer");
+                    self.transfer_status.pop();
+                    let index = self.transfers.len() as u32;
+                    self.transfer_index.remove(&t.id);
+                    for (account, history) in [(dr, dr_history), (cr, cr_history)] {
+                        let slot = &mut self.accounts[account as usize];
+                        let popped = slot.transfers.pop();
+                        debug_assert_eq!(popped, Some(index));
+                        if history {
+                            slot.history.pop();
+                        }
+                    }
+                    if let Some(expires_at) = expires_at {
+                        self.expiries.remove(&(expires_at, index));
+                    }
+                }
+                Undo::PendingResolved { index, expires_at } => {
+                    self.transfer_status[index as usize] = PendingStatus::Pending;
+                    if let Some(expires_at) = expires_at {
+                        self.expiries.insert((expires_at, index));
+                    }
+                }
+            }
+        }
+        // The chain stays open (later events in it fail) but records nothing more.
+        self.undo_active = false;
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Queries
+
+    pub fn lookup_account(&self, id: u128) -> Option<&Account> {
+        self.account_index.get(&id).map(|&i| &self.accounts[i as usize].account)
+    }
+
+    /// The accounts found, in the order asked (missing ids are left out, as in TigerBeetle).
+    pub fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
+        ids.iter().filter_map(|id| self.lookup_account(*id).copied()).collect()
+    }
+
+    pub fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
+        self.transfer_index.get(&id).map(|&i| &self.transfers[i as usize])
+    }
+
+    pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
+        ids.iter().filter_map(|id| self.lookup_transfer(*id).copied()).collect()
+    }
+
+    /// The pending status of a transfer (`None` status for a transfer that is not pending).
+    pub fn pending_status(&self, id: u128) -> Option<PendingStatus> {
+        self.transfer_index.get(&id).map(|&i| self.transfer_status[i as usize])
+    }
+
+    /// TigerBeetle's filter validation: an invalid filter returns nothing.
+    fn filter_valid(filter: &AccountFilter) -> bool {
+        filter.account_id != 0
+            && filter.account_id != u128::MAX
+            && filter.timestamp_min != u64::MAX
+            && filter.timestamp_max != u64::MAX
+            && (filter.timestamp_max == 0 || filter.timestamp_min <= filter.timestamp_max)
+            && filter.limit != 0
+            && (filter.debits || filter.credits)
+    }
+
+    fn filter_range(filter: &AccountFilter) -> (u64, u64) {
+        let max = if filter.timestamp_max == 0 { u64::MAX } else { filter.timestamp_max };
+        (filter.timestamp_min, max)
+    }
+
+    /// Transfers on an account, by timestamp (TigerBeetle `get_account_transfers`), at most
+    /// `min(limit, BATCH_EVENTS_MAX)`.
+    pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
+        if !Self::filter_valid(filter) {
+            return Vec::new();
+        }
+        let Some(&account_index) = self.account_index.get(&filter.account_id) else {
+            return Vec::new();
+        };
+        let positions = &self.accounts[account_index as usize].transfers;
+        let (min, max) = Self::filter_range(filter);
+        let start = positions.partition_point(|&i| self.transfers[i as usize].timestamp < min);
+        let end = positions.partition_point(|&i| self.transfers[i as usize].timestamp <= max);
+        let limit = (filter.limit as usize).min(BATCH_EVENTS_MAX);
+        let wanted = |t: &Transfer| {
+            (filter.debits && t.debit_account_id == filter.account_id)
+                || (filter.credits && t.credit_account_id == filter.account_id)
+        };
+        let range = positions.get(start..end).unwrap_or(&[]);
+        let iter = range.iter().map(|&i| &self.transfers[i as usize]);
+        if filter.reversed {
+            iter.rev().filter(|t| wanted(t)).take(limit).copied().collect()
+        } else {
+            iter.filter(|t| wanted(t)).take(limit).copied().collect()
+        }
+    }
+
+    /// An account's balances after each of its changes (TigerBeetle `get_account_balances`);
+    /// only accounts with the `history` flag keep them.
+    pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
+        if !Self::filter_valid(filter) {
+            return Vec::new();
+        }
+        let Some(&account_index) = self.account_index.get(&filter.account_id) else {
+            return Vec::new();
+        };
+        let history = &self.accounts[account_index as usize].history;
+        let (min, max) = Self::filter_range(filter);
+        let start = history.partition_point(|h| h.balance.timestamp < min);
+        let end = history.partition_point(|h| h.balance.timestamp <= max);
+        let limit = (filter.limit as usize).min(BATCH_EVENTS_MAX);
+        let wanted = |h: &HistoryEntry| (filter.debits && h.debit) || (filter.credits && !h.debit);
+        let range = history.get(start..end).unwrap_or(&[]);
+        if filter.reversed {
+            range.iter().rev().filter(|h| wanted(h)).take(limit).map(|h| h.balance).collect()
+        } else {
+            range.iter().filter(|h| wanted(h)).take(limit).map(|h| h.balance).collect()
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Whole-state encoding (checkpoints, state hash)
+
+    /// Writes the whole state in a canonical byte form, in pieces, to `sink`. Two state
+    /// machines with equal observable state produce equal bytes (maps are written in creation
+    /// order or sorted, never in hash order).
+    pub(crate) fn encode(&self, sink: &mut dyn FnMut(&[u8])) {
+        let mut w = Writer::with_capacity(64 * 1024);
+        let flush = |w: &mut Writer, sink: &mut dyn FnMut(&[u8]), force: bool| {
+            if force || w.bytes.len() >= 60 * 1024 {
+                sink(&w.bytes);
+                w.bytes.clear();
+            }
+        };
+        w.u64(self.prepare_timestamp);
+        w.u64(self.accounts.len() as u64);
+        for slot in &self.accounts {
+            w.account(&slot.account);
+            w.u64(slot.history.len() as u64);
+            for h in &slot.history {
+                w.u128(h.balance.debits_pending);
+                w.u128(h.balance.debits_posted);
+                w.u128(h.balance.credits_pending);
+                w.u128(h.balance.credits_posted);
+                w.u64(h.balance.timestamp);
+                w.u8(h.debit as u8);
+                flush(&mut w, sink, false);
+            }
+            flush(&mut w, sink, false);
+        }
+        w.u64(self.transfers.len() as u64);
+        for (t, status) in self.transfers.iter().zip(&self.transfer_status) {
+            w.transfer(t);
+            w.u8(*status as u8);
+            flush(&mut w, sink, false);
+        }
+        let mut orphans: Vec<u128> = self.orphans.iter().copied().collect();
+        orphans.sort_unstable();
+        w.u64(orphans.len() as u64);
+        for id in orphans {
+            w.u128(id);
+            flush(&mut w, sink, false);
+        }
+        flush(&mut w, sink, true);
+    }
+
+    /// Rebuilds a state machine from `encode`'s bytes; `None` if they are malformed.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<StateMachine> {
+        let mut r = Reader::new(bytes);
+        let prepare_timestamp = r.u64()?;
+        let accounts_count = usize::try_from(r.u64()?).ok()?;
+        // Each account takes at least 136 bytes: never trust a count beyond the input.
+        if accounts_count > r.remaining() / 136 {
+            return None;
+        }
+        let mut sm = StateMachine::with_capacity(accounts_count, 0);
+        sm.prepare_timestamp = prepare_timestamp;
+        for index in 0..accounts_count {
+            let account = r.account()?;
+            let history_count = usize::try_from(r.u64()?).ok()?;
+            if history_count > r.remaining() / 73 {
+                return None;
+            }
+            let mut history = Vec::with_capacity(history_count);
+            for _ in 0..history_count {
+                let balance = AccountBalance {
+                    debits_pending: r.u128()?,
+                    debits_posted: r.u128()?,
+                    credits_pending: r.u128()?,
+                    credits_posted: r.u128()?,
+                    timestamp: r.u64()?,
+                };
+                let debit = r.u8()? != 0;
+                history.push(HistoryEntry { balance, debit });
+            }
+            if sm.account_index.insert(account.id, index as u32).is_some() {
+                return None;
+            }
+            sm.accounts.push(AccountSlot { account, transfers: Vec::new(), history });
+        }
+        let transfers_count = usize::try_from(r.u64()?).ok()?;
+        if transfers_count > r.remaining() / 129 {
+            return None;
+        }
+        sm.transfers.reserve(transfers_count);
+        sm.transfer_status.reserve(transfers_count);
+        sm.transfer_index.reserve(transfers_count);
+        for index in 0..transfers_count {
+            let t = r.transfer()?;
+            let status = match r.u8()? {
+                0 => PendingStatus::None,
+                1 => PendingStatus::Pending,
+                2 => PendingStatus::Posted,
+                3 => PendingStatus::Voided,
+                4 => PendingStatus::Expired,
+                _ => return None,
+            };
+            let index = index as u32;
+            for account_id in [t.debit_account_id, t.credit_account_id] {
+                let &account_index = sm.account_index.get(&account_id)?;
+                sm.accounts[account_index as usize].transfers.push(index);
+            }
+            if status == PendingStatus::Pending && t.timeout > 0 {
+                sm.expiries.insert((t.timestamp + u64::from(t.timeout) * NS_PER_S, index));
+            }
+            if sm.transfer_index.insert(t.id, index).is_some() {
+                return None;
+            }
+            sm.transfers.push(t);
+            sm.transfer_status.push(status);
+        }
+        let orphans_count = usize::try_from(r.u64()?).ok()?;
+        if orphans_count > r.remaining() / 16 {
+            return None;
+        }
+        sm.orphans.reserve(orphans_count);
+        for _ in 0..orphans_count {
+            sm.orphans.insert(r.u128()?);
+        }
+        if r.remaining() != 0 {
+            return None;
+        }
+        Some(sm)
+    }
+
+    /// A 64-bit hash of the whole state (accounts, history, transfers with their pending
+    /// status, failed ids, clock), for comparing states in tests and after recovery.
+    pub fn state_hash(&self) -> u64 {
+        let mut hasher = StateHasher::default();
+        self.encode(&mut |bytes| hasher.update(bytes));
+        hasher.finish()
+    }
+}
+
+/// A streaming 64-bit hash over a byte sequence (folded multiply per 8-byte word, with the
+/// length mixed in). Not cryptographic: it tells states apart in tests.
+#[derive(Debug)]
+struct StateHasher {
+    hash: u64,
+    pending: [u8; 8],
+    pending_len: usize,
+    length: u64,
+}
+
+impl Default for StateHasher {
+    fn default() -> Self {
+        StateHasher { hash: MIX_B, pending: [0; 8], pending_len: 0, length: 0 }
+    }
+}
+
+impl StateHasher {
+    fn word(&mut self, word: u64) {
+        self.hash = folded_multiply(self.hash ^ word, MIX_A).rotate_left(23);
+    }
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.length += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let n = (8 - self.pending_len).min(bytes.len());
+            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&bytes[..n]);
+            self.pending_len += n;
+            bytes = &bytes[n..];
+            if self.pending_len == 8 {
+                self.word(u64::from_le_bytes(self.pending));
+                self.pending_len = 0;
+            }
+        }
+    }
+    fn finish(mut self) -> u64 {
+        if self.pending_len > 0 {
+            self.pending[self.pending_len..].fill(0);
+            self.word(u64::from_le_bytes(self.pending));
+        }
+        let length = self.length;
+        self.word(length);
+        folded_multiply(self.hash, MIX_B)
+    }
+}
+
+fn account_exists(a: &Account, e: &Account) -> CreateAccountResult {
+    use CreateAccountResult as R;
+    if a.flags != e.flags {
+        return R::ExistsWithDifferentFlags;
+    }
+    if a.user_data_128 != e.user_data_128 {
+        return R::ExistsWithDifferentUserData128;
+    }
+    if a.user_data_64 != e.user_data_64 {
+        return R::ExistsWithDifferentUserData64;
+    }
+    if a.user_data_32 != e.user_data_32 {
+        return R::ExistsWithDifferentUserData32;
+    }
+    if a.ledger != e.ledger {
+        return R::ExistsWithDifferentLedger;
+    }
+    if a.code != e.code {
+        return R::ExistsWithDifferentCode;
+    }
+    R::Exists
+}

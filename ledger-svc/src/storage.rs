@@ -1,0 +1,425 @@
+//! Storage behind a small trait, so the write-ahead log and checkpoints run on real files in
+//! production and on a simulated disk with torn writes and lost unsynced bytes in tests
+//! (TigerBeetle is generic over `Storage` for the same reason).
+//!
+//! The model is a flat directory of named files:
+//! - `append` adds bytes at the end of a file, creating it if needed;
+//! - `sync` makes a file's bytes *and its name* durable (fdatasync, plus a directory fsync the
+//!   first time, since fdatasync alone does not persist a new directory entry);
+//! - `rename` and `remove` are durable only after `sync_dir`;
+//! - until synced, bytes may be lost or torn by a crash.
+//!
+//! `FileStorage` is the only module of this crate that does I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// An operating error of the storage, with the call and the file it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{call} {path}: {source}")]
+    Io {
+        call: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("file name {0:?} is not a plain file name")]
+    BadName(String),
+    #[error("file {0:?} not found")]
+    NotFound(String),
+    #[error("simulated storage fault ({0})")]
+    Fault(&'static str),
+}
+
+/// A flat directory of named files. See the module documentation for the durability contract.
+pub trait Storage {
+    /// The names of all files, sorted.
+    fn list(&mut self) -> Result<Vec<String>, StorageError>;
+    /// The whole content of a file.
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError>;
+    /// Appends `bytes` at the end of `name`, creating it if it does not exist.
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Makes the file's content and name durable. An error here is fatal for a WAL: the
+    /// kernel may have dropped the dirty pages, so retrying cannot prove anything.
+    fn sync(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Shortens a file (durable after `sync`).
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError>;
+    /// Atomically renames `from` to `to`, replacing `to` (durable after `sync_dir`).
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// Removes a file (durable after `sync_dir`); removing a missing file is not an error.
+    fn remove(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Makes renames and removals durable.
+    fn sync_dir(&mut self) -> Result<(), StorageError>;
+    /// A human-readable location of a file, for error messages.
+    fn describe(&self, name: &str) -> String {
+        name.to_string()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StorageError> {
+    if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(StorageError::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Real files in one directory, with fdatasync and directory fsync.
+#[derive(Debug)]
+pub struct FileStorage {
+    dir: PathBuf,
+    dir_handle: File,
+    /// Open handles for appending, by name.
+    files: HashMap<String, File>,
+    /// Files created since the last directory fsync: their first `sync` also syncs the dir.
+    created: HashSet<String>,
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let io = |call, source| StorageError::Io { call, path: dir.to_path_buf(), source };
+        fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
+        let dir_handle = File::open(dir).map_err(|e| io("open", e))?;
+        Ok(FileStorage { dir: dir.to_path_buf(), dir_handle, files: HashMap::new(), created: HashSet::new() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io_error(&self, call: &'static str, name: &str, source: io::Error) -> StorageError {
+        StorageError::Io { call, path: self.dir.join(name), source }
+    }
+
+    fn handle(&mut self, name: &str) -> Result<&mut File, StorageError> {
+        check_name(name)?;
+        if !self.files.contains_key(name) {
+            let path = self.dir.join(name);
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .map_err(|e| self.io_error("open", name, e))?;
+            if !existed {
+                self.created.insert(name.to_string());
+            }
+            self.files.insert(name.to_string(), file);
+        }
+        Ok(self.files.get_mut(name).expect("inserted above"))
+    }
+}
+
+impl Storage for FileStorage {
+    fn list(&mut self) -> Result<Vec<String>, StorageError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("readdir", "", e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error("readdir", "", e))?;
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        check_name(name)?;
+        let mut file = File::open(self.dir.join(name)).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StorageError::NotFound(name.to_string())
+            } else {
+                self.io_error("open", name, e)
+            }
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| self.io_error("read", name, e))?;
+        Ok(bytes)
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        let file = self.handle(name)?;
+        let result = file.write_all(bytes);
+        result.map_err(|e| self.io_error("write", name, e))
+    }
+
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        let file = self.handle(name)?;
+        let result = file.sync_data();
+        result.map_err(|e| self.io_error("fdatasync", name, e))?;
+        if self.created.remove(name) {
+            self.dir_handle.sync_all().map_err(|e| self.io_error("fsync", "", e))?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        let file = self.handle(name)?;
+        let result = file.set_len(len);
+        result.map_err(|e| self.io_error("ftruncate", name, e))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        check_name(from)?;
+        check_name(to)?;
+        self.files.remove(from);
+        self.files.remove(to);
+        fs::rename(self.dir.join(from), self.dir.join(to)).map_err(|e| self.io_error("rename", from, e))
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        check_name(name)?;
+        self.files.remove(name);
+        self.created.remove(name);
+        match fs::remove_file(self.dir.join(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_error("unlink", name, e)),
+        }
+    }
+
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        self.dir_handle.sync_all().map_err(|e| self.io_error("fsync", "", e))?;
+        self.created.clear();
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64) for the simulator, so a failing seed replays.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimFile {
+    /// What a read sees now.
+    current: Vec<u8>,
+    /// What survives a crash for sure (as of the last `sync`).
+    durable: Vec<u8>,
+}
+
+/// An in-memory disk for tests. Writes land in `current`; `sync` copies a file to `durable`.
+/// `crash` builds the disk a restarted process would see: each file keeps its durable bytes
+/// plus a random prefix of its unsynced bytes, with sectors of that prefix torn (zeroed or
+/// garbage), and unsynced directory changes either all happen or none do. `fail_after`
+/// makes every storage call fail after a number of calls, as if the process died mid-write.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct SimStorage {
+    files: Vec<SimFile>,
+    /// The directory now: name -> file.
+    dir: BTreeMap<String, usize>,
+    /// The durable directory.
+    dir_durable: BTreeMap<String, usize>,
+    calls: u64,
+    fail_after_calls: Option<u64>,
+    /// Sector size for tearing.
+    pub sector_bytes: usize,
+}
+
+impl Default for SimStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimStorage {
+    pub fn new() -> Self {
+        SimStorage {
+            files: Vec::new(),
+            dir: BTreeMap::new(),
+            dir_durable: BTreeMap::new(),
+            calls: 0,
+            fail_after_calls: None,
+            sector_bytes: 512,
+        }
+    }
+
+    /// Every call after `calls` more calls fails with `StorageError::Fault`.
+    pub fn fail_after(&mut self, calls: u64) {
+        self.fail_after_calls = Some(self.calls + calls);
+    }
+
+    /// Storage calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    fn tick(&mut self) -> Result<(), StorageError> {
+        self.calls += 1;
+        match self.fail_after_calls {
+            Some(limit) if self.calls > limit => Err(StorageError::Fault("injected failure")),
+            _ => Ok(()),
+        }
+    }
+
+    fn file(&self, name: &str) -> Result<usize, StorageError> {
+        self.dir.get(name).copied().ok_or_else(|| StorageError::NotFound(name.to_string()))
+    }
+
+    /// The disk after a crash at this instant (see the type's documentation).
+    pub fn crash(&self, rng: &mut SimRng) -> SimStorage {
+        let dir = if rng.chance(1, 2) { self.dir.clone() } else { self.dir_durable.clone() };
+        let mut files = Vec::with_capacity(self.files.len());
+        for file in &self.files {
+            let mut survived = file.durable.clone();
+            let extends = file.current.len() >= file.durable.len()
+                && file.current[..file.durable.len()] == file.durable[..];
+            if extends {
+                let unsynced = &file.current[file.durable.len()..];
+                let kept = if unsynced.is_empty() { 0 } else { rng.below(unsynced.len() as u64 + 1) as usize };
+                let start = survived.len();
+                survived.extend_from_slice(&unsynced[..kept]);
+                // Tear some sectors of what reached the disk: each may hold zeros or garbage.
+                let mut offset = start;
+                while offset < survived.len() {
+                    let end = (offset + self.sector_bytes).min(survived.len());
+                    match rng.below(8) {
+                        0 => survived[offset..end].fill(0),
+                        1 => {
+                            for byte in &mut survived[offset..end] {
+                                *byte = rng.next_u64() as u8;
+                            }
+                        }
+                        _ => {}
+                    }
+                    offset = end;
+                }
+            } else if rng.chance(1, 2) {
+                // An unsynced truncation (or rewrite) either happened or did not.
+                survived = file.current.clone();
+            }
+            files.push(SimFile { current: survived.clone(), durable: survived });
+        }
+        SimStorage {
+            files,
+            dir_durable: dir.clone(),
+            dir,
+            calls: 0,
+            fail_after_calls: None,
+            sector_bytes: self.sector_bytes,
+        }
+    }
+
+    /// Flips one byte of a file's content (current and durable), for corruption tests.
+    pub fn corrupt(&mut self, name: &str, offset: usize) -> Result<(), StorageError> {
+        let index = self.file(name)?;
+        let file = &mut self.files[index];
+        if let Some(byte) = file.current.get_mut(offset) {
+            *byte ^= 0x5a;
+        }
+        if let Some(byte) = file.durable.get_mut(offset) {
+            *byte ^= 0x5a;
+        }
+        Ok(())
+    }
+
+    /// The length of a file now.
+    pub fn len_of(&self, name: &str) -> Option<usize> {
+        self.dir.get(name).map(|&i| self.files[i].current.len())
+    }
+}
+
+impl Storage for SimStorage {
+    fn list(&mut self) -> Result<Vec<String>, StorageError> {
+        self.tick()?;
+        Ok(self.dir.keys().cloned().collect())
+    }
+
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.tick()?;
+        let index = self.file(name)?;
+        Ok(self.files[index].current.clone())
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        check_name(name)?;
+        self.tick()?;
+        let index = match self.dir.get(name) {
+            Some(&index) => index,
+            None => {
+                self.files.push(SimFile::default());
+                let index = self.files.len() - 1;
+                self.dir.insert(name.to_string(), index);
+                index
+            }
+        };
+        self.files[index].current.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        self.tick()?;
+        let index = self.file(name)?;
+        let file = &mut self.files[index];
+        let extends = file.current.len() >= file.durable.len()
+            && file.current[..file.durable.len()] == file.durable[..];
+        if extends {
+            let synced = file.durable.len();
+            file.durable.extend_from_slice(&file.current[synced..]);
+        } else {
+            file.durable = file.current.clone();
+        }
+        self.dir_durable.insert(name.to_string(), index);
+        Ok(())
+    }
+
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        self.tick()?;
+        let index = self.file(name)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        self.files[index].current.truncate(len);
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        check_name(to)?;
+        self.tick()?;
+        let index = self.file(from)?;
+        self.dir.remove(from);
+        self.dir.insert(to.to_string(), index);
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        self.tick()?;
+        self.dir.remove(name);
+        Ok(())
+    }
+
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        self.tick()?;
+        self.dir_durable = self.dir.clone();
+        Ok(())
+    }
+}
