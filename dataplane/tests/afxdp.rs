@@ -1,0 +1,201 @@
+//! Real AF_XDP on a veth pair in a fresh namespace (needs root): the steering program attached,
+//! one socket on queue 0, smoltcp answering ARP and ping from the namespace through the
+//! `Device` over the rings, the host's own address untouched, and nothing left attached after.
+
+#[allow(dead_code)]
+#[path = "../../src/lab.rs"]
+mod lab;
+
+use std::process::Output;
+use std::time::{Duration, Instant as StdInstant};
+
+use dataplane::{
+    attached_program_id, detach_leftover, interface_mac, DataplaneError, SteerConfig, SteerCounter, Steering,
+    XdpMode, XskConfig, XskPort,
+};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
+
+const PORT: u16 = 8443;
+
+fn counter(steering: &Steering, name: &str) -> u64 {
+    steering.counters().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A smoltcp stack on `port` that serves until `done` returns true or `limit` passes.
+struct Stack {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    epoch: StdInstant,
+}
+
+impl Stack {
+    fn new(port: &mut XskPort, mac: [u8; 6], cidr: IpCidr) -> Stack {
+        let epoch = StdInstant::now();
+        let config = Config::new(EthernetAddress(mac).into());
+        let mut iface = Interface::new(config, port, Instant::from_millis(0));
+        iface.update_ip_addrs(|addrs| addrs.push(cidr).unwrap());
+        Stack { iface, sockets: SocketSet::new(vec![]), epoch }
+    }
+
+    fn turn(&mut self, port: &mut XskPort) {
+        let now = Instant::from_millis(self.epoch.elapsed().as_millis() as i64);
+        self.iface.poll(now, port, &mut self.sockets);
+        port.service();
+    }
+
+    /// Serves while `child` (a command in the namespace) runs; returns its output.
+    fn serve_while(&mut self, port: &mut XskPort, mut child: std::process::Child) -> Output {
+        let limit = StdInstant::now() + Duration::from_secs(20);
+        loop {
+            self.turn(port);
+            if child.try_wait().unwrap().is_some() || StdInstant::now() > limit {
+                break;
+            }
+            port.wait(Duration::from_millis(5)).unwrap();
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    }
+}
+
+#[test]
+fn smoltcp_answers_arp_and_ping_through_af_xdp_and_nothing_is_left_attached() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("afxdp", 1)).expect("lab");
+    let spec = &lab.spec;
+    let host_mac = interface_mac(&spec.host_if).unwrap();
+    let mut steering = Steering::attach(&SteerConfig {
+        ifname: spec.host_if.clone(),
+        service_ipv4: spec.service_ipv4,
+        service_port: PORT,
+        mode: XdpMode::Auto,
+    })
+    .unwrap();
+    assert_eq!(steering.mode(), XdpMode::Native, "veth supports native XDP");
+    assert_ne!(attached_program_id(&spec.host_if).unwrap(), 0);
+    let config = XskConfig { frame_count: 4096 + 1024 + 64, fill_ring: 2048, comp_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..XskConfig::default() };
+    let mut port = XskPort::open(&spec.host_if, 0, &config).unwrap();
+    steering.register(0, &port).unwrap();
+    let stats = port.stats();
+    assert_eq!(stats.frames_in_fill, 2048, "fill ring stocked at open");
+    assert_eq!(stats.frames_free + stats.frames_in_fill, stats.frames_total);
+
+    let mut stack = Stack::new(&mut port, host_mac, IpCidr::new(IpAddress::Ipv4(spec.service_ipv4), spec.prefix_len));
+    let service = spec.service_ipv4.to_string();
+    let ping = lab.spawn_in_ns_piped(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &service]);
+    let out = stack.serve_while(&mut port, ping);
+    assert!(
+        out.status.success(),
+        "ping of the service through AF_XDP failed:\n{}\ncounters {:?}\nport {:?}",
+        stdout(&out),
+        steering.counters(),
+        port.stats()
+    );
+
+    // The client resolved the service to the host interface's MAC: our ARP reply arrived.
+    let neigh = stdout(&lab.exec_in_ns(&["ip", "neigh", "show", &service]).unwrap());
+    let mac_text = host_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    assert!(neigh.contains(&mac_text), "neighbour entry {neigh:?} lacks {mac_text}");
+
+    assert!(counter(&steering, "redirect_arp_request") >= 1);
+    assert!(counter(&steering, "redirect_icmp") >= 3);
+    assert_eq!(counter(&steering, "drop_no_socket"), 0);
+    let stats = port.stats();
+    assert!(stats.rx_frames >= 4, "{stats:?}");
+    assert!(stats.tx_frames >= 4, "{stats:?}");
+
+    // The host's own address on the same link still works (XDP_PASS).
+    let out = lab.exec_in_ns(&["ping", "-c", "1", "-W", "2", &spec.host_ipv4.to_string()]).unwrap();
+    assert!(out.status.success(), "ping of the host address failed:\n{}", stdout(&out));
+    assert!(counter(&steering, "pass_other") >= 1);
+
+    // A closed port is filtered, not refused: the SYN vanishes (no RST), and is counted.
+    let probe = lab.spawn_in_ns_piped(&["bash", "-c", &format!("timeout 1 bash -c '</dev/tcp/{service}/22'; echo rc=$?")]);
+    let out = stack.serve_while(&mut port, probe);
+    assert!(stdout(&out).contains("rc=124"), "connect to a closed port should time out: {}", stdout(&out));
+    assert!(counter(&steering, "drop_port") >= 1);
+
+    // Frame accounting on the real socket: once idle, every frame is free or in the fill ring.
+    for _ in 0..10 {
+        stack.turn(&mut port);
+    }
+    let stats = port.stats();
+    assert_eq!(stats.ring_desc_invalid, 0, "{stats:?}");
+    assert_eq!(stats.frames_in_tx, 0, "{stats:?}");
+    assert_eq!(stats.frames_held, 0, "{stats:?}");
+    assert_eq!(stats.frames_free + stats.frames_in_fill, stats.frames_total, "{stats:?}");
+    assert_eq!(stats.frames_in_fill, 2048, "fill ring topped up again: {stats:?}");
+
+    // A second attach on the same interface is refused while ours holds its link.
+    match detach_leftover(&spec.host_if) {
+        Err(DataplaneError::Busy { .. }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+
+    drop(steering);
+    drop(port);
+    assert_eq!(attached_program_id(&spec.host_if).unwrap(), 0);
+    let link = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-d", "link", "show", "dev", &spec.host_if]).output().unwrap().stdout).into_owned();
+    assert!(!link.contains("prog/xdp"), "XDP still attached:\n{link}");
+}
+
+#[test]
+fn a_netlink_leftover_is_removed_before_attach() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("leftover", 1)).expect("lab");
+    let ifname = lab.spec.host_if.clone();
+    // What a killed run of another tool leaves: a program attached over netlink, in generic
+    // mode, which survives its process.
+    let dir = tempdir();
+    let object = dir.join("steer.bpf.o");
+    std::fs::write(&object, xdp_programs_object()).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "dev", &ifname, "xdpgeneric", "obj", object.to_str().unwrap(), "sec", "xdp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip link set xdpgeneric: {}", stdout(&out));
+    assert_ne!(attached_program_id(&ifname).unwrap(), 0);
+
+    let steering = Steering::attach(&SteerConfig {
+        ifname: ifname.clone(),
+        service_ipv4: lab.spec.service_ipv4,
+        service_port: PORT,
+        mode: XdpMode::Generic,
+    })
+    .unwrap();
+    assert_eq!(steering.mode(), XdpMode::Generic);
+    assert_eq!(counter(&steering, SteerCounter::RedirectTcp.name()), 0);
+    drop(steering);
+    assert_eq!(attached_program_id(&ifname).unwrap(), 0, "leftover removed, ours detached");
+    assert!(!detach_leftover(&ifname).unwrap(), "nothing left to remove");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dataplane-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn xdp_programs_object() -> &'static [u8] {
+    xdp_programs::STEER_BPF_OBJECT
+}
+
+trait SpawnPiped {
+    fn spawn_in_ns_piped(&self, args: &[&str]) -> std::process::Child;
+}
+
+impl SpawnPiped for lab::Lab {
+    fn spawn_in_ns_piped(&self, args: &[&str]) -> std::process::Child {
+        self.ns_command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}

@@ -1,0 +1,236 @@
+//! The steering program run with BPF_PROG_TEST_RUN on crafted frames: one case per verdict,
+//! each checking the XDP action and that exactly the expected counter moved. Needs root.
+//!
+//! A test run without a context runs on rx queue 0 of loopback, so `ctx->rx_queue_index` is
+//! 0: the XSKMAP entry 0 decides between XDP_REDIRECT and the no-socket drop. To have a real
+//! socket there, a private lab (veth pair in a fresh namespace) lends its queue 0.
+
+#[allow(dead_code)]
+#[path = "../../src/lab.rs"]
+mod lab;
+
+use std::net::Ipv4Addr;
+
+use dataplane::{xdp_action, SteerCounter, SteerProgram, XskConfig, XskPort};
+use etherparse::PacketBuilder;
+
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 99, 7, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 7, 1);
+const OTHER: Ipv4Addr = Ipv4Addr::new(10, 99, 7, 3);
+const PORT: u16 = 8443;
+const SERVICE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&SERVICE_MAC);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame
+}
+
+/// RFC 826 Ethernet/IPv4 ARP packet.
+fn arp(op: u16, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = eth(0x0806);
+    frame.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    frame.extend_from_slice(&op.to_be_bytes());
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&CLIENT.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target.octets());
+    frame
+}
+
+fn tcp(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+        .ipv4(CLIENT.octets(), dst.octets(), 64)
+        .tcp(40000, port, 1, 65535)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    frame
+}
+
+fn udp(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+        .ipv4(CLIENT.octets(), dst.octets(), 64)
+        .udp(40000, port)
+        .write(&mut frame, b"hello")
+        .unwrap();
+    frame
+}
+
+fn ping(dst: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+        .ipv4(CLIENT.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    frame
+}
+
+fn vlan_tcp(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+        .ipv4(CLIENT.octets(), dst.octets(), 64)
+        .tcp(40000, port, 1, 65535)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    assert_eq!(&frame[12..14], &[0x81, 0x00], "802.1Q tag present");
+    frame
+}
+
+/// Offset of the IPv4 header in an untagged frame.
+const L3: usize = 14;
+
+/// `frame` with `options` inserted after its IPv4 header and IHL and total length adjusted
+/// (the program does not verify checksums; smoltcp does).
+fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut out = frame[..L3 + 20].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[L3 + 20..]);
+    out[L3] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([out[L3 + 2], out[L3 + 3]]) + options.len() as u16;
+    out[L3 + 2..L3 + 4].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+fn set_frag(mut frame: Vec<u8>, flags_offset: u16) -> Vec<u8> {
+    frame[L3 + 6..L3 + 8].copy_from_slice(&flags_offset.to_be_bytes());
+    frame
+}
+
+fn set_protocol(mut frame: Vec<u8>, protocol: u8) -> Vec<u8> {
+    frame[L3 + 9] = protocol;
+    frame
+}
+
+fn set_ihl(mut frame: Vec<u8>, ihl: u8) -> Vec<u8> {
+    frame[L3] = 0x40 | ihl;
+    frame
+}
+
+fn set_icmp_type(mut frame: Vec<u8>, kind: u8) -> Vec<u8> {
+    frame[L3 + 20] = kind;
+    frame
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: SteerCounter,
+}
+
+fn case(name: &'static str, frame: Vec<u8>, action: u32, counter: SteerCounter) -> Case {
+    Case { name, frame, action, counter }
+}
+
+/// Every verdict the program can give, with the action expected when a socket is bound to
+/// queue 0 (`redirect`) — and the reason counter that must move.
+fn cases(redirect: u32) -> Vec<Case> {
+    use xdp_action::{DROP, PASS};
+    use SteerCounter::*;
+    let ipv6 = {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+            .ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 1)
+            .udp(546, 547)
+            .write(&mut frame, &[])
+            .unwrap();
+        frame
+    };
+    let nops = [1u8, 1, 1, 1, 1, 1, 1, 0];
+    vec![
+        case("ARP request for the service", arp(1, SERVICE), redirect, RedirectArpRequest),
+        case("ARP reply to the service", arp(2, SERVICE), redirect, RedirectArpReply),
+        case("ARP request for another address", arp(1, OTHER), PASS, PassOther),
+        case("RARP-style op for the service", arp(3, SERVICE), DROP, DropArp),
+        case("ICMP echo request to the service", ping(SERVICE), redirect, RedirectIcmp),
+        case("ICMP echo reply to the service", set_icmp_type(ping(SERVICE), 0), DROP, DropIcmp),
+        case("ICMP echo request to another address", ping(OTHER), PASS, PassOther),
+        case("TCP to the service port", tcp(SERVICE, PORT), redirect, RedirectTcp),
+        case("TCP to another port of the service", tcp(SERVICE, 22), DROP, DropPort),
+        case("TCP to another address", tcp(OTHER, PORT), PASS, PassOther),
+        case("UDP to the service", udp(SERVICE, PORT), DROP, DropUdp),
+        case("UDP to another address", udp(OTHER, 53), PASS, PassOther),
+        case("GRE to the service", set_protocol(tcp(SERVICE, PORT), 47), DROP, DropProto),
+        case("IPv6", ipv6, PASS, PassOther),
+        case("first fragment (MF) to the service", set_frag(tcp(SERVICE, PORT), 0x2000), DROP, DropFragment),
+        case("later fragment to the service", set_frag(tcp(SERVICE, PORT), 0x0010), DROP, DropFragment),
+        case("DF is not a fragment", set_frag(tcp(SERVICE, PORT), 0x4000), redirect, RedirectTcp),
+        case("fragment to another address", set_frag(tcp(OTHER, PORT), 0x2000), PASS, PassOther),
+        case("VLAN-tagged TCP to the service port", vlan_tcp(SERVICE, PORT), redirect, RedirectTcp),
+        case("VLAN-tagged TCP to another port", vlan_tcp(SERVICE, 22), DROP, DropPort),
+        case("IPv4 options, TCP to the service port", with_ip_options(&tcp(SERVICE, PORT), &nops), redirect, RedirectTcp),
+        case("IPv4 options, TCP to another port", with_ip_options(&tcp(SERVICE, 22), &nops), DROP, DropPort),
+        case("40 bytes of IPv4 options, service port", with_ip_options(&tcp(SERVICE, PORT), &[1; 40]), redirect, RedirectTcp),
+        case("Ethernet header only (IPv4 type)", eth(0x0800), PASS, PassTruncated),
+        case("IPv4 header cut before daddr", tcp(SERVICE, PORT)[..L3 + 16].to_vec(), PASS, PassTruncated),
+        case("ARP cut before the target address", arp(1, SERVICE)[..38].to_vec(), PASS, PassTruncated),
+        case("VLAN tag cut", vlan_tcp(SERVICE, PORT)[..16].to_vec(), PASS, PassTruncated),
+        case("TCP header cut, to the service", tcp(SERVICE, PORT)[..L3 + 20 + 10].to_vec(), DROP, DropMalformed),
+        case("ICMP header cut, to the service", ping(SERVICE)[..L3 + 20 + 4].to_vec(), DROP, DropMalformed),
+        case("IHL 3, to the service", set_ihl(tcp(SERVICE, PORT), 3), DROP, DropMalformed),
+        case("IHL 15 past the end, to the service", set_ihl(tcp(SERVICE, PORT)[..L3 + 40].to_vec(), 15), DROP, DropMalformed),
+        case("unknown ethertype", eth(0x88b5), PASS, PassOther),
+    ]
+}
+
+fn check(program: &SteerProgram, cases: &[Case]) {
+    for case in cases {
+        let before = program.counters();
+        let action = program.test_run(&case.frame).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let after = program.counters();
+        assert_eq!(action, case.action, "{}: XDP action", case.name);
+        for ((name, b), (_, a)) in before.iter().zip(after.iter()) {
+            let expected = u64::from(*name == case.counter.name());
+            assert_eq!(a - b, expected, "{}: counter {name}", case.name);
+        }
+    }
+}
+
+#[test]
+fn verdicts_with_a_socket_on_the_queue() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("steer", 1)).expect("lab");
+    let port = XskPort::open(&lab.spec.host_if, 0, &small()).unwrap();
+    let program = SteerProgram::load(SERVICE, PORT).unwrap();
+    program.insert_socket(0, port.fd()).unwrap();
+    check(&program, &cases(xdp_action::REDIRECT));
+}
+
+#[test]
+fn service_traffic_without_a_socket_is_dropped_and_counted() {
+    let program = SteerProgram::load(SERVICE, PORT).unwrap();
+    let mut cases = cases(xdp_action::DROP);
+    for case in &mut cases {
+        if case.counter.verdict() == "redirect" {
+            case.counter = SteerCounter::DropNoSocket;
+        }
+    }
+    check(&program, &cases);
+    assert_eq!(program.counter(SteerCounter::DropNoSocket).unwrap(), 8);
+}
+
+#[test]
+fn an_unusable_service_address_is_refused() {
+    assert!(SteerProgram::load(Ipv4Addr::UNSPECIFIED, PORT).is_err());
+    assert!(SteerProgram::load(SERVICE, 0).is_err());
+}
+
+fn small() -> XskConfig {
+    XskConfig {
+        frame_count: 4096 + 1024 + 64,
+        rx_ring: 1024,
+        tx_ring: 1024,
+        fill_ring: 4096,
+        comp_ring: 1024,
+        ..XskConfig::default()
+    }
+}
