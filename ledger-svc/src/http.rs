@@ -34,7 +34,7 @@ pub struct Limits {
     pub headers_count_max: usize,
     /// Bytes of one request body. Beyond it: 413, answered from the head alone, before the body
     /// is received. The default fits a full batch of `BATCH_EVENTS_MAX` (8189) transfers with
-    /// every field at its widest value in compact JSON (about 700 bytes each, 5.7 MB in all;
+    /// every field at its widest value in compact JSON (about 640 bytes each, 5.2 MB in all;
     /// see the test `body_limit_fits_a_full_batch_of_widest_transfers` in `api.rs`).
     pub body_bytes_max: usize,
     /// Requests decoded on one connection whose responses are not written yet (pipelining
@@ -58,7 +58,12 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitsError {
     #[error("http limit {name} is {value}; it must be in {min}..={max}")]
-    OutOfRange { name: &'static str, value: usize, min: usize, max: usize },
+    OutOfRange {
+        name: &'static str,
+        value: usize,
+        min: usize,
+        max: usize,
+    },
 }
 
 impl Limits {
@@ -68,13 +73,28 @@ impl Limits {
         let checks: [(&'static str, usize, usize, usize); 4] = [
             // A request line with a short target and a Host header needs about 64 bytes.
             ("header_bytes_max", self.header_bytes_max, 64, 1 << 20),
-            ("headers_count_max", self.headers_count_max, 1, HEADERS_COUNT_CEILING),
+            (
+                "headers_count_max",
+                self.headers_count_max,
+                1,
+                HEADERS_COUNT_CEILING,
+            ),
             ("body_bytes_max", self.body_bytes_max, 1, 1 << 30),
-            ("requests_in_flight_max", self.requests_in_flight_max, 1, 1 << 16),
+            (
+                "requests_in_flight_max",
+                self.requests_in_flight_max,
+                1,
+                1 << 16,
+            ),
         ];
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
-                return Err(LimitsError::OutOfRange { name, value, min, max });
+                return Err(LimitsError::OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
             }
         }
         Ok(())
@@ -185,7 +205,13 @@ pub struct Response {
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, body, close: false, retry_after_s: None, allow: None }
+        Response {
+            status,
+            body,
+            close: false,
+            retry_after_s: None,
+            allow: None,
+        }
     }
 }
 
@@ -220,7 +246,12 @@ pub fn encode_response(response: &Response, out: &mut Vec<u8>) {
     encode_response_with(response, response.close, false, out);
 }
 
-fn encode_response_with(response: &Response, close: bool, keep_alive_header: bool, out: &mut Vec<u8>) {
+fn encode_response_with(
+    response: &Response,
+    close: bool,
+    keep_alive_header: bool,
+    out: &mut Vec<u8>,
+) {
     // Writing into a Vec<u8> cannot fail.
     let _ = write!(
         out,
@@ -271,7 +302,9 @@ pub enum HttpError {
     Host,
     #[error("request target must be in origin form (/path?query) or absolute form")]
     Target,
-    #[error("more than requests_in_flight_max ({limit}) pipelined requests in flight on one connection")]
+    #[error(
+        "more than requests_in_flight_max ({limit}) pipelined requests in flight on one connection"
+    )]
     TooManyInFlight { limit: usize },
 }
 
@@ -384,7 +417,11 @@ enum State {
     /// bytes are scanned once, not once per arrival (a head fed a byte at a time stays linear).
     Head { scanned: usize },
     /// The head is parsed; waiting for `length` body bytes from `start`.
-    Body { head: Head, length: usize, continue_sent: bool },
+    Body {
+        head: Head,
+        length: usize,
+        continue_sent: bool,
+    },
     /// After the last request of the connection, or a protocol error: nothing more is decoded.
     Closed,
 }
@@ -476,7 +513,11 @@ impl RequestDecoder {
     pub fn poll_continue(&mut self) -> bool {
         let no_response_pending = self.in_flight.is_empty();
         match &mut self.state {
-            State::Body { head, continue_sent, length } => {
+            State::Body {
+                head,
+                continue_sent,
+                length,
+            } => {
                 let waiting = self.buffer.len() - self.start < *length;
                 if head.expect_continue && !*continue_sent && waiting && no_response_pending {
                     *continue_sent = true;
@@ -527,23 +568,33 @@ impl RequestDecoder {
                     let Some(end) = find_head_end(&self.buffer, from) else {
                         *scanned = self.buffer.len();
                         if self.buffer.len() - self.start > self.limits.header_bytes_max {
-                            return Err(HttpError::HeadTooLarge { limit: self.limits.header_bytes_max });
+                            return Err(HttpError::HeadTooLarge {
+                                limit: self.limits.header_bytes_max,
+                            });
                         }
                         return Ok(None);
                     };
                     if end - self.start > self.limits.header_bytes_max {
-                        return Err(HttpError::HeadTooLarge { limit: self.limits.header_bytes_max });
+                        return Err(HttpError::HeadTooLarge {
+                            limit: self.limits.header_bytes_max,
+                        });
                     }
                     let (head, length) = parse_head(&self.buffer[self.start..end], &self.limits)?;
                     if self.in_flight.len() >= self.limits.requests_in_flight_max {
-                        return Err(HttpError::TooManyInFlight { limit: self.limits.requests_in_flight_max });
+                        return Err(HttpError::TooManyInFlight {
+                            limit: self.limits.requests_in_flight_max,
+                        });
                     }
                     self.start = end;
                     // The body's size is known and bounded: reserve it once rather than
                     // growing the buffer by doubling while a large batch arrives.
                     let missing = (self.start + length).saturating_sub(self.buffer.len());
                     self.buffer.reserve(missing);
-                    self.state = State::Body { head, length, continue_sent: false };
+                    self.state = State::Body {
+                        head,
+                        length,
+                        continue_sent: false,
+                    };
                 }
                 State::Body { length, .. } => {
                     let length = *length;
@@ -552,9 +603,12 @@ impl RequestDecoder {
                     }
                     let body = self.buffer[self.start..self.start + length].to_vec();
                     self.start += length;
-                    let State::Body { head, .. } =
-                        std::mem::replace(&mut self.state, State::Head { scanned: self.start })
-                    else {
+                    let State::Body { head, .. } = std::mem::replace(
+                        &mut self.state,
+                        State::Head {
+                            scanned: self.start,
+                        },
+                    ) else {
                         unreachable!("matched State::Body above");
                     };
                     if !head.keep_alive {
@@ -562,7 +616,10 @@ impl RequestDecoder {
                         self.buffer = Vec::new();
                         self.start = 0;
                     }
-                    self.in_flight.push_back(InFlight { version: head.version, keep_alive: head.keep_alive });
+                    self.in_flight.push_back(InFlight {
+                        version: head.version,
+                        keep_alive: head.keep_alive,
+                    });
                     return Ok(Some(Request {
                         method: head.method,
                         target: head.target,
@@ -618,24 +675,51 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
     let mut request = httparse::Request::new(&mut headers[..limits.headers_count_max]);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(length)) if length == bytes.len() => {}
-        Ok(_) => return Err(HttpError::MalformedHead { reason: "incomplete request head" }),
+        Ok(_) => {
+            return Err(HttpError::MalformedHead {
+                reason: "incomplete request head",
+            })
+        }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders { limit: limits.headers_count_max })
+            return Err(HttpError::TooManyHeaders {
+                limit: limits.headers_count_max,
+            })
         }
         Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
-        Err(httparse::Error::HeaderName) => return Err(HttpError::MalformedHead { reason: "invalid header name" }),
-        Err(httparse::Error::HeaderValue) => {
-            return Err(HttpError::MalformedHead { reason: "invalid header value" })
+        Err(httparse::Error::HeaderName) => {
+            return Err(HttpError::MalformedHead {
+                reason: "invalid header name",
+            })
         }
-        Err(httparse::Error::NewLine) => return Err(HttpError::MalformedHead { reason: "invalid line ending" }),
-        Err(_) => return Err(HttpError::MalformedHead { reason: "invalid request line" }),
+        Err(httparse::Error::HeaderValue) => {
+            return Err(HttpError::MalformedHead {
+                reason: "invalid header value",
+            })
+        }
+        Err(httparse::Error::NewLine) => {
+            return Err(HttpError::MalformedHead {
+                reason: "invalid line ending",
+            })
+        }
+        Err(_) => {
+            return Err(HttpError::MalformedHead {
+                reason: "invalid request line",
+            })
+        }
     }
     // A complete parse fills in all three.
-    let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version) else {
-        return Err(HttpError::MalformedHead { reason: "invalid request line" });
+    let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(HttpError::MalformedHead {
+            reason: "invalid request line",
+        });
     };
     let method = Method::from_token(method);
-    let version = if minor == 0 { Version::Http10 } else { Version::Http11 };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     let target = origin_form(path).ok_or(HttpError::Target)?;
 
     let mut content_length: Option<u64> = None;
@@ -664,7 +748,10 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
                 keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue |= header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            expect_continue |= header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
         }
     }
     if version == Version::Http11 && hosts != 1 {
@@ -677,7 +764,12 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
     };
     let length = match usize::try_from(length) {
         Ok(length) if length <= limits.body_bytes_max => length,
-        _ => return Err(HttpError::BodyTooLarge { length, limit: limits.body_bytes_max }),
+        _ => {
+            return Err(HttpError::BodyTooLarge {
+                length,
+                limit: limits.body_bytes_max,
+            })
+        }
     };
     let keep_alive = match version {
         Version::Http11 => !close,
@@ -685,7 +777,16 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
     };
     // RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored.
     let expect_continue = expect_continue && version == Version::Http11 && length > 0;
-    Ok((Head { method, target, version, keep_alive, expect_continue }, length))
+    Ok((
+        Head {
+            method,
+            target,
+            version,
+            keep_alive,
+            expect_continue,
+        },
+        length,
+    ))
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), with overflow treated as invalid.
@@ -712,7 +813,10 @@ fn origin_form(target: &str) -> Option<String> {
     if target.starts_with('/') {
         return Some(target.to_owned());
     }
-    let lower = target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let lower = target
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
     let rest = if lower.starts_with("http://") {
         &target[7..]
     } else if lower.starts_with("https://") {
@@ -771,7 +875,9 @@ mod tests {
 
     #[test]
     fn golden_get_request_with_query_and_bare_lf() {
-        let requests = decode(b"\r\nGET /v1/accounts/1/transfers?limit=5&reversed=true HTTP/1.1\nHost: a\n\n").unwrap();
+        let requests =
+            decode(b"\r\nGET /v1/accounts/1/transfers?limit=5&reversed=true HTTP/1.1\nHost: a\n\n")
+                .unwrap();
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
         assert_eq!(request.method, Method::Get);
@@ -785,10 +891,16 @@ mod tests {
     fn golden_response_bytes() {
         let mut out = Vec::new();
         encode_response(&Response::json(200, b"[]".to_vec()), &mut out);
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"
+        );
 
         let mut out = Vec::new();
-        encode_response(&Response::from(&HttpError::TooManyInFlight { limit: 32 }), &mut out);
+        encode_response(
+            &Response::from(&HttpError::TooManyInFlight { limit: 32 }),
+            &mut out,
+        );
         let expected = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
             Content-Length: 145\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
             {\"error\":{\"code\":\"too_many_requests_in_flight\",\"message\":\"more than \
@@ -817,7 +929,11 @@ mod tests {
         let mut decoder = RequestDecoder::new(Limits::default());
         decoder.feed(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\nHost: h\r\n\r\n");
         let requests = decode_all(&mut decoder).unwrap();
-        assert_eq!(requests.len(), 2, "nothing after Connection: close is decoded");
+        assert_eq!(
+            requests.len(),
+            2,
+            "nothing after Connection: close is decoded"
+        );
         assert!(requests[0].keep_alive && !requests[1].keep_alive);
         assert!(decoder.is_closed());
         assert_eq!(decoder.in_flight(), 2);
@@ -838,9 +954,14 @@ mod tests {
 
     #[test]
     fn absolute_form_target_is_reduced() {
-        let requests = decode(b"GET https://bank.example:8443/v1/accounts/1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let requests =
+            decode(b"GET https://bank.example:8443/v1/accounts/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
         assert_eq!(requests[0].target, "/v1/accounts/1");
-        assert_eq!(decode_one_error(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"), HttpError::Target);
+        assert_eq!(
+            decode_one_error(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"),
+            HttpError::Target
+        );
     }
 
     #[test]
@@ -879,22 +1000,36 @@ mod tests {
 
     #[test]
     fn limit_body_bytes_413_from_head_alone() {
-        let limits = Limits { body_bytes_max: 10, ..Limits::default() };
+        let limits = Limits {
+            body_bytes_max: 10,
+            ..Limits::default()
+        };
         let mut decoder = RequestDecoder::new(limits);
         decoder.feed(b"POST /v1/transfers HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n");
         let error = decoder.poll_request().unwrap_err();
-        assert_eq!(error, HttpError::BodyTooLarge { length: 11, limit: 10 });
+        assert_eq!(
+            error,
+            HttpError::BodyTooLarge {
+                length: 11,
+                limit: 10
+            }
+        );
         assert_eq!(error.status(), 413);
         // A length beyond u64 is not a number of bytes at all.
         assert_eq!(
-            decode_one_error(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n"),
+            decode_one_error(
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n"
+            ),
             HttpError::InvalidContentLength
         );
     }
 
     #[test]
     fn limit_requests_in_flight_503() {
-        let limits = Limits { requests_in_flight_max: 2, ..Limits::default() };
+        let limits = Limits {
+            requests_in_flight_max: 2,
+            ..Limits::default()
+        };
         let mut decoder = RequestDecoder::new(limits);
         decoder.feed(&b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".repeat(3));
         assert!(decoder.poll_request().unwrap().is_some());
@@ -916,7 +1051,9 @@ mod tests {
     #[test]
     fn length_required_411() {
         assert_eq!(
-            decode_one_error(b"POST /v1/accounts HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            decode_one_error(
+                b"POST /v1/accounts HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
             HttpError::TransferEncoding
         );
         assert_eq!(
@@ -925,7 +1062,12 @@ mod tests {
             411
         );
         let error = decode_one_error(b"POST /v1/accounts HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(error, HttpError::LengthRequired { method: Method::Post });
+        assert_eq!(
+            error,
+            HttpError::LengthRequired {
+                method: Method::Post
+            }
+        );
         assert_eq!(error.status(), 411);
     }
 
@@ -936,15 +1078,43 @@ mod tests {
                 b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n[]",
                 HttpError::DuplicateContentLength,
             ),
-            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n[]", HttpError::DuplicateContentLength),
-            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", HttpError::InvalidContentLength),
-            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,1\r\n\r\n", HttpError::InvalidContentLength),
-            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n", HttpError::InvalidContentLength),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n[]",
+                HttpError::DuplicateContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+                HttpError::InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,1\r\n\r\n",
+                HttpError::InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n",
+                HttpError::InvalidContentLength,
+            ),
             (b"GET / HTTP/1.1\r\n\r\n", HttpError::Host),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", HttpError::Host),
-            (b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", HttpError::MalformedHead { reason: "invalid header name" }),
-            (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", HttpError::MalformedHead { reason: "invalid request line" }),
-            (b"GET relative HTTP/1.1\r\nHost: a\r\n\r\n", HttpError::Target),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                HttpError::Host,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
+                HttpError::MalformedHead {
+                    reason: "invalid header name",
+                },
+            ),
+            (
+                b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+                HttpError::MalformedHead {
+                    reason: "invalid request line",
+                },
+            ),
+            (
+                b"GET relative HTTP/1.1\r\nHost: a\r\n\r\n",
+                HttpError::Target,
+            ),
         ];
         for (bytes, expected) in cases {
             let error = decode_one_error(bytes);
@@ -985,7 +1155,11 @@ mod tests {
         // 4 MiB fed 100 bytes at a time: each poll is O(piece), not O(buffer), or this test
         // would take minutes rather than milliseconds.
         let body = vec![b'x'; 4 << 20];
-        let mut stream = format!("POST /v1/transfers HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        let mut stream = format!(
+            "POST /v1/transfers HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
         stream.extend_from_slice(&body);
         let mut decoder = RequestDecoder::new(Limits::default());
         let mut requests = Vec::new();
@@ -1000,8 +1174,17 @@ mod tests {
     #[test]
     fn limits_validate() {
         assert_eq!(Limits::default().validate(), Ok(()));
-        let bad = Limits { headers_count_max: 0, ..Limits::default() };
-        assert!(matches!(bad.validate(), Err(LimitsError::OutOfRange { name: "headers_count_max", .. })));
+        let bad = Limits {
+            headers_count_max: 0,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(LimitsError::OutOfRange {
+                name: "headers_count_max",
+                ..
+            })
+        ));
     }
 
     fn valid_stream() -> impl Strategy<Value = Vec<u8>> {

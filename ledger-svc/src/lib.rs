@@ -13,3 +13,5 @@ pub mod wal;
 pub mod checkpoint;
 pub mod ledger;
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
+pub mod http;
+pub mod api;

@@ -1,0 +1,1397 @@
+//! The JSON API over HTTP (DESIGN.md, "HTTP API"; documented for clients in docs/api.md).
+//!
+//! [`handle`] turns a decoded request into either an immediate response (a malformed request,
+//! a wrong method, a missing role) or a [`Command`] for the ledger thread. The ledger thread
+//! answers read commands with [`query`] and renders the reply of a mutation with
+//! [`render_reply`]. Malformed input is refused here, before it reaches the ledger, so it
+//! changes nothing. Business outcomes (`exceeds_credits`, `exists`, ...) are data in a 200
+//! response, never HTTP errors.
+//!
+//! u128 and u64 values travel as decimal strings, because JSON numbers lose precision past
+//! 2^53 in most clients (RFC 8259 §6); u32 and u16 values as JSON numbers; flags as arrays of
+//! TigerBeetle's flag names. Output is written straight into a `Vec<u8>`, in the field order of
+//! TigerBeetle's structs; input is read with serde, refusing unknown fields, so a misspelt
+//! field is an error rather than a silently zero value.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io::Write as _;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::http::{self, Method, Request, Response};
+use crate::model::{
+    Account, AccountFilter, AccountFlags, CreateAccountResult, CreateTransferResult, Operation,
+    OperationReply, Transfer, TransferFlags, BATCH_EVENTS_MAX,
+};
+use crate::state_machine::StateMachine;
+
+/// `limit` of `GET /v1/accounts/{id}/transfers` when the query names none.
+pub const ACCOUNT_TRANSFERS_LIMIT_DEFAULT: u32 = 100;
+
+/// What a client's certificate allows (tls-term maps the identity to a role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// GET routes only.
+    Read,
+    /// GET and POST routes.
+    Write,
+}
+
+/// What a decoded request needs: an immediate response, or ledger work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Respond(Response),
+    Ledger(Command),
+}
+
+/// Work for the ledger thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Apply, append to the WAL, then answer with [`render_reply`].
+    Mutate(Operation),
+    /// Read-only: answer with [`query`].
+    LookupAccount(u128),
+    LookupTransfer(u128),
+    AccountTransfers(AccountFilter),
+}
+
+impl Command {
+    pub fn is_mutation(&self) -> bool {
+        matches!(self, Command::Mutate(_))
+    }
+}
+
+/// The reads [`query`] and [`render_reply`] need from the ledger's state.
+pub trait LedgerView {
+    fn lookup_account(&self, id: u128) -> Option<&Account>;
+    fn lookup_transfer(&self, id: u128) -> Option<&Transfer>;
+    fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer>;
+}
+
+impl LedgerView for StateMachine {
+    fn lookup_account(&self, id: u128) -> Option<&Account> {
+        StateMachine::lookup_account(self, id)
+    }
+    fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
+        StateMachine::lookup_transfer(self, id)
+    }
+    fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
+        self.get_account_transfers(filter)
+    }
+}
+
+/// `{"error":{"code":"...","message":"..."}}` with `status`.
+pub fn error_response(status: u16, code: &str, message: &str) -> Response {
+    http::error_body_response(status, code, message)
+}
+
+/// The routes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Accounts,
+    Transfers,
+    Account(u128),
+    Transfer(u128),
+    AccountTransfers(u128),
+}
+
+impl Route {
+    /// The one method each route takes.
+    fn method(self) -> Method {
+        match self {
+            Route::Accounts | Route::Transfers => Method::Post,
+            Route::Account(_) | Route::Transfer(_) | Route::AccountTransfers(_) => Method::Get,
+        }
+    }
+}
+
+/// The route of `path`: `Ok(None)` for an unknown path, `Err` for a known path with an invalid id.
+fn route(path: &str) -> Result<Option<Route>, Response> {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Ok(None);
+    };
+    let mut segments = rest.split('/');
+    let route = match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some("accounts"), None, _, _) => Route::Accounts,
+        (Some("transfers"), None, _, _) => Route::Transfers,
+        (Some("accounts"), Some(id), None, _) => Route::Account(path_id(id)?),
+        (Some("transfers"), Some(id), None, _) => Route::Transfer(path_id(id)?),
+        (Some("accounts"), Some(id), Some("transfers"), None) => {
+            Route::AccountTransfers(path_id(id)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(route))
+}
+
+fn path_id(segment: &str) -> Result<u128, Response> {
+    parse_decimal_u128(segment).map_err(|reason| {
+        error_response(
+            400,
+            "invalid_id",
+            &format!("id in path `{}`: {reason}", truncate(segment, 64)),
+        )
+    })
+}
+
+/// At most `max` bytes of `s` (on a char boundary), so an error message stays bounded.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Routes and validates one request.
+///
+/// Order of checks: unknown path (404), invalid id in the path (400), wrong method (405),
+/// role (403), then the query or body (400, 413). A `Read` client is refused before its body
+/// is parsed.
+pub fn handle(request: &Request, role: Role) -> Action {
+    match handle_inner(request, role) {
+        Ok(command) => Action::Ledger(command),
+        Err(response) => Action::Respond(response),
+    }
+}
+
+fn handle_inner(request: &Request, role: Role) -> Result<Command, Response> {
+    let path = request.path();
+    let route = route(path)?.ok_or_else(|| {
+        error_response(
+            404,
+            "not_found",
+            &format!("no such path: {}", truncate(path, 256)),
+        )
+    })?;
+    if request.method != route.method() {
+        let allow = route.method().as_str();
+        let mut response = error_response(
+            405,
+            "method_not_allowed",
+            &format!(
+                "{} is not allowed on {}; use {allow}",
+                request.method,
+                truncate(path, 256)
+            ),
+        );
+        response.allow = Some(allow);
+        return Err(response);
+    }
+    if request.method == Method::Post && role != Role::Write {
+        return Err(error_response(
+            403,
+            "forbidden",
+            "this client certificate may only read",
+        ));
+    }
+    match route {
+        Route::Accounts => {
+            let events = decode_batch::<AccountIn>(&request.body)?;
+            Ok(Command::Mutate(Operation::CreateAccounts(
+                events.into_iter().map(Account::from).collect(),
+            )))
+        }
+        Route::Transfers => {
+            let events = decode_batch::<TransferIn>(&request.body)?;
+            Ok(Command::Mutate(Operation::CreateTransfers(
+                events.into_iter().map(Transfer::from).collect(),
+            )))
+        }
+        Route::Account(id) => no_query(request).map(|()| Command::LookupAccount(id)),
+        Route::Transfer(id) => no_query(request).map(|()| Command::LookupTransfer(id)),
+        Route::AccountTransfers(id) => {
+            account_filter(id, request.query()).map(Command::AccountTransfers)
+        }
+    }
+}
+
+fn invalid_query(message: &str) -> Response {
+    error_response(400, "invalid_query", message)
+}
+
+fn no_query(request: &Request) -> Result<(), Response> {
+    match request.query() {
+        None | Some("") => Ok(()),
+        Some(_) => Err(invalid_query("this path takes no query parameters")),
+    }
+}
+
+/// The filter of `GET /v1/accounts/{id}/transfers?limit=&reversed=&debits=&credits=&timestamp_min=&timestamp_max=`.
+fn account_filter(account_id: u128, query: Option<&str>) -> Result<AccountFilter, Response> {
+    let mut filter = AccountFilter {
+        account_id,
+        timestamp_min: 0,
+        timestamp_max: 0,
+        limit: ACCOUNT_TRANSFERS_LIMIT_DEFAULT,
+        debits: true,
+        credits: true,
+        reversed: false,
+    };
+    let mut seen = [false; 6];
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (slot, result) = match name {
+            "limit" => (0, parse_number::<u32>(value).map(|v| filter.limit = v)),
+            "reversed" => (1, parse_bool(value).map(|v| filter.reversed = v)),
+            "debits" => (2, parse_bool(value).map(|v| filter.debits = v)),
+            "credits" => (3, parse_bool(value).map(|v| filter.credits = v)),
+            "timestamp_min" => (4, parse_number::<u64>(value).map(|v| filter.timestamp_min = v)),
+            "timestamp_max" => (5, parse_number::<u64>(value).map(|v| filter.timestamp_max = v)),
+            _ => {
+                return Err(invalid_query(&format!(
+                    "unknown query parameter `{}`; expected limit, reversed, debits, credits, timestamp_min or timestamp_max",
+                    truncate(name, 64)
+                )))
+            }
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return Err(invalid_query(&format!(
+                "query parameter `{name}` is given twice"
+            )));
+        }
+        result.map_err(|reason| invalid_query(&format!("query parameter `{name}`: {reason}")))?;
+    }
+    if filter.limit == 0 || filter.limit as usize > BATCH_EVENTS_MAX {
+        return Err(invalid_query(&format!(
+            "query parameter `limit` must be in 1..={BATCH_EVENTS_MAX}"
+        )));
+    }
+    if !filter.debits && !filter.credits {
+        return Err(invalid_query(
+            "at least one of `debits` and `credits` must be true",
+        ));
+    }
+    if filter.timestamp_max != 0 && filter.timestamp_min > filter.timestamp_max {
+        return Err(invalid_query(
+            "`timestamp_min` is greater than `timestamp_max`",
+        ));
+    }
+    Ok(filter)
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("`{}` is not true or false", truncate(value, 64))),
+    }
+}
+
+fn parse_number<T: TryFrom<u128>>(value: &str) -> Result<T, String> {
+    let wide = parse_decimal_u128(value)
+        .map_err(|reason| format!("`{}`: {reason}", truncate(value, 64)))?;
+    T::try_from(wide).map_err(|_| format!("`{}` is out of range", truncate(value, 64)))
+}
+
+/// A non-negative decimal integer (`0` to `u128::MAX`): digits only, no sign, no blanks.
+fn parse_decimal_u128(text: &str) -> Result<u128, &'static str> {
+    if text.is_empty() {
+        return Err("expected a decimal integer, found an empty string");
+    }
+    let mut value: u128 = 0;
+    for byte in text.bytes() {
+        if !byte.is_ascii_digit() {
+            return Err(if byte == b'-' {
+                "expected a non-negative decimal integer"
+            } else {
+                "expected a decimal integer of digits 0-9 only"
+            });
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u128::from(byte - b'0')))
+            .ok_or("out of range for a 128-bit unsigned integer")?;
+    }
+    Ok(value)
+}
+
+// --- Input: JSON events -------------------------------------------------------------------------
+
+/// Flag sets with TigerBeetle's names.
+trait Flags: Copy + Default + std::ops::BitOr<Output = Self> + 'static {
+    const NAMES: &'static [(Self, &'static str)];
+    const WHAT: &'static str;
+    fn bits(self) -> u16;
+}
+
+impl Flags for AccountFlags {
+    const NAMES: &'static [(Self, &'static str)] = AccountFlags::ALL;
+    const WHAT: &'static str = "account flag";
+    fn bits(self) -> u16 {
+        AccountFlags::bits(self)
+    }
+}
+
+impl Flags for TransferFlags {
+    const NAMES: &'static [(Self, &'static str)] = TransferFlags::ALL;
+    const WHAT: &'static str = "transfer flag";
+    fn bits(self) -> u16 {
+        TransferFlags::bits(self)
+    }
+}
+
+/// One flag name, looked up without allocating (escaped or not).
+struct FlagName<F>(F);
+
+impl<'de, F: Flags> Deserialize<'de> for FlagName<F> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor<F>(std::marker::PhantomData<F>);
+        impl<F: Flags> Visitor<'_> for NameVisitor<F> {
+            type Value = FlagName<F>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} name", F::WHAT)
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                match F::NAMES.iter().find(|(_, n)| *n == name) {
+                    Some((flag, _)) => Ok(FlagName(*flag)),
+                    None => {
+                        let names: Vec<&str> = F::NAMES.iter().map(|(_, n)| *n).collect();
+                        Err(E::custom(format_args!(
+                            "unknown {} `{}`; expected one of {}",
+                            F::WHAT,
+                            truncate(name, 64),
+                            names.join(", ")
+                        )))
+                    }
+                }
+            }
+        }
+        deserializer.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+}
+
+fn de_flags<'de, D: Deserializer<'de>, F: Flags>(deserializer: D) -> Result<F, D::Error> {
+    struct FlagsVisitor<F>(std::marker::PhantomData<F>);
+    impl<'de, F: Flags> Visitor<'de> for FlagsVisitor<F> {
+        type Value = F;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an array of {} names", F::WHAT)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<F, A::Error> {
+            let mut flags = F::default();
+            // Bounded by the body size; each name is looked up and dropped at once.
+            while let Some(FlagName(flag)) = seq.next_element::<FlagName<F>>()? {
+                flags = flags | flag;
+            }
+            Ok(flags)
+        }
+    }
+    deserializer.deserialize_seq(FlagsVisitor(std::marker::PhantomData))
+}
+
+fn de_account_flags<'de, D: Deserializer<'de>>(deserializer: D) -> Result<AccountFlags, D::Error> {
+    de_flags(deserializer)
+}
+
+fn de_transfer_flags<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<TransferFlags, D::Error> {
+    de_flags(deserializer)
+}
+
+/// A u128 as a decimal string (a JSON number is refused: it may already have lost precision).
+fn de_u128<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    struct DecimalVisitor;
+    impl Visitor<'_> for DecimalVisitor {
+        type Value = u128;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal string such as \"42\"")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u128, E> {
+            parse_decimal_u128(text)
+                .map_err(|reason| E::custom(format_args!("`{}`: {reason}", truncate(text, 64))))
+        }
+    }
+    deserializer.deserialize_str(DecimalVisitor)
+}
+
+fn de_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = de_u128(deserializer)?;
+    u64::try_from(value).map_err(|_| {
+        de::Error::custom(format_args!(
+            "`{value}` is out of range for a 64-bit unsigned integer"
+        ))
+    })
+}
+
+/// An account as a client sends it. Every field of the output is accepted (so an account read
+/// back can be sent again), and any field left out is zero.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an account object")]
+struct AccountIn {
+    #[serde(default, deserialize_with = "de_u128")]
+    id: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    debits_pending: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    debits_posted: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    credits_pending: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    credits_posted: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    user_data_128: u128,
+    #[serde(default, deserialize_with = "de_u64")]
+    user_data_64: u64,
+    #[serde(default)]
+    user_data_32: u32,
+    #[serde(default)]
+    ledger: u32,
+    #[serde(default)]
+    code: u16,
+    #[serde(default, deserialize_with = "de_account_flags")]
+    flags: AccountFlags,
+    #[serde(default, deserialize_with = "de_u64")]
+    timestamp: u64,
+}
+
+impl From<AccountIn> for Account {
+    fn from(a: AccountIn) -> Account {
+        Account {
+            id: a.id,
+            debits_pending: a.debits_pending,
+            debits_posted: a.debits_posted,
+            credits_pending: a.credits_pending,
+            credits_posted: a.credits_posted,
+            user_data_128: a.user_data_128,
+            user_data_64: a.user_data_64,
+            user_data_32: a.user_data_32,
+            ledger: a.ledger,
+            code: a.code,
+            flags: a.flags,
+            timestamp: a.timestamp,
+        }
+    }
+}
+
+/// A transfer as a client sends it; fields left out are zero.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a transfer object")]
+struct TransferIn {
+    #[serde(default, deserialize_with = "de_u128")]
+    id: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    debit_account_id: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    credit_account_id: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    amount: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    pending_id: u128,
+    #[serde(default, deserialize_with = "de_u128")]
+    user_data_128: u128,
+    #[serde(default, deserialize_with = "de_u64")]
+    user_data_64: u64,
+    #[serde(default)]
+    user_data_32: u32,
+    #[serde(default)]
+    timeout: u32,
+    #[serde(default)]
+    ledger: u32,
+    #[serde(default)]
+    code: u16,
+    #[serde(default, deserialize_with = "de_transfer_flags")]
+    flags: TransferFlags,
+    #[serde(default, deserialize_with = "de_u64")]
+    timestamp: u64,
+}
+
+impl From<TransferIn> for Transfer {
+    fn from(t: TransferIn) -> Transfer {
+        Transfer {
+            id: t.id,
+            debit_account_id: t.debit_account_id,
+            credit_account_id: t.credit_account_id,
+            amount: t.amount,
+            pending_id: t.pending_id,
+            user_data_128: t.user_data_128,
+            user_data_64: t.user_data_64,
+            user_data_32: t.user_data_32,
+            timeout: t.timeout,
+            ledger: t.ledger,
+            code: t.code,
+            flags: t.flags,
+            timestamp: t.timestamp,
+        }
+    }
+}
+
+/// An event that must be a JSON object. serde's derived structs also accept an array of field
+/// values in declaration order; a positional event is too easy to get wrong, so it is refused.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event as a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
+/// Reads a JSON array of at most `BATCH_EVENTS_MAX` events, refusing the next one as soon as
+/// it starts, so a body of millions of tiny events never becomes millions of allocations.
+/// Records which event was being read, for the error message.
+struct BatchSeed<'a, T> {
+    index: &'a Cell<Option<usize>>,
+    too_many: &'a Cell<bool>,
+    marker: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BatchSeed<'_, T> {
+    type Value = Vec<T>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BatchSeed<'_, T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a JSON array of 1 to {BATCH_EVENTS_MAX} events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(BATCH_EVENTS_MAX));
+        loop {
+            self.index.set(Some(events.len()));
+            if events.len() == BATCH_EVENTS_MAX {
+                // Peek at the next element without building it.
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    self.too_many.set(true);
+                    return Err(de::Error::custom(format_args!(
+                        "more than {BATCH_EVENTS_MAX} events"
+                    )));
+                }
+                break;
+            }
+            match seq.next_element::<ObjectOnly<T>>()? {
+                Some(ObjectOnly(event)) => events.push(event),
+                None => break,
+            }
+        }
+        self.index.set(None);
+        Ok(events)
+    }
+}
+
+fn decode_batch<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<Vec<T>, Response> {
+    let index = Cell::new(None);
+    let too_many = Cell::new(false);
+    let seed = BatchSeed {
+        index: &index,
+        too_many: &too_many,
+        marker: std::marker::PhantomData,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let result = seed
+        .deserialize(&mut deserializer)
+        .and_then(|events| deserializer.end().map(|()| events));
+    match result {
+        Ok(events) if events.is_empty() => Err(error_response(
+            400,
+            "invalid_batch",
+            "a batch needs at least one event; got an empty array",
+        )),
+        Ok(events) => Ok(events),
+        Err(_) if too_many.get() => Err(error_response(
+            413,
+            "batch_too_large",
+            &format!("a batch holds at most {BATCH_EVENTS_MAX} events (batch_events_max)"),
+        )),
+        Err(error) => {
+            let code = match (error.classify(), index.get()) {
+                (serde_json::error::Category::Data, Some(_)) => "invalid_event",
+                (serde_json::error::Category::Data, None) => "invalid_batch",
+                _ => "invalid_json",
+            };
+            let message = match index.get() {
+                Some(index) => format!("event {index}: {error}"),
+                None => error.to_string(),
+            };
+            Err(error_response(400, code, &message))
+        }
+    }
+}
+
+// --- Output: JSON ----------------------------------------------------------------------------
+
+fn write_flags<F: Flags>(out: &mut Vec<u8>, flags: F) {
+    out.push(b'[');
+    let mut first = true;
+    for (flag, name) in F::NAMES {
+        if flags.bits() & flag.bits() == flag.bits() {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b']');
+}
+
+/// Writes `account` as JSON, fields in TigerBeetle's order (DESIGN.md's example).
+pub fn write_account(out: &mut Vec<u8>, a: &Account) {
+    // Writing into a Vec<u8> cannot fail.
+    let _ = write!(
+        out,
+        "{{\"id\":\"{}\",\"debits_pending\":\"{}\",\"debits_posted\":\"{}\",\"credits_pending\":\"{}\",\
+         \"credits_posted\":\"{}\",\"user_data_128\":\"{}\",\"user_data_64\":\"{}\",\"user_data_32\":{},\
+         \"ledger\":{},\"code\":{},\"flags\":",
+        a.id,
+        a.debits_pending,
+        a.debits_posted,
+        a.credits_pending,
+        a.credits_posted,
+        a.user_data_128,
+        a.user_data_64,
+        a.user_data_32,
+        a.ledger,
+        a.code
+    );
+    write_flags(out, a.flags);
+    let _ = write!(out, ",\"timestamp\":\"{}\"}}", a.timestamp);
+}
+
+/// Writes `transfer` as JSON, fields in TigerBeetle's order.
+pub fn write_transfer(out: &mut Vec<u8>, t: &Transfer) {
+    let _ = write!(
+        out,
+        "{{\"id\":\"{}\",\"debit_account_id\":\"{}\",\"credit_account_id\":\"{}\",\"amount\":\"{}\",\
+         \"pending_id\":\"{}\",\"user_data_128\":\"{}\",\"user_data_64\":\"{}\",\"user_data_32\":{},\
+         \"timeout\":{},\"ledger\":{},\"code\":{},\"flags\":",
+        t.id,
+        t.debit_account_id,
+        t.credit_account_id,
+        t.amount,
+        t.pending_id,
+        t.user_data_128,
+        t.user_data_64,
+        t.user_data_32,
+        t.timeout,
+        t.ledger,
+        t.code
+    );
+    write_flags(out, t.flags);
+    let _ = write!(out, ",\"timestamp\":\"{}\"}}", t.timestamp);
+}
+
+/// Answers a read-only command. A `Mutate` command is a caller bug: it gets a 500 rather than
+/// a panic on the ledger thread.
+pub fn query<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Response {
+    match command {
+        Command::LookupAccount(id) => match state.lookup_account(*id) {
+            Some(account) => {
+                let mut body = Vec::with_capacity(512);
+                write_account(&mut body, account);
+                Response::json(200, body)
+            }
+            None => error_response(
+                404,
+                "account_not_found",
+                &format!("no account with id {id}"),
+            ),
+        },
+        Command::LookupTransfer(id) => match state.lookup_transfer(*id) {
+            Some(transfer) => {
+                let mut body = Vec::with_capacity(512);
+                write_transfer(&mut body, transfer);
+                Response::json(200, body)
+            }
+            None => error_response(
+                404,
+                "transfer_not_found",
+                &format!("no transfer with id {id}"),
+            ),
+        },
+        Command::AccountTransfers(filter) => {
+            // TigerBeetle's get_account_transfers: an unknown account has no transfers.
+            let transfers = state.account_transfers(filter);
+            let mut body = Vec::with_capacity(2 + transfers.len() * 400);
+            body.push(b'[');
+            for (i, transfer) in transfers.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                write_transfer(&mut body, transfer);
+            }
+            body.push(b']');
+            Response::json(200, body)
+        }
+        Command::Mutate(_) => {
+            debug_assert!(false, "query() called with a Mutate command");
+            error_response(500, "internal_error", "a mutation was routed as a query")
+        }
+    }
+}
+
+/// Renders the reply of a `Mutate` command: one result per event, in order.
+///
+/// `Ok` becomes `"created"` with the created object's timestamp, read back from `state` after
+/// the batch was applied (a created object never changes its timestamp, so rendering after
+/// later batches is still right).
+pub fn render_reply<L: LedgerView + ?Sized>(
+    reply: &OperationReply,
+    state: &L,
+    operation: &Operation,
+) -> Response {
+    let mut body = Vec::with_capacity(2 + operation.len() * 64);
+    body.push(b'[');
+    match (reply, operation) {
+        (OperationReply::CreateAccounts(results), Operation::CreateAccounts(events)) => {
+            debug_assert_eq!(results.len(), events.len());
+            for (index, (result, event)) in results.iter().zip(events).enumerate() {
+                let timestamp = match result {
+                    CreateAccountResult::Ok => state.lookup_account(event.id).map(|a| a.timestamp),
+                    _ => None,
+                };
+                write_result(&mut body, index, result.name(), timestamp);
+            }
+        }
+        (OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) => {
+            debug_assert_eq!(results.len(), events.len());
+            for (index, (result, event)) in results.iter().zip(events).enumerate() {
+                let timestamp = match result {
+                    CreateTransferResult::Ok => {
+                        state.lookup_transfer(event.id).map(|t| t.timestamp)
+                    }
+                    _ => None,
+                };
+                write_result(&mut body, index, result.name(), timestamp);
+            }
+        }
+        _ => {
+            debug_assert!(false, "reply does not match its operation");
+            return error_response(
+                500,
+                "internal_error",
+                "the ledger's reply does not match the request",
+            );
+        }
+    }
+    body.push(b']');
+    Response::json(200, body)
+}
+
+fn write_result(out: &mut Vec<u8>, index: usize, name: &str, timestamp: Option<u64>) {
+    if index > 0 {
+        out.push(b',');
+    }
+    // TigerBeetle calls success "ok"; for a client, "created" says what happened.
+    let status = if name == "ok" { "created" } else { name };
+    let _ = write!(out, "{{\"index\":{index},\"status\":\"{status}\"");
+    if let Some(timestamp) = timestamp {
+        let _ = write!(out, ",\"timestamp\":\"{timestamp}\"");
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Version;
+    use std::collections::HashMap;
+
+    fn request(method: Method, target: &str, body: &str) -> Request {
+        Request {
+            method,
+            target: target.into(),
+            version: Version::Http11,
+            keep_alive: true,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn post(target: &str, body: &str) -> Action {
+        handle(&request(Method::Post, target, body), Role::Write)
+    }
+
+    fn get(target: &str) -> Action {
+        handle(&request(Method::Get, target, ""), Role::Read)
+    }
+
+    /// The status, error code and message of an immediate error response.
+    fn refused(action: Action) -> (u16, String, String) {
+        let Action::Respond(response) = action else {
+            panic!("expected a response, got {action:?}");
+        };
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        let error = &json["error"];
+        (
+            response.status,
+            error["code"].as_str().unwrap().to_owned(),
+            error["message"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn transfers_of(action: Action) -> Vec<Transfer> {
+        match action {
+            Action::Ledger(Command::Mutate(Operation::CreateTransfers(events))) => events,
+            other => panic!("expected transfers, got {other:?}"),
+        }
+    }
+
+    fn accounts_of(action: Action) -> Vec<Account> {
+        match action {
+            Action::Ledger(Command::Mutate(Operation::CreateAccounts(events))) => events,
+            other => panic!("expected accounts, got {other:?}"),
+        }
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        accounts: HashMap<u128, Account>,
+        transfers: HashMap<u128, Transfer>,
+    }
+
+    impl LedgerView for Fake {
+        fn lookup_account(&self, id: u128) -> Option<&Account> {
+            self.accounts.get(&id)
+        }
+        fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
+            self.transfers.get(&id)
+        }
+        fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
+            let mut found: Vec<Transfer> = self
+                .transfers
+                .values()
+                .filter(|t| {
+                    (filter.debits && t.debit_account_id == filter.account_id)
+                        || (filter.credits && t.credit_account_id == filter.account_id)
+                })
+                .copied()
+                .collect();
+            found.sort_by_key(|t| t.timestamp);
+            if filter.reversed {
+                found.reverse();
+            }
+            found.truncate(filter.limit as usize);
+            found
+        }
+    }
+
+    #[test]
+    fn design_examples_decode() {
+        let accounts = accounts_of(post(
+            "/v1/accounts",
+            r#"[{"id":"1","ledger":1,"code":10,"flags":["debits_must_not_exceed_credits"]}]"#,
+        ));
+        assert_eq!(
+            accounts,
+            vec![Account {
+                id: 1,
+                ledger: 1,
+                code: 10,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                ..Account::default()
+            }]
+        );
+        let transfers = transfers_of(post(
+            "/v1/transfers",
+            r#"[{"id":"7","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}]"#,
+        ));
+        assert_eq!(
+            transfers,
+            vec![Transfer {
+                id: 7,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 100,
+                ledger: 1,
+                code: 1,
+                ..Transfer::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn golden_account_out() {
+        let account = Account {
+            id: 1,
+            debits_posted: 100,
+            ledger: 1,
+            code: 10,
+            timestamp: 1732420000000000001,
+            ..Account::default()
+        };
+        let mut out = Vec::new();
+        write_account(&mut out, &account);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":"1","debits_pending":"0","debits_posted":"100","credits_pending":"0","credits_posted":"0","user_data_128":"0","user_data_64":"0","user_data_32":0,"ledger":1,"code":10,"flags":[],"timestamp":"1732420000000000001"}"#
+        );
+    }
+
+    #[test]
+    fn golden_transfer_out() {
+        let transfer = Transfer {
+            id: 7,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 100,
+            ledger: 1,
+            code: 1,
+            flags: TransferFlags::LINKED | TransferFlags::PENDING,
+            timeout: 60,
+            timestamp: 5,
+            ..Transfer::default()
+        };
+        let mut out = Vec::new();
+        write_transfer(&mut out, &transfer);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":"7","debit_account_id":"1","credit_account_id":"2","amount":"100","pending_id":"0","user_data_128":"0","user_data_64":"0","user_data_32":0,"timeout":60,"ledger":1,"code":1,"flags":["linked","pending"],"timestamp":"5"}"#
+        );
+    }
+
+    fn widest_account() -> Account {
+        Account {
+            id: u128::MAX,
+            debits_pending: u128::MAX - 1,
+            debits_posted: 1 << 100,
+            credits_pending: 3,
+            credits_posted: 4,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags: AccountFlags::DEFINED,
+            timestamp: u64::MAX,
+        }
+    }
+
+    fn widest_transfer() -> Transfer {
+        Transfer {
+            id: u128::MAX,
+            debit_account_id: u128::MAX,
+            credit_account_id: u128::MAX,
+            amount: u128::MAX,
+            pending_id: u128::MAX,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            timeout: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags: TransferFlags::DEFINED,
+            timestamp: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn round_trip_account_and_transfer() {
+        for account in [
+            Account::default(),
+            widest_account(),
+            Account {
+                id: 12,
+                flags: AccountFlags::HISTORY,
+                ..Account::default()
+            },
+        ] {
+            let mut body = b"[".to_vec();
+            write_account(&mut body, &account);
+            body.push(b']');
+            assert_eq!(
+                accounts_of(post("/v1/accounts", std::str::from_utf8(&body).unwrap())),
+                vec![account]
+            );
+        }
+        for transfer in [Transfer::default(), widest_transfer()] {
+            let mut body = b"[".to_vec();
+            write_transfer(&mut body, &transfer);
+            body.push(b']');
+            assert_eq!(
+                transfers_of(post("/v1/transfers", std::str::from_utf8(&body).unwrap())),
+                vec![transfer]
+            );
+        }
+    }
+
+    #[test]
+    fn body_limit_fits_a_full_batch_of_widest_transfers() {
+        let mut body = b"[".to_vec();
+        for i in 0..BATCH_EVENTS_MAX {
+            if i > 0 {
+                body.push(b',');
+            }
+            write_transfer(&mut body, &widest_transfer());
+        }
+        body.push(b']');
+        println!("a full batch of widest transfers: {} bytes", body.len());
+        assert!(
+            body.len() <= http::Limits::default().body_bytes_max,
+            "{} bytes do not fit body_bytes_max",
+            body.len()
+        );
+        assert_eq!(
+            transfers_of(post("/v1/transfers", std::str::from_utf8(&body).unwrap())).len(),
+            BATCH_EVENTS_MAX
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_refused_with_a_clear_error() {
+        let cases: &[(&str, u16, &str, &str)] = &[
+            ("", 400, "invalid_json", "EOF"),
+            ("[{\"id\":\"1\"", 400, "invalid_json", "EOF"),
+            ("nope", 400, "invalid_json", "expected"),
+            ("[{}] x", 400, "invalid_json", "trailing"),
+            (
+                r#"{"id":"1"}"#,
+                400,
+                "invalid_batch",
+                "expected a JSON array",
+            ),
+            ("[]", 400, "invalid_batch", "at least one event"),
+            ("\"[]\"", 400, "invalid_batch", "expected a JSON array"),
+            (
+                r#"[{"id":"1"},{"id":"x1"}]"#,
+                400,
+                "invalid_event",
+                "event 1: `x1`",
+            ),
+            (r#"[{"id":"-1"}]"#, 400, "invalid_event", "non-negative"),
+            (r#"[{"id":""}]"#, 400, "invalid_event", "empty string"),
+            (r#"[{"id":" 1"}]"#, 400, "invalid_event", "digits"),
+            (r#"[{"id":"+1"}]"#, 400, "invalid_event", "digits"),
+            (
+                r#"[{"debits_posted":"340282366920938463463374607431768211456"}]"#,
+                400,
+                "invalid_event",
+                "out of range",
+            ),
+            (
+                r#"[{"user_data_64":"18446744073709551616"}]"#,
+                400,
+                "invalid_event",
+                "out of range",
+            ),
+            (r#"[{"ledger":4294967296}]"#, 400, "invalid_event", "u32"),
+            (r#"[{"code":65536}]"#, 400, "invalid_event", "u16"),
+            (r#"[{"ledger":-1}]"#, 400, "invalid_event", "u32"),
+            (r#"[{"ledger":1.5}]"#, 400, "invalid_event", "u32"),
+            (r#"[{"ledger":"1"}]"#, 400, "invalid_event", "u32"),
+            (r#"[{"id":1}]"#, 400, "invalid_event", "decimal string"),
+            (r#"[{"id":null}]"#, 400, "invalid_event", "decimal string"),
+            (
+                r#"[{"amount":"1"}]"#,
+                400,
+                "invalid_event",
+                "unknown field `amount`",
+            ),
+            (
+                r#"[{"id":"1","idd":"2"}]"#,
+                400,
+                "invalid_event",
+                "unknown field `idd`",
+            ),
+            (
+                r#"[{"id":"1","id":"2"}]"#,
+                400,
+                "invalid_event",
+                "duplicate field `id`",
+            ),
+            (
+                r#"[{"flags":["pending"]}]"#,
+                400,
+                "invalid_event",
+                "unknown account flag `pending`",
+            ),
+            (
+                r#"[{"flags":"linked"}]"#,
+                400,
+                "invalid_event",
+                "array of account flag names",
+            ),
+            (
+                r#"[{"flags":[1]}]"#,
+                400,
+                "invalid_event",
+                "account flag name",
+            ),
+            (
+                "[1]",
+                400,
+                "invalid_event",
+                "event 0: invalid type: integer `1`, expected an event as a JSON object",
+            ),
+            (
+                "[[]]",
+                400,
+                "invalid_event",
+                "event 0: invalid type: sequence",
+            ),
+            (
+                r#"[["1",1]]"#,
+                400,
+                "invalid_event",
+                "event 0: invalid type: sequence",
+            ),
+        ];
+        for (body, status, code, needle) in cases {
+            let (got_status, got_code, message) = refused(post("/v1/accounts", body));
+            assert_eq!(
+                (got_status, got_code.as_str()),
+                (*status, *code),
+                "body {body}: {message}"
+            );
+            assert!(
+                message.contains(needle),
+                "body {body}: message {message:?} lacks {needle:?}"
+            );
+        }
+        let (status, code, message) =
+            refused(post("/v1/transfers", r#"[{"flags":["linked","nope"]}]"#));
+        assert_eq!((status, code.as_str()), (400, "invalid_event"));
+        assert!(
+            message.contains("unknown transfer flag `nope`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn batch_over_the_limit_is_413_and_events_at_the_limit_pass() {
+        let at_limit = format!("[{}]", vec!["{}"; BATCH_EVENTS_MAX].join(","));
+        assert_eq!(
+            accounts_of(post("/v1/accounts", &at_limit)).len(),
+            BATCH_EVENTS_MAX
+        );
+        let over = format!("[{}]", vec!["{}"; BATCH_EVENTS_MAX + 1].join(","));
+        let (status, code, _) = refused(post("/v1/accounts", &over));
+        assert_eq!((status, code.as_str()), (413, "batch_too_large"));
+        // Even when the events after the limit are malformed or the array never ends.
+        let over = format!("[{},{{\"nope\":1}}", vec!["{}"; BATCH_EVENTS_MAX].join(","));
+        assert_eq!(refused(post("/v1/accounts", &over)).0, 413);
+    }
+
+    #[test]
+    fn routes_methods_and_roles() {
+        assert_eq!(refused(get("/v2/accounts")).0, 404);
+        assert_eq!(refused(get("/v1/accounts/1/balances")).0, 404);
+        assert_eq!(refused(get("/v1/accounts/")).1, "invalid_id");
+        assert_eq!(refused(get("/v1/accounts/abc")).1, "invalid_id");
+        assert_eq!(
+            refused(get("/v1/transfers/340282366920938463463374607431768211456")).1,
+            "invalid_id"
+        );
+        let Action::Respond(response) = get("/v1/accounts") else {
+            panic!()
+        };
+        assert_eq!((response.status, response.allow), (405, Some("POST")));
+        let Action::Respond(response) = post("/v1/accounts/1", "") else {
+            panic!()
+        };
+        assert_eq!((response.status, response.allow), (405, Some("GET")));
+        assert_eq!(
+            refused(handle(
+                &request(Method::Delete, "/v1/transfers/1", ""),
+                Role::Write
+            ))
+            .0,
+            405
+        );
+
+        // Read may GET but not POST, and is refused before its body is looked at.
+        for (target, body) in [("/v1/accounts", "[{}]"), ("/v1/transfers", "garbage")] {
+            let (status, code, _) =
+                refused(handle(&request(Method::Post, target, body), Role::Read));
+            assert_eq!((status, code.as_str()), (403, "forbidden"));
+        }
+        assert_eq!(
+            get("/v1/accounts/1"),
+            Action::Ledger(Command::LookupAccount(1))
+        );
+        assert_eq!(
+            get("/v1/transfers/340282366920938463463374607431768211455"),
+            Action::Ledger(Command::LookupTransfer(u128::MAX))
+        );
+        assert_eq!(
+            handle(&request(Method::Get, "/v1/accounts/5", ""), Role::Write),
+            Action::Ledger(Command::LookupAccount(5))
+        );
+        assert_eq!(refused(get("/v1/accounts/1?x=1")).1, "invalid_query");
+    }
+
+    #[test]
+    fn account_transfers_query() {
+        let Action::Ledger(Command::AccountTransfers(filter)) = get("/v1/accounts/9/transfers")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            filter,
+            AccountFilter {
+                account_id: 9,
+                timestamp_min: 0,
+                timestamp_max: 0,
+                limit: 100,
+                debits: true,
+                credits: true,
+                reversed: false
+            }
+        );
+        let Action::Ledger(Command::AccountTransfers(filter)) =
+            get("/v1/accounts/9/transfers?limit=8189&reversed=true&debits=false&timestamp_min=5&timestamp_max=6")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            filter,
+            AccountFilter {
+                account_id: 9,
+                timestamp_min: 5,
+                timestamp_max: 6,
+                limit: 8189,
+                debits: false,
+                credits: true,
+                reversed: true
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=8190",
+            "limit=-1",
+            "limit=",
+            "limit=1&limit=2",
+            "reversed=yes",
+            "debits=false&credits=false",
+            "timestamp_min=7&timestamp_max=6",
+            "timestamp_max=18446744073709551616",
+            "offset=3",
+        ] {
+            let (status, code, message) = refused(get(&format!("/v1/accounts/9/transfers?{bad}")));
+            assert_eq!(
+                (status, code.as_str()),
+                (400, "invalid_query"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn queries_answer_from_the_state() {
+        let mut fake = Fake::default();
+        fake.accounts.insert(
+            1,
+            Account {
+                id: 1,
+                ledger: 1,
+                code: 1,
+                timestamp: 10,
+                ..Account::default()
+            },
+        );
+        for (id, timestamp) in [(7u128, 11u64), (8, 12)] {
+            fake.transfers.insert(
+                id,
+                Transfer {
+                    id,
+                    debit_account_id: 1,
+                    credit_account_id: 2,
+                    amount: 5,
+                    ledger: 1,
+                    code: 1,
+                    timestamp,
+                    ..Transfer::default()
+                },
+            );
+        }
+        let response = query(&fake, &Command::LookupAccount(1));
+        assert_eq!(response.status, 200);
+        assert!(response.body.starts_with(br#"{"id":"1","#));
+        let response = query(&fake, &Command::LookupAccount(2));
+        assert_eq!(response.status, 404);
+        assert_eq!(
+            response.body,
+            br#"{"error":{"code":"account_not_found","message":"no account with id 2"}}"#
+        );
+        assert_eq!(query(&fake, &Command::LookupTransfer(9)).status, 404);
+        let Action::Ledger(command) = get("/v1/accounts/1/transfers?reversed=true&limit=1") else {
+            panic!()
+        };
+        let response = query(&fake, &command);
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(json.as_array().unwrap().len(), 1);
+        assert_eq!(json[0]["id"], "8");
+        let Action::Ledger(command) = get("/v1/accounts/3/transfers") else {
+            panic!()
+        };
+        assert_eq!(query(&fake, &command).body, b"[]");
+    }
+
+    #[test]
+    fn golden_reply() {
+        let mut fake = Fake::default();
+        fake.transfers.insert(
+            7,
+            Transfer {
+                id: 7,
+                timestamp: 1732420000000000001,
+                ..Transfer::default()
+            },
+        );
+        let operation = Operation::CreateTransfers(vec![
+            Transfer {
+                id: 7,
+                ..Transfer::default()
+            },
+            Transfer {
+                id: 8,
+                ..Transfer::default()
+            },
+            Transfer {
+                id: 7,
+                ..Transfer::default()
+            },
+        ]);
+        let reply = OperationReply::CreateTransfers(vec![
+            CreateTransferResult::Ok,
+            CreateTransferResult::ExceedsCredits,
+            CreateTransferResult::Exists,
+        ]);
+        let response = render_reply(&reply, &fake, &operation);
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            String::from_utf8(response.body).unwrap(),
+            r#"[{"index":0,"status":"created","timestamp":"1732420000000000001"},{"index":1,"status":"exceeds_credits"},{"index":2,"status":"exists"}]"#
+        );
+    }
+
+    #[test]
+    fn error_response_escapes() {
+        let response = error_response(400, "invalid_event", "unknown field `\"x\"`");
+        assert_eq!(
+            response.body,
+            br#"{"error":{"code":"invalid_event","message":"unknown field `\"x\"`"}}"#
+        );
+        assert!(!response.close);
+    }
+}
