@@ -68,6 +68,8 @@ mod tests {
         ];
         assert_eq!(frame[..GRATUITOUS_ARP_FRAME_BYTES], golden);
         // Nothing past the announcement was touched.
-        assert!(frame[GRATUITOUS_ARP_FRAME_BYTES..].iter().all(|&b| b == 0xaa));
+        assert!(frame[GRATUITOUS_ARP_FRAME_BYTES..]
+            .iter()
+            .all(|&b| b == 0xaa));
     }
 }

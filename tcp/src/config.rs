@@ -46,8 +46,12 @@ pub struct StackConfig {
     /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 65535.
     pub tx_buffer_bytes: usize,
     /// A connection with no data moved in either direction for this long is aborted (RST).
-    /// Also bounds half-open handshakes (SYN floods). Default 60_000.
+    /// Default 60_000.
     pub idle_timeout_ms: u64,
+    /// A handshake not completed within this time is aborted, freeing its slot: bounds what
+    /// a SYN flood can hold. Default 10_000, which covers the initial SYN-ACK and three
+    /// retransmissions at the RFC 6298 §2 initial RTO of 1 s (1 + 2 + 4 s).
+    pub handshake_timeout_ms: u64,
     /// TCP keep-alive interval (RFC 1122 §4.2.3.6), None to send none. Default None.
     pub keep_alive_ms: Option<u64>,
     /// Frames taken from the device per [`crate::Stack::poll`]; the rest wait for the next
@@ -79,6 +83,7 @@ impl Default for StackConfig {
             rx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
             tx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
             idle_timeout_ms: 60_000,
+            handshake_timeout_ms: 10_000,
             keep_alive_ms: None,
             ingress_frames_per_poll_max: 64,
             egress_rounds_per_poll_max: 64,
@@ -147,7 +152,13 @@ impl StackConfig {
             32,
             "an IPv4 prefix length",
         )?;
-        range("port", u64::from(self.port), 1, 65535, "port 0 cannot be listened on")?;
+        range(
+            "port",
+            u64::from(self.port),
+            1,
+            65535,
+            "port 0 cannot be listened on",
+        )?;
         range(
             "listen_sockets",
             self.listen_sockets as u64,
@@ -189,6 +200,13 @@ impl StackConfig {
             24 * 3600 * 1000,
             "idle connections must be reclaimed, within a day",
         )?;
+        range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            1,
+            24 * 3600 * 1000,
+            "half-open connections must be reclaimed, within a day",
+        )?;
         if let Some(keep_alive_ms) = self.keep_alive_ms {
             range(
                 "keep_alive_ms",
@@ -222,7 +240,9 @@ impl StackConfig {
             return Err(ConfigError::Ipv4NotUnicast { ipv4: ip });
         }
         if let Some(gateway) = self.gateway {
-            let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0);
             if u32::from(gateway) & mask != u32::from(ip) & mask || gateway == ip {
                 return Err(ConfigError::GatewayOffLink {
                     gateway,
@@ -270,7 +290,10 @@ mod tests {
     #[test]
     fn buffers_above_65535_are_rejected() {
         assert_eq!(check(|c| c.rx_buffer_bytes = 65536), Err("rx_buffer_bytes"));
-        assert_eq!(check(|c| c.tx_buffer_bytes = 256 * 1024), Err("tx_buffer_bytes"));
+        assert_eq!(
+            check(|c| c.tx_buffer_bytes = 256 * 1024),
+            Err("tx_buffer_bytes")
+        );
         assert_eq!(check(|c| c.rx_buffer_bytes = 65535), Ok(()));
         let error = StackConfig {
             rx_buffer_bytes: 65536,
@@ -289,6 +312,10 @@ mod tests {
         assert_eq!(check(|c| c.listen_sockets = 0), Err("listen_sockets"));
         assert_eq!(check(|c| c.connections_max = 0), Err("connections_max"));
         assert_eq!(check(|c| c.idle_timeout_ms = 0), Err("idle_timeout_ms"));
+        assert_eq!(
+            check(|c| c.handshake_timeout_ms = 0),
+            Err("handshake_timeout_ms")
+        );
         assert_eq!(check(|c| c.port = 0), Err("port"));
         assert_eq!(check(|c| c.prefix_len = 0), Err("prefix_len"));
         assert_eq!(check(|c| c.prefix_len = 33), Err("prefix_len"));
@@ -319,7 +346,10 @@ mod tests {
             }),
             Ok(())
         );
-        assert_eq!(check(|c| c.connections_max = usize::MAX), Err("connections_max"));
+        assert_eq!(
+            check(|c| c.connections_max = usize::MAX),
+            Err("connections_max")
+        );
     }
 
     #[test]
@@ -333,7 +363,10 @@ mod tests {
             check(|c| c.gateway = Some(Ipv4Addr::new(10, 98, 0, 1))),
             Err("gateway")
         );
-        assert_eq!(check(|c| c.gateway = Some(Ipv4Addr::new(10, 99, 0, 1))), Ok(()));
+        assert_eq!(
+            check(|c| c.gateway = Some(Ipv4Addr::new(10, 99, 0, 1))),
+            Ok(())
+        );
         assert_eq!(
             check(|c| {
                 c.prefix_len = 32;

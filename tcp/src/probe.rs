@@ -45,7 +45,11 @@ impl Probe {
             return None;
         }
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-        let service_port = if inbound { tcp.dst_port() } else { tcp.src_port() };
+        let service_port = if inbound {
+            tcp.dst_port()
+        } else {
+            tcp.src_port()
+        };
         if service_port != port {
             return None;
         }
@@ -100,12 +104,9 @@ impl<D: Device> Device for ProbeDevice<'_, '_, D> {
 
     fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let probe = self.probe;
-        self.inner.receive(timestamp).map(|(rx, tx)| {
-            (
-                ProbeRx { inner: rx, probe },
-                ProbeTx { inner: tx, probe },
-            )
-        })
+        self.inner
+            .receive(timestamp)
+            .map(|(rx, tx)| (ProbeRx { inner: rx, probe }, ProbeTx { inner: tx, probe }))
     }
 
     fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {

@@ -368,21 +368,27 @@ mod tests {
             for i in 0..1000u16 {
                 link.inject(Side::A, Instant::ZERO, &[(i >> 8) as u8, i as u8, 0, 0]);
             }
-            let frames: Vec<u16> =
-                std::iter::from_fn(|| link.take(Side::A, Instant::from_secs(1)))
-                    .map(|f| u16::from(f[0]) << 8 | u16::from(f[1]))
-                    .collect();
+            let frames: Vec<u16> = std::iter::from_fn(|| link.take(Side::A, Instant::from_secs(1)))
+                .map(|f| u16::from(f[0]) << 8 | u16::from(f[1]))
+                .collect();
             (frames, link.stats().clone())
         };
         let (frames, stats) = run();
-        assert_eq!(run(), (frames.clone(), stats.clone()), "same seed, same run");
+        assert_eq!(
+            run(),
+            (frames.clone(), stats.clone()),
+            "same seed, same run"
+        );
         assert!(stats.lost > 50 && stats.reordered > 50 && stats.duplicated > 50);
         assert_eq!(
             frames.len() as u64,
             1000 - stats.lost + stats.duplicated,
             "{stats:?}"
         );
-        assert!(frames.windows(2).any(|w| w[0] > w[1]), "some frames overtaken");
+        assert!(
+            frames.windows(2).any(|w| w[0] > w[1]),
+            "some frames overtaken"
+        );
     }
 
     #[test]

@@ -102,11 +102,13 @@ pub struct StackCounters {
     pub accepted: u64,
     /// `Closed` events; equals `accepted` minus open connections.
     pub closed: u64,
-    /// Connections (open or in handshake) aborted after `idle_timeout_ms` without traffic.
+    /// Open connections aborted after `idle_timeout_ms` without traffic.
     pub idle_timeouts: u64,
+    /// Handshakes aborted after `handshake_timeout_ms` (SYN floods, lost final ACKs).
+    pub handshake_timeouts: u64,
     /// Connections aborted by [`Stack::abort`].
     pub aborted: u64,
-    /// Handshakes that left LISTEN but never completed (RST, idle timeout).
+    /// Handshakes that left LISTEN but never completed (RST, handshake timeout).
     pub handshakes_failed: u64,
     /// SYNs to the service port answered with RST because `connections_max` was reached.
     pub refused_at_capacity: u64,
@@ -151,8 +153,8 @@ pub struct Stack {
     free: Vec<u32>,
     listening: usize,
     /// Embryonic + Open slots: the connections counted against `connections_max`.
-    connections: usize,
-    open: usize,
+    connections_counted: usize,
+    connections_open: usize,
     /// True when the last re-arm kept fewer than `listen_sockets` listening because of
     /// `connections_max`: a refused SYN is then counted as refused at capacity.
     at_capacity: bool,
@@ -167,6 +169,7 @@ pub struct Stack {
     listen_sockets: usize,
     connections_max: usize,
     idle_timeout: Duration,
+    handshake_timeout: Duration,
     ingress_frames_per_poll_max: usize,
     egress_rounds_per_poll_max: usize,
 }
@@ -177,8 +180,8 @@ impl std::fmt::Debug for Stack {
             .field("ipv4", &self.ipv4)
             .field("port", &self.port)
             .field("listening", &self.listening)
-            .field("connections", &self.connections)
-            .field("open", &self.open)
+            .field("connections_counted", &self.connections_counted)
+            .field("connections_open", &self.connections_open)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -251,8 +254,8 @@ impl Stack {
             slots,
             free,
             listening: 0,
-            connections: 0,
-            open: 0,
+            connections_counted: 0,
+            connections_open: 0,
             at_capacity: false,
             idle_deadline: None,
             now,
@@ -264,6 +267,7 @@ impl Stack {
             listen_sockets: config.listen_sockets,
             connections_max: config.connections_max,
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             ingress_frames_per_poll_max: config.ingress_frames_per_poll_max,
             egress_rounds_per_poll_max: config.egress_rounds_per_poll_max,
         };
@@ -358,7 +362,7 @@ impl Stack {
     }
 
     /// Walks the connection table: reports `Opened`/`Closed`, aborts connections idle for
-    /// `idle_timeout_ms`, frees closed sockets and re-arms the listening pool. Call after
+    /// `idle_timeout_ms` and handshakes older than `handshake_timeout_ms`, frees closed sockets and re-arms the listening pool. Call after
     /// every `poll` (its cost is one look at each slot).
     pub fn service(&mut self, now: Instant, mut on_event: impl FnMut(Event)) {
         self.now = now;
@@ -389,7 +393,7 @@ impl Stack {
                 // A SYN arrived: this socket is now a connection (RFC 9293 §3.10.7.2).
                 _ => {
                     self.listening -= 1;
-                    self.connections += 1;
+                    self.connections_counted += 1;
                     slot.role = Role::Embryonic;
                     slot.last_activity = now;
                     slot.seen = (socket.recv_queue(), socket.send_queue(), state);
@@ -401,21 +405,21 @@ impl Stack {
             match state {
                 // RST in SYN-RECEIVED: smoltcp returned the socket to LISTEN.
                 State::Listen => {
-                    self.connections -= 1;
+                    self.connections_counted -= 1;
                     self.listening += 1;
                     self.counters.handshakes_failed += 1;
                     slot.role = Role::Listening;
                     return;
                 }
                 State::SynReceived | State::SynSent => {
-                    if now >= slot.last_activity + self.idle_timeout {
+                    let deadline = slot.last_activity + self.handshake_timeout;
+                    if now >= deadline {
                         socket.abort();
-                        self.counters.idle_timeouts += 1;
+                        self.counters.handshake_timeouts += 1;
                         self.counters.handshakes_failed += 1;
-                        self.connections -= 1;
+                        self.connections_counted -= 1;
                         slot.role = Role::Lingering;
                     } else {
-                        let deadline = slot.last_activity + self.idle_timeout;
                         self.idle_deadline = Some(match self.idle_deadline {
                             Some(d) => d.min(deadline),
                             None => deadline,
@@ -426,7 +430,7 @@ impl Stack {
                 // Ended before we saw it open (RST right after the handshake): the caller
                 // never knew it, so nothing is reported.
                 State::Closed | State::TimeWait => {
-                    self.connections -= 1;
+                    self.connections_counted -= 1;
                     self.counters.handshakes_failed += 1;
                     slot.role = Role::Lingering;
                 }
@@ -435,7 +439,7 @@ impl Stack {
                     slot.generation = slot.generation.wrapping_add(1);
                     slot.role = Role::Open;
                     slot.last_activity = now;
-                    self.open += 1;
+                    self.connections_open += 1;
                     self.counters.accepted += 1;
                     on_event(Event::Opened(ConnId {
                         slot: index as u32,
@@ -469,8 +473,8 @@ impl Stack {
                 socket.abort();
                 self.counters.idle_timeouts += 1;
             }
-            self.connections -= 1;
-            self.open -= 1;
+            self.connections_counted -= 1;
+            self.connections_open -= 1;
             self.counters.closed += 1;
             slot.role = Role::Lingering;
             on_event(Event::Closed(id));
@@ -489,7 +493,7 @@ impl Stack {
 
     /// Keeps `min(listen_sockets, connections_max - connections)` sockets listening.
     fn rearm(&mut self) {
-        let room = self.connections_max - self.connections;
+        let room = self.connections_max - self.connections_counted;
         let wanted = self.listen_sockets.min(room);
         self.at_capacity = room < self.listen_sockets;
         while self.listening < wanted {
@@ -659,7 +663,8 @@ impl Stack {
 
     /// The peer's address and port, None for a stale id.
     pub fn remote_endpoint(&self, id: ConnId) -> Option<IpEndpoint> {
-        self.socket_of(id).and_then(|socket| socket.remote_endpoint())
+        self.socket_of(id)
+            .and_then(|socket| socket.remote_endpoint())
     }
 
     /// Closes our side: a FIN goes out after the queued data (RFC 9293 §3.10.4). `Closed` is
@@ -685,12 +690,12 @@ impl Stack {
 
     /// Open connections (reported `Opened`, not yet `Closed`).
     pub fn connections(&self) -> usize {
-        self.open
+        self.connections_open
     }
 
     /// Connections in the handshake (SYN-RECEIVED), counted against `connections_max`.
     pub fn handshakes_pending(&self) -> usize {
-        self.connections - self.open
+        self.connections_counted - self.connections_open
     }
 
     /// Sockets in LISTEN.

@@ -132,8 +132,11 @@ impl World {
             fresh.push(event);
         });
         busy |= !self.fresh.is_empty();
-        busy |= self.client.poll(self.now, &mut self.link.port(Side::B), &mut self.client_sockets)
-            == PollResult::SocketStateChanged;
+        busy |= self.client.poll(
+            self.now,
+            &mut self.link.port(Side::B),
+            &mut self.client_sockets,
+        ) == PollResult::SocketStateChanged;
         busy
     }
 
@@ -232,7 +235,11 @@ fn announce_sends_the_gratuitous_arp() {
 fn arp_request_gets_a_reply_and_others_are_ignored() {
     let (mut link, mut server, now) = server_alone();
     // For someone else: no reply.
-    link.inject(Side::A, now, &arp_request_frame(Ipv4Addr::new(10, 99, 0, 7)));
+    link.inject(
+        Side::A,
+        now,
+        &arp_request_frame(Ipv4Addr::new(10, 99, 0, 7)),
+    );
     server.poll(now, &mut link.port(Side::A));
     assert_eq!(link.take(Side::B, now), None);
 
@@ -302,7 +309,10 @@ fn icmp_echo_request_gets_a_reply() {
     let ip_packet = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
     assert!(ip_packet.verify_checksum());
     let ip_reply = Ipv4Repr::parse(&ip_packet, &checksums).unwrap();
-    assert_eq!((ip_reply.src_addr, ip_reply.dst_addr), (SERVER_IP, CLIENT_IP));
+    assert_eq!(
+        (ip_reply.src_addr, ip_reply.dst_addr),
+        (SERVER_IP, CLIENT_IP)
+    );
     let icmp_packet = Icmpv4Packet::new_checked(ip_packet.payload()).unwrap();
     assert!(icmp_packet.verify_checksum());
     assert_eq!(
@@ -375,8 +385,22 @@ fn echo_app(world: &mut World) {
 
 #[test]
 fn echo_64_kib_intact_with_loss_and_reorder() {
+    let (mut lost, mut reordered) = (0, 0);
+    for seed in [0xfeed, 1, 2, 3] {
+        let stats = echo_64_kib(seed);
+        lost += stats.lost;
+        reordered += stats.reordered;
+    }
+    assert!(
+        lost >= 10 && reordered >= 10,
+        "faults were injected: {lost} lost, {reordered} reordered"
+    );
+}
+
+/// One client sends 64 KiB, the server echoes it, both close; returns the link's record.
+fn echo_64_kib(seed: u64) -> tcp::sim::SimStats {
     let sim = SimConfig {
-        seed: 0xfeed,
+        seed,
         loss_ppm: 50_000,
         reorder_ppm: 50_000,
         duplicate_ppm: 10_000,
@@ -413,15 +437,20 @@ fn echo_64_kib_intact_with_loss_and_reorder() {
         |world| world.events.closed.len() == 1 && !world.client_socket(client).is_active(),
     );
     let stats = world.link.stats().clone();
-    assert!(finished, "echo did not finish: {} of {} bytes back; {stats:?}", echoed.len(), message.len());
+    assert!(
+        finished,
+        "seed {seed}: echo did not finish: {} of {} bytes back; {stats:?}",
+        echoed.len(),
+        message.len()
+    );
     assert!(echoed == message, "echoed bytes differ");
-    assert!(stats.lost > 3 && stats.reordered > 3, "faults were injected: {stats:?}");
     assert_eq!(world.events.opened.len(), 1);
     assert_eq!(world.events.closed, world.events.opened);
     assert_eq!(world.server.connections(), 0);
     let counters = world.server.counters();
     assert_eq!((counters.accepted, counters.closed), (1, 1));
     assert_eq!(counters.idle_timeouts, 0);
+    stats
 }
 
 #[test]
@@ -462,7 +491,10 @@ fn a_thousand_concurrent_connections_with_64_listeners() {
     // Let the last ACKs settle, then check every client is established.
     world.run_until(Duration::from_millis(50), no_app, |_| false);
     for &handle in &handles {
-        assert_eq!(world.client_socket(handle).state(), stcp::State::Established);
+        assert_eq!(
+            world.client_socket(handle).state(),
+            stcp::State::Established
+        );
     }
     let counters = world.server.counters().clone();
     assert_eq!(world.server.connections(), CLIENTS);
@@ -491,8 +523,10 @@ fn connections_max_is_enforced_and_refusals_counted() {
     let mut handles = Vec::new();
     for i in 0..8 {
         handles.push(world.connect(30_000 + i, 1024));
-        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
-            == i as usize + 1));
+        assert!(
+            world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+                == i as usize + 1)
+        );
     }
     assert_eq!(world.server.listening(), 0, "no socket listens at capacity");
 
@@ -507,10 +541,16 @@ fn connections_max_is_enforced_and_refusals_counted() {
 
     // One connection ends (the client resets it); a new one is then accepted.
     world.client_socket(handles[0]).abort();
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 7));
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 7)
+    );
     assert_eq!(world.server.listening(), 1);
     let tenth = world.connect(30_101, 1024);
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 8));
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 8)
+    );
     assert_eq!(world.client_socket(tenth).state(), stcp::State::Established);
     assert_eq!(world.server.counters().accepted, 9);
     assert_eq!(world.events.closed.len(), 1);
@@ -528,12 +568,17 @@ fn a_burst_beyond_the_listen_pool_is_refused_and_counted() {
     let mut world = World::new(&config, SimConfig::default());
     // Resolve ARP first so the whole burst reaches the server in one poll.
     let first = world.connect(31_000, 1024);
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1));
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 1)
+    );
     let burst: Vec<_> = (1..5).map(|i| world.connect(31_000 + i, 1024)).collect();
     // Client sends four SYNs; the server polls once with two sockets listening.
-    world
-        .client
-        .poll(world.now, &mut world.link.port(Side::B), &mut world.client_sockets);
+    world.client.poll(
+        world.now,
+        &mut world.link.port(Side::B),
+        &mut world.client_sockets,
+    );
     world.server.poll(world.now, &mut world.link.port(Side::A));
     assert_eq!(world.server.counters().refused_listen_pool_empty, 2);
     assert_eq!(world.server.counters().refused_at_capacity, 0);
@@ -558,7 +603,10 @@ fn idle_connections_time_out_and_report_closed() {
     let mut world = World::new(&config, SimConfig::default());
     let quiet = world.connect(32_000, 1024);
     let chatty = world.connect(32_001, 1024);
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 2));
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 2)
+    );
     let opened_at = world.now;
     // The chatty client sends a byte every 500 ms; the quiet one nothing.
     let mut next_chat = world.now;
@@ -585,7 +633,10 @@ fn idle_connections_time_out_and_report_closed() {
     assert!(world.run_until(Duration::from_secs(1), no_app, |w| !w
         .client_socket(quiet)
         .is_open()));
-    assert_eq!(world.client_socket(chatty).state(), stcp::State::Established);
+    assert_eq!(
+        world.client_socket(chatty).state(),
+        stcp::State::Established
+    );
 }
 
 #[test]
@@ -602,15 +653,16 @@ fn every_ending_reports_closed_exactly_once() {
     // 0: client closes first (we close after its FIN); 1: client resets; 2: we close first;
     // 3: we abort; 4: idle timeout.
     let clients: Vec<_> = (0..5).map(|i| world.connect(33_000 + i, 1024)).collect();
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 5));
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 5)
+    );
     let id_of = |world: &World, port: u16| -> ConnId {
         *world
             .events
             .open
             .keys()
-            .find(|&&id| {
-                world.server.remote_endpoint(id).map(|e| e.port) == Some(port)
-            })
+            .find(|&&id| world.server.remote_endpoint(id).map(|e| e.port) == Some(port))
             .expect("open")
     };
     let ids: Vec<ConnId> = (0..5).map(|i| id_of(&world, 33_000 + i)).collect();
@@ -650,7 +702,10 @@ fn every_ending_reports_closed_exactly_once() {
     assert_eq!(world.events.closed.len(), 5);
     assert_eq!(world.server.listening(), 8);
     for id in ids {
-        assert_eq!(world.server.recv(id, |b| (0, b.len())), Err(ConnError::Stale { id }));
+        assert_eq!(
+            world.server.recv(id, |b| (0, b.len())),
+            Err(ConnError::Stale { id })
+        );
     }
 }
 
@@ -669,7 +724,10 @@ fn a_stale_id_never_touches_the_reused_slot() {
     let mut reused: Option<ConnId> = None;
     for round in 0..6u16 {
         let client = world.connect(34_000 + round, 1024);
-        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1));
+        assert!(
+            world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+                == 1)
+        );
         let id = *world.events.opened.last().unwrap();
         match first_id {
             None => first_id = Some(id),
@@ -677,12 +735,18 @@ fn a_stale_id_never_touches_the_reused_slot() {
                 reused = Some(id);
                 assert_ne!(old.generation(), id.generation());
                 // The stale id fails everywhere, and cannot disturb the new connection.
-                assert_eq!(world.server.send_slice(old, b"x"), Err(ConnError::Stale { id: old }));
+                assert_eq!(
+                    world.server.send_slice(old, b"x"),
+                    Err(ConnError::Stale { id: old })
+                );
                 assert_eq!(
                     world.server.send(old, |b| (0, b.len())),
                     Err(ConnError::Stale { id: old })
                 );
-                assert_eq!(world.server.recv(old, |b| (0, b.len())), Err(ConnError::Stale { id: old }));
+                assert_eq!(
+                    world.server.recv(old, |b| (0, b.len())),
+                    Err(ConnError::Stale { id: old })
+                );
                 assert!(!world.server.can_recv(old) && !world.server.may_recv(old));
                 assert_eq!(world.server.send_capacity_free(old), 0);
                 world.server.close(old);
@@ -696,7 +760,10 @@ fn a_stale_id_never_touches_the_reused_slot() {
         }
         // End this connection: the client resets it, the slot is freed.
         world.client_socket(client).abort();
-        assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 0));
+        assert!(
+            world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+                == 0)
+        );
     }
     assert!(reused.is_some(), "a slot was reused within six connections");
 }
@@ -717,4 +784,52 @@ fn stack_rejects_invalid_config_and_tiny_frames() {
     });
     let error = Stack::new(&server_config(), &mut link.port(Side::A), Instant::ZERO).unwrap_err();
     assert!(matches!(error, tcp::ConfigError::Device { .. }), "{error}");
+}
+
+#[test]
+fn half_open_handshakes_time_out_silently() {
+    let config = StackConfig {
+        handshake_timeout_ms: 5_000,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    // A full connection first, so ARP is resolved both ways.
+    world.connect(35_000, 1024);
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
+            == 1)
+    );
+
+    // The SYN arrives, then the link goes dark: the client's ACK never does.
+    world.connect(35_001, 1024);
+    world.client.poll(
+        world.now,
+        &mut world.link.port(Side::B),
+        &mut world.client_sockets,
+    );
+    world.server.poll(world.now, &mut world.link.port(Side::A));
+    world
+        .server
+        .service(world.now, |event| panic!("unexpected {event:?}"));
+    assert_eq!(world.server.handshakes_pending(), 1);
+    let syn_at = world.now;
+    world.link.config_mut().loss_ppm = 1_000_000;
+
+    assert!(world.run_until(Duration::from_secs(30), no_app, |w| w
+        .server
+        .handshakes_pending()
+        == 0));
+    let waited = world.now - syn_at;
+    assert!(
+        waited >= Duration::from_millis(5_000) && waited < Duration::from_millis(6_100),
+        "aborted after {waited}"
+    );
+    let counters = world.server.counters();
+    assert_eq!(counters.handshake_timeouts, 1);
+    assert_eq!(counters.handshakes_failed, 1);
+    assert_eq!((counters.accepted, counters.closed), (1, 0));
+    assert_eq!(world.server.connections(), 1);
+    assert_eq!(world.events.opened.len(), 1);
 }
