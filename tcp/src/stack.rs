@@ -454,7 +454,13 @@ impl Stack {
                 slot: index as u32,
                 generation: slot.generation,
             };
-            let ended = matches!(state, State::Closed | State::TimeWait | State::Listen);
+            // In TIME-WAIT the peer's last bytes may still be unread: the connection stays
+            // open for the caller until they are (or the idle timeout ends it).
+            let ended = match state {
+                State::Closed | State::Listen => true,
+                State::TimeWait => !socket.can_recv(),
+                _ => false,
+            };
             if !ended {
                 let seen = (socket.recv_queue(), socket.send_queue(), state);
                 if seen != slot.seen {

@@ -671,22 +671,34 @@ fn every_ending_reports_closed_exactly_once() {
     world.client_socket(clients[1]).abort();
     world.server.close(ids[2]);
     world.server.abort(ids[3]);
+    let mut last_words = Vec::new();
     let all_closed = world.run_until(
         Duration::from_secs(20),
         |w| {
+            // After our FIN, connection 2's client still sends; nothing may be lost.
+            while w.server.can_recv(ids[2]) {
+                w.server
+                    .recv(ids[2], |bytes| {
+                        last_words.extend_from_slice(bytes);
+                        (bytes.len(), ())
+                    })
+                    .unwrap();
+            }
             // Close our side once the peer has finished (connection 0).
             if !w.server.may_recv(ids[0]) && w.server.state(ids[0]).is_some() {
                 w.server.close(ids[0]);
             }
-            // Connection 2's client closes when it sees our FIN.
+            // Connection 2's client answers our FIN with a last message and its own FIN.
             let socket = w.client_socket(clients[2]);
             if socket.state() == stcp::State::CloseWait {
+                assert_eq!(socket.send_slice(b"bye"), Ok(3));
                 socket.close();
             }
         },
         |w| w.events.closed.len() == 5,
     );
     assert!(all_closed, "closed: {:?}", world.events.closed);
+    assert_eq!(last_words, b"bye");
     let mut opened = world.events.opened.clone();
     let mut closed = world.events.closed.clone();
     opened.sort();
