@@ -816,6 +816,7 @@ fn write_result(out: &mut Vec<u8>, index: usize, name: &str, timestamp: Option<u
 mod tests {
     use super::*;
     use crate::http::Version;
+    use proptest::prelude::*;
     use std::collections::HashMap;
 
     fn request(method: Method, target: &str, body: &str) -> Request {
@@ -1383,6 +1384,131 @@ mod tests {
             String::from_utf8(response.body).unwrap(),
             r#"[{"index":0,"status":"created","timestamp":"1732420000000000001"},{"index":1,"status":"exceeds_credits"},{"index":2,"status":"exists"}]"#
         );
+    }
+
+    fn any_account() -> impl Strategy<Value = Account> {
+        (
+            (
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+            ),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<u64>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, dpe, dpo, cpe, cpo, u128_),
+                    (u64_, u32_, ledger, code, flags, timestamp),
+                )| Account {
+                    id,
+                    debits_pending: dpe,
+                    debits_posted: dpo,
+                    credits_pending: cpe,
+                    credits_posted: cpo,
+                    user_data_128: u128_,
+                    user_data_64: u64_,
+                    user_data_32: u32_,
+                    ledger,
+                    code,
+                    flags: AccountFlags::from_bits_retain(flags & AccountFlags::DEFINED.bits()),
+                    timestamp,
+                },
+            )
+    }
+
+    fn any_transfer() -> impl Strategy<Value = Transfer> {
+        (
+            (
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+                any::<u128>(),
+            ),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<u64>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, debit, credit, amount, pending, u128_),
+                    (u64_, u32_, timeout, ledger, code, flags, timestamp),
+                )| {
+                    Transfer {
+                        id,
+                        debit_account_id: debit,
+                        credit_account_id: credit,
+                        amount,
+                        pending_id: pending,
+                        user_data_128: u128_,
+                        user_data_64: u64_,
+                        user_data_32: u32_,
+                        timeout,
+                        ledger,
+                        code,
+                        flags: TransferFlags::from_bits_retain(
+                            flags & TransferFlags::DEFINED.bits(),
+                        ),
+                        timestamp,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn json_round_trips(accounts in proptest::collection::vec(any_account(), 1..8),
+                            transfers in proptest::collection::vec(any_transfer(), 1..8)) {
+            let mut body = b"[".to_vec();
+            for (i, account) in accounts.iter().enumerate() {
+                if i > 0 { body.push(b','); }
+                write_account(&mut body, account);
+            }
+            body.push(b']');
+            prop_assert_eq!(accounts_of(post("/v1/accounts", std::str::from_utf8(&body).unwrap())), accounts);
+            let mut body = b"[".to_vec();
+            for (i, transfer) in transfers.iter().enumerate() {
+                if i > 0 { body.push(b','); }
+                write_transfer(&mut body, transfer);
+            }
+            body.push(b']');
+            prop_assert_eq!(transfers_of(post("/v1/transfers", std::str::from_utf8(&body).unwrap())), transfers);
+        }
+
+        /// Any body and any target: an answer, never a panic.
+        #[test]
+        fn handle_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300),
+                               json in "[\\[\\]{}\",:0-9a-z_ -]{0,200}",
+                               target in "/v1/(accounts|transfers)(/[0-9a-z]{0,40}(/transfers)?)?(\\?[a-z_=&0-9]{0,40})?") {
+            for role in [Role::Read, Role::Write] {
+                for method in [Method::Get, Method::Post] {
+                    for bytes in [&body[..], json.as_bytes()] {
+                        let request = Request { method, target: target.clone(), version: Version::Http11, keep_alive: true, body: bytes.to_vec() };
+                        if let Action::Respond(response) = handle(&request, role) {
+                            prop_assert!(response.status >= 400);
+                            prop_assert!(serde_json::from_slice::<serde_json::Value>(&response.body).is_ok());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
