@@ -7,7 +7,7 @@
 //! deadline is testable without sleeping.
 //!
 //! Memory per session is bounded: rustls keeps at most 64 KiB of buffered handshake input and
-//! about 16 KiB (+ one read of 4 KiB) of received plaintext (it stops reading when full, which
+//! about 32 KiB of received plaintext (it stops reading once 16 KiB are unread, which
 //! `handle_input` reports by consuming fewer bytes); the plaintext send queue holds at most
 //! `plaintext_buffer_bytes_max`, plus rustls' own 64 KiB of encrypted output.
 
@@ -330,6 +330,12 @@ impl Session {
     pub fn close(&mut self) {
         self.closing = true;
         self.queue_close_notify_if_drained();
+    }
+
+    /// `close()` was called and close_notify has left through [`Session::poll_output`]: the
+    /// caller may now shut down its TCP send side.
+    pub fn close_sent(&self) -> bool {
+        self.close_notify_queued && !self.conn.wants_write()
     }
 
     /// The peer will send nothing more: it sent close_notify, or TCP EOF was seen.

@@ -570,11 +570,13 @@ fn close_notify_both_ways() {
     // Server closes after a last response: the client reads it, then a clean EOF.
     pair.server.write_plaintext(b"bye").unwrap();
     pair.server.close();
+    assert!(!pair.server.close_sent());
     assert!(matches!(
         pair.server.write_plaintext(b"more"),
         Err(SessionError::Closed)
     ));
     pair.pump().unwrap();
+    assert!(pair.server.close_sent());
     let mut got = Vec::new();
     let n = pair
         .client
