@@ -608,6 +608,9 @@ fn idle_connections_time_out_and_report_closed() {
             == 2)
     );
     let opened_at = world.now;
+    // The worker may sleep until the idle deadline, no longer.
+    let delay = world.server.poll_delay(world.now).expect("a deadline is pending");
+    assert!(delay <= Duration::from_millis(2_000), "{delay}");
     // The chatty client sends a byte every 500 ms; the quiet one nothing.
     let mut next_chat = world.now;
     let timed_out = world.run_until(
