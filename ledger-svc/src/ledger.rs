@@ -349,6 +349,11 @@ impl<S: Storage> Ledger<S> {
         &self.storage
     }
 
+    /// The storage, for fault injection in tests.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Gives the storage back (tests: crash it and recover).
     pub fn into_storage(self) -> S {
         self.storage

@@ -1,0 +1,226 @@
+//! Crash tests on the simulated storage: the process dies at a random storage call (during an
+//! append, a sync, a checkpoint or a segment removal), the disk keeps a random torn prefix of
+//! every unsynced write and may lose unsynced directory changes, and the ledger recovers.
+//! After recovery the state must equal the state after the last acknowledged batch (or, if
+//! the batch in flight reached the disk whole before the crash, the state after it: it was
+//! never acknowledged, so either outcome is correct).
+//!
+//! Every failure message names the seed; rerun one with `LEDGER_CRASH_SEED=<seed>`.
+
+use ledger_svc::storage::SimRng;
+use ledger_svc::*;
+
+const NOW: u64 = 1_700_000_000_000_000_000;
+const ACCOUNTS: u64 = 12;
+
+fn random_ops(rng: &mut SimRng, next_id: &mut u128) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    for _ in 0..=rng.below(2) {
+        let count = 1 + rng.below(40) as usize;
+        let mut transfers = Vec::with_capacity(count);
+        for _ in 0..count {
+            // Mostly new ids, sometimes a retry of a recent one.
+            let id = if rng.chance(1, 8) && *next_id > 1 {
+                *next_id - 1 - rng.below(5.min(*next_id as u64 - 1)) as u128
+            } else {
+                *next_id += 1;
+                *next_id
+            };
+            let dr = 1 + rng.below(ACCOUNTS) as u128;
+            let cr = 1 + rng.below(ACCOUNTS) as u128;
+            let mut t = Transfer {
+                id,
+                debit_account_id: dr,
+                credit_account_id: cr,
+                amount: rng.below(100) as u128,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            };
+            match rng.below(6) {
+                0 => {
+                    t.flags = TransferFlags::PENDING;
+                    t.timeout = rng.below(3) as u32;
+                }
+                1 => {
+                    t = Transfer {
+                        id,
+                        pending_id: id.saturating_sub(1 + rng.below(4) as u128).max(1),
+                        amount: AMOUNT_MAX,
+                        flags: TransferFlags::POST_PENDING_TRANSFER,
+                        ..Default::default()
+                    }
+                }
+                2 => {
+                    t = Transfer {
+                        id,
+                        pending_id: id.saturating_sub(1 + rng.below(4) as u128).max(1),
+                        flags: TransferFlags::VOID_PENDING_TRANSFER,
+                        ..Default::default()
+                    }
+                }
+                _ => {}
+            }
+            if rng.chance(1, 6) {
+                t.flags.insert(TransferFlags::LINKED);
+            }
+            transfers.push(t);
+        }
+        ops.push(Operation::CreateTransfers(transfers));
+    }
+    ops
+}
+
+fn accounts_op() -> Operation {
+    Operation::CreateAccounts(
+        (1..=ACCOUNTS as u128)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                flags: if id % 3 == 0 { AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS } else { AccountFlags::HISTORY },
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+/// What `Ledger::submit` does to its state, applied to a reference state machine.
+fn apply(sm: &mut StateMachine, now: u64, ops: &[Operation]) -> Vec<OperationReply> {
+    sm.expire_pending_transfers(now);
+    ops.iter()
+        .map(|op| match op {
+            Operation::CreateAccounts(e) => OperationReply::CreateAccounts(sm.create_accounts(now, e)),
+            Operation::CreateTransfers(e) => OperationReply::CreateTransfers(sm.create_transfers(now, e)),
+        })
+        .collect()
+}
+
+fn config(rng: &mut SimRng) -> LedgerConfig {
+    LedgerConfig {
+        durability: Durability::Fsync,
+        checkpoint_every_batches: [0, 2, 3, 7][rng.below(4) as usize],
+        segment_bytes_max: [2048, 8192, 1 << 20][rng.below(3) as usize],
+        ..LedgerConfig::default()
+    }
+}
+
+/// One life of the ledger: open on `storage`, submit batches until the injected failure (or
+/// the end), return the storage with the acknowledged and in-flight state hashes.
+struct Life {
+    storage: SimStorage,
+    acked: u64,
+    in_flight: Option<u64>,
+}
+
+fn live(
+    seed: u64,
+    rng: &mut SimRng,
+    storage: SimStorage,
+    config: &LedgerConfig,
+    reference: &mut StateMachine,
+    now: &mut u64,
+    next_id: &mut u128,
+) -> Life {
+    let mut ledger = Ledger::open(storage, config.clone()).unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
+    assert_eq!(ledger.state().state_hash(), reference.state_hash(), "seed {seed}: recovered state differs");
+    let batches = 1 + rng.below(25);
+    if rng.chance(3, 4) {
+        // Die at a random storage call within the next batches (append, sync, checkpoint
+        // write, rename, segment removal, directory sync).
+        let calls = rng.below(batches * 3 + 5);
+        ledger.storage_mut().fail_after(calls);
+    }
+    let mut in_flight = None;
+    for batch in 0..batches {
+        *now += rng.below(1_500_000_000);
+        let ops = if reference.accounts_count() == 0 { vec![accounts_op()] } else { random_ops(rng, next_id) };
+        match ledger.submit(*now, &ops) {
+            Ok(replies) => {
+                let expected = apply(reference, *now, &ops);
+                assert_eq!(replies, expected, "seed {seed}: batch {batch} replies differ from the reference");
+            }
+            Err(error) => {
+                assert!(error.is_fatal(), "seed {seed}: {error}");
+                let mut after = reference.clone();
+                apply(&mut after, *now, &ops);
+                in_flight = Some((after.state_hash(), after));
+                // The ledger is poisoned from now on.
+                assert!(matches!(ledger.submit(*now, &ops), Err(LedgerError::Poisoned)), "seed {seed}");
+                break;
+            }
+        }
+    }
+    let acked = reference.state_hash();
+    let in_flight_hash = in_flight.as_ref().map(|(hash, _)| *hash);
+    let storage = ledger.into_storage();
+    let crashed = storage.crash(rng);
+    // Recover once to learn which outcome the disk holds, and move the reference to it.
+    let probe = Ledger::open(crashed.clone(), config.clone())
+        .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
+    let recovered = probe.state().state_hash();
+    if recovered != acked {
+        assert_eq!(
+            Some(recovered),
+            in_flight_hash,
+            "seed {seed}: recovered state is neither the acknowledged state nor the in-flight batch's"
+        );
+        *reference = in_flight.expect("checked").1;
+    }
+    Life { storage: crashed, acked, in_flight: in_flight_hash }
+}
+
+fn run_seed(seed: u64) {
+    let mut rng = SimRng::new(seed);
+    let config = config(&mut rng);
+    let mut reference = StateMachine::new();
+    let mut now = NOW;
+    let mut next_id = 0u128;
+    let mut storage = SimStorage::new();
+    storage.sector_bytes = [64, 512, 4096][rng.below(3) as usize];
+    // Several lives: crash, recover, go on, crash again.
+    for _ in 0..4 {
+        let life = live(seed, &mut rng, storage, &config, &mut reference, &mut now, &mut next_id);
+        let _ = (life.acked, life.in_flight);
+        storage = life.storage;
+    }
+    // The final disk recovers to the reference state.
+    let ledger = Ledger::open(storage, config).unwrap_or_else(|e| panic!("seed {seed}: final recovery failed: {e}"));
+    assert_eq!(ledger.state().state_hash(), reference.state_hash(), "seed {seed}: final state differs");
+}
+
+#[test]
+fn recovery_after_random_crashes_equals_the_acknowledged_state() {
+    if let Ok(seed) = std::env::var("LEDGER_CRASH_SEED") {
+        run_seed(seed.parse().expect("LEDGER_CRASH_SEED is a u64"));
+        return;
+    }
+    let base: u64 = std::env::var("LEDGER_CRASH_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0x1ed6e5);
+    for i in 0..150 {
+        let seed = base.wrapping_add(i);
+        let result = std::panic::catch_unwind(|| run_seed(seed));
+        if let Err(panic) = result {
+            eprintln!("crash test failed with seed {seed} (rerun: LEDGER_CRASH_SEED={seed})");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn torn_tail_is_truncated_and_reported() {
+    let mut storage = SimStorage::new();
+    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
+    let mut ledger = Ledger::open(storage, config.clone()).unwrap();
+    ledger.submit(NOW, &[accounts_op()]).unwrap();
+    let hash = ledger.state().state_hash();
+    storage = ledger.into_storage();
+    let name = wal::segment_name(1);
+    let len = storage.len_of(&name).unwrap();
+    // Half a record of garbage at the tail: a write that never completed.
+    storage.append(&name, &[0xab; 100]).unwrap();
+    let ledger = Ledger::open(storage, config).unwrap();
+    assert_eq!(ledger.state().state_hash(), hash);
+    let (file, offset, removed) = ledger.recovery().truncated.clone().expect("truncation reported");
+    assert_eq!((file.as_str(), offset, removed), (name.as_str(), len as u64, 100));
+    assert_eq!(ledger.storage().len_of(&name), Some(len));
+}
