@@ -158,6 +158,12 @@ pub struct Stack {
     /// True when the last re-arm kept fewer than `listen_sockets` listening because of
     /// `connections_max`: a refused SYN is then counted as refused at capacity.
     at_capacity: bool,
+    /// A socket was changed by the caller (data queued or read, close, abort) since the
+    /// last egress: the next poll must run egress.
+    egress_dirty: bool,
+    /// Cached `Interface::poll_at` since the last egress (None: not computed yet); the
+    /// inner None means no timer is pending.
+    egress_at: Option<Option<Instant>>,
     /// The earliest idle or handshake deadline seen by the last `service`.
     timeout_next: Option<Instant>,
     now: Instant,
@@ -258,6 +264,8 @@ impl Stack {
             connections_open: 0,
             at_capacity: false,
             timeout_next: None,
+            egress_dirty: false,
+            egress_at: None,
             now,
             probe: Probe::new(config.port),
             counters: StackCounters::default(),
@@ -329,11 +337,30 @@ impl Stack {
         if frames == self.ingress_frames_per_poll_max {
             self.counters.ingress_limit_hits += 1;
         }
-        for _ in 0..self.egress_rounds_per_poll_max {
-            match self.iface.poll_egress(now, &mut device, &mut self.sockets) {
-                PollResult::None => break,
-                PollResult::SocketStateChanged => changed = true,
+        // Egress walks every socket, so skip it when it cannot have anything to do: no frame
+        // came in, the caller touched no socket, and no smoltcp timer is due. The timer check
+        // is itself a walk, done once per quiet spell and then cached.
+        let mut egress = frames > 0 || self.egress_dirty;
+        if !egress {
+            let egress_at = match self.egress_at {
+                Some(egress_at) => egress_at,
+                None => {
+                    let egress_at = self.iface.poll_at(now, &self.sockets);
+                    self.egress_at = Some(egress_at);
+                    egress_at
+                }
+            };
+            egress = egress_at.is_some_and(|at| at <= now);
+        }
+        if egress {
+            for _ in 0..self.egress_rounds_per_poll_max {
+                match self.iface.poll_egress(now, &mut device, &mut self.sockets) {
+                    PollResult::None => break,
+                    PollResult::SocketStateChanged => changed = true,
+                }
             }
+            self.egress_dirty = false;
+            self.egress_at = None;
         }
         self.counters.rx_frames = self.probe.rx_frames.get();
         self.counters.rx_bytes = self.probe.rx_bytes.get();
@@ -416,6 +443,7 @@ impl Stack {
                     let deadline = slot.last_activity + self.handshake_timeout;
                     if now >= deadline {
                         socket.abort();
+                        self.egress_dirty = true;
                         self.counters.handshake_timeouts += 1;
                         self.counters.handshakes_failed += 1;
                         self.connections_counted -= 1;
@@ -478,6 +506,7 @@ impl Stack {
                 }
                 // RFC 9293 §3.10.4: ABORT sends an RST and deletes the connection.
                 socket.abort();
+                self.egress_dirty = true;
                 self.counters.idle_timeouts += 1;
             }
             self.connections_counted -= 1;
@@ -568,7 +597,9 @@ impl Stack {
         match result {
             Ok((consumed, value)) => {
                 if consumed > 0 {
+                    // Reading opens the receive window: a window update may be due.
                     self.slots[id.slot()].last_activity = self.now;
+                    self.egress_dirty = true;
                 }
                 Ok(value)
             }
@@ -605,6 +636,7 @@ impl Stack {
             Ok((written, value)) => {
                 if written > 0 {
                     self.slots[id.slot()].last_activity = self.now;
+                    self.egress_dirty = true;
                 }
                 Ok(value)
             }
@@ -624,6 +656,7 @@ impl Stack {
             Ok(written) => {
                 if written > 0 {
                     self.slots[id.slot()].last_activity = self.now;
+                    self.egress_dirty = true;
                 }
                 Ok(written)
             }
@@ -680,6 +713,7 @@ impl Stack {
     pub fn close(&mut self, id: ConnId) {
         if let Ok(slot) = self.slot_of(id) {
             self.sockets.get_mut::<tcp::Socket>(slot.handle).close();
+            self.egress_dirty = true;
         }
     }
 
@@ -691,6 +725,7 @@ impl Stack {
             if socket.state() != State::Closed {
                 socket.abort();
                 self.counters.aborted += 1;
+                self.egress_dirty = true;
             }
         }
     }

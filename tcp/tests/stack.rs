@@ -609,7 +609,10 @@ fn idle_connections_time_out_and_report_closed() {
     );
     let opened_at = world.now;
     // The worker may sleep until the idle deadline, no longer.
-    let delay = world.server.poll_delay(world.now).expect("a deadline is pending");
+    let delay = world
+        .server
+        .poll_delay(world.now)
+        .expect("a deadline is pending");
     assert!(delay <= Duration::from_millis(2_000), "{delay}");
     // The chatty client sends a byte every 500 ms; the quiet one nothing.
     let mut next_chat = world.now;
