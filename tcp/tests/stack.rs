@@ -985,3 +985,30 @@ fn bench_service_walk_and_connection_rate() {
         started.elapsed() / CALLS
     );
 }
+
+#[test]
+fn ingress_work_per_poll_is_bounded() {
+    let mut link = SimLink::new(SimConfig::default());
+    let now = Instant::from_millis(1_000);
+    let config = StackConfig {
+        ingress_frames_per_poll_max: 3,
+        ..server_config()
+    };
+    let mut server = Stack::new(&config, &mut link.port(Side::A), now).unwrap();
+    for _ in 0..10 {
+        link.inject(Side::A, now, &arp_request_frame(SERVER_IP));
+    }
+    assert!(server.poll(now, &mut link.port(Side::A)));
+    assert_eq!(server.counters().rx_frames, 3);
+    assert_eq!(server.counters().ingress_limit_hits, 1);
+    assert_eq!(
+        link.in_flight(),
+        7 + 3,
+        "7 requests wait, 3 replies went out"
+    );
+    for _ in 0..3 {
+        server.poll(now, &mut link.port(Side::A));
+    }
+    assert_eq!(server.counters().rx_frames, 10);
+    assert_eq!(server.counters().tx_frames, 10);
+}
