@@ -200,8 +200,7 @@ impl SteerProgram {
     /// returns its XDP action. The counters move as for real traffic.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, DataplaneError> {
         let program = self.program()?;
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
+        let input = libbpf_rs::ProgramInput { data_in: Some(frame), ..Default::default() };
         let output = program.test_run(input).map_err(bpf_error("BPF_PROG_TEST_RUN"))?;
         Ok(output.return_value)
     }
