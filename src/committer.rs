@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ledger_svc::api::{self, Command};
 use ledger_svc::http::Response;
+use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
 use ledger_svc::{Ledger, Operation, Storage};
 
 use crate::metrics::Metrics;
@@ -88,7 +89,8 @@ pub fn run<S: Storage>(
     while let Ok(first) = rx.recv() {
         let mut events = 0;
         let mut next = Some(first);
-        // Group commit: everything already waiting joins this batch, up to the event bound.
+        // Group commit: everything already waiting joins this batch, up to the bounds on events
+        // and on operations per WAL record.
         while let Some(submission) = next.take() {
             events += command_events(&submission.command);
             match submission.command {
@@ -98,7 +100,8 @@ pub fn run<S: Storage>(
                 }
                 query => slots.push((submission.reply_to, Slot::Query(query))),
             }
-            if events < batch_events_max {
+            // One more submission adds at most one operation and one request's events.
+            if events < batch_events_max && ops.len() < OPERATIONS_PER_RECORD_MAX {
                 next = rx.try_recv().ok();
             }
         }

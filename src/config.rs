@@ -315,7 +315,8 @@ impl Config {
             return Err(invalid("service.port", "must not be 0"));
         }
         self.app()?;
-        self.stack_config([0; 6]).validate().map_err(|e| invalid("tcp", e.to_string()))?;
+        // The MAC comes from the interface at start; a locally administered stand-in here.
+        self.stack_config([0x02, 0, 0, 0, 0, 1]).validate().map_err(|e| invalid("tcp", e.to_string()))?;
         let t = &self.tls;
         self.tls_min_version()?;
         if !(100..=120_000).contains(&t.handshake_timeout_ms) {

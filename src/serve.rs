@@ -50,7 +50,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
             tls_term::certs::init(&tls_dir, std::net::IpAddr::V4(config.service.address), false)
                 .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
         }
-        let tls = tls_term::server_config(&config.tls_settings()?).context("tls")?;
+        let tls_settings = config.tls_settings()?;
+        let tls = tls_term::server_config(&tls_settings).context("tls")?;
         std::fs::create_dir_all(&config.ledger.wal_dir)
             .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
         let storage = ledger_svc::FileStorage::open(&config.ledger.wal_dir)
@@ -71,7 +72,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
                 std::process::exit(70);
             }
         })?);
-        ledger_parts = Some((tls, client, reply_rx));
+        ledger_parts = Some((tls, tls_settings.session_limits(), client, reply_rx));
     }
 
     // The dataplane: a leftover program from a killed run goes first.
@@ -109,9 +110,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     for (index, port) in ports.into_iter().enumerate() {
         let app = match &ledger_parts {
             None => AppConfig::Echo,
-            Some((tls, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
+            Some((tls, session_limits, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
                 tls: Arc::clone(tls),
-                handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+                session_limits: *session_limits,
                 http_limits: config.http_limits(),
                 roles: config.roles(),
                 ledger: client.clone(),

@@ -46,7 +46,19 @@ impl Port for dataplane::XskPort {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.stats().counters()
+        let s = self.stats();
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("tx_frames", s.tx_frames),
+            ("tx_no_frame", s.tx_no_frame),
+            ("rx_dropped", s.rx_dropped),
+            ("rx_ring_full", s.rx_ring_full),
+            ("fill_ring_empty", s.fill_ring_empty),
+            ("rx_invalid", s.rx_invalid),
+            ("tx_invalid", s.tx_invalid),
+            ("ring_desc_invalid", s.ring_desc_invalid),
+            ("wakeup_errors", s.wakeup_errors),
+        ]
     }
 }
 
@@ -62,7 +74,7 @@ pub enum AppConfig {
 #[derive(Debug)]
 pub struct LedgerApp {
     pub tls: Arc<rustls::ServerConfig>,
-    pub handshake_timeout: Duration,
+    pub session_limits: tls_term::SessionLimits,
     pub http_limits: http::Limits,
     pub roles: Roles,
     pub ledger: LedgerClient,
@@ -72,6 +84,8 @@ pub struct LedgerApp {
 /// Plaintext bytes a connection may hold decrypted but not yet decoded; TLS input stops being
 /// read past it, so a slow consumer backs up into the TCP window, not into memory.
 const PLAINTEXT_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Plaintext handed to TLS per call: about one TLS record's worth.
+const TLS_WRITE_CHUNK_BYTES: usize = 16 * 1024;
 /// Loop turns between metric publications.
 const METRICS_EVERY_TURNS: u32 = 1024;
 /// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
@@ -116,8 +130,9 @@ struct TlsConn {
     /// Responses in request order; a ledger reply fills its slot when it arrives.
     pending: VecDeque<Pending>,
     next_seq: u64,
-    /// Encoded responses not yet taken by TLS.
+    /// Encoded responses; `out[out_pos..]` is not yet taken by TLS.
     out: Vec<u8>,
+    out_pos: usize,
     /// No more requests will be read: after an HTTP error, `Connection: close` or TLS close.
     closing: bool,
     handshake_counted: bool,
@@ -198,8 +213,23 @@ impl<P: Port> Worker<P> {
         let t = smoltcp_now(now);
         self.port.service();
         let mut busy = self.stack.poll(t, &mut self.port);
+        self.service_stack(now);
+        busy |= self.collect_completions();
+        for slot in 0..self.conns.len() {
+            busy |= self.drive(slot, now);
+        }
+        // Send what the connections wrote. This poll takes in frames too, so the listener pool
+        // is re-armed after it as after the first one: smoltcp has no backlog (FACTS.md).
+        busy |= self.stack.poll(t, &mut self.port);
+        self.service_stack(now);
+        self.port.service();
+        busy
+    }
+
+    /// Re-arms listeners, times out idle connections, and opens or drops connection state.
+    fn service_stack(&mut self, now: Instant) {
         let (conns, app) = (&mut self.conns, &self.app);
-        self.stack.service(t, |event| match event {
+        self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
                 conns[id.slot()] = Some(match app {
                     AppConfig::Echo => Conn::Echo(id),
@@ -208,13 +238,6 @@ impl<P: Port> Worker<P> {
             }
             Event::Closed(id) => conns[id.slot()] = None,
         });
-        busy |= self.collect_completions();
-        for slot in 0..self.conns.len() {
-            busy |= self.drive(slot, now);
-        }
-        busy |= self.stack.poll(t, &mut self.port);
-        self.port.service();
-        busy
     }
 
     fn collect_completions(&mut self) -> bool {
@@ -269,7 +292,21 @@ impl<P: Port> Worker<P> {
         for (name, value) in self.port.counters() {
             sync_counter(&self.metrics.xsk.with_label_values(&[q, name]), value);
         }
-        for (name, value) in self.stack.counters().as_pairs() {
+        let c = self.stack.counters();
+        let stack_counters = [
+            ("rx_frames", c.rx_frames),
+            ("tx_frames", c.tx_frames),
+            ("accepted", c.accepted),
+            ("closed", c.closed),
+            ("idle_timeouts", c.idle_timeouts),
+            ("handshake_timeouts", c.handshake_timeouts),
+            ("aborted", c.aborted),
+            ("handshakes_failed", c.handshakes_failed),
+            ("refused_at_capacity", c.refused_at_capacity),
+            ("refused_listen_pool_empty", c.refused_listen_pool_empty),
+            ("ingress_limit_hits", c.ingress_limit_hits),
+        ];
+        for (name, value) in stack_counters {
             sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
         }
         self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
@@ -311,13 +348,14 @@ impl TlsConn {
     fn new(id: ConnId, app: &LedgerApp, now: Instant) -> TlsConn {
         TlsConn {
             id,
-            session: Session::new(&app.tls, now, app.handshake_timeout).expect("a server session can always be created from a valid config"),
+            session: Session::with_limits(&app.tls, now, app.session_limits).expect("a server session can always be created from a valid config"),
             decoder: RequestDecoder::new(app.http_limits),
             role: None,
             plaintext: Vec::new(),
             pending: VecDeque::new(),
             next_seq: 0,
             out: Vec::new(),
+            out_pos: 0,
             closing: false,
             handshake_counted: false,
         }
@@ -327,7 +365,9 @@ impl TlsConn {
     fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize) -> bool {
         let mut busy = false;
         // 1. Ciphertext in.
-        while stack.can_recv(self.id) && self.session.plaintext_pending() < PLAINTEXT_BUFFER_BYTES_MAX {
+        // The session takes less than offered when its plaintext buffer is full: the rest
+        // stays in the TCP buffer and backs up into the window.
+        while stack.can_recv(self.id) {
             let session = &mut self.session;
             let result = stack.recv(self.id, |data| match session.handle_input(now, data) {
                 Ok(n) => (n, Ok(n)),
@@ -365,6 +405,10 @@ impl TlsConn {
                 busy = true;
             }
             loop {
+                // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for it.
+                if self.decoder.poll_continue() {
+                    self.out.extend_from_slice(http::CONTINUE_RESPONSE);
+                }
                 match self.decoder.poll_request() {
                     Ok(Some(request)) => {
                         busy = true;
@@ -372,8 +416,7 @@ impl TlsConn {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let response = api::error_response(e.status(), e.code(), &e.to_string());
-                        self.pending.push_back(Pending::Ready(response));
+                        self.pending.push_back(Pending::Ready(Response::from(&e)));
                         self.closing = true;
                         break;
                     }
@@ -392,10 +435,7 @@ impl TlsConn {
             }
             busy = true;
         }
-        if !self.out.is_empty() && self.session.write_plaintext(&self.out).is_ok() {
-            self.out.clear();
-        }
-        busy |= flush_tls(stack, self);
+        busy |= self.write_out(stack);
         // 4. Close once everything owed has been sent.
         if self.closing && self.pending.is_empty() && self.out.is_empty() {
             self.session.close();
@@ -405,6 +445,35 @@ impl TlsConn {
             }
         }
         busy
+    }
+
+    /// Hands encoded responses to TLS in pieces the session accepts, flushing ciphertext to
+    /// TCP as it goes; what does not fit waits for the next turn.
+    fn write_out(&mut self, stack: &mut Stack) -> bool {
+        let mut busy = false;
+        while self.out_pos < self.out.len() {
+            let end = self.out.len().min(self.out_pos + TLS_WRITE_CHUNK_BYTES);
+            match self.session.write_plaintext(&self.out[self.out_pos..end]) {
+                Ok(()) => {
+                    self.out_pos = end;
+                    busy = true;
+                }
+                Err(tls_term::SessionError::TxBufferFull { .. }) => {
+                    if !flush_tls(stack, self) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    // The session is closed: nothing more can be sent.
+                    self.out_pos = self.out.len();
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        busy | flush_tls(stack, self)
     }
 
     fn dispatch(&mut self, request: http::Request, app: &LedgerApp, worker: usize, metrics: &Metrics, outstanding: &mut usize) {
@@ -442,6 +511,7 @@ impl TlsConn {
         self.closing = true;
         self.pending.clear();
         self.out.clear();
+        self.out_pos = 0;
         flush_tls(stack, self);
         stack.close(self.id);
         true

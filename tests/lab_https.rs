@@ -195,7 +195,7 @@ fn bad_input_gets_its_error_and_the_appliance_keeps_serving_the_others() {
         let before = account_field(&mut good, 1, "debits_posted");
 
         let mut results = Vec::new();
-        results.push(("malformed HTTP", raw_over_tls(&c, addr, b"THIS IS NOT HTTP\r\n\r\n")));
+        results.push(("malformed HTTP", raw_over_tls(&c, addr, b"GET /v1/accounts/1 HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")));
         let bad_json = "[{\"id\":\"6\",\"amount\":";
         results.push(("malformed JSON", raw_over_tls(&c, addr, format!("POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{bad_json}", bad_json.len()).as_bytes())));
         let unknown_field = r#"[{"id":"6","debit_account_id":"1","credit_account_id":"2","amount":"10","ledger":1,"code":1,"colour":"red"}]"#;
