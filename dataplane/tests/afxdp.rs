@@ -199,3 +199,51 @@ impl SpawnPiped for lab::Lab {
             .unwrap()
     }
 }
+
+/// Environment variable naming the interface for the child half of the SIGKILL test.
+const CHILD_IFNAME: &str = "DATAPLANE_TEST_CHILD_IFNAME";
+
+#[test]
+fn the_kernel_detaches_the_program_when_its_process_is_killed() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("sigkill", 1)).expect("lab");
+    let ifname = lab.spec.host_if.clone();
+    // Re-run this test binary, only the ignored helper below, which attaches and sleeps.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "attach_and_sleep_child", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_IFNAME, &ifname)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = StdInstant::now() + Duration::from_secs(20);
+    while attached_program_id(&ifname).unwrap() == 0 {
+        assert!(StdInstant::now() < deadline, "child never attached");
+        assert!(child.try_wait().unwrap().is_none(), "child exited before attaching");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    // Closing the last fd of a bpf_link detaches it; give the kernel's release a moment.
+    let deadline = StdInstant::now() + Duration::from_secs(5);
+    while attached_program_id(&ifname).unwrap() != 0 {
+        assert!(StdInstant::now() < deadline, "XDP program survived SIGKILL of its owner");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "helper: run in a child process by the_kernel_detaches_the_program_when_its_process_is_killed"]
+fn attach_and_sleep_child() {
+    let Ok(ifname) = std::env::var(CHILD_IFNAME) else {
+        return;
+    };
+    let _steering = Steering::attach(&SteerConfig {
+        ifname,
+        service_ipv4: std::net::Ipv4Addr::new(10, 99, 250, 2),
+        service_port: PORT,
+        mode: XdpMode::Auto,
+    })
+    .unwrap();
+    // Bounded: the parent kills us long before this ends.
+    std::thread::sleep(Duration::from_secs(30));
+}
