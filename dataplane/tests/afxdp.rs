@@ -247,3 +247,35 @@ fn attach_and_sleep_child() {
     // Bounded: the parent kills us long before this ends.
     std::thread::sleep(Duration::from_secs(30));
 }
+
+#[test]
+fn misuse_is_an_error_not_a_panic() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("misuse", 1)).expect("lab");
+    let ifname = lab.spec.host_if.clone();
+    let config = XskConfig { frame_count: 2048 + 1024 + 64, fill_ring: 2048, comp_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..XskConfig::default() };
+    assert_eq!(dataplane::interface_queues(&ifname).unwrap(), 1);
+    match XskPort::open(&ifname, 3, &config) {
+        Err(DataplaneError::Socket { queue_id: 3, .. }) => {}
+        other => panic!("binding a queue the interface lacks: {other:?}"),
+    }
+    match Steering::attach(&SteerConfig {
+        ifname: "pt-no-such-if".into(),
+        service_ipv4: lab.spec.service_ipv4,
+        service_port: PORT,
+        mode: XdpMode::Auto,
+    }) {
+        Err(DataplaneError::Interface { .. }) => {}
+        other => panic!("unknown interface: {other:?}"),
+    }
+    let mut steering = Steering::attach(&SteerConfig {
+        ifname: ifname.clone(),
+        service_ipv4: lab.spec.service_ipv4,
+        service_port: PORT,
+        mode: XdpMode::Native,
+    })
+    .unwrap();
+    let port = XskPort::open(&ifname, 0, &config).unwrap();
+    assert!(matches!(steering.register(1, &port), Err(DataplaneError::Config(_))));
+    assert!(matches!(steering.program().insert_socket(dataplane::XSKS_MAX, port.fd()), Err(DataplaneError::Config(_))));
+    steering.register(0, &port).unwrap();
+}
