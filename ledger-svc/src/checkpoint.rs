@@ -34,7 +34,11 @@ pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
 
 /// Writes the checkpoint of `state` after batch `sequence` durably (temp file, sync, rename,
 /// directory sync). Returns the file's name and size.
-pub fn write<S: Storage>(storage: &mut S, state: &StateMachine, sequence: u64) -> Result<(String, u64), StorageError> {
+pub fn write<S: Storage>(
+    storage: &mut S,
+    state: &StateMachine,
+    sequence: u64,
+) -> Result<(String, u64), StorageError> {
     storage.remove(CHECKPOINT_TEMP_NAME)?;
     let mut header = Writer::with_capacity(HEADER_SIZE);
     header.bytes.extend_from_slice(&CHECKPOINT_MAGIC);
@@ -74,7 +78,10 @@ pub struct CheckpointDamage {
 
 /// Verifies and decodes a checkpoint file: (sequence, state).
 pub fn read(bytes: &[u8]) -> Result<(u64, StateMachine), CheckpointDamage> {
-    let damage = |offset: usize, reason| CheckpointDamage { offset: offset as u64, reason };
+    let damage = |offset: usize, reason| CheckpointDamage {
+        offset: offset as u64,
+        reason,
+    };
     if bytes.len() < HEADER_SIZE + TRAILER_SIZE {
         return Err(damage(0, "checkpoint shorter than its header and trailer"));
     }
@@ -114,11 +121,25 @@ mod tests {
     fn write_then_read_round_trips_and_detects_damage() {
         let mut sm = StateMachine::new();
         let accounts: Vec<Account> = (1..=3)
-            .map(|id| Account { id, ledger: 1, code: 1, flags: AccountFlags::HISTORY, ..Default::default() })
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                flags: AccountFlags::HISTORY,
+                ..Default::default()
+            })
             .collect();
         sm.create_accounts(10, &accounts);
         let transfers = [
-            Transfer { id: 10, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Default::default() },
+            Transfer {
+                id: 10,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 5,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            },
             Transfer {
                 id: 11,
                 debit_account_id: 2,
@@ -130,7 +151,15 @@ mod tests {
                 flags: TransferFlags::PENDING,
                 ..Default::default()
             },
-            Transfer { id: 12, debit_account_id: 9, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Default::default() },
+            Transfer {
+                id: 12,
+                debit_account_id: 9,
+                credit_account_id: 2,
+                amount: 5,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            },
         ];
         sm.create_transfers(20, &transfers);
         let mut storage = SimStorage::new();
@@ -144,7 +173,10 @@ mod tests {
         assert_eq!(restored.poll_at(), sm.poll_at());
         // The orphaned id survived (12 failed with debit_account_not_found).
         let mut restored = restored;
-        assert_eq!(restored.create_transfers(30, &transfers[2..]), vec![CreateTransferResult::IdAlreadyFailed]);
+        assert_eq!(
+            restored.create_transfers(30, &transfers[2..]),
+            vec![CreateTransferResult::IdAlreadyFailed]
+        );
 
         for at in [0, 5, 20, bytes.len() / 2, bytes.len() - 10, bytes.len() - 1] {
             let mut damaged = bytes.clone();

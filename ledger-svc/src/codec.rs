@@ -17,7 +17,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn with_capacity(capacity: usize) -> Self {
-        Writer { bytes: Vec::with_capacity(capacity) }
+        Writer {
+            bytes: Vec::with_capacity(capacity),
+        }
     }
     pub fn u8(&mut self, v: u8) {
         self.bytes.push(v);

@@ -62,7 +62,11 @@ pub enum LedgerError {
     Storage(#[from] StorageError),
     /// Acknowledged data on disk is damaged: the ledger refuses to start rather than drop it.
     #[error("ledger data corrupt in {file} at byte offset {offset}: {reason}")]
-    Corrupt { file: String, offset: u64, reason: String },
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// The batch breaks a bound; nothing was applied or logged. Not fatal: the caller's
     /// validation should have refused it.
     #[error("batch too large: {operations} operations (max {OPERATIONS_PER_RECORD_MAX}), largest has {events} events (max {BATCH_EVENTS_MAX})")]
@@ -102,7 +106,9 @@ fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<
     state.expire_pending_transfers(now_ns);
     ops.iter()
         .map(|op| match op {
-            Operation::CreateAccounts(events) => OperationReply::CreateAccounts(state.create_accounts(now_ns, events)),
+            Operation::CreateAccounts(events) => {
+                OperationReply::CreateAccounts(state.create_accounts(now_ns, events))
+            }
             Operation::CreateTransfers(events) => {
                 OperationReply::CreateTransfers(state.create_transfers(now_ns, events))
             }
@@ -135,25 +141,33 @@ impl<S: Storage> Ledger<S> {
             return Err(LedgerError::Config("segment_bytes_max must be positive"));
         }
         let names = storage.list()?;
-        let mut checkpoints: Vec<(u64, String)> =
-            names.iter().filter_map(|n| parse_checkpoint_name(n).map(|s| (s, n.clone()))).collect();
+        let mut checkpoints: Vec<(u64, String)> = names
+            .iter()
+            .filter_map(|n| parse_checkpoint_name(n).map(|s| (s, n.clone())))
+            .collect();
         checkpoints.sort();
-        let mut segments: Vec<(u64, String)> =
-            names.iter().filter_map(|n| wal::parse_segment_name(n).map(|s| (s, n.clone()))).collect();
+        let mut segments: Vec<(u64, String)> = names
+            .iter()
+            .filter_map(|n| wal::parse_segment_name(n).map(|s| (s, n.clone())))
+            .collect();
         segments.sort();
 
         let mut report = RecoveryReport::default();
         let (checkpoint_sequence, mut state) = match checkpoints.last() {
             Some((_, name)) => {
                 let bytes = storage.read(name)?;
-                let (sequence, state) = checkpoint::read(&bytes).map_err(|d| LedgerError::Corrupt {
-                    file: storage.describe(name),
-                    offset: d.offset,
-                    reason: d.reason.to_string(),
-                })?;
+                let (sequence, state) =
+                    checkpoint::read(&bytes).map_err(|d| LedgerError::Corrupt {
+                        file: storage.describe(name),
+                        offset: d.offset,
+                        reason: d.reason.to_string(),
+                    })?;
                 (sequence, state)
             }
-            None => (0, StateMachine::with_capacity(config.accounts_capacity, config.transfers_capacity)),
+            None => (
+                0,
+                StateMachine::with_capacity(config.accounts_capacity, config.transfers_capacity),
+            ),
         };
         report.checkpoint_sequence = checkpoint_sequence;
 
@@ -171,7 +185,11 @@ impl<S: Storage> Ledger<S> {
             let mut valid_len = bytes.len() as u64;
             loop {
                 match reader.next_record() {
-                    ReadOutcome::Record { offset, header, body } => {
+                    ReadOutcome::Record {
+                        offset,
+                        header,
+                        body,
+                    } => {
                         if header.sequence <= checkpoint_sequence {
                             // Covered by the checkpoint; the segment outlived its removal.
                             continue;
@@ -179,7 +197,11 @@ impl<S: Storage> Ledger<S> {
                         if header.sequence != sequence + 1 {
                             return Err(corrupt(
                                 offset,
-                                format!("record sequence {} where {} was expected", header.sequence, sequence + 1),
+                                format!(
+                                    "record sequence {} where {} was expected",
+                                    header.sequence,
+                                    sequence + 1
+                                ),
                             ));
                         }
                         let ops = wal::decode_body(body)
@@ -190,18 +212,24 @@ impl<S: Storage> Ledger<S> {
                         report.events_replayed += ops.iter().map(|op| op.len() as u64).sum::<u64>();
                     }
                     ReadOutcome::End => break,
-                    ReadOutcome::Corrupt { offset, reason } => return Err(corrupt(offset, reason.to_string())),
+                    ReadOutcome::Corrupt { offset, reason } => {
+                        return Err(corrupt(offset, reason.to_string()))
+                    }
                     ReadOutcome::Torn { offset, reason } => {
                         if position + 1 != segments_count {
                             // Only the newest segment can end in an unacknowledged write.
-                            return Err(corrupt(offset, format!("{reason} in a segment that is not the newest")));
+                            return Err(corrupt(
+                                offset,
+                                format!("{reason} in a segment that is not the newest"),
+                            ));
                         }
                         log::warn!(
                             "ledger recovery: cutting torn WAL tail of {} at offset {offset} ({} bytes): {reason}",
                             storage.describe(name),
                             bytes.len() as u64 - offset
                         );
-                        report.truncated = Some((storage.describe(name), offset, bytes.len() as u64 - offset));
+                        report.truncated =
+                            Some((storage.describe(name), offset, bytes.len() as u64 - offset));
                         valid_len = offset;
                         break;
                     }
@@ -243,13 +271,20 @@ impl<S: Storage> Ledger<S> {
     /// clock monotonic: timestamps strictly increase even if `now_ns` goes backwards), appends
     /// them as one WAL record, syncs once (group commit), and returns the replies only after
     /// the record is durable. `Err` is fatal unless `!err.is_fatal()` (see the module docs).
-    pub fn submit(&mut self, now_ns: u64, ops: &[Operation]) -> Result<Vec<OperationReply>, LedgerError> {
+    pub fn submit(
+        &mut self,
+        now_ns: u64,
+        ops: &[Operation],
+    ) -> Result<Vec<OperationReply>, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
         let events_max = ops.iter().map(Operation::len).max().unwrap_or(0);
         if ops.len() > OPERATIONS_PER_RECORD_MAX || events_max > BATCH_EVENTS_MAX {
-            return Err(LedgerError::BatchTooLarge { operations: ops.len(), events: events_max });
+            return Err(LedgerError::BatchTooLarge {
+                operations: ops.len(),
+                events: events_max,
+            });
         }
         let sequence = self.sequence + 1;
         let mut record = std::mem::take(&mut self.record);
@@ -276,7 +311,9 @@ impl<S: Storage> Ledger<S> {
     fn append_record(&mut self, sequence: u64, record: &[u8]) -> Result<(), StorageError> {
         let roll = match &self.segment {
             None => true,
-            Some((_, size)) => *size > 0 && *size + record.len() as u64 > self.config.segment_bytes_max,
+            Some((_, size)) => {
+                *size > 0 && *size + record.len() as u64 > self.config.segment_bytes_max
+            }
         };
         if roll {
             self.segment = Some((wal::segment_name(sequence), 0));
@@ -311,14 +348,19 @@ impl<S: Storage> Ledger<S> {
             }
         }
         let (name, size) = checkpoint::write(&mut self.storage, &self.state, self.sequence)?;
-        log::info!("ledger checkpoint {name} written ({size} bytes) at batch {}", self.sequence);
+        log::info!(
+            "ledger checkpoint {name} written ({size} bytes) at batch {}",
+            self.sequence
+        );
         self.checkpoint_sequence = self.sequence;
         // Every record so far is covered: the next batch starts a new segment and all
         // existing segments and older checkpoints can go.
         self.segment = None;
         for old in self.storage.list()? {
-            let superseded_checkpoint = parse_checkpoint_name(&old).is_some_and(|s| s < self.sequence);
-            let superseded_segment = wal::parse_segment_name(&old).is_some_and(|s| s <= self.sequence);
+            let superseded_checkpoint =
+                parse_checkpoint_name(&old).is_some_and(|s| s < self.sequence);
+            let superseded_segment =
+                wal::parse_segment_name(&old).is_some_and(|s| s <= self.sequence);
             if superseded_checkpoint || superseded_segment {
                 self.storage.remove(&old)?;
             }

@@ -341,7 +341,10 @@ impl CreateAccountResult {
 impl CreateTransferResult {
     /// True for `Ok` and `Exists` (the event's effect is in the ledger).
     pub fn is_ok_or_exists(self) -> bool {
-        matches!(self, CreateTransferResult::Ok | CreateTransferResult::Exists)
+        matches!(
+            self,
+            CreateTransferResult::Ok | CreateTransferResult::Exists
+        )
     }
 }
 
@@ -437,6 +440,9 @@ mod tests {
             assert_eq!(CreateAccountResult::from_code(r.code()), Some(*r));
         }
         assert_eq!(CreateAccountResult::Ok.name(), "ok");
-        assert_eq!(CreateTransferResult::ExceedsCredits.name(), "exceeds_credits");
+        assert_eq!(
+            CreateTransferResult::ExceedsCredits.name(),
+            "exceeds_credits"
+        );
     }
 }

@@ -118,9 +118,21 @@ struct AccountSlot {
 #[derive(Clone, Copy, Debug)]
 enum Undo {
     AccountCreated,
-    AccountSaved { index: u32, account: Account },
-    TransferCreated { dr: u32, cr: u32, dr_history: bool, cr_history: bool, expires_at: Option<u64> },
-    PendingResolved { index: u32, expires_at: Option<u64> },
+    AccountSaved {
+        index: u32,
+        account: Account,
+    },
+    TransferCreated {
+        dr: u32,
+        cr: u32,
+        dr_history: bool,
+        cr_history: bool,
+        expires_at: Option<u64>,
+    },
+    PendingResolved {
+        index: u32,
+        expires_at: Option<u64>,
+    },
 }
 
 /// The ledger's state and its transition function. See the module documentation.
@@ -151,12 +163,14 @@ impl Default for StateMachine {
 /// Whether an account's debits exceed its credits after adding `amount` to its debits
 /// (TigerBeetle `Account.debits_exceed_credits`). The caller has ruled out overflow.
 fn debits_exceed_credits(a: &Account, amount: u128) -> bool {
-    a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+    a.flags
+        .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
         && a.debits_pending + a.debits_posted + amount > a.credits_posted
 }
 
 fn credits_exceed_debits(a: &Account, amount: u128) -> bool {
-    a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+    a.flags
+        .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
         && a.credits_pending + a.credits_posted + amount > a.debits_posted
 }
 
@@ -204,13 +218,17 @@ impl StateMachine {
         }
     }
 
-    /// Reserves room for this many accounts and transfers (allocate at startup, not per event).
+    /// Reserves room for this many accounts and transfers, and touches the vectors' pages so
+    /// the kernel maps them now rather than on the hot path (TigerBeetle allocates all memory
+    /// at startup for the same reason).
     pub fn with_capacity(accounts: usize, transfers: usize) -> Self {
         let mut sm = Self::new();
         sm.accounts.reserve(accounts);
         sm.account_index.reserve(accounts);
-        sm.transfers.reserve(transfers);
-        sm.transfer_status.reserve(transfers);
+        sm.transfers.resize(transfers, Transfer::default());
+        sm.transfers.clear();
+        sm.transfer_status.resize(transfers, PendingStatus::None);
+        sm.transfer_status.clear();
         sm.transfer_index.reserve(transfers);
         sm
     }
@@ -243,7 +261,9 @@ impl StateMachine {
     /// Returns the one before the first.
     fn reserve_timestamps(&mut self, now_ns: u64, count: usize) -> u64 {
         let count = count as u64;
-        let last = now_ns.min(TIMESTAMP_MAX).max(self.prepare_timestamp + count);
+        let last = now_ns
+            .min(TIMESTAMP_MAX)
+            .max(self.prepare_timestamp + count);
         self.prepare_timestamp = last;
         last - count
     }
@@ -317,8 +337,10 @@ impl StateMachine {
         if let Some(&index) = self.account_index.get(&a.id) {
             return account_exists(a, &self.accounts[index as usize].account);
         }
-        if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-            && a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        if a.flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && a.flags
+                .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
         {
             return R::FlagsAreMutuallyExclusive;
         }
@@ -358,7 +380,11 @@ impl StateMachine {
 
     /// Creates transfers at ledger time `now_ns`; one result per event, in order. First
     /// expires pending transfers whose timeout has passed at `now_ns`.
-    pub fn create_transfers(&mut self, now_ns: u64, events: &[Transfer]) -> Vec<CreateTransferResult> {
+    pub fn create_transfers(
+        &mut self,
+        now_ns: u64,
+        events: &[Transfer],
+    ) -> Vec<CreateTransferResult> {
         self.expire_pending_transfers(now_ns);
         let mut results = Vec::with_capacity(events.len());
         if events.is_empty() {
@@ -405,7 +431,8 @@ impl StateMachine {
                 }
             }
             results.push(result);
-            if chain.is_some() && (!linked || result == CreateTransferResult::LinkedEventChainOpen) {
+            if chain.is_some() && (!linked || result == CreateTransferResult::LinkedEventChainOpen)
+            {
                 chain = None;
                 chain_broken = false;
                 self.chain_close();
@@ -432,7 +459,9 @@ impl StateMachine {
         if self.orphans.contains(&t.id) {
             return R::IdAlreadyFailed;
         }
-        if t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER) {
+        if t.flags
+            .intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+        {
             return self.post_or_void_pending_transfer(t, timestamp);
         }
 
@@ -459,7 +488,9 @@ impl StateMachine {
             if t.timeout != 0 {
                 return R::TimeoutReservedForPendingTransfer;
             }
-            if t.flags.intersects(TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT) {
+            if t.flags
+                .intersects(TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT)
+            {
                 return R::ClosingTransferMustBePending;
             }
         }
@@ -518,15 +549,24 @@ impl StateMachine {
         }
         // The sums of pending and posted never overflow (checked on every change), so these
         // additions are safe.
-        if amount.checked_add(dr.debits_pending + dr.debits_posted).is_none() {
+        if amount
+            .checked_add(dr.debits_pending + dr.debits_posted)
+            .is_none()
+        {
             return R::OverflowsDebits;
         }
-        if amount.checked_add(cr.credits_pending + cr.credits_posted).is_none() {
+        if amount
+            .checked_add(cr.credits_pending + cr.credits_posted)
+            .is_none()
+        {
             return R::OverflowsCredits;
         }
         // The timeout in nanoseconds fits (u32::MAX s * 1e9 < 2^63), the sum may not.
         let timeout_ns = u64::from(t.timeout) * NS_PER_S;
-        if timestamp.checked_add(timeout_ns).is_none_or(|sum| sum > TIMESTAMP_MAX) {
+        if timestamp
+            .checked_add(timeout_ns)
+            .is_none_or(|sum| sum > TIMESTAMP_MAX)
+        {
             return R::OverflowsTimeout;
         }
         if debits_exceed_credits(&dr, amount) {
@@ -553,9 +593,19 @@ impl StateMachine {
             cr_new.flags.insert(AccountFlags::CLOSED);
         }
         let expires_at = (pending && t.timeout > 0).then(|| timestamp + timeout_ns);
-        let stored = Transfer { amount, timestamp, ..*t };
-        let status = if pending { PendingStatus::Pending } else { PendingStatus::None };
-        self.insert_transfer(stored, status, dr_index, cr_index, dr, cr, dr_new, cr_new, expires_at);
+        let stored = Transfer {
+            amount,
+            timestamp,
+            ..*t
+        };
+        let status = if pending {
+            PendingStatus::Pending
+        } else {
+            PendingStatus::None
+        };
+        self.insert_transfer(
+            stored, status, dr_index, cr_index, dr, cr, dr_new, cr_new, expires_at,
+        );
         R::Ok
     }
 
@@ -575,8 +625,14 @@ impl StateMachine {
     ) {
         let index = u32::try_from(self.transfers.len()).expect("transfers fit in u32");
         if self.undo_active {
-            self.undo.push(Undo::AccountSaved { index: dr_index, account: dr_old });
-            self.undo.push(Undo::AccountSaved { index: cr_index, account: cr_old });
+            self.undo.push(Undo::AccountSaved {
+                index: dr_index,
+                account: dr_old,
+            });
+            self.undo.push(Undo::AccountSaved {
+                index: cr_index,
+                account: cr_old,
+            });
         }
         let dr_history = dr_new.flags.contains(AccountFlags::HISTORY);
         let cr_history = cr_new.flags.contains(AccountFlags::HISTORY);
@@ -585,7 +641,10 @@ impl StateMachine {
             slot.account = dr_new;
             slot.transfers.push(index);
             if dr_history {
-                slot.history.push(HistoryEntry { balance: balance_of(&dr_new, t.timestamp), debit: true });
+                slot.history.push(HistoryEntry {
+                    balance: balance_of(&dr_new, t.timestamp),
+                    debit: true,
+                });
             }
         }
         {
@@ -593,7 +652,10 @@ impl StateMachine {
             slot.account = cr_new;
             slot.transfers.push(index);
             if cr_history {
-                slot.history.push(HistoryEntry { balance: balance_of(&cr_new, t.timestamp), debit: false });
+                slot.history.push(HistoryEntry {
+                    balance: balance_of(&cr_new, t.timestamp),
+                    debit: false,
+                });
             }
         }
         if let Some(expires_at) = expires_at {
@@ -603,11 +665,21 @@ impl StateMachine {
         self.transfers.push(t);
         self.transfer_status.push(status);
         if self.undo_active {
-            self.undo.push(Undo::TransferCreated { dr: dr_index, cr: cr_index, dr_history, cr_history, expires_at });
+            self.undo.push(Undo::TransferCreated {
+                dr: dr_index,
+                cr: cr_index,
+                dr_history,
+                cr_history,
+                expires_at,
+            });
         }
     }
 
-    fn post_or_void_pending_transfer(&mut self, t: &Transfer, timestamp: u64) -> CreateTransferResult {
+    fn post_or_void_pending_transfer(
+        &mut self,
+        t: &Transfer,
+        timestamp: u64,
+    ) -> CreateTransferResult {
         use CreateTransferResult as R;
         let post = t.flags.contains(TransferFlags::POST_PENDING_TRANSFER);
         let void = t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER);
@@ -663,7 +735,11 @@ impl StateMachine {
         // A void releases everything (0 means the full amount); a post moves `amount`, or the
         // full pending amount for AMOUNT_MAX.
         let amount = if void {
-            if t.amount > 0 { t.amount } else { p.amount }
+            if t.amount > 0 {
+                t.amount
+            } else {
+                p.amount
+            }
         } else if t.amount == AMOUNT_MAX {
             p.amount
         } else {
@@ -705,9 +781,21 @@ impl StateMachine {
             credit_account_id: p.credit_account_id,
             amount,
             pending_id: t.pending_id,
-            user_data_128: if t.user_data_128 > 0 { t.user_data_128 } else { p.user_data_128 },
-            user_data_64: if t.user_data_64 > 0 { t.user_data_64 } else { p.user_data_64 },
-            user_data_32: if t.user_data_32 > 0 { t.user_data_32 } else { p.user_data_32 },
+            user_data_128: if t.user_data_128 > 0 {
+                t.user_data_128
+            } else {
+                p.user_data_128
+            },
+            user_data_64: if t.user_data_64 > 0 {
+                t.user_data_64
+            } else {
+                p.user_data_64
+            },
+            user_data_32: if t.user_data_32 > 0 {
+                t.user_data_32
+            } else {
+                p.user_data_32
+            },
             timeout: 0,
             ledger: p.ledger,
             code: p.code,
@@ -718,9 +806,16 @@ impl StateMachine {
             let removed = self.expiries.remove(&(expires_at, p_index));
             debug_assert!(removed);
         }
-        self.transfer_status[p_index as usize] = if post { PendingStatus::Posted } else { PendingStatus::Voided };
+        self.transfer_status[p_index as usize] = if post {
+            PendingStatus::Posted
+        } else {
+            PendingStatus::Voided
+        };
         if self.undo_active {
-            self.undo.push(Undo::PendingResolved { index: p_index, expires_at });
+            self.undo.push(Undo::PendingResolved {
+                index: p_index,
+                expires_at,
+            });
         }
         let mut dr_new = dr;
         let mut cr_new = cr;
@@ -738,7 +833,17 @@ impl StateMachine {
                 cr_new.flags.remove(AccountFlags::CLOSED);
             }
         }
-        self.insert_transfer(stored, PendingStatus::None, dr_index, cr_index, dr, cr, dr_new, cr_new, None);
+        self.insert_transfer(
+            stored,
+            PendingStatus::None,
+            dr_index,
+            cr_index,
+            dr,
+            cr,
+            dr_new,
+            cr_new,
+            None,
+        );
         R::Ok
     }
 
@@ -755,7 +860,9 @@ impl StateMachine {
         if t.timeout != e.timeout {
             return R::ExistsWithDifferentTimeout;
         }
-        if t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER) {
+        if t.flags
+            .intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+        {
             // Same pending_id as a stored post/void, so the pending transfer exists.
             let p = &self.transfers[self.transfer_index[&t.pending_id] as usize];
             if t.debit_account_id != 0 && t.debit_account_id != e.debit_account_id {
@@ -765,7 +872,11 @@ impl StateMachine {
                 return R::ExistsWithDifferentCreditAccountId;
             }
             let expected = if t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER) {
-                if t.amount == 0 { p.amount } else { t.amount }
+                if t.amount == 0 {
+                    p.amount
+                } else {
+                    t.amount
+                }
             } else if t.amount == AMOUNT_MAX {
                 p.amount
             } else {
@@ -774,15 +885,27 @@ impl StateMachine {
             if expected != e.amount {
                 return R::ExistsWithDifferentAmount;
             }
-            let ud128 = if t.user_data_128 == 0 { p.user_data_128 } else { t.user_data_128 };
+            let ud128 = if t.user_data_128 == 0 {
+                p.user_data_128
+            } else {
+                t.user_data_128
+            };
             if ud128 != e.user_data_128 {
                 return R::ExistsWithDifferentUserData128;
             }
-            let ud64 = if t.user_data_64 == 0 { p.user_data_64 } else { t.user_data_64 };
+            let ud64 = if t.user_data_64 == 0 {
+                p.user_data_64
+            } else {
+                t.user_data_64
+            };
             if ud64 != e.user_data_64 {
                 return R::ExistsWithDifferentUserData64;
             }
-            let ud32 = if t.user_data_32 == 0 { p.user_data_32 } else { t.user_data_32 };
+            let ud32 = if t.user_data_32 == 0 {
+                p.user_data_32
+            } else {
+                t.user_data_32
+            };
             if ud32 != e.user_data_32 {
                 return R::ExistsWithDifferentUserData32;
             }
@@ -802,7 +925,9 @@ impl StateMachine {
         }
         // A balancing transfer's amount is an upper bound: a retry matches as long as the bound
         // covers what was moved.
-        if t.flags.intersects(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT) {
+        if t.flags
+            .intersects(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT)
+        {
             if t.amount < e.amount {
                 return R::ExistsWithDifferentAmount;
             }
@@ -851,7 +976,10 @@ impl StateMachine {
             debug_assert!(expires_at <= now_ns);
             let timestamp = base + i as u64 + 1;
             let p = self.transfers[p_index as usize];
-            debug_assert_eq!(self.transfer_status[p_index as usize], PendingStatus::Pending);
+            debug_assert_eq!(
+                self.transfer_status[p_index as usize],
+                PendingStatus::Pending
+            );
             self.transfer_status[p_index as usize] = PendingStatus::Expired;
             let dr_index = self.account_index[&p.debit_account_id] as usize;
             let cr_index = self.account_index[&p.credit_account_id] as usize;
@@ -906,8 +1034,17 @@ impl StateMachine {
                 Undo::AccountSaved { index, account } => {
                     self.accounts[index as usize].account = account;
                 }
-                Undo::TransferCreated { dr, cr, dr_history, cr_history, expires_at } => {
-                    let t = self.transfers.pop().expect("undo matches a created transfer");
+                Undo::TransferCreated {
+                    dr,
+                    cr,
+                    dr_history,
+                    cr_history,
+                    expires_at,
+                } => {
+                    let t = self
+                        .transfers
+                        .pop()
+                        .expect("undo matches a created transfer");
                     self.transfer_status.pop();
                     let index = self.transfers.len() as u32;
                     self.transfer_index.remove(&t.id);
@@ -939,25 +1076,35 @@ impl StateMachine {
     // Queries
 
     pub fn lookup_account(&self, id: u128) -> Option<&Account> {
-        self.account_index.get(&id).map(|&i| &self.accounts[i as usize].account)
+        self.account_index
+            .get(&id)
+            .map(|&i| &self.accounts[i as usize].account)
     }
 
     /// The accounts found, in the order asked (missing ids are left out, as in TigerBeetle).
     pub fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
-        ids.iter().filter_map(|id| self.lookup_account(*id).copied()).collect()
+        ids.iter()
+            .filter_map(|id| self.lookup_account(*id).copied())
+            .collect()
     }
 
     pub fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
-        self.transfer_index.get(&id).map(|&i| &self.transfers[i as usize])
+        self.transfer_index
+            .get(&id)
+            .map(|&i| &self.transfers[i as usize])
     }
 
     pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
-        ids.iter().filter_map(|id| self.lookup_transfer(*id).copied()).collect()
+        ids.iter()
+            .filter_map(|id| self.lookup_transfer(*id).copied())
+            .collect()
     }
 
     /// The pending status of a transfer (`None` status for a transfer that is not pending).
     pub fn pending_status(&self, id: u128) -> Option<PendingStatus> {
-        self.transfer_index.get(&id).map(|&i| self.transfer_status[i as usize])
+        self.transfer_index
+            .get(&id)
+            .map(|&i| self.transfer_status[i as usize])
     }
 
     /// TigerBeetle's filter validation: an invalid filter returns nothing.
@@ -972,7 +1119,11 @@ impl StateMachine {
     }
 
     fn filter_range(filter: &AccountFilter) -> (u64, u64) {
-        let max = if filter.timestamp_max == 0 { u64::MAX } else { filter.timestamp_max };
+        let max = if filter.timestamp_max == 0 {
+            u64::MAX
+        } else {
+            filter.timestamp_max
+        };
         (filter.timestamp_min, max)
     }
 
@@ -997,7 +1148,11 @@ impl StateMachine {
         let range = positions.get(start..end).unwrap_or(&[]);
         let iter = range.iter().map(|&i| &self.transfers[i as usize]);
         if filter.reversed {
-            iter.rev().filter(|t| wanted(t)).take(limit).copied().collect()
+            iter.rev()
+                .filter(|t| wanted(t))
+                .take(limit)
+                .copied()
+                .collect()
         } else {
             iter.filter(|t| wanted(t)).take(limit).copied().collect()
         }
@@ -1020,9 +1175,20 @@ impl StateMachine {
         let wanted = |h: &HistoryEntry| (filter.debits && h.debit) || (filter.credits && !h.debit);
         let range = history.get(start..end).unwrap_or(&[]);
         if filter.reversed {
-            range.iter().rev().filter(|h| wanted(h)).take(limit).map(|h| h.balance).collect()
+            range
+                .iter()
+                .rev()
+                .filter(|h| wanted(h))
+                .take(limit)
+                .map(|h| h.balance)
+                .collect()
         } else {
-            range.iter().filter(|h| wanted(h)).take(limit).map(|h| h.balance).collect()
+            range
+                .iter()
+                .filter(|h| wanted(h))
+                .take(limit)
+                .map(|h| h.balance)
+                .collect()
         }
     }
 
@@ -1104,7 +1270,11 @@ impl StateMachine {
             if sm.account_index.insert(account.id, index as u32).is_some() {
                 return None;
             }
-            sm.accounts.push(AccountSlot { account, transfers: Vec::new(), history });
+            sm.accounts.push(AccountSlot {
+                account,
+                transfers: Vec::new(),
+                history,
+            });
         }
         let transfers_count = usize::try_from(r.u64()?).ok()?;
         if transfers_count > r.remaining() / 129 {
@@ -1129,7 +1299,8 @@ impl StateMachine {
                 sm.accounts[account_index as usize].transfers.push(index);
             }
             if status == PendingStatus::Pending && t.timeout > 0 {
-                sm.expiries.insert((t.timestamp + u64::from(t.timeout) * NS_PER_S, index));
+                sm.expiries
+                    .insert((t.timestamp + u64::from(t.timeout) * NS_PER_S, index));
             }
             if sm.transfer_index.insert(t.id, index).is_some() {
                 return None;
@@ -1172,7 +1343,12 @@ struct StateHasher {
 
 impl Default for StateHasher {
     fn default() -> Self {
-        StateHasher { hash: MIX_B, pending: [0; 8], pending_len: 0, length: 0 }
+        StateHasher {
+            hash: MIX_B,
+            pending: [0; 8],
+            pending_len: 0,
+            length: 0,
+        }
     }
 }
 

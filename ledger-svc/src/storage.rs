@@ -80,10 +80,19 @@ pub struct FileStorage {
 impl FileStorage {
     /// Opens (creating if needed) the directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let io = |call, source| StorageError::Io { call, path: dir.to_path_buf(), source };
+        let io = |call, source| StorageError::Io {
+            call,
+            path: dir.to_path_buf(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
         let dir_handle = File::open(dir).map_err(|e| io("open", e))?;
-        Ok(FileStorage { dir: dir.to_path_buf(), dir_handle, files: HashMap::new(), created: HashSet::new() })
+        Ok(FileStorage {
+            dir: dir.to_path_buf(),
+            dir_handle,
+            files: HashMap::new(),
+            created: HashSet::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -91,7 +100,11 @@ impl FileStorage {
     }
 
     fn io_error(&self, call: &'static str, name: &str, source: io::Error) -> StorageError {
-        StorageError::Io { call, path: self.dir.join(name), source }
+        StorageError::Io {
+            call,
+            path: self.dir.join(name),
+            source,
+        }
     }
 
     fn handle(&mut self, name: &str) -> Result<&mut File, StorageError> {
@@ -140,7 +153,8 @@ impl Storage for FileStorage {
             }
         })?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| self.io_error("read", name, e))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.io_error("read", name, e))?;
         Ok(bytes)
     }
 
@@ -155,7 +169,9 @@ impl Storage for FileStorage {
         let result = file.sync_data();
         result.map_err(|e| self.io_error("fdatasync", name, e))?;
         if self.created.remove(name) {
-            self.dir_handle.sync_all().map_err(|e| self.io_error("fsync", "", e))?;
+            self.dir_handle
+                .sync_all()
+                .map_err(|e| self.io_error("fsync", "", e))?;
         }
         Ok(())
     }
@@ -171,7 +187,8 @@ impl Storage for FileStorage {
         check_name(to)?;
         self.files.remove(from);
         self.files.remove(to);
-        fs::rename(self.dir.join(from), self.dir.join(to)).map_err(|e| self.io_error("rename", from, e))
+        fs::rename(self.dir.join(from), self.dir.join(to))
+            .map_err(|e| self.io_error("rename", from, e))
     }
 
     fn remove(&mut self, name: &str) -> Result<(), StorageError> {
@@ -186,7 +203,9 @@ impl Storage for FileStorage {
     }
 
     fn sync_dir(&mut self) -> Result<(), StorageError> {
-        self.dir_handle.sync_all().map_err(|e| self.io_error("fsync", "", e))?;
+        self.dir_handle
+            .sync_all()
+            .map_err(|e| self.io_error("fsync", "", e))?;
         self.created.clear();
         Ok(())
     }
@@ -284,12 +303,19 @@ impl SimStorage {
     }
 
     fn file(&self, name: &str) -> Result<usize, StorageError> {
-        self.dir.get(name).copied().ok_or_else(|| StorageError::NotFound(name.to_string()))
+        self.dir
+            .get(name)
+            .copied()
+            .ok_or_else(|| StorageError::NotFound(name.to_string()))
     }
 
     /// The disk after a crash at this instant (see the type's documentation).
     pub fn crash(&self, rng: &mut SimRng) -> SimStorage {
-        let dir = if rng.chance(1, 2) { self.dir.clone() } else { self.dir_durable.clone() };
+        let dir = if rng.chance(1, 2) {
+            self.dir.clone()
+        } else {
+            self.dir_durable.clone()
+        };
         let mut files = Vec::with_capacity(self.files.len());
         for file in &self.files {
             let mut survived = file.durable.clone();
@@ -297,7 +323,11 @@ impl SimStorage {
                 && file.current[..file.durable.len()] == file.durable[..];
             if extends {
                 let unsynced = &file.current[file.durable.len()..];
-                let kept = if unsynced.is_empty() { 0 } else { rng.below(unsynced.len() as u64 + 1) as usize };
+                let kept = if unsynced.is_empty() {
+                    0
+                } else {
+                    rng.below(unsynced.len() as u64 + 1) as usize
+                };
                 let start = survived.len();
                 survived.extend_from_slice(&unsynced[..kept]);
                 // Tear some sectors of what reached the disk: each may hold zeros or garbage.
@@ -319,7 +349,10 @@ impl SimStorage {
                 // An unsynced truncation (or rewrite) either happened or did not.
                 survived = file.current.clone();
             }
-            files.push(SimFile { current: survived.clone(), durable: survived });
+            files.push(SimFile {
+                current: survived.clone(),
+                durable: survived,
+            });
         }
         SimStorage {
             files,

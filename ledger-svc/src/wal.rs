@@ -58,10 +58,15 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 /// Encodes one record into `out` (cleared first). The caller has checked the bounds.
 pub fn encode_record(out: &mut Vec<u8>, sequence: u64, now_ns: u64, ops: &[Operation]) {
     assert!(ops.len() <= OPERATIONS_PER_RECORD_MAX);
-    let body_size: usize = ops.iter().map(|op| OPERATION_HEADER_SIZE + op.len() * EVENT_SIZE).sum();
+    let body_size: usize = ops
+        .iter()
+        .map(|op| OPERATION_HEADER_SIZE + op.len() * EVENT_SIZE)
+        .sum();
     assert!(body_size <= RECORD_BODY_BYTES_MAX);
     out.clear();
-    let mut w = Writer { bytes: std::mem::take(out) };
+    let mut w = Writer {
+        bytes: std::mem::take(out),
+    };
     w.bytes.reserve(RECORD_HEADER_SIZE + body_size);
     w.u32(0); // checksum_header, filled below
     w.u32(0); // checksum, filled below
@@ -123,7 +128,11 @@ fn parse_header(bytes: &[u8]) -> Option<RecordHeader> {
     let body_size = r.u32()?;
     let sequence = r.u64()?;
     let now_ns = r.u64()?;
-    Some(RecordHeader { sequence, now_ns, body_size })
+    Some(RecordHeader {
+        sequence,
+        now_ns,
+        body_size,
+    })
 }
 
 /// Decodes a record body into operations; `None` if malformed (the checksum held, so this
@@ -168,7 +177,11 @@ pub fn decode_body(body: &[u8]) -> Option<Vec<Operation>> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome<'a> {
     /// A whole, checksummed record at `offset`.
-    Record { offset: u64, header: RecordHeader, body: &'a [u8] },
+    Record {
+        offset: u64,
+        header: RecordHeader,
+        body: &'a [u8],
+    },
     /// The segment ends cleanly.
     End,
     /// A torn write from `offset` to the end: cut it off.
@@ -210,33 +223,58 @@ impl<'a> SegmentReader<'a> {
         }
         let o = offset as u64;
         if rest.len() < RECORD_HEADER_SIZE {
-            return ReadOutcome::Torn { offset: o, reason: "partial record header" };
+            return ReadOutcome::Torn {
+                offset: o,
+                reason: "partial record header",
+            };
         }
         let Some(header) = parse_header(rest) else {
             if self.valid_header_after(offset) {
-                return ReadOutcome::Corrupt { offset: o, reason: "record header checksum mismatch" };
+                return ReadOutcome::Corrupt {
+                    offset: o,
+                    reason: "record header checksum mismatch",
+                };
             }
-            return ReadOutcome::Torn { offset: o, reason: "record header checksum mismatch at the tail" };
+            return ReadOutcome::Torn {
+                offset: o,
+                reason: "record header checksum mismatch at the tail",
+            };
         };
         let body_size = header.body_size as usize;
         if body_size > RECORD_BODY_BYTES_MAX || body_size % 8 != 0 {
-            return ReadOutcome::Corrupt { offset: o, reason: "record body size out of bounds" };
+            return ReadOutcome::Corrupt {
+                offset: o,
+                reason: "record body size out of bounds",
+            };
         }
         let end = RECORD_HEADER_SIZE + body_size;
         if rest.len() < end {
-            return ReadOutcome::Torn { offset: o, reason: "partial record body" };
+            return ReadOutcome::Torn {
+                offset: o,
+                reason: "partial record body",
+            };
         }
         let checksum = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let mut crc = crc32c::crc32c(&rest[8..RECORD_HEADER_SIZE]);
         crc = crc32c::crc32c_append(crc, &rest[RECORD_HEADER_SIZE..end]);
         if crc != checksum {
             if rest.len() > end && self.valid_header_after(offset + end - 8) {
-                return ReadOutcome::Corrupt { offset: o, reason: "record checksum mismatch" };
+                return ReadOutcome::Corrupt {
+                    offset: o,
+                    reason: "record checksum mismatch",
+                };
             }
-            return ReadOutcome::Torn { offset: o, reason: "record checksum mismatch at the tail" };
+            return ReadOutcome::Torn {
+                offset: o,
+                reason: "record checksum mismatch at the tail",
+            };
         }
         self.offset += end;
-        ReadOutcome::Record { offset: o, header, body: &rest[RECORD_HEADER_SIZE..end] }
+        ReadOutcome::Record {
+            offset: o,
+            header,
+            body: &rest[RECORD_HEADER_SIZE..end],
+        }
     }
 }
 
@@ -247,7 +285,12 @@ mod tests {
 
     fn sample_ops() -> Vec<Operation> {
         vec![
-            Operation::CreateAccounts(vec![Account { id: 1, ledger: 2, code: 3, ..Default::default() }]),
+            Operation::CreateAccounts(vec![Account {
+                id: 1,
+                ledger: 2,
+                code: 3,
+                ..Default::default()
+            }]),
             Operation::CreateTransfers(vec![Transfer {
                 id: 9,
                 debit_account_id: 1,
@@ -285,12 +328,13 @@ mod tests {
         assert_eq!(&out[176..192], &9u128.to_le_bytes());
         assert_eq!(&out[176 + 48..176 + 64], &100u128.to_le_bytes());
         assert_eq!(&out[176 + 118..176 + 120], &1u16.to_le_bytes()); // flags: linked
-        // The checksums, pinned (cross-checked with an independent CRC32C in Python): any
-        // change to the layout or to the checksummed ranges shows.
+                                                                     // The checksums, pinned (cross-checked with an independent CRC32C in Python): any
+                                                                     // change to the layout or to the checksummed ranges shows.
         assert_eq!(header_hex, GOLDEN_HEADER_HEX);
     }
 
-    const GOLDEN_HEADER_HEX: &str = "bf97ed39a34d731b5057414c1001000007000000000000008877665544332211";
+    const GOLDEN_HEADER_HEX: &str =
+        "bf97ed39a34d731b5057414c1001000007000000000000008877665544332211";
 
     #[test]
     fn record_round_trip_and_tail_handling() {

@@ -30,9 +30,19 @@ fn accounts_strategy() -> impl Strategy<Value = Vec<Account>> {
                     _ => AccountFlags::empty(),
                 };
                 // The funding accounts 5 and 6 carry no limit.
-                let flags = if id == 5 || id == 6 { AccountFlags::empty() } else { flags };
+                let flags = if id == 5 || id == 6 {
+                    AccountFlags::empty()
+                } else {
+                    flags
+                };
                 let ledger = if id <= 6 { 1 } else { ledger };
-                Account { id, ledger, code: 1, flags, ..Default::default() }
+                Account {
+                    id,
+                    ledger,
+                    code: 1,
+                    flags,
+                    ..Default::default()
+                }
             })
             .collect()
     })
@@ -54,15 +64,27 @@ fn transfer_strategy() -> impl Strategy<Value = Transfer> {
                 id,
                 debit_account_id: dr,
                 credit_account_id: cr,
-                amount: if amount == AMOUNT_MAX && kind < 5 { 50 } else { amount },
+                amount: if amount == AMOUNT_MAX && kind < 5 {
+                    50
+                } else {
+                    amount
+                },
                 ledger: 1,
                 code: 1,
                 ..Default::default()
             };
             let mut t = match kind {
                 0..=2 => base,
-                3 => Transfer { flags: TransferFlags::PENDING, timeout, ..base },
-                4 => Transfer { flags: TransferFlags::PENDING | TransferFlags::CLOSING_DEBIT, timeout, ..base },
+                3 => Transfer {
+                    flags: TransferFlags::PENDING,
+                    timeout,
+                    ..base
+                },
+                4 => Transfer {
+                    flags: TransferFlags::PENDING | TransferFlags::CLOSING_DEBIT,
+                    timeout,
+                    ..base
+                },
                 5 => Transfer {
                     flags: TransferFlags::POST_PENDING_TRANSFER,
                     pending_id,
@@ -80,9 +102,21 @@ fn transfer_strategy() -> impl Strategy<Value = Transfer> {
                     credit_account_id: 0,
                     ..base
                 },
-                7 => Transfer { flags: TransferFlags::BALANCING_DEBIT, amount: 1000, ..base },
-                8 => Transfer { flags: TransferFlags::BALANCING_CREDIT, amount: 1000, ..base },
-                _ => Transfer { flags: TransferFlags::PENDING | TransferFlags::BALANCING_DEBIT, amount: 1000, ..base },
+                7 => Transfer {
+                    flags: TransferFlags::BALANCING_DEBIT,
+                    amount: 1000,
+                    ..base
+                },
+                8 => Transfer {
+                    flags: TransferFlags::BALANCING_CREDIT,
+                    amount: 1000,
+                    ..base
+                },
+                _ => Transfer {
+                    flags: TransferFlags::PENDING | TransferFlags::BALANCING_DEBIT,
+                    amount: 1000,
+                    ..base
+                },
             };
             if linked {
                 t.flags.insert(TransferFlags::LINKED);
@@ -98,8 +132,14 @@ struct Batch {
 }
 
 fn batch_strategy() -> impl Strategy<Value = Batch> {
-    (-500i64..3000, prop::collection::vec(transfer_strategy(), 1..32))
-        .prop_map(|(advance_ms, transfers)| Batch { advance_ms, transfers })
+    (
+        -500i64..3000,
+        prop::collection::vec(transfer_strategy(), 1..32),
+    )
+        .prop_map(|(advance_ms, transfers)| Batch {
+            advance_ms,
+            transfers,
+        })
 }
 
 fn check_invariants(sm: &StateMachine) -> Result<(), TestCaseError> {
@@ -109,11 +149,21 @@ fn check_invariants(sm: &StateMachine) -> Result<(), TestCaseError> {
         dpo += a.debits_posted;
         cp += a.credits_pending;
         cpo += a.credits_posted;
-        if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
-            prop_assert!(a.debits_pending + a.debits_posted <= a.credits_posted, "limit broken: {a:?}");
+        if a.flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        {
+            prop_assert!(
+                a.debits_pending + a.debits_posted <= a.credits_posted,
+                "limit broken: {a:?}"
+            );
         }
-        if a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) {
-            prop_assert!(a.credits_pending + a.credits_posted <= a.debits_posted, "limit broken: {a:?}");
+        if a.flags
+            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        {
+            prop_assert!(
+                a.credits_pending + a.credits_posted <= a.debits_posted,
+                "limit broken: {a:?}"
+            );
         }
     }
     prop_assert_eq!(dpo, cpo, "posted sums differ");
@@ -121,14 +171,23 @@ fn check_invariants(sm: &StateMachine) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check_chains(events: &[Transfer], results: &[CreateTransferResult]) -> Result<(), TestCaseError> {
+fn check_chains(
+    events: &[Transfer],
+    results: &[CreateTransferResult],
+) -> Result<(), TestCaseError> {
     let mut start = 0;
     for (i, t) in events.iter().enumerate() {
         if !t.flags.contains(TransferFlags::LINKED) || i + 1 == events.len() {
             let chain = &results[start..=i];
             if chain.len() > 1 {
-                let ok = chain.iter().filter(|r| **r == CreateTransferResult::Ok).count();
-                prop_assert!(ok == 0 || ok == chain.len(), "chain {start}..={i} partly applied: {chain:?}");
+                let ok = chain
+                    .iter()
+                    .filter(|r| **r == CreateTransferResult::Ok)
+                    .count();
+                prop_assert!(
+                    ok == 0 || ok == chain.len(),
+                    "chain {start}..={i} partly applied: {chain:?}"
+                );
             }
             start = i + 1;
         }

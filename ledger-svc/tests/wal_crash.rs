@@ -78,7 +78,11 @@ fn accounts_op() -> Operation {
                 id,
                 ledger: 1,
                 code: 1,
-                flags: if id % 3 == 0 { AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS } else { AccountFlags::HISTORY },
+                flags: if id % 3 == 0 {
+                    AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
+                } else {
+                    AccountFlags::HISTORY
+                },
                 ..Default::default()
             })
             .collect(),
@@ -90,8 +94,12 @@ fn apply(sm: &mut StateMachine, now: u64, ops: &[Operation]) -> Vec<OperationRep
     sm.expire_pending_transfers(now);
     ops.iter()
         .map(|op| match op {
-            Operation::CreateAccounts(e) => OperationReply::CreateAccounts(sm.create_accounts(now, e)),
-            Operation::CreateTransfers(e) => OperationReply::CreateTransfers(sm.create_transfers(now, e)),
+            Operation::CreateAccounts(e) => {
+                OperationReply::CreateAccounts(sm.create_accounts(now, e))
+            }
+            Operation::CreateTransfers(e) => {
+                OperationReply::CreateTransfers(sm.create_transfers(now, e))
+            }
         })
         .collect()
 }
@@ -122,8 +130,13 @@ fn live(
     now: &mut u64,
     next_id: &mut u128,
 ) -> Life {
-    let mut ledger = Ledger::open(storage, config.clone()).unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
-    assert_eq!(ledger.state().state_hash(), reference.state_hash(), "seed {seed}: recovered state differs");
+    let mut ledger = Ledger::open(storage, config.clone())
+        .unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
+    assert_eq!(
+        ledger.state().state_hash(),
+        reference.state_hash(),
+        "seed {seed}: recovered state differs"
+    );
     let batches = 1 + rng.below(25);
     if rng.chance(3, 4) {
         // Die at a random storage call within the next batches (append, sync, checkpoint
@@ -134,11 +147,18 @@ fn live(
     let mut in_flight = None;
     for batch in 0..batches {
         *now += rng.below(1_500_000_000);
-        let ops = if reference.accounts_count() == 0 { vec![accounts_op()] } else { random_ops(rng, next_id) };
+        let ops = if reference.accounts_count() == 0 {
+            vec![accounts_op()]
+        } else {
+            random_ops(rng, next_id)
+        };
         match ledger.submit(*now, &ops) {
             Ok(replies) => {
                 let expected = apply(reference, *now, &ops);
-                assert_eq!(replies, expected, "seed {seed}: batch {batch} replies differ from the reference");
+                assert_eq!(
+                    replies, expected,
+                    "seed {seed}: batch {batch} replies differ from the reference"
+                );
             }
             Err(error) => {
                 assert!(error.is_fatal(), "seed {seed}: {error}");
@@ -146,7 +166,10 @@ fn live(
                 apply(&mut after, *now, &ops);
                 in_flight = Some((after.state_hash(), after));
                 // The ledger is poisoned from now on.
-                assert!(matches!(ledger.submit(*now, &ops), Err(LedgerError::Poisoned)), "seed {seed}");
+                assert!(
+                    matches!(ledger.submit(*now, &ops), Err(LedgerError::Poisoned)),
+                    "seed {seed}"
+                );
                 break;
             }
         }
@@ -167,7 +190,11 @@ fn live(
         );
         *reference = in_flight.expect("checked").1;
     }
-    Life { storage: crashed, acked, in_flight: in_flight_hash }
+    Life {
+        storage: crashed,
+        acked,
+        in_flight: in_flight_hash,
+    }
 }
 
 fn run_seed(seed: u64) {
@@ -180,13 +207,26 @@ fn run_seed(seed: u64) {
     storage.sector_bytes = [64, 512, 4096][rng.below(3) as usize];
     // Several lives: crash, recover, go on, crash again.
     for _ in 0..4 {
-        let life = live(seed, &mut rng, storage, &config, &mut reference, &mut now, &mut next_id);
+        let life = live(
+            seed,
+            &mut rng,
+            storage,
+            &config,
+            &mut reference,
+            &mut now,
+            &mut next_id,
+        );
         let _ = (life.acked, life.in_flight);
         storage = life.storage;
     }
     // The final disk recovers to the reference state.
-    let ledger = Ledger::open(storage, config).unwrap_or_else(|e| panic!("seed {seed}: final recovery failed: {e}"));
-    assert_eq!(ledger.state().state_hash(), reference.state_hash(), "seed {seed}: final state differs");
+    let ledger = Ledger::open(storage, config)
+        .unwrap_or_else(|e| panic!("seed {seed}: final recovery failed: {e}"));
+    assert_eq!(
+        ledger.state().state_hash(),
+        reference.state_hash(),
+        "seed {seed}: final state differs"
+    );
 }
 
 #[test]
@@ -195,7 +235,10 @@ fn recovery_after_random_crashes_equals_the_acknowledged_state() {
         run_seed(seed.parse().expect("LEDGER_CRASH_SEED is a u64"));
         return;
     }
-    let base: u64 = std::env::var("LEDGER_CRASH_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0x1ed6e5);
+    let base: u64 = std::env::var("LEDGER_CRASH_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x1ed6e5);
     for i in 0..150 {
         let seed = base.wrapping_add(i);
         let result = std::panic::catch_unwind(|| run_seed(seed));
@@ -209,7 +252,10 @@ fn recovery_after_random_crashes_equals_the_acknowledged_state() {
 #[test]
 fn torn_tail_is_truncated_and_reported() {
     let mut storage = SimStorage::new();
-    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        checkpoint_every_batches: 0,
+        ..LedgerConfig::default()
+    };
     let mut ledger = Ledger::open(storage, config.clone()).unwrap();
     ledger.submit(NOW, &[accounts_op()]).unwrap();
     let hash = ledger.state().state_hash();
@@ -220,7 +266,14 @@ fn torn_tail_is_truncated_and_reported() {
     storage.append(&name, &[0xab; 100]).unwrap();
     let ledger = Ledger::open(storage, config).unwrap();
     assert_eq!(ledger.state().state_hash(), hash);
-    let (file, offset, removed) = ledger.recovery().truncated.clone().expect("truncation reported");
-    assert_eq!((file.as_str(), offset, removed), (name.as_str(), len as u64, 100));
+    let (file, offset, removed) = ledger
+        .recovery()
+        .truncated
+        .clone()
+        .expect("truncation reported");
+    assert_eq!(
+        (file.as_str(), offset, removed),
+        (name.as_str(), len as u64, 100)
+    );
     assert_eq!(ledger.storage().len_of(&name), Some(len));
 }

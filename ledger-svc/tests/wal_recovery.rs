@@ -15,7 +15,11 @@ fn accounts() -> Operation {
                 id,
                 ledger: 1,
                 code: 1,
-                flags: if id % 10 == 0 { AccountFlags::HISTORY } else { AccountFlags::empty() },
+                flags: if id % 10 == 0 {
+                    AccountFlags::HISTORY
+                } else {
+                    AccountFlags::empty()
+                },
                 ..Default::default()
             })
             .collect(),
@@ -34,7 +38,7 @@ fn transfers(batch: u64, count: usize) -> Operation {
             id,
             debit_account_id: dr,
             credit_account_id: if cr == dr { 1 + dr % ACCOUNTS } else { cr },
-            amount: (x % 1000) as u128,
+            amount: x % 1000,
             ledger: 1,
             code: 1,
             ..Default::default()
@@ -45,10 +49,23 @@ fn transfers(batch: u64, count: usize) -> Operation {
                 t.timeout = (x % 3) as u32;
             }
             1 if i > 0 => {
-                t = Transfer { id, pending_id: id - 1, amount: AMOUNT_MAX, flags: TransferFlags::POST_PENDING_TRANSFER, ..Default::default() }
+                t = Transfer {
+                    id,
+                    pending_id: id - 1,
+                    amount: AMOUNT_MAX,
+                    flags: TransferFlags::POST_PENDING_TRANSFER,
+                    ..Default::default()
+                }
             }
             5 => t.flags = TransferFlags::PENDING,
-            6 => t = Transfer { id, pending_id: id - 1, flags: TransferFlags::VOID_PENDING_TRANSFER, ..Default::default() },
+            6 => {
+                t = Transfer {
+                    id,
+                    pending_id: id - 1,
+                    flags: TransferFlags::VOID_PENDING_TRANSFER,
+                    ..Default::default()
+                }
+            }
             _ => {}
         }
         events.push(t);
@@ -60,7 +77,12 @@ fn fill(dir: &std::path::Path, config: &LedgerConfig, batches: u64, per_batch: u
     let mut ledger = Ledger::open(FileStorage::open(dir).unwrap(), config.clone()).unwrap();
     ledger.submit(NOW, &[accounts()]).unwrap();
     for batch in 0..batches {
-        let replies = ledger.submit(NOW + (batch + 1) * 300_000_000, &[transfers(batch, per_batch)]).unwrap();
+        let replies = ledger
+            .submit(
+                NOW + (batch + 1) * 300_000_000,
+                &[transfers(batch, per_batch)],
+            )
+            .unwrap();
         assert_eq!(replies.len(), 1);
     }
     let hash = ledger.state().state_hash();
@@ -80,7 +102,11 @@ fn recovers_100k_transfers_from_real_files() {
         };
         let hash = fill(dir.path(), &config, 100, 1000);
         let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config.clone()).unwrap();
-        assert_eq!(ledger.state().state_hash(), hash, "checkpoint_every_batches={checkpoint_every_batches}");
+        assert_eq!(
+            ledger.state().state_hash(),
+            hash,
+            "checkpoint_every_batches={checkpoint_every_batches}"
+        );
         assert_eq!(ledger.sequence(), 101);
         let report = ledger.recovery().clone();
         assert_eq!(report.truncated, None);
@@ -94,22 +120,34 @@ fn recovers_100k_transfers_from_real_files() {
             assert_eq!(report.checkpoint_sequence, 90);
             assert_eq!(report.records_replayed, 11);
             // Older segments and checkpoints were removed.
-            let mut names: Vec<String> =
-                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             names.sort();
             assert_eq!(names[0], checkpoint::checkpoint_name(90));
-            assert!(names[1..].iter().all(|n| wal::parse_segment_name(n).is_some_and(|s| s > 90)), "{names:?}");
+            assert!(
+                names[1..]
+                    .iter()
+                    .all(|n| wal::parse_segment_name(n).is_some_and(|s| s > 90)),
+                "{names:?}"
+            );
         }
         // And it keeps going after recovery.
         let mut ledger = ledger;
-        ledger.submit(NOW + 1_000 * 1_000_000_000, &[transfers(500, 10)]).unwrap();
+        ledger
+            .submit(NOW + 1_000 * 1_000_000_000, &[transfers(500, 10)])
+            .unwrap();
     }
 }
 
 #[test]
 fn a_flipped_byte_in_the_middle_of_the_wal_refuses_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        checkpoint_every_batches: 0,
+        ..LedgerConfig::default()
+    };
     fill(dir.path(), &config, 20, 100);
     let path = dir.path().join(wal::segment_name(1));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -123,7 +161,10 @@ fn a_flipped_byte_in_the_middle_of_the_wal_refuses_start_up() {
             assert!(file.ends_with(&wal::segment_name(1)), "{message}");
             // The offset is the start of the damaged record: at or before the flipped byte,
             // within one record (header + 100 events of 128 bytes).
-            assert!(*offset <= middle as u64 && middle as u64 - *offset < 32 + 8 + 100 * 128, "{message}");
+            assert!(
+                *offset <= middle as u64 && middle as u64 - *offset < 32 + 8 + 100 * 128,
+                "{message}"
+            );
             assert!(message.contains(&format!("offset {offset}")), "{message}");
             assert!(message.contains(path.to_str().unwrap()), "{message}");
         }
@@ -137,7 +178,10 @@ fn a_flipped_byte_in_the_middle_of_the_wal_refuses_start_up() {
 #[test]
 fn a_damaged_checkpoint_refuses_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LedgerConfig { checkpoint_every_batches: 5, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        checkpoint_every_batches: 5,
+        ..LedgerConfig::default()
+    };
     fill(dir.path(), &config, 7, 50);
     let path = dir.path().join(checkpoint::checkpoint_name(5));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -145,7 +189,9 @@ fn a_damaged_checkpoint_refuses_start_up() {
     bytes[middle] ^= 0x80;
     std::fs::write(&path, &bytes).unwrap();
     match Ledger::open(FileStorage::open(dir.path()).unwrap(), config) {
-        Err(LedgerError::Corrupt { file, .. }) => assert!(file.ends_with(&checkpoint::checkpoint_name(5))),
+        Err(LedgerError::Corrupt { file, .. }) => {
+            assert!(file.ends_with(&checkpoint::checkpoint_name(5)))
+        }
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
@@ -153,14 +199,23 @@ fn a_damaged_checkpoint_refuses_start_up() {
 #[test]
 fn a_missing_segment_refuses_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LedgerConfig { checkpoint_every_batches: 0, segment_bytes_max: 16 * 1024, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        checkpoint_every_batches: 0,
+        segment_bytes_max: 16 * 1024,
+        ..LedgerConfig::default()
+    };
     fill(dir.path(), &config, 10, 50);
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     segments.sort();
     assert!(segments.len() >= 3);
     std::fs::remove_file(&segments[1]).unwrap();
     match Ledger::open(FileStorage::open(dir.path()).unwrap(), config) {
-        Err(LedgerError::Corrupt { reason, .. }) => assert!(reason.contains("sequence"), "{reason}"),
+        Err(LedgerError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("sequence"), "{reason}")
+        }
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
@@ -168,7 +223,11 @@ fn a_missing_segment_refuses_start_up() {
 #[test]
 fn oversized_batches_are_refused_without_effect() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), LedgerConfig::default()).unwrap();
+    let mut ledger = Ledger::open(
+        FileStorage::open(dir.path()).unwrap(),
+        LedgerConfig::default(),
+    )
+    .unwrap();
     let too_many = Operation::CreateAccounts(vec![Account::default(); BATCH_EVENTS_MAX + 1]);
     let error = ledger.submit(NOW, &[too_many]).unwrap_err();
     assert!(!error.is_fatal());
