@@ -1300,7 +1300,7 @@ impl StateMachine {
             }
             if status == PendingStatus::Pending && t.timeout > 0 {
                 sm.expiries
-                    .insert((t.timestamp + u64::from(t.timeout) * NS_PER_S, index));
+                    .insert((t.timestamp.saturating_add(u64::from(t.timeout) * NS_PER_S), index));
             }
             if sm.transfer_index.insert(t.id, index).is_some() {
                 return None;

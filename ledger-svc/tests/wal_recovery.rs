@@ -236,3 +236,55 @@ fn oversized_batches_are_refused_without_effect() {
     ledger.submit(NOW, &[accounts()]).unwrap();
     assert_eq!(ledger.sequence(), 1);
 }
+
+#[test]
+fn an_empty_batch_logs_the_clock_and_expires_pending_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig::default();
+    let mut ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config.clone()).unwrap();
+    ledger.submit(NOW, &[accounts()]).unwrap();
+    let pending = Transfer {
+        id: 1,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 10,
+        ledger: 1,
+        code: 1,
+        timeout: 1,
+        flags: TransferFlags::PENDING,
+        ..Default::default()
+    };
+    ledger
+        .submit(NOW + 1, &[Operation::CreateTransfers(vec![pending])])
+        .unwrap();
+    let due = ledger.state().poll_at().expect("an expiry is scheduled");
+    assert!(ledger.submit(due, &[]).unwrap().is_empty());
+    assert_eq!(
+        ledger.state().pending_status(1),
+        Some(PendingStatus::Expired)
+    );
+    assert_eq!(ledger.state().lookup_account(1).unwrap().debits_pending, 0);
+    let hash = ledger.state().state_hash();
+    drop(ledger);
+    let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config).unwrap();
+    assert_eq!(
+        ledger.state().pending_status(1),
+        Some(PendingStatus::Expired)
+    );
+    assert_eq!(ledger.state().state_hash(), hash);
+}
+
+#[test]
+fn durability_none_still_recovers_after_a_clean_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        durability: Durability::None,
+        checkpoint_every_batches: 3,
+        ..LedgerConfig::default()
+    };
+    let hash = fill(dir.path(), &config, 8, 20);
+    // Without a crash the page cache still holds every write.
+    let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config).unwrap();
+    assert_eq!(ledger.state().state_hash(), hash);
+    assert_eq!(ledger.recovery().checkpoint_sequence, 9);
+}
