@@ -1,21 +1,29 @@
-//! A pass-through [`Device`] that counts frames and notices refused SYNs.
+//! A pass-through [`Device`] that counts frames, notices refused SYNs and learns neighbours.
 //!
 //! smoltcp answers a SYN that no socket accepts with an RST from inside
 //! `Interface::poll_ingress_single` (RFC 9293 §3.10.7.1), without telling the caller. To count
 //! refusals the probe looks at the TCP flags of each frame going in and of the reply coming out
 //! through the same token pair: a SYN to the service port answered by an RST was refused. The
 //! look is a few header bytes; payloads are never copied.
+//!
+//! The probe also notes the Ethernet and IPv4 source of each IPv4 frame addressed to us, so the
+//! stack can teach smoltcp that neighbour without ARP (see `neighbour.rs` for why).
 
 use std::cell::Cell;
+use std::net::Ipv4Addr;
 
 use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket,
+};
 
 /// What the probe saw during one poll.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Probe {
     port: u16,
+    mac: [u8; 6],
+    ipv4: Ipv4Addr,
     pub(crate) rx_frames: Cell<u64>,
     pub(crate) rx_bytes: Cell<u64>,
     pub(crate) tx_frames: Cell<u64>,
@@ -24,14 +32,59 @@ pub(crate) struct Probe {
     pub(crate) rx_syn: Cell<bool>,
     /// An RST left the service port since `rx_syn` was last cleared.
     pub(crate) tx_rst: Cell<bool>,
+    /// (source IPv4, source MAC) of the last received IPv4 frame addressed to our MAC and
+    /// our address; the stack takes it after each frame.
+    pub(crate) learned: Cell<Option<(Ipv4Addr, [u8; 6])>>,
 }
 
 impl Probe {
-    pub(crate) fn new(port: u16) -> Self {
+    pub(crate) fn new(port: u16, mac: [u8; 6], ipv4: Ipv4Addr) -> Self {
         Probe {
             port,
-            ..Probe::default()
+            mac,
+            ipv4,
+            rx_frames: Cell::new(0),
+            rx_bytes: Cell::new(0),
+            tx_frames: Cell::new(0),
+            tx_bytes: Cell::new(0),
+            rx_syn: Cell::new(false),
+            tx_rst: Cell::new(false),
+            learned: Cell::new(None),
         }
+    }
+
+    /// The (source IPv4, source MAC) of a well-formed Ethernet/IPv4 frame whose Ethernet
+    /// destination is our MAC and whose IPv4 destination is our address, sent from a unicast
+    /// MAC and a unicast address other than ours; None for anything else. Broadcast and
+    /// multicast frames teach nothing: only a frame sent to us shows the path back.
+    fn ipv4_source(&self, frame: &[u8]) -> Option<(Ipv4Addr, [u8; 6])> {
+        let ethernet = EthernetFrame::new_checked(frame).ok()?;
+        if ethernet.ethertype() != EthernetProtocol::Ipv4
+            || ethernet.dst_addr() != EthernetAddress(self.mac)
+        {
+            return None;
+        }
+        let source_mac = ethernet.src_addr();
+        // IEEE 802 §8.2: the I/G bit marks group addresses; all-zero is no station.
+        if !source_mac.is_unicast() || source_mac == EthernetAddress([0; 6]) {
+            return None;
+        }
+        let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+        // RFC 791 §3.1: a header whose checksum fails is discarded, so it teaches nothing.
+        if ip.version() != 4 || ip.dst_addr() != self.ipv4 || !ip.verify_checksum() {
+            return None;
+        }
+        let source = ip.src_addr();
+        // RFC 1122 §3.2.1.3: a source address is never broadcast, multicast or 0.0.0.0.
+        if source.is_broadcast()
+            || source.is_multicast()
+            || source.is_unspecified()
+            || source.is_loopback()
+            || source == self.ipv4
+        {
+            return None;
+        }
+        Some((source, source_mac.0))
     }
 
     /// The TCP flags of an Ethernet/IPv4/TCP frame to or from `port`, or None.
@@ -65,6 +118,9 @@ impl Probe {
         );
         self.rx_syn.set(syn);
         self.tx_rst.set(false);
+        if let Some(source) = self.ipv4_source(frame) {
+            self.learned.set(Some(source));
+        }
     }
 
     fn saw_tx(&self, frame: &[u8]) {

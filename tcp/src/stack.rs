@@ -37,6 +37,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 
 use crate::arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
 use crate::config::{ConfigError, StackConfig};
+use crate::neighbour::Neighbours;
 use crate::probe::{Probe, ProbeDevice};
 
 /// Names one connection: a slot of the socket table and the slot's generation when the
@@ -121,6 +122,9 @@ pub struct StackCounters {
     pub announcements: u64,
     /// Polls that stopped at `ingress_frames_per_poll_max` (more frames may be waiting).
     pub ingress_limit_hits: u64,
+    /// Neighbours taught to smoltcp from received frames (new, MAC changed, or refreshed);
+    /// see docs/tcp.md, "Neighbours across queues".
+    pub neighbours_learned: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +172,7 @@ pub struct Stack {
     timeout_next: Option<Instant>,
     now: Instant,
     probe: Probe,
+    neighbours: Neighbours,
     counters: StackCounters,
     mac: [u8; 6],
     ipv4: Ipv4Addr,
@@ -267,7 +272,8 @@ impl Stack {
             egress_dirty: false,
             egress_at: None,
             now,
-            probe: Probe::new(config.port),
+            probe: Probe::new(config.port, config.mac, config.ipv4),
+            neighbours: Neighbours::new(config.mac, config.ipv4, config.prefix_len, config.gateway),
             counters: StackCounters::default(),
             mac: config.mac,
             ipv4: config.ipv4,
@@ -332,6 +338,21 @@ impl Stack {
                     self.counters.refused_listen_pool_empty += 1;
                 }
                 self.probe.rx_syn.set(false);
+            }
+            // Teach smoltcp the sender of an IPv4 frame addressed to us before egress runs,
+            // so a SYN-ACK to a client whose ARP traffic reaches another queue leaves in this
+            // poll instead of waiting for an ARP reply that never comes (docs/tcp.md).
+            if let Some((source, source_mac)) = self.probe.learned.take() {
+                if self.neighbours.learn(
+                    &mut self.iface,
+                    &mut self.sockets,
+                    &mut device,
+                    now,
+                    source,
+                    source_mac,
+                ) {
+                    self.counters.neighbours_learned += 1;
+                }
             }
         }
         if frames == self.ingress_frames_per_poll_max {
@@ -752,6 +773,12 @@ impl Stack {
 
     pub fn counters(&self) -> &StackCounters {
         &self.counters
+    }
+
+    /// The neighbours taught to smoltcp from received frames and not yet forgotten (at most
+    /// [`crate::NEIGHBOURS_MAX`]), as (IPv4 address, MAC), in no particular order.
+    pub fn neighbours(&self) -> impl Iterator<Item = (Ipv4Addr, [u8; 6])> + '_ {
+        self.neighbours.iter()
     }
 
     /// The smoltcp interface, for inspection (neighbour cache, addresses).
