@@ -1,0 +1,226 @@
+//! Ledger benchmarks: apply rate in memory, durable rate with group commit to a real file, and
+//! recovery time. Run in release:
+//!
+//! ```text
+//! cargo run --release -p bench --bin ledger -- [--dir DIR] [--transfers N]
+//! ```
+//!
+//! Figures go to stdout; docs/ledger.md ("Performance") records a run and its method.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ledger_svc::*;
+
+#[derive(Parser, Debug)]
+#[command(about = "Ledger apply, durable and recovery benchmarks")]
+struct Args {
+    /// Directory for the WAL (must be on a real disk, not tmpfs, for fsync to mean anything).
+    #[arg(long, default_value = "target/ledger-bench")]
+    dir: PathBuf,
+    /// Transfers for the in-memory runs and for the recovery run.
+    #[arg(long, default_value_t = 1_000_000)]
+    transfers: usize,
+    /// Accounts the transfers move between.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u128,
+    /// Durable batches at batch size 1 (each costs one fdatasync).
+    #[arg(long, default_value_t = 5_000)]
+    durable_single_batches: usize,
+    /// Repetitions of each in-memory run (the best and the median are reported: the machine
+    /// may be shared).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Only the in-memory apply runs (for profiling).
+    #[arg(long)]
+    apply_only: bool,
+}
+
+const NOW: u64 = 1_700_000_000_000_000_000;
+
+fn accounts(count: u128) -> Vec<Vec<Account>> {
+    let all: Vec<Account> = (1..=count)
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    all.chunks(BATCH_EVENTS_MAX).map(|c| c.to_vec()).collect()
+}
+
+/// Plain transfers between pseudo-random accounts (a SplitMix-style sequence; no rng crate).
+fn transfers(first_id: u128, count: usize, accounts: u128) -> Vec<Transfer> {
+    (0..count as u128)
+        .map(|i| {
+            let id = first_id + i;
+            let x = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((id as u64) >> 29);
+            let dr = 1 + u128::from(x) % accounts;
+            let mut cr = 1 + u128::from(x >> 32) % accounts;
+            if cr == dr {
+                cr = 1 + dr % accounts;
+            }
+            Transfer {
+                id,
+                debit_account_id: dr,
+                credit_account_id: cr,
+                amount: 1 + (x % 1000) as u128,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Nanoseconds this thread has spent on a CPU (Linux schedstat), so figures on a shared,
+/// loaded machine can be read per CPU-second as well as per wall-second.
+fn cpu_time() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|ns| ns.parse().ok()))
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// One in-memory run: a fresh state machine (preallocated at startup), then every batch.
+/// Returns (wall, on-CPU) time of the batches alone.
+fn apply_once(args: &Args, batch_size: usize, total: usize) -> Result<(Duration, Duration)> {
+    let mut sm = StateMachine::with_capacity(args.accounts as usize, total);
+    for chunk in accounts(args.accounts) {
+        sm.create_accounts(NOW, &chunk);
+    }
+    let events = transfers(1, total, args.accounts);
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    let mut ok = 0usize;
+    for (i, batch) in events.chunks(batch_size).enumerate() {
+        let results = sm.create_transfers(NOW + 1 + i as u64 * 1_000_000, batch);
+        ok += results
+            .iter()
+            .filter(|r| **r == CreateTransferResult::Ok)
+            .count();
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_start);
+    anyhow::ensure!(ok == total, "only {ok} of {total} transfers succeeded");
+    Ok((elapsed, cpu))
+}
+
+fn apply_in_memory(args: &Args, batch_size: usize) -> Result<()> {
+    // Batch size 1 runs fewer transfers: per-call overhead dominates, 200k is plenty.
+    let total = if batch_size == 1 {
+        args.transfers.min(200_000)
+    } else {
+        args.transfers
+    };
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        runs.push(apply_once(args, batch_size, total)?);
+    }
+    runs.sort();
+    let (best, best_cpu) = runs[0];
+    let (median, _) = runs[runs.len() / 2];
+    println!(
+        "apply in memory  batch {batch_size:>5}: {total:>8} transfers, best of {}: {:>10.0} transfers/s (median {:.0}; on-CPU {:.0} transfers per CPU-second)",
+        runs.len(),
+        rate(total, best),
+        rate(total, median),
+        rate(total, best_cpu)
+    );
+    Ok(())
+}
+
+fn durable(args: &Args, batch_size: usize, dir: &std::path::Path) -> Result<(u64, usize)> {
+    let total = match batch_size {
+        1 => args.durable_single_batches,
+        100 => 100_000.min(args.transfers),
+        _ => args.transfers,
+    };
+    let config = LedgerConfig {
+        checkpoint_every_batches: 0,
+        ..LedgerConfig::default()
+    };
+    let storage = FileStorage::open(dir).context("open the WAL directory")?;
+    let mut ledger = Ledger::open(storage, config).context("open the ledger")?;
+    for chunk in accounts(args.accounts) {
+        ledger.submit(NOW, &[Operation::CreateAccounts(chunk)])?;
+    }
+    let events = transfers(1, total, args.accounts);
+    let ops: Vec<Operation> = events
+        .chunks(batch_size)
+        .map(|c| Operation::CreateTransfers(c.to_vec()))
+        .collect();
+    let start = Instant::now();
+    for (i, op) in ops.iter().enumerate() {
+        ledger.submit(NOW + 1 + i as u64 * 1_000_000, std::slice::from_ref(op))?;
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "durable (fsync)  batch {batch_size:>5}: {total:>8} transfers in {:>8.3} s = {:>10.0} transfers/s, {:>8.0} batches/s ({:.0} µs per batch)",
+        elapsed.as_secs_f64(),
+        rate(total, elapsed),
+        rate(ops.len(), elapsed),
+        elapsed.as_secs_f64() * 1e6 / ops.len() as f64
+    );
+    Ok((ledger.state().state_hash(), total))
+}
+
+fn recover(dir: &std::path::Path, expected_hash: u64, label: &str) -> Result<()> {
+    let start = Instant::now();
+    let ledger = Ledger::open(FileStorage::open(dir)?, LedgerConfig::default())?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        ledger.state().state_hash() == expected_hash,
+        "recovered state differs"
+    );
+    let report = ledger.recovery();
+    println!(
+        "recovery {label}: {} transfers, {} records replayed ({} events), checkpoint {}: {:.3} s",
+        ledger.state().transfers_count(),
+        report.records_replayed,
+        report.events_replayed,
+        report.checkpoint_sequence,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    for batch_size in [1, 100, BATCH_EVENTS_MAX] {
+        apply_in_memory(&args, batch_size)?;
+    }
+    if args.apply_only {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let mut last = None;
+    for batch_size in [1, 100, BATCH_EVENTS_MAX] {
+        let run = tempfile::tempdir_in(&args.dir)?;
+        let (hash, total) = durable(&args, batch_size, run.path())?;
+        if batch_size == BATCH_EVENTS_MAX {
+            last = Some((run, hash, total));
+        }
+    }
+    let (run, hash, _) = last.expect("the 8189 run");
+    // Drop the page cache's advantage as far as we can without root tricks: this measures
+    // recovery from a warm cache (the common restart case); see docs/ledger.md.
+    recover(run.path(), hash, "from the WAL only      ")?;
+    {
+        let mut ledger = Ledger::open(FileStorage::open(run.path())?, LedgerConfig::default())?;
+        let start = Instant::now();
+        ledger.checkpoint()?;
+        println!("checkpoint write: {:.3} s", start.elapsed().as_secs_f64());
+    }
+    recover(run.path(), hash, "from a checkpoint      ")?;
+    Ok(())
+}
