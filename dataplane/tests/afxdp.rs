@@ -279,3 +279,48 @@ fn misuse_is_an_error_not_a_panic() {
     assert!(matches!(steering.program().insert_socket(dataplane::XSKS_MAX, port.fd()), Err(DataplaneError::Config(_))));
     steering.register(0, &port).unwrap();
 }
+
+#[test]
+fn every_queue_of_a_multi_queue_link_gets_its_flows() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("multiq", 2)).expect("lab");
+    let spec = &lab.spec;
+    assert_eq!(dataplane::interface_queues(&spec.host_if).unwrap(), 2);
+    let mut steering = Steering::attach(&SteerConfig {
+        ifname: spec.host_if.clone(),
+        service_ipv4: spec.service_ipv4,
+        service_port: PORT,
+        mode: XdpMode::Auto,
+    })
+    .unwrap();
+    let config = XskConfig { frame_count: 2048 + 1024 + 64, fill_ring: 2048, comp_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..XskConfig::default() };
+    let mut ports: Vec<XskPort> = (0..2).map(|q| XskPort::open(&spec.host_if, q, &config).unwrap()).collect();
+    for port in &ports {
+        steering.register(port.queue_id(), port).unwrap();
+    }
+    // The client does not know the service's MAC and nobody answers ARP here: give it one.
+    let mac = interface_mac(&spec.host_if).unwrap().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let service = spec.service_ipv4.to_string();
+    let out = lab.exec_in_ns(&["ip", "neigh", "replace", &service, "lladdr", &mac, "dev", &spec.peer_if]).unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    // 32 connection attempts from different source ports: the SYNs hash over both queues.
+    let script = format!("for i in $(seq 32); do timeout 0.1 bash -c '</dev/tcp/{service}/{PORT}' 2>/dev/null; done; true");
+    let mut child = lab.spawn_in_ns_piped(&["bash", "-c", &script]);
+    let limit = StdInstant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && StdInstant::now() < limit {
+        for port in &mut ports {
+            while port.receive_raw(|_| None) {}
+            port.service();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for port in &mut ports {
+        while port.receive_raw(|_| None) {}
+        port.service();
+    }
+    let received: Vec<u64> = ports.iter().map(|p| p.stats().rx_frames).collect();
+    assert!(received.iter().all(|n| *n > 0), "each queue should receive SYNs: {received:?}");
+    assert_eq!(counter(&steering, "drop_no_socket"), 0);
+    assert_eq!(received.iter().sum::<u64>(), counter(&steering, "redirect_tcp"));
+}
