@@ -264,10 +264,16 @@ impl XskPort {
     }
 
     /// Blocks in poll(2) until the RX ring has frames or `timeout` passes; returns at once if
-    /// frames are already waiting. Run [`service`](Self::service) first, so that the fill ring
-    /// is stocked (an empty fill ring means nothing can arrive to wake us).
+    /// frames are already waiting, or while TX frames are in flight (copy mode moves them only
+    /// inside a syscall, 32 per call, so the worker must keep kicking rather than sleep). Run
+    /// [`service`](Self::service) first, so that the fill ring is stocked (an empty fill ring
+    /// means nothing can arrive to wake us).
     pub fn wait(&mut self, timeout: Duration) -> Result<(), DataplaneError> {
         if self.rx_pending() {
+            return Ok(());
+        }
+        if self.tx_in_flight() > 0 {
+            self.flush_tx();
             return Ok(());
         }
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
