@@ -364,6 +364,23 @@ impl SimStorage {
         }
     }
 
+    /// The disk as it is now, with every write and directory change made durable (a clean
+    /// stop), and fault injection cleared.
+    pub fn crash_clean(&self) -> SimStorage {
+        let mut files = self.files.clone();
+        for file in &mut files {
+            file.durable = file.current.clone();
+        }
+        SimStorage {
+            files,
+            dir: self.dir.clone(),
+            dir_durable: self.dir.clone(),
+            calls: 0,
+            fail_after_calls: None,
+            sector_bytes: self.sector_bytes,
+        }
+    }
+
     /// Flips one byte of a file's content (current and durable), for corruption tests.
     pub fn corrupt(&mut self, name: &str, offset: usize) -> Result<(), StorageError> {
         let index = self.file(name)?;

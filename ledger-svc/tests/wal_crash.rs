@@ -7,8 +7,43 @@
 //!
 //! Every failure message names the seed; rerun one with `LEDGER_CRASH_SEED=<seed>`.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use ledger_svc::storage::SimRng;
 use ledger_svc::*;
+
+/// A storage handle that outlives a failed `Ledger::open`, so the test can crash the disk the
+/// failed recovery left behind.
+#[derive(Clone, Debug)]
+struct Shared(Rc<RefCell<SimStorage>>);
+
+impl Storage for Shared {
+    fn list(&mut self) -> Result<Vec<String>, StorageError> {
+        self.0.borrow_mut().list()
+    }
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.0.borrow_mut().read(name)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        self.0.borrow_mut().append(name, bytes)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        self.0.borrow_mut().sync(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        self.0.borrow_mut().truncate(name, len)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.0.borrow_mut().rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        self.0.borrow_mut().remove(name)
+    }
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        self.0.borrow_mut().sync_dir()
+    }
+}
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 const ACCOUNTS: u64 = 12;
@@ -130,6 +165,25 @@ fn live(
     now: &mut u64,
     next_id: &mut u128,
 ) -> Life {
+    // Sometimes the process dies during recovery itself (while truncating a torn tail or
+    // removing a leftover): the disk after that crash must recover the same way.
+    let mut storage = storage;
+    if rng.chance(1, 3) {
+        let shared = Shared(Rc::new(RefCell::new(storage)));
+        let calls = rng.below(6);
+        shared.0.borrow_mut().fail_after(calls);
+        let attempt = Ledger::open(shared.clone(), config.clone());
+        let failed = attempt.is_err();
+        drop(attempt);
+        let disk = Rc::try_unwrap(shared.0)
+            .expect("the ledger is gone")
+            .into_inner();
+        storage = if failed {
+            disk.crash(rng)
+        } else {
+            disk.crash_clean()
+        };
+    }
     let mut ledger = Ledger::open(storage, config.clone())
         .unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
     assert_eq!(
