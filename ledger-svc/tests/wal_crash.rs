@@ -139,9 +139,9 @@ fn apply(sm: &mut StateMachine, now: u64, ops: &[Operation]) -> Vec<OperationRep
         .collect()
 }
 
-fn config(rng: &mut SimRng) -> LedgerConfig {
+fn config(rng: &mut SimRng, durability: Durability) -> LedgerConfig {
     LedgerConfig {
-        durability: Durability::Fsync,
+        durability,
         checkpoint_every_batches: [0, 2, 3, 7][rng.below(4) as usize],
         segment_bytes_max: [2048, 8192, 1 << 20][rng.below(3) as usize],
         ..LedgerConfig::default()
@@ -251,9 +251,9 @@ fn live(
     }
 }
 
-fn run_seed(seed: u64) {
+fn run_seed(seed: u64, durability: Durability) {
     let mut rng = SimRng::new(seed);
-    let config = config(&mut rng);
+    let config = config(&mut rng, durability);
     let mut reference = StateMachine::new();
     let mut now = NOW;
     let mut next_id = 0u128;
@@ -286,7 +286,10 @@ fn run_seed(seed: u64) {
 #[test]
 fn recovery_after_random_crashes_equals_the_acknowledged_state() {
     if let Ok(seed) = std::env::var("LEDGER_CRASH_SEED") {
-        run_seed(seed.parse().expect("LEDGER_CRASH_SEED is a u64"));
+        run_seed(
+            seed.parse().expect("LEDGER_CRASH_SEED is a u64"),
+            Durability::Fsync,
+        );
         return;
     }
     let base: u64 = std::env::var("LEDGER_CRASH_SEED_BASE")
@@ -295,7 +298,7 @@ fn recovery_after_random_crashes_equals_the_acknowledged_state() {
         .unwrap_or(0x1ed6e5);
     for i in 0..150 {
         let seed = base.wrapping_add(i);
-        let result = std::panic::catch_unwind(|| run_seed(seed));
+        let result = std::panic::catch_unwind(|| run_seed(seed, Durability::Fsync));
         if let Err(panic) = result {
             eprintln!("crash test failed with seed {seed} (rerun: LEDGER_CRASH_SEED={seed})");
             std::panic::resume_unwind(panic);
@@ -330,4 +333,17 @@ fn torn_tail_is_truncated_and_reported() {
         (name.as_str(), len as u64, 100)
     );
     assert_eq!(ledger.storage().len_of(&name), Some(len));
+}
+
+/// The harness can fail: with the WAL never synced, crashes lose acknowledged batches and
+/// the same checks catch it.
+#[test]
+fn the_harness_catches_an_unsynced_wal() {
+    let caught = (0..40u64)
+        .filter(|i| std::panic::catch_unwind(|| run_seed(0xbad5eed + i, Durability::None)).is_err())
+        .count();
+    assert!(
+        caught > 0,
+        "no seed lost an acknowledged batch without fsync"
+    );
 }
