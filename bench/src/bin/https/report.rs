@@ -1,0 +1,183 @@
+//! The results of a run as a markdown table, and its place in docs/PERFORMANCE.md.
+
+use std::fmt::Write as _;
+
+pub const BEGIN_MARKER: &str = "<!-- https:begin -->";
+pub const END_MARKER: &str = "<!-- https:end -->";
+
+/// One load run's figures, as `https load` printed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub status_503: u64,
+    pub ok_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub ledger_check: String,
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    /// Reads the JSON line of `https load`.
+    pub fn from_json(line: &str) -> Option<LoadResult> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        Some(LoadResult {
+            requests: v.get("requests")?.as_u64()?,
+            ok: v.get("ok")?.as_u64()?,
+            errors: v.get("errors")?.as_u64()?,
+            status_503: v.get("status_503")?.as_u64()?,
+            ok_per_s: v.get("ok_per_s")?.as_f64()?,
+            p50_us: v.get("p50_us")?.as_u64()?,
+            p99_us: v.get("p99_us")?.as_u64()?,
+            p999_us: v.get("p999_us")?.as_u64()?,
+            ledger_check: v.get("ledger_check")?.as_str()?.to_owned(),
+            first_error: v.get("first_error").and_then(|e| e.as_str()).map(str::to_owned),
+        })
+    }
+}
+
+/// One line of the table: a server, a kind of load, and what came of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub server: String,
+    pub run: String,
+    pub conns: usize,
+    pub outcome: Result<LoadResult, String>,
+    /// Server CPU time (all its threads and direct children) per answered request.
+    pub cpu_us_per_request: Option<f64>,
+}
+
+/// What was learnt about a server apart from the load runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerNotes {
+    pub server: String,
+    /// From spawn to ready (readyz 200, or the port accepting).
+    pub ready_ms: Option<f64>,
+    pub lines: Vec<String>,
+    pub failure: Option<String>,
+}
+
+pub fn render(header: &str, rows: &[Row], notes: &[ServerNotes]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{header}\n");
+    out.push_str("| server | run | conns | requests | ok/s | p50 µs | p99 µs | p99.9 µs | errors (503) | server CPU µs/req | ledger check |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for row in rows {
+        match &row.outcome {
+            Ok(r) => {
+                let cpu = row.cpu_us_per_request.map(|c| format!("{c:.0}")).unwrap_or_else(|| "-".to_owned());
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} ({}) | {} | {} |",
+                    row.server, row.run, row.conns, r.requests, r.ok_per_s, r.p50_us, r.p99_us, r.p999_us, r.errors,
+                    r.status_503, cpu, r.ledger_check
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "| {} | {} | {} | failed: {} | | | | | | | |", row.server, row.run, row.conns, one_line(e));
+            }
+        }
+    }
+    let errors: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let first = r.outcome.as_ref().ok()?.first_error.as_ref()?;
+            Some(format!("- {} / {} / {} conns: first error: {}", r.server, r.run, r.conns, one_line(first)))
+        })
+        .collect();
+    if !errors.is_empty() {
+        out.push('\n');
+        for e in errors {
+            let _ = writeln!(out, "{e}");
+        }
+    }
+    out.push('\n');
+    for n in notes {
+        let ready = n.ready_ms.map(|ms| format!("ready {ms:.0} ms after start")).unwrap_or_else(|| "not ready".to_owned());
+        let _ = write!(out, "- **{}**: {ready}", n.server);
+        if let Some(f) = &n.failure {
+            let _ = write!(out, "; failed: {}", one_line(f));
+        }
+        for l in &n.lines {
+            let _ = write!(out, "; {l}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A message fit for one table cell: first line, no pipes, bounded.
+fn one_line(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("").replace('|', "/");
+    if first.chars().count() > 160 {
+        first.chars().take(160).collect::<String>() + "…"
+    } else {
+        first
+    }
+}
+
+/// `doc` with the text between the markers replaced by `section` (the markers are added at the
+/// end when absent).
+pub fn splice(doc: &str, section: &str) -> String {
+    let body = format!("{BEGIN_MARKER}\n{}\n{END_MARKER}", section.trim_end());
+    match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {
+        (Some(b), Some(e)) if b < e => format!("{}{}{}", &doc[..b], body, &doc[e + END_MARKER.len()..]),
+        _ => {
+            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
+                ""
+            } else if doc.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            format!("{doc}{sep}{body}\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"target":"10.99.0.2:8443","mode":"keepalive","workload":"transfers","conns":16,"requests":1000,"ok":998,"errors":2,"status_503":2,"transport_errors":0,"first_error":"503 busy","elapsed_s":0.5,"ok_per_s":1996.0,"p50_us":400,"p99_us":2000,"p999_us":5000,"max_us":6000,"mean_us":500.0,"ledger_check":"ok"}"#;
+
+    #[test]
+    fn reads_the_load_line() {
+        let r = LoadResult::from_json(LINE).expect("valid line");
+        assert_eq!((r.requests, r.ok, r.errors, r.status_503, r.p99_us), (1000, 998, 2, 2, 2000));
+        assert_eq!(r.ledger_check, "ok");
+        assert_eq!(r.first_error.as_deref(), Some("503 busy"));
+        assert_eq!(LoadResult::from_json("{}"), None);
+        assert_eq!(LoadResult::from_json("not json"), None);
+    }
+
+    #[test]
+    fn renders_rows_failures_and_notes() {
+        let ok = LoadResult::from_json(LINE).expect("valid line");
+        let rows = vec![
+            Row { server: "pantera".into(), run: "keep-alive".into(), conns: 16, outcome: Ok(ok), cpu_us_per_request: Some(41.6) },
+            Row { server: "nginx".into(), run: "keep-alive".into(), conns: 1, outcome: Err("no | route\nmore".into()), cpu_us_per_request: None },
+        ];
+        let notes = vec![ServerNotes { server: "pantera".into(), ready_ms: Some(812.4), lines: vec!["3 batches".into()], failure: None }];
+        let md = render("### run", &rows, &notes);
+        assert!(md.contains("| pantera | keep-alive | 16 | 1000 | 1996 | 400 | 2000 | 5000 | 2 (2) | 42 | ok |"), "{md}");
+        assert!(md.contains("| nginx | keep-alive | 1 | failed: no / route |"), "{md}");
+        assert!(md.contains("first error: 503 busy"), "{md}");
+        assert!(md.contains("- **pantera**: ready 812 ms after start; 3 batches"), "{md}");
+    }
+
+    #[test]
+    fn splices_between_the_markers_and_only_there() {
+        let doc = format!("# P\n\nintro\n\n{BEGIN_MARKER}\nold table\n{END_MARKER}\n\n## Notes\nkept\n");
+        let new = splice(&doc, "new table\n");
+        assert_eq!(new, format!("# P\n\nintro\n\n{BEGIN_MARKER}\nnew table\n{END_MARKER}\n\n## Notes\nkept\n"));
+        // Idempotent on its own output.
+        assert_eq!(splice(&new, "new table"), new);
+        // Absent markers: appended.
+        assert_eq!(splice("# P\n", "t"), format!("# P\n\n{BEGIN_MARKER}\nt\n{END_MARKER}\n"));
+        assert_eq!(splice("", "t"), format!("{BEGIN_MARKER}\nt\n{END_MARKER}\n"));
+    }
+}

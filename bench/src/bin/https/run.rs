@@ -1,0 +1,455 @@
+//! `https run`: the whole comparison in one go (what `cargo xtask bench https` calls).
+//!
+//! Makes the lab, then for each server in turn: start it, wait until it is ready, run the load
+//! phases from inside the client namespace (`ip netns exec pantera-client https load ...`),
+//! read the server's CPU time around each phase, scrape its metrics, stop it. The three servers
+//! run one after the other on the same lab, never at the same time: they would share the two
+//! vCPUs with each other as well as with the client.
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pantera::lab::{Lab, LabSpec};
+
+use crate::load::Mode;
+use crate::process::{self, Server};
+use crate::report::{self, LoadResult, Row, ServerNotes};
+
+/// How long a server may take from spawn to ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a load run may take beyond its own `--max-seconds` (connects, the ledger check).
+const LOAD_GRACE: Duration = Duration::from_secs(30);
+/// The appliance's address and port on the lab.
+const SERVICE: &str = "10.99.0.2:8443";
+/// The kernel-socket baseline: the kernel's own address on the lab link.
+const KERNEL: &str = "10.99.0.3:8443";
+const NGINX: &str = "10.99.0.3:8444";
+const PANTERA_MANAGEMENT: &str = "127.0.0.1:9464";
+const KERNEL_MANAGEMENT: &str = "127.0.0.1:9465";
+/// The constant nginx returns: the shape and size of the appliance's reply to one transfer.
+const NGINX_CONSTANT: &str = r#"[{"index":0,"status":"created","timestamp":"1732420000000000001"}]"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// `pantera serve --lab`: XDP + AF_XDP + smoltcp + rustls + the ledger.
+    Pantera,
+    /// `pantera serve-kernel`: the same TLS and ledger over kernel TCP sockets.
+    Kernel,
+    /// nginx, 1 worker, returning a constant over TLS 1.3.
+    Nginx,
+}
+
+impl Peer {
+    fn label(self) -> &'static str {
+        match self {
+            Peer::Pantera => "pantera (AF_XDP)",
+            Peer::Kernel => "pantera serve-kernel",
+            Peer::Nginx => "nginx (constant)",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Small counts: a smoke test of the whole run in a few seconds per server.
+    #[arg(long)]
+    pub quick: bool,
+    /// The pantera binary (default: next to this one).
+    #[arg(long)]
+    pub pantera: Option<PathBuf>,
+    /// The lab state directory (certificates under tls/); the WALs go to a temporary directory.
+    #[arg(long, default_value = ".pantera")]
+    pub home: PathBuf,
+    /// Where the table goes, between the https markers.
+    #[arg(long, default_value = "docs/PERFORMANCE.md")]
+    pub docs: PathBuf,
+    /// Print the table only.
+    #[arg(long)]
+    pub no_docs: bool,
+    /// Remove a lab that is already up (someone else's `cargo xtask lab up`) and make a fresh one.
+    #[arg(long)]
+    pub replace_lab: bool,
+    /// The servers to measure, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pantera,kernel,nginx")]
+    pub peers: Vec<Peer>,
+}
+
+/// One kind of load.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    label: &'static str,
+    mode: Mode,
+    resume: bool,
+    conns: usize,
+    requests_per_conn: u64,
+}
+
+fn phases(quick: bool) -> Vec<Phase> {
+    let k = |conns, requests_per_conn| Phase { label: "keep-alive", mode: Mode::Keepalive, resume: false, conns, requests_per_conn };
+    let full = |conns, requests_per_conn| Phase { label: "new conn, full handshake", mode: Mode::Handshake, resume: false, conns, requests_per_conn };
+    let resumed = |conns, requests_per_conn| Phase { label: "new conn, resumed", mode: Mode::Handshake, resume: true, conns, requests_per_conn };
+    if quick {
+        vec![k(1, 200), k(16, 40), k(64, 10), full(8, 25), resumed(8, 25)]
+    } else {
+        vec![k(1, 2000), k(16, 500), k(64, 200), full(16, 100), resumed(16, 100)]
+    }
+}
+
+struct Ctx<'a> {
+    args: &'a RunArgs,
+    lab: &'a Lab,
+    me: PathBuf,
+    pantera: PathBuf,
+    tls_dir: PathBuf,
+    tmp: &'a Path,
+    clock_ticks: u64,
+    max_seconds: u64,
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let me = std::env::current_exe().context("cannot find this program's path")?;
+    let pantera = match &args.pantera {
+        Some(p) => p.clone(),
+        None => me.with_file_name("pantera"),
+    };
+    if args.peers.iter().any(|p| *p != Peer::Nginx) && !pantera.exists() {
+        bail!("{} not found: build it first (cargo build --release --bin pantera) or pass --pantera", pantera.display());
+    }
+    let spec = LabSpec::standard(1);
+    if Path::new("/sys/class/net").join(&spec.host_if).exists() && !args.replace_lab {
+        bail!(
+            "a lab is already up ({} exists): bring it down with `cargo xtask lab down`, or pass --replace-lab",
+            spec.host_if
+        );
+    }
+    // Certificates before anything else: every server and the client use the same ones.
+    fs::create_dir_all(&args.home).with_context(|| format!("cannot create {}", args.home.display()))?;
+    let home = args.home.canonicalize()?;
+    let tls_dir = home.join("tls");
+    if args.peers.iter().any(|p| *p != Peer::Nginx) {
+        let status = std::process::Command::new(&pantera)
+            .args(["certs", "init", "--dir"])
+            .arg(&tls_dir)
+            .status()
+            .context("cannot run pantera certs init")?;
+        if !status.success() {
+            bail!("pantera certs init failed ({status})");
+        }
+    } else if !tls_dir.join("ca.pem").exists() {
+        bail!("no certificates in {}: run `pantera certs init` first", tls_dir.display());
+    }
+
+    let tmp = tempfile::Builder::new().prefix("pantera-bench-https-").tempdir()?;
+    let lab = Lab::create(&spec).context("cannot create the lab")?;
+    let ctx = Ctx {
+        args,
+        lab: &lab,
+        me,
+        pantera,
+        tls_dir,
+        tmp: tmp.path(),
+        clock_ticks: process::clock_ticks_per_second(),
+        max_seconds: if args.quick { 20 } else { 60 },
+    };
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &peer in &args.peers {
+        eprintln!("https: == {}", peer.label());
+        let mut n = ServerNotes { server: peer.label().to_owned(), ..ServerNotes::default() };
+        if let Err(e) = measure(&ctx, peer, &mut rows, &mut n) {
+            eprintln!("https: {}: {e:#}", peer.label());
+            n.failure = Some(format!("{e:#}"));
+        }
+        notes.push(n);
+    }
+    drop(lab);
+
+    let header = format!(
+        "### HTTPS, {} run of {} (commit {}, kernel {})",
+        if args.quick { "quick" } else { "full" },
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_output("git", &["rev-parse", "--short", "HEAD"]),
+        command_output("uname", &["-r"]),
+    );
+    let table = report::render(&header, &rows, &notes);
+    println!("{table}");
+    if !args.no_docs {
+        let doc = fs::read_to_string(&args.docs).unwrap_or_default();
+        fs::write(&args.docs, report::splice(&doc, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
+        eprintln!("https: table written to {}", args.docs.display());
+    }
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// Starts one server, runs every phase against it, stops it.
+fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNotes) -> Result<()> {
+    // `--home` only when it is not the default, so the command lines stay the documented ones.
+    let home_args: Vec<String> = if ctx.args.home == Path::new(".pantera") {
+        Vec::new()
+    } else {
+        vec!["--home".to_owned(), ctx.args.home.display().to_string()]
+    };
+    let (mut server, target, management, workload) = match peer {
+        Peer::Pantera => {
+            let wal = ctx.tmp.join("wal-pantera");
+            let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--wal-dir".to_owned(), wal.display().to_string()];
+            args.extend(home_args);
+            let s = Server::spawn("pantera serve", &ctx.pantera, &args, ctx.tmp.join("pantera.log"))?;
+            (s, SERVICE, Some(PANTERA_MANAGEMENT), "transfers")
+        }
+        Peer::Kernel => {
+            let wal = ctx.tmp.join("wal-kernel");
+            let mut args: Vec<String> = ["serve-kernel", "--lab", "--listen", KERNEL, "--management", KERNEL_MANAGEMENT, "--wal-dir"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            args.push(wal.display().to_string());
+            args.extend(home_args);
+            let s = Server::spawn("pantera serve-kernel", &ctx.pantera, &args, ctx.tmp.join("kernel.log"))?;
+            (s, KERNEL, Some(KERNEL_MANAGEMENT), "transfers")
+        }
+        Peer::Nginx => {
+            let dir = ctx.tmp.join("nginx");
+            fs::create_dir_all(&dir)?;
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_config(&dir, &ctx.tls_dir, NGINX))?;
+            let args: Vec<String> = vec![
+                "-p".into(),
+                format!("{}/", dir.display()),
+                "-e".into(),
+                dir.join("error.log").display().to_string(),
+                "-c".into(),
+                conf.display().to_string(),
+                "-g".into(),
+                "daemon off;".into(),
+            ];
+            let s = Server::spawn("nginx", Path::new("nginx"), &args, ctx.tmp.join("nginx.log"))?;
+            (s, NGINX, None, "constant")
+        }
+    };
+    let ready = match management {
+        Some(m) => {
+            let addr: SocketAddr = m.parse().expect("valid literal");
+            server.wait_ready(READY_TIMEOUT, || matches!(process::http_get(addr, "/readyz"), Ok((200, _))))?
+        }
+        None => {
+            let addr: SocketAddr = target.parse().expect("valid literal");
+            server.wait_ready(READY_TIMEOUT, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?
+        }
+    };
+    notes.ready_ms = Some(ready.as_secs_f64() * 1e3);
+    eprintln!("https: {} ready in {:?}", peer.label(), ready);
+
+    for phase in phases(ctx.args.quick) {
+        let before = process::cpu_ticks(server.pid());
+        let outcome = load(ctx, phase, target, workload);
+        let after = process::cpu_ticks(server.pid());
+        let cpu_us_per_request = match &outcome {
+            Ok(r) if r.requests > 0 => Some((after - before) as f64 * 1e6 / ctx.clock_ticks as f64 / r.requests as f64),
+            _ => None,
+        };
+        match &outcome {
+            Ok(r) => eprintln!(
+                "https:   {} x{}: {} requests, {:.0} ok/s, p50 {} µs, p99 {} µs, errors {}, ledger {}",
+                phase.label, phase.conns, r.requests, r.ok_per_s, r.p50_us, r.p99_us, r.errors, r.ledger_check
+            ),
+            Err(e) => eprintln!("https:   {} x{}: failed: {e}", phase.label, phase.conns),
+        }
+        rows.push(Row { server: peer.label().to_owned(), run: phase.label.to_owned(), conns: phase.conns, outcome, cpu_us_per_request });
+        server.check_alive()?;
+    }
+
+    if let Some(m) = management {
+        let addr: SocketAddr = m.parse().expect("valid literal");
+        match process::http_get(addr, "/metrics") {
+            Ok((200, text)) => {
+                fs::write(ctx.tmp.join(format!("{peer:?}.metrics")), &text)?;
+                notes.lines.extend(metric_notes(&text));
+            }
+            Ok((status, _)) => notes.lines.push(format!("/metrics answered {status}")),
+            Err(e) => notes.lines.push(format!("/metrics unreadable: {e}")),
+        }
+    }
+    let status = server.stop()?;
+    if !status.success() {
+        notes.lines.push(format!("exit status {status} after SIGTERM"));
+    }
+    Ok(())
+}
+
+/// The figures of the appliance's own metrics worth a line in the report.
+fn metric_notes(text: &str) -> Vec<String> {
+    let m = |name: &str| process::metric_sum(text, name);
+    let mut lines = Vec::new();
+    if let (Some(batches), Some(requests)) = (m("pantera_ledger_batches_total"), m("pantera_ledger_requests_total")) {
+        if batches > 0.0 {
+            lines.push(format!("{requests:.0} ledger requests in {batches:.0} group commits ({:.1} per commit)", requests / batches));
+        }
+    }
+    if let (Some(sum), Some(count)) = (m("pantera_ledger_commit_seconds_sum"), m("pantera_ledger_commit_seconds_count")) {
+        if count > 0.0 {
+            lines.push(format!("mean commit (apply + WAL fsync) {:.0} µs", sum / count * 1e6));
+        }
+    }
+    if let Some(h) = m("pantera_tls_handshakes_total") {
+        lines.push(format!("{h:.0} TLS handshakes"));
+    }
+    if let Some(full) = m("pantera_ledger_queue_full_total") {
+        if full > 0.0 {
+            lines.push(format!("{full:.0} requests refused 503 (ledger queue full)"));
+        }
+    }
+    if let Some(e) = m("pantera_tls_errors_total") {
+        if e > 0.0 {
+            lines.push(format!("{e:.0} TLS sessions ended by an error"));
+        }
+    }
+    lines
+}
+
+/// Runs `https load` inside the client namespace and reads its JSON line.
+fn load(ctx: &Ctx<'_>, phase: Phase, target: &str, workload: &str) -> Result<LoadResult, String> {
+    let tls = &ctx.tls_dir;
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        ctx.lab.spec.netns.clone(),
+        ctx.me.display().to_string(),
+        "load".into(),
+        "--target".into(),
+        target.into(),
+        "--conns".into(),
+        phase.conns.to_string(),
+        "--requests-per-conn".into(),
+        phase.requests_per_conn.to_string(),
+        "--mode".into(),
+        match phase.mode {
+            Mode::Keepalive => "keepalive".into(),
+            Mode::Handshake => "handshake".into(),
+        },
+        "--workload".into(),
+        workload.into(),
+        "--ca".into(),
+        tls.join("ca.pem").display().to_string(),
+        "--cert".into(),
+        tls.join("client.pem").display().to_string(),
+        "--key".into(),
+        tls.join("client.key").display().to_string(),
+        "--max-seconds".into(),
+        ctx.max_seconds.to_string(),
+    ];
+    if phase.resume {
+        args.push("--resume".into());
+    }
+    let log = ctx.tmp.join("load.out");
+    let mut child = Server::spawn("https load", Path::new("ip"), &args, log.clone()).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(ctx.max_seconds) + LOAD_GRACE;
+    loop {
+        if child.check_alive().is_err() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("the load did not finish within {:?}", Duration::from_secs(ctx.max_seconds) + LOAD_GRACE));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child);
+    let out = fs::read_to_string(&log).map_err(|e| e.to_string())?;
+    match out.lines().rev().find(|l| l.starts_with('{')).and_then(LoadResult::from_json) {
+        Some(r) => Ok(r),
+        None => Err(format!("no result from the load: {}", out.lines().last().unwrap_or("(no output)"))),
+    }
+}
+
+/// nginx: 1 worker, TLS 1.3, the ECDSA P-256 dev certificate, mTLS against the dev CA (as the
+/// appliance), keep-alive without a request limit, a constant JSON reply, no access log.
+fn nginx_config(dir: &Path, tls: &Path, listen: &str) -> String {
+    let d = dir.display();
+    let t = tls.display();
+    format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    server {{
+        listen {listen} ssl;
+        ssl_certificate {t}/server.pem;
+        ssl_certificate_key {t}/server.key;
+        ssl_client_certificate {t}/ca.pem;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
+        location / {{
+            default_type application/json;
+            return 200 '{NGINX_CONSTANT}';
+        }}
+    }}
+}}
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nginx_config_has_what_the_comparison_needs() {
+        let c = nginx_config(Path::new("/tmp/x"), Path::new("/h/tls"), NGINX);
+        for needle in [
+            "worker_processes 1;",
+            "listen 10.99.0.3:8444 ssl;",
+            "ssl_protocols TLSv1.3;",
+            "ssl_verify_client on;",
+            "ssl_certificate /h/tls/server.pem;",
+            "pid /tmp/x/nginx.pid;",
+            "keepalive_requests 1000000;",
+        ] {
+            assert!(c.contains(needle), "{needle} missing from\n{c}");
+        }
+        assert!(c.contains(NGINX_CONSTANT));
+    }
+
+    #[test]
+    fn phases_are_bounded() {
+        for quick in [true, false] {
+            for p in phases(quick) {
+                assert!(p.conns >= 1 && p.conns <= crate::load::CONNS_MAX);
+                assert!(p.conns as u64 * p.requests_per_conn <= 20_000);
+            }
+        }
+    }
+
+    #[test]
+    fn metric_notes_derive_batching() {
+        let text = "pantera_ledger_batches_total 10\npantera_ledger_requests_total 40\npantera_ledger_commit_seconds_sum{durability=\"fsync\"} 0.002\npantera_ledger_commit_seconds_count{durability=\"fsync\"} 10\n";
+        let notes = metric_notes(text);
+        assert!(notes.contains(&"40 ledger requests in 10 group commits (4.0 per commit)".to_owned()), "{notes:?}");
+        assert!(notes.contains(&"mean commit (apply + WAL fsync) 200 µs".to_owned()), "{notes:?}");
+    }
+}
