@@ -14,12 +14,14 @@ use ledger_svc::{Ledger, Operation, Storage};
 
 use crate::metrics::Metrics;
 
-/// Where a reply goes back to: the worker, the connection, and the request's place in that
-/// connection's pipeline.
+/// Where a reply goes back to: the worker, the connection (its slot in the worker's table and
+/// the slot's generation, so a reply never reaches a later connection in the same slot), and
+/// the request's place in that connection's pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {
     pub worker: usize,
-    pub conn: tcp::ConnId,
+    pub slot: usize,
+    pub generation: u32,
     pub seq: u64,
 }
 
@@ -135,5 +137,66 @@ fn command_events(command: &Command) -> usize {
         Command::Mutate(Operation::CreateAccounts(v)) => v.len(),
         Command::Mutate(Operation::CreateTransfers(v)) => v.len(),
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_svc::{Account, SimStorage, Transfer};
+
+    fn reply_to(seq: u64) -> ReplyTo {
+        ReplyTo { worker: 0, slot: 3, generation: 1, seq }
+    }
+
+    fn accounts(ids: &[u128]) -> Command {
+        Command::Mutate(Operation::CreateAccounts(ids.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect()))
+    }
+
+    #[test]
+    fn a_full_queue_hands_the_submission_back() {
+        let (client, _rx, _replies, _completions) = channels(1, 1);
+        let first = Submission { reply_to: reply_to(0), command: Command::LookupAccount(1) };
+        assert!(client.submit(first).is_ok());
+        let second = Submission { reply_to: reply_to(1), command: Command::LookupAccount(2) };
+        let back = client.submit(second).expect_err("the queue holds one");
+        assert_eq!(back.reply_to.seq, 1);
+    }
+
+    #[test]
+    fn waiting_submissions_share_one_group_commit_and_replies_keep_their_order() {
+        let (client, rx, replies, completions) = channels(16, 1);
+        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
+        client.submit(Submission { reply_to: reply_to(1), command: Command::LookupAccount(1) }).expect("room");
+        let transfer = Transfer { id: 9, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Transfer::default() };
+        client.submit(Submission { reply_to: reply_to(2), command: Command::Mutate(Operation::CreateTransfers(vec![transfer])) }).expect("room");
+        drop(client);
+        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+        let metrics = Metrics::new();
+        run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync").expect("run");
+        // Three submissions, two mutations: one batch, one WAL record, one sync.
+        assert_eq!(metrics.ledger_batches.get(), 1);
+        assert_eq!(ledger.sequence(), 1);
+        let got: Vec<Completion> = completions[0].try_iter().collect();
+        assert_eq!(got.iter().map(|c| c.reply_to.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(got.iter().all(|c| c.response.status == 200), "{got:?}");
+        let body = |i: usize| String::from_utf8(got[i].response.body.clone()).expect("utf-8");
+        assert!(body(0).contains("\"created\""), "{}", body(0));
+        assert!(body(2).contains("\"created\""), "{}", body(2));
+        // The query rode in the same drain and saw the state after the batch.
+        assert!(body(1).contains("\"debits_posted\":\"5\""), "{}", body(1));
+        assert_eq!(ledger.state().lookup_account(2).expect("account 2").credits_posted, 5);
+    }
+
+    #[test]
+    fn a_storage_failure_is_reported_and_nothing_is_acknowledged() {
+        let (client, rx, replies, completions) = channels(16, 1);
+        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+        ledger.storage_mut().fail_after(0);
+        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1]) }).expect("room");
+        drop(client);
+        let result = run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync");
+        assert!(result.is_err(), "a failed append must stop the ledger thread");
+        assert_eq!(completions[0].try_iter().count(), 0, "no reply for a batch that is not durable");
     }
 }

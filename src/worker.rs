@@ -246,9 +246,9 @@ impl<P: Port> Worker<P> {
         while let Ok(c) = app.completions.try_recv() {
             any = true;
             self.outstanding -= 1;
-            let Some(Some(Conn::Tls(conn))) = self.conns.get_mut(c.reply_to.conn.slot()) else { continue };
+            let Some(Some(Conn::Tls(conn))) = self.conns.get_mut(c.reply_to.slot) else { continue };
             // The connection may have been closed and its slot reused meanwhile.
-            if conn.id != c.reply_to.conn {
+            if conn.id.generation() != c.reply_to.generation {
                 continue;
             }
             if let Some(p) = conn.pending.iter_mut().find(|p| matches!(p, Pending::Waiting(s) if *s == c.reply_to.seq)) {
@@ -305,6 +305,7 @@ impl<P: Port> Worker<P> {
             ("refused_at_capacity", c.refused_at_capacity),
             ("refused_listen_pool_empty", c.refused_listen_pool_empty),
             ("ingress_limit_hits", c.ingress_limit_hits),
+            ("neighbours_learned", c.neighbours_learned),
         ];
         for (name, value) in stack_counters {
             sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
@@ -487,7 +488,7 @@ impl TlsConn {
             Action::Ledger(command) => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let submission = Submission { reply_to: ReplyTo { worker, conn: self.id, seq }, command };
+                let submission = Submission { reply_to: ReplyTo { worker, slot: self.id.slot(), generation: self.id.generation(), seq }, command };
                 match app.ledger.submit(submission) {
                     Ok(()) => {
                         *outstanding += 1;

@@ -225,7 +225,7 @@ fn demo_requests(lab: &Lab, server: &mut Child) -> Result<()> {
     }
     println!("\n== metrics (127.0.0.1:9464/metrics, excerpt)");
     let metrics = Command::new("curl").args(["-sf", "http://127.0.0.1:9464/metrics"]).output()?;
-    for line in String::from_utf8_lossy(&metrics.stdout).lines().filter(|l| !l.starts_with('#')).take(40) {
+    for line in String::from_utf8_lossy(&metrics.stdout).lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket")).take(40) {
         println!("{line}");
     }
     Ok(())
