@@ -164,11 +164,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 
 /// The value of an unlabelled series (or the sum over a labelled one) in Prometheus text.
 pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    metric_sum_where(text, name, "")
+}
+
+/// Like `metric_sum`, over the series whose labels contain `label` (e.g. `resumed="true"`).
+pub fn metric_sum_where(text: &str, name: &str, label: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let base = series.split('{').next().unwrap_or(series);
-        if base == name {
+        let (base, labels) = series.split_once('{').unwrap_or((series, ""));
+        if base == name && labels.contains(label) {
             if let Ok(v) = value.parse::<f64>() {
                 *found.get_or_insert(0.0) += v;
             }
@@ -210,5 +215,7 @@ mod tests {
         assert_eq!(metric_sum(text, "pantera_ledger_batches_total"), Some(12.0));
         assert_eq!(metric_sum(text, "pantera_http_responses_total"), Some(7.0));
         assert_eq!(metric_sum(text, "pantera_missing"), None);
+        assert_eq!(metric_sum_where(text, "pantera_http_responses_total", "status=\"503\""), Some(2.0));
+        assert_eq!(metric_sum_where(text, "pantera_ledger_batches_total", "x=\"1\""), None);
     }
 }

@@ -306,7 +306,8 @@ fn metric_notes(text: &str) -> Vec<String> {
         }
     }
     if let Some(h) = m("pantera_tls_handshakes_total") {
-        lines.push(format!("{h:.0} TLS handshakes"));
+        let resumed = process::metric_sum_where(text, "pantera_tls_handshakes_total", "resumed=\"true\"").unwrap_or(0.0);
+        lines.push(format!("{h:.0} TLS handshakes ({resumed:.0} resumed)"));
     }
     if let Some(full) = m("pantera_ledger_queue_full_total") {
         if full > 0.0 {
