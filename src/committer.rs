@@ -4,9 +4,9 @@
 //! batch to the WAL with one fsync (group commit), and only then releases the replies. Queries
 //! ride in the same drain and are answered after the batch, from the state it left.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ledger_svc::api::{self, Command};
 use ledger_svc::http::Response;
 use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
@@ -63,6 +63,10 @@ pub fn channels(queue_depth_max: usize, workers: usize) -> (LedgerClient, Receiv
     (LedgerClient { tx }, rx, reply_tx, reply_rx)
 }
 
+/// The longest the ledger thread sleeps before looking at a due expiry again (the wall clock
+/// may jump).
+const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(1);
+
 /// The ledger's clock: wall time in nanoseconds. The ledger itself keeps timestamps strictly
 /// increasing even if this goes backwards.
 pub fn now_ns() -> u64 {
@@ -88,7 +92,30 @@ pub fn run<S: Storage>(
     let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
     let mut slots: Vec<(ReplyTo, Slot)> = Vec::new();
     let mut ops: Vec<Operation> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Pending transfers expire on the ledger's clock, which only moves with a batch: when
+        // one is due and no request comes, an empty batch moves it (and is logged, so replay
+        // expires the same transfers at the same time).
+        let first = match ledger.state().poll_at() {
+            None => match rx.recv() {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            Some(due_ns) => {
+                let wait = Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX);
+                match rx.recv_timeout(wait) {
+                    Ok(s) => s,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if ledger.state().poll_at().is_some_and(|due| due <= now_ns()) {
+                            ledger.submit(now_ns(), &[])?;
+                            metrics.ledger_batches.inc();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
         let mut events = 0;
         let mut next = Some(first);
         // Group commit: everything already waiting joins this batch, up to the bounds on events
@@ -186,6 +213,40 @@ mod tests {
         // The query rode in the same drain and saw the state after the batch.
         assert!(body(1).contains("\"debits_posted\":\"5\""), "{}", body(1));
         assert_eq!(ledger.state().lookup_account(2).expect("account 2").credits_posted, 5);
+    }
+
+    #[test]
+    fn a_pending_transfer_expires_on_time_without_further_requests() {
+        let (client, rx, replies, completions) = channels(16, 1);
+        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
+        let pending = Transfer {
+            id: 9,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 5,
+            ledger: 1,
+            code: 1,
+            timeout: 1,
+            flags: ledger_svc::TransferFlags::PENDING,
+            ..Transfer::default()
+        };
+        client.submit(Submission { reply_to: reply_to(1), command: Command::Mutate(Operation::CreateTransfers(vec![pending])) }).expect("room");
+        let ledger_thread = std::thread::spawn(move || {
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync").expect("run");
+            ledger
+        });
+        // Both replies arrive; then nothing is sent for longer than the 1 s timeout.
+        for _ in 0..2 {
+            let c = completions[0].recv_timeout(Duration::from_secs(10)).expect("reply");
+            assert_eq!(c.response.status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(2_500));
+        drop(client);
+        let ledger = ledger_thread.join().expect("ledger thread");
+        let account = ledger.state().lookup_account(1).expect("account 1");
+        assert_eq!(account.debits_pending, 0, "the pending transfer expired while the ledger was idle");
+        assert_eq!(ledger.state().pending_status(9), Some(ledger_svc::PendingStatus::Expired));
     }
 
     #[test]
