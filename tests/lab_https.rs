@@ -17,6 +17,20 @@ fn service(lab: &Lab) -> SocketAddr {
     SocketAddr::from((lab.spec.service_ipv4, PORT))
 }
 
+/// Creates accounts 1 and 2 on ledger 1 over a connection of its own.
+fn create_two_accounts(lab: &Lab, config: &Arc<rustls::ClientConfig>) {
+    let (config, addr) = (Arc::clone(config), service(lab));
+    in_netns(&lab.spec.netns, move || {
+        let mut s = tls_connect(&config, addr).expect("connect");
+        let (st, b) = request(&mut s, "POST", "/v1/accounts", TWO_ACCOUNTS).expect("accounts");
+        assert_eq!(st, 200, "{b}");
+    })
+    .join()
+    .expect("setup");
+}
+
+const TWO_ACCOUNTS: &str = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
+
 /// curl from the client namespace with the lab CA and the named client certificate.
 fn curl(lab: &Lab, tls: &Path, who: Option<&str>, args: &[&str]) -> (bool, String) {
     let ca = tls.join("ca.pem").display().to_string();
@@ -95,7 +109,7 @@ fn mtls_is_required_and_the_reader_may_only_read() {
     let reader = tls_client_config(&tls, Some("reader"));
     let (denied, allowed) = in_netns(&lab.spec.netns, move || {
         let mut w = tls_connect(&writer, addr).expect("writer connects");
-        let (s, b) = request(&mut w, "POST", "/v1/accounts", r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#).expect("create");
+        let (s, b) = request(&mut w, "POST", "/v1/accounts", TWO_ACCOUNTS).expect("create");
         assert_eq!(s, 200, "{b}");
         let mut r = tls_connect(&reader, addr).expect("reader connects");
         let denied = request(&mut r, "POST", "/v1/transfers", r#"[{"id":"9","debit_account_id":"1","credit_account_id":"2","amount":"5","ledger":1,"code":1}]"#).expect("post");
@@ -119,16 +133,7 @@ fn one_hundred_connections_times_one_hundred_transfers_all_acknowledged_and_bala
     let _server = Server::start(&lab, dir.path(), "ledger", "");
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     let addr = service(&lab);
-    {
-        let config = Arc::clone(&config);
-        in_netns(&lab.spec.netns, move || {
-            let mut s = tls_connect(&config, addr).expect("connect");
-            let (st, b) = request(&mut s, "POST", "/v1/accounts", r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#).expect("accounts");
-            assert_eq!(st, 200, "{b}");
-        })
-        .join()
-        .expect("setup");
-    }
+    create_two_accounts(&lab, &config);
     let handles: Vec<_> = (0..CONNS)
         .map(|c| {
             let config = Arc::clone(&config);
@@ -188,7 +193,7 @@ fn bad_input_gets_its_error_and_the_appliance_keeps_serving_the_others() {
     let (before, results) = in_netns(&lab.spec.netns, move || {
         // A good client holds its connection open through all of it.
         let mut good = tls_connect(&c, addr).expect("connect");
-        let (st, b) = request(&mut good, "POST", "/v1/accounts", r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#).expect("accounts");
+        let (st, b) = request(&mut good, "POST", "/v1/accounts", TWO_ACCOUNTS).expect("accounts");
         assert_eq!(st, 200, "{b}");
         let (st, b) = request(&mut good, "POST", "/v1/transfers", r#"[{"id":"5","debit_account_id":"1","credit_account_id":"2","amount":"10","ledger":1,"code":1}]"#).expect("transfer");
         assert_eq!(st, 200, "{b}");
@@ -250,16 +255,7 @@ fn sigkill_under_load_loses_no_acknowledged_transfer() {
     let mut server = Server::start(&lab, dir.path(), "ledger", "");
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     let addr = service(&lab);
-    {
-        let config = Arc::clone(&config);
-        in_netns(&lab.spec.netns, move || {
-            let mut s = tls_connect(&config, addr).expect("connect");
-            let (st, b) = request(&mut s, "POST", "/v1/accounts", r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#).expect("accounts");
-            assert_eq!(st, 200, "{b}");
-        })
-        .join()
-        .expect("setup");
-    }
+    create_two_accounts(&lab, &config);
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let attempted = Arc::new(Mutex::new(BTreeSet::new()));
     let writers: Vec<_> = (0..WRITERS)
