@@ -22,11 +22,11 @@ use crate::report::{self, LoadResult, Row, ServerNotes};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a load run may take beyond its own `--max-seconds` (connects, the ledger check).
 const LOAD_GRACE: Duration = Duration::from_secs(30);
-/// The appliance's address and port on the lab.
-const SERVICE: &str = "10.99.0.2:8443";
-/// The kernel-socket baseline: the kernel's own address on the lab link.
-const KERNEL: &str = "10.99.0.3:8443";
-const NGINX: &str = "10.99.0.3:8444";
+/// The appliance's port, on the lab's service address.
+const SERVICE_PORT: u16 = 8443;
+/// The kernel-socket baseline's port, on the kernel's own address on the lab link.
+const KERNEL_PORT: u16 = 8443;
+const NGINX_PORT: u16 = 8444;
 const PANTERA_MANAGEMENT: &str = "127.0.0.1:9464";
 const KERNEL_MANAGEMENT: &str = "127.0.0.1:9465";
 /// The constant nginx returns: the shape and size of the appliance's reply to one transfer.
@@ -72,6 +72,11 @@ pub struct RunArgs {
     /// Remove a lab that is already up (someone else's `cargo xtask lab up`) and make a fresh one.
     #[arg(long)]
     pub replace_lab: bool,
+    /// Use a lab of its own (unique namespace, veth names and 10.99.x.0/24) instead of the
+    /// standard one, so nothing else on the machine that uses the standard lab can disturb
+    /// the run, nor be disturbed by it.
+    #[arg(long, conflicts_with = "replace_lab")]
+    pub private_lab: bool,
     /// The servers to measure, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pantera,kernel,nginx")]
     pub peers: Vec<Peer>,
@@ -91,16 +96,32 @@ fn phases(quick: bool) -> Vec<Phase> {
     let k = |conns, requests_per_conn| Phase { label: "keep-alive", mode: Mode::Keepalive, resume: false, conns, requests_per_conn };
     let full = |conns, requests_per_conn| Phase { label: "new conn, full handshake", mode: Mode::Handshake, resume: false, conns, requests_per_conn };
     let resumed = |conns, requests_per_conn| Phase { label: "new conn, resumed", mode: Mode::Handshake, resume: true, conns, requests_per_conn };
+    // The counts are ceilings; a phase normally ends at its time limit (`phase_seconds`), so
+    // every server is measured over about the same time whatever its rate.
     if quick {
-        vec![k(1, 200), k(16, 40), k(64, 10), full(8, 25), resumed(8, 25)]
+        vec![k(1, 500), k(16, 100), k(64, 30), full(8, 50), resumed(8, 50)]
     } else {
-        vec![k(1, 2000), k(16, 500), k(64, 200), full(16, 100), resumed(16, 100)]
+        vec![k(1, 200_000), k(16, 20_000), k(64, 8_000), full(16, 500), resumed(16, 500)]
+    }
+}
+
+/// The time limit of one phase (`https load --max-seconds`).
+fn phase_seconds(quick: bool) -> u64 {
+    if quick {
+        3
+    } else {
+        5
     }
 }
 
 struct Ctx<'a> {
     args: &'a RunArgs,
     lab: &'a Lab,
+    service: SocketAddr,
+    kernel: SocketAddr,
+    nginx: SocketAddr,
+    /// /proc/loadavg when the run started: the machine is shared, and a busy one says so.
+    load_average: String,
     me: PathBuf,
     pantera: PathBuf,
     tls_dir: PathBuf,
@@ -118,7 +139,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.peers.iter().any(|p| *p != Peer::Nginx) && !pantera.exists() {
         bail!("{} not found: build it first (cargo build --release --bin pantera) or pass --pantera", pantera.display());
     }
-    let spec = LabSpec::standard(1);
+    let spec = if args.private_lab { LabSpec::unique("bench", 1) } else { LabSpec::standard(1) };
     if Path::new("/sys/class/net").join(&spec.host_if).exists() && !args.replace_lab {
         bail!(
             "a lab is already up ({} exists): bring it down with `cargo xtask lab down`, or pass --replace-lab",
@@ -144,15 +165,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let tmp = tempfile::Builder::new().prefix("pantera-bench-https-").tempdir()?;
     let lab = Lab::create(&spec).context("cannot create the lab")?;
+    // A handshake phase opens thousands of connections from the client namespace; each leaves
+    // a TIME_WAIT behind for 60 s. The whole port range keeps them from running out.
+    let out = lab.exec_in_ns(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+    if !out.status.success() {
+        eprintln!("https: cannot widen the client's port range: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
     let ctx = Ctx {
         args,
         lab: &lab,
+        service: SocketAddr::from((spec.service_ipv4, SERVICE_PORT)),
+        kernel: SocketAddr::from((spec.host_ipv4, KERNEL_PORT)),
+        nginx: SocketAddr::from((spec.host_ipv4, NGINX_PORT)),
+        load_average: fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         me,
         pantera,
         tls_dir,
         tmp: tmp.path(),
         clock_ticks: process::clock_ticks_per_second(),
-        max_seconds: if args.quick { 20 } else { 60 },
+        max_seconds: phase_seconds(args.quick),
     };
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -165,14 +196,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         notes.push(n);
     }
+    let load_average = ctx.load_average.clone();
+    drop(ctx);
     drop(lab);
 
     let header = format!(
-        "### HTTPS, {} run of {} (commit {}, kernel {})",
+        "### HTTPS, {} run of {} (commit {}, kernel {}, load average at start {})",
         if args.quick { "quick" } else { "full" },
         command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         command_output("git", &["rev-parse", "--short", "HEAD"]),
         command_output("uname", &["-r"]),
+        load_average,
     );
     let table = report::render(&header, &rows, &notes);
     println!("{table}");
@@ -208,25 +242,29 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
             let wal = ctx.tmp.join("wal-pantera");
             let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--wal-dir".to_owned(), wal.display().to_string()];
             args.extend(home_args);
+            if ctx.args.private_lab {
+                let spec = &ctx.lab.spec;
+                args.extend(["--interface".to_owned(), spec.host_if.clone(), "--address".to_owned(), spec.service_ipv4.to_string()]);
+            }
             let s = Server::spawn("pantera serve", &ctx.pantera, &args, ctx.tmp.join("pantera.log"))?;
-            (s, SERVICE, Some(PANTERA_MANAGEMENT), "transfers")
+            (s, ctx.service, Some(PANTERA_MANAGEMENT), "transfers")
         }
         Peer::Kernel => {
             let wal = ctx.tmp.join("wal-kernel");
-            let mut args: Vec<String> = ["serve-kernel", "--lab", "--listen", KERNEL, "--management", KERNEL_MANAGEMENT, "--wal-dir"]
+            let mut args: Vec<String> = ["serve-kernel", "--lab", "--management", KERNEL_MANAGEMENT, "--listen"]
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-            args.push(wal.display().to_string());
+            args.extend([ctx.kernel.to_string(), "--wal-dir".to_owned(), wal.display().to_string()]);
             args.extend(home_args);
             let s = Server::spawn("pantera serve-kernel", &ctx.pantera, &args, ctx.tmp.join("kernel.log"))?;
-            (s, KERNEL, Some(KERNEL_MANAGEMENT), "transfers")
+            (s, ctx.kernel, Some(KERNEL_MANAGEMENT), "transfers")
         }
         Peer::Nginx => {
             let dir = ctx.tmp.join("nginx");
             fs::create_dir_all(&dir)?;
             let conf = dir.join("nginx.conf");
-            fs::write(&conf, nginx_config(&dir, &ctx.tls_dir, NGINX))?;
+            fs::write(&conf, nginx_config(&dir, &ctx.tls_dir, ctx.nginx))?;
             let args: Vec<String> = vec![
                 "-p".into(),
                 format!("{}/", dir.display()),
@@ -238,7 +276,7 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
                 "daemon off;".into(),
             ];
             let s = Server::spawn("nginx", Path::new("nginx"), &args, ctx.tmp.join("nginx.log"))?;
-            (s, NGINX, None, "constant")
+            (s, ctx.nginx, None, "constant")
         }
     };
     let ready = match management {
@@ -246,15 +284,16 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
             let addr: SocketAddr = m.parse().expect("valid literal");
             server.wait_ready(READY_TIMEOUT, || matches!(process::http_get(addr, "/readyz"), Ok((200, _))))?
         }
-        None => {
-            let addr: SocketAddr = target.parse().expect("valid literal");
-            server.wait_ready(READY_TIMEOUT, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?
-        }
+        None => server.wait_ready(READY_TIMEOUT, || TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())?,
     };
     notes.ready_ms = Some(ready.as_secs_f64() * 1e3);
     eprintln!("https: {} ready in {:?}", peer.label(), ready);
 
     for phase in phases(ctx.args.quick) {
+        // The lab is shared with anyone on the machine who can run `lab down`: say so plainly.
+        if !Path::new("/run/netns").join(&ctx.lab.spec.netns).exists() {
+            bail!("the lab's namespace {} disappeared during the run (removed by something else)", ctx.lab.spec.netns);
+        }
         let before = process::cpu_ticks(server.pid());
         let outcome = load(ctx, phase, target, workload);
         let after = process::cpu_ticks(server.pid());
@@ -323,7 +362,7 @@ fn metric_notes(text: &str) -> Vec<String> {
 }
 
 /// Runs `https load` inside the client namespace and reads its JSON line.
-fn load(ctx: &Ctx<'_>, phase: Phase, target: &str, workload: &str) -> Result<LoadResult, String> {
+fn load(ctx: &Ctx<'_>, phase: Phase, target: SocketAddr, workload: &str) -> Result<LoadResult, String> {
     let tls = &ctx.tls_dir;
     let mut args: Vec<String> = vec![
         "netns".into(),
@@ -332,7 +371,7 @@ fn load(ctx: &Ctx<'_>, phase: Phase, target: &str, workload: &str) -> Result<Loa
         ctx.me.display().to_string(),
         "load".into(),
         "--target".into(),
-        target.into(),
+        target.to_string(),
         "--conns".into(),
         phase.conns.to_string(),
         "--requests-per-conn".into(),
@@ -378,7 +417,7 @@ fn load(ctx: &Ctx<'_>, phase: Phase, target: &str, workload: &str) -> Result<Loa
 
 /// nginx: 1 worker, TLS 1.3, the ECDSA P-256 dev certificate, mTLS against the dev CA (as the
 /// appliance), keep-alive without a request limit, a constant JSON reply, no access log.
-fn nginx_config(dir: &Path, tls: &Path, listen: &str) -> String {
+fn nginx_config(dir: &Path, tls: &Path, listen: SocketAddr) -> String {
     let d = dir.display();
     let t = tls.display();
     format!(
@@ -421,7 +460,7 @@ mod tests {
 
     #[test]
     fn the_nginx_config_has_what_the_comparison_needs() {
-        let c = nginx_config(Path::new("/tmp/x"), Path::new("/h/tls"), NGINX);
+        let c = nginx_config(Path::new("/tmp/x"), Path::new("/h/tls"), "10.99.0.3:8444".parse().expect("literal"));
         for needle in [
             "worker_processes 1;",
             "listen 10.99.0.3:8444 ssl;",
@@ -441,7 +480,11 @@ mod tests {
         for quick in [true, false] {
             for p in phases(quick) {
                 assert!(p.conns >= 1 && p.conns <= crate::load::CONNS_MAX);
-                assert!(p.conns as u64 * p.requests_per_conn <= 20_000);
+                assert!(p.conns as u64 * p.requests_per_conn <= 1_000_000);
+                if p.mode == Mode::Handshake {
+                    // Two handshake phases of TIME_WAITs must fit the client's port range.
+                    assert!(p.conns as u64 * p.requests_per_conn <= 20_000);
+                }
             }
         }
     }
