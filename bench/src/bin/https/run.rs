@@ -151,13 +151,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let home = args.home.canonicalize()?;
     let tls_dir = home.join("tls");
     if args.peers.iter().any(|p| *p != Peer::Nginx) {
-        let status = std::process::Command::new(&pantera)
+        // Its output is captured: stdout is the table's.
+        let out = std::process::Command::new(&pantera)
             .args(["certs", "init", "--dir"])
             .arg(&tls_dir)
-            .status()
+            .output()
             .context("cannot run pantera certs init")?;
-        if !status.success() {
-            bail!("pantera certs init failed ({status})");
+        if !out.status.success() {
+            bail!("pantera certs init failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
     } else if !tls_dir.join("ca.pem").exists() {
         bail!("no certificates in {}: run `pantera certs init` first", tls_dir.display());
