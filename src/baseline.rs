@@ -24,7 +24,7 @@ use rustls::ServerConnection;
 
 use crate::committer::{self, Completion, LedgerClient, ReplyTo, Submission};
 use crate::config::{Config, Roles};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, status_label, Metrics};
 
 /// Plaintext read from TLS per call.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -403,22 +403,6 @@ fn wait_reply(completions: &Receiver<Completion>, id: Conn, seq: u64) -> io::Res
     }
 }
 
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        400 => "400",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        411 => "411",
-        413 => "413",
-        431 => "431",
-        503 => "503",
-        s if s < 300 => "2xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
-}
 
 #[cfg(test)]
 mod tests {

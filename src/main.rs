@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -14,40 +16,91 @@ struct Cli {
     command: Commands,
 }
 
+/// Where the configuration comes from, and the overrides of its common fields.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Serve on the lab (pantera0, 10.99.0.2:8443, mTLS with the dev CA under --home).
+    #[arg(long, conflicts_with = "config")]
+    lab: bool,
+    /// The configuration file (TOML), see docs/operations.md.
+    #[arg(long, required_unless_present = "lab")]
+    config: Option<PathBuf>,
+    /// State directory for --lab (certificates and WAL).
+    #[arg(long, default_value = ".pantera")]
+    home: PathBuf,
+    /// Override `service.app`: ledger (HTTPS) or echo (TCP byte echo, for dataplane tests).
+    #[arg(long)]
+    app: Option<String>,
+    /// Override `ledger.wal_dir`.
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
+    /// Override `dataplane.interface`.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Override `service.address`.
+    #[arg(long)]
+    address: Option<std::net::Ipv4Addr>,
+    /// Override `management.listen`.
+    #[arg(long)]
+    management: Option<std::net::SocketAddr>,
+    /// Override `ledger.durability` (fsync | none; none is for benchmarks only).
+    #[arg(long)]
+    durability: Option<String>,
+    /// Override `dataplane.xdp_mode` (auto | native | generic).
+    #[arg(long)]
+    xdp_mode: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration, overrides applied, validated once.
+    fn config(&self) -> Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::lab(&self.home),
+        };
+        let s = self;
+        if let Some(v) = &s.app {
+            cfg.service.app = v.clone();
+        }
+        if let Some(v) = &s.wal_dir {
+            cfg.ledger.wal_dir = v.clone();
+        }
+        if let Some(v) = &s.interface {
+            cfg.dataplane.interface = v.clone();
+        }
+        if let Some(v) = s.address {
+            cfg.service.address = v;
+        }
+        if let Some(v) = s.management {
+            cfg.management.listen = v;
+        }
+        if let Some(v) = &s.durability {
+            cfg.ledger.durability = v.clone();
+        }
+        if let Some(v) = &s.xdp_mode {
+            cfg.dataplane.xdp_mode = v.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn lab_home(&self) -> Option<&std::path::Path> {
+        self.lab.then_some(self.home.as_path())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Serve the HTTPS ledger API on the configured NIC queues.
-    Serve {
-        /// Serve on the lab (pantera0, 10.99.0.2:8443, mTLS with the dev CA under --home).
-        #[arg(long, conflicts_with = "config")]
-        lab: bool,
-        /// The configuration file (TOML), see docs/operations.md.
-        #[arg(long, required_unless_present = "lab")]
-        config: Option<PathBuf>,
-        /// State directory for --lab (certificates and WAL).
-        #[arg(long, default_value = ".pantera")]
-        home: PathBuf,
-        /// Override `service.app`: ledger (HTTPS) or echo (TCP byte echo, for dataplane tests).
+    Serve(ServeArgs),
+    /// The kernel-path baseline for benchmarks: the same TLS, HTTP, API and ledger thread over
+    /// kernel TCP sockets on `--listen` (no XDP, no AF_XDP).
+    ServeKernel {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Kernel TCP address to listen on, e.g. 10.99.0.3:8443 in the lab.
         #[arg(long)]
-        app: Option<String>,
-        /// Override `ledger.wal_dir`.
-        #[arg(long)]
-        wal_dir: Option<PathBuf>,
-        /// Override `dataplane.interface`.
-        #[arg(long)]
-        interface: Option<String>,
-        /// Override `service.address`.
-        #[arg(long)]
-        address: Option<std::net::Ipv4Addr>,
-        /// Override `management.listen`.
-        #[arg(long)]
-        management: Option<std::net::SocketAddr>,
-        /// Override `ledger.durability` (fsync | none; none is for benchmarks only).
-        #[arg(long)]
-        durability: Option<String>,
-        /// Override `dataplane.xdp_mode` (auto | native | generic).
-        #[arg(long)]
-        xdp_mode: Option<String>,
+        listen: std::net::SocketAddr,
     },
     /// Development certificates.
     Certs {
@@ -76,34 +129,19 @@ enum CertsCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Commands::Serve { lab, config, home, app, wal_dir, interface, address, management, durability, xdp_mode } => {
-            let mut cfg = match (&config, lab) {
-                (Some(path), _) => Config::load(path)?,
-                (None, _) => Config::lab(&home),
-            };
-            if let Some(v) = app {
-                cfg.service.app = v;
+        Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home()),
+        Commands::ServeKernel { serve, listen } => {
+            let cfg = serve.config()?;
+            if let Some(home) = serve.lab_home() {
+                let tls_dir = home.join("tls");
+                tls_term::certs::init(&tls_dir, IpAddr::V4(cfg.service.address), false)
+                    .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
             }
-            if let Some(v) = wal_dir {
-                cfg.ledger.wal_dir = v;
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
             }
-            if let Some(v) = interface {
-                cfg.dataplane.interface = v;
-            }
-            if let Some(v) = address {
-                cfg.service.address = v;
-            }
-            if let Some(v) = management {
-                cfg.management.listen = v;
-            }
-            if let Some(v) = durability {
-                cfg.ledger.durability = v;
-            }
-            if let Some(v) = xdp_mode {
-                cfg.dataplane.xdp_mode = v;
-            }
-            cfg.validate()?;
-            pantera::serve::serve(&cfg, lab.then_some(home.as_path()))
+            pantera::baseline::serve_kernel(&cfg, listen, stop)
         }
         Commands::Certs { command: CertsCommand::Init { dir, service_ip, force } } => {
             let paths = tls_term::certs::init(&dir, service_ip, force)

@@ -133,6 +133,25 @@ pub fn sync_counter(counter: &IntCounter, value: u64) {
     }
 }
 
+/// The `status` label of `http_responses_total`: the codes the appliance sends by name, the
+/// rest by class, so the label set stays bounded.
+pub fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        411 => "411",
+        413 => "413",
+        431 => "431",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Request lines and headers a management client may send before it is cut off.
 const MANAGEMENT_REQUEST_BYTES_MAX: u64 = 8 * 1024;
 

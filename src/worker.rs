@@ -21,7 +21,7 @@ use tls_term::Session;
 
 use crate::committer::{Completion, LedgerClient, ReplyTo, Submission};
 use crate::config::Roles;
-use crate::metrics::{sync_counter, Metrics};
+use crate::metrics::{status_label, sync_counter, Metrics};
 
 /// A device the worker can drive: the smoltcp `Device` plus the ring upkeep and the idle wait.
 pub trait Port: Device {
@@ -535,22 +535,6 @@ fn flush_tls(stack: &mut Stack, conn: &mut TlsConn) -> bool {
     moved
 }
 
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        400 => "400",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        411 => "411",
-        413 => "413",
-        431 => "431",
-        503 => "503",
-        s if s < 300 => "2xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
-}
 
 pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
     // smoltcp wants a monotonic clock; any fixed origin will do.
