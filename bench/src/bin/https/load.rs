@@ -403,10 +403,6 @@ fn record(tally: &mut ConnTally, workload: Workload, started: Instant, response:
     }
 }
 
-fn body_for(shared: &Shared<'_>, conn: usize, request: u64) -> Vec<u8> {
-    transfer_body(shared.ids, conn, request)
-}
-
 fn keepalive(shared: &Shared<'_>, index: usize) -> ConnTally {
     let mut tally = ConnTally::new();
     let args = shared.args;
@@ -417,9 +413,11 @@ fn keepalive(shared: &Shared<'_>, index: usize) -> ConnTally {
         if Instant::now() >= shared.deadline || consecutive >= CONSECUTIVE_ERRORS_MAX {
             break;
         }
-        let body = body_for(shared, index, request);
+        let body = transfer_body(shared.ids, index, request);
         let started = Instant::now();
-        let c = match conn.take() {
+        // After an error or a `Connection: close` the next request reconnects (not timed apart:
+        // the reconnect is part of that request's latency).
+        let mut c = match conn.take() {
             Some(c) => c,
             None => match shared.client.connect() {
                 Ok(c) => c,
@@ -431,7 +429,6 @@ fn keepalive(shared: &Shared<'_>, index: usize) -> ConnTally {
                 }
             },
         };
-        let mut c = c;
         match c.exchange("POST", &args.path, &shared.client.host, &body, false) {
             Ok(response) => {
                 consecutive = 0;
@@ -461,7 +458,7 @@ fn handshakes(shared: &Shared<'_>, index: usize) -> ConnTally {
         if Instant::now() >= shared.deadline || consecutive >= CONSECUTIVE_ERRORS_MAX {
             break;
         }
-        let body = body_for(shared, index, request);
+        let body = transfer_body(shared.ids, index, request);
         let started = Instant::now();
         let result = shared.client.connect().and_then(|mut c| {
             let r = c.exchange("POST", &args.path, &shared.client.host, &body, true);

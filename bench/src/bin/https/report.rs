@@ -109,6 +109,32 @@ pub fn render(header: &str, rows: &[Row], notes: &[ServerNotes]) -> String {
     out
 }
 
+/// What makes a run untrustworthy: a phase that failed or saw errors, a ledger check that did
+/// not pass, a server that failed. One line each; empty when all is well.
+pub fn problems(rows: &[Row], notes: &[ServerNotes]) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in rows {
+        let what = format!("{} / {} / {} conns", row.server, row.run, row.conns);
+        match &row.outcome {
+            Err(e) => out.push(format!("{what}: failed: {}", one_line(e))),
+            Ok(r) => {
+                if r.errors > 0 {
+                    out.push(format!("{what}: {} errors", r.errors));
+                }
+                if r.ledger_check != "ok" && r.ledger_check != "skipped" {
+                    out.push(format!("{what}: ledger check: {}", r.ledger_check));
+                }
+            }
+        }
+    }
+    for n in notes {
+        if let Some(f) = &n.failure {
+            out.push(format!("{}: {}", n.server, one_line(f)));
+        }
+    }
+    out
+}
+
 /// A message fit for one table cell: first line, no pipes, bounded.
 fn one_line(s: &str) -> String {
     let first = s.lines().next().unwrap_or("").replace('|', "/");
@@ -167,6 +193,25 @@ mod tests {
         assert!(md.contains("| nginx | keep-alive | 1 | failed: no / route |"), "{md}");
         assert!(md.contains("first error: 503 busy"), "{md}");
         assert!(md.contains("- **pantera**: ready 812 ms after start; 3 batches"), "{md}");
+    }
+
+    #[test]
+    fn problems_name_failures_errors_and_bad_ledger_checks() {
+        let ok = LoadResult::from_json(LINE).expect("valid line");
+        let clean = LoadResult { errors: 0, status_503: 0, first_error: None, ..ok.clone() };
+        let row = |outcome| Row { server: "s".into(), run: "r".into(), conns: 1, outcome, cpu_us_per_request: None };
+        assert!(problems(&[row(Ok(clean.clone()))], &[]).is_empty());
+        let skipped = LoadResult { ledger_check: "skipped".into(), ..clean.clone() };
+        assert!(problems(&[row(Ok(skipped))], &[]).is_empty());
+        let lost = LoadResult { ledger_check: "mismatch: credits_posted 9, created replies 10".into(), ..clean };
+        let failed = ServerNotes { server: "nginx".into(), failure: Some("not ready".into()), ..ServerNotes::default() };
+        let p = problems(&[row(Ok(ok)), row(Ok(lost)), row(Err("no result".into()))], &[failed]);
+        assert_eq!(p, vec![
+            "s / r / 1 conns: 2 errors".to_owned(),
+            "s / r / 1 conns: ledger check: mismatch: credits_posted 9, created replies 10".to_owned(),
+            "s / r / 1 conns: failed: no result".to_owned(),
+            "nginx: not ready".to_owned(),
+        ]);
     }
 
     #[test]

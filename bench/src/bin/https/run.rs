@@ -216,6 +216,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         fs::write(&args.docs, report::splice(&doc, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
         eprintln!("https: table written to {}", args.docs.display());
     }
+    // The table is written either way; the exit status says whether every figure in it is
+    // one of a correct run.
+    let problems = report::problems(&rows, &notes);
+    if !problems.is_empty() {
+        bail!("the run had problems:\n{}", problems.join("\n"));
+    }
     Ok(())
 }
 
