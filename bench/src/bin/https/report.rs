@@ -2,8 +2,10 @@
 
 use std::fmt::Write as _;
 
-pub const BEGIN_MARKER: &str = "<!-- https:begin -->";
-pub const END_MARKER: &str = "<!-- https:end -->";
+/// The section of a run with the appliance's default durability (fsync).
+pub const SECTION: &str = "https";
+/// The section of a run with `ledger.durability = none` (the network path without the WAL).
+pub const SECTION_DURABILITY_NONE: &str = "https-durability-none";
 
 /// One load run's figures, as `https load` printed them.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,12 +147,14 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// `doc` with the text between the markers replaced by `section` (the markers are added at the
-/// end when absent).
-pub fn splice(doc: &str, section: &str) -> String {
-    let body = format!("{BEGIN_MARKER}\n{}\n{END_MARKER}", section.trim_end());
-    match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {
-        (Some(b), Some(e)) if b < e => format!("{}{}{}", &doc[..b], body, &doc[e + END_MARKER.len()..]),
+/// `doc` with the text between the markers `<!-- name:begin -->` and `<!-- name:end -->`
+/// replaced by `section` (the markers are added at the end when absent).
+pub fn splice(doc: &str, name: &str, section: &str) -> String {
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let body = format!("{begin}\n{}\n{end}", section.trim_end());
+    match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{}{}", &doc[..b], body, &doc[e + end.len()..]),
         _ => {
             let sep = if doc.is_empty() || doc.ends_with("\n\n") {
                 ""
@@ -216,13 +220,18 @@ mod tests {
 
     #[test]
     fn splices_between_the_markers_and_only_there() {
-        let doc = format!("# P\n\nintro\n\n{BEGIN_MARKER}\nold table\n{END_MARKER}\n\n## Notes\nkept\n");
-        let new = splice(&doc, "new table\n");
-        assert_eq!(new, format!("# P\n\nintro\n\n{BEGIN_MARKER}\nnew table\n{END_MARKER}\n\n## Notes\nkept\n"));
+        let (b, e) = ("<!-- https:begin -->", "<!-- https:end -->");
+        let (nb, ne) = ("<!-- https-durability-none:begin -->", "<!-- https-durability-none:end -->");
+        let doc = format!("# P\n\nintro\n\n{b}\nold table\n{e}\n\n{nb}\nother\n{ne}\n## Notes\nkept\n");
+        let new = splice(&doc, SECTION, "new table\n");
+        assert_eq!(new, format!("# P\n\nintro\n\n{b}\nnew table\n{e}\n\n{nb}\nother\n{ne}\n## Notes\nkept\n"));
         // Idempotent on its own output.
-        assert_eq!(splice(&new, "new table"), new);
+        assert_eq!(splice(&new, SECTION, "new table"), new);
+        // The other section is its own.
+        let both = splice(&new, SECTION_DURABILITY_NONE, "none table");
+        assert_eq!(both, format!("# P\n\nintro\n\n{b}\nnew table\n{e}\n\n{nb}\nnone table\n{ne}\n## Notes\nkept\n"));
         // Absent markers: appended.
-        assert_eq!(splice("# P\n", "t"), format!("# P\n\n{BEGIN_MARKER}\nt\n{END_MARKER}\n"));
-        assert_eq!(splice("", "t"), format!("{BEGIN_MARKER}\nt\n{END_MARKER}\n"));
+        assert_eq!(splice("# P\n", SECTION, "t"), format!("# P\n\n{b}\nt\n{e}\n"));
+        assert_eq!(splice("", SECTION, "t"), format!("{b}\nt\n{e}\n"));
     }
 }

@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// the run, nor be disturbed by it.
     #[arg(long, conflicts_with = "replace_lab")]
     pub private_lab: bool,
+    /// The ledger's durability for both pantera servers: `fsync` (the product; a reply only
+    /// after its batch is on disk) or `none` (the network path without the WAL's fsync, for
+    /// comparison only). Each writes its own section of the docs.
+    #[arg(long, value_parser = ["fsync", "none"], default_value = "fsync")]
+    pub durability: String,
     /// The servers to measure, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pantera,kernel,nginx")]
     pub peers: Vec<Peer>,
@@ -202,9 +207,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     drop(lab);
 
     let header = format!(
-        "### HTTPS, {} run of {} (commit {}, kernel {}, load average at start {})",
+        "### HTTPS, {} run of {}, ledger durability {} (commit {}, kernel {}, load average at start {})",
         if args.quick { "quick" } else { "full" },
         command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        args.durability,
         command_output("git", &["rev-parse", "--short", "HEAD"]),
         command_output("uname", &["-r"]),
         load_average,
@@ -213,7 +219,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("{table}");
     if !args.no_docs {
         let doc = fs::read_to_string(&args.docs).unwrap_or_default();
-        fs::write(&args.docs, report::splice(&doc, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
+        let section = if args.durability == "none" { report::SECTION_DURABILITY_NONE } else { report::SECTION };
+        fs::write(&args.docs, report::splice(&doc, section, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
         eprintln!("https: table written to {}", args.docs.display());
     }
     // The table is written either way; the exit status says whether every figure in it is
@@ -238,17 +245,21 @@ fn command_output(program: &str, args: &[&str]) -> String {
 
 /// Starts one server, runs every phase against it, stops it.
 fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNotes) -> Result<()> {
-    // `--home` only when it is not the default, so the command lines stay the documented ones.
-    let home_args: Vec<String> = if ctx.args.home == Path::new(".pantera") {
+    // `--home` and `--durability` only when not the defaults, so the command lines stay the
+    // documented ones.
+    let mut common_args: Vec<String> = if ctx.args.home == Path::new(".pantera") {
         Vec::new()
     } else {
         vec!["--home".to_owned(), ctx.args.home.display().to_string()]
     };
+    if ctx.args.durability != "fsync" {
+        common_args.extend(["--durability".to_owned(), ctx.args.durability.clone()]);
+    }
     let (mut server, target, management, workload) = match peer {
         Peer::Pantera => {
             let wal = ctx.tmp.join("wal-pantera");
             let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--wal-dir".to_owned(), wal.display().to_string()];
-            args.extend(home_args);
+            args.extend(common_args);
             if ctx.args.private_lab {
                 let spec = &ctx.lab.spec;
                 args.extend(["--interface".to_owned(), spec.host_if.clone(), "--address".to_owned(), spec.service_ipv4.to_string()]);
@@ -263,7 +274,7 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
                 .map(|s| (*s).to_owned())
                 .collect();
             args.extend([ctx.kernel.to_string(), "--wal-dir".to_owned(), wal.display().to_string()]);
-            args.extend(home_args);
+            args.extend(common_args);
             let s = Server::spawn("pantera serve-kernel", &ctx.pantera, &args, ctx.tmp.join("kernel.log"))?;
             (s, ctx.kernel, Some(KERNEL_MANAGEMENT), "transfers")
         }
@@ -348,7 +359,7 @@ fn metric_notes(text: &str) -> Vec<String> {
     }
     if let (Some(sum), Some(count)) = (m("pantera_ledger_commit_seconds_sum"), m("pantera_ledger_commit_seconds_count")) {
         if count > 0.0 {
-            lines.push(format!("mean commit (apply + WAL fsync) {:.0} µs", sum / count * 1e6));
+            lines.push(format!("mean group commit (apply + WAL write + fsync if durable) {:.0} µs", sum / count * 1e6));
         }
     }
     if let Some(h) = m("pantera_tls_handshakes_total") {
@@ -501,6 +512,6 @@ mod tests {
         let text = "pantera_ledger_batches_total 10\npantera_ledger_requests_total 40\npantera_ledger_commit_seconds_sum{durability=\"fsync\"} 0.002\npantera_ledger_commit_seconds_count{durability=\"fsync\"} 10\n";
         let notes = metric_notes(text);
         assert!(notes.contains(&"40 ledger requests in 10 group commits (4.0 per commit)".to_owned()), "{notes:?}");
-        assert!(notes.contains(&"mean commit (apply + WAL fsync) 200 µs".to_owned()), "{notes:?}");
+        assert!(notes.contains(&"mean group commit (apply + WAL write + fsync if durable) 200 µs".to_owned()), "{notes:?}");
     }
 }
