@@ -31,6 +31,8 @@ pub trait Port: Device {
     fn wait(&mut self, timeout: Duration);
     /// Cumulative counters for the metrics, as (name, value).
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// True when frames wait in the RX ring or TX frames still need kicks: no time to sleep.
+    fn pending(&mut self) -> bool;
 }
 
 impl Port for dataplane::XskPort {
@@ -43,6 +45,10 @@ impl Port for dataplane::XskPort {
             log::warn!("queue {}: poll failed: {e}", self.queue_id());
             std::thread::sleep(timeout);
         }
+    }
+
+    fn pending(&mut self) -> bool {
+        self.rx_pending() || self.tx_in_flight() > 0
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -90,9 +96,10 @@ const TLS_WRITE_CHUNK_BYTES: usize = 16 * 1024;
 const METRICS_EVERY_TURNS: u32 = 1024;
 /// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
-/// While replies from the ledger are outstanding the worker cannot sleep on the socket alone
-/// (a reply does not wake poll(2)); it naps this long instead.
-const REPLY_WAIT: Duration = Duration::from_micros(50);
+/// While ledger replies are outstanding and no frame is waiting, the worker blocks on its
+/// reply channel (a reply does not wake poll(2)) for at most this long before it looks at
+/// the rings again: an upper bound on the delay a frame arriving meanwhile can see.
+const REPLY_WAIT: Duration = Duration::from_micros(200);
 
 pub struct Worker<P: Port> {
     pub index: usize,
@@ -107,6 +114,8 @@ pub struct Worker<P: Port> {
     scratch: Vec<u8>,
     /// Ledger submissions whose replies have not come back, over all connections.
     outstanding: usize,
+    /// A reply taken while waiting for one, handled on the next turn.
+    parked: Option<Completion>,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -169,6 +178,7 @@ impl<P: Port> Worker<P> {
             busy_poll_turns,
             scratch: vec![0; 64 * 1024],
             outstanding: 0,
+            parked: None,
         })
     }
 
@@ -191,18 +201,21 @@ impl<P: Port> Worker<P> {
                 continue;
             }
             let now = Instant::now();
-            let mut wait = self
+            let wait = self
                 .stack
                 .poll_delay(smoltcp_now(now))
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .unwrap_or(IDLE_WAIT_MAX)
                 .min(IDLE_WAIT_MAX);
-            if self.outstanding > 0 {
-                wait = wait.min(REPLY_WAIT);
-            }
             // The metrics stay fresh while idle too.
             self.publish_metrics();
-            self.port.wait(wait);
+            if self.outstanding > 0 {
+                if !self.port.pending() {
+                    self.wait_for_reply(wait.min(REPLY_WAIT));
+                }
+            } else {
+                self.port.wait(wait);
+            }
         }
         self.shutdown();
         self.publish_metrics();
@@ -240,10 +253,18 @@ impl<P: Port> Worker<P> {
         });
     }
 
+    /// Sleeps until a ledger reply arrives or `timeout` passes, unless frames are waiting.
+    fn wait_for_reply(&mut self, timeout: Duration) {
+        let AppConfig::Ledger(app) = &self.app else { return };
+        if self.parked.is_none() {
+            self.parked = app.completions.recv_timeout(timeout).ok();
+        }
+    }
+
     fn collect_completions(&mut self) -> bool {
         let AppConfig::Ledger(app) = &self.app else { return false };
         let mut any = false;
-        while let Ok(c) = app.completions.try_recv() {
+        while let Some(c) = self.parked.take().or_else(|| app.completions.try_recv().ok()) {
             any = true;
             self.outstanding -= 1;
             let Some(Some(Conn::Tls(conn))) = self.conns.get_mut(c.reply_to.slot) else { continue };

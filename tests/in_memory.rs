@@ -82,6 +82,9 @@ impl Port for End {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    fn pending(&mut self) -> bool {
+        false
+    }
 }
 
 /// A client connection: a smoltcp socket carrying a rustls session, and the requests it still
