@@ -108,6 +108,8 @@ pub struct Worker<P: Port> {
     stack: Stack,
     app: AppConfig,
     conns: Vec<Option<Conn>>,
+    /// Slots of the open connections, in no particular order.
+    active: Vec<u32>,
     metrics: Metrics,
     busy_poll_turns: u32,
     /// Scratch space for the echo app.
@@ -174,6 +176,7 @@ impl<P: Port> Worker<P> {
             stack,
             app,
             conns: (0..slots).map(|_| None).collect(),
+            active: Vec::with_capacity(slots),
             metrics,
             busy_poll_turns,
             scratch: vec![0; 64 * 1024],
@@ -228,8 +231,9 @@ impl<P: Port> Worker<P> {
         let mut busy = self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         busy |= self.collect_completions();
-        for slot in 0..self.conns.len() {
-            busy |= self.drive(slot, now);
+        // Only open connections: an empty turn must stay cheap, or busy-polling burns a core.
+        for i in 0..self.active.len() {
+            busy |= self.drive(self.active[i] as usize, now);
         }
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
         // is re-armed after it as after the first one: smoltcp has no backlog (FACTS.md).
@@ -241,15 +245,20 @@ impl<P: Port> Worker<P> {
 
     /// Re-arms listeners, times out idle connections, and opens or drops connection state.
     fn service_stack(&mut self, now: Instant) {
-        let (conns, app) = (&mut self.conns, &self.app);
+        let (conns, active, app) = (&mut self.conns, &mut self.active, &self.app);
         self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
                 conns[id.slot()] = Some(match app {
                     AppConfig::Echo => Conn::Echo(id),
                     AppConfig::Ledger(l) => Conn::Tls(Box::new(TlsConn::new(id, l, now))),
                 });
+                active.push(id.slot() as u32);
             }
-            Event::Closed(id) => conns[id.slot()] = None,
+            Event::Closed(id) => {
+                conns[id.slot()] = None;
+                let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
+                active.swap_remove(at);
+            }
         });
     }
 
@@ -291,8 +300,8 @@ impl<P: Port> Worker<P> {
     }
 
     fn shutdown(&mut self) {
-        for slot in 0..self.conns.len() {
-            if let Some(Conn::Tls(conn)) = &mut self.conns[slot] {
+        for &slot in &self.active {
+            if let Some(Conn::Tls(conn)) = &mut self.conns[slot as usize] {
                 conn.session.close();
                 flush_tls(&mut self.stack, conn);
                 self.stack.close(conn.id);
