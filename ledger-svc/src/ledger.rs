@@ -10,6 +10,21 @@
 //! disk. Every `LedgerError` from `submit` except `BatchTooLarge` is fatal: the ledger refuses
 //! further batches (`Poisoned`) and the caller must stop the process without sending the
 //! batch's replies; recovery at the next start decides what was durable.
+//!
+//! Checkpoints are taken off the commit path in three steps, so that `submit` never waits for
+//! one (a checkpoint of 1M transfers is about 150 MB):
+//! 1. `begin_checkpoint` (ledger thread, between batches) encodes the state into a buffer and
+//!    rolls the WAL to a new segment, so that every segment that exists now holds only
+//!    batches the checkpoint covers;
+//! 2. `CheckpointJob::write` (any thread, its own `Storage::reopen` handle) writes
+//!    `checkpoint.tmp`, syncs it, renames it and syncs the directory, while `submit` keeps
+//!    appending to the new segment;
+//! 3. `finish_checkpoint` (ledger thread, once the write returned Ok) removes the segments
+//!    and checkpoints the new one supersedes: only segments started before step 1.
+//!
+//! A crash at any point leaves the previous checkpoint and every segment since it (nothing
+//! is removed before the new checkpoint is durable), or the new checkpoint plus possibly some
+//! segments it covers (recovery skips their records). At most one checkpoint is in flight.
 
 use crate::checkpoint::{self, parse_checkpoint_name, CHECKPOINT_TEMP_NAME};
 use crate::model::*;
@@ -76,6 +91,9 @@ pub enum LedgerError {
     Poisoned,
     #[error("invalid ledger configuration: {0}")]
     Config(&'static str),
+    /// The checkpoint API was called out of order (a bug in the caller). Fatal.
+    #[error("checkpoint protocol violated: {0}")]
+    CheckpointProtocol(&'static str),
 }
 
 impl LedgerError {
@@ -116,6 +134,54 @@ fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<
         .collect()
 }
 
+/// A checkpoint begun by `Ledger::begin_checkpoint`: the encoded state after batch
+/// `sequence`, to be written by `write` (on any thread) and handed back to
+/// `Ledger::finish_checkpoint`.
+#[derive(Debug)]
+pub struct CheckpointJob {
+    sequence: u64,
+    /// Header and state (`checkpoint::encode`); the writer adds the trailer.
+    encoded: Vec<u8>,
+    written: bool,
+}
+
+impl CheckpointJob {
+    /// The batch the checkpoint is taken after.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The size of the checkpoint file, in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.encoded.len() as u64 + checkpoint::TRAILER_SIZE as u64
+    }
+
+    /// True once `write` has returned Ok.
+    pub fn is_written(&self) -> bool {
+        self.written
+    }
+
+    /// Writes the checkpoint durably: `checkpoint.tmp`, sync, rename to
+    /// `checkpoint-<sequence>.snap`, directory sync. Use a handle of its own
+    /// (`Storage::reopen`) to run it on another thread while the ledger appends. An error is
+    /// fatal for the process (the same policy as the WAL: a failed fsync proves nothing
+    /// about what is on disk); nothing acknowledged depends on this checkpoint, since the
+    /// segments it would supersede are still there.
+    pub fn write<S: Storage>(&mut self, storage: &mut S) -> Result<(), LedgerError> {
+        if self.written {
+            return Err(LedgerError::CheckpointProtocol("checkpoint written twice"));
+        }
+        let (name, size) = checkpoint::write_encoded(storage, &self.encoded, self.sequence)?;
+        log::info!(
+            "ledger checkpoint {} written ({size} bytes) at batch {}",
+            storage.describe(&name),
+            self.sequence
+        );
+        self.written = true;
+        Ok(())
+    }
+}
+
 /// The durable ledger. See the module documentation.
 #[derive(Debug)]
 pub struct Ledger<S: Storage> {
@@ -127,6 +193,10 @@ pub struct Ledger<S: Storage> {
     /// The segment being appended to and its size; `None` until the next append starts one.
     segment: Option<(String, u64)>,
     checkpoint_sequence: u64,
+    /// The sequence of the checkpoint begun and not yet finished.
+    checkpoint_in_flight: Option<u64>,
+    /// The encoding buffer, handed to each `CheckpointJob` and taken back when it finishes.
+    checkpoint_buffer: Vec<u8>,
     poisoned: bool,
     /// Reused record buffer (no allocation per batch once warm).
     record: Vec<u8>,
@@ -261,6 +331,8 @@ impl<S: Storage> Ledger<S> {
             sequence,
             segment,
             checkpoint_sequence,
+            checkpoint_in_flight: None,
+            checkpoint_buffer: Vec::new(),
             poisoned: false,
             record: Vec::new(),
             recovery: report,
@@ -297,14 +369,6 @@ impl<S: Storage> Ledger<S> {
         }
         let replies = apply_batch(&mut self.state, now_ns, ops);
         self.sequence = sequence;
-        if self.config.checkpoint_every_batches > 0
-            && self.sequence - self.checkpoint_sequence >= self.config.checkpoint_every_batches
-        {
-            if let Err(error) = self.checkpoint() {
-                self.poisoned = true;
-                return Err(error);
-            }
-        }
         Ok(replies)
     }
 
@@ -327,46 +391,132 @@ impl<S: Storage> Ledger<S> {
         Ok(())
     }
 
-    /// Writes a checkpoint of the current state now and removes the segments and checkpoints
-    /// it supersedes. `submit` calls it every `checkpoint_every_batches` batches.
-    pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+    /// True when `checkpoint_every_batches` batches were logged since the last checkpoint
+    /// and none is in flight: the caller should `begin_checkpoint` (`submit` never does).
+    pub fn checkpoint_due(&self) -> bool {
+        !self.poisoned
+            && self.checkpoint_in_flight.is_none()
+            && self.config.checkpoint_every_batches > 0
+            && self.sequence - self.checkpoint_sequence >= self.config.checkpoint_every_batches
+    }
+
+    /// The sequence of the checkpoint begun and not yet finished, if any.
+    pub fn checkpoint_in_flight(&self) -> Option<u64> {
+        self.checkpoint_in_flight
+    }
+
+    /// The sequence of the newest durable checkpoint (0: none).
+    pub fn checkpoint_sequence(&self) -> u64 {
+        self.checkpoint_sequence
+    }
+
+    /// Step 1 of a checkpoint (module docs): encodes the state after the last batch and rolls
+    /// the WAL, so the next batch starts a new segment. `Ok(None)` if a checkpoint is already
+    /// in flight. This is the only part of a checkpoint on the ledger thread: CPU work
+    /// proportional to the state (no I/O with `Durability::Fsync`).
+    pub fn begin_checkpoint(&mut self) -> Result<Option<CheckpointJob>, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
-        let result = self.checkpoint_inner();
+        if self.checkpoint_in_flight.is_some() {
+            return Ok(None);
+        }
+        if self.config.durability == Durability::None {
+            // The checkpoint must not claim batches that may not be on disk: otherwise a
+            // crash could leave a checkpoint ahead of a WAL that lost its tail, and the next
+            // batches would reuse sequence numbers the checkpoint already covers.
+            if let Some((name, _)) = &self.segment {
+                if let Err(error) = self.storage.sync(name) {
+                    self.poisoned = true;
+                    return Err(error.into());
+                }
+            }
+        }
+        let mut encoded = std::mem::take(&mut self.checkpoint_buffer);
+        checkpoint::encode(&self.state, self.sequence, &mut encoded);
+        // Every segment that exists now ends at or before `sequence`; finish_checkpoint can
+        // remove them all while the WAL goes on in the new one.
+        self.segment = None;
+        self.checkpoint_in_flight = Some(self.sequence);
+        Ok(Some(CheckpointJob {
+            sequence: self.sequence,
+            encoded,
+            written: false,
+        }))
+    }
+
+    /// Step 3 of a checkpoint (module docs): `job` was written (`CheckpointJob::write`
+    /// returned Ok), so the segments and older checkpoints it supersedes are removed and the
+    /// removal made durable. Errors poison the ledger.
+    pub fn finish_checkpoint(&mut self, job: CheckpointJob) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        if self.checkpoint_in_flight != Some(job.sequence) {
+            return Err(LedgerError::CheckpointProtocol(
+                "finish_checkpoint for a checkpoint that is not in flight",
+            ));
+        }
+        if !job.written {
+            return Err(LedgerError::CheckpointProtocol(
+                "finish_checkpoint before the checkpoint was written",
+            ));
+        }
+        self.checkpoint_in_flight = None;
+        self.checkpoint_sequence = job.sequence;
+        let mut buffer = job.encoded;
+        buffer.clear();
+        self.checkpoint_buffer = buffer;
+        let result = self.remove_superseded(job.sequence);
         if result.is_err() {
             self.poisoned = true;
         }
         result
     }
 
-    fn checkpoint_inner(&mut self) -> Result<(), LedgerError> {
-        if self.config.durability == Durability::None {
-            // The checkpoint must not claim batches that may not be on disk.
-            if let Some((name, _)) = &self.segment {
-                self.storage.sync(name)?;
-            }
-        }
-        let (name, size) = checkpoint::write(&mut self.storage, &self.state, self.sequence)?;
-        log::info!(
-            "ledger checkpoint {name} written ({size} bytes) at batch {}",
-            self.sequence
-        );
-        self.checkpoint_sequence = self.sequence;
-        // Every record so far is covered: the next batch starts a new segment and all
-        // existing segments and older checkpoints can go.
-        self.segment = None;
+    /// Removes checkpoints older than `sequence` and segments that start at or before it.
+    /// A segment starting at or before `sequence` was begun before `begin_checkpoint` rolled
+    /// the WAL, so it holds no record after `sequence`; the segment being appended to now
+    /// started after the roll and is never one of them.
+    fn remove_superseded(&mut self, sequence: u64) -> Result<(), LedgerError> {
+        debug_assert!(self
+            .segment
+            .as_ref()
+            .and_then(|(name, _)| wal::parse_segment_name(name))
+            .is_none_or(|first| first > sequence));
+        let mut removed = false;
         for old in self.storage.list()? {
-            let superseded_checkpoint =
-                parse_checkpoint_name(&old).is_some_and(|s| s < self.sequence);
-            let superseded_segment =
-                wal::parse_segment_name(&old).is_some_and(|s| s <= self.sequence);
+            let superseded_checkpoint = parse_checkpoint_name(&old).is_some_and(|s| s < sequence);
+            let superseded_segment = wal::parse_segment_name(&old).is_some_and(|s| s <= sequence);
             if superseded_checkpoint || superseded_segment {
                 self.storage.remove(&old)?;
+                removed = true;
             }
         }
-        self.storage.sync_dir()?;
+        if removed {
+            self.storage.sync_dir()?;
+        }
         Ok(())
+    }
+
+    /// Writes a checkpoint of the current state now, on this thread, and removes the
+    /// segments and checkpoints it supersedes (all three steps in one call). For tests,
+    /// tools and a clean shutdown; the server uses the three steps. Fails with
+    /// `CheckpointProtocol` if a checkpoint is in flight.
+    pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        let mut job = match self.begin_checkpoint()? {
+            Some(job) => job,
+            None => {
+                return Err(LedgerError::CheckpointProtocol(
+                    "checkpoint while another is in flight",
+                ))
+            }
+        };
+        if let Err(error) = job.write(&mut self.storage) {
+            self.poisoned = true;
+            return Err(error);
+        }
+        self.finish_checkpoint(job)
     }
 
     pub fn state(&self) -> &StateMachine {

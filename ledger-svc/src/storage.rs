@@ -10,11 +10,17 @@
 //! - until synced, bytes may be lost or torn by a crash.
 //!
 //! `FileStorage` is the only module of this crate that does I/O.
+//!
+//! `reopen` gives a second handle on the same directory, for the checkpoint writer thread.
+//! The ledger guarantees the two handles never touch the same file: the writer only creates
+//! `checkpoint.tmp` and renames it, and the ledger's handle leaves that name alone while a
+//! checkpoint is in flight.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// An operating error of the storage, with the call and the file it was about.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,12 @@ pub trait Storage {
     fn describe(&self, name: &str) -> String {
         name.to_string()
     }
+    /// A second, independent handle on the same directory (for a checkpoint writer on
+    /// another thread). Files it creates, renames or syncs are the same files this handle
+    /// sees; it has its own open-file cache.
+    fn reopen(&self) -> Result<Self, StorageError>
+    where
+        Self: Sized;
 }
 
 fn check_name(name: &str) -> Result<(), StorageError> {
@@ -213,6 +225,10 @@ impl Storage for FileStorage {
     fn describe(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
+
+    fn reopen(&self) -> Result<Self, StorageError> {
+        FileStorage::open(&self.dir)
+    }
 }
 
 /// A small deterministic PRNG (SplitMix64) for the simulator, so a failing seed replays.
@@ -247,19 +263,29 @@ struct SimFile {
     durable: Vec<u8>,
 }
 
-/// An in-memory disk for tests. Writes land in `current`; `sync` copies a file to `durable`.
-/// `crash` builds the disk a restarted process would see: each file keeps its durable bytes
-/// plus a random prefix of its unsynced bytes, with sectors of that prefix torn (zeroed or
-/// garbage), and unsynced directory changes either all happen or none do. `fail_after`
-/// makes every storage call fail after a number of calls, as if the process died mid-write.
-#[doc(hidden)]
-#[derive(Clone, Debug)]
-pub struct SimStorage {
+/// The simulated disk, shared by every handle `reopen` makes.
+#[derive(Clone, Debug, Default)]
+struct SimDisk {
     files: Vec<SimFile>,
     /// The directory now: name -> file.
     dir: BTreeMap<String, usize>,
     /// The durable directory.
     dir_durable: BTreeMap<String, usize>,
+}
+
+/// An in-memory disk for tests. Writes land in `current`; `sync` copies a file to `durable`.
+/// `crash` builds the disk a restarted process would see: each file keeps its durable bytes
+/// plus a random prefix of its unsynced bytes, with sectors of that prefix torn (zeroed or
+/// garbage), and unsynced directory changes either all happen or none do. `fail_after`
+/// makes every storage call fail after a number of calls, as if the process died mid-write.
+///
+/// `reopen` returns a handle on the same disk (with its own call count and fault injection),
+/// as a checkpoint writer thread has; `clone` copies the disk (a snapshot).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SimStorage {
+    disk: Arc<Mutex<SimDisk>>,
+    /// Calls made through this handle.
     calls: u64,
     fail_after_calls: Option<u64>,
     /// Sector size for tearing.
@@ -274,22 +300,30 @@ impl Default for SimStorage {
 
 impl SimStorage {
     pub fn new() -> Self {
+        Self::with_disk(SimDisk::default(), 512)
+    }
+
+    fn with_disk(disk: SimDisk, sector_bytes: usize) -> Self {
         SimStorage {
-            files: Vec::new(),
-            dir: BTreeMap::new(),
-            dir_durable: BTreeMap::new(),
+            disk: Arc::new(Mutex::new(disk)),
             calls: 0,
             fail_after_calls: None,
-            sector_bytes: 512,
+            sector_bytes,
         }
     }
 
-    /// Every call after `calls` more calls fails with `StorageError::Fault`.
+    /// The shared disk. A panic in another handle's holder leaves the disk consistent (every
+    /// call below mutates it in one step), so a poisoned lock is taken over.
+    fn disk(&self) -> MutexGuard<'_, SimDisk> {
+        self.disk.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every call through this handle after `calls` more calls fails with `StorageError::Fault`.
     pub fn fail_after(&mut self, calls: u64) {
         self.fail_after_calls = Some(self.calls + calls);
     }
 
-    /// Storage calls made so far.
+    /// Storage calls made through this handle so far.
     pub fn calls(&self) -> u64 {
         self.calls
     }
@@ -302,22 +336,16 @@ impl SimStorage {
         }
     }
 
-    fn file(&self, name: &str) -> Result<usize, StorageError> {
-        self.dir
-            .get(name)
-            .copied()
-            .ok_or_else(|| StorageError::NotFound(name.to_string()))
-    }
-
     /// The disk after a crash at this instant (see the type's documentation).
     pub fn crash(&self, rng: &mut SimRng) -> SimStorage {
+        let disk = self.disk();
         let dir = if rng.chance(1, 2) {
-            self.dir.clone()
+            disk.dir.clone()
         } else {
-            self.dir_durable.clone()
+            disk.dir_durable.clone()
         };
-        let mut files = Vec::with_capacity(self.files.len());
-        for file in &self.files {
+        let mut files = Vec::with_capacity(disk.files.len());
+        for file in &disk.files {
             let mut survived = file.durable.clone();
             let extends = file.current.len() >= file.durable.len()
                 && file.current[..file.durable.len()] == file.durable[..];
@@ -354,37 +382,30 @@ impl SimStorage {
                 durable: survived,
             });
         }
-        SimStorage {
+        let disk = SimDisk {
             files,
             dir_durable: dir.clone(),
             dir,
-            calls: 0,
-            fail_after_calls: None,
-            sector_bytes: self.sector_bytes,
-        }
+        };
+        Self::with_disk(disk, self.sector_bytes)
     }
 
     /// The disk as it is now, with every write and directory change made durable (a clean
     /// stop), and fault injection cleared.
     pub fn crash_clean(&self) -> SimStorage {
-        let mut files = self.files.clone();
-        for file in &mut files {
+        let mut disk = self.disk().clone();
+        for file in &mut disk.files {
             file.durable = file.current.clone();
         }
-        SimStorage {
-            files,
-            dir: self.dir.clone(),
-            dir_durable: self.dir.clone(),
-            calls: 0,
-            fail_after_calls: None,
-            sector_bytes: self.sector_bytes,
-        }
+        disk.dir_durable = disk.dir.clone();
+        Self::with_disk(disk, self.sector_bytes)
     }
 
     /// Flips one byte of a file's content (current and durable), for corruption tests.
     pub fn corrupt(&mut self, name: &str, offset: usize) -> Result<(), StorageError> {
-        let index = self.file(name)?;
-        let file = &mut self.files[index];
+        let mut disk = self.disk();
+        let index = disk.file(name)?;
+        let file = &mut disk.files[index];
         if let Some(byte) = file.current.get_mut(offset) {
             *byte ^= 0x5a;
         }
@@ -396,42 +417,67 @@ impl SimStorage {
 
     /// The length of a file now.
     pub fn len_of(&self, name: &str) -> Option<usize> {
-        self.dir.get(name).map(|&i| self.files[i].current.len())
+        let disk = self.disk();
+        disk.dir.get(name).map(|&i| disk.files[i].current.len())
+    }
+}
+
+impl SimDisk {
+    fn file(&self, name: &str) -> Result<usize, StorageError> {
+        self.dir
+            .get(name)
+            .copied()
+            .ok_or_else(|| StorageError::NotFound(name.to_string()))
+    }
+}
+
+impl Clone for SimStorage {
+    /// A copy of the disk as it is now (current and durable bytes), independent of this one.
+    fn clone(&self) -> Self {
+        SimStorage {
+            disk: Arc::new(Mutex::new(self.disk().clone())),
+            calls: self.calls,
+            fail_after_calls: self.fail_after_calls,
+            sector_bytes: self.sector_bytes,
+        }
     }
 }
 
 impl Storage for SimStorage {
     fn list(&mut self) -> Result<Vec<String>, StorageError> {
         self.tick()?;
-        Ok(self.dir.keys().cloned().collect())
+        Ok(self.disk().dir.keys().cloned().collect())
     }
 
     fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
         self.tick()?;
-        let index = self.file(name)?;
-        Ok(self.files[index].current.clone())
+        let disk = self.disk();
+        let index = disk.file(name)?;
+        Ok(disk.files[index].current.clone())
     }
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
         check_name(name)?;
         self.tick()?;
-        let index = match self.dir.get(name) {
+        let mut disk = self.disk();
+        let index = match disk.dir.get(name) {
             Some(&index) => index,
             None => {
-                self.files.push(SimFile::default());
-                let index = self.files.len() - 1;
-                self.dir.insert(name.to_string(), index);
+                disk.files.push(SimFile::default());
+                let index = disk.files.len() - 1;
+                disk.dir.insert(name.to_string(), index);
                 index
             }
         };
-        self.files[index].current.extend_from_slice(bytes);
+        disk.files[index].current.extend_from_slice(bytes);
         Ok(())
     }
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
         self.tick()?;
-        let index = self.file(name)?;
-        let file = &mut self.files[index];
+        let mut disk = self.disk();
+        let index = disk.file(name)?;
+        let file = &mut disk.files[index];
         let extends = file.current.len() >= file.durable.len()
             && file.current[..file.durable.len()] == file.durable[..];
         if extends {
@@ -440,36 +486,48 @@ impl Storage for SimStorage {
         } else {
             file.durable = file.current.clone();
         }
-        self.dir_durable.insert(name.to_string(), index);
+        disk.dir_durable.insert(name.to_string(), index);
         Ok(())
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
         self.tick()?;
-        let index = self.file(name)?;
+        let mut disk = self.disk();
+        let index = disk.file(name)?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        self.files[index].current.truncate(len);
+        disk.files[index].current.truncate(len);
         Ok(())
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
         check_name(to)?;
         self.tick()?;
-        let index = self.file(from)?;
-        self.dir.remove(from);
-        self.dir.insert(to.to_string(), index);
+        let mut disk = self.disk();
+        let index = disk.file(from)?;
+        disk.dir.remove(from);
+        disk.dir.insert(to.to_string(), index);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) -> Result<(), StorageError> {
         self.tick()?;
-        self.dir.remove(name);
+        self.disk().dir.remove(name);
         Ok(())
     }
 
     fn sync_dir(&mut self) -> Result<(), StorageError> {
         self.tick()?;
-        self.dir_durable = self.dir.clone();
+        let mut disk = self.disk();
+        disk.dir_durable = disk.dir.clone();
         Ok(())
+    }
+
+    fn reopen(&self) -> Result<Self, StorageError> {
+        Ok(SimStorage {
+            disk: Arc::clone(&self.disk),
+            calls: 0,
+            fail_after_calls: None,
+            sector_bytes: self.sector_bytes,
+        })
     }
 }

@@ -1,6 +1,10 @@
 //! Crash tests on the simulated storage: the process dies at a random storage call (during an
 //! append, a sync, a checkpoint or a segment removal), the disk keeps a random torn prefix of
 //! every unsynced write and may lose unsynced directory changes, and the ledger recovers.
+//! Checkpoints run as the server runs them: begun between batches, written through a second
+//! storage handle at a random later point while batches go on, finished later still; the
+//! process may die at any call of the writer too, or with a checkpoint begun, written but not
+//! finished.
 //! After recovery the state must equal the state after the last acknowledged batch (or, if
 //! the batch in flight reached the disk whole before the crash, the state after it: it was
 //! never acknowledged, so either outcome is correct).
@@ -42,6 +46,10 @@ impl Storage for Shared {
     }
     fn sync_dir(&mut self) -> Result<(), StorageError> {
         self.0.borrow_mut().sync_dir()
+    }
+    fn reopen(&self) -> Result<Self, StorageError> {
+        let handle = self.0.borrow().reopen()?;
+        Ok(Shared(Rc::new(RefCell::new(handle))))
     }
 }
 
@@ -193,13 +201,35 @@ fn live(
     );
     let batches = 1 + rng.below(25);
     if rng.chance(3, 4) {
-        // Die at a random storage call within the next batches (append, sync, checkpoint
-        // write, rename, segment removal, directory sync).
+        // Die at a random storage call within the next batches (append, sync, segment
+        // removal, directory sync).
         let calls = rng.below(batches * 3 + 5);
         ledger.storage_mut().fail_after(calls);
     }
+    // The checkpoint writer's own handle on the same disk; it may die at any of its calls
+    // (remove, append, append, sync, rename, directory sync).
+    let mut writer = ledger.storage().reopen().expect("reopen");
+    if rng.chance(1, 3) {
+        writer.fail_after(rng.below(12));
+    }
+    let mut job: Option<ledger::CheckpointJob> = None;
     let mut in_flight = None;
-    for batch in 0..batches {
+    'batches: for batch in 0..batches {
+        // The background checkpoint advances at random points between batches.
+        if let Some(mut j) = job.take() {
+            if !j.is_written() && rng.chance(1, 2) {
+                if j.write(&mut writer).is_err() {
+                    break 'batches; // The writer died: so does the process.
+                }
+            }
+            if j.is_written() && rng.chance(1, 2) {
+                if ledger.finish_checkpoint(j).is_err() {
+                    break 'batches;
+                }
+            } else {
+                job = Some(j);
+            }
+        }
         *now += rng.below(1_500_000_000);
         let ops = if reference.accounts_count() == 0 {
             vec![accounts_op()]
@@ -213,6 +243,16 @@ fn live(
                     replies, expected,
                     "seed {seed}: batch {batch} replies differ from the reference"
                 );
+                if ledger.checkpoint_due() {
+                    assert!(job.is_none(), "seed {seed}: due while one is in flight");
+                    match ledger.begin_checkpoint() {
+                        Ok(begun) => job = Some(begun.expect("none in flight")),
+                        Err(error) => {
+                            assert!(error.is_fatal(), "seed {seed}: {error}");
+                            break;
+                        }
+                    }
+                }
             }
             Err(error) => {
                 assert!(error.is_fatal(), "seed {seed}: {error}");
@@ -230,6 +270,9 @@ fn live(
     }
     let acked = reference.state_hash();
     let in_flight_hash = in_flight.as_ref().map(|(hash, _)| *hash);
+    // A checkpoint may still be begun, or written and not finished: the crash takes it.
+    drop(job);
+    drop(writer);
     let storage = ledger.into_storage();
     let crashed = storage.crash(rng);
     // Recover once to learn which outcome the disk holds, and move the reference to it.

@@ -73,22 +73,58 @@ fn transfers(batch: u64, count: usize) -> Operation {
     Operation::CreateTransfers(events)
 }
 
-fn fill(dir: &std::path::Path, config: &LedgerConfig, batches: u64, per_batch: usize) -> u64 {
+/// The state hash and the newest checkpoint's sequence after `fill`.
+struct Filled {
+    hash: u64,
+    checkpoint_sequence: u64,
+}
+
+/// Submits the accounts and `batches` batches of transfers, checkpointing as the server does:
+/// begun after a batch when due, written by another thread on its own `FileStorage` handle
+/// while batches go on, finished when the writer reports back. The last checkpoint in flight
+/// is waited for and finished, then the ledger is dropped with no shutdown of any kind.
+fn fill(dir: &std::path::Path, config: &LedgerConfig, batches: u64, per_batch: usize) -> Filled {
     let mut ledger = Ledger::open(FileStorage::open(dir).unwrap(), config.clone()).unwrap();
-    ledger.submit(NOW, &[accounts()]).unwrap();
-    for batch in 0..batches {
-        let replies = ledger
-            .submit(
-                NOW + (batch + 1) * 300_000_000,
-                &[transfers(batch, per_batch)],
-            )
-            .unwrap();
+    let mut writer = ledger.storage().reopen().unwrap();
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<ledger::CheckpointJob>(1);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::spawn(move || {
+        for mut job in job_rx {
+            job.write(&mut writer).unwrap();
+            done_tx.send(job).unwrap();
+        }
+    });
+    let mut checkpoints_begun = 0;
+    for batch in 0..=batches {
+        let ops = if batch == 0 {
+            accounts()
+        } else {
+            transfers(batch - 1, per_batch)
+        };
+        let replies = ledger.submit(NOW + batch * 300_000_000, &[ops]).unwrap();
         assert_eq!(replies.len(), 1);
+        if let Ok(job) = done_rx.try_recv() {
+            ledger.finish_checkpoint(job).unwrap();
+        }
+        if ledger.checkpoint_due() {
+            job_tx.send(ledger.begin_checkpoint().unwrap().unwrap()).unwrap();
+            checkpoints_begun += 1;
+        }
     }
-    let hash = ledger.state().state_hash();
+    drop(job_tx);
+    thread.join().unwrap();
+    if let Ok(job) = done_rx.try_recv() {
+        ledger.finish_checkpoint(job).unwrap();
+    }
+    if config.checkpoint_every_batches > 0 && batches + 1 >= config.checkpoint_every_batches {
+        assert!(checkpoints_begun > 0);
+    }
+    assert_eq!(ledger.checkpoint_in_flight(), None);
     assert!(ledger.state().transfers_count() > 0);
-    hash
-    // The ledger is dropped here with no shutdown of any kind.
+    Filled {
+        hash: ledger.state().state_hash(),
+        checkpoint_sequence: ledger.checkpoint_sequence(),
+    }
 }
 
 #[test]
@@ -100,7 +136,10 @@ fn recovers_100k_transfers_from_real_files() {
             segment_bytes_max: 4 << 20,
             ..LedgerConfig::default()
         };
-        let hash = fill(dir.path(), &config, 100, 1000);
+        let Filled {
+            hash,
+            checkpoint_sequence,
+        } = fill(dir.path(), &config, 100, 1000);
         let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config.clone()).unwrap();
         assert_eq!(
             ledger.state().state_hash(),
@@ -117,19 +156,22 @@ fn recovers_100k_transfers_from_real_files() {
             let segments = std::fs::read_dir(dir.path()).unwrap().count();
             assert!(segments >= 3, "{segments} files");
         } else {
-            assert_eq!(report.checkpoint_sequence, 90);
-            assert_eq!(report.records_replayed, 11);
+            // The first checkpoint begins at batch 30; later ones whenever 30 batches passed
+            // since the last one finished.
+            assert!(checkpoint_sequence >= 30, "{checkpoint_sequence}");
+            assert_eq!(report.checkpoint_sequence, checkpoint_sequence);
+            assert_eq!(report.records_replayed, 101 - checkpoint_sequence);
             // Older segments and checkpoints were removed.
             let mut names: Vec<String> = std::fs::read_dir(dir.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             names.sort();
-            assert_eq!(names[0], checkpoint::checkpoint_name(90));
+            assert_eq!(names[0], checkpoint::checkpoint_name(checkpoint_sequence));
             assert!(
                 names[1..]
                     .iter()
-                    .all(|n| wal::parse_segment_name(n).is_some_and(|s| s > 90)),
+                    .all(|n| wal::parse_segment_name(n).is_some_and(|s| s > checkpoint_sequence)),
                 "{names:?}"
             );
         }
@@ -282,9 +324,13 @@ fn durability_none_still_recovers_after_a_clean_drop() {
         checkpoint_every_batches: 3,
         ..LedgerConfig::default()
     };
-    let hash = fill(dir.path(), &config, 8, 20);
+    let filled = fill(dir.path(), &config, 8, 20);
+    assert!(filled.checkpoint_sequence >= 3);
     // Without a crash the page cache still holds every write.
     let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config).unwrap();
-    assert_eq!(ledger.state().state_hash(), hash);
-    assert_eq!(ledger.recovery().checkpoint_sequence, 9);
+    assert_eq!(ledger.state().state_hash(), filled.hash);
+    assert_eq!(
+        ledger.recovery().checkpoint_sequence,
+        filled.checkpoint_sequence
+    );
 }
