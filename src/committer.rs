@@ -3,14 +3,24 @@
 //! It drains submissions from every worker, applies everything waiting as one batch, appends the
 //! batch to the WAL with one fsync (group commit), and only then releases the replies. Queries
 //! ride in the same drain and are answered after the batch, from the state it left.
+//!
+//! Checkpoints stay off the commit path: after a batch's replies are released, if one is due,
+//! the ledger thread encodes the state (`Ledger::begin_checkpoint`, CPU only) and hands the
+//! job to the checkpoint writer thread, which writes, syncs and renames the file on its own
+//! storage handle while batches go on; when it reports back, the ledger thread removes the
+//! superseded WAL segments (`Ledger::finish_checkpoint`). A failed checkpoint write is fatal
+//! like a failed WAL write: nothing acknowledged is lost (the segments it would supersede are
+//! still there), but a disk that fails an fsync cannot be trusted with the next batch either,
+//! and stopping makes the operator look now rather than at the next restart.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger_svc::api::{self, Command};
 use ledger_svc::http::Response;
+use ledger_svc::ledger::CheckpointJob;
 use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
-use ledger_svc::{Ledger, Operation, Storage};
+use ledger_svc::{Ledger, LedgerError, Operation, Storage};
 
 use crate::metrics::Metrics;
 
@@ -73,17 +83,123 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Runs until every `LedgerClient` is dropped and the queue is drained. Returns Err only for a
-/// failed WAL append or fsync, which the caller must treat as fatal: nothing of that batch was
+/// Checkpoints handed to the writer thread and not yet finished: one (the ledger never begins
+/// a second while one is in flight, so the queue never holds more).
+const CHECKPOINTS_IN_FLIGHT_MAX: usize = 1;
+
+/// The ledger thread's end of the checkpoint writer.
+struct Checkpoints {
+    jobs: Sender<CheckpointJob>,
+    done: Receiver<Result<CheckpointJob, LedgerError>>,
+}
+
+fn writer_stopped() -> LedgerError {
+    LedgerError::CheckpointWriter("stopped unexpectedly".to_string())
+}
+
+impl Checkpoints {
+    /// Finishes the checkpoint the writer reported, if it did.
+    fn poll<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
+        match self.done.try_recv() {
+            Ok(report) => Self::finish(ledger, report),
+            Err(TryRecvError::Empty) => Ok(()),
+            Err(TryRecvError::Disconnected) => Err(writer_stopped()),
+        }
+    }
+
+    fn finish<S: Storage>(ledger: &mut Ledger<S>, report: Result<CheckpointJob, LedgerError>) -> Result<(), LedgerError> {
+        let job = report?;
+        let started = Instant::now();
+        let sequence = job.sequence();
+        ledger.finish_checkpoint(job)?;
+        log::debug!("ledger checkpoint {sequence} finished: superseded files removed in {:?}", started.elapsed());
+        Ok(())
+    }
+
+    /// Begins a checkpoint if one is due and none is in flight, and queues it for the writer.
+    fn begin_if_due<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
+        if !ledger.checkpoint_due() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Some(job) = ledger.begin_checkpoint()? {
+            log::info!(
+                "ledger checkpoint {} begun: {} bytes encoded on the ledger thread in {:?}",
+                job.sequence(),
+                job.file_bytes(),
+                started.elapsed()
+            );
+            // Room is certain: at most one job is in flight and it was not.
+            self.jobs.try_send(job).map_err(|_| writer_stopped())?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and finishes it (a clean stop).
+    fn drain<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
+        if ledger.checkpoint_in_flight().is_none() {
+            return Ok(());
+        }
+        let report = self.done.recv().map_err(|_| writer_stopped())?;
+        Self::finish(ledger, report)
+    }
+}
+
+/// The checkpoint writer thread: writes each job on its own storage handle and reports back.
+fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, done: Sender<Result<CheckpointJob, LedgerError>>) {
+    for mut job in jobs {
+        let started = Instant::now();
+        let report = job.write(&mut storage).map(|()| job);
+        match &report {
+            Ok(job) => log::info!("ledger checkpoint {} written in {:?} off the ledger thread", job.sequence(), started.elapsed()),
+            Err(error) => log::error!("ledger checkpoint write failed: {error}"),
+        }
+        if done.send(report).is_err() {
+            break;
+        }
+    }
+}
+
+/// Runs until every `LedgerClient` is dropped and the queue is drained, then waits for the
+/// checkpoint in flight, if any. Returns Err for a failed WAL append or fsync, or a failed
+/// checkpoint write, which the caller must treat as fatal: nothing of that batch was
 /// acknowledged, and the process stops rather than acknowledge data it may have lost.
-pub fn run<S: Storage>(
+/// Checkpoints are written by a thread it spawns, on `ledger.storage().reopen()`.
+pub fn run<S: Storage + Send>(
     ledger: &mut Ledger<S>,
     rx: &Receiver<Submission>,
     replies: &[Sender<Completion>],
     batch_events_max: usize,
     metrics: &Metrics,
     durability: &str,
-) -> Result<(), ledger_svc::LedgerError> {
+) -> Result<(), LedgerError> {
+    let writer_storage = ledger.storage().reopen()?;
+    std::thread::scope(|scope| {
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(CHECKPOINTS_IN_FLIGHT_MAX);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(CHECKPOINTS_IN_FLIGHT_MAX);
+        std::thread::Builder::new()
+            .name("pantera-ckpt".to_string())
+            .spawn_scoped(scope, move || write_checkpoints(writer_storage, jobs_rx, done_tx))
+            .map_err(|e| LedgerError::CheckpointWriter(format!("spawn: {e}")))?;
+        let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx };
+        let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints);
+        // A clean stop leaves the newest checkpoint finished, so the next start replays little.
+        result.and_then(|()| checkpoints.drain(ledger))
+        // Dropping `checkpoints` closes the writer's queue; the scope joins the writer, which
+        // ends after the job it holds, if any (after an error that job is abandoned: a crash
+        // at any point of a checkpoint recovers).
+    })
+}
+
+fn commit_batches<S: Storage>(
+    ledger: &mut Ledger<S>,
+    rx: &Receiver<Submission>,
+    replies: &[Sender<Completion>],
+    batch_events_max: usize,
+    metrics: &Metrics,
+    durability: &str,
+    checkpoints: &Checkpoints,
+) -> Result<(), LedgerError> {
     /// A drained submission: a mutation's index into `ops`, or a query.
     enum Slot {
         Op(usize),
@@ -93,26 +209,36 @@ pub fn run<S: Storage>(
     let mut slots: Vec<(ReplyTo, Slot)> = Vec::new();
     let mut ops: Vec<Operation> = Vec::new();
     loop {
-        // Pending transfers expire on the ledger's clock, which only moves with a batch: when
-        // one is due and no request comes, an empty batch moves it (and is logged, so replay
-        // expires the same transfers at the same time).
-        let first = match ledger.state().poll_at() {
-            None => match rx.recv() {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            Some(due_ns) => {
-                let wait = Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX);
-                match rx.recv_timeout(wait) {
-                    Ok(s) => s,
-                    Err(RecvTimeoutError::Timeout) => {
+        checkpoints.poll(ledger)?;
+        let first = match rx.try_recv() {
+            Ok(s) => s,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // Idle: wait for a submission, the checkpoint writer's report, or a due expiry.
+                // Pending transfers expire on the ledger's clock, which only moves with a
+                // batch: when one is due and no request comes, an empty batch moves it (and
+                // is logged, so replay expires the same transfers at the same time).
+                let timer = match ledger.state().poll_at() {
+                    None => crossbeam_channel::never(),
+                    Some(due_ns) => crossbeam_channel::after(Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX)),
+                };
+                crossbeam_channel::select! {
+                    recv(rx) -> s => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    recv(checkpoints.done) -> report => {
+                        Checkpoints::finish(ledger, report.map_err(|_| writer_stopped())?)?;
+                        continue;
+                    },
+                    recv(timer) -> _ => {
                         if ledger.state().poll_at().is_some_and(|due| due <= now_ns()) {
                             ledger.submit(now_ns(), &[])?;
                             metrics.ledger_batches.inc();
+                            checkpoints.begin_if_due(ledger)?;
                         }
                         continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    },
                 }
             }
         };
@@ -155,6 +281,8 @@ pub fn run<S: Storage>(
         }
         metrics.ledger_events.inc_by(events as u64);
         ops.clear();
+        // After the replies: the encoding pause delays only requests still queued.
+        checkpoints.begin_if_due(ledger)?;
     }
     Ok(())
 }
@@ -247,6 +375,110 @@ mod tests {
         let account = ledger.state().lookup_account(1).expect("account 1");
         assert_eq!(account.debits_pending, 0, "the pending transfer expired while the ledger was idle");
         assert_eq!(ledger.state().pending_status(9), Some(ledger_svc::PendingStatus::Expired));
+    }
+
+    /// Runs the ledger thread on `storage` and submits `batches` single-account batches one at
+    /// a time (each waits for its reply, so each is its own batch); returns the run's result,
+    /// the ledger and the replies received.
+    fn run_one_by_one<S: Storage + Send + 'static>(storage: S, checkpoint_every_batches: u64, batches: u128) -> (Result<(), LedgerError>, Ledger<S>, usize) {
+        let (client, rx, replies, completions) = channels(16, 1);
+        let config = ledger_svc::LedgerConfig { checkpoint_every_batches, ..ledger_svc::LedgerConfig::default() };
+        let ledger_thread = std::thread::spawn(move || {
+            let mut ledger = Ledger::open(storage, config).expect("open");
+            let result = run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync");
+            (result, ledger)
+        });
+        let mut received = 0;
+        for id in 1..=batches {
+            if client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).is_err() {
+                break;
+            }
+            match completions[0].recv_timeout(Duration::from_secs(10)) {
+                Ok(c) => {
+                    assert_eq!(c.response.status, 200);
+                    received += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(client);
+        let (result, ledger) = ledger_thread.join().expect("ledger thread");
+        (result, ledger, received)
+    }
+
+    #[test]
+    fn checkpoints_are_written_off_the_ledger_thread_and_finished() {
+        let (result, mut ledger, received) = run_one_by_one(SimStorage::new(), 3, 20);
+        result.expect("run");
+        assert_eq!(received, 20);
+        assert_eq!(ledger.sequence(), 20);
+        // Every checkpoint begun was written and finished (the last one on the clean stop).
+        assert_eq!(ledger.checkpoint_in_flight(), None);
+        let newest = ledger.checkpoint_sequence();
+        assert!(newest >= 3, "checkpoint at {newest}");
+        let names = ledger.storage_mut().list().expect("list");
+        assert!(names.contains(&ledger_svc::checkpoint::checkpoint_name(newest)), "{names:?}");
+        for name in &names {
+            assert!(ledger_svc::wal::parse_segment_name(name).is_none_or(|first| first > newest), "{name} is superseded: {names:?}");
+            assert!(ledger_svc::checkpoint::parse_checkpoint_name(name).is_none_or(|s| s == newest), "{names:?}");
+        }
+        let recovered = Ledger::open(ledger.storage().crash_clean(), ledger.config().clone()).expect("recover");
+        assert_eq!(recovered.recovery().checkpoint_sequence, newest);
+        assert_eq!(recovered.state().state_hash(), ledger.state().state_hash());
+    }
+
+    /// SimStorage whose `reopen` handle (the checkpoint writer's) fails every call.
+    #[derive(Debug)]
+    struct FailingCheckpoints(SimStorage);
+
+    impl Storage for FailingCheckpoints {
+        fn list(&mut self) -> Result<Vec<String>, ledger_svc::StorageError> {
+            self.0.list()
+        }
+        fn read(&mut self, name: &str) -> Result<Vec<u8>, ledger_svc::StorageError> {
+            self.0.read(name)
+        }
+        fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), ledger_svc::StorageError> {
+            self.0.append(name, bytes)
+        }
+        fn sync(&mut self, name: &str) -> Result<(), ledger_svc::StorageError> {
+            self.0.sync(name)
+        }
+        fn truncate(&mut self, name: &str, len: u64) -> Result<(), ledger_svc::StorageError> {
+            self.0.truncate(name, len)
+        }
+        fn rename(&mut self, from: &str, to: &str) -> Result<(), ledger_svc::StorageError> {
+            self.0.rename(from, to)
+        }
+        fn remove(&mut self, name: &str) -> Result<(), ledger_svc::StorageError> {
+            self.0.remove(name)
+        }
+        fn sync_dir(&mut self) -> Result<(), ledger_svc::StorageError> {
+            self.0.sync_dir()
+        }
+        fn reopen(&self) -> Result<Self, ledger_svc::StorageError> {
+            let mut handle = self.0.reopen()?;
+            handle.fail_after(0);
+            Ok(FailingCheckpoints(handle))
+        }
+    }
+
+    #[test]
+    fn a_failed_checkpoint_write_stops_the_ledger_thread_and_loses_nothing_acknowledged() {
+        let (result, ledger, received) = run_one_by_one(FailingCheckpoints(SimStorage::new()), 2, 10);
+        let error = result.expect_err("a failed checkpoint write is fatal");
+        assert!(matches!(error, LedgerError::Storage(_)), "{error}");
+        assert!(error.is_fatal());
+        // The first checkpoint was due after batch 2; the ledger thread learns of the failure
+        // at its next turn, or at the latest when it waits for the checkpoint on stopping.
+        // Every reply sent was for a durable batch.
+        assert!((2..=10).contains(&received), "{received} replies");
+        assert_eq!(ledger.checkpoint_sequence(), 0);
+        let recovered = Ledger::open(ledger.storage().0.crash(&mut ledger_svc::storage::SimRng::new(7)), ledger.config().clone()).expect("recover");
+        assert!(recovered.sequence() >= received as u64);
+        for id in 1..=received as u128 {
+            assert!(recovered.state().lookup_account(id).is_some(), "acknowledged account {id} lost");
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub enum LedgerError {
     /// The checkpoint API was called out of order (a bug in the caller). Fatal.
     #[error("checkpoint protocol violated: {0}")]
     CheckpointProtocol(&'static str),
+    /// The thread that writes checkpoints could not start or stopped. Fatal.
+    #[error("checkpoint writer thread: {0}")]
+    CheckpointWriter(String),
 }
 
 impl LedgerError {

@@ -217,10 +217,8 @@ fn live(
     'batches: for batch in 0..batches {
         // The background checkpoint advances at random points between batches.
         if let Some(mut j) = job.take() {
-            if !j.is_written() && rng.chance(1, 2) {
-                if j.write(&mut writer).is_err() {
-                    break 'batches; // The writer died: so does the process.
-                }
+            if !j.is_written() && rng.chance(1, 2) && j.write(&mut writer).is_err() {
+                break 'batches; // The writer died: so does the process.
             }
             if j.is_written() && rng.chance(1, 2) {
                 if ledger.finish_checkpoint(j).is_err() {

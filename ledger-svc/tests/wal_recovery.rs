@@ -107,7 +107,9 @@ fn fill(dir: &std::path::Path, config: &LedgerConfig, batches: u64, per_batch: u
             ledger.finish_checkpoint(job).unwrap();
         }
         if ledger.checkpoint_due() {
-            job_tx.send(ledger.begin_checkpoint().unwrap().unwrap()).unwrap();
+            job_tx
+                .send(ledger.begin_checkpoint().unwrap().unwrap())
+                .unwrap();
             checkpoints_begun += 1;
         }
     }
