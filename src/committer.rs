@@ -7,8 +7,9 @@
 //! Checkpoints stay off the commit path: after a batch's replies are released, if one is due,
 //! the ledger thread encodes the state (`Ledger::begin_checkpoint`, CPU only) and hands the
 //! job to the checkpoint writer thread, which writes, syncs and renames the file on its own
-//! storage handle while batches go on; when it reports back, the ledger thread removes the
-//! superseded WAL segments (`Ledger::finish_checkpoint`). A failed checkpoint write is fatal
+//! storage handle while batches go on, then removes the WAL segments and the checkpoint it
+//! supersedes; when it reports back, the ledger thread records it (`Ledger::finish_checkpoint`,
+//! no I/O). A failed checkpoint write is fatal
 //! like a failed WAL write: nothing acknowledged is lost (the segments it would supersede are
 //! still there), but a disk that fails an fsync cannot be trusted with the next batch either,
 //! and stopping makes the operator look now rather than at the next restart.
@@ -112,7 +113,7 @@ impl Checkpoints {
         let started = Instant::now();
         let sequence = job.sequence();
         ledger.finish_checkpoint(job)?;
-        log::debug!("ledger checkpoint {sequence} finished: superseded files removed in {:?}", started.elapsed());
+        log::debug!("ledger checkpoint {sequence} finished in {:?}", started.elapsed());
         Ok(())
     }
 

@@ -63,6 +63,11 @@ pub trait Storage {
     fn describe(&self, name: &str) -> String {
         name.to_string()
     }
+    /// Drops any cached open handle of `name`, so that another handle's `remove` frees the
+    /// file's blocks then rather than at this handle's last close.
+    fn close(&mut self, name: &str) {
+        let _ = name;
+    }
     /// A second, independent handle on the same directory (for a checkpoint writer on
     /// another thread). Files it creates, renames or syncs are the same files this handle
     /// sees; it has its own open-file cache.
@@ -224,6 +229,10 @@ impl Storage for FileStorage {
 
     fn describe(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    fn close(&mut self, name: &str) {
+        self.files.remove(name);
     }
 
     fn reopen(&self) -> Result<Self, StorageError> {

@@ -1,7 +1,7 @@
 //! Checkpoints off the commit path (`begin_checkpoint`, `CheckpointJob::write` on a second
 //! storage handle, `finish_checkpoint`), on the simulated disk: a crash at every storage call
-//! of the writer and of the finish, with batches acknowledged meanwhile, recovers to the last
-//! acknowledged batch; a checkpoint renamed but not finished is loaded and the segments it
+//! of the writer (its write and its removals), with batches acknowledged meanwhile, recovers
+//! to the last acknowledged batch; a checkpoint renamed but not finished is loaded and the segments it
 //! covers are skipped; the WAL appends to a segment the checkpoint never removes; the
 //! protocol refuses calls out of order.
 
@@ -70,67 +70,67 @@ fn recover(storage: SimStorage) -> Ledger<SimStorage> {
     Ledger::open(storage, config()).unwrap_or_else(|e| panic!("recovery failed: {e}"))
 }
 
-/// The storage calls of `CheckpointJob::write`: remove, append, append, sync, rename,
-/// directory sync.
-const WRITE_CALLS: u64 = 6;
-
-#[test]
-fn a_crash_at_any_call_of_a_background_checkpoint_recovers_the_acknowledged_state() {
-    let mut cases = 0;
-    for writer_fails_after in 0..=WRITE_CALLS {
-        // The finish: list, then a remove per superseded file, then a directory sync.
-        for finish_fails_after in [None, Some(0), Some(1), Some(2), Some(4)] {
-            for seed in 0..16u64 {
-                let mut rng = SimRng::new(seed ^ (writer_fails_after << 8));
-                let mut ledger = ledger_with(12);
-                let mut writer = ledger.storage().reopen().unwrap();
-                let mut job = ledger.begin_checkpoint().unwrap().expect("none in flight");
-                assert_eq!(job.sequence(), 13);
-                // Batches are acknowledged while the checkpoint is being written.
-                submit(&mut ledger, 12);
-                submit(&mut ledger, 13);
-                writer.fail_after(writer_fails_after);
-                let written = job.write(&mut writer).is_ok();
-                assert_eq!(written, writer_fails_after >= WRITE_CALLS);
-                if written {
-                    submit(&mut ledger, 14);
-                    if let Some(calls) = finish_fails_after {
-                        ledger.storage_mut().fail_after(calls);
-                    }
-                    let finished = ledger.finish_checkpoint(job).is_ok();
-                    if finished {
-                        // The ledger goes on after its checkpoint.
-                        submit(&mut ledger, 15);
-                    }
-                }
-                // Every batch submitted returned Ok: all are acknowledged.
-                let acknowledged = (ledger.sequence(), ledger.state().state_hash());
-                drop(writer);
-                let crashed = ledger.into_storage().crash(&mut rng);
-                let recovered = recover(crashed);
-                assert_eq!(
-                    (recovered.sequence(), recovered.state().state_hash()),
-                    acknowledged,
-                    "writer fails after {writer_fails_after}, finish after {finish_fails_after:?}, seed {seed}"
-                );
-                // No leftover of an interrupted write survives recovery.
-                let names = recovered.into_storage().list().unwrap();
-                assert!(
-                    !names.iter().any(|n| n == checkpoint::CHECKPOINT_TEMP_NAME),
-                    "{names:?}"
-                );
-                cases += 1;
-            }
-            if writer_fails_after < WRITE_CALLS {
-                break; // The finish never runs after a failed write.
-            }
-        }
-    }
-    assert_eq!(cases, WRITE_CALLS * 16 + 5 * 16);
+/// The storage calls of a whole `CheckpointJob::write` at this test's size: remove the temp
+/// file, one chunk appended and synced, the trailer appended and synced, rename, directory
+/// sync, then one removal per superseded file and a directory sync.
+fn write_calls(job_sequence: u64) -> u64 {
+    let mut ledger = ledger_with(job_sequence - 1);
+    let mut writer = ledger.storage().reopen().unwrap();
+    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+    job.write(&mut writer).unwrap();
+    writer.calls()
 }
 
 #[test]
-fn a_checkpoint_renamed_but_not_finished_is_loaded_and_its_segments_skipped() {
+fn a_crash_at_any_call_of_a_background_checkpoint_recovers_the_acknowledged_state() {
+    let calls = write_calls(13);
+    // 12 batches of about 700 bytes in 2 KiB segments: several segments to remove.
+    assert!(calls >= 7 + 4, "{calls} calls");
+    let mut cases = 0;
+    for writer_fails_after in 0..=calls {
+        for seed in 0..16u64 {
+            let mut rng = SimRng::new(seed ^ (writer_fails_after << 8));
+            let mut ledger = ledger_with(12);
+            let mut writer = ledger.storage().reopen().unwrap();
+            let mut job = ledger.begin_checkpoint().unwrap().expect("none in flight");
+            assert_eq!(job.sequence(), 13);
+            // Batches are acknowledged while the checkpoint is being written.
+            submit(&mut ledger, 12);
+            submit(&mut ledger, 13);
+            writer.fail_after(writer_fails_after);
+            let written = job.write(&mut writer).is_ok();
+            assert_eq!(written, writer_fails_after >= calls);
+            if written {
+                submit(&mut ledger, 14);
+                ledger.finish_checkpoint(job).unwrap();
+                assert_eq!(ledger.checkpoint_sequence(), 13);
+                // The ledger goes on after its checkpoint.
+                submit(&mut ledger, 15);
+            }
+            // Every batch submitted returned Ok: all are acknowledged.
+            let acknowledged = (ledger.sequence(), ledger.state().state_hash());
+            drop(writer);
+            let crashed = ledger.into_storage().crash(&mut rng);
+            let recovered = recover(crashed);
+            assert_eq!(
+                (recovered.sequence(), recovered.state().state_hash()),
+                acknowledged,
+                "writer fails after {writer_fails_after} of {calls} calls, seed {seed}"
+            );
+            // No leftover of an interrupted write survives recovery.
+            let names = recovered.into_storage().list().unwrap();
+            assert!(
+                !names.iter().any(|n| n == checkpoint::CHECKPOINT_TEMP_NAME),
+                "{names:?}"
+            );
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, (calls + 1) * 16);
+}
+
+#[test]
+fn a_checkpoint_renamed_before_its_removals_is_loaded_and_its_segments_skipped() {
     let mut ledger = ledger_with(12);
     let segments_before = ledger
         .storage_mut()
@@ -142,11 +142,19 @@ fn a_checkpoint_renamed_but_not_finished_is_loaded_and_its_segments_skipped() {
     assert!(segments_before >= 2, "small segments roll");
     let mut job = ledger.begin_checkpoint().unwrap().unwrap();
     let mut writer = ledger.storage().reopen().unwrap();
-    job.write(&mut writer).unwrap();
     submit(&mut ledger, 12);
     submit(&mut ledger, 13);
+    // The writer dies right after the rename is durable (remove the temp file, append and
+    // sync one chunk, append and sync the trailer, rename, directory sync: 7 calls), before
+    // it removes anything; then the process dies. Every write so far was synced.
+    writer.fail_after(7);
+    assert!(job.write(&mut writer).is_err());
+    let names = ledger.storage_mut().list().unwrap();
+    assert!(
+        names.contains(&checkpoint::checkpoint_name(13)),
+        "{names:?}"
+    );
     let acknowledged = ledger.state().state_hash();
-    // The process dies before `finish_checkpoint`: every write so far was synced.
     let crashed = ledger.into_storage().crash(&mut SimRng::new(1));
     let mut recovered = recover(crashed);
     assert_eq!(recovered.state().state_hash(), acknowledged);
@@ -171,7 +179,7 @@ fn a_checkpoint_renamed_but_not_finished_is_loaded_and_its_segments_skipped() {
 }
 
 #[test]
-fn finish_removes_only_the_segments_begun_before_the_checkpoint() {
+fn the_writer_removes_only_the_segments_begun_before_the_checkpoint() {
     let mut ledger = ledger_with(6);
     let mut job = ledger.begin_checkpoint().unwrap().unwrap();
     let sequence = job.sequence();
