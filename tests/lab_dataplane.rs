@@ -122,7 +122,7 @@ fn sigterm_detaches_the_program_and_a_start_after_sigkill_succeeds() {
     assert!(xdp_attached(&lab.spec.host_if));
     let status = server.terminate();
     assert!(status.success(), "clean exit after SIGTERM: {status}");
-    assert!(!xdp_attached(&lab.spec.host_if), "no XDP program is left on {} after SIGTERM", lab.spec.host_if);
+    assert!(!xdp_still_attached(&lab.spec.host_if), "no XDP program is left on {} after SIGTERM", lab.spec.host_if);
 
     server.spawn();
     server.kill();

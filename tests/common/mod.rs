@@ -219,6 +219,19 @@ impl Drop for Server {
     }
 }
 
+/// True while an XDP program stays attached to `interface` for 2 s: the kernel may finish
+/// releasing a closed bpf_link a moment after the process is gone.
+pub fn xdp_still_attached(interface: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while xdp_attached(interface) {
+        if Instant::now() > deadline {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// XDP programs attached to an interface, as `ip -d link show` reports them.
 pub fn xdp_attached(interface: &str) -> bool {
     let out = Command::new("ip").args(["-d", "link", "show", "dev", interface]).output().expect("ip link");
