@@ -58,7 +58,7 @@ pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) 
         .with_context(|| format!("cannot recover the ledger from {}", config.ledger.wal_dir.display()))?;
     // One reply channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
     let connections_max = config.tcp.connections_max;
-    let (client, rx, reply_tx, reply_rx) = committer::channels(config.ledger.queue_depth_max, connections_max);
+    let committer::Channels { client, submissions: rx, replies_tx: reply_tx, replies_rx: reply_rx } = committer::channels(config.ledger.queue_depth_max, connections_max);
     let batch_events_max = config.ledger.batch_events_max;
     let durability = config.ledger.durability.clone();
     let m = metrics.clone();
@@ -536,7 +536,7 @@ mod tests {
         let home = tempfile::tempdir().expect("tempdir");
         let config = lab_config(home.path());
         // A queue of one that nobody drains: the second submission finds it full.
-        let (ledger, _rx, _reply_tx, reply_rx) = committer::channels(1, 1);
+        let committer::Channels { client: ledger, submissions: _rx, replies_tx: _reply_tx, replies_rx: reply_rx } = committer::channels(1, 1);
         let shared = Shared {
             tls: tls_term::server_config(&config.tls_settings().expect("settings")).expect("tls"),
             handshake_timeout: Duration::from_secs(1),

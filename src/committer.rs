@@ -66,12 +66,24 @@ impl LedgerClient {
 }
 
 /// The channels between the workers and the ledger thread.
-pub fn channels(queue_depth_max: usize, workers: usize) -> (LedgerClient, Receiver<Submission>, Vec<Sender<Completion>>, Vec<Receiver<Completion>>) {
-    let (tx, rx) = crossbeam_channel::bounded(queue_depth_max);
+#[derive(Debug)]
+pub struct Channels {
+    /// The workers' end of the submission queue (cloned into each).
+    pub client: LedgerClient,
+    /// The ledger thread's end of the submission queue.
+    pub submissions: Receiver<Submission>,
+    /// The ledger thread's ends of the reply channels, one per worker.
+    pub replies_tx: Vec<Sender<Completion>>,
+    /// The workers' ends of the reply channels, one per worker.
+    pub replies_rx: Vec<Receiver<Completion>>,
+}
+
+pub fn channels(queue_depth_max: usize, workers: usize) -> Channels {
+    let (tx, submissions) = crossbeam_channel::bounded(queue_depth_max);
     // Replies are bounded by the submissions in flight (the bounded queue above plus one batch),
     // so an unbounded channel back to each worker cannot grow past that.
-    let (reply_tx, reply_rx): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
-    (LedgerClient { tx }, rx, reply_tx, reply_rx)
+    let (replies_tx, replies_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+    Channels { client: LedgerClient { tx }, submissions, replies_tx, replies_rx }
 }
 
 /// The longest the ledger thread sleeps before looking at a due expiry again (the wall clock
@@ -311,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_hands_the_submission_back() {
-        let (client, _rx, _replies, _completions) = channels(1, 1);
+        let Channels { client, submissions: _rx, replies_tx: _replies, replies_rx: _completions } = channels(1, 1);
         let first = Submission { reply_to: reply_to(0), command: Command::LookupAccount(1) };
         assert!(client.submit(first).is_ok());
         let second = Submission { reply_to: reply_to(1), command: Command::LookupAccount(2) };
@@ -321,7 +333,7 @@ mod tests {
 
     #[test]
     fn waiting_submissions_share_one_group_commit_and_replies_keep_their_order() {
-        let (client, rx, replies, completions) = channels(16, 1);
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
         client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
         client.submit(Submission { reply_to: reply_to(1), command: Command::LookupAccount(1) }).expect("room");
         let transfer = Transfer { id: 9, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Transfer::default() };
@@ -346,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_pending_transfer_expires_on_time_without_further_requests() {
-        let (client, rx, replies, completions) = channels(16, 1);
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
         client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
         let pending = Transfer {
             id: 9,
@@ -382,7 +394,7 @@ mod tests {
     /// a time (each waits for its reply, so each is its own batch); returns the run's result,
     /// the ledger and the replies received.
     fn run_one_by_one<S: Storage + Send + 'static>(storage: S, checkpoint_every_batches: u64, batches: u128) -> (Result<(), LedgerError>, Ledger<S>, usize) {
-        let (client, rx, replies, completions) = channels(16, 1);
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
         let config = ledger_svc::LedgerConfig { checkpoint_every_batches, ..ledger_svc::LedgerConfig::default() };
         let ledger_thread = std::thread::spawn(move || {
             let mut ledger = Ledger::open(storage, config).expect("open");
@@ -484,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_storage_failure_is_reported_and_nothing_is_acknowledged() {
-        let (client, rx, replies, completions) = channels(16, 1);
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
         let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
         ledger.storage_mut().fail_after(0);
         client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1]) }).expect("room");

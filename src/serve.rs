@@ -60,7 +60,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config()?)
             .with_context(|| format!("cannot recover the ledger from {}", config.ledger.wal_dir.display()))?;
         log::info!("ledger recovered from {} in {:?}", config.ledger.wal_dir.display(), recovery.elapsed());
-        let (client, rx, reply_tx, reply_rx) = committer::channels(config.ledger.queue_depth_max, queues.len());
+        let committer::Channels { client, submissions: rx, replies_tx: reply_tx, replies_rx: reply_rx } = committer::channels(config.ledger.queue_depth_max, queues.len());
         let batch_events_max = config.ledger.batch_events_max;
         let durability = config.ledger.durability.clone();
         let m = metrics.clone();

@@ -213,7 +213,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     std::fs::create_dir_all(dir.path().join("wal")).expect("wal dir");
     let storage = ledger_svc::FileStorage::open(&dir.path().join("wal")).expect("storage");
     let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config().expect("ledger config")).expect("open ledger");
-    let (client_handle, rx, reply_tx, mut reply_rx) = committer::channels(64, 1);
+    let committer::Channels { client: client_handle, submissions: rx, replies_tx: reply_tx, replies_rx: mut reply_rx } = committer::channels(64, 1);
     let m = metrics.clone();
     let ledger_thread = std::thread::spawn(move || committer::run(&mut ledger, &rx, &reply_tx, 8189, &m, "fsync"));
 
