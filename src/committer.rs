@@ -104,6 +104,7 @@ const CHECKPOINTS_IN_FLIGHT_MAX: usize = 1;
 struct Checkpoints {
     jobs: Sender<CheckpointJob>,
     done: Receiver<Result<CheckpointJob, LedgerError>>,
+    metrics: Metrics,
 }
 
 fn writer_stopped() -> LedgerError {
@@ -114,17 +115,18 @@ impl Checkpoints {
     /// Finishes the checkpoint the writer reported, if it did.
     fn poll<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
         match self.done.try_recv() {
-            Ok(report) => Self::finish(ledger, report),
+            Ok(report) => self.finish(ledger, report),
             Err(TryRecvError::Empty) => Ok(()),
             Err(TryRecvError::Disconnected) => Err(writer_stopped()),
         }
     }
 
-    fn finish<S: Storage>(ledger: &mut Ledger<S>, report: Result<CheckpointJob, LedgerError>) -> Result<(), LedgerError> {
+    fn finish<S: Storage>(&self, ledger: &mut Ledger<S>, report: Result<CheckpointJob, LedgerError>) -> Result<(), LedgerError> {
         let job = report?;
         let started = Instant::now();
         let sequence = job.sequence();
         ledger.finish_checkpoint(job)?;
+        self.metrics.ledger_checkpoints.inc();
         log::debug!("ledger checkpoint {sequence} finished in {:?}", started.elapsed());
         Ok(())
     }
@@ -136,6 +138,7 @@ impl Checkpoints {
         }
         let started = Instant::now();
         if let Some(job) = ledger.begin_checkpoint()? {
+            self.metrics.ledger_checkpoint_encode_seconds.observe(started.elapsed().as_secs_f64());
             log::info!(
                 "ledger checkpoint {} begun: {} bytes encoded on the ledger thread in {:?}",
                 job.sequence(),
@@ -154,7 +157,7 @@ impl Checkpoints {
             return Ok(());
         }
         let report = self.done.recv().map_err(|_| writer_stopped())?;
-        Self::finish(ledger, report)
+        self.finish(ledger, report)
     }
 }
 
@@ -194,7 +197,7 @@ pub fn run<S: Storage + Send>(
             .name("pantera-ckpt".to_string())
             .spawn_scoped(scope, move || write_checkpoints(writer_storage, jobs_rx, done_tx))
             .map_err(|e| LedgerError::CheckpointWriter(format!("spawn: {e}")))?;
-        let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx };
+        let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx, metrics: metrics.clone() };
         let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints);
         // A clean stop leaves the newest checkpoint finished, so the next start replays little.
         result.and_then(|()| checkpoints.drain(ledger))
@@ -241,7 +244,7 @@ fn commit_batches<S: Storage>(
                         Err(_) => break,
                     },
                     recv(checkpoints.done) -> report => {
-                        Checkpoints::finish(ledger, report.map_err(|_| writer_stopped())?)?;
+                        checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?;
                         continue;
                     },
                     recv(timer) -> _ => {

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub ledger_requests: IntCounter,
     pub ledger_batch_requests: Histogram,
     pub ledger_commit_seconds: HistogramVec,
+    /// Checkpoints written and recorded (WAL segments before them removed).
+    pub ledger_checkpoints: IntCounter,
+    /// The ledger thread's pause to encode a checkpoint (the write runs on its own thread).
+    pub ledger_checkpoint_encode_seconds: Histogram,
     pub ready: IntGauge,
 }
 
@@ -90,6 +94,13 @@ impl Metrics {
         )
         .expect("valid");
         registry.register(Box::new(ledger_commit_seconds.clone())).expect("unique");
+        let ledger_checkpoints = counter("ledger_checkpoints_total", "Checkpoints written and recorded.");
+        let ledger_checkpoint_encode_seconds = Histogram::with_opts(
+            HistogramOpts::new("ledger_checkpoint_encode_seconds", "Ledger thread pause to encode a checkpoint.")
+                .buckets(prometheus::exponential_buckets(1e-3, 2.0, 12).expect("valid")),
+        )
+        .expect("valid");
+        registry.register(Box::new(ledger_checkpoint_encode_seconds.clone())).expect("unique");
         let ready = gauge("ready", "1 once every worker runs and the ledger has recovered.");
         Metrics {
             registry,
@@ -107,6 +118,8 @@ impl Metrics {
             ledger_requests,
             ledger_batch_requests,
             ledger_commit_seconds,
+            ledger_checkpoints,
+            ledger_checkpoint_encode_seconds,
             ready,
         }
     }
