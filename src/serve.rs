@@ -18,6 +18,9 @@ use crate::config::{App, Config};
 use crate::metrics::{self, sync_counter, Metrics};
 use crate::worker::{AppConfig, LedgerApp, Worker};
 
+/// How long start-up waits for an XDP link left by a process killed a moment ago.
+const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// Runs the appliance until a stop signal. Returns after a clean stop.
 pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     let started = Instant::now();
@@ -86,13 +89,24 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
             .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
         ports.push(port);
     }
-    let mut steering = dataplane::Steering::attach(&dataplane::SteerConfig {
+    let steer_config = dataplane::SteerConfig {
         ifname: d.interface.clone(),
         service_ipv4: config.service.address,
         service_port: config.service.port,
         mode: config.xdp_mode()?,
-    })
-    .with_context(|| format!("cannot attach the XDP program to {}", d.interface))?;
+    };
+    // The bpf_link of a process killed a moment ago is released by the kernel asynchronously;
+    // until then the interface reports it as held by a live link. Wait for it, bounded.
+    let busy_deadline = Instant::now() + LINK_BUSY_WAIT_MAX;
+    let mut steering = loop {
+        match dataplane::Steering::attach(&steer_config) {
+            Err(dataplane::DataplaneError::Busy { .. }) if Instant::now() < busy_deadline => {
+                log::info!("{} still holds another XDP link; retrying", d.interface);
+                thread::sleep(Duration::from_millis(50));
+            }
+            result => break result.with_context(|| format!("cannot attach the XDP program to {}", d.interface))?,
+        }
+    };
     for port in &ports {
         steering.register(port.queue_id(), port)?;
     }

@@ -46,6 +46,10 @@ pub enum DataplaneError {
     )]
     Busy { ifname: String, prog_id: u32 },
 
+    /// Another AF_XDP socket still holds the queue (EBUSY on bind). The kernel releases the
+    /// socket of a killed process asynchronously, so a restart right after SIGKILL can see it.
+    #[error("AF_XDP socket on {ifname} queue {queue_id}: the queue is held by another AF_XDP socket")]
+    QueueBusy { ifname: String, queue_id: u32 },
     /// Creating the UMEM or binding the AF_XDP socket failed.
     #[error("AF_XDP socket on {ifname} queue {queue_id}: {what}: {detail}")]
     Socket { ifname: String, queue_id: u32, what: &'static str, detail: String },

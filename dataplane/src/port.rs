@@ -107,6 +107,9 @@ impl XskConfig {
     }
 }
 
+/// How long `XskPort::open` waits for a queue held by another AF_XDP socket to be released.
+const QUEUE_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// Counters of one port, for metrics. Frame counts are a snapshot of where the frames are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct XskStats {
@@ -173,7 +176,18 @@ impl XskPort {
     pub fn open(ifname: &str, queue_id: u32, config: &XskConfig) -> Result<Self, DataplaneError> {
         config.validate()?;
         crate::iface::check_ifname(ifname)?;
-        let (umem, rings, free) = sys::open(ifname, queue_id, config)?;
+        // A socket of a process killed a moment ago may still hold the queue: the kernel
+        // releases it asynchronously. Retry for a bounded time before giving up.
+        let deadline = std::time::Instant::now() + QUEUE_BUSY_WAIT_MAX;
+        let (umem, rings, free) = loop {
+            match sys::open(ifname, queue_id, config) {
+                Err(DataplaneError::QueueBusy { .. }) if std::time::Instant::now() < deadline => {
+                    log::info!("{ifname} queue {queue_id} is still held by another AF_XDP socket; retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                result => break result?,
+            }
+        };
         let mut port = XskPort {
             rings,
             umem,

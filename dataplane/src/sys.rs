@@ -229,8 +229,13 @@ pub(crate) fn open(
     // SAFETY: the UMEM was created just above and is not shared with any other socket, so the
     // shared-UMEM double-free hazard of `Socket::new` does not apply (and the inhibit flag is
     // set anyway).
-    let (tx, rx, fill_comp) = unsafe { Socket::new(socket_config, &umem, &interface, queue_id) }
-        .map_err(|e| err("socket create/bind", error_chain(&e)))?;
+    let (tx, rx, fill_comp) = unsafe { Socket::new(socket_config, &umem, &interface, queue_id) }.map_err(|e| {
+        if os_error_in_chain(&e) == Some(libc::EBUSY) {
+            DataplaneError::QueueBusy { ifname: ifname.to_owned(), queue_id }
+        } else {
+            err("socket create/bind", error_chain(&e))
+        }
+    })?;
     let (fill, comp) = fill_comp.ok_or_else(|| err("socket create", "no fill/completion ring".into()))?;
     let frame_size = config.frame_size as usize;
     let (ledger, frames) = FrameLedger::new(descs, frame_size);
@@ -241,6 +246,18 @@ pub(crate) fn open(
     let area = UmemArea { umem, frame_count: config.frame_count as usize, frame_size, usable };
     let rings = Rings { fill, comp, rx, tx, ledger, scratch: vec![FrameDesc::default(); ring_max] };
     Ok((area, rings, frames))
+}
+
+/// The first OS error code in an error's source chain.
+fn os_error_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = next {
+        if let Some(code) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
+            return Some(code);
+        }
+        next = error.source();
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -338,3 +338,20 @@ fn every_queue_of_a_multi_queue_link_gets_its_flows() {
     assert_eq!(counter(&steering, "drop_no_socket"), 0);
     assert_eq!(received.iter().sum::<u64>(), counter(&steering, "redirect_tcp"));
 }
+
+#[test]
+fn a_queue_held_by_another_socket_is_reported_busy_after_a_bounded_wait() {
+    let lab = lab::Lab::create(&lab::LabSpec::unique("busy", 1)).expect("lab");
+    let ifname = lab.spec.host_if.clone();
+    let config = XskConfig { frame_count: 2048 + 1024 + 64, fill_ring: 2048, comp_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..XskConfig::default() };
+    let held = XskPort::open(&ifname, 0, &config).expect("first socket");
+    // Open retries while the queue is held (a restart right after SIGKILL needs that), then
+    // names the cause.
+    match XskPort::open(&ifname, 0, &config) {
+        Err(DataplaneError::QueueBusy { queue_id: 0, .. }) => {}
+        other => panic!("a second socket on a held queue: {other:?}"),
+    }
+    drop(held);
+    let port = XskPort::open(&ifname, 0, &config).expect("the queue is free again");
+    drop(port);
+}
