@@ -201,6 +201,53 @@ pub fn transient(result: CreateTransferResult) -> bool {
     )
 }
 
+/// An event the create loop runs over: whether it links to the next, and the timestamp the
+/// client must leave zero.
+trait ChainEvent {
+    fn linked(&self) -> bool;
+    fn timestamp(&self) -> u64;
+}
+
+impl ChainEvent for Account {
+    fn linked(&self) -> bool {
+        self.flags.contains(AccountFlags::LINKED)
+    }
+    fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
+impl ChainEvent for Transfer {
+    fn linked(&self) -> bool {
+        self.flags.contains(TransferFlags::LINKED)
+    }
+    fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
+/// The results the create loop itself assigns.
+trait ChainResult: Copy + Eq {
+    const OK: Self;
+    const LINKED_EVENT_FAILED: Self;
+    const LINKED_EVENT_CHAIN_OPEN: Self;
+    const TIMESTAMP_MUST_BE_ZERO: Self;
+}
+
+impl ChainResult for CreateAccountResult {
+    const OK: Self = CreateAccountResult::Ok;
+    const LINKED_EVENT_FAILED: Self = CreateAccountResult::LinkedEventFailed;
+    const LINKED_EVENT_CHAIN_OPEN: Self = CreateAccountResult::LinkedEventChainOpen;
+    const TIMESTAMP_MUST_BE_ZERO: Self = CreateAccountResult::TimestampMustBeZero;
+}
+
+impl ChainResult for CreateTransferResult {
+    const OK: Self = CreateTransferResult::Ok;
+    const LINKED_EVENT_FAILED: Self = CreateTransferResult::LinkedEventFailed;
+    const LINKED_EVENT_CHAIN_OPEN: Self = CreateTransferResult::LinkedEventChainOpen;
+    const TIMESTAMP_MUST_BE_ZERO: Self = CreateTransferResult::TimestampMustBeZero;
+}
+
 impl StateMachine {
     pub fn new() -> Self {
         let hasher = IdBuildHasher::random();
@@ -273,6 +320,23 @@ impl StateMachine {
 
     /// Creates accounts at ledger time `now_ns`; one result per event, in order.
     pub fn create_accounts(&mut self, now_ns: u64, events: &[Account]) -> Vec<CreateAccountResult> {
+        self.execute(now_ns, events, Self::create_account, |_, _, _| {})
+    }
+
+    /// The loop both create operations share (TigerBeetle's `execute`): timestamps for the
+    /// batch, linked chains (all-or-nothing through the undo log, `linked_event_failed` for
+    /// the rest of a broken chain, `linked_event_chain_open` for a chain still open at the end
+    /// of the batch), and `create` for each event that gets that far. `failed` sees each
+    /// failed event after the chain is rolled back, outside the chain's undo log.
+    fn execute<E: ChainEvent, R: ChainResult>(
+        &mut self,
+        now_ns: u64,
+        events: &[E],
+        // Generic (not fn pointers), so each operation's loop is compiled with its `create`
+        // inlined, as the two hand-written loops were.
+        create: impl Fn(&mut Self, &E, u64) -> R,
+        failed: impl Fn(&mut Self, &E, R),
+    ) -> Vec<R> {
         let mut results = Vec::with_capacity(events.len());
         if events.is_empty() {
             return results;
@@ -282,7 +346,7 @@ impl StateMachine {
         let mut chain: Option<usize> = None;
         let mut chain_broken = false;
         for (index, event) in events.iter().enumerate() {
-            let linked = event.flags.contains(AccountFlags::LINKED);
+            let linked = event.linked();
             let result = 'result: {
                 if linked {
                     if chain.is_none() {
@@ -290,30 +354,31 @@ impl StateMachine {
                         self.chain_open();
                     }
                     if index == last {
-                        break 'result CreateAccountResult::LinkedEventChainOpen;
+                        break 'result R::LINKED_EVENT_CHAIN_OPEN;
                     }
                 }
                 if chain_broken {
-                    break 'result CreateAccountResult::LinkedEventFailed;
+                    break 'result R::LINKED_EVENT_FAILED;
                 }
-                if event.timestamp != 0 {
-                    break 'result CreateAccountResult::TimestampMustBeZero;
+                if event.timestamp() != 0 {
+                    break 'result R::TIMESTAMP_MUST_BE_ZERO;
                 }
-                self.create_account(event, base + index as u64 + 1)
+                create(self, event, base + index as u64 + 1)
             };
-            if result != CreateAccountResult::Ok {
+            if result != R::OK {
                 if let Some(start) = chain {
                     if !chain_broken {
                         chain_broken = true;
                         self.chain_rollback();
                         for r in &mut results[start..index] {
-                            *r = CreateAccountResult::LinkedEventFailed;
+                            *r = R::LINKED_EVENT_FAILED;
                         }
                     }
                 }
+                failed(self, event, result);
             }
             results.push(result);
-            if chain.is_some() && (!linked || result == CreateAccountResult::LinkedEventChainOpen) {
+            if chain.is_some() && (!linked || result == R::LINKED_EVENT_CHAIN_OPEN) {
                 chain = None;
                 chain_broken = false;
                 self.chain_close();
@@ -386,60 +451,13 @@ impl StateMachine {
         events: &[Transfer],
     ) -> Vec<CreateTransferResult> {
         self.expire_pending_transfers(now_ns);
-        let mut results = Vec::with_capacity(events.len());
-        if events.is_empty() {
-            return results;
-        }
-        let base = self.reserve_timestamps(now_ns, events.len());
-        let last = events.len() - 1;
-        let mut chain: Option<usize> = None;
-        let mut chain_broken = false;
-        for (index, event) in events.iter().enumerate() {
-            let linked = event.flags.contains(TransferFlags::LINKED);
-            let result = 'result: {
-                if linked {
-                    if chain.is_none() {
-                        chain = Some(index);
-                        self.chain_open();
-                    }
-                    if index == last {
-                        break 'result CreateTransferResult::LinkedEventChainOpen;
-                    }
-                }
-                if chain_broken {
-                    break 'result CreateTransferResult::LinkedEventFailed;
-                }
-                if event.timestamp != 0 {
-                    break 'result CreateTransferResult::TimestampMustBeZero;
-                }
-                self.create_transfer(event, base + index as u64 + 1)
-            };
-            if result != CreateTransferResult::Ok {
-                if let Some(start) = chain {
-                    if !chain_broken {
-                        chain_broken = true;
-                        self.chain_rollback();
-                        for r in &mut results[start..index] {
-                            *r = CreateTransferResult::LinkedEventFailed;
-                        }
-                    }
-                }
-                // Outside the chain's undo log, as TigerBeetle inserts the orphaned id after
-                // discarding the chain's scope: the failure itself is durable.
-                if transient(result) {
-                    self.orphans.insert(event.id);
-                }
+        self.execute(now_ns, events, Self::create_transfer, |state, event, result| {
+            // Outside the chain's undo log, as TigerBeetle inserts the orphaned id after
+            // discarding the chain's scope: the failure itself is durable.
+            if transient(result) {
+                state.orphans.insert(event.id);
             }
-            results.push(result);
-            if chain.is_some() && (!linked || result == CreateTransferResult::LinkedEventChainOpen)
-            {
-                chain = None;
-                chain_broken = false;
-                self.chain_close();
-            }
-        }
-        debug_assert!(chain.is_none() && !self.undo_active);
-        results
+        })
     }
 
     fn create_transfer(&mut self, t: &Transfer, timestamp: u64) -> CreateTransferResult {
