@@ -49,26 +49,10 @@ pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) 
     let tls_settings = config.tls_settings()?;
     let tls = tls_term::server_config(&tls_settings).context("tls")?;
 
-    // The ledger exactly as `serve` runs it: recovered before the port opens.
-    std::fs::create_dir_all(&config.ledger.wal_dir)
-        .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
-    let storage = ledger_svc::FileStorage::open(&config.ledger.wal_dir)
-        .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
-    let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config()?)
-        .with_context(|| format!("cannot recover the ledger from {}", config.ledger.wal_dir.display()))?;
-    // One reply channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
+    // The ledger exactly as `serve` runs it: recovered before the port opens. One reply
+    // channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
     let connections_max = config.tcp.connections_max;
-    let committer::Channels { client, submissions: rx, replies_tx: reply_tx, replies_rx: reply_rx } = committer::channels(config.ledger.queue_depth_max, connections_max);
-    let batch_events_max = config.ledger.batch_events_max;
-    let durability = config.ledger.durability.clone();
-    let m = metrics.clone();
-    let ledger_thread = thread::Builder::new().name("ledger".to_owned()).spawn(move || {
-        if let Err(e) = committer::run(&mut ledger, &rx, &reply_tx, batch_events_max, &m, &durability) {
-            // STYLE.md: a failed WAL write or fsync is fatal, as in `serve`.
-            log::error!("FATAL: the write-ahead log failed, stopping: {e}");
-            std::process::exit(70);
-        }
-    })?;
+    let committer::Started { client, replies: reply_rx, thread: ledger_thread } = committer::start(config, connections_max, &metrics)?;
 
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;

@@ -86,6 +86,41 @@ pub fn channels(queue_depth_max: usize, workers: usize) -> Channels {
     Channels { client: LedgerClient { tx }, submissions, replies_tx, replies_rx }
 }
 
+/// The ledger thread as `serve` and `serve-kernel` run it: its client end and the workers'
+/// reply channels.
+#[derive(Debug)]
+pub struct Started {
+    pub client: LedgerClient,
+    pub replies: Vec<Receiver<Completion>>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Recovers the ledger from `ledger.wal_dir` (refusing a corrupt WAL before anything else
+/// starts) and starts the ledger thread, with a reply channel for each of `workers`.
+pub fn start(config: &crate::config::Config, workers: usize, metrics: &Metrics) -> anyhow::Result<Started> {
+    use anyhow::Context;
+    let wal_dir = &config.ledger.wal_dir;
+    std::fs::create_dir_all(wal_dir).with_context(|| format!("ledger.wal_dir {}", wal_dir.display()))?;
+    let storage = ledger_svc::FileStorage::open(wal_dir).with_context(|| format!("ledger.wal_dir {}", wal_dir.display()))?;
+    let recovery = Instant::now();
+    let mut ledger = Ledger::open(storage, config.ledger_config()?)
+        .with_context(|| format!("cannot recover the ledger from {}", wal_dir.display()))?;
+    log::info!("ledger recovered from {} in {:?}", wal_dir.display(), recovery.elapsed());
+    let Channels { client, submissions, replies_tx, replies_rx } = channels(config.ledger.queue_depth_max, workers);
+    let batch_events_max = config.ledger.batch_events_max;
+    let durability = config.ledger.durability.clone();
+    let metrics = metrics.clone();
+    let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
+        if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
+            // STYLE.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
+            // acknowledged; stop now rather than acknowledge anything after a lost write.
+            log::error!("FATAL: the write-ahead log failed, stopping: {e}");
+            std::process::exit(70);
+        }
+    })?;
+    Ok(Started { client, replies: replies_rx, thread })
+}
+
 /// The longest the ledger thread sleeps before looking at a due expiry again (the wall clock
 /// may jump).
 const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(1);

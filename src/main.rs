@@ -133,9 +133,7 @@ fn main() -> Result<()> {
         Commands::ServeKernel { serve, listen } => {
             let cfg = serve.config()?;
             if let Some(home) = serve.lab_home() {
-                let tls_dir = home.join("tls");
-                tls_term::certs::init(&tls_dir, IpAddr::V4(cfg.service.address), false)
-                    .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
+                pantera::serve::ensure_lab_certificates(home, &cfg)?;
             }
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

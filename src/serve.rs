@@ -18,6 +18,14 @@ use crate::config::{App, Config};
 use crate::metrics::{self, sync_counter, Metrics};
 use crate::worker::{AppConfig, LedgerApp, Worker};
 
+/// Creates the lab's dev certificates under `home/tls` when they are missing (`--lab`).
+pub fn ensure_lab_certificates(home: &Path, config: &Config) -> Result<()> {
+    let tls_dir = home.join("tls");
+    tls_term::certs::init(&tls_dir, std::net::IpAddr::V4(config.service.address), false)
+        .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
+    Ok(())
+}
+
 /// How long start-up waits for an XDP link left by a process killed a moment ago.
 const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -49,32 +57,12 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     let mut ledger_parts = None;
     if app == App::Ledger {
         if let Some(home) = lab_home {
-            let tls_dir = home.join("tls");
-            tls_term::certs::init(&tls_dir, std::net::IpAddr::V4(config.service.address), false)
-                .with_context(|| format!("cannot create the lab certificates in {}", tls_dir.display()))?;
+            ensure_lab_certificates(home, config)?;
         }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
-        std::fs::create_dir_all(&config.ledger.wal_dir)
-            .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
-        let storage = ledger_svc::FileStorage::open(&config.ledger.wal_dir)
-            .with_context(|| format!("ledger.wal_dir {}", config.ledger.wal_dir.display()))?;
-        let recovery = Instant::now();
-        let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config()?)
-            .with_context(|| format!("cannot recover the ledger from {}", config.ledger.wal_dir.display()))?;
-        log::info!("ledger recovered from {} in {:?}", config.ledger.wal_dir.display(), recovery.elapsed());
-        let committer::Channels { client, submissions: rx, replies_tx: reply_tx, replies_rx: reply_rx } = committer::channels(config.ledger.queue_depth_max, queues.len());
-        let batch_events_max = config.ledger.batch_events_max;
-        let durability = config.ledger.durability.clone();
-        let m = metrics.clone();
-        ledger_thread = Some(thread::Builder::new().name("ledger".to_owned()).spawn(move || {
-            if let Err(e) = committer::run(&mut ledger, &rx, &reply_tx, batch_events_max, &m, &durability) {
-                // STYLE.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
-                // acknowledged; stop now rather than acknowledge anything after a lost write.
-                log::error!("FATAL: the write-ahead log failed, stopping: {e}");
-                std::process::exit(70);
-            }
-        })?);
+        let committer::Started { client, replies: reply_rx, thread } = committer::start(config, queues.len(), &metrics)?;
+        ledger_thread = Some(thread);
         ledger_parts = Some((tls, tls_settings.session_limits(), client, reply_rx));
     }
 
