@@ -8,7 +8,6 @@
 //! appliance's rules: responses in request order, 503 with Retry-After when the ledger's
 //! queue is full, a bound on connections, a handshake timeout and an idle timeout.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,16 +17,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
-use ledger_svc::api::{self, Action, Role};
-use ledger_svc::http::{self, RequestDecoder, Response};
-use rustls::ServerConnection;
+use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Roles};
 
 use crate::committer::{self, Completion, LedgerClient, ReplyTo, Submission};
-use crate::config::{Config, Roles};
-use crate::metrics::{self, status_label, Metrics};
+use crate::config::Config;
+use crate::metrics::{self, record_events, Metrics};
 
-/// Plaintext read from TLS per call.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Ciphertext read from the socket, and written to it, per call.
+const IO_CHUNK_BYTES: usize = 16 * 1024;
+/// A pause when a connection can move nothing at all (the shared budget is spent and it
+/// awaits no reply): the others drain meanwhile.
+const BUDGET_WAIT: Duration = Duration::from_millis(1);
 /// Stack of a connection thread: TLS and HTTP state live on the heap.
 const CONN_THREAD_STACK_BYTES: usize = 512 * 1024;
 /// How often the main thread looks at `stop`.
@@ -58,10 +58,9 @@ pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) 
     let local = listener.local_addr()?;
     let shared = Shared {
         tls,
-        handshake_timeout: Duration::from_millis(tls_settings.handshake_timeout_ms),
-        idle_timeout: Duration::from_millis(config.tcp.idle_timeout_ms),
-        http_limits: config.http_limits(),
-        roles: config.roles(),
+        limits: config.connection_limits()?,
+        roles: Arc::new(config.roles()),
+        budget: config.queue_budget(),
         ledger: client,
         completions: reply_rx,
         slots: Slots::new(connections_max),
@@ -108,10 +107,10 @@ fn wake_address(local: SocketAddr) -> SocketAddr {
 
 struct Shared {
     tls: Arc<rustls::ServerConfig>,
-    handshake_timeout: Duration,
-    idle_timeout: Duration,
-    http_limits: http::Limits,
-    roles: Roles,
+    limits: ConnectionLimits,
+    roles: Arc<Roles>,
+    /// One budget for every connection of this server, as for one queue of `serve`.
+    budget: Budget,
     ledger: LedgerClient,
     /// Indexed by connection slot.
     completions: Vec<Receiver<Completion>>,
@@ -217,12 +216,6 @@ fn accept_loop<'scope>(scope: &'scope thread::Scope<'scope, '_>, listener: &TcpL
     }
 }
 
-/// A response in its request's place: ready, or waiting for the ledger's reply `seq`.
-enum Pending {
-    Ready(Response),
-    Waiting(u64),
-}
-
 /// A connection's place: its slot and the slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Conn {
@@ -230,11 +223,10 @@ struct Conn {
     generation: u32,
 }
 
-/// Serves one connection to its end.
+/// Serves one connection to its end: the same sans-IO `Connection` the appliance's workers
+/// drive, over a blocking kernel socket.
 fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
-    let slot = id.slot;
-    let mut next_seq = 0u64;
-    let mut conn = match ServerConnection::new(Arc::clone(&shared.tls)) {
+    let mut conn = match Connection::new(&shared.tls, shared.limits, Arc::clone(&shared.roles), shared.budget.clone(), Instant::now()) {
         Ok(c) => c,
         Err(e) => {
             log::warn!("cannot create a TLS session: {e}");
@@ -242,123 +234,111 @@ fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
         }
     };
     let _ = sock.set_nodelay(true);
-    let role = match handshake(shared, &mut conn, &mut sock) {
-        Ok(role) => role,
-        Err(e) => {
-            log::debug!("connection {slot}: handshake failed: {e}");
-            shared.metrics.tls_errors.with_label_values(&["handshake"]).inc();
-            return;
-        }
-    };
-    // From here on a read that waits longer than the idle timeout ends the connection.
-    let _ = sock.set_read_timeout(Some(shared.idle_timeout));
-    let mut decoder = RequestDecoder::new(shared.http_limits);
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut plaintext = vec![0u8; READ_CHUNK_BYTES];
-    let mut out = Vec::new();
-    let completions = &shared.completions[slot];
-    let result: io::Result<()> = (|| {
-        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-        loop {
-            // Ok(0) is the peer's close_notify; a bare FIN or a timeout is an error.
-            let n = tls.read(&mut plaintext)?;
-            if n == 0 {
-                return Ok(());
-            }
-            decoder.feed(&plaintext[..n]);
-            let mut closing = false;
-            loop {
-                match decoder.poll_request() {
-                    Ok(Some(request)) => pending.push_back(dispatch(shared, id, &mut next_seq, role, &request)),
-                    Ok(None) => break,
-                    Err(e) => {
-                        // Answer what came before, then the error, then close (RFC 9112 §9.6).
-                        pending.push_back(Pending::Ready(Response::from(&e)));
-                        closing = true;
-                        break;
-                    }
-                }
-            }
-            // Every request decoded so far was submitted before we wait for the first reply,
-            // so pipelined requests share a group commit. Replies come back in submission
-            // order (one FIFO channel per slot), and responses go out in request order.
-            for p in pending.drain(..) {
-                let response = match p {
-                    Pending::Ready(r) => r,
-                    Pending::Waiting(seq) => wait_reply(completions, id, seq)?,
-                };
-                shared.metrics.http_responses.with_label_values(&[status_label(response.status)]).inc();
-                closing |= decoder.encode_response(&response, &mut out);
-            }
-            if !out.is_empty() {
-                tls.write_all(&out)?;
-                tls.flush()?;
-                out.clear();
-            }
-            if closing || decoder.is_closed() {
-                return Ok(());
-            }
-            // A client waiting on `Expect: 100-continue` gets it once nothing else is owed
-            // (RFC 9110 §10.1.1).
-            if decoder.poll_continue() {
-                tls.write_all(http::CONTINUE_RESPONSE)?;
-                tls.flush()?;
-            }
-        }
-    })();
+    // A client that stops reading is cut off once its socket's send buffer stays full this long.
+    let _ = sock.set_write_timeout(Some(shared.limits.idle_timeout));
+    let result = drive(shared, id, &mut conn, &mut sock);
+    record_events(&mut conn, &shared.metrics);
     if let Err(e) = result {
-        log::debug!("connection {slot}: {e}");
+        log::debug!("connection {}: {e}", id.slot);
     }
-    // close_notify (RFC 8446 §6.1), then FIN.
-    conn.send_close_notify();
-    let _ = conn.write_tls(&mut sock);
+    // close_notify (RFC 8446 §6.1) if it is not out yet, then FIN.
+    conn.close();
+    let mut out = [0u8; IO_CHUNK_BYTES];
+    loop {
+        let n = conn.poll_ciphertext(&mut out);
+        if n == 0 || sock.write_all(&out[..n]).is_err() {
+            break;
+        }
+    }
     let _ = sock.shutdown(Shutdown::Write);
 }
 
-/// The TLS handshake, bounded by `tls.handshake_timeout_ms`; then the client's role.
-fn handshake(shared: &Shared, conn: &mut ServerConnection, sock: &mut TcpStream) -> io::Result<Option<Role>> {
-    let deadline = Instant::now() + shared.handshake_timeout;
-    while conn.is_handshaking() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"));
-        }
-        sock.set_read_timeout(Some(left))?;
-        // complete_io sends the alert rustls queued when the handshake fails.
-        if conn.complete_io(sock)? == (0, 0) && conn.is_handshaking() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
-        }
-    }
-    let identity = conn.peer_certificates().and_then(|c| c.first()).and_then(tls_term::identity::identity_of);
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
-        _ => "other",
-    };
-    let resumed = if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) { "true" } else { "false" };
-    shared.metrics.tls_handshakes.with_label_values(&[version, resumed]).inc();
-    Ok(shared.roles.of(identity.as_deref()))
-}
-
-/// A request's response, or its place in the ledger's queue.
-fn dispatch(shared: &Shared, id: Conn, next_seq: &mut u64, role: Option<Role>, request: &http::Request) -> Pending {
-    let Some(role) = role else {
-        return Pending::Ready(api::error_response(403, "forbidden", "this client identity has no role on this appliance"));
-    };
-    match api::handle(request, role) {
-        Action::Respond(response) => Pending::Ready(response),
-        Action::Ledger(command) => {
-            let seq = *next_seq;
-            *next_seq += 1;
-            match shared.ledger.submit(Submission { reply_to: reply_to(id, seq), command }) {
-                Ok(()) => Pending::Waiting(seq),
+/// The connection's loop: submissions out, ciphertext out, replies in, ciphertext in, until the
+/// connection is closed or the socket fails.
+fn drive(shared: &Shared, id: Conn, conn: &mut Connection, sock: &mut TcpStream) -> io::Result<()> {
+    let completions = &shared.completions[id.slot];
+    let mut rx = vec![0u8; IO_CHUNK_BYTES];
+    // Received bytes the connection has not taken yet (backpressure): offered again first.
+    let (mut rx_start, mut rx_end) = (0, 0);
+    let mut tx = vec![0u8; IO_CHUNK_BYTES];
+    let mut eof = false;
+    loop {
+        let mut moved = false;
+        while let Some(s) = conn.poll_submission() {
+            moved = true;
+            match shared.ledger.submit(Submission { reply_to: reply_to(id, s.seq), command: s.command }) {
+                Ok(()) => {}
                 Err(_) => {
                     shared.metrics.ledger_queue_full.inc();
-                    let mut r = api::error_response(503, "ledger_busy", "the ledger's queue is full; retry after the indicated delay");
-                    r.retry_after_s = Some(1);
-                    Pending::Ready(r)
+                    conn.handle_busy(s.seq);
                 }
             }
+        }
+        loop {
+            let n = conn.poll_ciphertext(&mut tx);
+            if n == 0 {
+                break;
+            }
+            sock.write_all(&tx[..n])?;
+            moved = true;
+        }
+        record_events(conn, &shared.metrics);
+        if conn.is_closed() {
+            return Ok(());
+        }
+        if conn.awaiting() > 0 {
+            // Every submission is out; its replies come back on this slot's channel.
+            let c = completions.recv().map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the ledger thread has stopped"))?;
+            // A reply to an earlier connection in this slot that ended before reading it is dropped.
+            if c.reply_to.generation == id.generation {
+                conn.handle_reply(c.reply_to.seq, &c.reply);
+            }
+            continue;
+        }
+        if rx_start < rx_end {
+            let n = conn.handle_ciphertext(Instant::now(), &rx[rx_start..rx_end]);
+            rx_start += n;
+            if n > 0 {
+                continue;
+            }
+        }
+        if eof {
+            // Nothing more will arrive; what the connection still owes has been offered.
+            if !moved {
+                return Ok(());
+            }
+            continue;
+        }
+        if rx_start < rx_end || conn.is_held_back() {
+            // Held back by the shared budget, with nothing of its own in flight: let the
+            // other connections drain, then look again.
+            if !moved {
+                thread::sleep(BUDGET_WAIT);
+                conn.resume(Instant::now());
+                if conn.poll_at().is_some_and(|at| at <= Instant::now()) {
+                    conn.handle_timeout(Instant::now());
+                }
+            }
+            if rx_start < rx_end || conn.is_held_back() {
+                continue;
+            }
+        }
+        // Wait for bytes until the connection's next deadline.
+        let now = Instant::now();
+        let timeout = conn.poll_at().map(|at| at.saturating_duration_since(now)).unwrap_or(shared.limits.idle_timeout).max(Duration::from_millis(1));
+        sock.set_read_timeout(Some(timeout))?;
+        match sock.read(&mut rx) {
+            Ok(0) => {
+                eof = true;
+                conn.handle_eof(Instant::now());
+            }
+            Ok(n) => {
+                rx_end = n;
+                rx_start = conn.handle_ciphertext(Instant::now(), &rx[..n]);
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => conn.handle_timeout(Instant::now()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -368,25 +348,6 @@ fn dispatch(shared: &Shared, id: Conn, next_seq: &mut u64, role: Option<Role>, r
 fn reply_to(id: Conn, seq: u64) -> ReplyTo {
     ReplyTo { worker: id.slot, slot: id.slot, generation: id.generation, seq }
 }
-
-/// Blocks until the ledger's reply to `seq` of connection `id` arrives.
-fn wait_reply(completions: &Receiver<Completion>, id: Conn, seq: u64) -> io::Result<Response> {
-    loop {
-        let c = completions
-            .recv()
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the ledger thread has stopped"))?;
-        if c.reply_to.generation != id.generation {
-            // A reply to an earlier connection in this slot that ended before reading it.
-            continue;
-        }
-        if c.reply_to.seq != seq {
-            // The committer releases one channel's replies in submission order.
-            return Err(io::Error::other(format!("ledger reply {} arrived while waiting for {seq}", c.reply_to.seq)));
-        }
-        return Ok(c.response);
-    }
-}
-
 
 #[cfg(test)]
 mod tests {
@@ -516,44 +477,6 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ledger_queue_is_answered_503_with_retry_after() {
-        let home = tempfile::tempdir().expect("tempdir");
-        let config = lab_config(home.path());
-        // A queue of one that nobody drains: the second submission finds it full.
-        let committer::Channels { client: ledger, submissions: _rx, replies_tx: _reply_tx, replies_rx: reply_rx } = committer::channels(1, 1);
-        let shared = Shared {
-            tls: tls_term::server_config(&config.tls_settings().expect("settings")).expect("tls"),
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            http_limits: config.http_limits(),
-            roles: config.roles(),
-            ledger,
-            completions: reply_rx,
-            slots: Slots::new(1),
-            metrics: Metrics::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let mut decoder = RequestDecoder::new(shared.http_limits);
-        let body = r#"[{"id":"1","ledger":1,"code":10}]"#;
-        decoder.feed(post("/v1/accounts", body).repeat(2).as_bytes());
-        let mut seq = 0;
-        let id = Conn { slot: 0, generation: 1 };
-        let first = decoder.poll_request().expect("valid").expect("complete");
-        let second = decoder.poll_request().expect("valid").expect("complete");
-        assert!(matches!(dispatch(&shared, id, &mut seq, Some(Role::Write), &first), Pending::Waiting(0)));
-        match dispatch(&shared, id, &mut seq, Some(Role::Write), &second) {
-            Pending::Ready(r) => {
-                assert_eq!(r.status, 503);
-                assert_eq!(r.retry_after_s, Some(1));
-            }
-            Pending::Waiting(_) => panic!("the full queue took a submission"),
-        }
-        assert_eq!(shared.metrics.ledger_queue_full.get(), 1);
-        // No role: 403 without touching the ledger.
-        assert!(matches!(dispatch(&shared, id, &mut seq, None, &first), Pending::Ready(Response { status: 403, .. })));
-    }
-
-    #[test]
     fn slots_are_bounded_and_each_connection_gets_a_new_generation() {
         let slots = Slots::new(2);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -567,20 +490,5 @@ mod tests {
         slots.close_all();
         slots.put(s1);
         assert!(slots.take(&a).is_none(), "closed");
-    }
-
-    #[test]
-    fn a_stale_reply_is_dropped_and_the_awaited_one_returned() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let id = Conn { slot: 2, generation: 7 };
-        let old = Conn { slot: 2, generation: 6 };
-        for (conn, seq, status) in [(old, 0, 500), (old, 1, 500), (id, 0, 200)] {
-            tx.send(Completion { reply_to: reply_to(conn, seq), response: Response::json(status, Vec::new()) }).expect("send");
-        }
-        assert_eq!(wait_reply(&rx, id, 0).expect("reply").status, 200);
-        tx.send(Completion { reply_to: reply_to(id, 5), response: Response::json(200, Vec::new()) }).expect("send");
-        assert!(wait_reply(&rx, id, 1).is_err(), "out of order");
-        drop(tx);
-        assert!(wait_reply(&rx, id, 2).is_err(), "ledger gone");
     }
 }

@@ -17,8 +17,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use ledger_svc::api::{self, Command};
-use ledger_svc::http::Response;
+use ledger_svc::api::{self, Command, Reply};
 use ledger_svc::ledger::CheckpointJob;
 use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
 use ledger_svc::{Ledger, LedgerError, Operation, Storage};
@@ -42,48 +41,73 @@ pub struct Submission {
     pub command: Command,
 }
 
+/// The ledger's typed reply; the connection renders it (JSON is not the single writer's job).
 #[derive(Debug)]
 pub struct Completion {
     pub reply_to: ReplyTo,
-    pub response: Response,
+    pub reply: Reply,
 }
 
 /// A worker's end of the ledger: submit without blocking, or learn that the queue is full.
+/// Mutations and queries have separate queues, so a flood of one kind cannot starve the other
+/// (the ledger thread serves both every turn).
 #[derive(Clone, Debug)]
 pub struct LedgerClient {
-    tx: Sender<Submission>,
+    writes: Sender<Submission>,
+    reads: Sender<Submission>,
 }
 
 impl LedgerClient {
-    /// Queues a command. When the ledger's queue is full the command is handed back, so the
-    /// worker answers 503 with Retry-After and memory stays bounded.
+    /// Queues a command. When its queue is full the command is handed back, so the worker
+    /// answers 503 with Retry-After and memory stays bounded.
     pub fn submit(&self, submission: Submission) -> Result<(), Submission> {
-        match self.tx.try_send(submission) {
+        let queue = if submission.command.is_mutation() { &self.writes } else { &self.reads };
+        match queue.try_send(submission) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => Err(s),
         }
     }
 }
 
+/// The ledger thread's ends of the two submission queues.
+#[derive(Debug)]
+pub struct Queues {
+    pub writes: Receiver<Submission>,
+    pub reads: Receiver<Submission>,
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.reads.is_empty()
+    }
+}
+
+/// Queries answered per ledger-thread turn, after the turn's batch: a reads-only flood delays a
+/// write by at most this many queries (each at most one page, `ACCOUNT_TRANSFERS_PAGE_ROWS_MAX`
+/// rows, copied without rendering), and writes never starve reads.
+pub const READS_PER_TURN_MAX: usize = 64;
+
 /// The channels between the workers and the ledger thread.
 #[derive(Debug)]
 pub struct Channels {
     /// The workers' end of the submission queue (cloned into each).
     pub client: LedgerClient,
-    /// The ledger thread's end of the submission queue.
-    pub submissions: Receiver<Submission>,
+    /// The ledger thread's ends of the submission queues.
+    pub submissions: Queues,
     /// The ledger thread's ends of the reply channels, one per worker.
     pub replies_tx: Vec<Sender<Completion>>,
     /// The workers' ends of the reply channels, one per worker.
     pub replies_rx: Vec<Receiver<Completion>>,
 }
 
+/// `queue_depth_max` bounds each of the two queues (mutations, queries).
 pub fn channels(queue_depth_max: usize, workers: usize) -> Channels {
-    let (tx, submissions) = crossbeam_channel::bounded(queue_depth_max);
-    // Replies are bounded by the submissions in flight (the bounded queue above plus one batch),
-    // so an unbounded channel back to each worker cannot grow past that.
+    let (writes_tx, writes) = crossbeam_channel::bounded(queue_depth_max);
+    let (reads_tx, reads) = crossbeam_channel::bounded(queue_depth_max);
+    // Replies are bounded by the submissions in flight (the bounded queues above plus one
+    // turn), so an unbounded channel back to each worker cannot grow past that.
     let (replies_tx, replies_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
-    Channels { client: LedgerClient { tx }, submissions, replies_tx, replies_rx }
+    Channels { client: LedgerClient { writes: writes_tx, reads: reads_tx }, submissions: Queues { writes, reads }, replies_tx, replies_rx }
 }
 
 /// The ledger thread as `serve` and `serve-kernel` run it: its client end and the workers'
@@ -218,7 +242,7 @@ fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, 
 /// Checkpoints are written by a thread it spawns, on `ledger.storage().reopen()`.
 pub fn run<S: Storage + Send>(
     ledger: &mut Ledger<S>,
-    rx: &Receiver<Submission>,
+    rx: &Queues,
     replies: &[Sender<Completion>],
     batch_events_max: usize,
     metrics: &Metrics,
@@ -244,91 +268,94 @@ pub fn run<S: Storage + Send>(
 
 fn commit_batches<S: Storage>(
     ledger: &mut Ledger<S>,
-    rx: &Receiver<Submission>,
+    rx: &Queues,
     replies: &[Sender<Completion>],
     batch_events_max: usize,
     metrics: &Metrics,
     durability: &str,
     checkpoints: &Checkpoints,
 ) -> Result<(), LedgerError> {
-    /// A drained submission: a mutation's index into `ops`, or a query.
-    enum Slot {
-        Op(usize),
-        Query(Command),
-    }
     let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
-    let mut slots: Vec<(ReplyTo, Slot)> = Vec::new();
+    let mut writes: Vec<Submission> = Vec::new();
+    let mut reads: Vec<Submission> = Vec::new();
     let mut ops: Vec<Operation> = Vec::new();
     loop {
         checkpoints.poll(ledger)?;
-        let first = match rx.try_recv() {
-            Ok(s) => s,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {
-                // Idle: wait for a submission, the checkpoint writer's report, or a due expiry.
-                // Pending transfers expire on the ledger's clock, which only moves with a
-                // batch: when one is due and no request comes, an empty batch moves it (and
-                // is logged, so replay expires the same transfers at the same time).
-                let timer = match ledger.state().poll_at() {
-                    None => crossbeam_channel::never(),
-                    Some(due_ns) => crossbeam_channel::after(Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX)),
-                };
-                crossbeam_channel::select! {
-                    recv(rx) -> s => match s {
-                        Ok(s) => s,
-                        Err(_) => break,
-                    },
-                    recv(checkpoints.done) -> report => {
-                        checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?;
-                        continue;
-                    },
-                    recv(timer) -> _ => {
-                        if ledger.state().poll_at().is_some_and(|due| due <= now_ns()) {
-                            ledger.submit(now_ns(), &[])?;
-                            metrics.ledger_batches.inc();
-                            checkpoints.begin_if_due(ledger)?;
-                        }
-                        continue;
-                    },
-                }
-            }
-        };
-        let mut events = 0;
-        let mut next = Some(first);
-        // Group commit: everything already waiting joins this batch, up to the bounds on events
-        // and on operations per WAL record.
-        while let Some(submission) = next.take() {
-            events += command_events(&submission.command);
-            match submission.command {
-                Command::Mutate(op) => {
-                    slots.push((submission.reply_to, Slot::Op(ops.len())));
-                    ops.push(op);
-                }
-                query => slots.push((submission.reply_to, Slot::Query(query))),
-            }
-            // One more submission adds at most one operation and one request's events.
-            if events < batch_events_max && ops.len() < OPERATIONS_PER_RECORD_MAX {
-                next = rx.try_recv().ok();
+        if rx.is_empty() {
+            // Idle: wait for a submission, the checkpoint writer's report, or a due expiry.
+            // Pending transfers expire on the ledger's clock, which only moves with a
+            // batch: when one is due and no request comes, an empty batch moves it (and
+            // is logged, so replay expires the same transfers at the same time).
+            let timer = match ledger.state().poll_at() {
+                None => crossbeam_channel::never(),
+                Some(due_ns) => crossbeam_channel::after(Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX)),
+            };
+            crossbeam_channel::select! {
+                recv(rx.writes) -> s => match s {
+                    Ok(s) => writes.push(s),
+                    // Every client is gone: stop once both queues are drained.
+                    Err(_) if rx.is_empty() => break,
+                    Err(_) => continue,
+                },
+                recv(rx.reads) -> s => match s {
+                    Ok(s) => reads.push(s),
+                    Err(_) if rx.is_empty() => break,
+                    Err(_) => continue,
+                },
+                recv(checkpoints.done) -> report => {
+                    checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?;
+                    continue;
+                },
+                recv(timer) -> _ => {
+                    if ledger.state().poll_at().is_some_and(|due| due <= now_ns()) {
+                        ledger.submit(now_ns(), &[])?;
+                        metrics.ledger_batches.inc();
+                        checkpoints.begin_if_due(ledger)?;
+                    }
+                    continue;
+                },
             }
         }
-        metrics.ledger_queue_depth.set(rx.len() as i64);
+        // Group commit: every mutation already waiting joins this batch, up to the bounds on
+        // events and on operations per WAL record (one more adds at most one operation and one
+        // request's events).
+        let mut events: usize = writes.iter().map(|s| command_events(&s.command)).sum();
+        while events < batch_events_max && writes.len() < OPERATIONS_PER_RECORD_MAX {
+            let Ok(submission) = rx.writes.try_recv() else { break };
+            events += command_events(&submission.command);
+            writes.push(submission);
+        }
+        while reads.len() < READS_PER_TURN_MAX {
+            let Ok(submission) = rx.reads.try_recv() else { break };
+            reads.push(submission);
+        }
+        metrics.ledger_queue_depth.set((rx.writes.len() + rx.reads.len()) as i64);
         let started = Instant::now();
+        for submission in &mut writes {
+            let Command::Mutate(op) = std::mem::replace(&mut submission.command, Command::LookupAccount(0)) else {
+                unreachable!("the writes queue carries only mutations (LedgerClient::submit)")
+            };
+            ops.push(op);
+        }
         let op_replies = if ops.is_empty() { Vec::new() } else { ledger.submit(now_ns(), &ops)? };
         assert_eq!(op_replies.len(), ops.len(), "one reply per operation");
-        // The batch is durable: release the replies, in order.
-        for (reply_to, slot) in slots.drain(..) {
-            let response = match slot {
-                Slot::Op(i) => api::render_reply(&op_replies[i], ledger.state(), &ops[i]),
-                Slot::Query(query) => api::query(ledger.state(), &query),
-            };
+        // The batch is durable: release its replies, in order, then answer the turn's queries
+        // from the state it left.
+        for ((submission, op), op_reply) in writes.drain(..).zip(&ops).zip(&op_replies) {
+            let reply = api::reply_of(op_reply, ledger.state(), op);
             // A worker that has stopped no longer needs its replies.
-            let _ = replies[reply_to.worker].send(Completion { reply_to, response });
+            let _ = replies[submission.reply_to.worker].send(Completion { reply_to: submission.reply_to, reply });
         }
         if !ops.is_empty() {
             commit_seconds.observe(started.elapsed().as_secs_f64());
             metrics.ledger_batches.inc();
             metrics.ledger_batch_requests.observe(ops.len() as f64);
             metrics.ledger_requests.inc_by(ops.len() as u64);
+        }
+        for submission in reads.drain(..) {
+            let reply = api::answer(ledger.state(), &submission.command);
+            let _ = replies[submission.reply_to.worker].send(Completion { reply_to: submission.reply_to, reply });
+            events += 1;
         }
         metrics.ledger_events.inc_by(events as u64);
         ops.clear();
@@ -384,9 +411,11 @@ mod tests {
         assert_eq!(metrics.ledger_batches.get(), 1);
         assert_eq!(ledger.sequence(), 1);
         let got: Vec<Completion> = completions[0].try_iter().collect();
-        assert_eq!(got.iter().map(|c| c.reply_to.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert!(got.iter().all(|c| c.response.status == 200), "{got:?}");
-        let body = |i: usize| String::from_utf8(got[i].response.body.clone()).expect("utf-8");
+        // The batch's replies first, in order, then the turn's queries.
+        assert_eq!(got.iter().map(|c| c.reply_to.seq).collect::<Vec<_>>(), vec![0, 2, 1]);
+        let responses: std::collections::BTreeMap<u64, ledger_svc::http::Response> = got.iter().map(|c| (c.reply_to.seq, api::render(&c.reply))).collect();
+        assert!(responses.values().all(|r| r.status == 200), "{got:?}");
+        let body = |i: u64| String::from_utf8(responses[&i].body.clone()).expect("utf-8");
         assert!(body(0).contains("\"created\""), "{}", body(0));
         assert!(body(2).contains("\"created\""), "{}", body(2));
         // The query rode in the same drain and saw the state after the batch.
@@ -418,7 +447,7 @@ mod tests {
         // Both replies arrive; then nothing is sent for longer than the 1 s timeout.
         for _ in 0..2 {
             let c = completions[0].recv_timeout(Duration::from_secs(10)).expect("reply");
-            assert_eq!(c.response.status, 200);
+            assert_eq!(api::render(&c.reply).status, 200);
         }
         std::thread::sleep(Duration::from_millis(2_500));
         drop(client);
@@ -446,7 +475,7 @@ mod tests {
             }
             match completions[0].recv_timeout(Duration::from_secs(10)) {
                 Ok(c) => {
-                    assert_eq!(c.response.status, 200);
+                    assert_eq!(api::render(&c.reply).status, 200);
                     received += 1;
                 }
                 Err(_) => break,

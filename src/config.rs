@@ -158,19 +158,41 @@ fn default_anonymous_role() -> String {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct HttpSection {
     pub header_bytes_max: usize,
     pub body_bytes_max: usize,
     pub requests_in_flight_max: usize,
+    /// Unsent output plus awaited replies per connection before it stops reading.
+    pub output_bytes_max: usize,
+    /// Queries per connection waiting for the ledger thread before it stops reading.
+    pub queries_in_flight_max: usize,
+    /// Deadline for a request head, from its first byte.
+    pub head_timeout_ms: u64,
+    /// Deadline for a request body, from the end of its head.
+    pub body_timeout_ms: u64,
+    /// What all the connections of one queue may hold (output, awaited replies, request
+    /// buffers) before none of them starts a new request.
+    pub queue_budget_bytes_max: usize,
 }
+
+/// `http.queue_budget_bytes_max` by default: 64 MiB, what 256 connections at their full
+/// `output_bytes_max` would hold.
+pub const QUEUE_BUDGET_BYTES_MAX_DEFAULT: usize = 64 << 20;
 
 impl Default for HttpSection {
     fn default() -> HttpSection {
         let d = ledger_svc::http::Limits::default();
+        let c = ledger_svc::connection::ConnectionLimits::default();
         HttpSection {
             header_bytes_max: d.header_bytes_max,
             body_bytes_max: d.body_bytes_max,
             requests_in_flight_max: d.requests_in_flight_max,
+            output_bytes_max: c.output_bytes_max,
+            queries_in_flight_max: c.queries_in_flight_max,
+            head_timeout_ms: c.head_timeout.as_millis() as u64,
+            body_timeout_ms: c.body_timeout.as_millis() as u64,
+            queue_budget_bytes_max: QUEUE_BUDGET_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -344,6 +366,11 @@ impl Config {
         if !(1..=1024).contains(&h.requests_in_flight_max) {
             return Err(invalid("http.requests_in_flight_max", "must be 1..=1024"));
         }
+        let limits = self.connection_limits_unchecked();
+        limits.validate().map_err(|e| invalid("http", e.to_string()))?;
+        if h.queue_budget_bytes_max < h.output_bytes_max {
+            return Err(invalid("http.queue_budget_bytes_max", "must be at least http.output_bytes_max"));
+        }
         let l = &self.ledger;
         self.durability()?;
         if l.checkpoint_every_batches == 0 {
@@ -435,6 +462,34 @@ impl Config {
         })
     }
 
+    /// Every per-connection bound of an HTTPS connection (TLS, HTTP, backpressure, deadlines).
+    pub fn connection_limits(&self) -> Result<ledger_svc::connection::ConnectionLimits, ConfigError> {
+        let limits = self.connection_limits_unchecked();
+        limits.validate().map_err(|e| invalid("http", e.to_string()))?;
+        Ok(limits)
+    }
+
+    fn connection_limits_unchecked(&self) -> ledger_svc::connection::ConnectionLimits {
+        let h = &self.http;
+        ledger_svc::connection::ConnectionLimits {
+            output_bytes_max: h.output_bytes_max,
+            queries_in_flight_max: h.queries_in_flight_max,
+            head_timeout: std::time::Duration::from_millis(h.head_timeout_ms),
+            body_timeout: std::time::Duration::from_millis(h.body_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.tcp.idle_timeout_ms),
+            http: self.http_limits(),
+            session: tls_term::SessionLimits {
+                handshake_timeout: std::time::Duration::from_millis(self.tls.handshake_timeout_ms),
+                ..tls_term::SessionLimits::default()
+            },
+        }
+    }
+
+    /// The bound on what all the HTTPS connections of one queue hold.
+    pub fn queue_budget(&self) -> ledger_svc::connection::Budget {
+        ledger_svc::connection::Budget::new(self.http.queue_budget_bytes_max)
+    }
+
     pub fn http_limits(&self) -> ledger_svc::http::Limits {
         ledger_svc::http::Limits {
             header_bytes_max: self.http.header_bytes_max,
@@ -481,23 +536,8 @@ fn parse_role(s: &str) -> Option<ledger_svc::api::Role> {
     }
 }
 
-/// The authorization table: who may do what.
-#[derive(Clone, Debug, Default)]
-pub struct Roles {
-    pub by_identity: BTreeMap<String, ledger_svc::api::Role>,
-    pub anonymous: Option<ledger_svc::api::Role>,
-}
-
-impl Roles {
-    /// The role of a session's client: by its certificate identity, or the anonymous role when
-    /// it presented none. An unknown identity has no role (every request gets 403).
-    pub fn of(&self, identity: Option<&str>) -> Option<ledger_svc::api::Role> {
-        match identity {
-            Some(id) => self.by_identity.get(id).copied(),
-            None => self.anonymous,
-        }
-    }
-}
+/// The authorization table: who may do what (owned by the connection, which applies it).
+pub use ledger_svc::connection::Roles;
 
 #[cfg(test)]
 mod tests {

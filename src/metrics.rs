@@ -35,6 +35,12 @@ pub struct Metrics {
     pub tls_errors: IntCounterVec,
     /// HTTP responses by status code.
     pub http_responses: IntCounterVec,
+    /// Connections cut because a request deadline passed (`phase` head or body; 408 sent) or
+    /// because they sat idle between requests (`phase` idle).
+    pub http_deadlines: IntCounterVec,
+    /// Bytes the HTTPS connections of a queue hold (output, awaited replies, request
+    /// buffers), against the per-queue budget.
+    pub https_held_bytes: IntGaugeVec,
     /// Requests answered 503 because the ledger's queue was full.
     pub ledger_queue_full: IntCounter,
     pub ledger_queue_depth: IntGauge,
@@ -76,6 +82,9 @@ impl Metrics {
         let tls_handshakes = counter_vec("tls_handshakes_total", "Completed TLS handshakes.", &["version", "resumed"]);
         let tls_errors = counter_vec("tls_errors_total", "TLS sessions ended by an error, by reason.", &["reason"]);
         let http_responses = counter_vec("http_responses_total", "HTTP responses, by status code.", &["status"]);
+        let http_deadlines = counter_vec("http_deadlines_total", "Connections cut by a request deadline (head, body) or the idle timeout.", &["phase"]);
+        let https_held_bytes = IntGaugeVec::new(Opts::new("https_held_bytes", "Bytes held by the HTTPS connections of a queue, against its budget."), &["queue"]).expect("valid");
+        registry.register(Box::new(https_held_bytes.clone())).expect("unique");
         let ledger_queue_full = counter("ledger_queue_full_total", "Requests answered 503 because the ledger queue was full.");
         let ledger_queue_depth = gauge("ledger_queue_depth", "Submissions waiting for the ledger thread.");
         let ledger_batches = counter("ledger_batches_total", "Group commits (one WAL record and one fsync each).");
@@ -111,6 +120,8 @@ impl Metrics {
             tls_handshakes,
             tls_errors,
             http_responses,
+            http_deadlines,
+            https_held_bytes,
             ledger_queue_full,
             ledger_queue_depth,
             ledger_batches,
@@ -137,6 +148,22 @@ impl Default for Metrics {
     }
 }
 
+/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines).
+pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) {
+    use ledger_svc::connection::Event;
+    while let Some(event) = connection.poll_event() {
+        match event {
+            Event::Handshake { version, resumed } => {
+                metrics.tls_handshakes.with_label_values(&[version, if resumed { "true" } else { "false" }]).inc()
+            }
+            Event::Response { status } => metrics.http_responses.with_label_values(&[status_label(status)]).inc(),
+            Event::TlsFailed { reason } => metrics.tls_errors.with_label_values(&[reason]).inc(),
+            Event::DeadlineCut { phase } => metrics.http_deadlines.with_label_values(&[phase]).inc(),
+            Event::IdleClosed => metrics.http_deadlines.with_label_values(&["idle"]).inc(),
+        }
+    }
+}
+
 /// Brings a Prometheus counter up to a cumulative value owned elsewhere (a stack's counters).
 /// Each labelled series has one writer, so read-then-add does not race.
 pub fn sync_counter(counter: &IntCounter, value: u64) {
@@ -155,6 +182,7 @@ pub fn status_label(status: u16) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        408 => "408",
         411 => "411",
         413 => "413",
         431 => "431",

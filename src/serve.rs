@@ -63,7 +63,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, queues.len(), &metrics)?;
         ledger_thread = Some(thread);
-        ledger_parts = Some((tls, tls_settings.session_limits(), client, reply_rx));
+        ledger_parts = Some((tls, config.connection_limits()?, Arc::new(config.roles()), client, reply_rx));
     }
 
     // The dataplane: a leftover program from a killed run goes first.
@@ -112,11 +112,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     for (index, port) in ports.into_iter().enumerate() {
         let app = match &ledger_parts {
             None => AppConfig::Echo,
-            Some((tls, session_limits, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
+            Some((tls, limits, roles, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
                 tls: Arc::clone(tls),
-                session_limits: *session_limits,
-                http_limits: config.http_limits(),
-                roles: config.roles(),
+                limits: *limits,
+                roles: Arc::clone(roles),
+                budget: config.queue_budget(),
                 ledger: client.clone(),
                 completions: reply_rx[index].clone(),
             }),

@@ -7,21 +7,17 @@
 //! The worker is generic over its port (`Port`): the AF_XDP socket in production, an in-memory
 //! link in the whole-stack test.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use ledger_svc::api::{self, Action, Role};
-use ledger_svc::http::{self, RequestDecoder, Response};
+use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Roles};
 use smoltcp::phy::Device;
 use tcp::{ConnId, Event, Stack};
-use tls_term::Session;
 
 use crate::committer::{Completion, LedgerClient, ReplyTo, Submission};
-use crate::config::Roles;
-use crate::metrics::{status_label, sync_counter, Metrics};
+use crate::metrics::{record_events, sync_counter, Metrics};
 
 /// A device the worker can drive: the smoltcp `Device` plus the ring upkeep and the idle wait.
 pub trait Port: Device {
@@ -80,18 +76,13 @@ pub enum AppConfig {
 #[derive(Debug)]
 pub struct LedgerApp {
     pub tls: Arc<rustls::ServerConfig>,
-    pub session_limits: tls_term::SessionLimits,
-    pub http_limits: http::Limits,
-    pub roles: Roles,
+    pub limits: ConnectionLimits,
+    pub roles: Arc<Roles>,
+    /// The bound on what all of this worker's connections hold.
+    pub budget: Budget,
     pub ledger: LedgerClient,
     pub completions: Receiver<Completion>,
 }
-
-/// Plaintext bytes a connection may hold decrypted but not yet decoded; TLS input stops being
-/// read past it, so a slow consumer backs up into the TCP window, not into memory.
-const PLAINTEXT_BUFFER_BYTES_MAX: usize = 64 * 1024;
-/// Plaintext handed to TLS per call: about one TLS record's worth.
-const TLS_WRITE_CHUNK_BYTES: usize = 16 * 1024;
 /// Loop turns between metric publications.
 const METRICS_EVERY_TURNS: u32 = 1024;
 /// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
@@ -128,30 +119,17 @@ impl<P: Port> std::fmt::Debug for Worker<P> {
 
 enum Conn {
     Echo(ConnId),
-    Tls(Box<TlsConn>),
+    Https(Box<HttpsConn>),
 }
 
-/// One HTTPS connection: its TLS session, its HTTP decoder, and its responses in request order.
-struct TlsConn {
+/// One HTTPS connection over the userspace stack: the sans-IO connection and its TCP id.
+struct HttpsConn {
     id: ConnId,
-    session: Session,
-    decoder: RequestDecoder,
-    role: Option<Role>,
-    plaintext: Vec<u8>,
-    /// Responses in request order; a ledger reply fills its slot when it arrives.
-    pending: VecDeque<Pending>,
-    next_seq: u64,
-    /// Encoded responses; `out[out_pos..]` is not yet taken by TLS.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// No more requests will be read: after an HTTP error, `Connection: close` or TLS close.
-    closing: bool,
-    handshake_counted: bool,
-}
-
-enum Pending {
-    Ready(Response),
-    Waiting(u64),
+    conn: Connection,
+    /// The TCP peer's FIN was passed on.
+    eof_seen: bool,
+    /// The TCP close was asked for.
+    closed: bool,
 }
 
 impl<P: Port> Worker<P> {
@@ -248,16 +226,26 @@ impl<P: Port> Worker<P> {
         let (conns, active, app) = (&mut self.conns, &mut self.active, &self.app);
         self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
-                conns[id.slot()] = Some(match app {
-                    AppConfig::Echo => Conn::Echo(id),
-                    AppConfig::Ledger(l) => Conn::Tls(Box::new(TlsConn::new(id, l, now))),
-                });
-                active.push(id.slot() as u32);
+                let conn = match app {
+                    AppConfig::Echo => Some(Conn::Echo(id)),
+                    AppConfig::Ledger(l) => match Connection::new(&l.tls, l.limits, Arc::clone(&l.roles), l.budget.clone(), now) {
+                        Ok(conn) => Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false }))),
+                        Err(e) => {
+                            log::warn!("cannot create a TLS session: {e}");
+                            None
+                        }
+                    },
+                };
+                if conn.is_some() {
+                    conns[id.slot()] = conn;
+                    active.push(id.slot() as u32);
+                }
             }
             Event::Closed(id) => {
-                conns[id.slot()] = None;
-                let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
-                active.swap_remove(at);
+                if conns[id.slot()].take().is_some() {
+                    let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
+                    active.swap_remove(at);
+                }
             }
         });
     }
@@ -276,14 +264,12 @@ impl<P: Port> Worker<P> {
         while let Some(c) = self.parked.take().or_else(|| app.completions.try_recv().ok()) {
             any = true;
             self.outstanding -= 1;
-            let Some(Some(Conn::Tls(conn))) = self.conns.get_mut(c.reply_to.slot) else { continue };
+            let Some(Some(Conn::Https(https))) = self.conns.get_mut(c.reply_to.slot) else { continue };
             // The connection may have been closed and its slot reused meanwhile.
-            if conn.id.generation() != c.reply_to.generation {
+            if https.id.generation() != c.reply_to.generation {
                 continue;
             }
-            if let Some(p) = conn.pending.iter_mut().find(|p| matches!(p, Pending::Waiting(s) if *s == c.reply_to.seq)) {
-                *p = Pending::Ready(c.response);
-            }
+            https.conn.handle_reply(c.reply_to.seq, &c.reply);
         }
         any
     }
@@ -292,19 +278,19 @@ impl<P: Port> Worker<P> {
         match &mut self.conns[slot] {
             None => false,
             Some(Conn::Echo(id)) => echo(&mut self.stack, *id, &mut self.scratch),
-            Some(Conn::Tls(conn)) => {
-                let AppConfig::Ledger(app) = &self.app else { unreachable!("TLS conns exist only in the ledger app") };
-                conn.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding)
+            Some(Conn::Https(https)) => {
+                let AppConfig::Ledger(app) = &self.app else { return false };
+                https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding)
             }
         }
     }
 
     fn shutdown(&mut self) {
         for &slot in &self.active {
-            if let Some(Conn::Tls(conn)) = &mut self.conns[slot as usize] {
-                conn.session.close();
-                flush_tls(&mut self.stack, conn);
-                self.stack.close(conn.id);
+            if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
+                https.conn.close();
+                https.flush(&mut self.stack);
+                self.stack.close(https.id);
             }
         }
         // Give the stack a moment to send the close_notify alerts and FINs.
@@ -341,6 +327,9 @@ impl<P: Port> Worker<P> {
             sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
         }
         self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
+        if let AppConfig::Ledger(app) = &self.app {
+            self.metrics.https_held_bytes.with_label_values(&[q]).set(app.budget.held() as i64);
+        }
     }
 
     pub fn stack(&self) -> &Stack {
@@ -375,196 +364,74 @@ fn echo(stack: &mut Stack, id: ConnId, scratch: &mut [u8]) -> bool {
     n > 0
 }
 
-impl TlsConn {
-    fn new(id: ConnId, app: &LedgerApp, now: Instant) -> TlsConn {
-        TlsConn {
-            id,
-            session: Session::with_limits(&app.tls, now, app.session_limits).expect("a server session can always be created from a valid config"),
-            decoder: RequestDecoder::new(app.http_limits),
-            role: None,
-            plaintext: Vec::new(),
-            pending: VecDeque::new(),
-            next_seq: 0,
-            out: Vec::new(),
-            out_pos: 0,
-            closing: false,
-            handshake_counted: false,
-        }
-    }
-
+impl HttpsConn {
     /// Moves this connection forward as far as it can go now. Returns true if anything moved.
     fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize) -> bool {
         let mut busy = false;
-        // 1. Ciphertext in.
-        // The session takes less than offered when its plaintext buffer is full: the rest
-        // stays in the TCP buffer and backs up into the window.
-        while stack.can_recv(self.id) {
-            let session = &mut self.session;
-            let result = stack.recv(self.id, |data| match session.handle_input(now, data) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (data.len(), Err(e)),
-            });
-            match result {
-                Ok(Ok(0)) => break,
-                Ok(Ok(_)) => busy = true,
-                Ok(Err(e)) => return self.fail(stack, metrics, &e),
-                Err(_) => return false,
+        let (id, conn) = (self.id, &mut self.conn);
+        // 1. Ciphertext in, as far as the connection takes it: under backpressure it takes
+        // less, the rest stays in the TCP buffer and the window closes.
+        while stack.can_recv(id) {
+            match stack.recv(id, |data| {
+                let n = conn.handle_ciphertext(now, data);
+                (n, n)
+            }) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => busy = true,
             }
         }
-        if !stack.may_recv(self.id) && !self.session.peer_closed() {
-            self.session.handle_eof();
-        }
-        if let Err(e) = self.session.handle_timeout(now) {
-            return self.fail(stack, metrics, &e);
-        }
-        if !self.session.is_handshaking() && !self.handshake_counted {
-            self.handshake_counted = true;
-            self.role = app.roles.of(self.session.identity());
-            let version = match self.session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
-                _ => "other",
-            };
-            let resumed = if self.session.resumed() { "true" } else { "false" };
-            metrics.tls_handshakes.with_label_values(&[version, resumed]).inc();
-        }
-        // 2. Plaintext -> requests -> responses or ledger submissions.
-        if !self.closing {
-            if self.session.read_plaintext(&mut self.plaintext, PLAINTEXT_BUFFER_BYTES_MAX) > 0 {
-                self.decoder.feed(&self.plaintext);
-                self.plaintext.clear();
-                busy = true;
-            }
-            loop {
-                // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for it.
-                if self.decoder.poll_continue() {
-                    self.out.extend_from_slice(http::CONTINUE_RESPONSE);
-                }
-                match self.decoder.poll_request() {
-                    Ok(Some(request)) => {
-                        busy = true;
-                        self.dispatch(request, app, worker, metrics, outstanding);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.pending.push_back(Pending::Ready(Response::from(&e)));
-                        self.closing = true;
-                        break;
-                    }
-                }
-            }
-            if self.decoder.is_closed() || self.session.peer_closed() {
-                self.closing = true;
-            }
-        }
-        // 3. Responses out, in request order.
-        while let Some(Pending::Ready(_)) = self.pending.front() {
-            let Some(Pending::Ready(response)) = self.pending.pop_front() else { unreachable!() };
-            metrics.http_responses.with_label_values(&[status_label(response.status)]).inc();
-            if self.decoder.encode_response(&response, &mut self.out) {
-                self.closing = true;
-            }
+        if !self.eof_seen && !stack.may_recv(id) && !stack.can_recv(id) {
+            self.eof_seen = true;
+            conn.handle_eof(now);
             busy = true;
         }
-        busy |= self.write_out(stack);
-        // 4. Close once everything owed has been sent.
-        if self.closing && self.pending.is_empty() && self.out.is_empty() {
-            self.session.close();
-            flush_tls(stack, self);
-            if !self.session.wants_output() {
-                stack.close(self.id);
+        if conn.poll_at().is_some_and(|at| at <= now) {
+            conn.handle_timeout(now);
+            busy = true;
+        }
+        if conn.is_held_back() {
+            conn.resume(now);
+        }
+        // 2. Commands to the ledger thread.
+        while let Some(s) = conn.poll_submission() {
+            busy = true;
+            let reply_to = ReplyTo { worker, slot: id.slot(), generation: id.generation(), seq: s.seq };
+            match app.ledger.submit(Submission { reply_to, command: s.command }) {
+                Ok(()) => *outstanding += 1,
+                Err(_) => {
+                    metrics.ledger_queue_full.inc();
+                    conn.handle_busy(s.seq);
+                }
             }
+        }
+        // 3. Ciphertext out.
+        busy |= self.flush(stack);
+        record_events(&mut self.conn, metrics);
+        // 4. Close once everything owed has been sent.
+        if self.conn.is_closed() && !self.closed {
+            self.closed = true;
+            stack.close(id);
+            busy = true;
         }
         busy
     }
 
-    /// Hands encoded responses to TLS in pieces the session accepts, flushing ciphertext to
-    /// TCP as it goes; what does not fit waits for the next turn.
-    fn write_out(&mut self, stack: &mut Stack) -> bool {
-        let mut busy = false;
-        while self.out_pos < self.out.len() {
-            let end = self.out.len().min(self.out_pos + TLS_WRITE_CHUNK_BYTES);
-            match self.session.write_plaintext(&self.out[self.out_pos..end]) {
-                Ok(()) => {
-                    self.out_pos = end;
-                    busy = true;
-                }
-                Err(tls_term::SessionError::TxBufferFull { .. }) => {
-                    if !flush_tls(stack, self) {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    // The session is closed: nothing more can be sent.
-                    self.out_pos = self.out.len();
-                }
+    /// Moves ciphertext from the connection into the TCP send buffer. Returns true if any moved.
+    fn flush(&mut self, stack: &mut Stack) -> bool {
+        let mut moved = false;
+        while self.conn.wants_ciphertext() && stack.send_capacity_free(self.id) > 0 {
+            let conn = &mut self.conn;
+            match stack.send(self.id, |buf| {
+                let n = conn.poll_ciphertext(buf);
+                (n, n)
+            }) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => moved = true,
             }
         }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
-        busy | flush_tls(stack, self)
-    }
-
-    fn dispatch(&mut self, request: http::Request, app: &LedgerApp, worker: usize, metrics: &Metrics, outstanding: &mut usize) {
-        let Some(role) = self.role else {
-            let r = api::error_response(403, "forbidden", "this client identity has no role on this appliance");
-            self.pending.push_back(Pending::Ready(r));
-            return;
-        };
-        match api::handle(&request, role) {
-            Action::Respond(response) => self.pending.push_back(Pending::Ready(response)),
-            Action::Ledger(command) => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let submission = Submission { reply_to: ReplyTo { worker, slot: self.id.slot(), generation: self.id.generation(), seq }, command };
-                match app.ledger.submit(submission) {
-                    Ok(()) => {
-                        *outstanding += 1;
-                        self.pending.push_back(Pending::Waiting(seq));
-                    }
-                    Err(_) => {
-                        metrics.ledger_queue_full.inc();
-                        let mut r = api::error_response(503, "ledger_busy", "the ledger's queue is full; retry after the indicated delay");
-                        r.retry_after_s = Some(1);
-                        self.pending.push_back(Pending::Ready(r));
-                    }
-                }
-            }
-        }
-    }
-
-    /// A TLS error ends the connection: send the alert rustls queued, then close.
-    fn fail(&mut self, stack: &mut Stack, metrics: &Metrics, e: &tls_term::SessionError) -> bool {
-        log::debug!("connection {:?}: {e}", self.id);
-        metrics.tls_errors.with_label_values(&[e.metric_label()]).inc();
-        self.closing = true;
-        self.pending.clear();
-        self.out.clear();
-        self.out_pos = 0;
-        flush_tls(stack, self);
-        stack.close(self.id);
-        true
+        moved
     }
 }
-
-/// Moves ciphertext from the session into the TCP send buffer. Returns true if any moved.
-fn flush_tls(stack: &mut Stack, conn: &mut TlsConn) -> bool {
-    let mut moved = false;
-    while conn.session.wants_output() && stack.send_capacity_free(conn.id) > 0 {
-        let session = &mut conn.session;
-        match stack.send(conn.id, |buf| {
-            let n = session.poll_output(buf);
-            (n, n)
-        }) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => moved = true,
-        }
-    }
-    moved
-}
-
 
 pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
     // smoltcp wants a monotonic clock; any fixed origin will do.

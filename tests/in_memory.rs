@@ -229,9 +229,9 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     let settings = config.tls_settings().expect("tls settings");
     let app = AppConfig::Ledger(LedgerApp {
         tls: tls_term::server_config(&settings).expect("server config"),
-        session_limits: settings.session_limits(),
-        http_limits: config.http_limits(),
-        roles: config.roles(),
+        limits: config.connection_limits().expect("connection limits"),
+        roles: std::sync::Arc::new(config.roles()),
+        budget: config.queue_budget(),
         ledger: client_handle,
         completions: reply_rx.remove(0),
     });

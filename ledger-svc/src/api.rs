@@ -702,37 +702,161 @@ pub fn write_transfer(out: &mut Vec<u8>, t: &Transfer) {
     let _ = write!(out, ",\"timestamp\":\"{}\"}}", t.timestamp);
 }
 
-/// Answers a read-only command. A `Mutate` command is a caller bug: it gets a 500 rather than
-/// a panic on the ledger thread.
-pub fn query<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Response {
+// --- Replies: typed on the ledger thread, rendered where the connection lives -----------------
+
+/// Bytes of the JSON of the widest transfer (every u128 at 39 digits, every flag set); the
+/// test `widest_transfer_json_fits_its_bound` checks it.
+pub const TRANSFER_JSON_BYTES_MAX: usize = 720;
+/// Bytes of the JSON of the widest account.
+pub const ACCOUNT_JSON_BYTES_MAX: usize = 640;
+/// Bytes of one event's result in a create reply, separator included
+/// (`{"index":8188,"status":"exists_with_different_user_data_128","timestamp":"..."}`).
+pub const EVENT_RESULT_JSON_BYTES_MAX: usize = 112;
+/// The byte cap on any one query reply. A longer result is cut into pages: the reply holds
+/// as many rows as fit and a `Link: <...>; rel="next"` header names the next page
+/// (docs/api.md, "Paging"). It bounds what one cheap GET can make the ledger thread copy and a
+/// worker render and hold.
+pub const QUERY_REPLY_BYTES_MAX: usize = 128 * 1024;
+/// Transfers in one page of `GET /v1/accounts/{id}/transfers`: as many of the widest as fit
+/// in [`QUERY_REPLY_BYTES_MAX`].
+pub const ACCOUNT_TRANSFERS_PAGE_ROWS_MAX: usize = (QUERY_REPLY_BYTES_MAX - 2) / (TRANSFER_JSON_BYTES_MAX + 1);
+
+/// What the ledger thread sends back: typed data, rendered to JSON by [`render`] on the
+/// connection's own thread, off the single writer (TigerBeetle's state machine returns result
+/// codes; its clients render them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// One result per event of a create batch, in order.
+    Created(Vec<EventResult>),
+    Account { id: u128, account: Option<Account> },
+    Transfer { id: u128, transfer: Option<Transfer> },
+    /// One page of an account's transfers; `next` is the filter of the following page when
+    /// there may be one.
+    AccountTransfers { transfers: Vec<Transfer>, next: Option<AccountFilter> },
+    /// A caller bug caught on the ledger thread: answered 500 rather than a panic there.
+    Internal(&'static str),
+}
+
+/// The result of one event: TigerBeetle's result name and, for a created object, its timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventResult {
+    pub status: &'static str,
+    pub timestamp: Option<u64>,
+}
+
+/// The most bytes [`render`] can produce for the reply to `command`: what a connection sets
+/// aside for a reply it awaits, so its backpressure counts replies before they arrive.
+pub fn reply_bytes_max(command: &Command) -> usize {
     match command {
-        Command::LookupAccount(id) => match state.lookup_account(*id) {
-            Some(account) => {
-                let mut body = Vec::with_capacity(512);
-                write_account(&mut body, account);
-                Response::json(200, body)
-            }
-            None => error_response(
-                404,
-                "account_not_found",
-                &format!("no account with id {id}"),
-            ),
-        },
-        Command::LookupTransfer(id) => match state.lookup_transfer(*id) {
-            Some(transfer) => {
-                let mut body = Vec::with_capacity(512);
-                write_transfer(&mut body, transfer);
-                Response::json(200, body)
-            }
-            None => error_response(
-                404,
-                "transfer_not_found",
-                &format!("no transfer with id {id}"),
-            ),
-        },
+        Command::Mutate(op) => 2 + op.len() * EVENT_RESULT_JSON_BYTES_MAX,
+        Command::LookupAccount(_) => ACCOUNT_JSON_BYTES_MAX,
+        Command::LookupTransfer(_) => TRANSFER_JSON_BYTES_MAX,
         Command::AccountTransfers(filter) => {
+            let rows = (filter.limit as usize).min(ACCOUNT_TRANSFERS_PAGE_ROWS_MAX);
+            2 + rows * (TRANSFER_JSON_BYTES_MAX + 1)
+        }
+    }
+}
+
+/// Answers a read-only command from `state` (on the ledger thread: copies, no JSON). A
+/// `Mutate` command is a caller bug: `Reply::Internal`.
+pub fn answer<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Reply {
+    match command {
+        Command::LookupAccount(id) => Reply::Account { id: *id, account: state.lookup_account(*id).copied() },
+        Command::LookupTransfer(id) => Reply::Transfer { id: *id, transfer: state.lookup_transfer(*id).copied() },
+        Command::AccountTransfers(filter) => {
+            // One row more than the page holds tells whether a next page exists.
+            let rows = (filter.limit as usize).min(ACCOUNT_TRANSFERS_PAGE_ROWS_MAX);
+            let page = AccountFilter { limit: rows as u32 + 1, ..*filter };
             // TigerBeetle's get_account_transfers: an unknown account has no transfers.
-            let transfers = state.account_transfers(filter);
+            let mut transfers = state.account_transfers(&page);
+            let next = if transfers.len() > rows {
+                transfers.truncate(rows);
+                transfers.last().map(|last| next_page(filter, last.timestamp))
+            } else {
+                None
+            };
+            Reply::AccountTransfers { transfers, next }
+        }
+        Command::Mutate(_) => {
+            debug_assert!(false, "answer() called with a Mutate command");
+            Reply::Internal("a mutation was routed as a query")
+        }
+    }
+}
+
+/// The filter of the page after one whose last transfer has `last_timestamp`: the same filter
+/// with its timestamp bound moved past it. Timestamps are unique, so every transfer is on
+/// exactly one page.
+fn next_page(filter: &AccountFilter, last_timestamp: u64) -> AccountFilter {
+    let mut next = *filter;
+    if filter.reversed {
+        next.timestamp_max = last_timestamp.saturating_sub(1);
+    } else {
+        next.timestamp_min = last_timestamp + 1;
+    }
+    next
+}
+
+/// The typed reply of a `Mutate` command: one result per event, in order, with the timestamp
+/// of each created object, read back from `state` after the batch was applied (a created
+/// object never changes its timestamp).
+pub fn reply_of<L: LedgerView + ?Sized>(reply: &OperationReply, state: &L, operation: &Operation) -> Reply {
+    match (reply, operation) {
+        (OperationReply::CreateAccounts(results), Operation::CreateAccounts(events)) => {
+            debug_assert_eq!(results.len(), events.len());
+            let results = results.iter().zip(events).map(|(result, event)| EventResult {
+                status: result.name(),
+                timestamp: match result {
+                    CreateAccountResult::Ok => state.lookup_account(event.id).map(|a| a.timestamp),
+                    _ => None,
+                },
+            });
+            Reply::Created(results.collect())
+        }
+        (OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) => {
+            debug_assert_eq!(results.len(), events.len());
+            let results = results.iter().zip(events).map(|(result, event)| EventResult {
+                status: result.name(),
+                timestamp: match result {
+                    CreateTransferResult::Ok => state.lookup_transfer(event.id).map(|t| t.timestamp),
+                    _ => None,
+                },
+            });
+            Reply::Created(results.collect())
+        }
+        _ => {
+            debug_assert!(false, "reply does not match its operation");
+            Reply::Internal("the ledger's reply does not match the request")
+        }
+    }
+}
+
+/// Renders a typed reply as the HTTP response the client gets.
+pub fn render(reply: &Reply) -> Response {
+    match reply {
+        Reply::Created(results) => {
+            let mut body = Vec::with_capacity(2 + results.len() * 64);
+            body.push(b'[');
+            for (index, result) in results.iter().enumerate() {
+                write_result(&mut body, index, result.status, result.timestamp);
+            }
+            body.push(b']');
+            Response::json(200, body)
+        }
+        Reply::Account { account: Some(account), .. } => {
+            let mut body = Vec::with_capacity(512);
+            write_account(&mut body, account);
+            Response::json(200, body)
+        }
+        Reply::Account { id, account: None } => error_response(404, "account_not_found", &format!("no account with id {id}")),
+        Reply::Transfer { transfer: Some(transfer), .. } => {
+            let mut body = Vec::with_capacity(512);
+            write_transfer(&mut body, transfer);
+            Response::json(200, body)
+        }
+        Reply::Transfer { id, transfer: None } => error_response(404, "transfer_not_found", &format!("no transfer with id {id}")),
+        Reply::AccountTransfers { transfers, next } => {
             let mut body = Vec::with_capacity(2 + transfers.len() * 400);
             body.push(b'[');
             for (i, transfer) in transfers.iter().enumerate() {
@@ -742,61 +866,30 @@ pub fn query<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Response {
                 write_transfer(&mut body, transfer);
             }
             body.push(b']');
-            Response::json(200, body)
+            let mut response = Response::json(200, body);
+            response.next_page = next.as_ref().map(account_transfers_target);
+            response
         }
-        Command::Mutate(_) => {
-            debug_assert!(false, "query() called with a Mutate command");
-            error_response(500, "internal_error", "a mutation was routed as a query")
-        }
+        Reply::Internal(message) => error_response(500, "internal_error", message),
     }
 }
 
-/// Renders the reply of a `Mutate` command: one result per event, in order.
-///
-/// `Ok` becomes `"created"` with the created object's timestamp, read back from `state` after
-/// the batch was applied (a created object never changes its timestamp, so rendering after
-/// later batches is still right).
-pub fn render_reply<L: LedgerView + ?Sized>(
-    reply: &OperationReply,
-    state: &L,
-    operation: &Operation,
-) -> Response {
-    let mut body = Vec::with_capacity(2 + operation.len() * 64);
-    body.push(b'[');
-    match (reply, operation) {
-        (OperationReply::CreateAccounts(results), Operation::CreateAccounts(events)) => {
-            debug_assert_eq!(results.len(), events.len());
-            for (index, (result, event)) in results.iter().zip(events).enumerate() {
-                let timestamp = match result {
-                    CreateAccountResult::Ok => state.lookup_account(event.id).map(|a| a.timestamp),
-                    _ => None,
-                };
-                write_result(&mut body, index, result.name(), timestamp);
-            }
-        }
-        (OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) => {
-            debug_assert_eq!(results.len(), events.len());
-            for (index, (result, event)) in results.iter().zip(events).enumerate() {
-                let timestamp = match result {
-                    CreateTransferResult::Ok => {
-                        state.lookup_transfer(event.id).map(|t| t.timestamp)
-                    }
-                    _ => None,
-                };
-                write_result(&mut body, index, result.name(), timestamp);
-            }
-        }
-        _ => {
-            debug_assert!(false, "reply does not match its operation");
-            return error_response(
-                500,
-                "internal_error",
-                "the ledger's reply does not match the request",
-            );
-        }
-    }
-    body.push(b']');
-    Response::json(200, body)
+/// The request target that asks for `filter` (every parameter spelt out).
+pub fn account_transfers_target(filter: &AccountFilter) -> String {
+    format!(
+        "/v1/accounts/{}/transfers?limit={}&reversed={}&debits={}&credits={}&timestamp_min={}&timestamp_max={}",
+        filter.account_id, filter.limit, filter.reversed, filter.debits, filter.credits, filter.timestamp_min, filter.timestamp_max
+    )
+}
+
+/// Answers a read-only command and renders it: [`answer`] then [`render`] in one step.
+pub fn query<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Response {
+    render(&answer(state, command))
+}
+
+/// Renders the reply of a `Mutate` command: [`reply_of`] then [`render`] in one step.
+pub fn render_reply<L: LedgerView + ?Sized>(reply: &OperationReply, state: &L, operation: &Operation) -> Response {
+    render(&reply_of(reply, state, operation))
 }
 
 fn write_result(out: &mut Vec<u8>, index: usize, name: &str, timestamp: Option<u64>) {
@@ -885,6 +978,10 @@ mod tests {
                 .filter(|t| {
                     (filter.debits && t.debit_account_id == filter.account_id)
                         || (filter.credits && t.credit_account_id == filter.account_id)
+                })
+                .filter(|t| {
+                    t.timestamp >= filter.timestamp_min
+                        && (filter.timestamp_max == 0 || t.timestamp <= filter.timestamp_max)
                 })
                 .copied()
                 .collect();
@@ -1519,5 +1616,88 @@ mod tests {
             br#"{"error":{"code":"invalid_event","message":"unknown field `\"x\"`"}}"#
         );
         assert!(!response.close);
+    }
+
+    #[test]
+    fn widest_objects_fit_their_json_bounds() {
+        let transfer = Transfer { flags: TransferFlags::DEFINED, timestamp: u64::MAX, ..widest_transfer() };
+        let mut body = Vec::new();
+        write_transfer(&mut body, &transfer);
+        assert!(body.len() <= TRANSFER_JSON_BYTES_MAX, "{} bytes", body.len());
+        let account = Account {
+            debits_pending: u128::MAX,
+            debits_posted: u128::MAX,
+            credits_pending: u128::MAX,
+            credits_posted: u128::MAX,
+            ..widest_account()
+        };
+        body.clear();
+        write_account(&mut body, &account);
+        assert!(body.len() <= ACCOUNT_JSON_BYTES_MAX, "{} bytes", body.len());
+        let longest = "exists_with_different_credit_account_id";
+        let results = vec![EventResult { status: longest, timestamp: Some(u64::MAX) }; 10_000];
+        let response = render(&Reply::Created(results));
+        assert!(response.body.len() <= 2 + 10_000 * EVENT_RESULT_JSON_BYTES_MAX, "{} bytes", response.body.len());
+    }
+
+    /// A state with `count` transfers from account 1 to account 2, timestamps 1..=count.
+    fn fake_with_transfers(count: u64) -> Fake {
+        let mut fake = Fake::default();
+        for i in 1..=count {
+            let t = Transfer { id: i as u128 + 1000, debit_account_id: 1, credit_account_id: 2, amount: 1, ledger: 1, code: 1, timestamp: i, ..Transfer::default() };
+            fake.transfers.insert(t.id, t);
+        }
+        fake
+    }
+
+    #[test]
+    fn a_maximal_query_is_cut_at_the_byte_cap_and_paging_returns_every_transfer_once() {
+        let total = 1000u64;
+        let state = fake_with_transfers(total);
+        for reversed in [false, true] {
+            let Action::Ledger(command) = get(&format!("/v1/accounts/1/transfers?limit=8189&reversed={reversed}")) else {
+                panic!("a valid query")
+            };
+            let mut command = command;
+            let mut seen = Vec::new();
+            let mut pages = 0;
+            loop {
+                pages += 1;
+                assert!(pages <= total, "paging does not end");
+                assert!(reply_bytes_max(&command) <= QUERY_REPLY_BYTES_MAX);
+                let response = query(&state, &command);
+                assert_eq!(response.status, 200);
+                assert!(response.body.len() <= QUERY_REPLY_BYTES_MAX, "{} bytes", response.body.len());
+                let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+                assert!(page.len() <= ACCOUNT_TRANSFERS_PAGE_ROWS_MAX);
+                seen.extend(page.iter().map(|t| t["timestamp"].as_str().unwrap().parse::<u64>().unwrap()));
+                let Some(next) = response.next_page else { break };
+                // The next page is an ordinary request a client can send as it is.
+                let Action::Ledger(c) = get(&next) else { panic!("{next} is not a valid query") };
+                command = c;
+            }
+            assert!(pages > 1, "1000 transfers do not fit one page of {ACCOUNT_TRANSFERS_PAGE_ROWS_MAX}");
+            let mut want: Vec<u64> = (1..=total).collect();
+            if reversed {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "every transfer exactly once, in order (reversed: {reversed})");
+        }
+    }
+
+    #[test]
+    fn a_short_result_has_no_next_page_and_a_limit_is_honoured() {
+        let state = fake_with_transfers(10);
+        let Action::Ledger(all) = get("/v1/accounts/1/transfers?limit=10") else { panic!() };
+        assert_eq!(query(&state, &all).next_page, None);
+        let Action::Ledger(first) = get("/v1/accounts/1/transfers?limit=4") else { panic!() };
+        let response = query(&state, &first);
+        let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(page.len(), 4);
+        assert_eq!(response.next_page.as_deref(), Some("/v1/accounts/1/transfers?limit=4&reversed=false&debits=true&credits=true&timestamp_min=5&timestamp_max=0"));
+        let mut wire = Vec::new();
+        http::encode_response(&response, &mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("\r\nLink: </v1/accounts/1/transfers?limit=4&reversed=false&debits=true&credits=true&timestamp_min=5&timestamp_max=0>; rel=\"next\"\r\n"), "{wire}");
     }
 }

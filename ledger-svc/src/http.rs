@@ -24,6 +24,20 @@ pub const HEADERS_COUNT_CEILING: usize = 256;
 /// (RFC 9110 §10.1.1).
 pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Capacity an emptied decoder buffer may keep for the next request; a larger one is freed.
+const IDLE_BUFFER_CAPACITY_MAX: usize = 4 * 1024;
+
+/// Where the decoder is in a request (see [`RequestDecoder::phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No byte of the next request has arrived.
+    Idle,
+    /// Part of a request head has arrived.
+    Head,
+    /// The head is complete; the body is still arriving.
+    Body,
+}
+
 /// Bounds on what one connection may make the decoder hold or do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -201,6 +215,9 @@ pub struct Response {
     pub retry_after_s: Option<u32>,
     /// `Allow` (RFC 9110 §10.2.1), required with 405.
     pub allow: Option<&'static str>,
+    /// The target of the next page of a paged result, sent as
+    /// `Link: <target>; rel="next"` (RFC 8288 §3).
+    pub next_page: Option<String>,
 }
 
 impl Response {
@@ -211,6 +228,7 @@ impl Response {
             close: false,
             retry_after_s: None,
             allow: None,
+            next_page: None,
         }
     }
 }
@@ -225,6 +243,7 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
@@ -271,6 +290,9 @@ fn encode_response_with(
     }
     if let Some(allow) = response.allow {
         let _ = write!(out, "Allow: {allow}\r\n");
+    }
+    if let Some(next) = &response.next_page {
+        let _ = write!(out, "Link: <{next}>; rel=\"next\"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&response.body);
@@ -480,11 +502,37 @@ impl RequestDecoder {
     /// Appends received plaintext. Bytes after the end of the connection's last request are
     /// discarded (RFC 9112 §9.6: a server does not process requests after `close`).
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.fill(|buffer| {
+            buffer.extend_from_slice(bytes);
+            bytes.len()
+        });
+    }
+
+    /// Lets `append` add received plaintext to the end of the buffer directly (no copy through
+    /// a scratch buffer); returns what it returns. Nothing is appended after the connection's
+    /// last request.
+    pub fn fill(&mut self, append: impl FnOnce(&mut Vec<u8>) -> usize) -> usize {
         if self.is_closed() {
-            return;
+            return 0;
         }
         self.compact();
-        self.buffer.extend_from_slice(bytes);
+        append(&mut self.buffer)
+    }
+
+    /// Bytes received and not yet consumed by a request.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    /// Where the decoder is in the current request: waiting for its first byte, inside its
+    /// head, or inside its body. The connection puts a deadline on each.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Closed => Phase::Idle,
+            State::Head { .. } if self.buffered_bytes() == 0 => Phase::Idle,
+            State::Head { .. } => Phase::Head,
+            State::Body { .. } => Phase::Body,
+        }
     }
 
     /// Drops consumed bytes when that is cheap relative to what was consumed, so copying stays
@@ -494,7 +542,13 @@ impl RequestDecoder {
             return;
         }
         if self.start == self.buffer.len() {
-            self.buffer.clear();
+            // Between requests an idle connection keeps no large buffer: the capacity a big
+            // batch needed goes back to the allocator.
+            if self.buffer.capacity() > IDLE_BUFFER_CAPACITY_MAX {
+                self.buffer = Vec::new();
+            } else {
+                self.buffer.clear();
+            }
         } else if self.start >= self.buffer.len() / 2 {
             self.buffer.drain(..self.start);
         } else {
@@ -586,10 +640,9 @@ impl RequestDecoder {
                         });
                     }
                     self.start = end;
-                    // The body's size is known and bounded: reserve it once rather than
-                    // growing the buffer by doubling while a large batch arrives.
-                    let missing = (self.start + length).saturating_sub(self.buffer.len());
-                    self.buffer.reserve(missing);
+                    // Nothing is reserved from `Content-Length`: the buffer grows with the
+                    // bytes that arrive, so a head that announces 8 MiB costs nothing until
+                    // the body is really sent.
                     self.state = State::Body {
                         head,
                         length,
@@ -620,6 +673,9 @@ impl RequestDecoder {
                         version: head.version,
                         keep_alive: head.keep_alive,
                     });
+                    if self.start == self.buffer.len() {
+                        self.compact();
+                    }
                     return Ok(Some(Request {
                         method: head.method,
                         target: head.target,

@@ -15,3 +15,4 @@ pub mod ledger;
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
 pub mod http;
 pub mod api;
+pub mod connection;
