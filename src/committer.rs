@@ -149,6 +149,10 @@ pub fn start(config: &crate::config::Config, workers: usize, metrics: &Metrics) 
 /// may jump).
 const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(1);
 
+/// The longest the idle ledger thread waits before it beats its heartbeat again (well inside
+/// `health::HEARTBEAT_INTERVAL_MAX`).
+const HEARTBEAT_TICK: Duration = Duration::from_millis(500);
+
 /// The ledger's clock: wall time in nanoseconds. The ledger itself keeps timestamps strictly
 /// increasing even if this goes backwards.
 pub fn now_ns() -> u64 {
@@ -276,20 +280,26 @@ fn commit_batches<S: Storage>(
     checkpoints: &Checkpoints,
 ) -> Result<(), LedgerError> {
     let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
+    // Beaten on every turn, busy or idle: /healthz turns 503 if this thread stops turning
+    // (a loop that never ends, a write that never returns). Dropped on a clean stop.
+    let heartbeat = metrics.health.register("ledger");
     let mut writes: Vec<Submission> = Vec::new();
     let mut reads: Vec<Submission> = Vec::new();
     let mut ops: Vec<Operation> = Vec::new();
     loop {
+        heartbeat.beat();
         checkpoints.poll(ledger)?;
         if rx.is_empty() {
-            // Idle: wait for a submission, the checkpoint writer's report, or a due expiry.
-            // Pending transfers expire on the ledger's clock, which only moves with a
-            // batch: when one is due and no request comes, an empty batch moves it (and
-            // is logged, so replay expires the same transfers at the same time).
-            let timer = match ledger.state().poll_at() {
-                None => crossbeam_channel::never(),
-                Some(due_ns) => crossbeam_channel::after(Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX)),
+            // Idle: wait for a submission, the checkpoint writer's report, a due expiry or
+            // the heartbeat tick. Pending transfers expire on the ledger's clock, which
+            // only moves with a batch: when one is due and no request comes, an empty
+            // batch moves it (and is logged, so replay expires the same transfers at the
+            // same time).
+            let wait = match ledger.state().poll_at() {
+                None => HEARTBEAT_TICK,
+                Some(due_ns) => Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX).min(HEARTBEAT_TICK),
             };
+            let timer = crossbeam_channel::after(wait);
             crossbeam_channel::select! {
                 recv(rx.writes) -> s => match s {
                     Ok(s) => writes.push(s),
@@ -330,6 +340,8 @@ fn commit_batches<S: Storage>(
             reads.push(submission);
         }
         metrics.ledger_queue_depth.set((rx.writes.len() + rx.reads.len()) as i64);
+        #[cfg(feature = "fault-injection")]
+        crate::fault::ledger_batch();
         let started = Instant::now();
         for submission in &mut writes {
             let Command::Mutate(op) = std::mem::replace(&mut submission.command, Command::LookupAccount(0)) else {
@@ -421,6 +433,33 @@ mod tests {
         // The query rode in the same drain and saw the state after the batch.
         assert!(body(1).contains("\"debits_posted\":\"5\""), "{}", body(1));
         assert_eq!(ledger.state().lookup_account(2).expect("account 2").credits_posted, 5);
+    }
+
+    #[test]
+    fn the_idle_ledger_thread_keeps_beating_and_unregisters_on_a_clean_stop() {
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: _completions } = channels(16, 1);
+        let clock = crate::health::Clock::manual(0);
+        let metrics = Metrics::with_health(crate::health::Health::with_clock(Duration::from_secs(5), clock.clone()));
+        let health = metrics.health.clone();
+        let ledger_thread = std::thread::spawn(move || {
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync").expect("run");
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health.ages_ms().is_empty() {
+            assert!(Instant::now() < deadline, "the ledger thread never registered its heartbeat");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Nothing is submitted. Jump the heartbeat clock past the threshold: the idle thread
+        // is stale until its tick wakes it and it beats again, without any request.
+        clock.advance(Duration::from_secs(60));
+        while health.check().is_err() {
+            assert!(Instant::now() < deadline, "the idle ledger thread never beat again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(client);
+        ledger_thread.join().expect("ledger thread");
+        assert!(health.ages_ms().is_empty(), "a clean stop unregisters the heartbeat");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 pub mod baseline;
 pub mod committer;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+pub mod health;
 pub mod lab;
 pub mod metrics;
 pub mod serve;

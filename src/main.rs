@@ -128,6 +128,8 @@ enum CertsCommand {
 
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panic on any thread aborts the process, in debug builds too (docs/operations.md).
+    pantera::health::install_panic_hook();
     match Cli::parse().command {
         Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home()),
         Commands::ServeKernel { serve, listen } => {

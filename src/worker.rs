@@ -165,9 +165,15 @@ impl<P: Port> Worker<P> {
 
     /// Runs until `stop` is set; then closes every connection politely for a moment.
     pub fn run(&mut self, stop: &AtomicBool) {
+        // Beaten every turn (an idle turn waits at most IDLE_WAIT_MAX): /healthz turns 503
+        // if this worker stops turning. Unregistered when run returns.
+        let heartbeat = self.metrics.health.register(format!("worker-q{}", self.queue_label));
         let mut idle_turns = 0u32;
         let mut turns = 0u32;
         while !stop.load(Ordering::Relaxed) {
+            heartbeat.beat();
+            #[cfg(feature = "fault-injection")]
+            crate::fault::worker_turn(self.stack.counters().accepted);
             let busy = self.turn(Instant::now());
             turns = turns.wrapping_add(1);
             if turns % METRICS_EVERY_TURNS == 0 {

@@ -46,7 +46,7 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
     })
 }
 
-fn free_local_port() -> u16 {
+pub fn free_local_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -58,12 +58,19 @@ pub struct Server {
     pub service: Ipv4Addr,
     pub interface: String,
     config_path: PathBuf,
+    /// Extra environment for the process (e.g. a fault switch).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Writes a configuration for `lab` under `dir` (certificates, WAL) and starts the
     /// appliance; returns once /readyz answers 200.
     pub fn start(lab: &Lab, dir: &Path, app: &str, extra_toml: &str) -> Server {
+        Server::start_with_env(lab, dir, app, extra_toml, &[])
+    }
+
+    /// As `start`, with extra environment variables for the process.
+    pub fn start_with_env(lab: &Lab, dir: &Path, app: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let tls = dir.join("tls");
         let out = Command::new(PANTERA)
             .args(["certs", "init", "--dir"])
@@ -111,6 +118,7 @@ listen = "{management}"
             service: lab.spec.service_ipv4,
             interface: lab.spec.host_if.clone(),
             config_path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.spawn();
         server
@@ -123,6 +131,7 @@ listen = "{management}"
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .expect("start pantera serve");
@@ -188,11 +197,34 @@ listen = "{management}"
         let _ = child.wait();
     }
 
+    /// Waits (bounded) for the process to exit on its own; None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_exit(self.child.as_mut().expect("running"), timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().expect("try_wait").is_none(),
             None => false,
         }
+    }
+}
+
+/// Polls until `child` exits or `timeout` passes; None if it still runs.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

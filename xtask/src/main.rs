@@ -136,9 +136,10 @@ fn test() -> Result<()> {
     deps()?;
     // Unit, property and in-memory tests of every crate, then the root lab tests, which make
     // their own namespaces and veth pairs. The lab tests start real servers: run them one at a
-    // time so two of them do not fight over the machine's two cores.
+    // time so two of them do not fight over the machine's two cores. The pantera package is
+    // tested with its fault switches compiled in (tests/lab_faults.rs needs them).
     status(cargo().args(["test", "--workspace", "--exclude", "pantera"]))?;
-    status(cargo().args(["test", "--package", "pantera", "--", "--test-threads", "1"]))?;
+    status(cargo().args(["test", "--package", "pantera", "--features", "fault-injection", "--", "--test-threads", "1"]))?;
     Ok(())
 }
 
