@@ -1302,4 +1302,23 @@ mod tests {
             prop_assert_eq!(&bytewise, &whole);
         }
     }
+
+    #[test]
+    fn a_head_announcing_a_large_body_reserves_nothing_and_an_emptied_buffer_is_freed() {
+        let mut decoder = RequestDecoder::new(Limits::default());
+        decoder.feed(b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n[");
+        assert_eq!(decoder.poll_request(), Ok(None));
+        assert_eq!(decoder.phase(), Phase::Body);
+        // The attack this stops: 8 MB reserved per connection for one byte sent.
+        assert!(decoder.buffer.capacity() < 64 * 1024, "{} bytes reserved", decoder.buffer.capacity());
+        // A large body received in full, then consumed: the buffer it needed is freed.
+        let mut decoder = RequestDecoder::new(Limits::default());
+        let body = vec![b' '; 1 << 20];
+        decoder.feed(format!("POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+        decoder.feed(&body);
+        let request = decoder.poll_request().expect("valid").expect("complete");
+        assert_eq!(request.body.len(), body.len());
+        assert_eq!(decoder.phase(), Phase::Idle);
+        assert!(decoder.buffer.capacity() <= IDLE_BUFFER_CAPACITY_MAX, "{} bytes kept", decoder.buffer.capacity());
+    }
 }

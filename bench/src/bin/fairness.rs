@@ -82,8 +82,8 @@ fn main() -> Result<()> {
     for with_reads in [false, true] {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
-        for w in 0..args.writers {
-            let (client, replies, stop, next_id) = (client.clone(), replies_rx[w].clone(), Arc::clone(&stop), Arc::clone(&next_id));
+        for (w, replies) in replies_rx.iter().enumerate().take(args.writers) {
+            let (client, replies, stop, next_id) = (client.clone(), replies.clone(), Arc::clone(&stop), Arc::clone(&next_id));
             writers.push(thread::spawn(move || {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
                 let mut seq = 0;
