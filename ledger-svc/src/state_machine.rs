@@ -89,27 +89,6 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
-// Measurement only: SipHash-1-3 (Aumasson and Bernstein; the variant std's RandomState
-// uses) of the id's 16 bytes, keyed with the first two hasher words, to compare its apply
-// rate with the folded multiply's.
-#[inline(always)]
-fn sip_round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13);
-    v[1] ^= v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16);
-    v[3] ^= v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21);
-    v[3] ^= v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17);
-    v[1] ^= v[2];
-    v[2] = v[2].rotate_left(32);
-}
-
 impl Hasher for IdHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
@@ -121,31 +100,15 @@ impl Hasher for IdHasher {
     }
     #[inline]
     fn write_u64(&mut self, v: u64) {
-        self.write_u128(u128::from(v));
+        self.hash = folded_multiply(v ^ self.hash, self.fold);
     }
     #[inline]
     fn write_u128(&mut self, v: u128) {
-        let (k0, k1) = (self.hash, self.fold);
-        let mut s = [
-            k0 ^ 0x736f_6d65_7073_6575,
-            k1 ^ 0x646f_7261_6e64_6f6d,
-            k0 ^ 0x6c79_6765_6e65_7261,
-            k1 ^ 0x7465_6462_7974_6573,
-        ];
-        for m in [v as u64, (v >> 64) as u64, 16 << 56] {
-            s[3] ^= m;
-            sip_round(&mut s);
-            s[0] ^= m;
-        }
-        s[2] ^= 0xff;
-        sip_round(&mut s);
-        sip_round(&mut s);
-        sip_round(&mut s);
-        self.finish_xor = s[0] ^ s[1] ^ s[2] ^ s[3];
+        self.hash = folded_multiply((v as u64) ^ self.hash, ((v >> 64) as u64) ^ self.fold);
     }
     #[inline]
     fn finish(&self) -> u64 {
-        self.finish_xor
+        folded_multiply(self.hash ^ self.finish_xor, self.finish_mul)
     }
 }
 
