@@ -1632,11 +1632,11 @@ mod tests {
 
     #[test]
     fn adversarial_ids_spread_like_random_ids() {
-        // Bounds for 32,768 random hashes: 0.5 ids per bucket on average, so a bucket holding
-        // more than 10 has probability below 1e-7 per table (Poisson tail times 2^16 buckets);
-        // 256 ids per tag on average with a standard deviation of 16, so 8 deviations above
-        // the mean for the fullest of 128 tags; and 64-bit hashes of distinct ids collide with
-        // probability about 2^-34.
+        // Bounds that 32,768 random hashes exceed with negligible probability: 0.5 ids per
+        // bucket on average, so some bucket holding more than 10 has probability about 5e-7
+        // (Poisson tail times 2^16 buckets); 256 ids per tag on average with a standard
+        // deviation of 16, so 8 deviations above the mean for the fullest of 128 tags; and
+        // one collision of 64-bit hashes has probability about 2^-35, two far less.
         const BUCKET_MAX: usize = 10;
         const TAG_MAX: usize = 256 + 8 * 16;
         let mut failures = Vec::new();
@@ -1676,7 +1676,8 @@ mod tests {
     }
 
     /// A transfer per id (the same ids, in the transfers' table) from each account to the
-    /// next; every fourth is pending with a timeout, so the expiry set holds crafted ids too.
+    /// next; every fourth is pending with a timeout, so the state holds pending transfers and
+    /// expiries too.
     fn transfers_for(ids: &[u128]) -> Vec<Transfer> {
         ids.iter()
             .enumerate()
