@@ -12,7 +12,7 @@
 //! checkpoint or the new one, whole.
 
 use crate::codec::{Reader, Writer};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{IdHashKey, StateMachine};
 use crate::storage::{Storage, StorageError};
 
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"PCKP";
@@ -117,8 +117,9 @@ pub struct CheckpointDamage {
     pub reason: &'static str,
 }
 
-/// Verifies and decodes a checkpoint file: (sequence, state).
-pub fn read(bytes: &[u8]) -> Result<(u64, StateMachine), CheckpointDamage> {
+/// Verifies and decodes a checkpoint file: (sequence, state), the state's id tables keyed
+/// with `key` (the key is never written: any key rebuilds the same state).
+pub fn read(bytes: &[u8], key: IdHashKey) -> Result<(u64, StateMachine), CheckpointDamage> {
     let damage = |offset: usize, reason| CheckpointDamage {
         offset: offset as u64,
         reason,
@@ -147,7 +148,7 @@ pub fn read(bytes: &[u8]) -> Result<(u64, StateMachine), CheckpointDamage> {
         return Err(damage(4, "checkpoint version unknown"));
     }
     let sequence = h.u64().unwrap_or(0);
-    let state = StateMachine::decode(&bytes[HEADER_SIZE..trailer_at])
+    let state = StateMachine::decode(&bytes[HEADER_SIZE..trailer_at], key)
         .ok_or_else(|| damage(HEADER_SIZE, "checkpoint state malformed"))?;
     Ok((sequence, state))
 }
@@ -208,7 +209,9 @@ mod tests {
         assert_eq!(parse_checkpoint_name(&name), Some(5));
         let bytes = storage.read(&name).unwrap();
         assert_eq!(bytes.len() as u64, size);
-        let (sequence, restored) = read(&bytes).unwrap();
+        // Read back under another key: the key is no part of the state.
+        let key = IdHashKey::new([1, 2, 3, 4]);
+        let (sequence, restored) = read(&bytes, key).unwrap();
         assert_eq!(sequence, 5);
         assert_eq!(restored.state_hash(), sm.state_hash());
         assert_eq!(restored.poll_at(), sm.poll_at());
@@ -222,8 +225,8 @@ mod tests {
         for at in [0, 5, 20, bytes.len() / 2, bytes.len() - 10, bytes.len() - 1] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(read(&damaged).is_err(), "flip at {at} must be detected");
+            assert!(read(&damaged, key).is_err(), "flip at {at} must be detected");
         }
-        assert!(read(&bytes[..bytes.len() - 1]).is_err());
+        assert!(read(&bytes[..bytes.len() - 1], key).is_err());
     }
 }

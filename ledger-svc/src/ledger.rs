@@ -30,7 +30,7 @@
 
 use crate::checkpoint::{self, parse_checkpoint_name, CHECKPOINT_TEMP_NAME};
 use crate::model::*;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{IdHashKey, StateMachine};
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, ReadOutcome, SegmentReader, OPERATIONS_PER_RECORD_MAX};
 
@@ -57,6 +57,9 @@ pub struct LedgerConfig {
     /// Accounts and transfers to allocate room for at start.
     pub accounts_capacity: usize,
     pub transfers_capacity: usize,
+    /// The secret key of the id tables' hash; `None` draws a fresh one from the OS at `open`
+    /// (production). Tests and simulations may fix it; it changes nothing observable.
+    pub id_hash_key: Option<IdHashKey>,
 }
 
 impl Default for LedgerConfig {
@@ -67,6 +70,7 @@ impl Default for LedgerConfig {
             segment_bytes_max: 64 * 1024 * 1024,
             accounts_capacity: 0,
             transfers_capacity: 0,
+            id_hash_key: None,
         }
     }
 }
@@ -237,21 +241,23 @@ impl<S: Storage> Ledger<S> {
         segments.sort();
 
         let mut report = RecoveryReport::default();
+        let id_hash_key = config.id_hash_key.unwrap_or_else(IdHashKey::from_os);
         let (checkpoint_sequence, mut state) = match checkpoints.last() {
             Some((_, name)) => {
                 let bytes = storage.read(name)?;
                 let (sequence, state) =
-                    checkpoint::read(&bytes).map_err(|d| LedgerError::Corrupt {
+                    checkpoint::read(&bytes, id_hash_key).map_err(|d| LedgerError::Corrupt {
                         file: storage.describe(name),
                         offset: d.offset,
                         reason: d.reason.to_string(),
                     })?;
                 (sequence, state)
             }
-            None => (
-                0,
-                StateMachine::with_capacity(config.accounts_capacity, config.transfers_capacity),
-            ),
+            None => {
+                let mut state = StateMachine::with_id_hash_key(id_hash_key);
+                state.reserve(config.accounts_capacity, config.transfers_capacity);
+                (0, state)
+            }
         };
         report.checkpoint_sequence = checkpoint_sequence;
 

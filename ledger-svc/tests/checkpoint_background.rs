@@ -270,7 +270,7 @@ fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
     let name = checkpoint::checkpoint_name(11);
     let file = ledger.storage_mut().read(&name).unwrap();
     assert_eq!(file.len() as u64, bytes);
-    let (sequence, state) = checkpoint::read(&file).unwrap();
+    let (sequence, state) = checkpoint::read(&file, IdHashKey::new([1, 2, 3, 4])).unwrap();
     assert_eq!(sequence, 11);
     assert_eq!(state.state_hash(), ledger.state().state_hash());
     // The next checkpoint (encoded into the buffer the first one handed back) reads back
@@ -281,7 +281,7 @@ fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
         .storage_mut()
         .read(&checkpoint::checkpoint_name(12))
         .unwrap();
-    let (_, state) = checkpoint::read(&second).unwrap();
+    let (_, state) = checkpoint::read(&second, IdHashKey::new([1, 2, 3, 4])).unwrap();
     assert_eq!(state.state_hash(), ledger.state().state_hash());
     assert_eq!(
         ledger.storage_mut().list().unwrap(),

@@ -68,7 +68,7 @@ proptest! {
 
     #[test]
     fn random_checkpoint_states_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
-        let _ = checkpoint::read(&checkpoint_file(&bytes));
+        let _ = checkpoint::read(&checkpoint_file(&bytes), IdHashKey::new([1, 2, 3, 4]));
     }
 }
 
@@ -76,7 +76,8 @@ proptest! {
 fn the_test_checkpoint_wrapper_matches_the_real_format() {
     // An empty state: clock 0, no accounts, no transfers, no failed ids.
     let state = [0u8; 32];
-    let (sequence, sm) = checkpoint::read(&checkpoint_file(&state)).expect("valid");
+    let key = IdHashKey::new([1, 2, 3, 4]);
+    let (sequence, sm) = checkpoint::read(&checkpoint_file(&state), key).expect("valid");
     assert_eq!(sequence, 9);
     assert_eq!(sm.state_hash(), StateMachine::new().state_hash());
 }

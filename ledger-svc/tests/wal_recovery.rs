@@ -336,3 +336,31 @@ fn durability_none_still_recovers_after_a_clean_drop() {
         filled.checkpoint_sequence
     );
 }
+
+#[test]
+fn recovery_under_another_id_hash_key_gives_the_same_state() {
+    // Written under one key, read back (checkpoint and WAL) under another: the key is an
+    // input of the process, not of the ledger's data.
+    let dir = tempfile::tempdir().unwrap();
+    let written = IdHashKey::new([1, 2, 3, 4]);
+    let config = LedgerConfig {
+        durability: Durability::None,
+        checkpoint_every_batches: 3,
+        id_hash_key: Some(written),
+        ..LedgerConfig::default()
+    };
+    let filled = fill(dir.path(), &config, 8, 20);
+    assert!(filled.checkpoint_sequence >= 3);
+    let read = IdHashKey::new([5, 6, 7, 8]);
+    let config = LedgerConfig {
+        id_hash_key: Some(read),
+        ..config
+    };
+    let ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config).unwrap();
+    assert_eq!(ledger.state().id_hash_key(), read);
+    assert_eq!(ledger.state().state_hash(), filled.hash);
+    assert_eq!(
+        ledger.recovery().checkpoint_sequence,
+        filled.checkpoint_sequence
+    );
+}

@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo run --release -p bench --bin ledger -- [--dir DIR] [--transfers N]
+//! cargo run --release -p bench --bin ledger -- --adversarial [--dir DIR]
 //! ```
+//!
+//! `--adversarial` compares crafted ids with random ids instead (apply and WAL recovery of
+//! 32,768 accounts and 32,768 transfers per id family).
 //!
 //! Figures go to stdout; docs/ledger.md ("Performance") records a run and its method.
 #![forbid(unsafe_code)]
@@ -37,6 +41,9 @@ struct Args {
     /// Only the in-memory apply runs (for profiling).
     #[arg(long)]
     apply_only: bool,
+    /// Only the comparison of crafted ids with random ids (apply and recovery).
+    #[arg(long)]
+    adversarial: bool,
 }
 
 const NOW: u64 = 1_700_000_000_000_000_000;
@@ -194,8 +201,197 @@ fn recover(dir: &std::path::Path, expected_hash: u64, label: &str) -> Result<()>
     Ok(())
 }
 
+/// Ids per family in `--adversarial`: one full table's worth at hashbrown's 7/8 load for
+/// 2^15 buckets, enough that a hash collapsing them costs seconds rather than microseconds.
+const ADVERSARIAL_IDS_COUNT: usize = 32_768;
+
+/// The multiplier an earlier id hasher folded the high half with: every id whose high half
+/// equals it hashed to one value whatever the seed.
+const OLD_HASHER_MULTIPLIER: u64 = 0x243f_6a88_85a3_08d3;
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Random ids first (the baseline every ratio divides by), then crafted families.
+fn id_families() -> Vec<(&'static str, Vec<u128>)> {
+    let n = ADVERSARIAL_IDS_COUNT as u128;
+    let mut rng = 0x5eed;
+    let random = (0..n)
+        .map(|_| (u128::from(splitmix(&mut rng)) << 64) | u128::from(splitmix(&mut rng)))
+        .collect();
+    vec![
+        ("random", random),
+        (
+            "high half = old multiplier",
+            (1..=n)
+                .map(|lo| (u128::from(OLD_HASHER_MULTIPLIER) << 64) | lo)
+                .collect(),
+        ),
+        ("only high half varies", (1..=n).map(|hi| (hi << 64) | 1).collect()),
+        ("sequential", (1..=n).collect()),
+        ("lo == hi", (1..=n).map(|x| (x << 64) | x).collect()),
+    ]
+}
+
+/// One account per id, then one transfer per id (the same ids, in the transfers' table) from
+/// each account to the next, in full batches.
+fn adversarial_operations(ids: &[u128]) -> Vec<Operation> {
+    let accounts: Vec<Account> = ids
+        .iter()
+        .map(|&id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    let transfers: Vec<Transfer> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Transfer {
+            id,
+            debit_account_id: id,
+            credit_account_id: ids[(i + 1) % ids.len()],
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    let mut ops: Vec<Operation> = accounts
+        .chunks(BATCH_EVENTS_MAX)
+        .map(|c| Operation::CreateAccounts(c.to_vec()))
+        .collect();
+    ops.extend(
+        transfers
+            .chunks(BATCH_EVENTS_MAX)
+            .map(|c| Operation::CreateTransfers(c.to_vec())),
+    );
+    ops
+}
+
+/// Applies the operations to a fresh state machine sized as a default ledger (no
+/// preallocation, so the tables grow and rehash as in production). Returns the (wall,
+/// on-CPU) time and the state hash.
+fn adversarial_apply(ops: &[Operation]) -> Result<(Duration, Duration, u64)> {
+    let mut sm = StateMachine::new();
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    for (i, op) in ops.iter().enumerate() {
+        let now = NOW + i as u64 * 1_000_000;
+        let ok = match op {
+            Operation::CreateAccounts(events) => sm
+                .create_accounts(now, events)
+                .iter()
+                .all(|r| *r == CreateAccountResult::Ok),
+            Operation::CreateTransfers(events) => sm
+                .create_transfers(now, events)
+                .iter()
+                .all(|r| *r == CreateTransferResult::Ok),
+        };
+        anyhow::ensure!(ok, "batch {i} did not succeed in full");
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_start);
+    Ok((elapsed, cpu, sm.state_hash()))
+}
+
+/// Logs the operations to a WAL in `dir` (not synced: only recovery is measured), then times
+/// `Ledger::open` replaying it. Returns (wall, on-CPU) time of the open.
+fn adversarial_recover(
+    dir: &std::path::Path,
+    ops: &[Operation],
+    expected_hash: u64,
+) -> Result<(Duration, Duration)> {
+    let run = tempfile::tempdir_in(dir)?;
+    let config = LedgerConfig {
+        durability: Durability::None,
+        checkpoint_every_batches: 0,
+        ..LedgerConfig::default()
+    };
+    {
+        let mut ledger = Ledger::open(FileStorage::open(run.path())?, config.clone())?;
+        for (i, op) in ops.iter().enumerate() {
+            ledger.submit(NOW + i as u64 * 1_000_000, std::slice::from_ref(op))?;
+        }
+    }
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    let ledger = Ledger::open(FileStorage::open(run.path())?, config)?;
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_start);
+    anyhow::ensure!(
+        ledger.recovery().records_replayed == ops.len() as u64,
+        "recovery replayed {} records, {} were logged",
+        ledger.recovery().records_replayed,
+        ops.len()
+    );
+    anyhow::ensure!(
+        ledger.state().state_hash() == expected_hash,
+        "recovered state differs from the applied state"
+    );
+    Ok((elapsed, cpu))
+}
+
+/// Crafted id families against random ids: apply and recovery, the least wall and the least
+/// on-CPU time of `runs` each, and their ratios to random ids (the bar: within 2x). On-CPU
+/// time comes in scheduler ticks on some kernels, so at these durations the wall ratio of
+/// many interleaved runs is the steadier one.
+fn adversarial(args: &Args) -> Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    println!(
+        "{ADVERSARIAL_IDS_COUNT} accounts then {ADVERSARIAL_IDS_COUNT} transfers per id family, batches of {BATCH_EVENTS_MAX}, best of {}: wall ms, on-CPU ms, ratios to random ids (wall, on-CPU)",
+        args.runs
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>8} {:>8}   {:>9} {:>9} {:>8} {:>8}",
+        "ids", "apply", "CPU", "ratio", "CPU", "recovery", "CPU", "ratio", "CPU"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = |d: Duration, base: Duration| d.as_secs_f64() / base.as_secs_f64();
+    // Round-robin over the families, so a burst of load from other processes on a shared
+    // machine lands on all of them alike rather than on one.
+    let families: Vec<(&str, Vec<Operation>)> = id_families()
+        .into_iter()
+        .map(|(family, ids)| (family, adversarial_operations(&ids)))
+        .collect();
+    let mut best = vec![[Duration::MAX; 4]; families.len()];
+    for _ in 0..args.runs {
+        for ((_, ops), best) in families.iter().zip(&mut best) {
+            let (apply, apply_cpu, hash) = adversarial_apply(ops)?;
+            let (recovery, recovery_cpu) = adversarial_recover(&args.dir, ops, hash)?;
+            for (b, d) in best.iter_mut().zip([apply, apply_cpu, recovery, recovery_cpu]) {
+                *b = (*b).min(d);
+            }
+        }
+    }
+    let base = best[0];
+    for ((family, _), best) in families.iter().zip(&best) {
+        println!(
+            "{family:<28} {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x   {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x",
+            ms(best[0]),
+            ms(best[1]),
+            ratio(best[0], base[0]),
+            ratio(best[1], base[1]),
+            ms(best[2]),
+            ms(best[3]),
+            ratio(best[2], base[2]),
+            ratio(best[3], base[3]),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.adversarial {
+        return adversarial(&args);
+    }
     for batch_size in [1, 100, BATCH_EVENTS_MAX] {
         apply_in_memory(&args, batch_size)?;
     }
