@@ -101,8 +101,9 @@ fn default_app() -> String {
     "ledger".to_owned()
 }
 
+/// Fields left out take the stack's defaults (`tcp::StackConfig::default`).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TcpSection {
     pub listen_sockets: usize,
     pub connections_max: usize,

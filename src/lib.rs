@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod committer;
 pub mod config;
 pub mod lab;
+pub mod lab_client;
 pub mod metrics;
 pub mod serve;
 pub mod worker;
