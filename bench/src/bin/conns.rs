@@ -65,6 +65,9 @@ struct Args {
     /// Skip the in-process breakdown.
     #[arg(long)]
     no_breakdown: bool,
+    /// Print the appliance's largest mappings by RSS (/proc/PID/smaps) at start and with N open.
+    #[arg(long)]
+    smaps: bool,
 }
 
 fn main() -> Result<()> {
@@ -98,6 +101,9 @@ fn main() -> Result<()> {
     // bulk batch stays open beside it.
     let mut server = start(&pantera, &args, &lab, &tls, &tmp.path().join("big"), management, args.conns + 1)?;
     let rss_start = rss_kib(server.pid())?;
+    if args.smaps {
+        print_smaps(server.pid(), "at start")?;
+    }
 
     let config = lab_client::client_config(&tls.join("ca.pem"), &tls.join("client.pem"), &tls.join("client.key"))?;
     let target = SocketAddr::from((lab.spec.service_ipv4, PORT));
@@ -122,6 +128,9 @@ fn main() -> Result<()> {
     ensure!(open == args.conns as f64 + 1.0 || open == args.conns as f64, "the appliance holds {open} connections, not {}", args.conns);
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = rss_kib(server.pid())?;
+    if args.smaps {
+        print_smaps(server.pid(), "with the connections idle")?;
+    }
     let ticks = process::clock_ticks_per_second();
     let cpu_before = process::cpu_ticks(server.pid());
     std::thread::sleep(IDLE_SAMPLE);
@@ -237,6 +246,29 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
         .context("no VmRSS in /proc/PID/status")
+}
+
+/// The six mappings of a process with the most resident memory, from /proc/PID/smaps.
+fn print_smaps(pid: u32, when: &str) -> Result<()> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut mappings: Vec<(u64, u64, String)> = Vec::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let name = line.split_whitespace().nth(5).unwrap_or("[anon]").to_owned();
+            mappings.push((0, 0, format!("{first} {name}")));
+        } else if let (Some(last), Some(kib)) = (mappings.last_mut(), line.strip_prefix("Rss:")) {
+            last.0 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        } else if let (Some(last), Some(kib)) = (mappings.last_mut(), line.strip_prefix("Size:")) {
+            last.1 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        }
+    }
+    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    println!("largest mappings {when} (RSS KiB / size KiB):");
+    for (rss, size, name) in mappings.iter().take(6) {
+        println!("  {rss:>9} / {size:>9}  {name}");
+    }
+    Ok(())
 }
 
 /// Polls /metrics until `name` reaches `min` (workers publish a few times a second); returns
