@@ -606,7 +606,9 @@ impl RequestDecoder {
                     // An idle keep-alive connection should hold nothing: once every byte
                     // received is consumed, release a buffer a large body grew (a batch of up
                     // to body_bytes_max would otherwise stay reserved until the connection ends).
-                    if self.start == self.buffer.len() && self.buffer.capacity() > self.limits.header_bytes_max {
+                    if self.start == self.buffer.len()
+                        && self.buffer.capacity() > self.limits.header_bytes_max
+                    {
                         self.buffer = Vec::new();
                         self.start = 0;
                     }
@@ -884,16 +886,33 @@ mod tests {
     fn a_large_body_is_not_kept_once_consumed() {
         let mut decoder = RequestDecoder::new(Limits::default());
         let body = vec![b' '; 1 << 20];
-        decoder.feed(format!("POST /v1/transfers HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+        decoder.feed(
+            format!(
+                "POST /v1/transfers HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
         decoder.feed(&body);
         let request = decoder.poll_request().unwrap().expect("a whole request");
         assert_eq!(request.body.len(), 1 << 20);
-        assert_eq!(decoder.buffer.capacity(), 0, "the idle connection holds no buffer");
+        assert_eq!(
+            decoder.buffer.capacity(),
+            0,
+            "the idle connection holds no buffer"
+        );
         // The connection is still usable, with bytes split across feeds.
         decoder.feed(b"GET /v1/accounts/1 HTTP/1.1\r\nHo");
         assert!(decoder.poll_request().unwrap().is_none());
         decoder.feed(b"st: a\r\n\r\n");
-        assert_eq!(decoder.poll_request().unwrap().expect("second request").path(), "/v1/accounts/1");
+        assert_eq!(
+            decoder
+                .poll_request()
+                .unwrap()
+                .expect("second request")
+                .path(),
+            "/v1/accounts/1"
+        );
         assert!(decoder.buffer.capacity() <= Limits::default().header_bytes_max);
     }
 

@@ -270,7 +270,7 @@ fn print_smaps(pid: u32, when: &str) -> Result<()> {
             last.1 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
         }
     }
-    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
     println!("largest mappings {when} (RSS KiB / size KiB):");
     for (rss, size, name) in mappings.iter().take(6) {
         println!("  {rss:>9} / {size:>9}  {name}");
