@@ -65,6 +65,10 @@ struct Args {
     /// Skip the in-process breakdown.
     #[arg(long)]
     no_breakdown: bool,
+    /// After the idle measurement, upload the 8 MiB batch once on every connection and report
+    /// the memory each keeps afterwards while idle again (what a burst leaves behind).
+    #[arg(long)]
+    bulk_all: bool,
     /// Print the appliance's largest mappings by RSS (/proc/PID/smaps) at start and with N open.
     #[arg(long)]
     smaps: bool,
@@ -139,6 +143,14 @@ fn main() -> Result<()> {
     ensure!(second.count_of(200) == args.conns, "second round: {second:?}");
     let rss_after_second = rss_kib(server.pid())?;
 
+    let after_bulk = if args.bulk_all {
+        let report = fleet.round(bulk_request(99).as_bytes(), deadline)?;
+        ensure!(report.count_of(200) == args.conns, "bulk on every connection: {report:?}");
+        std::thread::sleep(Duration::from_secs(1));
+        Some(rss_kib(server.pid())?)
+    } else {
+        None
+    };
     let per_conn = (rss_idle as f64 - rss_start as f64) * 1024.0 / args.conns as f64;
     println!("## conns: {} idle keep-alive mTLS connections on one queue", args.conns);
     println!("tcp buffers: rx {} B, tx {} B", buffer(args.rx_buffer_bytes, true), buffer(args.tx_buffer_bytes, false));
@@ -163,6 +175,10 @@ fn main() -> Result<()> {
         args.conns as f64 / first.elapsed.as_secs_f64(),
         args.conns as f64 / second.elapsed.as_secs_f64()
     );
+    if let Some(rss) = after_bulk {
+        let kept = (rss as f64 - rss_after_second as f64) * 1024.0 / args.conns as f64;
+        println!("RSS after one 8 MiB upload on each, idle again: {rss} KiB: {:.0} KiB more per connection", kept / 1024.0);
+    }
     println!("appliance CPU while the {} connections idle: {:.1} % of a core", args.conns, idle_cpu * 100.0);
     drop(fleet);
     // The bulk upload runs on the same big table with the fleet's connections gone.
@@ -306,6 +322,18 @@ fn per_thousand(elapsed: &[Duration]) -> String {
 fn bulk(one: &mut Fleet, deadline: Instant) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for run in 0..BULK_RUNS {
+        let report = one.round(bulk_request(run).as_bytes(), deadline)?;
+        ensure!(report.count_of(200) == 1, "bulk upload {run}: {report:?}");
+        times.push(report.elapsed);
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// `POST /v1/transfers` of `BULK_EVENTS` transfers (ids unique to `run`), padded with JSON
+/// whitespace to `BULK_BODY_BYTES`.
+fn bulk_request(run: usize) -> String {
+    {
         let mut body = String::with_capacity(BULK_BODY_BYTES);
         body.push('[');
         for i in 0..BULK_EVENTS {
@@ -316,17 +344,12 @@ fn bulk(one: &mut Fleet, deadline: Instant) -> Result<Vec<Duration>> {
             body += &format!(r#"{{"id":"{id}","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":1}}"#);
         }
         body.push(']');
-        ensure!(body.len() <= BULK_BODY_BYTES, "the batch alone is {} bytes", body.len());
+        assert!(body.len() <= BULK_BODY_BYTES, "the batch alone is {} bytes", body.len());
         // JSON allows whitespace between tokens: pad to the full size so the bytes on the wire
         // are a full-size body.
         body.extend(std::iter::repeat_n(' ', BULK_BODY_BYTES - body.len()));
-        let request = format!("POST /v1/transfers HTTP/1.1\r\nHost: pantera\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        let report = one.round(request.as_bytes(), deadline)?;
-        ensure!(report.count_of(200) == 1, "bulk upload {run}: {report:?}");
-        times.push(report.elapsed);
+        format!("POST /v1/transfers HTTP/1.1\r\nHost: pantera\r\nContent-Length: {}\r\n\r\n{body}", body.len())
     }
-    times.sort();
-    Ok(times)
 }
 
 /// An in-process model of what the worker keeps per idle HTTPS connection: a TLS session
