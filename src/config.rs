@@ -101,8 +101,9 @@ fn default_app() -> String {
     "ledger".to_owned()
 }
 
+/// Fields left out take the stack's defaults (`tcp::StackConfig::default`).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TcpSection {
     pub listen_sockets: usize,
     pub connections_max: usize,
@@ -577,6 +578,17 @@ wal_dir = "/var/lib/pantera/wal"
     #[test]
     fn the_lab_defaults_are_valid() {
         Config::lab(Path::new(".pantera")).validate().expect("lab config is valid");
+    }
+
+    #[test]
+    fn tcp_fields_left_out_take_the_stack_defaults() {
+        let config = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[tcp]\nconnections_max = 10000\n")).expect("valid");
+        let d = tcp::StackConfig::default();
+        assert_eq!(config.tcp.connections_max, 10_000);
+        assert_eq!(config.tcp.listen_sockets, d.listen_sockets);
+        assert_eq!(config.tcp.rx_buffer_bytes, d.rx_buffer_bytes);
+        assert_eq!(config.tcp.tx_buffer_bytes, d.tx_buffer_bytes);
+        assert_eq!(config.tcp.idle_timeout_ms, d.idle_timeout_ms);
     }
 
     fn error_of(text: &str) -> String {

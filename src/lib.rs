@@ -8,6 +8,7 @@ pub mod config;
 pub mod fault;
 pub mod health;
 pub mod lab;
+pub mod lab_client;
 pub mod metrics;
 pub mod serve;
 pub mod worker;

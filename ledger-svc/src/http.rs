@@ -654,8 +654,19 @@ impl RequestDecoder {
                     if self.buffer.len() - self.start < length {
                         return Ok(None);
                     }
-                    let body = self.buffer[self.start..self.start + length].to_vec();
-                    self.start += length;
+                    let body = if self.start + length == self.buffer.len() && length > IDLE_BUFFER_CAPACITY_MAX {
+                        // The body is the rest of the buffer (the usual case for a large batch):
+                        // hand the buffer itself over instead of copying it, so a batch is never
+                        // held twice, and the idle connection keeps no buffer at all.
+                        let mut rest = std::mem::take(&mut self.buffer);
+                        rest.drain(..self.start);
+                        self.start = 0;
+                        rest
+                    } else {
+                        let body = self.buffer[self.start..self.start + length].to_vec();
+                        self.start += length;
+                        body
+                    };
                     let State::Body { head, .. } = std::mem::replace(
                         &mut self.state,
                         State::Head {
@@ -927,6 +938,40 @@ mod tests {
                 body: b"[]".to_vec(),
             }]
         );
+    }
+
+    #[test]
+    fn a_large_body_is_not_kept_once_consumed() {
+        let mut decoder = RequestDecoder::new(Limits::default());
+        let body = vec![b' '; 1 << 20];
+        decoder.feed(
+            format!(
+                "POST /v1/transfers HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        decoder.feed(&body);
+        let request = decoder.poll_request().unwrap().expect("a whole request");
+        assert_eq!(request.body.len(), 1 << 20);
+        assert_eq!(
+            decoder.buffer.capacity(),
+            0,
+            "the idle connection holds no buffer"
+        );
+        // The connection is still usable, with bytes split across feeds.
+        decoder.feed(b"GET /v1/accounts/1 HTTP/1.1\r\nHo");
+        assert!(decoder.poll_request().unwrap().is_none());
+        decoder.feed(b"st: a\r\n\r\n");
+        assert_eq!(
+            decoder
+                .poll_request()
+                .unwrap()
+                .expect("second request")
+                .path(),
+            "/v1/accounts/1"
+        );
+        assert!(decoder.buffer.capacity() <= Limits::default().header_bytes_max);
     }
 
     #[test]

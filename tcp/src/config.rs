@@ -18,6 +18,17 @@ pub const TCP_BUFFER_BYTES_MAX: usize = 65535;
 /// (1500 - 20 IPv4 - 20 TCP), so a buffer can always hold what the peer may send at once.
 pub const TCP_BUFFER_BYTES_MIN: usize = 1460;
 
+/// The default TCP buffer, each direction: 16 KiB.
+///
+/// The API is request/response: a request or a response is a few hundred bytes, and only a
+/// batch body (up to 8 MiB) or its reply is larger. A buffer is the bound on what a connection
+/// can make the stack hold, so its size times `connections_max` is memory the host must be able
+/// to give: 32 KiB per connection is 320 MiB for 10,000 connections, where 64 KiB buffers
+/// would be 1.25 GiB. An 8 MiB batch body uploaded over one connection on the lab link took
+/// about as long with 16 KiB windows as with 64 KiB ones (8 KiB ones were 1.3-1.7x slower);
+/// see docs/tcp.md and docs/PERFORMANCE.md.
+pub const TCP_BUFFER_BYTES_DEFAULT: usize = 16 * 1024;
+
 /// An upper bound on the socket table, so that a typo cannot make the stack allocate
 /// terabytes at start (each slot holds rx + tx buffers).
 pub const SOCKETS_MAX: usize = 1 << 20;
@@ -41,9 +52,10 @@ pub struct StackConfig {
     /// Connections (SYN-RECEIVED through LAST-ACK) at most. Default 1024. The socket table
     /// holds `connections_max + listen_sockets` sockets, allocated at start.
     pub connections_max: usize,
-    /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 65535.
+    /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 16384
+    /// ([`TCP_BUFFER_BYTES_DEFAULT`]).
     pub rx_buffer_bytes: usize,
-    /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 65535.
+    /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 16384.
     pub tx_buffer_bytes: usize,
     /// A connection with no data moved in either direction for this long is aborted (RST).
     /// Default 60_000.
@@ -80,8 +92,8 @@ impl Default for StackConfig {
             port: 8443,
             listen_sockets: 64,
             connections_max: 1024,
-            rx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
-            tx_buffer_bytes: TCP_BUFFER_BYTES_MAX,
+            rx_buffer_bytes: TCP_BUFFER_BYTES_DEFAULT,
+            tx_buffer_bytes: TCP_BUFFER_BYTES_DEFAULT,
             idle_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
             keep_alive_ms: None,
@@ -285,6 +297,13 @@ mod tests {
     fn default_is_valid() {
         assert_eq!(StackConfig::default().validate(), Ok(()));
         assert_eq!(StackConfig::default().sockets_total(), 1024 + 64);
+        assert_eq!(StackConfig::default().rx_buffer_bytes, 16384);
+        assert_eq!(StackConfig::default().tx_buffer_bytes, 16384);
+    }
+
+    #[test]
+    fn ten_thousand_connections_on_one_queue_are_valid() {
+        assert_eq!(check(|c| c.connections_max = 10_000), Ok(()));
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub mod sim;
 mod stack;
 
 pub use arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
-pub use config::{ConfigError, StackConfig, TCP_BUFFER_BYTES_MAX, TCP_BUFFER_BYTES_MIN};
+pub use config::{
+    ConfigError, StackConfig, TCP_BUFFER_BYTES_DEFAULT, TCP_BUFFER_BYTES_MAX, TCP_BUFFER_BYTES_MIN,
+};
 pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_REFRESH};
 pub use smoltcp;
 pub use stack::{ConnError, ConnId, Event, Stack, StackCounters};

@@ -111,6 +111,9 @@ impl From<rustls::Error> for SessionError {
     }
 }
 
+/// Capacity the emptied plaintext send queue may keep; a larger one is freed.
+const TX_PLAINTEXT_IDLE_CAPACITY_MAX: usize = 4 * 1024;
+
 /// One server-side TLS session. See the module documentation for the call sequence.
 #[derive(Debug)]
 pub struct Session {
@@ -416,6 +419,10 @@ impl Session {
                 break;
             }
             self.tx_plaintext.drain(..taken);
+        }
+        // An idle connection keeps no send queue: the capacity a burst grew goes back.
+        if self.tx_plaintext.is_empty() && self.tx_plaintext.capacity() > TX_PLAINTEXT_IDLE_CAPACITY_MAX {
+            self.tx_plaintext = VecDeque::new();
         }
         self.queue_close_notify_if_drained();
         self.conn.wants_write()
