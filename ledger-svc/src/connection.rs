@@ -17,7 +17,8 @@
 //!
 //! Every byte a client can make the connection hold is bounded: a request is decoded only
 //! while the connection's unsent output plus the replies it awaits stay under
-//! [`ConnectionLimits::output_bytes_max`] and the worker's shared [`Budget`] has room; buffers
+//! [`ConnectionLimits::output_bytes_max`] and the worker's shared [`Budget`] has room; a body is
+//! admitted against that budget, its whole `Content-Length` counted, before it is read; buffers
 //! grow with bytes received, never from a header's promise; and a request's head and body each
 //! have a deadline, so a client that trickles bytes is cut off whatever it sends.
 
@@ -151,6 +152,16 @@ impl Budget {
     fn has_room(&self) -> bool {
         self.held() < self.bytes_max
     }
+
+    /// Adds `extra` to the count if it fits under the bound, or if the caller (which holds
+    /// `charged` of it) is the only holder, so one request can always go forward.
+    fn try_grow(&self, charged: usize, extra: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + extra <= self.bytes_max || held <= charged).then_some(held + extra)
+            })
+            .is_ok()
+    }
 }
 
 /// What happened, for the driver's metrics.
@@ -234,6 +245,8 @@ pub struct Connection {
     /// Whether the last step could decode: while the connection itself holds a request back
     /// (backpressure), the client is not on the clock.
     reading: bool,
+    /// The `Content-Length` of the body being received, once admitted against the budget.
+    body_reserved: usize,
 }
 
 impl Connection {
@@ -263,6 +276,7 @@ impl Connection {
             phase: Phase::Idle,
             phase_since: now,
             reading: true,
+            body_reserved: 0,
         })
     }
 
@@ -275,14 +289,25 @@ impl Connection {
             // Nothing more is read; what arrives is discarded so TCP does not stall the close.
             return ciphertext.len();
         }
-        let consumed = match self.session.handle_input(now, ciphertext) {
-            Ok(n) => n,
-            Err(e) => {
-                self.fail(&e);
-                return ciphertext.len();
+        // TLS takes what its plaintext buffer has room for; decoding drains that buffer, so
+        // offer the rest again until TLS takes nothing twice in a row (the connection is
+        // holding back) or everything is in.
+        let (mut consumed, mut stalls) = (0, 0);
+        while consumed < ciphertext.len() && stalls < 2 {
+            let n = match self.session.handle_input(now, &ciphertext[consumed..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(&e);
+                    return ciphertext.len();
+                }
+            };
+            consumed += n;
+            self.advance();
+            stalls = if n == 0 { stalls + 1 } else { 0 };
+            if self.closing == Closing::Closed || self.is_held_back() {
+                break;
             }
-        };
-        self.advance();
+        }
         consumed
     }
 
@@ -437,10 +462,10 @@ impl Connection {
         self.submitted_mutations + self.submitted_queries
     }
 
-    /// Bytes this connection holds for its client (see [`Budget`]): its output and the
-    /// request bytes received and not yet decoded.
+    /// Bytes this connection holds for its client (see [`Budget`]): its output, and the
+    /// request bytes received and not yet decoded or, for an admitted body, its whole length.
     pub fn held_bytes(&self) -> usize {
-        self.output_bytes() + self.decoder.buffered_bytes()
+        self.output_bytes() + self.decoder.buffered_bytes().max(self.body_reserved)
     }
 
     /// Unsent output plus the replies awaited, each at its largest: what
@@ -501,7 +526,8 @@ impl Connection {
             && self.output_bytes() <= self.limits.output_bytes_max
             && self.queries_waiting < self.limits.queries_in_flight_max
             && self.decoder.in_flight() < self.decoder.limits().requests_in_flight_max
-            // The worker's budget holds back new requests only: one under way may finish.
+            // The queue's budget holds back new requests; a head under way may finish (it is
+            // at most `header_bytes_max`), and a body is admitted on its own (`admit_body`).
             && (in_progress || self.budget.has_room())
     }
 
@@ -524,10 +550,17 @@ impl Connection {
             }
             match self.decoder.poll_request() {
                 Ok(Some(request)) => {
+                    self.body_reserved = 0;
                     self.dispatch(&request);
                     self.set_phase(Phase::Idle, true);
                 }
                 Ok(None) => {
+                    if !self.admit_body() {
+                        // The queue's budget has no room for this body yet: hold it back (its
+                        // deadline waits too) until other connections drain.
+                        self.reading = false;
+                        break;
+                    }
                     let session = &mut self.session;
                     let moved = self.decoder.fill(|buffer| session.read_plaintext(buffer, PLAINTEXT_CHUNK_BYTES));
                     let phase = self.decoder.phase();
@@ -547,6 +580,26 @@ impl Connection {
         if self.decoder.is_closed() && self.closing == Closing::Open {
             self.closing = Closing::Draining;
         }
+    }
+
+    /// Admission of a request body against the queue's budget: once the head is known, its
+    /// whole `Content-Length` is counted (reserved in the accounting, not allocated: the
+    /// buffer still grows with the bytes that arrive) before more of it is read. A body that
+    /// does not fit waits, unless nothing else holds any of the budget, so one body can always
+    /// go forward. Returns true when reading may go on.
+    fn admit_body(&mut self) -> bool {
+        let Some(length) = self.decoder.body_length() else { return true };
+        if self.body_reserved > 0 || length == 0 {
+            return true;
+        }
+        let buffered = self.decoder.buffered_bytes();
+        let extra = length.saturating_sub(buffered);
+        if !self.budget.try_grow(self.charged, extra) {
+            return false;
+        }
+        self.charged += extra;
+        self.body_reserved = length;
+        true
     }
 
     /// Tracks the decoder's phase; `restart` starts the clock again (a request completed).
@@ -655,6 +708,7 @@ impl Connection {
     }
 
     fn clear_pending(&mut self) {
+        self.body_reserved = 0;
         self.pending.clear();
         self.submissions.clear();
         self.pending_bytes = 0;

@@ -524,6 +524,14 @@ impl RequestDecoder {
         self.buffer.len() - self.start
     }
 
+    /// The `Content-Length` of the request whose body is being received.
+    pub fn body_length(&self) -> Option<usize> {
+        match self.state {
+            State::Body { length, .. } => Some(length),
+            _ => None,
+        }
+    }
+
     /// Where the decoder is in the current request: waiting for its first byte, inside its
     /// head, or inside its body. The connection puts a deadline on each.
     pub fn phase(&self) -> Phase {
