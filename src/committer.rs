@@ -286,6 +286,7 @@ fn commit_batches<S: Storage>(
     let mut writes: Vec<Submission> = Vec::new();
     let mut reads: Vec<Submission> = Vec::new();
     let mut ops: Vec<Operation> = Vec::new();
+    let mut reply_tos: Vec<ReplyTo> = Vec::new();
     loop {
         heartbeat.beat();
         checkpoints.poll(ledger)?;
@@ -343,20 +344,20 @@ fn commit_batches<S: Storage>(
         #[cfg(feature = "fault-injection")]
         crate::fault::ledger_batch();
         let started = Instant::now();
-        for submission in &mut writes {
-            let Command::Mutate(op) = std::mem::replace(&mut submission.command, Command::LookupAccount(0)) else {
-                unreachable!("the writes queue carries only mutations (LedgerClient::submit)")
-            };
+        for submission in writes.drain(..) {
+            // LedgerClient::submit routes by kind: the writes queue carries only mutations.
+            let Command::Mutate(op) = submission.command else { unreachable!("a query in the writes queue") };
+            reply_tos.push(submission.reply_to);
             ops.push(op);
         }
         let op_replies = if ops.is_empty() { Vec::new() } else { ledger.submit(now_ns(), &ops)? };
         assert_eq!(op_replies.len(), ops.len(), "one reply per operation");
         // The batch is durable: release its replies, in order, then answer the turn's queries
         // from the state it left.
-        for ((submission, op), op_reply) in writes.drain(..).zip(&ops).zip(&op_replies) {
+        for ((reply_to, op), op_reply) in reply_tos.drain(..).zip(&ops).zip(&op_replies) {
             let reply = api::reply_of(op_reply, ledger.state(), op);
             // A worker that has stopped no longer needs its replies.
-            let _ = replies[submission.reply_to.worker].send(Completion { reply_to: submission.reply_to, reply });
+            let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
         }
         if !ops.is_empty() {
             commit_seconds.observe(started.elapsed().as_secs_f64());
