@@ -123,7 +123,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         };
         let stop = Arc::clone(&stop);
         let m = metrics.clone();
-        let stack_config = stack_config.clone();
+        let mut stack_config = stack_config.clone();
+        // smoltcp draws initial sequence numbers (and ephemeral ports) from a PRNG seeded
+        // here: a fresh seed from the OS per queue and per start, so no two queues and no two
+        // starts share a sequence (RFC 6528 §3; seed 0 gave every start the same ISNs).
+        stack_config.random_seed = os_random_u64().context("cannot read randomness for the TCP stack's seed")?;
         let busy_poll_turns = d.busy_poll_turns;
         let started_tx = worker_started_tx.clone();
         let label = port.queue_id().to_string();
@@ -173,4 +177,12 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     let _ = management.join();
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// Eight bytes from the kernel's CSPRNG.
+fn os_random_u64() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u64::from_ne_bytes(bytes))
 }

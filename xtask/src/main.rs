@@ -23,7 +23,7 @@ const PACKAGES: &[&str] = &[
     // BPF headers for steer.bpf.c, kernel uapi headers.
     "libbpf-dev", "linux-libc-dev",
     // The lab and its tests.
-    "iproute2", "ethtool", "iputils-ping", "curl", "openssl", "procps",
+    "iproute2", "ethtool", "iputils-ping", "curl", "openssl", "procps", "tcpdump",
     // Benchmark peers.
     "nginx", "wrk",
 ];
