@@ -107,6 +107,7 @@ fn default_app() -> String {
 pub struct TcpSection {
     pub listen_sockets: usize,
     pub connections_max: usize,
+    pub connections_per_source_max: usize,
     pub rx_buffer_bytes: usize,
     pub tx_buffer_bytes: usize,
     pub idle_timeout_ms: u64,
@@ -118,6 +119,7 @@ impl Default for TcpSection {
         TcpSection {
             listen_sockets: d.listen_sockets,
             connections_max: d.connections_max,
+            connections_per_source_max: d.connections_per_source_max,
             rx_buffer_bytes: d.rx_buffer_bytes,
             tx_buffer_bytes: d.tx_buffer_bytes,
             idle_timeout_ms: d.idle_timeout_ms,
@@ -431,6 +433,8 @@ impl Config {
             port: self.service.port,
             listen_sockets: self.tcp.listen_sockets,
             connections_max: self.tcp.connections_max,
+            // A per-source bound above the table is the table.
+            connections_per_source_max: self.tcp.connections_per_source_max.min(self.tcp.connections_max),
             rx_buffer_bytes: self.tcp.rx_buffer_bytes,
             tx_buffer_bytes: self.tcp.tx_buffer_bytes,
             idle_timeout_ms: self.tcp.idle_timeout_ms,

@@ -325,6 +325,7 @@ impl<P: Port> Worker<P> {
             ("aborted", c.aborted),
             ("handshakes_failed", c.handshakes_failed),
             ("refused_at_capacity", c.refused_at_capacity),
+            ("refused_per_source", c.refused_per_source),
             ("refused_listen_pool_empty", c.refused_listen_pool_empty),
             ("ingress_limit_hits", c.ingress_limit_hits),
             ("neighbours_learned", c.neighbours_learned),

@@ -25,7 +25,7 @@ fn ten_thousand_keep_alive_connections_on_one_queue_are_all_open_and_served() {
     let lab = lab("cap", 1);
     let dir = tempfile::tempdir().expect("tempdir");
     // Idle timeout well past the test's own bound, so no connection is reclaimed mid-test.
-    let server = Server::start(&lab, dir.path(), "ledger", &format!("\n[tcp]\nconnections_max = {CONNS}\nidle_timeout_ms = 300000\n"));
+    let server = Server::start(&lab, dir.path(), "ledger", &format!("\n[tcp]\nconnections_max = {CONNS}\nconnections_per_source_max = {CONNS}\nidle_timeout_ms = 300000\n"));
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     let addr = SocketAddr::from((lab.spec.service_ipv4, PORT));
 

@@ -29,6 +29,10 @@ pub const TCP_BUFFER_BYTES_MIN: usize = 1460;
 /// see docs/tcp.md and docs/PERFORMANCE.md.
 pub const TCP_BUFFER_BYTES_DEFAULT: usize = 16 * 1024;
 
+/// `connections_per_source_max` by default: half the default table, so one address can never
+/// hold more than half of it.
+pub const CONNECTIONS_PER_SOURCE_MAX_DEFAULT: usize = 512;
+
 /// An upper bound on the socket table, so that a typo cannot make the stack allocate
 /// terabytes at start (each slot holds rx + tx buffers).
 pub const SOCKETS_MAX: usize = 1 << 20;
@@ -52,6 +56,11 @@ pub struct StackConfig {
     /// Connections (SYN-RECEIVED through LAST-ACK) at most. Default 1024. The socket table
     /// holds `connections_max + listen_sockets` sockets, allocated at start.
     pub connections_max: usize,
+    /// Open connections from one source address. A connection past it is reset as soon as
+    /// its handshake completes (counted `refused_per_source`), so one address that opens
+    /// connections and never speaks cannot take every slot from the others. Default 512; a
+    /// value above `connections_max` means `connections_max`.
+    pub connections_per_source_max: usize,
     /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 16384
     /// ([`TCP_BUFFER_BYTES_DEFAULT`]).
     pub rx_buffer_bytes: usize,
@@ -92,6 +101,7 @@ impl Default for StackConfig {
             port: 8443,
             listen_sockets: 64,
             connections_max: 1024,
+            connections_per_source_max: CONNECTIONS_PER_SOURCE_MAX_DEFAULT,
             rx_buffer_bytes: TCP_BUFFER_BYTES_DEFAULT,
             tx_buffer_bytes: TCP_BUFFER_BYTES_DEFAULT,
             idle_timeout_ms: 60_000,
@@ -189,6 +199,15 @@ impl StackConfig {
             return Err(ConfigError::ListenExceedsConnections {
                 listen_sockets: self.listen_sockets,
                 connections_max: self.connections_max,
+            });
+        }
+        if self.connections_per_source_max == 0 {
+            return Err(ConfigError::OutOfRange {
+                field: "connections_per_source_max",
+                value: 0,
+                min: 1,
+                max: u64::MAX,
+                reason: "at least one connection per source (a value above connections_max means connections_max)",
             });
         }
         range(
@@ -347,6 +366,20 @@ mod tests {
             Err("egress_rounds_per_poll_max")
         );
         assert_eq!(check(|c| c.keep_alive_ms = Some(0)), Err("keep_alive_ms"));
+    }
+
+    #[test]
+    fn connections_per_source_max_is_within_the_table() {
+        assert_eq!(check(|c| c.connections_per_source_max = 0), Err("connections_per_source_max"));
+        // Above the table it is the table.
+        assert_eq!(
+            check(|c| {
+                c.connections_max = 10;
+                c.listen_sockets = 4;
+                c.connections_per_source_max = 11;
+            }),
+            Ok(())
+        );
     }
 
     #[test]

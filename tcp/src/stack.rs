@@ -113,6 +113,9 @@ pub struct StackCounters {
     pub handshakes_failed: u64,
     /// SYNs to the service port answered with RST because `connections_max` was reached.
     pub refused_at_capacity: u64,
+    /// Connections reset as their handshake completed because their source address already
+    /// had `connections_per_source_max` open.
+    pub refused_per_source: u64,
     /// SYNs answered with RST because more arrived in one poll than sockets were listening
     /// (raise `listen_sockets`).
     pub refused_listen_pool_empty: u64,
@@ -143,6 +146,8 @@ struct Slot {
     role: Role,
     /// When data last moved or the state last changed (for the idle timeout).
     last_activity: Instant,
+    /// The peer's address while the slot is an open connection (counted in `per_source`).
+    source: Option<IpAddress>,
     /// (bytes in rx buffer, bytes in tx buffer, state) at the last look: a change is activity.
     seen: (usize, usize, State),
 }
@@ -158,6 +163,10 @@ pub struct Stack {
     listening: usize,
     /// Embryonic + Open slots: the connections counted against `connections_max`.
     connections_counted: usize,
+    /// Open connections per peer address, for `connections_per_source_max`. At most one
+    /// entry per open connection; std's keyed hasher, since the keys are chosen by peers.
+    per_source: std::collections::HashMap<IpAddress, u32>,
+    connections_per_source_max: usize,
     connections_open: usize,
     /// True when the last re-arm kept fewer than `listen_sockets` listening because of
     /// `connections_max`: a refused SYN is then counted as refused at capacity.
@@ -256,6 +265,7 @@ impl Stack {
                 generation: 0,
                 role: Role::Free,
                 last_activity: now,
+                source: None,
                 seen: (0, 0, State::Closed),
             });
         }
@@ -269,6 +279,8 @@ impl Stack {
             free,
             listening: 0,
             connections_counted: 0,
+            per_source: std::collections::HashMap::new(),
+            connections_per_source_max: config.connections_per_source_max.min(config.connections_max),
             connections_open: 0,
             at_capacity: false,
             timeout_next: None,
@@ -489,6 +501,22 @@ impl Stack {
                 }
                 // The handshake completed (possibly with data and FIN already in).
                 _ => {
+                    let source = socket.remote_endpoint().map(|e| e.addr);
+                    let count = source.map_or(0, |a| self.per_source.get(&a).copied().unwrap_or(0));
+                    if count as usize >= self.connections_per_source_max {
+                        // RFC 9293 §3.10.4 ABORT: an RST, and the slot lingers until it is out.
+                        socket.abort();
+                        self.egress_dirty = true;
+                        self.counters.refused_per_source += 1;
+                        self.counters.handshakes_failed += 1;
+                        self.connections_counted -= 1;
+                        slot.role = Role::Lingering;
+                        return;
+                    }
+                    if let Some(a) = source {
+                        *self.per_source.entry(a).or_insert(0) += 1;
+                    }
+                    slot.source = source;
                     slot.generation = slot.generation.wrapping_add(1);
                     slot.role = Role::Open;
                     slot.last_activity = now;
@@ -536,6 +564,14 @@ impl Stack {
             self.connections_counted -= 1;
             self.connections_open -= 1;
             self.counters.closed += 1;
+            if let Some(a) = slot.source.take() {
+                if let std::collections::hash_map::Entry::Occupied(mut e) = self.per_source.entry(a) {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+            }
             slot.role = Role::Lingering;
             on_event(Event::Closed(id));
         }

@@ -460,6 +460,8 @@ fn a_thousand_concurrent_connections_with_64_listeners() {
     let config = StackConfig {
         listen_sockets: 64,
         connections_max: 1024,
+        // Every client of the simulation has the same address.
+        connections_per_source_max: 1024,
         rx_buffer_bytes: 2048,
         tx_buffer_bytes: 2048,
         ..server_config()
@@ -1011,4 +1013,33 @@ fn ingress_work_per_poll_is_bounded() {
     }
     assert_eq!(server.counters().rx_frames, 10);
     assert_eq!(server.counters().tx_frames, 10);
+}
+
+#[test]
+fn one_source_address_holds_at_most_its_share_of_the_table() {
+    let config = StackConfig {
+        listen_sockets: 8,
+        connections_max: 64,
+        connections_per_source_max: 10,
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    // 20 connections from the one client address, in waves the listener pool can take:
+    // 10 are kept, 10 reset as their handshake completes.
+    let mut handles = Vec::new();
+    for wave in 0..4 {
+        handles.extend((0..5).map(|i| world.connect(30_000 + wave * 5 + i, 1024)));
+        world.run_until(Duration::from_millis(300), no_app, |_| false);
+    }
+    assert!(
+        world.run_until(Duration::from_secs(5), no_app, |w| w.server.counters().refused_per_source == 10),
+        "refused {} (open {})",
+        world.server.counters().refused_per_source,
+        world.server.connections()
+    );
+    world.run_until(Duration::from_millis(200), no_app, |_| false);
+    assert_eq!(world.server.connections(), 10, "the source keeps its 10");
+    assert_eq!(world.server.counters().accepted, 10);
 }

@@ -226,7 +226,8 @@ fn start(pantera: &Path, args: &Args, lab: &Lab, tls: &Path, dir: &Path, managem
 }
 
 fn appliance_config(args: &Args, lab: &Lab, tls: &Path, wal: &Path, management: SocketAddr, connections_max: usize) -> String {
-    let mut tcp = format!("connections_max = {connections_max}\nidle_timeout_ms = 600000\n");
+    // Every connection comes from the one client address of the lab.
+    let mut tcp = format!("connections_max = {connections_max}\nconnections_per_source_max = {connections_max}\nidle_timeout_ms = 600000\n");
     if let Some(b) = args.rx_buffer_bytes {
         tcp += &format!("rx_buffer_bytes = {b}\n");
     }

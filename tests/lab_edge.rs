@@ -1,0 +1,97 @@
+//! Edge defence on a private lab (root): one address that opens connections and never speaks
+//! must not lock out the others. The lab's client namespace gets a second address for the
+//! honest client; every load is bounded in count and time.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use nix::sys::time::TimeVal;
+
+/// A TCP connection from `local` (an address of the current namespace) to `to`.
+fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
+    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // connect(2) gives up after this (a SYN that is dropped is retried for minutes otherwise).
+    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(3, 0))?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(local, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// One mTLS request on a new connection from `local`: the status, or why it failed.
+fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
+    let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
+}
+
+#[test]
+fn two_thousand_silent_connections_from_one_address_do_not_lock_out_another() {
+    let lab = lab("edge-one", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&lab, dir.path(), "ledger", "");
+    let service = SocketAddr::from((server.service, PORT));
+    let octets = lab.spec.peer_ipv4.octets();
+    let honest_ip = Ipv4Addr::new(octets[0], octets[1], octets[2], 4);
+    let out = Command::new("ip")
+        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{honest_ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
+        .output()
+        .expect("ip addr add");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = tls_client_config(&dir.path().join("tls"), Some("client"));
+    let attack_for = Duration::from_secs(10);
+
+    // The attacker: up to 2,000 connections from the lab's client address, opened as fast as
+    // they are accepted and held without a byte, for 10 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, attacker_ip) = (Arc::clone(&stop), lab.spec.peer_ipv4);
+        in_netns(&lab.spec.netns, move || {
+            let mut held = Vec::new();
+            let mut attempts = 0;
+            while attempts < 2_000 && !stop.load(Ordering::Relaxed) {
+                attempts += 1;
+                if let Ok(s) = connect_from(attacker_ip, service) {
+                    held.push(s);
+                }
+            }
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(50));
+            }
+            (attempts, held.len())
+        })
+    };
+    // The honest client on the other address: a new connection and a request every 100 ms.
+    let honest = {
+        let config = Arc::clone(&config);
+        in_netns(&lab.spec.netns, move || {
+            let started = Instant::now();
+            let mut results = Vec::new();
+            while started.elapsed() < attack_for {
+                results.push(one_request(&config, honest_ip, service));
+                thread::sleep(Duration::from_millis(100));
+            }
+            results
+        })
+    };
+    let results = honest.join().expect("honest client");
+    stop.store(true, Ordering::Relaxed);
+    let (attempts, held) = attacker.join().expect("attacker");
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(404))).collect();
+    let refused = server.metric_sum("pantera_tcp_total", &["refused_per_source"]);
+    println!("attacker: {attempts} connects, {held} held; honest client: {} of {} answered; refused_per_source {refused}", results.len() - failed.len(), results.len());
+    assert!(failed.is_empty(), "the honest client was locked out {} of {} times: {failed:?}", failed.len(), results.len());
+    assert!(refused > 0.0, "the per-source bound never engaged:\n{}", server.metrics());
+}
