@@ -1,4 +1,4 @@
-//! `pantera serve-kernel`: the kernel-socket baseline of the HTTPS benchmark (DESIGN.md, "What
+//! `pantera serve-kernel`: the kernel-socket baseline of the HTTPS benchmark (docs/design.md, "What
 //! is measured").
 //!
 //! The same TLS configuration, the same HTTP decoder and API, the same ledger thread with the
@@ -58,7 +58,7 @@ pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) 
     let local = listener.local_addr()?;
     let shared = Shared {
         tls,
-        limits: config.connection_limits()?,
+        limits: config.connection_limits(),
         roles: Arc::new(config.roles()),
         budget: config.queue_budget(),
         ledger: client,
@@ -237,7 +237,6 @@ fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
     // A client that stops reading is cut off once its socket's send buffer stays full this long.
     let _ = sock.set_write_timeout(Some(shared.limits.idle_timeout));
     let result = drive(shared, id, &mut conn, &mut sock);
-    record_events(&mut conn, &shared.metrics);
     if let Err(e) = result {
         log::debug!("connection {}: {e}", id.slot);
     }
@@ -250,6 +249,8 @@ fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
             break;
         }
     }
+    // What the drive and the close did (a response `close` still sent, a TLS error).
+    record_events(&mut conn, &shared.metrics);
     let _ = sock.shutdown(Shutdown::Write);
 }
 

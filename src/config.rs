@@ -48,7 +48,7 @@ pub struct DataplaneSection {
     /// attached anywhere else.
     pub interface: String,
     /// The rx queues to serve, one worker each. Empty: every queue of the interface (a queue
-    /// without a socket would lose its flows, FACTS.md).
+    /// without a socket would lose its flows, docs/facts.md).
     #[serde(default)]
     pub queues: Vec<u32>,
     /// "auto" (native, falling back to generic with a warning), "native" or "generic".
@@ -259,7 +259,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The lab's defaults (DESIGN.md): pantera0, 10.99.0.2:8443, mTLS with the dev CA under
+    /// The lab's defaults (docs/design.md): pantera0, 10.99.0.2:8443, mTLS with the dev CA under
     /// `home/tls`, the WAL under `home/wal`.
     pub fn lab(home: &Path) -> Config {
         let spec = LabSpec::standard(1);
@@ -325,7 +325,7 @@ impl Config {
             return Err(invalid("dataplane.ring_size", "must be a power of two in 64..=65536"));
         }
         // The fill ring and the rx ring each hold up to ring_size frames, and TX needs frames
-        // of its own: with fewer UMEM frames the fill ring starves and RX drops (FACTS.md).
+        // of its own: with fewer UMEM frames the fill ring starves and RX drops (docs/facts.md).
         if d.umem_frames < 2 * d.ring_size {
             return Err(invalid("dataplane.umem_frames", "must be at least 2 * ring_size"));
         }
@@ -369,8 +369,7 @@ impl Config {
         if !(1..=1024).contains(&h.requests_in_flight_max) {
             return Err(invalid("http.requests_in_flight_max", "must be 1..=1024"));
         }
-        let limits = self.connection_limits_unchecked();
-        limits.validate().map_err(|e| invalid("http", e.to_string()))?;
+        self.connection_limits().validate().map_err(|e| invalid("http", e.to_string()))?;
         if h.queue_budget_bytes_max < h.output_bytes_max {
             return Err(invalid("http.queue_budget_bytes_max", "must be at least http.output_bytes_max"));
         }
@@ -467,14 +466,9 @@ impl Config {
         })
     }
 
-    /// Every per-connection bound of an HTTPS connection (TLS, HTTP, backpressure, deadlines).
-    pub fn connection_limits(&self) -> Result<ledger_svc::connection::ConnectionLimits, ConfigError> {
-        let limits = self.connection_limits_unchecked();
-        limits.validate().map_err(|e| invalid("http", e.to_string()))?;
-        Ok(limits)
-    }
-
-    fn connection_limits_unchecked(&self) -> ledger_svc::connection::ConnectionLimits {
+    /// Every per-connection bound of an HTTPS connection (TLS, HTTP, backpressure, deadlines);
+    /// `validate` checks them, as it checks `stack_config`.
+    pub fn connection_limits(&self) -> ledger_svc::connection::ConnectionLimits {
         let h = &self.http;
         ledger_svc::connection::ConnectionLimits {
             output_bytes_max: h.output_bytes_max,

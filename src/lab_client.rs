@@ -278,15 +278,7 @@ impl Fleet {
                 if client.phase != Phase::Requesting {
                     continue;
                 }
-                match client.drive_io().and_then(|()| client.read_response()) {
-                    Ok(Some(status)) => {
-                        *statuses.entry(status).or_default() += 1;
-                        report.answered += 1;
-                        client.phase = Phase::Idle;
-                    }
-                    Ok(None) => {}
-                    Err(e) => client.fail(&mut report, format!("response: {e}")),
-                }
+                client.collect_response(&mut report, &mut statuses);
             }
             in_flight.retain(|&i| self.clients[i].phase == Phase::Requesting);
             if Instant::now() >= deadline {
@@ -298,15 +290,7 @@ impl Fleet {
                     continue;
                 }
                 let client = &mut self.clients[index];
-                match client.drive_io().and_then(|()| client.read_response()) {
-                    Ok(Some(status)) => {
-                        *statuses.entry(status).or_default() += 1;
-                        report.answered += 1;
-                        client.phase = Phase::Idle;
-                    }
-                    Ok(None) => {}
-                    Err(e) => client.fail(&mut report, format!("response: {e}")),
-                }
+                client.collect_response(&mut report, &mut statuses);
             }
             in_flight.retain(|&i| self.clients[i].phase == Phase::Requesting);
         }
@@ -405,6 +389,19 @@ impl Client {
         }
     }
 
+    /// Moves the socket's bytes and, once a whole response is in, counts it and goes idle.
+    fn collect_response(&mut self, report: &mut RoundReport, statuses: &mut std::collections::BTreeMap<u16, usize>) {
+        match self.drive_io().and_then(|()| self.read_response()) {
+            Ok(Some(status)) => {
+                *statuses.entry(status).or_default() += 1;
+                report.answered += 1;
+                self.phase = Phase::Idle;
+            }
+            Ok(None) => {}
+            Err(e) => self.fail(report, format!("response: {e}")),
+        }
+    }
+
     /// Some(status) once a whole response is in.
     fn read_response(&mut self) -> io::Result<Option<u16>> {
         self.take_plaintext()?;
@@ -415,14 +412,8 @@ impl Client {
             return Ok(None);
         };
         let head = String::from_utf8_lossy(&self.response[..head_end]);
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::other("no status"))?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let (status, length) = response_head(&head);
+        let status = status.ok_or_else(|| io::Error::other("no status"))?;
         if self.response.len() < head_end + 4 + length {
             return Ok(None);
         }
@@ -437,4 +428,17 @@ impl Client {
         report.failed += 1;
         report.first_failure.get_or_insert(reason);
     }
+}
+
+/// The status and the `Content-Length` (0 when absent) of a response head.
+pub fn response_head(head: &str) -> (Option<u16>, usize) {
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    (status, length)
 }

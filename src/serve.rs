@@ -63,7 +63,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, queues.len(), &metrics)?;
         ledger_thread = Some(thread);
-        ledger_parts = Some((tls, config.connection_limits()?, Arc::new(config.roles()), client, reply_rx));
+        ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
     }
 
     // The dataplane: a leftover program from a killed run goes first.

@@ -144,7 +144,7 @@ impl<P: Port> Worker<P> {
     ) -> Result<Worker<P>, tcp::ConfigError> {
         let now = smoltcp_now(Instant::now());
         let mut stack = Stack::new(stack_config, &mut port, now)?;
-        // Announce our address so the first SYN of a client is not lost while we ARP (FACTS.md).
+        // Announce our address so the first SYN of a client is not lost while we ARP (docs/facts.md).
         stack.announce(&mut port, now);
         let slots = stack_config.connections_max + stack_config.listen_sockets;
         Ok(Worker {
@@ -220,7 +220,7 @@ impl<P: Port> Worker<P> {
             busy |= self.drive(self.active[i] as usize, now);
         }
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
-        // is re-armed after it as after the first one: smoltcp has no backlog (FACTS.md).
+        // is re-armed after it as after the first one: smoltcp has no backlog (docs/facts.md).
         busy |= self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         self.port.service();
@@ -296,6 +296,7 @@ impl<P: Port> Worker<P> {
             if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
                 https.conn.close();
                 https.flush(&mut self.stack);
+                record_events(&mut https.conn, &self.metrics);
                 self.stack.close(https.id);
             }
         }

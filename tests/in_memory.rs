@@ -229,7 +229,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     let settings = config.tls_settings().expect("tls settings");
     let app = AppConfig::Ledger(LedgerApp {
         tls: tls_term::server_config(&settings).expect("server config"),
-        limits: config.connection_limits().expect("connection limits"),
+        limits: config.connection_limits(),
         roles: std::sync::Arc::new(config.roles()),
         budget: config.queue_budget(),
         ledger: client_handle,

@@ -356,15 +356,8 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
             return Err(std::io::Error::other("response head too large"));
         }
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
+    let (status, length) = pantera::lab_client::response_head(&String::from_utf8_lossy(&buf));
+    let status = status.unwrap_or(0);
     let mut body = vec![0; length];
     stream.read_exact(&mut body)?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
