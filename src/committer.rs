@@ -136,7 +136,7 @@ pub fn start(config: &crate::config::Config, workers: usize, metrics: &Metrics) 
     let metrics = metrics.clone();
     let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
         if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
-            // STYLE.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
+            // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
             // acknowledged; stop now rather than acknowledge anything after a lost write.
             log::error!("FATAL: the write-ahead log failed, stopping: {e}");
             std::process::exit(70);

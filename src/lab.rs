@@ -1,5 +1,5 @@
 //! The lab: a veth pair that stands in for a NIC, with its far end in a network namespace that
-//! plays the client (DESIGN.md, "The lab").
+//! plays the client (docs/design.md, "The lab").
 //!
 //! This module uses only `std` and the `ip`/`ethtool` commands, so `xtask` can include it with
 //! `#[path]` without building the appliance, and tests can make private labs with unique names.
@@ -30,12 +30,12 @@ pub struct LabSpec {
     pub prefix_len: u8,
     /// RX and TX queues on both ends of the pair.
     pub queues: u32,
-    /// Link MTU of both ends. Native XDP on veth caps the peer's MTU at 3506 (FACTS.md).
+    /// Link MTU of both ends. Native XDP on veth caps the peer's MTU at 3506 (docs/facts.md).
     pub mtu: u32,
 }
 
 impl LabSpec {
-    /// The lab exactly as DESIGN.md names it.
+    /// The lab exactly as docs/design.md names it.
     pub fn standard(queues: u32) -> LabSpec {
         LabSpec {
             netns: "pantera-client".to_owned(),
@@ -171,7 +171,7 @@ impl Lab {
         ns(&["ip", "addr", "add", &peer_cidr, "dev", &s.peer_if])?;
         ns(&["ip", "link", "set", &s.peer_if, "up"])?;
         // The client's kernel leaves TCP checksums to offload on veth; AF_XDP would then see
-        // every segment with a bad checksum and smoltcp would drop it (FACTS.md). A real NIC
+        // every segment with a bad checksum and smoltcp would drop it (docs/facts.md). A real NIC
         // needs no such step.
         ns(&["ethtool", "-K", &s.peer_if, "tx", "off"])?;
         Ok(lab)

@@ -1,4 +1,4 @@
-//! Operating errors of the dataplane (STYLE.md, kind 4): each names the call or step, the
+//! Operating errors of the dataplane (docs/style.md, kind 4): each names the call or step, the
 //! interface, and the underlying error, so an operator can act on the message alone.
 
 use std::io;

@@ -1,4 +1,4 @@
-//! Pantera's dataplane (DESIGN.md stages [1] and [2]): the XDP steering program's loader and
+//! Pantera's dataplane (docs/design.md stages [1] and [2]): the XDP steering program's loader and
 //! maps, one AF_XDP socket with its own UMEM per NIC queue, and the smoltcp `Device` over the
 //! socket's rings.
 //!

@@ -22,7 +22,7 @@ pub const ETHERNET_HEADER_BYTES: u32 = 14;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XskConfig {
     /// Frames in the UMEM. Must cover the fill and TX rings plus an RX batch: 16384 frames
-    /// with rings of 4096 kept 0 drops at 200 concurrent connections (FACTS.md).
+    /// with rings of 4096 kept 0 drops at 200 concurrent connections (docs/facts.md).
     pub frame_count: u32,
     /// Bytes per frame, a power of two; 4096 leaves 3840 for the packet after the kernel's
     /// 256 bytes of XDP headroom.
@@ -36,7 +36,7 @@ pub struct XskConfig {
     /// Empty loop turns a worker spins before it blocks in `wait` (read by the worker loop).
     pub busy_poll_turns: u32,
     /// Link MTU the stack may use (IP packet bytes); capped by the usable frame bytes minus
-    /// the Ethernet header. Native XDP on veth caps the peer at 3506 (FACTS.md).
+    /// the Ethernet header. Native XDP on veth caps the peer at 3506 (docs/facts.md).
     pub mtu_max: u32,
 }
 
@@ -96,7 +96,7 @@ impl XskConfig {
         }
         if self.mtu_max < 576 || self.mtu_max + ETHERNET_HEADER_BYTES > self.frame_usable_bytes() {
             // RFC 791: every host must accept 576-byte datagrams; above the usable frame bytes
-            // the kernel drops the frame before it reaches the socket (FACTS.md).
+            // the kernel drops the frame before it reaches the socket (docs/facts.md).
             return bad(format!(
                 "mtu_max {} must be in 576..={}",
                 self.mtu_max,
@@ -226,7 +226,7 @@ impl XskPort {
 
     /// Ring upkeep, once per loop turn: reap completions, push pending TX frames and kick the
     /// kernel while any are in flight, and top up the fill ring (a starved fill ring drops
-    /// frames, FACTS.md). Work is bounded by the ring sizes.
+    /// frames, docs/facts.md). Work is bounded by the ring sizes.
     pub fn service(&mut self) {
         self.rings.complete(&mut self.free, self.config.comp_ring as usize);
         self.flush_tx();
@@ -235,7 +235,7 @@ impl XskPort {
 
     /// Moves pending TX frames into the TX ring and kicks the kernel if any are in flight.
     /// Copy mode moves at most 32 per syscall and only inside one, so this must run every turn
-    /// until the ring drains (FACTS.md).
+    /// until the ring drains (docs/facts.md).
     pub fn flush_tx(&mut self) {
         self.tx_frames += self.rings.transmit(&mut self.tx_pending) as u64;
         if self.rings.ledger().in_tx() > 0 && self.rings.kick_tx().is_err() {
@@ -465,11 +465,11 @@ impl phy::Device for XskPort {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        // max_transmission_unit is the Ethernet frame size (link MTU + 14), FACTS.md.
+        // max_transmission_unit is the Ethernet frame size (link MTU + 14), docs/facts.md.
         caps.max_transmission_unit =
             ((self.config.mtu_max + ETHERNET_HEADER_BYTES) as usize).min(self.umem.usable());
         // Leave max_burst_size None, and the default checksum capabilities: smoltcp computes
-        // and verifies every checksum in software. Never skip RX verification (FACTS.md).
+        // and verifies every checksum in software. Never skip RX verification (docs/facts.md).
         caps
     }
 }

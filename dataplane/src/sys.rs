@@ -1,4 +1,4 @@
-//! The one module of this crate with `unsafe` code (STYLE.md, "Unsafe stays in one place"):
+//! The one module of this crate with `unsafe` code (docs/style.md, "Unsafe stays in one place"):
 //! UMEM frames, the four AF_XDP rings (through xsk-rs), and the three libbpf calls that
 //! libbpf-rs 0.25 does not wrap for XDP (link create with mode flags, query, detach).
 //!
@@ -176,7 +176,7 @@ impl UmemArea {
         let mut data = unsafe { self.umem.data_mut(&mut frame.desc) };
         let mut cursor = data.cursor();
         cursor.set_pos(len);
-        // xsk-rs clamps set_pos to the frame silently (FACTS.md): check it took.
+        // xsk-rs clamps set_pos to the frame silently (docs/facts.md): check it took.
         assert_eq!(cursor.pos(), len);
         f(&mut data.contents_mut()[..len])
     }
@@ -195,7 +195,7 @@ pub(crate) struct Rings {
 }
 
 /// Creates the UMEM and socket of one queue. The socket is bound with libxdp's program load
-/// inhibited: our own steering program redirects into it through the XSKMAP (FACTS.md).
+/// inhibited: our own steering program redirects into it through the XSKMAP (docs/facts.md).
 pub(crate) fn open(
     ifname: &str,
     queue_id: u32,
@@ -286,7 +286,7 @@ impl Rings {
     }
 
     /// Moves up to `count` frames from the end of `frames` into the fill ring. xsk-rs' produce
-    /// is all-or-nothing (FACTS.md), so the count is capped by the free slots first.
+    /// is all-or-nothing (docs/facts.md), so the count is capped by the free slots first.
     pub(crate) fn fill(&mut self, frames: &mut Vec<Frame>, count: usize) -> usize {
         let n = count.min(frames.len()).min(self.fill.nb_free_exact() as usize).min(self.scratch.len());
         if n == 0 {
@@ -391,7 +391,7 @@ pub(crate) const XDP_FLAGS_DRV_MODE: u32 = libbpf_rs::libbpf_sys::XDP_FLAGS_DRV_
 
 /// Attaches program `prog_fd` to `ifindex` through a bpf_link with the given mode flag. The
 /// kernel detaches it when the returned fd closes, including when the process is killed
-/// (FACTS.md, "XDP program lifecycle"). libbpf-rs' `attach_xdp` takes no mode flag, hence this.
+/// (docs/facts.md, "XDP program lifecycle"). libbpf-rs' `attach_xdp` takes no mode flag, hence this.
 pub(crate) fn xdp_link_create(prog_fd: RawFd, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     use libbpf_rs::libbpf_sys;
     let opts = libbpf_sys::bpf_link_create_opts {

@@ -1,4 +1,4 @@
-//! The JSON API over HTTP (DESIGN.md, "HTTP API"; documented for clients in docs/api.md).
+//! The JSON API over HTTP (docs/design.md, "HTTP API"; documented for clients in docs/api.md).
 //!
 //! [`handle`] turns a decoded request into either an immediate response (a malformed request,
 //! a wrong method, a missing role) or a [`Command`] for the ledger thread. The ledger thread
@@ -656,7 +656,7 @@ fn write_flags<F: Flags>(out: &mut Vec<u8>, flags: F) {
     out.push(b']');
 }
 
-/// Writes `account` as JSON, fields in TigerBeetle's order (DESIGN.md's example).
+/// Writes `account` as JSON, fields in TigerBeetle's order (docs/design.md's example).
 pub fn write_account(out: &mut Vec<u8>, a: &Account) {
     // Writing into a Vec<u8> cannot fail.
     let _ = write!(

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 /// With a receive buffer above 65535 bytes smoltcp 0.14 advertises a window-scale shift ≥ 1
 /// (RFC 7323 §2.2), and then can shrink its own right window edge by rounding and drop every
 /// later ACK as "unacceptable" (RFC 9293 §3.10.7.4): the connection stalls forever. With 16-bit
-/// windows (shift 0) that rounding cannot happen; see FACTS.md and docs/tcp.md.
+/// windows (shift 0) that rounding cannot happen; see docs/facts.md and docs/tcp.md.
 pub const TCP_BUFFER_BYTES_MAX: usize = 65535;
 
 /// The smallest TCP buffer the stack accepts: one full-size segment at the Ethernet MTU
@@ -91,7 +91,7 @@ pub struct StackConfig {
 }
 
 impl Default for StackConfig {
-    /// The lab's appliance address (DESIGN.md): 10.99.0.2/24, port 8443.
+    /// The lab's appliance address (docs/design.md): 10.99.0.2/24, port 8443.
     fn default() -> Self {
         StackConfig {
             mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x02],

@@ -1,4 +1,4 @@
-//! The userspace TCP/IP stack (stage [3] of DESIGN.md): one smoltcp `Interface` over any
+//! The userspace TCP/IP stack (stage [3] of docs/design.md): one smoltcp `Interface` over any
 //! `smoltcp::phy::Device`, answering ARP and ICMP echo, and serving TCP on one port with a
 //! pool of listening sockets and a fixed connection table.
 //!

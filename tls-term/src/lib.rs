@@ -1,4 +1,4 @@
-//! TLS termination for Pantera (pipeline stage [4], DESIGN.md): one rustls server session per
+//! TLS termination for Pantera (pipeline stage [4], docs/design.md): one rustls server session per
 //! TCP connection, driven sans-IO; the mutual-TLS client identity and its role; dev
 //! certificates for the lab. Policy and file formats: docs/tls.md.
 //!

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// Pantera's steering program (DESIGN.md stage [1]).
+// Pantera's steering program (docs/design.md stage [1]).
 //
 // It decides, for every frame arriving on a NIC queue, who owns it:
 //   - the appliance (redirected into the AF_XDP socket bound to this queue): ARP requests and

@@ -16,7 +16,7 @@ mod lab;
 
 use lab::{Lab, LabSpec};
 
-/// Debian packages the build, the tests and the benchmarks need (FACTS.md, "Machine and build").
+/// Debian packages the build, the tests and the benchmarks need (docs/facts.md, "Machine and build").
 const PACKAGES: &[&str] = &[
     // libxdp-sys / libbpf-sys build libxdp and libbpf; bindgen needs libclang.
     "clang", "llvm", "libelf-dev", "zlib1g-dev", "libpcap-dev", "pkg-config", "m4", "make",

@@ -1,4 +1,4 @@
-//! `https`: the HTTPS benchmark of DESIGN.md "What is measured".
+//! `https`: the HTTPS benchmark of docs/design.md "What is measured".
 //!
 //! `https run` (the default; `cargo xtask bench https`) compares, in one run on the lab, the
 //! appliance (`pantera serve --lab`: XDP + AF_XDP + smoltcp + rustls + the ledger), its own

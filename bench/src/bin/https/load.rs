@@ -252,7 +252,7 @@ fn transfer_body(ids: Ids, conn: usize, request: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// True when a create reply reports every event `created` (DESIGN.md: one result per event).
+/// True when a create reply reports every event `created` (docs/design.md: one result per event).
 fn all_created(body: &[u8], events: usize) -> bool {
     let Ok(serde_json::Value::Array(results)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
