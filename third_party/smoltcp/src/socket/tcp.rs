@@ -460,6 +460,24 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// What an [`IsnGenerator`] is asked: the initial sequence number of the connection between
+/// `local` and `remote`, opened at `timestamp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct IsnRequest {
+    pub local: IpEndpoint,
+    pub remote: IpEndpoint,
+    pub timestamp: Instant,
+}
+
+/// Chooses the initial sequence number (ISN) of every TCP connection of an interface; see
+/// [`Interface::set_tcp_isn_generator`](crate::iface::Interface::set_tcp_isn_generator).
+/// RFC 6528 §3: `ISN = M + F(localip, localport, remoteip, remoteport, secretkey)`, with `M` a
+/// 4 µs clock and `F` a keyed pseudorandom function. Called for every passive open (a SYN
+/// reaching a listening socket) and every `connect`.
+#[cfg(feature = "alloc")]
+pub type IsnGenerator = alloc::boxed::Box<dyn FnMut(&IsnRequest) -> TcpSeqNumber + Send>;
+
 /// A Transmission Control Protocol socket.
 ///
 /// A TCP socket may passively listen for connections or actively connect to another endpoint.
@@ -1060,10 +1078,29 @@ impl<'a> Socket<'a> {
         });
         self.set_state(State::SynSent);
 
-        let seq = Self::random_seq_no(cx);
+        let seq = Self::initial_seq_no(cx, local_endpoint, remote_endpoint);
         self.local_seq_no = seq;
         self.remote_last_seq = seq;
         Ok(())
+    }
+
+    /// The initial sequence number of a connection between `local` and `remote`: the
+    /// interface's ISN generator's choice if one is set, else a PRNG draw.
+    fn initial_seq_no(cx: &mut Context, local: IpEndpoint, remote: IpEndpoint) -> TcpSeqNumber {
+        #[cfg(feature = "alloc")]
+        {
+            let request = IsnRequest {
+                local,
+                remote,
+                timestamp: cx.now(),
+            };
+            if let Some(seq) = cx.tcp_isn(&request) {
+                return seq;
+            }
+        }
+        #[cfg(not(feature = "alloc"))]
+        let _ = (local, remote);
+        Self::random_seq_no(cx)
     }
 
     #[cfg(test)]
@@ -1912,11 +1949,12 @@ impl<'a> Socket<'a> {
                     }
                 }
 
-                self.tuple = Some(Tuple {
+                let tuple = Tuple {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
                     remote: IpEndpoint::new(ip_repr.src_addr(), repr.src_port),
-                });
-                self.local_seq_no = Self::random_seq_no(cx);
+                };
+                self.tuple = Some(tuple);
+                self.local_seq_no = Self::initial_seq_no(cx, tuple.local, tuple.remote);
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;
@@ -3521,6 +3559,100 @@ mod test {
             }
         );
         sanity!(s, socket_syn_received());
+    }
+
+    /// An ISN generator that answers `base + remote port` and records what it was asked.
+    fn isn_generator(
+        base: i32,
+    ) -> (
+        IsnGenerator,
+        std::sync::Arc<std::sync::Mutex<std::vec::Vec<IsnRequest>>>,
+    ) {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(std::vec::Vec::new()));
+        let record = asked.clone();
+        let generator: IsnGenerator = alloc::boxed::Box::new(move |request: &IsnRequest| {
+            record.lock().unwrap().push(*request);
+            TcpSeqNumber(base.wrapping_add(i32::from(request.remote.port)))
+        });
+        (generator, asked)
+    }
+
+    #[test]
+    fn test_listen_syn_isn_generator() {
+        let mut s = socket_listen();
+        let (generator, asked) = isn_generator(7_000_000);
+        s.cx.tcp_isn_generator = Some(generator);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                sack_permitted: false,
+                ..SEND_TEMPL
+            }
+        );
+        let isn = TcpSeqNumber(7_000_000 + i32::from(REMOTE_END.port));
+        assert_eq!(s.local_seq_no, isn);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [IsnRequest {
+                local: LOCAL_END,
+                remote: REMOTE_END,
+                timestamp: s.cx.now(),
+            }]
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: isn,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                ..RECV_TEMPL
+            }]
+        );
+        // The handshake completes against the generated ISN.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(isn + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_connect_isn_generator() {
+        let mut s = socket();
+        let (generator, asked) = isn_generator(-5);
+        s.cx.tcp_isn_generator = Some(generator);
+        s.socket
+            .connect(&mut s.cx, REMOTE_END, LOCAL_END)
+            .unwrap();
+        assert_eq!(s.local_seq_no, TcpSeqNumber(-5 + i32::from(REMOTE_END.port)));
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!((asked[0].local, asked[0].remote), (LOCAL_END, REMOTE_END));
+    }
+
+    #[test]
+    fn test_listen_syn_without_isn_generator_uses_the_prng() {
+        let mut s = socket_listen();
+        s.cx.tcp_isn_generator = None;
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        // Under cfg(test) the PRNG draw is the fixed LOCAL_SEQ.
+        assert_eq!(s.local_seq_no, LOCAL_SEQ);
     }
 
     #[test]

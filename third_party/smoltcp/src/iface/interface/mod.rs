@@ -155,6 +155,9 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// Chooses TCP initial sequence numbers; None: the interface's PRNG.
+    #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
+    pub(crate) tcp_isn_generator: Option<crate::socket::tcp::IsnGenerator>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -297,6 +300,8 @@ impl Interface {
                 #[cfg(feature = "proto-ipv6-slaac")]
                 slaac_updated: Instant::from_millis(0),
                 rand,
+                #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
+                tcp_isn_generator: None,
             },
         }
     }
@@ -432,6 +437,19 @@ impl Interface {
     /// packets addressed to that prefix.
     pub fn set_any_ip(&mut self, any_ip: bool) {
         self.inner.any_ip = any_ip;
+    }
+
+    /// Set how TCP sockets choose their initial sequence number (ISN).
+    ///
+    /// By default the ISN is drawn from the interface's PRNG, which is seeded from
+    /// [`Config::random_seed`] and is not cryptographically secure: one observed ISN lets an
+    /// off-path attacker predict the next ones. RFC 6528 asks for an ISN that is a keyed
+    /// hash of the connection's endpoints plus a clock; a generator set here is called for
+    /// every active and passive open with the connection's endpoints and the current time,
+    /// and its result is used as is. `None` restores the PRNG.
+    #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
+    pub fn set_tcp_isn_generator(&mut self, generator: Option<crate::socket::tcp::IsnGenerator>) {
+        self.inner.tcp_isn_generator = generator;
     }
 
     /// Get whether AnyIP is enabled.
@@ -862,6 +880,18 @@ impl InterfaceInner {
     #[allow(unused)] // unused depending on which sockets are enabled, and in tests
     pub(crate) fn rand(&mut self) -> &mut Rand {
         &mut self.rand
+    }
+
+    /// The initial sequence number the generator set with
+    /// [`Interface::set_tcp_isn_generator`] chooses, if one is set.
+    #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
+    pub(crate) fn tcp_isn(
+        &mut self,
+        request: &crate::socket::tcp::IsnRequest,
+    ) -> Option<TcpSeqNumber> {
+        self.tcp_isn_generator
+            .as_mut()
+            .map(|generate| generate(request))
     }
 
     #[allow(unused)] // unused depending on which sockets are enabled
