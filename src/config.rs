@@ -111,6 +111,30 @@ pub struct TcpSection {
     pub rx_buffer_bytes: usize,
     pub tx_buffer_bytes: usize,
     pub idle_timeout_ms: u64,
+    /// "auto" (default), "always" or "off": when SYNs are answered with SYN cookies
+    /// (docs/tcp.md, "SYN cookies").
+    pub syn_cookies: SynCookies,
+    /// In auto mode, cookies engage while this many handshakes wait for their final ACK.
+    pub syn_backlog: usize,
+}
+
+/// `tcp.syn_cookies`, as written in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    Auto,
+    Always,
+    Off,
+}
+
+impl From<SynCookies> for tcp::SynCookieMode {
+    fn from(mode: SynCookies) -> tcp::SynCookieMode {
+        match mode {
+            SynCookies::Auto => tcp::SynCookieMode::Auto,
+            SynCookies::Always => tcp::SynCookieMode::Always,
+            SynCookies::Off => tcp::SynCookieMode::Off,
+        }
+    }
 }
 
 impl Default for TcpSection {
@@ -123,6 +147,8 @@ impl Default for TcpSection {
             rx_buffer_bytes: d.rx_buffer_bytes,
             tx_buffer_bytes: d.tx_buffer_bytes,
             idle_timeout_ms: d.idle_timeout_ms,
+            syn_cookies: SynCookies::Auto,
+            syn_backlog: d.syn_backlog,
         }
     }
 }
@@ -437,6 +463,8 @@ impl Config {
             rx_buffer_bytes: self.tcp.rx_buffer_bytes,
             tx_buffer_bytes: self.tcp.tx_buffer_bytes,
             idle_timeout_ms: self.tcp.idle_timeout_ms,
+            syn_cookies: self.tcp.syn_cookies.into(),
+            syn_backlog: self.tcp.syn_backlog,
             ..tcp::StackConfig::default()
         }
     }

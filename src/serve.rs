@@ -124,10 +124,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         let stop = Arc::clone(&stop);
         let m = metrics.clone();
         let mut stack_config = stack_config.clone();
-        // smoltcp draws initial sequence numbers (and ephemeral ports) from a PRNG seeded
-        // here: a fresh seed from the OS per queue and per start, so no two queues and no two
-        // starts share a sequence (RFC 6528 §3; seed 0 gave every start the same ISNs).
+        // Fresh secrets from the OS per queue and per start: the key of the RFC 6528 ISNs and
+        // the SYN cookies, and smoltcp's PRNG seed (ephemeral ports). Nothing is shared
+        // between queues or starts (seed 0 once gave every start the same ISNs).
         stack_config.random_seed = os_random_u64().context("cannot read randomness for the TCP stack's seed")?;
+        stack_config.secret = os_random().context("cannot read randomness for the TCP stack's secret")?;
         let busy_poll_turns = d.busy_poll_turns;
         let started_tx = worker_started_tx.clone();
         let label = port.queue_id().to_string();
@@ -181,8 +182,13 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
 
 /// Eight bytes from the kernel's CSPRNG.
 fn os_random_u64() -> std::io::Result<u64> {
+    os_random().map(u64::from_ne_bytes)
+}
+
+/// `N` bytes from the kernel's CSPRNG.
+fn os_random<const N: usize>() -> std::io::Result<[u8; N]> {
     use std::io::Read;
-    let mut bytes = [0u8; 8];
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(u64::from_ne_bytes(bytes))
+    Ok(bytes)
 }

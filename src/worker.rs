@@ -330,6 +330,9 @@ impl<P: Port> Worker<P> {
             ("refused_listen_pool_empty", c.refused_listen_pool_empty),
             ("ingress_limit_hits", c.ingress_limit_hits),
             ("neighbours_learned", c.neighbours_learned),
+            ("syn_cookies_sent", c.syn_cookies_sent),
+            ("syn_cookies_accepted", c.syn_cookies_accepted),
+            ("syn_cookies_unsent", c.syn_cookies_unsent),
         ];
         for (name, value) in stack_counters {
             sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);

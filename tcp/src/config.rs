@@ -4,6 +4,7 @@
 //! before anything is allocated (TigerBeetle's TIGER_STYLE: limits on everything, checked at
 //! startup).
 
+use crate::cookie::SynCookieMode;
 use std::net::Ipv4Addr;
 
 /// The largest TCP buffer the stack accepts, in bytes.
@@ -85,9 +86,19 @@ pub struct StackConfig {
     /// Nagle with the peer's delayed ACK (RFC 1122 §4.2.3.2) delays the last segment of a
     /// response by up to one delayed-ACK time.
     pub nagle: bool,
-    /// Seed for smoltcp's initial sequence numbers and ephemeral ports. The caller passes
-    /// randomness in (sans-IO); use a fresh random value per start (RFC 6528).
+    /// Seed for smoltcp's PRNG (ephemeral ports; the ISNs come from `secret`). The caller
+    /// passes randomness in (sans-IO); use a fresh random value per start.
     pub random_seed: u64,
+    /// The stack's secret key: RFC 6528 initial sequence numbers and SYN cookies are keyed
+    /// hashes under it (docs/tcp.md). The caller draws it from the OS at every start, one per
+    /// stack; anyone who knows it can predict ISNs and forge cookies.
+    pub secret: [u8; 16],
+    /// When SYNs are answered with cookies instead of taking a listening socket. Default
+    /// [`SynCookieMode::Auto`].
+    pub syn_cookies: SynCookieMode,
+    /// In auto mode, cookies engage while this many handshakes wait for their final ACK.
+    /// Default 64; a value above `connections_max` means `connections_max`.
+    pub syn_backlog: usize,
 }
 
 impl Default for StackConfig {
@@ -111,6 +122,9 @@ impl Default for StackConfig {
             egress_rounds_per_poll_max: 64,
             nagle: false,
             random_seed: 0,
+            secret: [0; 16],
+            syn_cookies: SynCookieMode::Auto,
+            syn_backlog: 64,
         }
     }
 }
@@ -210,6 +224,13 @@ impl StackConfig {
                 reason: "at least one connection per source (a value above connections_max means connections_max)",
             });
         }
+        range(
+            "syn_backlog",
+            self.syn_backlog as u64,
+            1,
+            u64::MAX,
+            "handshakes pending before SYN cookies engage (above connections_max means connections_max)",
+        )?;
         range(
             "rx_buffer_bytes",
             self.rx_buffer_bytes as u64,

@@ -20,6 +20,8 @@
 
 mod arp;
 pub mod config;
+mod cookie;
+mod isn;
 mod neighbour;
 mod probe;
 pub mod sim;
@@ -29,6 +31,7 @@ pub use arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
 pub use config::{
     ConfigError, StackConfig, TCP_BUFFER_BYTES_DEFAULT, TCP_BUFFER_BYTES_MAX, TCP_BUFFER_BYTES_MIN,
 };
+pub use cookie::{SynCookieMode, MSS_TABLE, SLOT_SECS};
 pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_REFRESH};
 pub use smoltcp;
 pub use stack::{ConnError, ConnId, Event, Stack, StackCounters};

@@ -21,11 +21,12 @@
 use std::net::Ipv4Addr;
 
 use smoltcp::iface::{Interface, PollIngressSingleResult, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, PacketMeta, RxToken};
+use smoltcp::phy::Device;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::Ipv4Cidr;
 
 use crate::arp::{write_neighbour_arp_reply, NEIGHBOUR_ARP_FRAME_BYTES};
+use crate::probe::OneFrameDevice;
 
 /// Neighbours remembered as taught: as many as smoltcp's neighbour cache holds (the
 /// `iface-neighbor-cache-count-16` feature in Cargo.toml), so the table never claims more
@@ -147,9 +148,9 @@ impl Neighbours {
             source_mac,
             neighbour,
         );
-        let mut device = TeachDevice {
+        let mut device = OneFrameDevice {
             inner: device,
-            frame: Some(frame),
+            frame: Some(&frame),
         };
         let result = iface.poll_ingress_single(now, &mut device, sockets);
         if result == PollIngressSingleResult::None {
@@ -162,55 +163,6 @@ impl Neighbours {
     /// The neighbours taught and not forgotten, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, [u8; 6])> + '_ {
         self.entries.iter().map(|entry| (entry.ipv4, entry.mac))
-    }
-}
-
-/// A device that receives one synthetic frame, then nothing. Its transmit side is the inner
-/// device's: smoltcp answers an ARP reply with nothing, but `Device::receive` must hand out a
-/// transmit token with every received frame.
-struct TeachDevice<'d, D: Device> {
-    inner: &'d mut D,
-    frame: Option<[u8; NEIGHBOUR_ARP_FRAME_BYTES]>,
-}
-
-struct TeachRx([u8; NEIGHBOUR_ARP_FRAME_BYTES]);
-
-impl<D: Device> Device for TeachDevice<'_, D> {
-    type RxToken<'a>
-        = TeachRx
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = D::TxToken<'a>
-    where
-        Self: 'a;
-
-    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let frame = self.frame?;
-        let tx = self.inner.transmit(timestamp)?;
-        self.frame = None;
-        Some((TeachRx(frame), tx))
-    }
-
-    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        self.inner.transmit(timestamp)
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        self.inner.capabilities()
-    }
-}
-
-impl RxToken for TeachRx {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(&self.0)
-    }
-
-    fn meta(&self) -> PacketMeta {
-        PacketMeta::default()
     }
 }
 

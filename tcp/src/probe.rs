@@ -9,11 +9,12 @@
 //! The probe also notes the Ethernet and IPv4 source of each IPv4 frame addressed to us, so the
 //! stack can teach smoltcp that neighbour without ARP (see `neighbour.rs` for why).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
 
-use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
+use smoltcp::phy::{Device, DeviceCapabilities, PacketMeta, RxToken, TxToken};
 use smoltcp::time::Instant;
+use crate::cookie::{Gate, Verdict};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket,
 };
@@ -35,10 +36,12 @@ pub(crate) struct Probe {
     /// (source IPv4, source MAC) of the last received IPv4 frame addressed to our MAC and
     /// our address; the stack takes it after each frame.
     pub(crate) learned: Cell<Option<(Ipv4Addr, [u8; 6])>>,
+    /// The SYN-cookie gate, which sees each received frame before smoltcp (cookie.rs).
+    pub(crate) gate: RefCell<Gate>,
 }
 
 impl Probe {
-    pub(crate) fn new(port: u16, mac: [u8; 6], ipv4: Ipv4Addr) -> Self {
+    pub(crate) fn new(port: u16, mac: [u8; 6], ipv4: Ipv4Addr, gate: Gate) -> Self {
         Probe {
             port,
             mac,
@@ -50,6 +53,7 @@ impl Probe {
             rx_syn: Cell::new(false),
             tx_rst: Cell::new(false),
             learned: Cell::new(None),
+            gate: RefCell::new(gate),
         }
     }
 
@@ -185,7 +189,16 @@ impl<T: RxToken> RxToken for ProbeRx<'_, T> {
         let probe = self.probe;
         self.inner.consume(|frame| {
             probe.saw_rx(frame);
-            f(frame)
+            match probe.gate.borrow_mut().inspect(frame) {
+                Verdict::Pass => f(frame),
+                Verdict::Taken => {
+                    // smoltcp must not see the frame, but the token is already its: an empty
+                    // frame is one it drops at once (too short for an Ethernet header).
+                    probe.rx_syn.set(false);
+                    probe.learned.set(None);
+                    f(&[])
+                }
+            }
         })
     }
 
@@ -209,5 +222,56 @@ impl<T: TxToken> TxToken for ProbeTx<'_, T> {
 
     fn set_meta(&mut self, meta: smoltcp::phy::PacketMeta) {
         self.inner.set_meta(meta)
+    }
+}
+
+/// A device that receives one given frame, then nothing; its transmit side is the inner
+/// device's (`Device::receive` must hand out a transmit token with every received frame, and
+/// smoltcp may answer the frame). The stack feeds frames it made or kept aside through it: the
+/// synthetic ARP replies that teach neighbours, and the SYN and ACK that open a connection
+/// from a cookie.
+pub(crate) struct OneFrameDevice<'d, 'f, D: Device> {
+    pub(crate) inner: &'d mut D,
+    pub(crate) frame: Option<&'f [u8]>,
+}
+
+pub(crate) struct OneFrameRx<'f>(&'f [u8]);
+
+impl<D: Device> Device for OneFrameDevice<'_, '_, D> {
+    type RxToken<'a>
+        = OneFrameRx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = D::TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = self.frame?;
+        let tx = self.inner.transmit(timestamp)?;
+        self.frame = None;
+        Some((OneFrameRx(frame), tx))
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.inner.transmit(timestamp)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
+impl RxToken for OneFrameRx<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(self.0)
+    }
+
+    fn meta(&self) -> PacketMeta {
+        PacketMeta::default()
     }
 }

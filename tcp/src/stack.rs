@@ -36,9 +36,11 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use crate::arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
+use crate::cookie::{CookieSyn, Cookies, Gate};
+use crate::isn;
 use crate::config::{ConfigError, StackConfig};
 use crate::neighbour::Neighbours;
-use crate::probe::{Probe, ProbeDevice};
+use crate::probe::{OneFrameDevice, Probe, ProbeDevice};
 
 /// Names one connection: a slot of the socket table and the slot's generation when the
 /// connection was opened. The generation changes each time the slot opens a new connection,
@@ -128,6 +130,12 @@ pub struct StackCounters {
     /// Neighbours taught to smoltcp from received frames (new, MAC changed, or refreshed);
     /// see docs/tcp.md, "Neighbours across queues".
     pub neighbours_learned: u64,
+    /// SYNs answered with a SYN cookie instead of a listening socket (docs/tcp.md).
+    pub syn_cookies_sent: u64,
+    /// Connections opened from an ACK that carried a valid cookie.
+    pub syn_cookies_accepted: u64,
+    /// Cookie SYN-ACKs dropped for want of a transmit buffer (the client sends its SYN again).
+    pub syn_cookies_unsent: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +158,9 @@ struct Slot {
     source: Option<IpAddress>,
     /// (bytes in rx buffer, bytes in tx buffer, state) at the last look: a change is activity.
     seen: (usize, usize, State),
+    /// The peer of a connection opened from a SYN cookie, until the slot is released: its
+    /// entry in the gate's `opened` set is removed with it.
+    cookie_remote: Option<IpEndpoint>,
 }
 
 /// One userspace TCP/IP stack over one device (one NIC queue). Sans-IO: the caller passes
@@ -237,6 +248,28 @@ impl Stack {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = config.random_seed;
         let mut iface = Interface::new(iface_config, device, now);
+        let key = isn::key_words(config.secret);
+        iface.set_tcp_isn_generator(Some(isn::generator(key)));
+        // The gate's SYN-ACK announces what smoltcp's own would: MSS from the device's frame
+        // size, the receive buffer as window, and smoltcp's window shift for that buffer.
+        let rx_cap_log2 = usize::BITS - config.rx_buffer_bytes.leading_zeros();
+        let gate = Gate {
+            cookies: Cookies::new(key),
+            mode: config.syn_cookies,
+            backlog: config.syn_backlog.min(config.connections_max),
+            pending: 0,
+            last_cookie_slot: None,
+            opened: std::collections::HashSet::new(),
+            syn_ack: None,
+            accepted: None,
+            counters: Default::default(),
+            local: IpEndpoint::new(IpAddress::Ipv4(config.ipv4), config.port),
+            mac: config.mac,
+            mss: (capabilities.max_transmission_unit - 14 - 40).min(usize::from(u16::MAX)) as u16,
+            window: config.rx_buffer_bytes.min(usize::from(u16::MAX)) as u16,
+            window_shift: rx_cap_log2.saturating_sub(16) as u8,
+            now_secs: 0,
+        };
         iface.update_ip_addrs(|addrs| {
             addrs
                 .push(IpCidr::new(IpAddress::Ipv4(config.ipv4), config.prefix_len))
@@ -267,6 +300,7 @@ impl Stack {
                 last_activity: now,
                 source: None,
                 seen: (0, 0, State::Closed),
+                cookie_remote: None,
             });
         }
         // Pop order: the lowest slots listen first.
@@ -287,7 +321,7 @@ impl Stack {
             egress_dirty: false,
             egress_at: None,
             now,
-            probe: Probe::new(config.port, config.mac, config.ipv4),
+            probe: Probe::new(config.port, config.mac, config.ipv4, gate),
             neighbours: Neighbours::new(config.mac, config.ipv4, config.prefix_len, config.gateway),
             counters: StackCounters::default(),
             mac: config.mac,
@@ -333,6 +367,11 @@ impl Stack {
         };
         let mut changed = false;
         let mut frames = 0;
+        {
+            let mut gate = self.probe.gate.borrow_mut();
+            gate.now_secs = now.secs().max(0) as u64;
+            gate.pending = self.connections_counted - self.connections_open;
+        }
         self.iface.poll_maintenance(now);
         while frames < self.ingress_frames_per_poll_max {
             let result = self
@@ -344,6 +383,46 @@ impl Stack {
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
             frames += 1;
+            // What the SYN-cookie gate took from this frame: a SYN-ACK to send, or an ACK
+            // whose cookie opens a connection now.
+            let (syn_ack, accepted) = {
+                let mut gate = self.probe.gate.borrow_mut();
+                (gate.syn_ack.take(), gate.accepted.take())
+            };
+            if let Some((frame, len)) = syn_ack {
+                send_frame(&mut device, now, &frame[..len], &mut self.probe.gate.borrow_mut().counters.cookies_unsent);
+            }
+            if let Some((frame, syn)) = accepted {
+                let window = self.probe.gate.borrow().window;
+                if let Some((index, remote, remote_mac)) = open_from_cookie(
+                    &mut self.iface,
+                    &mut self.sockets,
+                    &mut device,
+                    now,
+                    &frame,
+                    syn,
+                    window,
+                    &self.slots,
+                ) {
+                    self.slots[index].cookie_remote = Some(remote);
+                    let mut gate = self.probe.gate.borrow_mut();
+                    gate.opened.insert(remote);
+                    gate.counters.cookies_accepted += 1;
+                    drop(gate);
+                    changed = true;
+                    let IpAddress::Ipv4(source) = remote.addr;
+                    if self.neighbours.learn(
+                        &mut self.iface,
+                        &mut self.sockets,
+                        &mut device,
+                        now,
+                        source,
+                        remote_mac,
+                    ) {
+                        self.counters.neighbours_learned += 1;
+                    }
+                }
+            }
             // A SYN to the service port answered with an RST: no socket was listening
             // (smoltcp's reply to a segment no socket accepts, RFC 9293 §3.10.7.1).
             if self.probe.rx_syn.get() && self.probe.tx_rst.get() {
@@ -398,6 +477,10 @@ impl Stack {
             self.egress_dirty = false;
             self.egress_at = None;
         }
+        let gate = self.probe.gate.borrow().counters;
+        self.counters.syn_cookies_sent = gate.cookies_sent;
+        self.counters.syn_cookies_accepted = gate.cookies_accepted;
+        self.counters.syn_cookies_unsent = gate.cookies_unsent;
         self.counters.rx_frames = self.probe.rx_frames.get();
         self.counters.rx_bytes = self.probe.rx_bytes.get();
         self.counters.tx_frames = self.probe.tx_frames.get() + self.counters.announcements;
@@ -473,6 +556,9 @@ impl Stack {
                     self.listening += 1;
                     self.counters.handshakes_failed += 1;
                     slot.role = Role::Listening;
+                    if let Some(remote) = slot.cookie_remote.take() {
+                        self.probe.gate.borrow_mut().opened.remove(&remote);
+                    }
                     return;
                 }
                 State::SynReceived | State::SynSent => {
@@ -577,6 +663,9 @@ impl Stack {
         }
 
         if slot.role == Role::Lingering {
+            if let Some(remote) = slot.cookie_remote.take() {
+                self.probe.gate.borrow_mut().opened.remove(&remote);
+            }
             // Free once TIME-WAIT expired and any RST went out (smoltcp forgets the
             // remote endpoint after sending the RST of an abort).
             let socket = self.sockets.get::<tcp::Socket>(slot.handle);
@@ -824,4 +913,62 @@ impl Stack {
     pub fn interface(&self) -> &Interface {
         &self.iface
     }
+}
+
+/// Transmits one frame the stack made itself; counts it in `unsent` if the device has no
+/// transmit buffer free.
+fn send_frame(device: &mut impl Device, now: Instant, frame: &[u8], unsent: &mut u64) {
+    match device.transmit(now) {
+        Some(token) => token.consume(frame.len(), |buffer| buffer.copy_from_slice(frame)),
+        None => *unsent += 1,
+    }
+}
+
+/// Opens the connection whose final ACK (`frame`) carried a valid cookie: a listening socket
+/// takes the handshake the cookie describes (the patched smoltcp's
+/// `Socket::accept_syn_cookie`), then smoltcp gets the ACK itself, which brings the client's
+/// window and any data (RFC 4987 §3.6). Returns the slot that took the connection, the peer
+/// and its MAC. With no socket listening (at capacity) smoltcp answers the ACK with an RST,
+/// as it answers a SYN then.
+#[allow(clippy::too_many_arguments)]
+fn open_from_cookie(
+    iface: &mut Interface,
+    sockets: &mut SocketSet<'static>,
+    device: &mut impl Device,
+    now: Instant,
+    frame: &[u8],
+    syn: CookieSyn,
+    window: u16,
+    slots: &[Slot],
+) -> Option<(usize, IpEndpoint, [u8; 6])> {
+    use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
+    // The gate checked the frame (lengths, checksums) before keeping it.
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let handshake = tcp::SynCookieHandshake {
+        local: IpEndpoint::new(IpAddress::Ipv4(ip.dst_addr()), tcp.dst_port()),
+        remote: IpEndpoint::new(IpAddress::Ipv4(ip.src_addr()), tcp.src_port()),
+        local_isn: tcp.ack_number() - 1,
+        remote_isn: tcp.seq_number() - 1,
+        remote_mss: Some(syn.mss),
+        remote_win_scale: syn.window_scale,
+        local_window: window,
+    };
+    let remote_mac = ethernet.src_addr().0;
+    let taken = slots.iter().position(|slot| slot.role == Role::Listening).filter(|&index| {
+        sockets
+            .get_mut::<tcp::Socket>(slots[index].handle)
+            .accept_syn_cookie(iface.context(), &handshake)
+            .is_ok()
+    });
+    iface.poll_ingress_single(
+        now,
+        &mut OneFrameDevice {
+            inner: &mut *device,
+            frame: Some(frame),
+        },
+        sockets,
+    );
+    taken.map(|index| (index, handshake.remote, remote_mac))
 }

@@ -460,6 +460,28 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// A handshake completed through a SYN cookie (RFC 4987 §3.6): the SYN was answered by the
+/// application with a SYN-ACK whose sequence number encodes what the connection needs, and
+/// the client's ACK brought it back. See [`Socket::accept_syn_cookie`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SynCookieHandshake {
+    /// Our address and port (the SYN's destination).
+    pub local: IpEndpoint,
+    /// The client's address and port.
+    pub remote: IpEndpoint,
+    /// The sequence number of the SYN-ACK we sent (the cookie).
+    pub local_isn: TcpSeqNumber,
+    /// The sequence number of the client's SYN.
+    pub remote_isn: TcpSeqNumber,
+    /// The client's MSS as the cookie kept it, None if its SYN carried none.
+    pub remote_mss: Option<u16>,
+    /// The client's window scale shift as the cookie kept it, None if it offered none.
+    pub remote_win_scale: Option<u8>,
+    /// The window field of the SYN-ACK we sent.
+    pub local_window: u16,
+}
+
 /// What an [`IsnGenerator`] is asked: the initial sequence number of the connection between
 /// `local` and `remote`, opened at `timestamp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -986,6 +1008,54 @@ impl<'a> Socket<'a> {
         self.listen_endpoint = local_endpoint;
         self.tuple = None;
         self.set_state(State::Listen);
+        Ok(())
+    }
+
+    /// Opens a connection from a SYN cookie the application checked (RFC 4987 §3.6): the
+    /// socket, which must be listening on `handshake.local`, becomes ESTABLISHED as if it had
+    /// received the SYN, sent the SYN-ACK described by `handshake` and received the ACK that
+    /// acknowledges it. Pass the ACK segment itself to the interface next: it then updates
+    /// the peer's window and delivers any data it carries.
+    ///
+    /// SACK and timestamps are off for such a connection (a cookie does not keep them).
+    pub fn accept_syn_cookie(&mut self, cx: &mut Context, handshake: &SynCookieHandshake) -> Result<(), ListenError> {
+        if self.state != State::Listen {
+            return Err(ListenError::InvalidState);
+        }
+        let listen = self.listen_endpoint;
+        if listen.port != handshake.local.port
+            || listen.addr.is_some_and(|addr| addr != handshake.local.addr)
+        {
+            return Err(ListenError::Unaddressable);
+        }
+        // As a listening socket taking a SYN does (process, State::Listen + SYN).
+        if let Some(max_seg_size) = handshake.remote_mss {
+            if max_seg_size != 0 {
+                self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
+            }
+        }
+        self.tuple = Some(Tuple {
+            local: handshake.local,
+            remote: handshake.remote,
+        });
+        self.remote_seq_no = handshake.remote_isn + 1;
+        self.remote_has_sack = false;
+        self.remote_win_scale = handshake.remote_win_scale;
+        if self.remote_win_scale.is_none() {
+            self.remote_win_shift = 0;
+        }
+        self.tsval_generator = None;
+        // As sending the SYN-ACK does (dispatch).
+        self.remote_last_seq = handshake.local_isn + 1;
+        self.remote_last_ack = Some(self.remote_seq_no);
+        self.remote_last_win = handshake.local_window;
+        // As the ACK of our SYN does: SND.UNA moves past it.
+        self.local_seq_no = handshake.local_isn + 1;
+        self.set_state(State::Established);
+        self.timer.set_for_idle(cx.now(), self.keep_alive);
         Ok(())
     }
 
@@ -3653,6 +3723,63 @@ mod test {
         );
         // Under cfg(test) the PRNG draw is the fixed LOCAL_SEQ.
         assert_eq!(s.local_seq_no, LOCAL_SEQ);
+    }
+
+    #[test]
+    fn test_accept_syn_cookie() {
+        let mut s = socket_listen();
+        let cookie = TcpSeqNumber(0x1234_5678);
+        let handshake = SynCookieHandshake {
+            local: LOCAL_END,
+            remote: REMOTE_END,
+            local_isn: cookie,
+            remote_isn: REMOTE_SEQ,
+            remote_mss: Some(1000),
+            remote_win_scale: None,
+            local_window: 64,
+        };
+        s.socket.accept_syn_cookie(&mut s.cx, &handshake).unwrap();
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.remote_mss, 1000);
+        // The ACK that carried the cookie, with data: taken in order and acknowledged.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(cookie + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        let mut got = [0; 6];
+        assert_eq!(s.recv_slice(&mut got), Ok(6));
+        assert_eq!(&got, b"abcdef");
+        s.send_slice(b"xyz").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: cookie + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                payload: &b"xyz"[..],
+                window_len: 64,
+                ..RECV_TEMPL
+            }]
+        );
+        // Only a listening socket, on the handshake's port, accepts a cookie.
+        let mut busy = socket_established();
+        assert_eq!(
+            busy.socket.accept_syn_cookie(&mut busy.cx, &handshake),
+            Err(ListenError::InvalidState)
+        );
+        let mut other = socket_listen();
+        let elsewhere = SynCookieHandshake {
+            local: IpEndpoint::new(LOCAL_END.addr, LOCAL_END.port + 1),
+            ..handshake
+        };
+        assert_eq!(
+            other.socket.accept_syn_cookie(&mut other.cx, &elsewhere),
+            Err(ListenError::Unaddressable)
+        );
     }
 
     #[test]
