@@ -9,6 +9,7 @@ pub mod fault;
 pub mod health;
 pub mod lab;
 pub mod lab_client;
+pub mod lab_flood;
 pub mod metrics;
 pub mod serve;
 pub mod worker;

@@ -3,7 +3,9 @@
 //! on another address opens a new mTLS connection for every request. Without SYN cookies each
 //! SYN took a listening socket for the 10 s handshake timeout and the honest client got 0 of 20
 //! answers (docs/tcp.md, "SYN cookies"). Every frame stays inside the lab's namespace pair;
-//! the flood stops by itself after its count or its time.
+//! the flood stops by itself after its count or its time. `PANTERA_FLOOD_EXTRA_TOML` adds
+//! configuration to the appliance's, to rerun the attack against other settings (with
+//! `[tcp] syn_cookies = "off"` the honest client gets nothing through).
 
 mod common;
 
@@ -16,111 +18,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pantera::lab_flood::{mac_of, SynFlood};
 use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use nix::sys::time::TimeVal;
 
 const FLOOD_RATE: u64 = 50_000;
 const FLOOD_FOR: Duration = Duration::from_secs(6);
-
-/// RFC 1071 one's-complement sum of `data`, folded, not yet inverted.
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    for pair in data.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
-}
-
-/// An Ethernet/IPv4/TCP SYN (with an MSS option) from `src:sport` to `dst:port`.
-fn syn_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, port: u16, seq: u32) -> [u8; 58] {
-    let mut f = [0u8; 58];
-    f[..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&44u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let checksum = !(sum16(0, ip) as u16);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    let tcp = &mut f[34..58];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&port.to_be_bytes());
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[12] = 6 << 4; // 24-byte header
-    tcp[13] = 0x02; // SYN
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&24u16.to_be_bytes());
-    let checksum = !(sum16(sum16(0, &pseudo), &f[34..58]) as u16);
-    f[50..52].copy_from_slice(&checksum.to_be_bytes());
-    f
-}
-
-fn mac_of(interface: &str, netns: Option<&str>) -> [u8; 6] {
-    let text = match netns {
-        None => std::fs::read_to_string(format!("/sys/class/net/{interface}/address")).expect("MAC"),
-        Some(ns) => {
-            let out = Command::new("ip").args(["netns", "exec", ns, "cat", &format!("/sys/class/net/{interface}/address")]).output().expect("MAC");
-            String::from_utf8(out.stdout).expect("utf-8")
-        }
-    };
-    let bytes: Vec<u8> = text.trim().split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
-    bytes.try_into().expect("six bytes")
-}
-
-/// Sends SYNs from `sources` (round robin, a fresh port and sequence number each) out of
-/// `interface` in the current namespace through an AF_PACKET socket: `rate` per second, for at
-/// most `duration` and `rate * duration` frames. Returns how many were sent.
-fn flood(interface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], sources: &[Ipv4Addr], dst: Ipv4Addr, rate: u64, duration: Duration) -> u64 {
-    // SAFETY: plain socket(2), if_nametoindex(3), bind(2) and send(2) calls on a socket this
-    // function owns, with buffers that outlive each call.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-        let name = std::ffi::CString::new(interface).expect("name");
-        let index = libc::if_nametoindex(name.as_ptr());
-        assert!(index > 0, "no interface {interface}");
-        let mut address: libc::sockaddr_ll = std::mem::zeroed();
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        address.sll_ifindex = index as i32;
-        let bound = libc::bind(fd, &address as *const libc::sockaddr_ll as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
-        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-        let total = rate * duration.as_secs();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while sent < total && start.elapsed() < duration {
-            // Pace in 1 ms steps: send what the rate allows so far.
-            let due = (start.elapsed().as_micros() as u64 * rate / 1_000_000).min(total);
-            while sent < due {
-                let source = sources[(sent % sources.len() as u64) as usize];
-                let sport = 1024 + ((sent / sources.len() as u64) % 60_000) as u16;
-                let frame = syn_frame(src_mac, dst_mac, source, sport, dst, PORT, sent as u32);
-                if libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) == frame.len() as isize {
-                    sent += 1;
-                } else {
-                    // ENOBUFS: the veth queue is full; count nothing and let it drain.
-                    break;
-                }
-            }
-            thread::sleep(Duration::from_micros(500));
-        }
-        libc::close(fd);
-        sent
-    }
-}
 
 /// A TCP connection from `local` (an address of the current namespace) to `to`.
 fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -140,6 +43,15 @@ fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAd
     let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
+}
+
+/// The MAC of the lab's client end (sysfs shows the root namespace's interfaces, so ask ip).
+fn peer_mac(lab: &Lab) -> [u8; 6] {
+    let out = Command::new("ip").args(["-n", &lab.spec.netns, "-o", "link", "show", "dev", &lab.spec.peer_if]).output().expect("ip link");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mac = text.split_once("link/ether ").and_then(|(_, rest)| rest.split_whitespace().next()).expect("link/ether");
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
+    bytes.try_into().expect("six bytes")
 }
 
 fn rss_bytes(pid: nix::unistd::Pid) -> u64 {
@@ -183,17 +95,26 @@ fn a_spoofed_syn_flood_from_240_addresses_does_not_deny_an_honest_client() {
     assert!(status == 200 || status == 404, "status {status}");
     let rss_before = rss_bytes(server.pid());
 
-    let (src_mac, dst_mac) = (mac_of(&lab.spec.peer_if, Some(&lab.spec.netns)), mac_of(&lab.spec.host_if, None));
-    let peer_if = lab.spec.peer_if.clone();
-    let service_ip = server.service;
+    let dst_mac = mac_of(&lab.spec.host_if).expect("the appliance's MAC");
+    let src_mac = peer_mac(&lab);
+    let (peer_if, service_ip) = (lab.spec.peer_if.clone(), server.service);
     let flooding = Arc::new(AtomicBool::new(true));
     let flooder = in_netns(&lab.spec.netns, {
         let flooding = Arc::clone(&flooding);
         move || {
-            let started = Instant::now();
-            let sent = flood(&peer_if, src_mac, dst_mac, &sources, service_ip, FLOOD_RATE, FLOOD_FOR);
+            let flood = SynFlood {
+                src_mac,
+                interface: peer_if,
+                dst_mac,
+                sources,
+                dst: service_ip,
+                port: PORT,
+                rate: FLOOD_RATE,
+                duration: FLOOD_FOR,
+            };
+            let report = flood.run().expect("flood");
             flooding.store(false, Ordering::Relaxed);
-            (sent, started.elapsed())
+            (report.sent, report.elapsed)
         }
     });
     // The honest client: one request on a new connection every 25 ms while the flood lasts.
