@@ -615,6 +615,21 @@ wal_dir = "/var/lib/pantera/wal"
         assert_eq!(config.tcp.rx_buffer_bytes, d.rx_buffer_bytes);
         assert_eq!(config.tcp.tx_buffer_bytes, d.tx_buffer_bytes);
         assert_eq!(config.tcp.idle_timeout_ms, d.idle_timeout_ms);
+        assert_eq!(config.stack_config([2, 0, 0, 0, 0, 1]).syn_cookies, tcp::SynCookieMode::Auto);
+        assert_eq!(config.stack_config([2, 0, 0, 0, 0, 1]).syn_backlog, d.syn_backlog);
+    }
+
+    #[test]
+    fn syn_cookie_modes_parse_and_others_are_refused() {
+        for (text, mode) in [("always", tcp::SynCookieMode::Always), ("off", tcp::SynCookieMode::Off), ("auto", tcp::SynCookieMode::Auto)] {
+            let config = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[tcp]\nsyn_cookies = \"{text}\"\nsyn_backlog = 8\n")).expect("valid");
+            assert_eq!(config.stack_config([2, 0, 0, 0, 0, 1]).syn_cookies, mode);
+            assert_eq!(config.stack_config([2, 0, 0, 0, 0, 1]).syn_backlog, 8);
+        }
+        let e = error_of(&format!("{GOOD}\n[tcp]\nsyn_cookies = \"sometimes\"\n"));
+        assert!(e.contains("syn_cookies") || e.contains("sometimes"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[tcp]\nsyn_backlog = 0\n"));
+        assert!(e.contains("syn_backlog"), "{e}");
     }
 
     fn error_of(text: &str) -> String {
