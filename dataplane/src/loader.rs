@@ -79,7 +79,7 @@ pub const EDGE_CIDRS_MAX: usize = 1024;
 /// nanoseconds (burst × 10^9 / rate) stays below 10^15, far from u64's limit.
 pub const SYN_RATE_PER_SOURCE_MAX: u32 = 1_000_000;
 pub const SYN_BURST_PER_SOURCE_MAX: u32 = 1_000_000;
-/// Bounds of the SYN bucket map (LRU entries): each entry costs about 100 bytes of kernel
+/// Bounds of the SYN bucket map (LRU entries): each entry costs about 80 bytes of kernel
 /// memory, allocated at load (LRU hashes are preallocated).
 pub const SYN_SOURCES_MIN: u32 = 1024;
 pub const SYN_SOURCES_MAX: u32 = 1 << 22;
@@ -173,6 +173,25 @@ impl Default for EdgeConfig {
             allow_sources: Vec::new(),
             stealth: false,
             host_allow: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeConfig {
+    /// One line for the start-up log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.syn_rate_per_source {
+            0 => f.write_str("SYN limit off")?,
+            rate => write!(f, "SYN limit {rate}/s, burst {} per source ({} sources)", self.syn_burst_per_source, self.syn_sources_max)?,
+        }
+        match self.allow_sources.len() {
+            0 => f.write_str(", every source allowed")?,
+            n => write!(f, ", {n} allowed source prefixes")?,
+        }
+        if self.stealth {
+            write!(f, ", stealth on ({} host_allow prefixes)", self.host_allow.len())
+        } else {
+            f.write_str(", stealth off")
         }
     }
 }
@@ -543,8 +562,8 @@ impl Steering {
             },
         };
         info!(
-            "steering {}:{} on {} (ifindex {ifindex}) in {mode} XDP mode",
-            config.service_ipv4, config.service_port, config.ifname
+            "steering {}:{} on {} (ifindex {ifindex}) in {mode} XDP mode; {}",
+            config.service_ipv4, config.service_port, config.ifname, config.edge
         );
         Ok(Steering { link, program, ifname, ifindex, mode, registered: Vec::new() })
     }
