@@ -386,14 +386,21 @@ impl SteerProgram {
         Ok(program)
     }
 
-    /// Writes `edge` into the maps of the loaded (possibly attached) program: the prefix
-    /// lists first, then the `config` entry whose flags switch them on, so a frame never sees
-    /// a list switched on before it is filled. `syn_sources_max` is fixed at load and ignored
-    /// here; the buckets already held are kept.
+    /// Writes `edge` into the maps of the loaded (possibly attached) program, in the order
+    /// that never drops a frame either configuration would pass: new prefixes first, then the
+    /// `config` entry whose flags switch the lists on or off, then the stale prefixes go. So a
+    /// list is never switched on before it is filled, nor emptied while still switched on.
+    /// `syn_sources_max` is fixed at load and ignored here; the buckets already held are kept.
     pub fn configure_edge(&self, edge: &EdgeConfig) -> Result<(), DataplaneError> {
         edge.validate()?;
-        self.write_prefixes("allow_sources", &edge.allow_sources)?;
-        self.write_prefixes("host_allow", &edge.host_allow)?;
+        self.add_prefixes("allow_sources", &edge.allow_sources)?;
+        self.add_prefixes("host_allow", &edge.host_allow)?;
+        self.write_config(edge)?;
+        self.remove_stale_prefixes("allow_sources", &edge.allow_sources)?;
+        self.remove_stale_prefixes("host_allow", &edge.host_allow)
+    }
+
+    fn write_config(&self, edge: &EdgeConfig) -> Result<(), DataplaneError> {
         let mut flags = 0u16;
         if !edge.allow_sources.is_empty() {
             flags |= EDGE_ALLOW_SOURCES;
@@ -415,14 +422,20 @@ impl SteerProgram {
             .map_err(bpf_error("writing the config map"))
     }
 
-    /// Makes the LPM trie `name` hold exactly `prefixes`: new ones are added before stale ones
-    /// are removed.
-    fn write_prefixes(&self, name: &str, prefixes: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
+    /// Adds `prefixes` to the LPM trie `name` (present ones are rewritten).
+    fn add_prefixes(&self, name: &str, prefixes: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
+        let map = self.map(name)?;
+        for prefix in prefixes {
+            map.update(&prefix.key(), &[1u8], MapFlags::ANY)
+                .map_err(bpf_error(format!("adding {prefix} to {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Removes from the LPM trie `name` every prefix not in `prefixes`.
+    fn remove_stale_prefixes(&self, name: &str, prefixes: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
         let map = self.map(name)?;
         let wanted: Vec<[u8; 8]> = prefixes.iter().map(Ipv4Cidr::key).collect();
-        for key in &wanted {
-            map.update(key, &[1u8], MapFlags::ANY).map_err(bpf_error(format!("adding a prefix to {name}")))?;
-        }
         let stale: Vec<Vec<u8>> = map.keys().filter(|k| !wanted.iter().any(|w| w[..] == k[..])).collect();
         for key in stale {
             map.delete(&key).map_err(bpf_error(format!("removing a prefix from {name}")))?;
