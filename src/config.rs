@@ -682,6 +682,14 @@ wal_dir = "/var/lib/pantera/wal"
     }
 
     #[test]
+    fn the_example_in_the_operations_guide_is_valid() {
+        let guide = include_str!("../docs/operations.md");
+        let example = guide.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let c = Config::parse(Path::new("docs/operations.md"), example).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.edge_config().unwrap(), dataplane::EdgeConfig::default(), "the guide shows the defaults");
+    }
+
+    #[test]
     fn the_edge_section_is_optional_validated_and_names_its_fields() {
         let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
         assert_eq!(c.edge_config().unwrap(), dataplane::EdgeConfig::default());
