@@ -39,6 +39,8 @@ pub struct Config {
     pub ledger: LedgerSection,
     #[serde(default)]
     pub management: ManagementSection,
+    #[serde(default)]
+    pub edge: EdgeSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -258,6 +260,51 @@ fn default_batch_events_max() -> usize {
 
 const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
 
+/// Edge defence in the XDP program (docs/operations.md "Edge defence"). Fields left out take
+/// `dataplane::EdgeConfig::default()`: SYN limit on and generous, no allowlist, stealth off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSection {
+    /// SYNs per second one source may send to the service port; 0: no limit.
+    pub syn_rate_per_source: u32,
+    /// SYNs one source may send at once before the rate applies.
+    pub syn_burst_per_source: u32,
+    /// Sources whose SYN buckets are remembered (LRU).
+    pub syn_sources_max: u32,
+    /// Source prefixes ("10.99.0.0/24", or an address for a /32) that may reach the service;
+    /// empty: everyone.
+    pub allow_sources: Vec<String>,
+    /// Drop, rather than pass to the host kernel, every frame on the interface that is not the
+    /// service's and not from `host_allow`.
+    pub stealth: bool,
+    /// With `stealth`, source prefixes whose IPv4 and ARP still reach the host kernel.
+    pub host_allow: Vec<String>,
+}
+
+impl Default for EdgeSection {
+    fn default() -> EdgeSection {
+        let d = dataplane::EdgeConfig::default();
+        EdgeSection {
+            syn_rate_per_source: d.syn_rate_per_source,
+            syn_burst_per_source: d.syn_burst_per_source,
+            syn_sources_max: d.syn_sources_max,
+            allow_sources: Vec::new(),
+            stealth: d.stealth,
+            host_allow: Vec::new(),
+        }
+    }
+}
+
+fn parse_prefixes(field: &'static str, list: &[String]) -> Result<Vec<dataplane::Ipv4Cidr>, ConfigError> {
+    if list.len() > dataplane::EDGE_CIDRS_MAX {
+        return Err(invalid(field, format!("{} prefixes, at most {}", list.len(), dataplane::EDGE_CIDRS_MAX)));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, text)| text.parse().map_err(|reason| invalid(field, format!("entry {i}: {reason}"))))
+        .collect()
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementSection {
@@ -328,6 +375,7 @@ impl Config {
                 batch_events_max: default_batch_events_max(),
             },
             management: ManagementSection::default(),
+            edge: EdgeSection::default(),
         }
     }
 
@@ -413,7 +461,27 @@ impl Config {
                 format!("must be at least {} (one full request)", ledger_svc::BATCH_EVENTS_MAX),
             ));
         }
+        self.edge_config()?;
         Ok(())
+    }
+
+    /// The edge defence for the XDP program; every bound checked, the field named.
+    pub fn edge_config(&self) -> Result<dataplane::EdgeConfig, ConfigError> {
+        let e = &self.edge;
+        let edge = dataplane::EdgeConfig {
+            syn_rate_per_source: e.syn_rate_per_source,
+            syn_burst_per_source: e.syn_burst_per_source,
+            syn_sources_max: e.syn_sources_max,
+            allow_sources: parse_prefixes("edge.allow_sources", &e.allow_sources)?,
+            stealth: e.stealth,
+            host_allow: parse_prefixes("edge.host_allow", &e.host_allow)?,
+        };
+        if !e.host_allow.is_empty() && !e.stealth {
+            return Err(invalid("edge.host_allow", "has no effect without edge.stealth = true"));
+        }
+        // As for `tcp`: the crate that owns the bounds checks them and names the field.
+        edge.validate().map_err(|e| invalid("edge", e.to_string()))?;
+        Ok(edge)
     }
 
     pub fn xdp_mode(&self) -> Result<dataplane::XdpMode, ConfigError> {
@@ -654,5 +722,49 @@ wal_dir = "/var/lib/pantera/wal"
         assert!(e.contains("colour"), "{e}");
         let e = error_of(&GOOD.replace("[tls]", "[tls]\nanonymous_role = \"write\""));
         assert!(e.contains("tls.anonymous_role"), "{e}");
+    }
+
+    #[test]
+    fn the_example_in_the_operations_guide_is_valid() {
+        let guide = include_str!("../docs/operations.md");
+        let example = guide.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let c = Config::parse(Path::new("docs/operations.md"), example).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.edge_config().unwrap(), dataplane::EdgeConfig::default(), "the guide shows the defaults");
+    }
+
+    #[test]
+    fn the_edge_section_is_optional_validated_and_names_its_fields() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.edge_config().unwrap(), dataplane::EdgeConfig::default());
+        let text = format!(
+            "{GOOD}\n[edge]\nsyn_rate_per_source = 200\nsyn_burst_per_source = 400\nallow_sources = [\"10.99.0.0/24\", \"192.0.2.7\"]\nstealth = true\nhost_allow = [\"10.99.0.0/24\"]\n"
+        );
+        let edge = Config::parse(Path::new("t.toml"), &text).expect("valid").edge_config().unwrap();
+        assert_eq!(edge.syn_rate_per_source, 200);
+        assert_eq!(edge.allow_sources.len(), 2);
+        assert_eq!(edge.allow_sources[1].to_string(), "192.0.2.7/32");
+        assert!(edge.stealth);
+        let e = error_of(&format!("{GOOD}\n[edge]\nallow_sources = [\"10.99.0.0/24\", \"10.99.0.1/24\"]\n"));
+        assert!(e.contains("edge.allow_sources") && e.contains("entry 1") && e.contains("10.99.0.0/24"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nallow_sources = [\"10.99.0.0/40\"]\n"));
+        assert!(e.contains("edge.allow_sources") && e.contains("0..=32"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nhost_allow = [\"not-an-address\"]\nstealth = true\n"));
+        assert!(e.contains("edge.host_allow"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nhost_allow = [\"10.0.0.0/8\"]\n"));
+        assert!(e.contains("edge.host_allow") && e.contains("stealth"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nsyn_burst_per_source = 0\n"));
+        assert!(e.contains("`edge`") && e.contains("syn_burst_per_source"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nsyn_rate_per_source = 2000000\n"));
+        assert!(e.contains("`edge`") && e.contains("syn_rate_per_source"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nsyn_sources_max = 10\n"));
+        assert!(e.contains("`edge`") && e.contains("syn_sources_max"), "{e}");
+        let many: Vec<String> = (0..1025).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+        let e = error_of(&format!("{GOOD}\n[edge]\nallow_sources = [{}]\n", many.join(", ")));
+        assert!(e.contains("edge.allow_sources") && e.contains("1024"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[edge]\nsyn_per_second = 5\n"));
+        assert!(e.contains("syn_per_second"), "{e}");
+        // syn_rate_per_source = 0 turns the limit off; the burst is then not checked.
+        let off = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[edge]\nsyn_rate_per_source = 0\nsyn_burst_per_source = 0\n"));
+        assert!(off.is_ok());
     }
 }

@@ -82,6 +82,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         service_ipv4: config.service.address,
         service_port: config.service.port,
         mode: config.xdp_mode()?,
+        edge: config.edge_config()?,
     };
     // The bpf_link of a process killed a moment ago is released by the kernel asynchronously;
     // until then the interface reports it as held by a live link. Wait for it, bounded.

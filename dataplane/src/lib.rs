@@ -10,6 +10,7 @@
 //!     service_ipv4: "10.99.0.2".parse().unwrap(),
 //!     service_port: 8443,
 //!     mode: XdpMode::Auto,
+//!     edge: EdgeConfig::default(),
 //! })?;
 //! let mut ports = Vec::new();
 //! for queue_id in 0..interface_queues("pantera0")? {
@@ -33,8 +34,9 @@ mod sys;
 pub use error::DataplaneError;
 pub use iface::{interface_index, interface_mac, interface_mtu, interface_queues};
 pub use loader::{
-    attached_program_id, detach_leftover, xdp_action, SteerConfig, SteerCounter, SteerProgram, Steering,
-    XdpMode, XSKS_MAX,
+    attached_program_id, detach_leftover, xdp_action, EdgeConfig, Ipv4Cidr, SteerConfig, SteerCounter, SteerProgram,
+    Steering, SynBucket, XdpMode, EDGE_CIDRS_MAX, SYN_BURST_PER_SOURCE_MAX, SYN_RATE_PER_SOURCE_MAX, SYN_SOURCES_MAX,
+    SYN_SOURCES_MIN, XSKS_MAX,
 };
 pub use port::{XskConfig, XskPort, XskRxToken, XskStats, XskTxToken, ETHERNET_HEADER_BYTES};
 

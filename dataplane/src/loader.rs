@@ -67,6 +67,180 @@ pub struct SteerConfig {
     pub service_ipv4: Ipv4Addr,
     pub service_port: u16,
     pub mode: XdpMode,
+    /// Edge defence in the program: SYN rate per source, source allowlist, stealth.
+    pub edge: EdgeConfig,
+}
+
+/// Entries of each source-prefix list (`allow_sources`, `host_allow`): `CIDRS_MAX` in
+/// steer.bpf.c, the size of its LPM tries.
+pub const EDGE_CIDRS_MAX: usize = 1024;
+
+/// Bounds of the SYN token bucket: at most 10^6 SYN/s and 10^6 tokens, so a full bucket in
+/// nanoseconds (burst × 10^9 / rate) stays below 10^15, far from u64's limit.
+pub const SYN_RATE_PER_SOURCE_MAX: u32 = 1_000_000;
+pub const SYN_BURST_PER_SOURCE_MAX: u32 = 1_000_000;
+/// Bounds of the SYN bucket map (LRU entries): each entry costs about 80 bytes of kernel
+/// memory, allocated at load (LRU hashes are preallocated).
+pub const SYN_SOURCES_MIN: u32 = 1024;
+pub const SYN_SOURCES_MAX: u32 = 1 << 22;
+
+/// An IPv4 prefix, `a.b.c.d/n` (a bare address is a /32). Host bits must be zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr)
+    }
+
+    /// The LPM trie key (`struct lpm_v4_key`): prefix length (host order), address (network order).
+    fn key(&self) -> [u8; 8] {
+        let mut key = [0u8; 8];
+        key[0..4].copy_from_slice(&u32::from(self.prefix_len).to_ne_bytes());
+        key[4..8].copy_from_slice(&self.addr.octets());
+        key
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 address or a.b.c.d/n prefix"))?;
+        let prefix_len = match len {
+            None => 32,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= 32 => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0..=32")),
+            },
+        };
+        let cidr = Ipv4Cidr { addr, prefix_len };
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if u32::from(addr) & !mask != 0 {
+            let network = Ipv4Addr::from(u32::from(addr) & mask);
+            return Err(format!("{s:?} has host bits set (did you mean {network}/{prefix_len}?)"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Edge defence done in the XDP program, before a frame costs the appliance anything
+/// (docs/dataplane.md §1, docs/operations.md "Edge defence"). Lives in BPF maps written by the
+/// loader, so it can be rewritten while attached ([`SteerProgram::configure_edge`]), except
+/// `syn_sources_max`, the size of a map, fixed at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// SYNs per second one IPv4 source may send to the service port; 0: no limit.
+    pub syn_rate_per_source: u32,
+    /// SYNs a source may send at once before the rate applies (the bucket's size).
+    pub syn_burst_per_source: u32,
+    /// Sources whose buckets are remembered (LRU: the least recently seen is forgotten).
+    pub syn_sources_max: u32,
+    /// Only these sources reach the service (TCP to its port, ICMP echo). Empty: everyone.
+    pub allow_sources: Vec<Ipv4Cidr>,
+    /// Drop, rather than pass to the host, every frame that is not the service's and does not
+    /// come from `host_allow`.
+    pub stealth: bool,
+    /// In stealth mode, IPv4 and ARP from these sources still reach the host.
+    pub host_allow: Vec<Ipv4Cidr>,
+}
+
+impl Default for EdgeConfig {
+    /// The SYN limit is on, far above any legitimate client: 10,000 SYN/s with a burst of
+    /// 20,000 per source, against at most 4,200 handshakes/s (resumed) that the whole
+    /// appliance completed for one source in the benchmarks (docs/PERFORMANCE.md). A bank's
+    /// gateway is one source carrying many clients, so the bound must never fall below what
+    /// the appliance can serve it; it stops a single address's SYN flood (hundreds of
+    /// thousands per second) before the AF_XDP rings. Allowlist empty, stealth off.
+    fn default() -> EdgeConfig {
+        EdgeConfig {
+            syn_rate_per_source: 10_000,
+            syn_burst_per_source: 20_000,
+            syn_sources_max: 65_536,
+            allow_sources: Vec::new(),
+            stealth: false,
+            host_allow: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeConfig {
+    /// One line for the start-up log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.syn_rate_per_source {
+            0 => f.write_str("SYN limit off")?,
+            rate => write!(f, "SYN limit {rate}/s, burst {} per source ({} sources)", self.syn_burst_per_source, self.syn_sources_max)?,
+        }
+        match self.allow_sources.len() {
+            0 => f.write_str(", every source allowed")?,
+            n => write!(f, ", {n} allowed source prefixes")?,
+        }
+        if self.stealth {
+            write!(f, ", stealth on ({} host_allow prefixes)", self.host_allow.len())
+        } else {
+            f.write_str(", stealth off")
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Nothing filtered: the steering program as it was before edge defence.
+    pub fn off() -> EdgeConfig {
+        EdgeConfig { syn_rate_per_source: 0, ..EdgeConfig::default() }
+    }
+
+    /// Checks every bound; the error names the field.
+    pub fn validate(&self) -> Result<(), DataplaneError> {
+        let bad = |m: String| Err(DataplaneError::Config(m));
+        if self.syn_rate_per_source > SYN_RATE_PER_SOURCE_MAX {
+            return bad(format!("syn_rate_per_source must be 0 (off) ..= {SYN_RATE_PER_SOURCE_MAX}"));
+        }
+        if self.syn_rate_per_source > 0 && !(1..=SYN_BURST_PER_SOURCE_MAX).contains(&self.syn_burst_per_source) {
+            return bad(format!("syn_burst_per_source must be 1..={SYN_BURST_PER_SOURCE_MAX}"));
+        }
+        if !(SYN_SOURCES_MIN..=SYN_SOURCES_MAX).contains(&self.syn_sources_max) {
+            return bad(format!("syn_sources_max must be {SYN_SOURCES_MIN}..={SYN_SOURCES_MAX}"));
+        }
+        for (name, list) in [("allow_sources", &self.allow_sources), ("host_allow", &self.host_allow)] {
+            if list.len() > EDGE_CIDRS_MAX {
+                return bad(format!("{name} has {} prefixes, at most {EDGE_CIDRS_MAX}", list.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// (syn_token_ns, syn_bucket_ns) for the program: one token in nanoseconds of refill, and
+    /// a full bucket. Integer division rounds the token down, so the rate is at least the one
+    /// configured (10^9 / 10^6 is exact; 3/s becomes 3.000000003/s).
+    fn syn_bucket_ns(&self) -> (u64, u64) {
+        if self.syn_rate_per_source == 0 {
+            return (0, 0);
+        }
+        let token = 1_000_000_000 / u64::from(self.syn_rate_per_source);
+        (token, token * u64::from(self.syn_burst_per_source))
+    }
+}
+
+/// A source's SYN token bucket as the program keeps it (`struct syn_bucket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynBucket {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last refill.
+    pub refilled_ns: u64,
+    /// Credit left, in nanoseconds of refill time (one SYN costs 10^9 / rate).
+    pub credit_ns: u64,
 }
 
 /// The program's verdict reasons, in the order of `enum steer_counter` in steer.bpf.c.
@@ -89,10 +263,22 @@ pub enum SteerCounter {
     PassOther = 12,
     PassTruncated = 13,
     PassUnconfigured = 14,
+    /// TCP to the service port or ICMP echo from a source outside `allow_sources`.
+    DropNotAllowed = 15,
+    /// A SYN from a source whose token bucket is empty.
+    DropSynRate = 16,
+    /// Stealth mode: IPv4 not to the service, from a source outside `host_allow`.
+    DropStealthIpv4 = 17,
+    /// Stealth mode: IPv6.
+    DropStealthIpv6 = 18,
+    /// Stealth mode: ARP not for the service address, from a sender outside `host_allow`.
+    DropStealthArp = 19,
+    /// Stealth mode: any other EtherType, or a frame too short to tell.
+    DropStealthOther = 20,
 }
 
 impl SteerCounter {
-    pub const ALL: [SteerCounter; 15] = [
+    pub const ALL: [SteerCounter; 21] = [
         SteerCounter::RedirectArpRequest,
         SteerCounter::RedirectArpReply,
         SteerCounter::RedirectIcmp,
@@ -108,6 +294,12 @@ impl SteerCounter {
         SteerCounter::PassOther,
         SteerCounter::PassTruncated,
         SteerCounter::PassUnconfigured,
+        SteerCounter::DropNotAllowed,
+        SteerCounter::DropSynRate,
+        SteerCounter::DropStealthIpv4,
+        SteerCounter::DropStealthIpv6,
+        SteerCounter::DropStealthArp,
+        SteerCounter::DropStealthOther,
     ];
 
     /// The name for Prometheus labels (`reason="redirect_tcp"`).
@@ -128,6 +320,12 @@ impl SteerCounter {
             SteerCounter::PassOther => "pass_other",
             SteerCounter::PassTruncated => "pass_truncated",
             SteerCounter::PassUnconfigured => "pass_unconfigured",
+            SteerCounter::DropNotAllowed => "drop_not_allowed",
+            SteerCounter::DropSynRate => "drop_syn_rate",
+            SteerCounter::DropStealthIpv4 => "drop_stealth_ipv4",
+            SteerCounter::DropStealthIpv6 => "drop_stealth_ipv6",
+            SteerCounter::DropStealthArp => "drop_stealth_arp",
+            SteerCounter::DropStealthOther => "drop_stealth_other",
         }
     }
 
@@ -151,7 +349,13 @@ pub mod xdp_action {
 #[derive(Debug)]
 pub struct SteerProgram {
     object: Object,
+    service_ipv4: Ipv4Addr,
+    service_port: u16,
 }
+
+// steer_config.flags in steer.bpf.c.
+const EDGE_ALLOW_SOURCES: u16 = 1;
+const EDGE_STEALTH: u16 = 2;
 
 fn bpf_error(context: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> DataplaneError {
     let context = context.into();
@@ -159,27 +363,106 @@ fn bpf_error(context: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Dat
 }
 
 impl SteerProgram {
-    /// Loads the program (the verifier runs here) and writes the `config` map.
-    pub fn load(service_ipv4: Ipv4Addr, service_port: u16) -> Result<Self, DataplaneError> {
+    /// Loads the program (the verifier runs here) and writes the `config` map and the edge
+    /// maps from `edge`.
+    pub fn load(service_ipv4: Ipv4Addr, service_port: u16, edge: &EdgeConfig) -> Result<Self, DataplaneError> {
         if service_ipv4.is_unspecified() || service_port == 0 {
             return Err(DataplaneError::Config(format!(
                 "service address {service_ipv4}:{service_port} must name a host and a port"
             )));
         }
-        let open = ObjectBuilder::default()
+        edge.validate()?;
+        let mut open = ObjectBuilder::default()
             .open_memory(xdp_programs::STEER_BPF_OBJECT)
             .map_err(bpf_error("opening the embedded steer.bpf.o"))?;
+        let mut buckets = open.maps_mut().find(|m| m.name() == "syn_buckets").ok_or_else(|| DataplaneError::Bpf {
+            context: "steer.bpf.o has no map \"syn_buckets\"".to_owned(),
+            source: libbpf_rs::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        })?;
+        buckets.set_max_entries(edge.syn_sources_max).map_err(bpf_error("sizing syn_buckets"))?;
         let object = open.load().map_err(bpf_error("loading steer.bpf.o (verifier)"))?;
-        let program = SteerProgram { object };
-        // struct steer_config { __be32 service_ipv4; __be16 service_port; __u16 pad; }
-        let mut value = [0u8; 8];
-        value[0..4].copy_from_slice(&service_ipv4.octets());
-        value[4..6].copy_from_slice(&service_port.to_be_bytes());
-        program
-            .map("config")?
-            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
-            .map_err(bpf_error("writing the config map"))?;
+        let program = SteerProgram { object, service_ipv4, service_port };
+        program.configure_edge(edge)?;
         Ok(program)
+    }
+
+    /// Writes `edge` into the maps of the loaded (possibly attached) program, in the order
+    /// that never drops a frame either configuration would pass: new prefixes first, then the
+    /// `config` entry whose flags switch the lists on or off, then the stale prefixes go. So a
+    /// list is never switched on before it is filled, nor emptied while still switched on.
+    /// `syn_sources_max` is fixed at load and ignored here; the buckets already held are kept.
+    pub fn configure_edge(&self, edge: &EdgeConfig) -> Result<(), DataplaneError> {
+        edge.validate()?;
+        self.add_prefixes("allow_sources", &edge.allow_sources)?;
+        self.add_prefixes("host_allow", &edge.host_allow)?;
+        self.write_config(edge)?;
+        self.remove_stale_prefixes("allow_sources", &edge.allow_sources)?;
+        self.remove_stale_prefixes("host_allow", &edge.host_allow)
+    }
+
+    fn write_config(&self, edge: &EdgeConfig) -> Result<(), DataplaneError> {
+        let mut flags = 0u16;
+        if !edge.allow_sources.is_empty() {
+            flags |= EDGE_ALLOW_SOURCES;
+        }
+        if edge.stealth {
+            flags |= EDGE_STEALTH;
+        }
+        let (token_ns, bucket_ns) = edge.syn_bucket_ns();
+        // struct steer_config { __be32 service_ipv4; __be16 service_port; __u16 flags;
+        //                       __u64 syn_token_ns; __u64 syn_bucket_ns; }
+        let mut value = [0u8; 24];
+        value[0..4].copy_from_slice(&self.service_ipv4.octets());
+        value[4..6].copy_from_slice(&self.service_port.to_be_bytes());
+        value[6..8].copy_from_slice(&flags.to_ne_bytes());
+        value[8..16].copy_from_slice(&token_ns.to_ne_bytes());
+        value[16..24].copy_from_slice(&bucket_ns.to_ne_bytes());
+        self.map("config")?
+            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(bpf_error("writing the config map"))
+    }
+
+    /// Adds `prefixes` to the LPM trie `name` (present ones are rewritten).
+    fn add_prefixes(&self, name: &str, prefixes: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
+        let map = self.map(name)?;
+        for prefix in prefixes {
+            map.update(&prefix.key(), &[1u8], MapFlags::ANY)
+                .map_err(bpf_error(format!("adding {prefix} to {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Removes from the LPM trie `name` every prefix not in `prefixes`.
+    fn remove_stale_prefixes(&self, name: &str, prefixes: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
+        let map = self.map(name)?;
+        let wanted: Vec<[u8; 8]> = prefixes.iter().map(Ipv4Cidr::key).collect();
+        let stale: Vec<Vec<u8>> = map.keys().filter(|k| !wanted.iter().any(|w| w[..] == k[..])).collect();
+        for key in stale {
+            map.delete(&key).map_err(bpf_error(format!("removing a prefix from {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// The SYN token bucket the program holds for `source`, if it has seen it.
+    pub fn syn_bucket(&self, source: Ipv4Addr) -> Result<Option<SynBucket>, DataplaneError> {
+        let value = self
+            .map("syn_buckets")?
+            .lookup(&source.octets(), MapFlags::ANY)
+            .map_err(bpf_error("reading syn_buckets"))?;
+        Ok(value.filter(|v| v.len() >= 16).map(|v| SynBucket {
+            refilled_ns: u64::from_ne_bytes(v[0..8].try_into().expect("8 bytes")),
+            credit_ns: u64::from_ne_bytes(v[8..16].try_into().expect("8 bytes")),
+        }))
+    }
+
+    /// Overwrites `source`'s bucket: for tests, which cannot move the program's clock.
+    pub fn set_syn_bucket(&self, source: Ipv4Addr, bucket: SynBucket) -> Result<(), DataplaneError> {
+        let mut value = [0u8; 16];
+        value[0..8].copy_from_slice(&bucket.refilled_ns.to_ne_bytes());
+        value[8..16].copy_from_slice(&bucket.credit_ns.to_ne_bytes());
+        self.map("syn_buckets")?
+            .update(&source.octets(), &value, MapFlags::ANY)
+            .map_err(bpf_error("writing syn_buckets"))
     }
 
     fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>, DataplaneError> {
@@ -270,7 +553,7 @@ impl Steering {
         check_ifname(&config.ifname)?;
         let ifindex = interface_index(&config.ifname)?;
         detach_leftover(&config.ifname)?;
-        let program = SteerProgram::load(config.service_ipv4, config.service_port)?;
+        let program = SteerProgram::load(config.service_ipv4, config.service_port, &config.edge)?;
         let prog_fd = program.prog_fd()?;
         let ifname = config.ifname.clone();
         let attach = |mode: XdpMode, flags: u32| {
@@ -292,8 +575,8 @@ impl Steering {
             },
         };
         info!(
-            "steering {}:{} on {} (ifindex {ifindex}) in {mode} XDP mode",
-            config.service_ipv4, config.service_port, config.ifname
+            "steering {}:{} on {} (ifindex {ifindex}) in {mode} XDP mode; {}",
+            config.service_ipv4, config.service_port, config.ifname, config.edge
         );
         Ok(Steering { link, program, ifname, ifindex, mode, registered: Vec::new() })
     }
@@ -313,6 +596,11 @@ impl Steering {
             self.registered.push(queue_id);
         }
         Ok(())
+    }
+
+    /// Rewrites the edge defence of the attached program (see [`SteerProgram::configure_edge`]).
+    pub fn configure_edge(&mut self, edge: &EdgeConfig) -> Result<(), DataplaneError> {
+        self.program.configure_edge(edge)
     }
 
     /// Verdict counters summed over CPUs, by name, for Prometheus.
@@ -413,6 +701,56 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), SteerCounter::ALL.len());
+    }
+
+    #[test]
+    fn the_c_enum_has_the_same_names_and_values() {
+        let source = xdp_programs::STEER_BPF_SOURCE;
+        let body = source.split("enum steer_counter {").nth(1).and_then(|b| b.split("};").next()).expect("enum in steer.bpf.c");
+        let entries: Vec<(String, usize)> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(','))
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.parse().expect("a number")))
+            .collect();
+        let c: Vec<(String, usize)> = entries.iter().filter(|(n, _)| n != "counter_max").cloned().collect();
+        let rust: Vec<(String, usize)> = SteerCounter::ALL.iter().map(|c| (c.name().to_owned(), *c as usize)).collect();
+        assert_eq!(c, rust);
+        assert!(entries.contains(&("counter_max".to_owned(), SteerCounter::ALL.len())));
+    }
+
+    #[test]
+    fn prefixes_parse_and_refuse_what_is_not_one() {
+        let c: Ipv4Cidr = "10.99.0.0/24".parse().unwrap();
+        assert_eq!(c, Ipv4Cidr { addr: Ipv4Addr::new(10, 99, 0, 0), prefix_len: 24 });
+        assert!(c.contains(Ipv4Addr::new(10, 99, 0, 200)) && !c.contains(Ipv4Addr::new(10, 99, 1, 1)));
+        assert_eq!("10.99.0.4".parse::<Ipv4Cidr>().unwrap().prefix_len, 32);
+        assert!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!("10.99.0.4/24".parse::<Ipv4Cidr>().unwrap_err().contains("10.99.0.0/24"));
+        assert!("10.99.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert!("10.99.0/24".parse::<Ipv4Cidr>().is_err());
+        assert!("::1/128".parse::<Ipv4Cidr>().is_err());
+        let mut key = [0u8; 8];
+        key[..4].copy_from_slice(&24u32.to_ne_bytes());
+        key[4..].copy_from_slice(&[10, 99, 0, 0]);
+        assert_eq!(c.key(), key);
+    }
+
+    #[test]
+    fn the_syn_bucket_is_integer_nanoseconds_within_bounds() {
+        let edge = EdgeConfig { syn_rate_per_source: 200, syn_burst_per_source: 400, ..EdgeConfig::default() };
+        assert_eq!(edge.syn_bucket_ns(), (5_000_000, 2_000_000_000));
+        assert_eq!(EdgeConfig::off().syn_bucket_ns(), (0, 0));
+        let max = EdgeConfig { syn_rate_per_source: 1, syn_burst_per_source: SYN_BURST_PER_SOURCE_MAX, ..EdgeConfig::default() };
+        max.validate().unwrap();
+        assert_eq!(max.syn_bucket_ns().1, 1_000_000_000_000_000);
+        EdgeConfig::default().validate().unwrap();
+        let too_fast = EdgeConfig { syn_rate_per_source: SYN_RATE_PER_SOURCE_MAX + 1, ..EdgeConfig::default() };
+        assert!(too_fast.validate().unwrap_err().to_string().contains("syn_rate_per_source"));
+        let no_burst = EdgeConfig { syn_burst_per_source: 0, ..EdgeConfig::default() };
+        assert!(no_burst.validate().unwrap_err().to_string().contains("syn_burst_per_source"));
+        let many = EdgeConfig { allow_sources: vec!["10.0.0.0/8".parse().unwrap(); EDGE_CIDRS_MAX + 1], ..EdgeConfig::default() };
+        assert!(many.validate().unwrap_err().to_string().contains("allow_sources"));
     }
 
     #[test]

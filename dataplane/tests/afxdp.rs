@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant as StdInstant};
 
 use dataplane::{
-    attached_program_id, detach_leftover, interface_mac, DataplaneError, SteerConfig, SteerCounter, Steering,
+    attached_program_id, detach_leftover, interface_mac, DataplaneError, EdgeConfig, SteerConfig, SteerCounter, Steering,
     XdpMode, XskConfig, XskPort,
 };
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -74,6 +74,7 @@ fn smoltcp_answers_arp_and_ping_through_af_xdp_and_nothing_is_left_attached() {
         service_ipv4: spec.service_ipv4,
         service_port: PORT,
         mode: XdpMode::Auto,
+        edge: EdgeConfig::default(),
     })
     .unwrap();
     assert_eq!(steering.mode(), XdpMode::Native, "veth supports native XDP");
@@ -165,6 +166,7 @@ fn a_netlink_leftover_is_removed_before_attach() {
         service_ipv4: lab.spec.service_ipv4,
         service_port: PORT,
         mode: XdpMode::Generic,
+        edge: EdgeConfig::default(),
     })
     .unwrap();
     assert_eq!(steering.mode(), XdpMode::Generic);
@@ -256,6 +258,7 @@ fn attach_and_sleep_child() {
         service_ipv4: std::net::Ipv4Addr::new(10, 99, 250, 2),
         service_port: PORT,
         mode: XdpMode::Auto,
+        edge: EdgeConfig::default(),
     })
     .unwrap();
     // Bounded: the parent kills us long before this ends.
@@ -277,6 +280,7 @@ fn misuse_is_an_error_not_a_panic() {
         service_ipv4: lab.spec.service_ipv4,
         service_port: PORT,
         mode: XdpMode::Auto,
+        edge: EdgeConfig::default(),
     }) {
         Err(DataplaneError::Interface { .. }) => {}
         other => panic!("unknown interface: {other:?}"),
@@ -286,6 +290,7 @@ fn misuse_is_an_error_not_a_panic() {
         service_ipv4: lab.spec.service_ipv4,
         service_port: PORT,
         mode: XdpMode::Native,
+        edge: EdgeConfig::default(),
     })
     .unwrap();
     let port = XskPort::open(&ifname, 0, &config).unwrap();
@@ -304,6 +309,7 @@ fn every_queue_of_a_multi_queue_link_gets_its_flows() {
         service_ipv4: spec.service_ipv4,
         service_port: PORT,
         mode: XdpMode::Auto,
+        edge: EdgeConfig::default(),
     })
     .unwrap();
     let config = XskConfig { frame_count: 2048 + 1024 + 64, fill_ring: 2048, comp_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..XskConfig::default() };

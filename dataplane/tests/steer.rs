@@ -11,7 +11,7 @@ mod lab;
 
 use std::net::Ipv4Addr;
 
-use dataplane::{xdp_action, SteerCounter, SteerProgram, XskConfig, XskPort};
+use dataplane::{xdp_action, EdgeConfig, SteerCounter, SteerProgram, SynBucket, XskConfig, XskPort};
 use etherparse::PacketBuilder;
 
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 99, 7, 2);
@@ -200,14 +200,14 @@ fn check(program: &SteerProgram, cases: &[Case]) {
 fn verdicts_with_a_socket_on_the_queue() {
     let lab = lab::Lab::create(&lab::LabSpec::unique("steer", 1)).expect("lab");
     let port = XskPort::open(&lab.spec.host_if, 0, &small()).unwrap();
-    let program = SteerProgram::load(SERVICE, PORT).unwrap();
+    let program = SteerProgram::load(SERVICE, PORT, &EdgeConfig::off()).unwrap();
     program.insert_socket(0, port.fd()).unwrap();
     check(&program, &cases(xdp_action::REDIRECT));
 }
 
 #[test]
 fn service_traffic_without_a_socket_is_dropped_and_counted() {
-    let program = SteerProgram::load(SERVICE, PORT).unwrap();
+    let program = SteerProgram::load(SERVICE, PORT, &EdgeConfig::off()).unwrap();
     let mut cases = cases(xdp_action::DROP);
     for case in &mut cases {
         if case.counter.verdict() == "redirect" {
@@ -220,8 +220,8 @@ fn service_traffic_without_a_socket_is_dropped_and_counted() {
 
 #[test]
 fn an_unusable_service_address_is_refused() {
-    assert!(SteerProgram::load(Ipv4Addr::UNSPECIFIED, PORT).is_err());
-    assert!(SteerProgram::load(SERVICE, 0).is_err());
+    assert!(SteerProgram::load(Ipv4Addr::UNSPECIFIED, PORT, &EdgeConfig::off()).is_err());
+    assert!(SteerProgram::load(SERVICE, 0, &EdgeConfig::off()).is_err());
 }
 
 fn small() -> XskConfig {
@@ -316,7 +316,7 @@ impl Rng {
 
 #[test]
 fn the_program_agrees_with_the_reference_on_mutated_frames() {
-    let program = SteerProgram::load(SERVICE, PORT).unwrap();
+    let program = SteerProgram::load(SERVICE, PORT, &EdgeConfig::off()).unwrap();
     let seeds: Vec<Vec<u8>> = cases(xdp_action::DROP).into_iter().map(|c| c.frame).collect();
     let mut rng = Rng(0x5eed_cafe_f00d_0001);
     let rounds = 3000;
@@ -349,4 +349,213 @@ fn the_program_agrees_with_the_reference_on_mutated_frames() {
     assert_eq!(total, rounds, "one counter per frame");
     let reasons = program.counters().iter().filter(|(_, v)| *v > 0).count();
     assert!(reasons >= 10, "mutations should reach most verdicts: {:?}", program.counters());
+}
+
+// Edge defence (docs/dataplane.md §1, "Edge defence"). Without a socket on the queue, a frame
+// the program would redirect is dropped and counted drop_no_socket: that is what "let through"
+// looks like below.
+
+/// A source outside the client's /24.
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 99, 8, 1);
+/// A source in `host_allow` in the stealth cases.
+const HOST_PEER: Ipv4Addr = Ipv4Addr::new(10, 99, 9, 5);
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+}
+
+fn segment(src: Ipv4Addr, dst: Ipv4Addr, port: u16, flags: Flags) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC).ipv4(src.octets(), dst.octets(), 64).tcp(40000, port, 1, 65535);
+    let builder = match flags {
+        Flags::Syn => builder.syn(),
+        Flags::SynAck => builder.syn().ack(1),
+        Flags::Ack => builder.ack(1),
+    };
+    builder.write(&mut frame, &[]).unwrap();
+    frame
+}
+
+fn ping_from(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    frame
+}
+
+fn udp_from(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut frame = udp(dst, port);
+    frame[L3 + 12..L3 + 16].copy_from_slice(&src.octets());
+    frame
+}
+
+fn arp_from(op: u16, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = arp(op, target);
+    frame[28..32].copy_from_slice(&sender.octets());
+    frame
+}
+
+fn edge(f: impl FnOnce(&mut EdgeConfig)) -> EdgeConfig {
+    let mut edge = EdgeConfig::off();
+    f(&mut edge);
+    edge
+}
+
+fn prefixes(list: &[&str]) -> Vec<dataplane::Ipv4Cidr> {
+    list.iter().map(|p| p.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_allowlist_drops_service_traffic_from_other_sources_only() {
+    use xdp_action::{DROP, PASS};
+    use SteerCounter::*;
+    let program = SteerProgram::load(SERVICE, PORT, &edge(|e| e.allow_sources = prefixes(&["10.99.7.0/24"]))).unwrap();
+    check(
+        &program,
+        &[
+            case("SYN from an allowed source", segment(CLIENT, SERVICE, PORT, Flags::Syn), DROP, DropNoSocket),
+            case("ping from an allowed source", ping_from(CLIENT, SERVICE), DROP, DropNoSocket),
+            case("SYN from another source", segment(STRANGER, SERVICE, PORT, Flags::Syn), DROP, DropNotAllowed),
+            case("ACK from another source", segment(STRANGER, SERVICE, PORT, Flags::Ack), DROP, DropNotAllowed),
+            case("ping from another source", ping_from(STRANGER, SERVICE), DROP, DropNotAllowed),
+            // ARP is answered whatever the sender: a router resolving the service for its
+            // off-link clients need not be in the list (docs/dataplane.md).
+            case("ARP request from another source", arp_from(1, STRANGER, SERVICE), DROP, DropNoSocket),
+            case("another port, from another source", segment(STRANGER, SERVICE, 22, Flags::Syn), DROP, DropPort),
+            case("another address, from another source", segment(STRANGER, OTHER, PORT, Flags::Syn), PASS, PassOther),
+        ],
+    );
+    // Rewritten while loaded: the stale prefix goes, the new one applies.
+    program.configure_edge(&edge(|e| e.allow_sources = prefixes(&["10.99.8.0/24"]))).unwrap();
+    check(
+        &program,
+        &[
+            case("SYN from the newly allowed source", segment(STRANGER, SERVICE, PORT, Flags::Syn), DROP, DropNoSocket),
+            case("SYN from the source no longer allowed", segment(CLIENT, SERVICE, PORT, Flags::Syn), DROP, DropNotAllowed),
+        ],
+    );
+    // An empty list allows everyone, as before edge defence.
+    program.configure_edge(&EdgeConfig::off()).unwrap();
+    check(&program, &[case("SYN, allowlist empty", segment(CLIENT, SERVICE, PORT, Flags::Syn), DROP, DropNoSocket)]);
+}
+
+#[test]
+fn the_syn_bucket_drops_a_source_past_its_burst_and_only_its_syns() {
+    use xdp_action::DROP;
+    use SteerCounter::*;
+    // One token a second: the few milliseconds this test takes refill almost nothing.
+    let program = SteerProgram::load(SERVICE, PORT, &edge(|e| {
+        e.syn_rate_per_source = 1;
+        e.syn_burst_per_source = 5;
+    }))
+    .unwrap();
+    let syn = |src| segment(src, SERVICE, PORT, Flags::Syn);
+    let burst: Vec<Case> = (0..5).map(|_| case("SYN within the burst", syn(CLIENT), DROP, DropNoSocket)).collect();
+    check(&program, &burst);
+    check(
+        &program,
+        &[
+            case("SYN past the burst", syn(CLIENT), DROP, DropSynRate),
+            case("SYN past the burst, again", syn(CLIENT), DROP, DropSynRate),
+            // Only a SYN without ACK opens a connection (RFC 9293 §3.5): the rest flows.
+            case("ACK from the same source", segment(CLIENT, SERVICE, PORT, Flags::Ack), DROP, DropNoSocket),
+            case("SYN-ACK from the same source", segment(CLIENT, SERVICE, PORT, Flags::SynAck), DROP, DropNoSocket),
+            case("SYN from another source", syn(STRANGER), DROP, DropNoSocket),
+            case("SYN to another port", segment(CLIENT, SERVICE, 22, Flags::Syn), DROP, DropPort),
+        ],
+    );
+    let bucket = program.syn_bucket(CLIENT).unwrap().expect("a bucket for the client");
+    assert!(bucket.credit_ns < 1_000_000_000, "{bucket:?}");
+    assert_eq!(program.syn_bucket(STRANGER).unwrap().unwrap().credit_ns, 4_000_000_000, "a new source starts full, less one SYN");
+
+    // The program's clock cannot be moved, so the bucket's timestamp is: refilled at boot,
+    // the bucket is full again (capped at the burst, not grown by hours of credit).
+    program.set_syn_bucket(CLIENT, SynBucket { refilled_ns: 0, credit_ns: 0 }).unwrap();
+    check(&program, &[case("SYN after a long quiet", syn(CLIENT), DROP, DropNoSocket)]);
+    assert_eq!(program.syn_bucket(CLIENT).unwrap().unwrap().credit_ns, 4_000_000_000);
+    // A timestamp later than the program's clock (another CPU refilled a moment after this one
+    // read the clock): no time elapsed, no wrap-around into a huge refill.
+    let future = SynBucket { refilled_ns: u64::MAX, credit_ns: 999_999_999 };
+    program.set_syn_bucket(CLIENT, future).unwrap();
+    check(&program, &[case("SYN, a token less a nanosecond", syn(CLIENT), DROP, DropSynRate)]);
+    assert_eq!(program.syn_bucket(CLIENT).unwrap().unwrap(), future);
+    program.set_syn_bucket(CLIENT, SynBucket { refilled_ns: u64::MAX, credit_ns: 1_000_000_000 }).unwrap();
+    check(&program, &[case("SYN, exactly one token", syn(CLIENT), DROP, DropNoSocket)]);
+    assert_eq!(program.syn_bucket(CLIENT).unwrap().unwrap().credit_ns, 0);
+    // Credit above the bucket (left by an earlier, larger burst) is capped to the new one.
+    program.set_syn_bucket(CLIENT, SynBucket { refilled_ns: u64::MAX, credit_ns: 100_000_000_000 }).unwrap();
+    check(&program, &[case("SYN, credit over the burst", syn(CLIENT), DROP, DropNoSocket)]);
+    assert_eq!(program.syn_bucket(CLIENT).unwrap().unwrap().credit_ns, 4_000_000_000);
+
+    // Off: any number of SYNs pass.
+    program.configure_edge(&EdgeConfig::off()).unwrap();
+    let many: Vec<Case> = (0..100).map(|_| case("SYN, limit off", syn(CLIENT), DROP, DropNoSocket)).collect();
+    check(&program, &many);
+}
+
+#[test]
+fn stealth_drops_what_is_not_the_services_unless_it_comes_from_host_allow() {
+    use xdp_action::{DROP, PASS};
+    use SteerCounter::*;
+    let stealth = edge(|e| {
+        e.stealth = true;
+        e.host_allow = prefixes(&["10.99.9.0/24"]);
+    });
+    let program = SteerProgram::load(SERVICE, PORT, &stealth).unwrap();
+    let ipv6 = cases(DROP).into_iter().find(|c| c.name == "IPv6").unwrap().frame;
+    // (A frame shorter than an Ethernet header, also dropped in stealth mode, cannot be sent:
+    // BPF_PROG_TEST_RUN refuses it with EINVAL.)
+    let frames = || {
+        vec![
+            ("TCP to another address", segment(CLIENT, OTHER, PORT, Flags::Syn)),
+            ("UDP to another address", udp_from(CLIENT, OTHER, 53)),
+            ("IPv6", ipv6.clone()),
+            ("unknown ethertype", eth(0x88b5)),
+            ("ARP request for another address", arp_from(1, CLIENT, OTHER)),
+            ("IPv4 header cut before daddr", segment(CLIENT, OTHER, PORT, Flags::Syn)[..L3 + 16].to_vec()),
+            ("ARP cut before the target address", arp(1, OTHER)[..38].to_vec()),
+            ("VLAN tag cut", vlan_tcp(OTHER, PORT)[..16].to_vec()),
+        ]
+    };
+    let dropped = [DropStealthIpv4, DropStealthIpv4, DropStealthIpv6, DropStealthOther, DropStealthArp, DropStealthIpv4, DropStealthArp, DropStealthOther];
+    let stealth_cases: Vec<Case> = frames().into_iter().zip(dropped).map(|((name, frame), c)| case(name, frame, DROP, c)).collect();
+    check(&program, &stealth_cases);
+    check(
+        &program,
+        &[
+            case("TCP to another address from host_allow", segment(HOST_PEER, OTHER, 22, Flags::Syn), PASS, PassOther),
+            case("ARP for another address from host_allow", arp_from(1, HOST_PEER, OTHER), PASS, PassOther),
+            case("ARP reply from host_allow", arp_from(2, HOST_PEER, OTHER), PASS, PassOther),
+            // The service is served as before, and its closed ports stay closed.
+            case("ARP request for the service", arp(1, SERVICE), DROP, DropNoSocket),
+            case("TCP to the service port", tcp(SERVICE, PORT), DROP, DropNoSocket),
+            case("ping to the service", ping(SERVICE), DROP, DropNoSocket),
+            case("UDP to the service", udp(SERVICE, PORT), DROP, DropUdp),
+        ],
+    );
+    // Stealth off (the default): the same frames pass to the host, as they always did.
+    program.configure_edge(&EdgeConfig::off()).unwrap();
+    let passed = [PassOther, PassOther, PassOther, PassOther, PassOther, PassTruncated, PassTruncated, PassTruncated];
+    let pass_cases: Vec<Case> = frames().into_iter().zip(passed).map(|((name, frame), c)| case(name, frame, PASS, c)).collect();
+    check(&program, &pass_cases);
+}
+
+#[test]
+fn default_edge_settings_let_every_verdict_through_unchanged() {
+    // The defaults (SYN limit on, generous; no allowlist; stealth off) change no verdict of
+    // the table above.
+    let program = SteerProgram::load(SERVICE, PORT, &EdgeConfig::default()).unwrap();
+    let mut cases = cases(xdp_action::DROP);
+    for case in &mut cases {
+        if case.counter.verdict() == "redirect" {
+            case.counter = SteerCounter::DropNoSocket;
+        }
+    }
+    check(&program, &cases);
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use dataplane::{interface_mac, SteerConfig, Steering, XdpMode, XskConfig, XskPort};
+use dataplane::{interface_mac, EdgeConfig, SteerConfig, Steering, XdpMode, XskConfig, XskPort};
 
 const SERVICE_PORT: u16 = 8443;
 /// Frames taken from the RX ring per loop turn in the receiver.
@@ -119,6 +119,9 @@ fn run(mode: Mode, count: u64, seconds: u64, size: usize, attach: Attach) -> Res
             Attach::Native => XdpMode::Native,
             Attach::Generic => XdpMode::Generic,
         },
+        // The sender is one address sending SYNs as fast as it can: this measures the rings,
+        // so the per-source SYN limit (which would drop nearly all of them) is off.
+        edge: EdgeConfig::off(),
     })?;
     let config = XskConfig { rx_batch_max: RX_BATCH_MAX, ..XskConfig::default() };
     let mut port = XskPort::open(&spec.host_if, 0, &config)?;
