@@ -956,12 +956,29 @@ fn open_from_cookie(
         local_window: window,
     };
     let remote_mac = ethernet.src_addr().0;
-    let taken = slots.iter().position(|slot| slot.role == Role::Listening).filter(|&index| {
-        sockets
-            .get_mut::<tcp::Socket>(slots[index].handle)
-            .accept_syn_cookie(iface.context(), &handshake)
-            .is_ok()
+    // A socket smoltcp already holds for this peer keeps it: a handshake it took before
+    // cookies engaged (then a retransmitted SYN was answered with a cookie), or TIME-WAIT.
+    // The ACK goes to that socket, which resets it if it acknowledges the other SYN-ACK. A
+    // listening slot may also have taken a SYN in this very poll (its role changes at the
+    // next service), hence the look at every socket. One walk, once per cookie opened.
+    let held = slots.iter().any(|slot| {
+        slot.role != Role::Free
+            && sockets.get::<tcp::Socket>(slot.handle).remote_endpoint() == Some(handshake.remote)
     });
+    let mut taken = None;
+    if !held {
+        for (index, slot) in slots.iter().enumerate() {
+            if slot.role == Role::Listening
+                && sockets
+                    .get_mut::<tcp::Socket>(slot.handle)
+                    .accept_syn_cookie(iface.context(), &handshake)
+                    .is_ok()
+            {
+                taken = Some(index);
+                break;
+            }
+        }
+    }
     iface.poll_ingress_single(
         now,
         &mut OneFrameDevice {

@@ -381,3 +381,46 @@ fn without_pressure_auto_mode_lets_smoltcp_answer_with_keyed_isns() {
     let sent = server.send(&Segment::syn(CLIENT_IP, 40_000, 1).frame());
     assert_eq!(sent[0].seq, a);
 }
+
+#[test]
+fn a_handshake_smoltcp_holds_is_not_opened_twice() {
+    // Backlog 1: the first SYN goes to smoltcp, and from then on cookies are engaged.
+    let mut server = Server::new(&StackConfig {
+        syn_backlog: 1,
+        ..config(SynCookieMode::Auto)
+    });
+    let syn = Segment::syn(CLIENT_IP, 42_000, 500).frame();
+    let first = server.send(&syn);
+    assert_eq!(server.stack.counters().syn_cookies_sent, 0);
+    assert_eq!(server.stack.handshakes_pending(), 1);
+    let smoltcp_isn = first[0].seq;
+    // The client retransmits its SYN: now answered with a cookie.
+    let second = server.send(&syn);
+    let cookie = second.iter().find(|s| s.control == TcpControl::Syn).expect("cookie SYN-ACK").seq;
+    assert_eq!(server.stack.counters().syn_cookies_sent, 1);
+    assert_ne!(cookie, smoltcp_isn);
+    let ack = |isn: u32| Segment {
+        control: TcpControl::None,
+        seq: 501,
+        ack: Some(isn.wrapping_add(1)),
+        mss: None,
+        window_scale: None,
+        ..Segment::syn(CLIENT_IP, 42_000, 0)
+    };
+    // Acknowledging the cookie does not open a second socket beside smoltcp's handshake:
+    // smoltcp's socket takes the ACK and resets the connection (wrong acknowledgement).
+    let sent = server.send(&ack(cookie).frame());
+    assert!(sent.iter().any(|s| s.control == TcpControl::Rst), "the held handshake answers");
+    assert_eq!(server.opened(), 0);
+    assert_eq!(server.stack.counters().syn_cookies_accepted, 0);
+    // Had the client acknowledged smoltcp's SYN-ACK, that handshake would have completed.
+    let mut server = Server::new(&StackConfig {
+        syn_backlog: 1,
+        ..config(SynCookieMode::Auto)
+    });
+    let first = server.send(&syn);
+    server.send(&syn);
+    server.send(&ack(first[0].seq).frame());
+    assert_eq!(server.opened(), 1);
+    assert_eq!(server.stack.connections(), 1);
+}
