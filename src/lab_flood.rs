@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct SynFlood {
     /// The interface to send from, in the current namespace.
     pub interface: String,
+    /// The attacker's MAC. A made-up locally administered address makes the peer's kernel
+    /// drop the SYN-ACKs at once (not its MAC) instead of routing each one.
     pub src_mac: [u8; 6],
     /// The appliance's MAC (the host end of the lab pair).
     pub dst_mac: [u8; 6],
@@ -136,7 +138,9 @@ impl PacketSocket {
         // SAFETY: an all-zero sockaddr_ll is a valid value of the type.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        // Protocol 0: the socket sends and receives nothing, so the SYN-ACKs coming back are
+        // not copied to it.
+        address.sll_protocol = 0;
         address.sll_ifindex = index as i32;
         // SAFETY: bind(2) reads exactly size_of::<sockaddr_ll>() bytes from `address`.
         let bound = unsafe {
