@@ -177,6 +177,10 @@ pub(crate) enum Verdict {
 /// scale (3, padded to 4) = 62 bytes.
 pub(crate) const SYN_ACK_FRAME_BYTES_MAX: usize = 14 + 20 + 20 + 8;
 
+/// Peers remembered as having had a SYN passed to smoltcp (a few hundred bytes each at most
+/// 4,096: 200 KiB).
+pub(crate) const PASSED_MAX: usize = 4096;
+
 /// Counters of the gate, folded into `StackCounters`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct GateCounters {
@@ -211,6 +215,10 @@ pub(crate) struct Gate {
     /// call (at most one per ingress call: the stack drains it after each).
     pub(crate) accepted: Option<(Vec<u8>, CookieSyn)>,
     pub(crate) counters: GateCounters,
+    /// Peers whose SYN was passed to smoltcp, and when: at most [`PASSED_MAX`].
+    pub(crate) passed: std::collections::HashMap<IpEndpoint, smoltcp::time::Instant>,
+    pub(crate) handshake_timeout: smoltcp::time::Duration,
+    pub(crate) now: smoltcp::time::Instant,
     pub(crate) local: IpEndpoint,
     pub(crate) mac: [u8; 6],
     /// Our MSS and window as smoltcp would announce them in its own SYN-ACK.
@@ -258,6 +266,13 @@ impl Gate {
         if syn_only {
             if !self.engaged() {
                 self.pending += 1;
+                self.remember_passed(remote);
+                return Verdict::Pass;
+            }
+            // A retransmission of a SYN smoltcp took before cookies engaged goes to smoltcp
+            // again: answered with a cookie, the client would hold two SYN-ACKs with different
+            // ISNs, and acknowledging the cookie's would meet smoltcp's handshake and be reset.
+            if self.passed.get(&remote).is_some_and(|&at| self.now < at + self.handshake_timeout) {
                 return Verdict::Pass;
             }
             // A frame smoltcp would drop (bad checksums, source not unicast) gets no answer
@@ -310,6 +325,20 @@ impl Gate {
             return Verdict::Taken;
         }
         Verdict::Pass
+    }
+
+    /// Notes a SYN passed to smoltcp. The table is bounded: when full, entries older than the
+    /// handshake timeout go; if it is still full the SYN is not noted (its retransmission, if
+    /// cookies engage meanwhile, is answered with a cookie).
+    fn remember_passed(&mut self, remote: IpEndpoint) {
+        if self.passed.len() >= PASSED_MAX && !self.passed.contains_key(&remote) {
+            let (now, timeout) = (self.now, self.handshake_timeout);
+            self.passed.retain(|_, &mut at| now < at + timeout);
+            if self.passed.len() >= PASSED_MAX {
+                return;
+            }
+        }
+        self.passed.insert(remote, self.now);
     }
 
     fn engaged(&self) -> bool {

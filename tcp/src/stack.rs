@@ -263,6 +263,9 @@ impl Stack {
             syn_ack: None,
             accepted: None,
             counters: Default::default(),
+            passed: std::collections::HashMap::new(),
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            now,
             local: IpEndpoint::new(IpAddress::Ipv4(config.ipv4), config.port),
             mac: config.mac,
             mss: (capabilities.max_transmission_unit - 14 - 40).min(usize::from(u16::MAX)) as u16,
@@ -370,6 +373,7 @@ impl Stack {
         {
             let mut gate = self.probe.gate.borrow_mut();
             gate.now_secs = now.secs().max(0) as u64;
+            gate.now = now;
             gate.pending = self.connections_counted - self.connections_open;
         }
         self.iface.poll_maintenance(now);
