@@ -716,7 +716,7 @@ wal_dir = "/var/lib/pantera/wal"
         assert!(e.contains("ledger.durability"), "{e}");
         let e = error_of(&GOOD.replace("[dataplane]", "[dataplane]\nxdp_mode = \"offload\""));
         assert!(e.contains("dataplane.xdp_mode"), "{e}");
-        let e = error_of(&format!("{GOOD}\n[tcp]\nlisten_sockets = 8\nconnections_max = 64\nrx_buffer_bytes = 262144\ntx_buffer_bytes = 65535\nidle_timeout_ms = 1000\n"));
+        let e = error_of(&format!("{GOOD}\n[tcp]\nlisten_sockets = 8\nconnections_max = 64\nrx_buffer_bytes = 1048576\ntx_buffer_bytes = 65535\nidle_timeout_ms = 1000\n"));
         assert!(e.contains("tcp"), "{e}");
         let e = error_of(&GOOD.replace("[service]", "[service]\ncolour = \"red\""));
         assert!(e.contains("colour"), "{e}");

@@ -7,13 +7,16 @@
 use crate::cookie::SynCookieMode;
 use std::net::Ipv4Addr;
 
-/// The largest TCP buffer the stack accepts, in bytes.
+/// The largest TCP buffer the stack accepts, in bytes: 256 KiB.
 ///
-/// With a receive buffer above 65535 bytes smoltcp 0.14 advertises a window-scale shift ≥ 1
-/// (RFC 7323 §2.2), and then can shrink its own right window edge by rounding and drop every
-/// later ACK as "unacceptable" (RFC 9293 §3.10.7.4): the connection stalls forever. With 16-bit
-/// windows (shift 0) that rounding cannot happen; see docs/facts.md and docs/tcp.md.
-pub const TCP_BUFFER_BYTES_MAX: usize = 65535;
+/// Above 65535 bytes smoltcp scales its window (RFC 7323 §2.2, shift 3 at 256 KiB). Unpatched,
+/// it could then shrink its own right window edge by rounding and refuse every later ACK, a
+/// stall the carried patch fixes (third_party/smoltcp/PANTERA.md, section 3). 256 KiB is the
+/// size tested since; larger windows do worse under loss in smoltcp (1 MiB windows ran into
+/// the idle timeout at 2 % simulated loss, 256 KiB ones did not), and each slot of the table
+/// allocated at start holds rx + tx: 512 KiB at this bound, 544 MiB for the default
+/// 1024 + 64 slots. See docs/tcp.md.
+pub const TCP_BUFFER_BYTES_MAX: usize = 256 * 1024;
 
 /// The smallest TCP buffer the stack accepts: one full-size segment at the Ethernet MTU
 /// (1500 - 20 IPv4 - 20 TCP), so a buffer can always hold what the peer may send at once.
@@ -62,10 +65,10 @@ pub struct StackConfig {
     /// connections and never speaks cannot take every slot from the others. Default 512; a
     /// value above `connections_max` means `connections_max`.
     pub connections_per_source_max: usize,
-    /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 16384
+    /// Receive buffer per socket, TCP_BUFFER_BYTES_MIN..=TCP_BUFFER_BYTES_MAX. Default 16384
     /// ([`TCP_BUFFER_BYTES_DEFAULT`]).
     pub rx_buffer_bytes: usize,
-    /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=65535. Default 16384.
+    /// Transmit buffer per socket, TCP_BUFFER_BYTES_MIN..=TCP_BUFFER_BYTES_MAX. Default 16384.
     pub tx_buffer_bytes: usize,
     /// A connection with no data moved in either direction for this long is aborted (RST).
     /// Default 60_000.
@@ -180,7 +183,7 @@ impl StackConfig {
             }
             Ok(())
         }
-        let buffer_reason = "buffers above 65535 bytes need TCP window scaling, with which smoltcp 0.14 can stall a connection forever; below one segment (1460) the peer cannot send a full segment";
+        let buffer_reason = "each slot holds rx + tx from start, and above 256 KiB smoltcp's scaled windows were not tested (larger ones did worse under loss); below one segment (1460) the peer cannot send a full segment";
         range(
             "prefix_len",
             u64::from(self.prefix_len),
@@ -347,21 +350,25 @@ mod tests {
     }
 
     #[test]
-    fn buffers_above_65535_are_rejected() {
-        assert_eq!(check(|c| c.rx_buffer_bytes = 65536), Err("rx_buffer_bytes"));
+    fn buffers_above_256_kib_are_rejected() {
         assert_eq!(
-            check(|c| c.tx_buffer_bytes = 256 * 1024),
+            check(|c| c.rx_buffer_bytes = 256 * 1024 + 1),
+            Err("rx_buffer_bytes")
+        );
+        assert_eq!(
+            check(|c| c.tx_buffer_bytes = 1024 * 1024),
             Err("tx_buffer_bytes")
         );
-        assert_eq!(check(|c| c.rx_buffer_bytes = 65535), Ok(()));
+        assert_eq!(check(|c| c.rx_buffer_bytes = 65536), Ok(()));
+        assert_eq!(check(|c| c.tx_buffer_bytes = 256 * 1024), Ok(()));
         let error = StackConfig {
-            rx_buffer_bytes: 65536,
+            rx_buffer_bytes: 256 * 1024 + 1,
             ..StackConfig::default()
         }
         .validate()
         .unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("rx_buffer_bytes") && message.contains("window scaling"));
+        assert!(message.contains("rx_buffer_bytes") && message.contains("256 KiB"));
     }
 
     #[test]

@@ -540,6 +540,10 @@ pub struct Socket<'a> {
     remote_last_ack: Option<TcpSeqNumber>,
     /// The last window length sent.
     remote_last_win: u16,
+    /// The right edge of the receive window furthest along the sequence space that we have
+    /// advertised (SEG.ACK plus the scaled SEG.WND of a segment we sent), or None if we have
+    /// not sent an ACK yet. Segments are acceptable up to this edge: see `furthest_win_edge`.
+    remote_win_edge: Option<TcpSeqNumber>,
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
@@ -644,6 +648,7 @@ impl<'a> Socket<'a> {
             remote_last_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
+            remote_win_edge: None,
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
@@ -819,9 +824,40 @@ impl<'a> Socket<'a> {
         let next_ack = self.remote_seq_no + self.rx_buffer.len();
 
         let last_win = (self.remote_last_win as usize) << self.remote_win_shift;
-        let last_win_adjusted = last_ack + last_win - next_ack;
+        // The remote may send up to the furthest right edge we advertised, which can lie past
+        // the edge of the last window (see `furthest_win_edge`), and so can `next_ack`.
+        let last_edge = match self.remote_win_edge {
+            Some(furthest) if furthest > last_ack + last_win => furthest,
+            _ => last_ack + last_win,
+        };
+        let last_win_adjusted = last_edge - next_ack;
 
         Some(u16::try_from(last_win_adjusted >> self.remote_win_shift).unwrap_or(u16::MAX))
+    }
+
+    /// The right edge of the receive window up to which segments are acceptable once a segment
+    /// we send advertises `window_len` from `ack_number` on (scaled unless the segment is a
+    /// SYN, RFC 7323 §2.2): the furthest edge advertised so far.
+    ///
+    /// RFC 7323 §2.4: SEG.WND = RCV.WND >> Rcv.Wind.Shift rounds the window down, so after
+    /// RCV.NXT advances by a number of octets that is not a multiple of 1 << Rcv.Wind.Shift, the
+    /// right edge we advertise can lie left of one advertised before, up to which the remote may
+    /// already have sent. "The receiver MUST honor, as in window, any segment that would have
+    /// been in window for any <ACK> sent by the receiver", so keep the furthest edge. It never
+    /// lies beyond the receive buffer: each window advertised is at most the free space in the
+    /// buffer at the time, and the end of that space in sequence space only moves right.
+    fn furthest_win_edge(
+        &self,
+        ack_number: TcpSeqNumber,
+        window_len: u16,
+        syn: bool,
+    ) -> TcpSeqNumber {
+        let shift = if syn { 0 } else { self.remote_win_shift };
+        let edge = ack_number + ((window_len as usize) << shift);
+        match self.remote_win_edge {
+            Some(furthest) if furthest > edge => furthest,
+            _ => edge,
+        }
     }
 
     /// Set the timeout duration.
@@ -959,6 +995,7 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
+        self.remote_win_edge = None;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
@@ -1052,6 +1089,8 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = handshake.local_isn + 1;
         self.remote_last_ack = Some(self.remote_seq_no);
         self.remote_last_win = handshake.local_window;
+        // The window of a SYN-ACK is not scaled (RFC 7323 §2.2).
+        self.remote_win_edge = Some(self.remote_seq_no + handshake.local_window as usize);
         // As the ACK of our SYN does: SND.UNA moves past it.
         self.local_seq_no = handshake.local_isn + 1;
         self.set_state(State::Established);
@@ -1598,6 +1637,11 @@ impl<'a> Socket<'a> {
         // segments, is right-shifted by [advertised scale value] bits[...]
         reply_repr.window_len = self.scaled_window();
         self.remote_last_win = reply_repr.window_len;
+        self.remote_win_edge = Some(self.furthest_win_edge(
+            self.remote_seq_no + self.rx_buffer.len(),
+            reply_repr.window_len,
+            false,
+        ));
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -1811,11 +1855,9 @@ impl<'a> Socket<'a> {
         }
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
-        let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
-        } else {
-            window_start
-        };
+        // Not the edge of the last window advertised, which can lie left of an earlier one
+        // (see `furthest_win_edge`).
+        let window_end = self.remote_win_edge.unwrap_or(window_start);
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
@@ -2027,6 +2069,9 @@ impl<'a> Socket<'a> {
                 self.local_seq_no = Self::initial_seq_no(cx, tuple.local, tuple.remote);
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
+                // Forget any edge of an earlier handshake, which a socket that an RST sent
+                // back to LISTEN still holds.
+                self.remote_win_edge = None;
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
                 // Remote doesn't support window scaling, don't do it.
@@ -2076,6 +2121,9 @@ impl<'a> Socket<'a> {
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
                 self.remote_last_ack = Some(repr.seq_number);
+                // The window of our SYN, which had no ACK, opens at RCV.NXT.
+                self.remote_win_edge =
+                    Some(self.furthest_win_edge(self.remote_seq_no, self.remote_last_win, true));
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
                 // Remote doesn't support window scaling, don't do it.
@@ -2898,6 +2946,13 @@ impl<'a> Socket<'a> {
         ip_repr.set_payload_len(repr.buffer_len());
         emit(cx, packet_meta, (ip_repr, repr))?;
 
+        // Every segment carrying an ACK advertises a window, the keep-alives and zero-window
+        // probes that return early below included.
+        if let Some(ack_number) = repr.ack_number {
+            let syn = repr.control == TcpControl::Syn;
+            self.remote_win_edge = Some(self.furthest_win_edge(ack_number, repr.window_len, syn));
+        }
+
         // We've sent something, whether useful data or a keep-alive packet, so rewind
         // the keep-alive timer.
         self.timer.rewind_keep_alive(cx.now(), self.keep_alive);
@@ -3336,6 +3391,7 @@ mod test {
         s.remote_last_seq = LOCAL_SEQ + 1;
         s.remote_last_ack = Some(REMOTE_SEQ + 1);
         s.remote_last_win = s.scaled_window();
+        s.remote_win_edge = Some(REMOTE_SEQ + 1 + s.rx_buffer.window());
         s
     }
 
@@ -3844,6 +3900,44 @@ mod test {
         );
         assert_eq!(s.state, State::Established);
         sanity!(s, socket_established());
+    }
+
+    #[test]
+    fn test_syn_received_syn_ack_window_not_scaled() {
+        // RFC 7323 §2.2: the window field of a SYN-ACK is not scaled. With a 256 KiB receive
+        // buffer and a window shift of 3, the SYN-ACK advertises 65535 octets, not 65535 << 3.
+        let mut s = socket_syn_received_with_buffer_sizes(64, 262144);
+        s.remote_win_scale = Some(0);
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                window_len: 65535,
+                window_scale: Some(3),
+                max_seg_size: Some(BASE_MSS),
+                ..RECV_TEMPL
+            }]
+        );
+        // A segment past that window, here past the end of the receive buffer, is not
+        // acceptable.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 262144,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[0; 16],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                window_len: 32768,
+                ..RECV_TEMPL
+            })
+        );
+        assert!(s.assembler.is_empty());
     }
 
     #[cfg(feature = "socket-tcp-pause-synack")]
@@ -4946,6 +5040,7 @@ mod test {
         s.remote_has_sack = true;
         s.remote_seq_no = TcpSeqNumber(-4);
         s.remote_last_ack = Some(TcpSeqNumber(-4));
+        s.remote_win_edge = Some(TcpSeqNumber(-4) + 64);
 
         // Send an out-of-order segment 10 bytes past the expected sequence,
         // creating a 10-byte hole at the front of the assembler.
@@ -4981,6 +5076,7 @@ mod test {
         s.remote_win_scale = Some(0);
         s.remote_last_win = 65535;
         s.remote_win_shift = 2;
+        s.remote_win_edge = Some(REMOTE_SEQ + 1 + (65535 << 2));
 
         // Create a TCP segment that will mostly fill an IP frame.
         let mut segment: Vec<u8> = Vec::with_capacity(1400);
@@ -5007,6 +5103,102 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1 + 1400),
                 window_len: 65185,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_established_window_scale_rounding_keeps_right_edge() {
+        // With a window shift, the window we advertise is rounded down to a multiple of
+        // 1 << shift, so an ACK can put the right edge of the window left of where an earlier
+        // ACK put it. The peer may already have sent up to the earlier edge; RFC 7323 §2.4
+        // requires the receiver to accept any segment that was in window for any ACK it sent.
+        let mut s = socket_established_with_buffer_sizes(64, 262144);
+        assert_eq!(s.remote_win_shift, 3);
+        let data = vec![0; 262144];
+
+        // We advertise the whole buffer, 32768 << 3 octets: the right edge is REMOTE_SEQ + 1 +
+        // 262144. The peer fills that window, but only its first 1001 octets arrive before we
+        // send data of our own.
+        let edge = REMOTE_SEQ + 1 + 262144;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[..1001],
+                ..SEND_TEMPL
+            }
+        );
+        s.send_slice(b"abcdef").unwrap();
+        // (262144 - 1001) >> 3 = 32642: this ACK's right edge is REMOTE_SEQ + 1 + 1001 +
+        // 261136, 7 octets left of the first one.
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1001),
+                window_len: 32642,
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+
+        // What the peer sent up to that edge arrives; we acknowledge it with a zero window.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1001,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[1001..262137],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(edge - 7),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+
+        // The last 7 octets the peer sent, up to the first right edge, are accepted too; the
+        // ACK for them waits for the delayed ACK timer.
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: edge - 7,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[262137..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.len(), 262144);
+        recv_nothing!(s);
+
+        // The peer acknowledges our data with a segment at its SND.NXT, the first right edge.
+        // It must be taken: were it dropped, with the application waiting for room to send
+        // before it reads, no ACK would ever be taken again.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: edge,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.tx_buffer.len(), 0);
+        recv!(
+            s,
+            time 20,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(edge),
+                window_len: 0,
                 ..RECV_TEMPL
             }]
         );
@@ -8099,9 +8291,7 @@ mod test {
 
     #[test]
     fn test_zero_window_ack() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
         send!(
             s,
             TcpRepr {
@@ -8139,9 +8329,7 @@ mod test {
 
     #[test]
     fn test_zero_window_ack_not_rate_limited() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
         send!(
             s,
             TcpRepr {
@@ -8199,9 +8387,7 @@ mod test {
 
     #[test]
     fn test_zero_window_fin() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
         s.ack_delay = None;
 
         send!(
@@ -8250,9 +8436,7 @@ mod test {
 
     #[test]
     fn test_zero_window_ack_on_window_growth() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
         send!(
             s,
             TcpRepr {
@@ -8386,9 +8570,7 @@ mod test {
 
     #[test]
     fn test_announce_window_after_read() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
         send!(
             s,
             TcpRepr {
@@ -9746,9 +9928,7 @@ mod test {
 
     #[test]
     fn test_doesnt_accept_wrong_port() {
-        let mut s = socket_established();
-        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
-        s.assembler = Assembler::new();
+        let mut s = socket_established_with_buffer_sizes(64, 6);
 
         let tcp_repr = TcpRepr {
             seq_number: REMOTE_SEQ + 1,
