@@ -766,6 +766,19 @@ fn a_flood_from_spoofed_on_link_sources_does_not_evict_a_live_connections_neighb
     );
     assert!(world.server.counters().neighbour_rebinds_refused >= 4);
     assert!(world.server.counters().neighbours_evicted > 0, "the flood did churn the rest");
+    // The refused ARP request was still answered (our address is no secret), without
+    // learning the requester.
+    assert!(
+        world.server_sent.iter().filter_map(|(_, frame)| arp_of(frame)).any(|arp| arp
+            == ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: EthernetAddress(SERVER_MAC),
+                source_protocol_addr: SERVER_IP,
+                target_hardware_addr: EthernetAddress(ATTACKER_MAC),
+                target_protocol_addr: CLIENT_IP,
+            }),
+        "the refused request got no answer"
+    );
 
     // The stack speaks first: without the client's neighbour it would have to ARP, and the
     // client's ARP replies never reach this queue.
