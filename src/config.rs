@@ -86,6 +86,10 @@ pub struct ServiceSection {
     pub prefix_len: u8,
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// The gateway's MAC, "02:00:5e:00:01:01": pinned, never learned or rebound from frames
+    /// (docs/tcp.md, "Neighbours"). Needs `gateway`. Left out: learned once, then guarded.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
     #[serde(default = "default_port")]
     pub port: u16,
     /// "ledger" (HTTPS API, the product) or "echo" (a TCP byte echo, for dataplane tests).
@@ -118,6 +122,8 @@ pub struct TcpSection {
     pub syn_cookies: SynCookies,
     /// In auto mode, cookies engage while this many handshakes wait for their final ACK.
     pub syn_backlog: usize,
+    /// Neighbours (gateway and on-link peers) kept resolved, 2..=64 (docs/tcp.md, "Neighbours").
+    pub neighbours_max: usize,
 }
 
 /// `tcp.syn_cookies`, as written in the file.
@@ -151,6 +157,7 @@ impl Default for TcpSection {
             idle_timeout_ms: d.idle_timeout_ms,
             syn_cookies: SynCookies::Auto,
             syn_backlog: d.syn_backlog,
+            neighbours_max: d.neighbours_max,
         }
     }
 }
@@ -350,6 +357,7 @@ impl Config {
                 address: spec.service_ipv4,
                 prefix_len: spec.prefix_len,
                 gateway: None,
+                gateway_mac: None,
                 port: default_port(),
                 app: default_app(),
             },
@@ -414,6 +422,7 @@ impl Config {
             return Err(invalid("service.port", "must not be 0"));
         }
         self.app()?;
+        self.gateway_mac()?;
         // The MAC comes from the interface at start; a locally administered stand-in here.
         self.stack_config([0x02, 0, 0, 0, 0, 1]).validate().map_err(|e| invalid("tcp", e.to_string()))?;
         let t = &self.tls;
@@ -517,12 +526,37 @@ impl Config {
         }
     }
 
+    /// `service.gateway_mac` parsed: six hexadecimal octets separated by colons.
+    pub fn gateway_mac(&self) -> Result<Option<[u8; 6]>, ConfigError> {
+        let Some(text) = &self.service.gateway_mac else {
+            return Ok(None);
+        };
+        let octets: Vec<u8> = text
+            .split(':')
+            .map(|octet| {
+                if octet.len() == 2 {
+                    u8::from_str_radix(octet, 16).ok()
+                } else {
+                    None
+                }
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid("service.gateway_mac", format!("{text:?} is not a MAC like \"02:00:5e:00:01:01\"")))?;
+        let mac: [u8; 6] = octets
+            .try_into()
+            .map_err(|_| invalid("service.gateway_mac", format!("{text:?} is not six octets")))?;
+        Ok(Some(mac))
+    }
+
     pub fn stack_config(&self, mac: [u8; 6]) -> tcp::StackConfig {
         tcp::StackConfig {
             mac,
             ipv4: self.service.address,
             prefix_len: self.service.prefix_len,
             gateway: self.service.gateway,
+            // Checked by `validate` (a malformed value never gets here).
+            gateway_mac: self.gateway_mac().ok().flatten(),
+            neighbours_max: self.tcp.neighbours_max,
             port: self.service.port,
             listen_sockets: self.tcp.listen_sockets,
             connections_max: self.tcp.connections_max,
@@ -698,6 +732,26 @@ wal_dir = "/var/lib/pantera/wal"
         assert!(e.contains("syn_cookies") || e.contains("sometimes"), "{e}");
         let e = error_of(&format!("{GOOD}\n[tcp]\nsyn_backlog = 0\n"));
         assert!(e.contains("syn_backlog"), "{e}");
+    }
+
+    #[test]
+    fn gateway_mac_is_parsed_and_checked() {
+        let with = |line: &str| GOOD.replace("[service]", &format!("[service]\ngateway = \"192.0.2.1\"\n{line}"));
+        let config = Config::parse(Path::new("t.toml"), &with("gateway_mac = \"02:00:5E:00:01:0a\"")).expect("valid");
+        assert_eq!(config.gateway_mac().unwrap(), Some([0x02, 0, 0x5e, 0, 1, 0x0a]));
+        assert_eq!(config.stack_config([2, 0, 0, 0, 0, 9]).gateway_mac, Some([0x02, 0, 0x5e, 0, 1, 0x0a]));
+        assert_eq!(config.tcp.neighbours_max, tcp::StackConfig::default().neighbours_max);
+        for bad in ["02:00:5e:00:01", "02-00-5e-00-01-01", "02:00:5e:00:01:1", "zz:00:5e:00:01:01"] {
+            let e = error_of(&with(&format!("gateway_mac = \"{bad}\"")));
+            assert!(e.contains("service.gateway_mac"), "{bad}: {e}");
+        }
+        // Multicast, and a gateway MAC without a gateway.
+        let e = error_of(&with("gateway_mac = \"01:00:5e:00:00:01\""));
+        assert!(e.contains("gateway_mac"), "{e}");
+        let e = error_of(&GOOD.replace("[service]", "[service]\ngateway_mac = \"02:00:5e:00:01:01\""));
+        assert!(e.contains("gateway_mac"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[tcp]\nneighbours_max = 65\n"));
+        assert!(e.contains("neighbours_max"), "{e}");
     }
 
     fn error_of(text: &str) -> String {

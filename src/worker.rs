@@ -330,6 +330,7 @@ impl<P: Port> Worker<P> {
             ("refused_listen_pool_empty", c.refused_listen_pool_empty),
             ("ingress_limit_hits", c.ingress_limit_hits),
             ("neighbours_learned", c.neighbours_learned),
+            ("neighbour_rebinds_refused", c.neighbour_rebinds_refused), ("neighbours_evicted", c.neighbours_evicted), ("neighbours_table_full", c.neighbours_table_full),
             ("syn_cookies_sent", c.syn_cookies_sent),
             ("syn_cookies_accepted", c.syn_cookies_accepted),
             ("syn_cookies_unsent", c.syn_cookies_unsent),

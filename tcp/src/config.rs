@@ -5,6 +5,7 @@
 //! startup).
 
 use crate::cookie::SynCookieMode;
+use crate::neighbour::NEIGHBOURS_MAX;
 use std::net::Ipv4Addr;
 
 /// The largest TCP buffer the stack accepts, in bytes: 256 KiB.
@@ -52,6 +53,15 @@ pub struct StackConfig {
     pub prefix_len: u8,
     /// Default route, if clients may be off-link. Must be inside our subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// The gateway's MAC, if the operator pins it: taught at start, kept fresh, and never
+    /// changed by any frame (docs/tcp.md, "Neighbours"). Needs `gateway`; must be unicast.
+    /// None (the default): learned once from ARP or the first routed frame, and not rebound
+    /// while it is in use.
+    pub gateway_mac: Option<[u8; 6]>,
+    /// Neighbours (the gateway and on-link peers) the stack keeps resolved at once,
+    /// 2..=[`NEIGHBOURS_MAX`]. Entries with a live connection are never evicted; only the
+    /// others make room. Default [`NEIGHBOURS_MAX`] (64).
+    pub neighbours_max: usize,
     /// The service port; SYNs to any other port get RST.
     pub port: u16,
     /// Sockets kept in LISTEN: smoltcp has no backlog, so this is the number of handshakes
@@ -112,6 +122,8 @@ impl Default for StackConfig {
             ipv4: Ipv4Addr::new(10, 99, 0, 2),
             prefix_len: 24,
             gateway: None,
+            gateway_mac: None,
+            neighbours_max: NEIGHBOURS_MAX,
             port: 8443,
             listen_sockets: 64,
             connections_max: 1024,
@@ -154,6 +166,8 @@ pub enum ConfigError {
     Ipv4NotUnicast { ipv4: Ipv4Addr },
     #[error("device: {reason}")]
     Device { reason: &'static str },
+    #[error("tcp.gateway_mac: {mac:02x?} is not a unicast address other than ours, or no tcp.gateway is set")]
+    GatewayMacInvalid { mac: [u8; 6] },
     #[error("tcp.gateway: {gateway} is not inside {ipv4}/{prefix_len}")]
     GatewayOffLink {
         gateway: Ipv4Addr,
@@ -285,6 +299,13 @@ impl StackConfig {
             1 << 16,
             "each poll must let sockets transmit, a bounded number of times",
         )?;
+        range(
+            "neighbours_max",
+            self.neighbours_max as u64,
+            2,
+            NEIGHBOURS_MAX as u64,
+            "the gateway and at least one on-link peer; smoltcp's neighbour cache holds NEIGHBOURS_MAX (compile-time)",
+        )?;
         // A multicast or broadcast source MAC is invalid on Ethernet (IEEE 802.3 §3.2.3:
         // the I/G bit of a source address is 0), and smoltcp panics on one.
         if self.mac[0] & 0x01 != 0 || self.mac == [0; 6] {
@@ -304,6 +325,12 @@ impl StackConfig {
                     ipv4: ip,
                     prefix_len: self.prefix_len,
                 });
+            }
+        }
+        if let Some(mac) = self.gateway_mac {
+            // IEEE 802.3 §3.2.3: a station's address has the I/G bit clear; ours would loop.
+            if self.gateway.is_none() || mac[0] & 0x01 != 0 || mac == [0; 6] || mac == self.mac {
+                return Err(ConfigError::GatewayMacInvalid { mac });
             }
         }
         Ok(())
@@ -326,6 +353,7 @@ mod tests {
             ConfigError::MacNotUnicast { .. } => "mac",
             ConfigError::Ipv4NotUnicast { .. } => "ipv4",
             ConfigError::GatewayOffLink { .. } => "gateway",
+            ConfigError::GatewayMacInvalid { .. } => "gateway_mac",
             ConfigError::Device { .. } => "device",
         }
     }
@@ -454,5 +482,23 @@ mod tests {
             }),
             Err("gateway")
         );
+    }
+
+    #[test]
+    fn gateway_mac_and_neighbours_max_are_checked() {
+        let gateway = Some(Ipv4Addr::new(10, 99, 0, 1));
+        let mac = [0x02, 0, 0, 0, 0, 0xfe];
+        assert_eq!(StackConfig::default().neighbours_max, NEIGHBOURS_MAX);
+        assert_eq!(check(|c| c.gateway_mac = Some(mac)), Err("gateway_mac"), "no gateway");
+        assert_eq!(check(|c| { c.gateway = gateway; c.gateway_mac = Some(mac) }), Ok(()));
+        for bad in [[0x01, 0, 0x5e, 0, 0, 1], [0xff; 6], [0; 6], StackConfig::default().mac] {
+            assert_eq!(
+                check(|c| { c.gateway = gateway; c.gateway_mac = Some(bad) }),
+                Err("gateway_mac")
+            );
+        }
+        assert_eq!(check(|c| c.neighbours_max = 1), Err("neighbours_max"));
+        assert_eq!(check(|c| c.neighbours_max = NEIGHBOURS_MAX + 1), Err("neighbours_max"));
+        assert_eq!(check(|c| c.neighbours_max = 2), Ok(()));
     }
 }

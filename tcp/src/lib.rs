@@ -32,6 +32,6 @@ pub use config::{
     ConfigError, StackConfig, TCP_BUFFER_BYTES_DEFAULT, TCP_BUFFER_BYTES_MAX, TCP_BUFFER_BYTES_MIN,
 };
 pub use cookie::{SynCookieMode, MSS_TABLE, SLOT_SECS};
-pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_REFRESH};
+pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_LIFETIME, NEIGHBOUR_REFRESH};
 pub use smoltcp;
 pub use stack::{ConnError, ConnId, Event, Stack, StackCounters};

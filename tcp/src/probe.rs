@@ -6,8 +6,11 @@
 //! through the same token pair: a SYN to the service port answered by an RST was refused. The
 //! look is a few header bytes; payloads are never copied.
 //!
-//! The probe also notes the Ethernet and IPv4 source of each IPv4 frame addressed to us, so the
-//! stack can teach smoltcp that neighbour without ARP (see `neighbour.rs` for why).
+//! The probe also notes the Ethernet and IPv4 source of each IPv4 frame addressed to us and what
+//! the frame is (a SYN, another segment to the service port, an echo request), so the stack can
+//! teach smoltcp that neighbour without ARP; holds back every ARP frame aimed at our address
+//! until the stack's neighbour table admits its sender; and notes the address of each ARP
+//! request smoltcp sends (see `neighbour.rs` for why).
 
 use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
@@ -15,9 +18,14 @@ use std::net::Ipv4Addr;
 use smoltcp::phy::{Device, DeviceCapabilities, PacketMeta, RxToken, TxToken};
 use smoltcp::time::Instant;
 use crate::cookie::{Gate, Verdict};
+use crate::neighbour::Seen;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket,
 };
+
+/// The part of an ARP frame the stack keeps: Ethernet header (14) + ARP for IPv4 (28).
+pub(crate) const ARP_FRAME_BYTES: usize = 14 + 28;
 
 /// What the probe saw during one poll.
 #[derive(Debug)]
@@ -33,9 +41,14 @@ pub(crate) struct Probe {
     pub(crate) rx_syn: Cell<bool>,
     /// An RST left the service port since `rx_syn` was last cleared.
     pub(crate) tx_rst: Cell<bool>,
-    /// (source IPv4, source MAC) of the last received IPv4 frame addressed to our MAC and
-    /// our address; the stack takes it after each frame.
-    pub(crate) learned: Cell<Option<(Ipv4Addr, [u8; 6])>>,
+    /// (source IPv4, source MAC, what it was) of the last received IPv4 frame addressed to
+    /// our MAC and our address that may teach a neighbour; the stack takes it after each frame.
+    pub(crate) learned: Cell<Option<(Ipv4Addr, [u8; 6], Seen)>>,
+    /// An ARP frame aimed at our address, held back from smoltcp; the stack takes it after
+    /// each frame.
+    pub(crate) arp: Cell<Option<[u8; ARP_FRAME_BYTES]>>,
+    /// The target of the last ARP request smoltcp sent.
+    pub(crate) asked: Cell<Option<Ipv4Addr>>,
     /// The SYN-cookie gate, which sees each received frame before smoltcp (cookie.rs).
     pub(crate) gate: RefCell<Gate>,
 }
@@ -53,6 +66,8 @@ impl Probe {
             rx_syn: Cell::new(false),
             tx_rst: Cell::new(false),
             learned: Cell::new(None),
+            arp: Cell::new(None),
+            asked: Cell::new(None),
             gate: RefCell::new(gate),
         }
     }
@@ -61,7 +76,7 @@ impl Probe {
     /// destination is our MAC and whose IPv4 destination is our address, sent from a unicast
     /// MAC and a unicast address other than ours; None for anything else. Broadcast and
     /// multicast frames teach nothing: only a frame sent to us shows the path back.
-    fn ipv4_source(&self, frame: &[u8]) -> Option<(Ipv4Addr, [u8; 6])> {
+    fn ipv4_source(&self, frame: &[u8]) -> Option<(Ipv4Addr, [u8; 6], Seen)> {
         let ethernet = EthernetFrame::new_checked(frame).ok()?;
         if ethernet.ethertype() != EthernetProtocol::Ipv4
             || ethernet.dst_addr() != EthernetAddress(self.mac)
@@ -88,7 +103,72 @@ impl Probe {
         {
             return None;
         }
-        Some((source, source_mac.0))
+        // Only what needs the sender to answer, or may belong to a live connection, teaches.
+        let seen = match ip.next_header() {
+            _ if ip.frag_offset() != 0 => return None,
+            IpProtocol::Tcp => {
+                let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+                if tcp.dst_port() != self.port {
+                    return None;
+                }
+                if tcp.syn() && !tcp.ack() {
+                    Seen::Syn
+                } else {
+                    Seen::Segment {
+                        port: tcp.src_port(),
+                    }
+                }
+            }
+            IpProtocol::Icmp => {
+                let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+                if icmp.msg_type() != Icmpv4Message::EchoRequest {
+                    return None;
+                }
+                Seen::Echo
+            }
+            _ => return None,
+        };
+        Some((source, source_mac.0, seen))
+    }
+
+    /// An ARP request or reply whose target address is ours: smoltcp would fill its cache
+    /// from it, so the stack decides first.
+    fn arp_for_us(&self, frame: &[u8]) -> Option<[u8; ARP_FRAME_BYTES]> {
+        let ethernet = EthernetFrame::new_checked(frame).ok()?;
+        if ethernet.ethertype() != EthernetProtocol::Arp {
+            return None;
+        }
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).ok()?).ok()?;
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            target_protocol_addr,
+            ..
+        } = arp
+        else {
+            return None;
+        };
+        if target_protocol_addr != self.ipv4
+            || !matches!(operation, ArpOperation::Request | ArpOperation::Reply)
+        {
+            return None;
+        }
+        frame.get(..ARP_FRAME_BYTES)?.try_into().ok()
+    }
+
+    /// The target of an ARP request we send, or None.
+    fn arp_request_target(frame: &[u8]) -> Option<Ipv4Addr> {
+        let ethernet = EthernetFrame::new_checked(frame).ok()?;
+        if ethernet.ethertype() != EthernetProtocol::Arp {
+            return None;
+        }
+        match ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).ok()?).ok()? {
+            ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Request,
+                target_protocol_addr,
+                ..
+            } => Some(target_protocol_addr),
+            _ => None,
+        }
     }
 
     /// The TCP flags of an Ethernet/IPv4/TCP frame to or from `port`, or None.
@@ -132,6 +212,9 @@ impl Probe {
         self.tx_bytes.set(self.tx_bytes.get() + frame.len() as u64);
         if let Some((_, _, true)) = Self::tcp_flags(frame, self.port, false) {
             self.tx_rst.set(true);
+        }
+        if let Some(target) = Self::arp_request_target(frame) {
+            self.asked.set(Some(target));
         }
     }
 }
@@ -189,6 +272,11 @@ impl<T: RxToken> RxToken for ProbeRx<'_, T> {
         let probe = self.probe;
         self.inner.consume(|frame| {
             probe.saw_rx(frame);
+            if let Some(arp) = probe.arp_for_us(frame) {
+                // Held back: smoltcp sees it after the stack's neighbour table admits it.
+                probe.arp.set(Some(arp));
+                return f(&[]);
+            }
             match probe.gate.borrow_mut().inspect(frame) {
                 Verdict::Pass => f(frame),
                 Verdict::Taken => {

@@ -39,7 +39,7 @@ use crate::arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};
 use crate::cookie::{CookieSyn, Cookies, Gate};
 use crate::isn;
 use crate::config::{ConfigError, StackConfig};
-use crate::neighbour::Neighbours;
+use crate::neighbour::{Authority, Neighbours, Seen};
 use crate::probe::{OneFrameDevice, Probe, ProbeDevice};
 
 /// Names one connection: a slot of the socket table and the slot's generation when the
@@ -128,8 +128,16 @@ pub struct StackCounters {
     /// Polls that stopped at `ingress_frames_per_poll_max` (more frames may be waiting).
     pub ingress_limit_hits: u64,
     /// Neighbours taught to smoltcp from received frames (new, MAC changed, or refreshed);
-    /// see docs/tcp.md, "Neighbours across queues".
+    /// see docs/tcp.md, "Neighbours".
     pub neighbours_learned: u64,
+    /// Frames or ARP that showed another MAC for the gateway, or for a neighbour with a live
+    /// connection, without the right to rebind it (docs/tcp.md, "Neighbours").
+    pub neighbour_rebinds_refused: u64,
+    /// Neighbours without a live connection evicted to make room for another.
+    pub neighbours_evicted: u64,
+    /// New neighbours not learned because every entry had a live connection (raise
+    /// `tcp.neighbours_max`).
+    pub neighbours_table_full: u64,
     /// SYNs answered with a SYN cookie instead of a listening socket (docs/tcp.md).
     pub syn_cookies_sent: u64,
     /// Connections opened from an ACK that carried a valid cookie.
@@ -325,7 +333,14 @@ impl Stack {
             egress_at: None,
             now,
             probe: Probe::new(config.port, config.mac, config.ipv4, gate),
-            neighbours: Neighbours::new(config.mac, config.ipv4, config.prefix_len, config.gateway),
+            neighbours: Neighbours::new(
+                config.mac,
+                config.ipv4,
+                config.prefix_len,
+                config.gateway,
+                config.gateway_mac,
+                config.neighbours_max,
+            ),
             counters: StackCounters::default(),
             mac: config.mac,
             ipv4: config.ipv4,
@@ -338,6 +353,16 @@ impl Stack {
             egress_rounds_per_poll_max: config.egress_rounds_per_poll_max,
         };
         stack.rearm();
+        // A static gateway MAC is known from the start.
+        let per_source = &stack.per_source;
+        stack.neighbours.maintain(
+            &mut stack.iface,
+            &mut stack.sockets,
+            device,
+            now,
+            &|ipv4| per_source.contains_key(&IpAddress::Ipv4(ipv4)),
+        );
+        stack.fold_neighbour_counters();
         Ok(stack)
     }
 
@@ -377,6 +402,10 @@ impl Stack {
             gate.pending = self.connections_counted - self.connections_open;
         }
         self.iface.poll_maintenance(now);
+        let per_source = &self.per_source;
+        let live = |ipv4: Ipv4Addr| per_source.contains_key(&IpAddress::Ipv4(ipv4));
+        self.neighbours
+            .maintain(&mut self.iface, &mut self.sockets, &mut device, now, &live);
         while frames < self.ingress_frames_per_poll_max {
             let result = self
                 .iface
@@ -414,17 +443,18 @@ impl Stack {
                     gate.counters.cookies_accepted += 1;
                     drop(gate);
                     changed = true;
+                    // A valid cookie ACK completes a handshake: it teaches like a live segment.
                     let IpAddress::Ipv4(source) = remote.addr;
-                    if self.neighbours.learn(
+                    self.neighbours.learn(
                         &mut self.iface,
                         &mut self.sockets,
                         &mut device,
                         now,
                         source,
                         remote_mac,
-                    ) {
-                        self.counters.neighbours_learned += 1;
-                    }
+                        Authority::Live,
+                        &live,
+                    );
                 }
             }
             // A SYN to the service port answered with an RST: no socket was listening
@@ -437,20 +467,51 @@ impl Stack {
                 }
                 self.probe.rx_syn.set(false);
             }
+            // ARP aimed at us reaches smoltcp (which fills its cache from it) only if the
+            // neighbour table admits the sender (docs/tcp.md, "Neighbours").
+            if let Some(arp) = self.probe.arp.take() {
+                self.neighbours.arp(
+                    &mut self.iface,
+                    &mut self.sockets,
+                    &mut device,
+                    now,
+                    &arp,
+                    &live,
+                );
+            }
             // Teach smoltcp the sender of an IPv4 frame addressed to us before egress runs,
             // so a SYN-ACK to a client whose ARP traffic reaches another queue leaves in this
-            // poll instead of waiting for an ARP reply that never comes (docs/tcp.md).
-            if let Some((source, source_mac)) = self.probe.learned.take() {
-                if self.neighbours.learn(
+            // poll instead of waiting for an ARP reply that never comes (docs/tcp.md). Only a
+            // live connection's segment may move a neighbour that has one.
+            if let Some((source, source_mac, seen)) = self.probe.learned.take() {
+                let authority = match seen {
+                    Seen::Syn | Seen::Echo => Authority::Tentative,
+                    Seen::Segment { port } => {
+                        let remote = IpEndpoint::new(IpAddress::Ipv4(source), port);
+                        let confirm = self.neighbours.neighbour_of(source) == Some(source)
+                            && self
+                                .neighbours
+                                .wants_confirmation(source, source_mac, now, &live);
+                        if confirm && live_four_tuple(&self.slots, &self.sockets, remote) {
+                            Authority::Live
+                        } else {
+                            Authority::Refresh
+                        }
+                    }
+                };
+                self.neighbours.learn(
                     &mut self.iface,
                     &mut self.sockets,
                     &mut device,
                     now,
                     source,
                     source_mac,
-                ) {
-                    self.counters.neighbours_learned += 1;
-                }
+                    authority,
+                    &live,
+                );
+            }
+            if let Some(target) = self.probe.asked.take() {
+                self.neighbours.note_asked(target, now);
             }
         }
         if frames == self.ingress_frames_per_poll_max {
@@ -481,6 +542,10 @@ impl Stack {
             self.egress_dirty = false;
             self.egress_at = None;
         }
+        if let Some(target) = self.probe.asked.take() {
+            self.neighbours.note_asked(target, now);
+        }
+        self.fold_neighbour_counters();
         let gate = self.probe.gate.borrow().counters;
         self.counters.syn_cookies_sent = gate.cookies_sent;
         self.counters.syn_cookies_accepted = gate.cookies_accepted;
@@ -491,6 +556,14 @@ impl Stack {
         self.counters.tx_bytes = self.probe.tx_bytes.get()
             + self.counters.announcements * GRATUITOUS_ARP_FRAME_BYTES as u64;
         changed || frames > 0 || self.probe.tx_frames.get() != tx_frames_before
+    }
+
+    fn fold_neighbour_counters(&mut self) {
+        let neighbours = self.neighbours.counters;
+        self.counters.neighbours_learned = neighbours.learned;
+        self.counters.neighbour_rebinds_refused = neighbours.rebinds_refused;
+        self.counters.neighbours_evicted = neighbours.evicted;
+        self.counters.neighbours_table_full = neighbours.table_full;
     }
 
     /// How long the caller may wait before the next `poll`/`service` if no frame arrives:
@@ -907,8 +980,8 @@ impl Stack {
         &self.counters
     }
 
-    /// The neighbours taught to smoltcp from received frames and not yet forgotten (at most
-    /// [`crate::NEIGHBOURS_MAX`]), as (IPv4 address, MAC), in no particular order.
+    /// The neighbours taught to smoltcp and not evicted (at most `tcp.neighbours_max`), as
+    /// (IPv4 address, MAC), in no particular order.
     pub fn neighbours(&self) -> impl Iterator<Item = (Ipv4Addr, [u8; 6])> + '_ {
         self.neighbours.iter()
     }
@@ -917,6 +990,21 @@ impl Stack {
     pub fn interface(&self) -> &Interface {
         &self.iface
     }
+}
+
+/// True if a socket holds the connection with `remote` in ESTABLISHED or a later state (so
+/// also just after the handshake's final ACK): its segments may teach `remote`'s MAC. A scan
+/// of the table, done only for a segment whose neighbour it could change.
+fn live_four_tuple(slots: &[Slot], sockets: &SocketSet<'static>, remote: IpEndpoint) -> bool {
+    slots.iter().any(|slot| {
+        slot.role != Role::Free && {
+            let socket = sockets.get::<tcp::Socket>(slot.handle);
+            !matches!(
+                socket.state(),
+                State::Closed | State::Listen | State::SynSent | State::SynReceived
+            ) && socket.remote_endpoint() == Some(remote)
+        }
+    })
 }
 
 /// Transmits one frame the stack made itself; counts it in `unsent` if the device has no

@@ -1,6 +1,8 @@
 //! Neighbour learning: a stack whose clients' ARP frames go to another NIC queue still answers
 //! them at once, because it learns each client's MAC (or the gateway's) from the IPv4 frames
-//! of the client's own flows. See docs/tcp.md, "Neighbours across queues".
+//! of the client's own flows; and that what may be learned is limited, so an on-link attacker
+//! can neither rebind the gateway nor evict a live connection's neighbour. See docs/tcp.md,
+//! "Neighbours".
 //!
 //! The appliance's [`Stack`] is on side A of a [`SimLink`]; on side B a smoltcp client
 //! `Interface` or hand-made frames. Every frame crossing the link is relayed by the test, which
@@ -15,11 +17,11 @@ use smoltcp::socket::tcp as stcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
+    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 use tcp::sim::{Side, SimConfig, SimLink};
-use tcp::{ConnId, Event, Stack, StackConfig, NEIGHBOURS_MAX, NEIGHBOUR_REFRESH};
+use tcp::{ConnId, Event, Stack, StackConfig, SynCookieMode, NEIGHBOUR_LIFETIME, NEIGHBOUR_REFRESH};
 
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -31,6 +33,8 @@ const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 254);
 const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const REMOTE_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PORT: u16 = 8443;
+/// An on-link attacker.
+const ATTACKER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
 
 fn server_config(gateway: Option<Ipv4Addr>) -> StackConfig {
     StackConfig {
@@ -90,12 +94,62 @@ fn arp_reply(
 
 /// A TCP SYN to the service from `(mac, ip, port)`, checksums filled in.
 fn syn_frame(mac: [u8; 6], ip: Ipv4Addr, port: u16) -> Vec<u8> {
+    tcp_frame(mac, ip, port, TcpControl::Syn, None)
+}
+
+/// An ARP request from `(mac, ip)` for our address, broadcast.
+fn arp_request(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut frame = arp_reply(mac, ip, [0xff; 6], SERVER_IP);
+    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+    let mut arp = ArpPacket::new_unchecked(ethernet.payload_mut());
+    arp.set_operation(ArpOperation::Request);
+    arp.set_target_hardware_addr(&[0; 6]);
+    frame
+}
+
+/// An ICMP echo request to us from `(mac, ip)`.
+fn echo_request(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoRequest {
+        ident: 7,
+        seq_no: 1,
+        data: b"ping",
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: ip,
+        dst_addr: SERVER_IP,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let checksums = ChecksumCapabilities::default();
+    let mut frame = vec![0; 14 + ip_repr.buffer_len() + icmp.buffer_len()];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(mac),
+        dst_addr: EthernetAddress(SERVER_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut ethernet);
+    let mut ip_packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+    ip_repr.emit(&mut ip_packet, &checksums);
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(ip_packet.payload_mut()), &checksums);
+    frame
+}
+
+/// A TCP segment to the service from `(mac, ip, port)` with `control` and, if given, an ACK.
+fn tcp_frame(
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    port: u16,
+    control: TcpControl,
+    ack_number: Option<TcpSeqNumber>,
+) -> Vec<u8> {
     let tcp = TcpRepr {
         src_port: port,
         dst_port: PORT,
-        control: TcpControl::Syn,
+        control,
         seq_number: TcpSeqNumber(1000),
-        ack_number: None,
+        ack_number,
         window_len: 4096,
         window_scale: None,
         max_seg_size: Some(1460),
@@ -140,6 +194,16 @@ fn syn_ack_of(frame: &[u8]) -> Option<([u8; 6], Ipv4Addr, u16)> {
     let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     (tcp.syn() && tcp.ack()).then(|| (ethernet.dst_addr().0, ip.dst_addr(), tcp.dst_port()))
+}
+
+/// (Ethernet destination, IPv4 destination) of an IPv4 frame, or None.
+fn ipv4_dst_of(frame: &[u8]) -> Option<([u8; 6], Ipv4Addr)> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    if ethernet.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    Some((ethernet.dst_addr().0, ip.dst_addr()))
 }
 
 /// The stack and one smoltcp client, with the test relaying every frame.
@@ -231,6 +295,11 @@ impl World {
                 self.server_relayed += 1;
             }
         }
+        self.server_turn();
+    }
+
+    /// The stack polls and services; its frames are recorded and reach the client.
+    fn server_turn(&mut self) {
         self.server.poll(self.now, &mut self.link.port(Side::A));
         let opened = &mut self.opened;
         self.server.service(self.now, |event| {
@@ -248,6 +317,22 @@ impl World {
             &mut self.link.port(Side::B),
             &mut self.client_sockets,
         );
+    }
+
+    /// Hand-made frames reach the stack directly (ARP included), `batch` per turn.
+    fn hit(&mut self, frames: &[Vec<u8>], batch: usize) {
+        for chunk in frames.chunks(batch) {
+            for frame in chunk {
+                assert!(self.link.inject(Side::A, self.now, frame));
+            }
+            self.server_turn();
+            self.client.poll(
+                self.now,
+                &mut self.link.port(Side::B),
+                &mut self.client_sockets,
+            );
+            self.now += Duration::from_micros(100);
+        }
     }
 
     /// Echoes what each open connection received.
@@ -307,6 +392,11 @@ impl World {
 
 /// Connects, then sends `message` and waits for its echo. Returns the time the handshake took.
 fn connect_and_echo(world: &mut World, message: &[u8]) -> Duration {
+    connect_and_echo_on(world, message).0
+}
+
+/// As `connect_and_echo`, and the client's socket.
+fn connect_and_echo_on(world: &mut World, message: &[u8]) -> (Duration, SocketHandle) {
     let handle = world.connect(40_000);
     let handshake = world
         .run_until(Duration::from_secs(5), |w| {
@@ -344,7 +434,31 @@ fn connect_and_echo(world: &mut World, message: &[u8]) -> Duration {
         })
         .expect("the echo comes back");
     assert_eq!(echoed, message);
-    handshake
+    (handshake, handle)
+}
+
+/// The client reads everything `handle` has received within `limit`, until it holds `len`
+/// bytes; returns them and the time it took, None on timeout.
+fn client_receives(
+    world: &mut World,
+    handle: SocketHandle,
+    len: usize,
+    limit: Duration,
+) -> Option<(Vec<u8>, Duration)> {
+    let mut received = Vec::new();
+    let took = world.run_until(limit, |w| {
+        let socket = w.client_sockets.get_mut::<stcp::Socket>(handle);
+        while socket.can_recv() {
+            socket
+                .recv(|bytes| {
+                    received.extend_from_slice(bytes);
+                    (bytes.len(), ())
+                })
+                .unwrap();
+        }
+        received.len() >= len
+    })?;
+    Some((received, took))
 }
 
 #[test]
@@ -466,14 +580,18 @@ fn syn_and_reply(
 
 #[test]
 fn the_table_is_bounded_and_a_changed_mac_is_taught_again() {
-    assert_eq!(NEIGHBOURS_MAX, 16);
+    const TABLE: usize = 16;
     let mut link = SimLink::new(SimConfig::default());
     let mut now = Instant::from_millis(1_000);
-    let mut server = Stack::new(&server_config(None), &mut link.port(Side::A), now).unwrap();
+    let config = StackConfig {
+        neighbours_max: TABLE,
+        ..server_config(None)
+    };
+    let mut server = Stack::new(&config, &mut link.port(Side::A), now).unwrap();
     let host = |i: u8| (Ipv4Addr::new(10, 99, 0, 100 + i), [0x02, 0, 0, 0, 1, i]);
 
     // 17 hosts, none of which ever ARPs: each SYN-ACK goes straight to its host's MAC.
-    for i in 0..=NEIGHBOURS_MAX as u8 {
+    for i in 0..=TABLE as u8 {
         let (ip, mac) = host(i);
         now += Duration::from_millis(1);
         let sent = syn_and_reply(&mut link, &mut server, now, mac, ip, 40_000);
@@ -485,12 +603,12 @@ fn the_table_is_bounded_and_a_changed_mac_is_taught_again() {
     }
     assert_eq!(server.counters().neighbours_learned, 17);
     let known: Vec<_> = server.neighbours().collect();
-    assert_eq!(known.len(), NEIGHBOURS_MAX, "17 neighbours, 16 entries");
+    assert_eq!(known.len(), TABLE, "17 neighbours, 16 entries");
     assert!(
         !known.contains(&host(0)),
         "the first one taught was forgotten"
     );
-    assert!((1..=NEIGHBOURS_MAX as u8).all(|i| known.contains(&host(i))));
+    assert!((1..=TABLE as u8).all(|i| known.contains(&host(i))));
 
     // A second frame from a known host with the same MAC teaches nothing.
     let (ip, mac) = host(16);
@@ -510,7 +628,7 @@ fn the_table_is_bounded_and_a_changed_mac_is_taught_again() {
     );
     assert_eq!(server.counters().neighbours_learned, 18);
     assert!(server.neighbours().any(|entry| entry == (ip, moved)));
-    assert_eq!(server.neighbours().count(), NEIGHBOURS_MAX);
+    assert_eq!(server.neighbours().count(), TABLE);
 
     // After the refresh interval the same pair is taught again (smoltcp forgets after 60 s).
     now += NEIGHBOUR_REFRESH;
@@ -544,4 +662,218 @@ fn without_a_free_transmit_buffer_nothing_is_taught_until_a_later_frame() {
         "{} frames, none a SYN-ACK to the client",
         sent.len()
     );
+}
+
+/// The attacks of issue 8 item 5 first: an on-link attacker must not redirect routed replies
+/// by showing the gateway's address with its own MAC, whatever it sends.
+#[test]
+fn a_routed_frame_from_another_mac_does_not_rebind_the_gateway() {
+    let mut world = World::new(
+        &server_config(Some(GATEWAY_IP)),
+        GATEWAY_MAC,
+        IpCidr::new(IpAddress::Ipv4(REMOTE_IP), 24),
+        Some(REMOTE_ROUTER_IP),
+    );
+    let (_, handle) = connect_and_echo_on(&mut world, b"before the attack");
+    assert_eq!(
+        world.server.neighbours().collect::<Vec<_>>(),
+        [(GATEWAY_IP, GATEWAY_MAC)]
+    );
+    let sent_before = world.server_sent.len();
+
+    let elsewhere = Ipv4Addr::new(198, 51, 100, 9);
+    world.hit(
+        &[
+            // A SYN "routed" from anywhere: used to rebind the gateway to its MAC.
+            syn_frame(ATTACKER_MAC, elsewhere, 5555),
+            // A segment of the live connection's four-tuple, from the attacker's MAC.
+            tcp_frame(ATTACKER_MAC, REMOTE_IP, 40_000, TcpControl::None, Some(TcpSeqNumber(1))),
+            // ARP claiming the gateway's address: an unsolicited reply and a request.
+            arp_reply(ATTACKER_MAC, GATEWAY_IP, SERVER_MAC, SERVER_IP),
+            arp_request(ATTACKER_MAC, GATEWAY_IP),
+            // And ICMP echo from afar.
+            echo_request(ATTACKER_MAC, elsewhere),
+        ],
+        1,
+    );
+    assert_eq!(
+        world.server.neighbours().collect::<Vec<_>>(),
+        [(GATEWAY_IP, GATEWAY_MAC)],
+        "the gateway kept its MAC; counters {:?}",
+        world.server.counters()
+    );
+    assert!(world.server.counters().neighbour_rebinds_refused >= 4);
+
+    // The live connection still answers through the real gateway, and so does the new SYN.
+    let message = b"after the attack";
+    let socket = world.client_sockets.get_mut::<stcp::Socket>(handle);
+    assert_eq!(socket.send_slice(message).unwrap(), message.len());
+    let (echoed, _) = client_receives(&mut world, handle, message.len(), Duration::from_secs(1))
+        .expect("the echo comes back through the gateway");
+    assert_eq!(echoed, message);
+    let routed: Vec<_> = world.server_sent[sent_before..]
+        .iter()
+        .filter_map(|(_, frame)| ipv4_dst_of(frame))
+        .collect();
+    assert!(routed.iter().any(|&(_, ip)| ip == elsewhere), "the SYN was answered");
+    assert!(
+        routed.iter().all(|&(mac, _)| mac == GATEWAY_MAC),
+        "every routed reply went to the gateway: {routed:?}"
+    );
+}
+
+/// 100 spoofed on-link sources (SYNs, echo requests, ARP, stray segments) and spoofed claims
+/// on the client's own address: the live connection's neighbour stays, and the stack sends to
+/// it at once, without asking for it.
+#[test]
+fn a_flood_from_spoofed_on_link_sources_does_not_evict_a_live_connections_neighbour() {
+    let config = StackConfig {
+        connections_max: 256,
+        listen_sockets: 128,
+        syn_cookies: SynCookieMode::Off,
+        ..server_config(None)
+    };
+    let mut world = World::new(
+        &config,
+        CLIENT_MAC,
+        IpCidr::new(IpAddress::Ipv4(CLIENT_IP), 24),
+        None,
+    );
+    let (_, handle) = connect_and_echo_on(&mut world, b"hello");
+    let id = world.opened[0];
+    let sent_before = world.server_sent.len();
+
+    let mut flood = Vec::new();
+    for i in 0..100u16 {
+        let ip = Ipv4Addr::new(10, 99, 0, 20 + i as u8);
+        let mac = [0x02, 0, 0, 0, 3, i as u8];
+        flood.push(syn_frame(mac, ip, 1000 + i));
+        flood.push(echo_request(mac, ip));
+        flood.push(arp_request(mac, ip));
+        flood.push(arp_reply(mac, ip, SERVER_MAC, SERVER_IP));
+        flood.push(tcp_frame(mac, ip, 2000 + i, TcpControl::None, Some(TcpSeqNumber(1))));
+    }
+    // Claims on the client's own address from the attacker's MAC.
+    flood.push(syn_frame(ATTACKER_MAC, CLIENT_IP, 41_000));
+    flood.push(echo_request(ATTACKER_MAC, CLIENT_IP));
+    flood.push(arp_request(ATTACKER_MAC, CLIENT_IP));
+    flood.push(arp_reply(ATTACKER_MAC, CLIENT_IP, SERVER_MAC, SERVER_IP));
+    world.hit(&flood, 16);
+    assert!(
+        world.server.neighbours().any(|entry| entry == (CLIENT_IP, CLIENT_MAC)),
+        "the client's neighbour survived; counters {:?}",
+        world.server.counters()
+    );
+    assert!(world.server.counters().neighbour_rebinds_refused >= 4);
+    assert!(world.server.counters().neighbours_evicted > 0, "the flood did churn the rest");
+    // The refused ARP request was still answered (our address is no secret), without
+    // learning the requester.
+    assert!(
+        world.server_sent.iter().filter_map(|(_, frame)| arp_of(frame)).any(|arp| arp
+            == ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: EthernetAddress(SERVER_MAC),
+                source_protocol_addr: SERVER_IP,
+                target_hardware_addr: EthernetAddress(ATTACKER_MAC),
+                target_protocol_addr: CLIENT_IP,
+            }),
+        "the refused request got no answer"
+    );
+
+    // The stack speaks first: without the client's neighbour it would have to ARP, and the
+    // client's ARP replies never reach this queue.
+    let push = b"pushed by the stack";
+    assert_eq!(world.server.send_slice(id, push).unwrap(), push.len());
+    let (received, took) = client_receives(&mut world, handle, push.len(), Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no data; counters {:?}", world.server.counters()));
+    assert_eq!(received, push);
+    assert!(took < Duration::from_millis(5), "took {took}");
+    let to_client: Vec<_> = world.server_sent[sent_before..]
+        .iter()
+        .filter_map(|(_, frame)| ipv4_dst_of(frame))
+        .filter(|&(_, ip)| ip == CLIENT_IP)
+        .collect();
+    assert!(
+        to_client.iter().all(|&(mac, _)| mac == CLIENT_MAC),
+        "nothing for the client went to another MAC: {to_client:?}"
+    );
+    assert!(
+        !world.server_arp_requests().iter().any(|arp| matches!(
+            arp,
+            ArpRepr::EthernetIpv4 { target_protocol_addr, .. } if *target_protocol_addr == CLIENT_IP
+        )),
+        "the stack asked for the client"
+    );
+}
+
+/// `tcp.gateway_mac`: taught at start, kept across minutes of silence, and never changed by
+/// a frame or ARP with another MAC.
+#[test]
+fn a_static_gateway_mac_is_taught_at_start_and_never_changed() {
+    let mut link = SimLink::new(SimConfig::default());
+    let mut now = Instant::from_millis(1_000);
+    let config = StackConfig {
+        gateway_mac: Some(GATEWAY_MAC),
+        ..server_config(Some(GATEWAY_IP))
+    };
+    let mut server = Stack::new(&config, &mut link.port(Side::A), now).unwrap();
+    assert_eq!(server.neighbours().collect::<Vec<_>>(), [(GATEWAY_IP, GATEWAY_MAC)]);
+    assert_eq!(server.counters().neighbours_learned, 1);
+
+    // The first routed SYN arrives through another MAC (a second router, or an attacker):
+    // the reply still goes to the configured gateway.
+    let sent = syn_and_reply(&mut link, &mut server, now, ATTACKER_MAC, REMOTE_IP, 40_000);
+    assert_eq!(
+        sent.iter().map(|f| syn_ack_of(f)).collect::<Vec<_>>(),
+        [Some((GATEWAY_MAC, REMOTE_IP, 40_000))]
+    );
+    assert!(link.inject(Side::A, now, &arp_reply(ATTACKER_MAC, GATEWAY_IP, SERVER_MAC, SERVER_IP)));
+    server.poll(now, &mut link.port(Side::A));
+    assert_eq!(server.counters().neighbour_rebinds_refused, 2);
+    assert_eq!(server.neighbours().collect::<Vec<_>>(), [(GATEWAY_IP, GATEWAY_MAC)]);
+
+    // Five quiet minutes (smoltcp forgets an entry after 60 s): still resolved, no ARP.
+    let mut arp_requests = 0;
+    for _ in 0..300 {
+        now += Duration::from_secs(1);
+        server.poll(now, &mut link.port(Side::A));
+        server.service(now, |_| {});
+        arp_requests += std::iter::from_fn(|| link.take(Side::B, now))
+            .filter(|frame| ethertype(frame) == Some(EthernetProtocol::Arp))
+            .count();
+    }
+    assert_eq!(arp_requests, 0);
+    let sent = syn_and_reply(&mut link, &mut server, now, GATEWAY_MAC, REMOTE_IP, 40_001);
+    assert_eq!(
+        sent.iter().map(|f| syn_ack_of(f)).collect::<Vec<_>>(),
+        [Some((GATEWAY_MAC, REMOTE_IP, 40_001))]
+    );
+}
+
+/// A learned gateway survives a failover to a new MAC: refused while the old MAC is fresh,
+/// learned once it has gone `NEIGHBOUR_LIFETIME` without a frame.
+#[test]
+fn a_learned_gateway_moves_only_after_its_mac_went_quiet() {
+    let mut link = SimLink::new(SimConfig::default());
+    let mut now = Instant::from_millis(1_000);
+    let mut server = Stack::new(&server_config(Some(GATEWAY_IP)), &mut link.port(Side::A), now).unwrap();
+    let moved = [0x02, 0, 0, 0, 0, 0xfd];
+    let sent = syn_and_reply(&mut link, &mut server, now, GATEWAY_MAC, REMOTE_IP, 40_000);
+    assert_eq!(syn_ack_of(&sent[0]), Some((GATEWAY_MAC, REMOTE_IP, 40_000)));
+
+    now += Duration::from_secs(1);
+    let sent = syn_and_reply(&mut link, &mut server, now, moved, REMOTE_IP, 40_001);
+    assert!(
+        sent.iter().any(|f| syn_ack_of(f) == Some((GATEWAY_MAC, REMOTE_IP, 40_001))),
+        "not yet: {sent:?}"
+    );
+    assert_eq!(server.counters().neighbour_rebinds_refused, 1);
+
+    now += NEIGHBOUR_LIFETIME;
+    let sent = syn_and_reply(&mut link, &mut server, now, moved, REMOTE_IP, 40_002);
+    assert!(
+        sent.iter().any(|f| syn_ack_of(f) == Some((moved, REMOTE_IP, 40_002))),
+        "the new MAC is learned: {sent:?}"
+    );
+    assert_eq!(server.neighbours().collect::<Vec<_>>(), [(GATEWAY_IP, moved)]);
 }

@@ -172,6 +172,12 @@ impl Cache {
     pub(crate) fn flush(&mut self) {
         self.storage.clear()
     }
+
+    /// Forgets the entry of `protocol_addr`; returns true if there was one. Its next packet
+    /// starts discovery again.
+    pub(crate) fn remove(&mut self, protocol_addr: &IpAddress) -> bool {
+        self.storage.remove(protocol_addr).is_some()
+    }
 }
 
 #[cfg(feature = "medium-ethernet")]
@@ -229,6 +235,32 @@ mod test {
             !cache
                 .lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(0))
                 .found()
+        );
+    }
+
+    #[test]
+    fn test_remove() {
+        let mut cache = Cache::new();
+
+        cache.fill(MOCK_IP_ADDR_1.into(), HADDR_A, Instant::from_millis(0));
+        cache.fill(MOCK_IP_ADDR_2.into(), HADDR_B, Instant::from_millis(0));
+        assert!(cache.remove(&MOCK_IP_ADDR_1.into()));
+        assert!(!cache.remove(&MOCK_IP_ADDR_1.into()));
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(0)),
+            Answer::NotFound
+        );
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(0)),
+            Answer::Found(HADDR_B)
+        );
+        // The freed room takes a new entry without evicting the remaining one.
+        for (addr, haddr) in [(MOCK_IP_ADDR_3, HADDR_C), (MOCK_IP_ADDR_4, HADDR_D)] {
+            cache.fill(addr.into(), haddr, Instant::from_millis(1));
+        }
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(1)),
+            Answer::Found(HADDR_B)
         );
     }
 

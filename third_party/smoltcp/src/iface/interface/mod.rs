@@ -415,6 +415,16 @@ impl Interface {
         }
     }
 
+    /// Forget the neighbor cache entry of `addr`, if any; returns true if there was one.
+    ///
+    /// The cache evicts its entry closest to expiry when a new neighbor arrives and it is
+    /// full. An application that decides itself which neighbors to keep (and feeds the cache
+    /// only through ARP it lets in) removes its choice first, so that the cache never has to.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn neighbor_cache_remove(&mut self, addr: IpAddress) -> bool {
+        self.inner.neighbor_cache.remove(&addr)
+    }
+
     /// Check whether the interface has the given IP address assigned.
     pub fn has_ip_addr<T: Into<IpAddress>>(&self, addr: T) -> bool {
         self.inner.has_ip_addr(addr)
