@@ -46,13 +46,14 @@ pub struct HandshakeLimits {
 
 impl Default for HandshakeLimits {
     fn default() -> Self {
-        HandshakeLimits { pending_max: 256, steps_per_turn_max: 4, time_share_percent: 25 }
+        HandshakeLimits { pending_max: 128, steps_per_turn_max: 4, time_share_percent: 10 }
     }
 }
 
-/// The most handshake time a busy worker may have saved up: at most two steps back to back
-/// after a lull, so the delay a waiting request sees stays about one step.
-const CREDIT_MAX: Duration = Duration::from_micros(500);
+/// The most handshake time a busy worker may have saved up: less than one step, so while
+/// established connections are busy the steps are spread out one at a time and a waiting
+/// request is delayed by one step at most, never by a burst of them.
+const CREDIT_MAX: Duration = Duration::from_micros(100);
 
 /// Cumulative counts, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,10 +162,15 @@ impl Handshakes {
         }
     }
 
+    /// Whether [`Handshakes::next_step`] would give a step now.
+    pub fn step_ready(&self) -> bool {
+        self.ready.len() > 0 && self.steps_this_turn < self.limits.steps_per_turn_max && !(self.contended && self.credit_us <= 0)
+    }
+
     /// The next handshake step to run this turn, oldest ready first; None when the turn's
     /// bound or the time share is spent. Report its cost with [`Handshakes::step_done`].
     pub fn next_step(&mut self) -> Option<usize> {
-        if self.steps_this_turn >= self.limits.steps_per_turn_max || (self.contended && self.credit_us <= 0) {
+        if !self.step_ready() {
             return None;
         }
         let slot = self.ready.pop_front()?;
@@ -375,7 +381,7 @@ mod tests {
         let share = handshake_time.as_secs_f64() / (now - t0).as_secs_f64();
         assert!((0.22..=0.28).contains(&share), "handshakes took {share:.3} of the time");
         assert!(steps > 200, "handshakes kept completing: {steps}");
-        // Never more than two steps back to back (the saved-up credit).
+        // Never more than one step at a time (the saved-up credit is less than a step).
         let mut h = Handshakes::new(limits(1024, 4, 25), 1024);
         for slot in 0..10 {
             h.opened(slot);
@@ -383,7 +389,7 @@ mod tests {
         }
         h.begin_turn(t0, true);
         h.end_turn();
-        assert_eq!(turn(&mut h, t0 + Duration::from_secs(1), true).len(), 2);
+        assert_eq!(turn(&mut h, t0 + Duration::from_secs(1), true).len(), 1);
     }
 
     #[test]

@@ -242,7 +242,14 @@ impl<P: Port> Worker<P> {
         for i in 0..self.active.len() {
             busy |= self.drive(self.active[i] as usize, now);
         }
-        busy |= self.handshake_steps(now);
+        if self.handshakes.step_ready() {
+            // What the established connections wrote leaves before the crypto runs, so a
+            // step delays no response already made.
+            busy |= self.stack.poll(t, &mut self.port);
+            self.service_stack(now);
+            self.port.service();
+            busy |= self.handshake_steps(now);
+        }
         // Steps left waiting keep the worker turning: it must not sleep past them.
         busy |= self.handshakes.end_turn();
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
