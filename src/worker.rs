@@ -242,21 +242,17 @@ impl<P: Port> Worker<P> {
         for i in 0..self.active.len() {
             busy |= self.drive(self.active[i] as usize, now);
         }
-        if self.handshakes.step_ready() {
-            // What the established connections wrote leaves before the crypto runs, so a
-            // step delays no response already made.
-            busy |= self.stack.poll(t, &mut self.port);
-            self.service_stack(now);
-            self.port.service();
-            busy |= self.handshake_steps(now);
-        }
-        // Steps left waiting keep the worker turning: it must not sleep past them.
-        busy |= self.handshakes.end_turn();
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
         // is re-armed after it as after the first one: smoltcp has no backlog (docs/facts.md).
         busy |= self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         self.port.service();
+        // The handshake steps come last, after the established connections' responses have
+        // left, so the crypto delays none of them; the flights they write leave at the next
+        // turn's first poll, which follows at once (a step makes the turn busy).
+        busy |= self.handshake_steps(now);
+        // Steps left waiting keep the worker turning: it must not sleep past them.
+        busy |= self.handshakes.end_turn();
         busy
     }
 
