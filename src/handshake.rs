@@ -28,25 +28,30 @@ use std::time::{Duration, Instant};
 /// `tls.handshake_time_share_percent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
-    /// Connections open at TCP whose TLS handshake has not finished. 256: the in-flight
-    /// handshakes of an honest burst at a queue's full handshake rate (~3.4k/s) over a
-    /// 50 ms round trip are ~170; each can hold up to 64 KiB of rustls handshake input, so
-    /// the bound is also 16 MiB per queue.
+    /// Connections open at TCP whose TLS handshake has not finished. 64: honest handshakes
+    /// finish a round trip after the server's flight, so 64 covers a queue's full handshake
+    /// rate (~3.4k/s) up to ~19 ms of round trip, and 1,000 new connections a second up to
+    /// ~60 ms; past it the oldest is evicted (and its client retries). Smaller is cheaper
+    /// under a flood: every pending handshake is a socket the stack walks each turn, with
+    /// the server's flight unacknowledged in it (the lab flood test: 0.90–1.00 of the
+    /// TCP-only figure at 64, 0.74–0.78 at 128). Each can hold up to 64 KiB of rustls
+    /// handshake input: 4 MiB per queue.
     pub pending_max: usize,
     /// Handshake steps (each may be ~300 µs of crypto) per worker turn. 4: at most ~1.2 ms of
     /// handshake work between two looks at the rings and the established connections, which
     /// still lets one queue reach its full handshake rate when nothing else is busy.
     pub steps_per_turn_max: usize,
     /// The share of the worker's time handshake steps may take while established
-    /// connections are busy. 25: a waiting request then finds a step in progress about a
-    /// quarter of the time (waiting ~150 µs on average when it does), and the queue still
-    /// completes ~800 full handshakes a second under load.
+    /// connections are busy. 10: the established connections keep at least 90 % of the
+    /// worker, a waiting request finds a step (~150 µs) in progress a tenth of the time, and
+    /// the queue still completes ~330 full mTLS handshakes a second (~300 µs each) while
+    /// they are busy; raise it for clients that open a connection per request.
     pub time_share_percent: u32,
 }
 
 impl Default for HandshakeLimits {
     fn default() -> Self {
-        HandshakeLimits { pending_max: 128, steps_per_turn_max: 4, time_share_percent: 10 }
+        HandshakeLimits { pending_max: 64, steps_per_turn_max: 4, time_share_percent: 10 }
     }
 }
 
