@@ -226,10 +226,13 @@ impl Default for Metrics {
     }
 }
 
-/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines).
-pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) {
+/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines); returns
+/// how many responses it queued.
+pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) -> usize {
     use ledger_svc::connection::Event;
+    let mut responses = 0;
     while let Some(event) = connection.poll_event() {
+        responses += usize::from(matches!(event, Event::Response { .. }));
         match event {
             Event::Handshake { version, resumed } => {
                 metrics.tls_handshakes.with_label_values(&[version, if resumed { "true" } else { "false" }]).inc()
@@ -240,6 +243,7 @@ pub fn record_events(connection: &mut ledger_svc::connection::Connection, metric
             Event::IdleClosed => metrics.http_deadlines.with_label_values(&["idle"]).inc(),
         }
     }
+    responses
 }
 
 /// Brings a Prometheus counter up to a cumulative value owned elsewhere (a stack's counters).

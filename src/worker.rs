@@ -94,8 +94,9 @@ const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
 /// reply channel (a reply does not wake poll(2)) for at most this long before it looks at
 /// the rings again: an upper bound on the delay a frame arriving meanwhile can see.
 const REPLY_WAIT: Duration = Duration::from_micros(200);
-/// Established connections that moved within this long count as busy: handshake steps then
-/// keep to their share of the worker's time (`src/handshake.rs`).
+/// Established connections (answered at least once before) that moved within this long
+/// count as busy: handshake steps then keep to their share of the worker's time
+/// (`src/handshake.rs`).
 const CONTENDED_WINDOW: Duration = Duration::from_millis(10);
 
 pub struct Worker<P: Port> {
@@ -142,6 +143,9 @@ struct HttpsConn {
     closed: bool,
     /// Evicted from the handshake budget and reset: nothing more is done with it.
     evicted: bool,
+    /// Responses queued so far: a connection that has been answered before is an
+    /// established client whose share the handshakes must leave alone.
+    responses: u64,
 }
 
 impl<P: Port> Worker<P> {
@@ -233,7 +237,7 @@ impl<P: Port> Worker<P> {
         let mut busy = self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         busy |= self.collect_completions();
-        let contended = self.outstanding > 0 || self.established_moved_at.is_some_and(|at| now.saturating_duration_since(at) < CONTENDED_WINDOW);
+        let contended = self.established_moved_at.is_some_and(|at| now.saturating_duration_since(at) < CONTENDED_WINDOW);
         self.handshakes.begin_turn(now, contended);
         busy |= self.expire_handshakes(now);
         // Only open connections: an empty turn must stay cheap, or busy-polling burns a core.
@@ -266,7 +270,7 @@ impl<P: Port> Worker<P> {
                     AppConfig::Ledger(l) => match Connection::new(&l.tls, l.limits, Arc::clone(&l.roles), l.budget.clone(), now) {
                         Ok(conn) => {
                             handshakes.opened(id.slot());
-                            Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false, evicted: false })))
+                            Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false, evicted: false, responses: 0 })))
                         }
                         Err(e) => {
                             log::warn!("cannot create a TLS session: {e}");
@@ -371,8 +375,12 @@ impl<P: Port> Worker<P> {
             Some(Conn::Https(https)) => {
                 let AppConfig::Ledger(app) = &self.app else { return false };
                 if !self.handshakes.is_pending(slot) {
+                    // Only a connection answered before counts as busy established work: the
+                    // one request of a client that connects per request is the rest of its
+                    // connection's cost, and must not hold the next clients' handshakes back.
+                    let answered_before = https.responses > 0;
                     let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
-                    if moved {
+                    if moved && answered_before {
                         self.established_moved_at = Some(now);
                     }
                     return moved;
@@ -399,7 +407,7 @@ impl<P: Port> Worker<P> {
             if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
                 https.conn.close();
                 https.flush(&mut self.stack);
-                record_events(&mut https.conn, &self.metrics);
+                let _ = record_events(&mut https.conn, &self.metrics);
                 self.stack.close(https.id);
             }
         }
@@ -529,7 +537,7 @@ impl HttpsConn {
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
-        record_events(&mut self.conn, metrics);
+        self.responses += record_events(&mut self.conn, metrics) as u64;
         // 4. Close once everything owed has been sent.
         if self.conn.is_closed() && !self.closed {
             self.closed = true;
