@@ -51,7 +51,7 @@ pub struct HandshakeLimits {
 
 impl Default for HandshakeLimits {
     fn default() -> Self {
-        HandshakeLimits { pending_max: 64, steps_per_turn_max: 4, time_share_percent: 10 }
+        HandshakeLimits { pending_max: 128, steps_per_turn_max: 16, time_share_percent: 10 }
     }
 }
 
@@ -75,16 +75,29 @@ pub struct HandshakeCounters {
     pub turns_limited: u64,
 }
 
-/// The pending handshakes of one worker, oldest first, and the FIFO of those whose next step
+/// The pending handshakes of one worker, oldest first, and the FIFOs of those whose next step
 /// is ready to run. Slots are the TCP stack's socket slots (`ConnId::slot`); the worker calls
 /// [`Handshakes::finished`] before a slot is reused.
+///
+/// Every pending handshake is in exactly one of three lists: waiting for its client, ready
+/// after its client answered the server's flight, or ready with its first flight (a
+/// ClientHello). Answered ones step first: their client is live and they are nearly done,
+/// while a ClientHello costs its sender nothing. The handshake evicted is the one that has
+/// waited longest for its client; when none waits on its client, the oldest ClientHello not
+/// yet answered; an answered one last.
 #[derive(Debug)]
 pub struct Handshakes {
     limits: HandshakeLimits,
-    /// Every pending handshake, in the order it opened.
+    /// Every pending handshake, in the order it opened (which is also deadline order).
     pending: SlotList,
-    /// Pending handshakes with ciphertext waiting, in the order they became ready.
-    ready: SlotList,
+    /// Pending handshakes waiting for their client, in the order they started waiting.
+    waiting: SlotList,
+    /// Ready, after a step of theirs has run: the client answered the server's flight.
+    answered: SlotList,
+    /// Ready, no step run yet: the client's first flight.
+    fresh: SlotList,
+    /// Whether a step of the slot's handshake has run.
+    stepped: Vec<bool>,
     steps_this_turn: usize,
     contended: bool,
     /// Handshake time the worker may still spend, in µs; a step may overdraw it once.
@@ -101,7 +114,10 @@ impl Handshakes {
         Handshakes {
             limits,
             pending: SlotList::new(slots),
-            ready: SlotList::new(slots),
+            waiting: SlotList::new(slots),
+            answered: SlotList::new(slots),
+            fresh: SlotList::new(slots),
+            stepped: vec![false; slots],
             steps_this_turn: 0,
             contended: false,
             credit_us: 0,
@@ -113,13 +129,20 @@ impl Handshakes {
     /// A connection opened at TCP and starts its TLS handshake.
     pub fn opened(&mut self, slot: usize) {
         self.pending.push_back(slot);
+        self.waiting.push_back(slot);
+        self.stepped[slot] = false;
         self.counters.started += 1;
     }
 
-    /// The handshake to evict now, if the budget is over its bound: the oldest. The caller
-    /// aborts it and calls [`Handshakes::evicted`].
+    /// The handshake to evict now, if the budget is over its bound: the one that has waited
+    /// longest for its client, else the oldest unanswered ClientHello, else the oldest. The
+    /// caller aborts it and calls
+    /// [`Handshakes::evicted`].
     pub fn over_budget(&self) -> Option<usize> {
-        (self.pending.len() > self.limits.pending_max).then(|| self.pending.front()).flatten()
+        if self.pending.len() <= self.limits.pending_max {
+            return None;
+        }
+        self.waiting.front().or(self.fresh.front()).or(self.pending.front())
     }
 
     pub fn evicted(&mut self, slot: usize) {
@@ -132,7 +155,9 @@ impl Handshakes {
     /// that is not pending is ignored.
     pub fn finished(&mut self, slot: usize) {
         self.pending.remove(slot);
-        self.ready.remove(slot);
+        self.waiting.remove(slot);
+        self.answered.remove(slot);
+        self.fresh.remove(slot);
     }
 
     /// The oldest pending handshake: the first whose deadline passes.
@@ -144,11 +169,18 @@ impl Handshakes {
         self.pending.contains(slot)
     }
 
-    /// A pending handshake has ciphertext waiting: its step joins the FIFO (once).
-    pub fn ready(&mut self, slot: usize) {
-        if self.pending.contains(slot) && !self.ready.contains(slot) {
-            self.ready.push_back(slot);
+    /// A pending handshake has ciphertext (or a FIN) waiting: its step joins its FIFO (once).
+    /// Returns true if it was waiting for its client until now.
+    pub fn ready(&mut self, slot: usize) -> bool {
+        if !self.waiting.remove(slot) {
+            return false;
         }
+        if self.stepped[slot] {
+            self.answered.push_back(slot);
+        } else {
+            self.fresh.push_back(slot);
+        }
+        true
     }
 
     /// Starts a worker turn at `now`. `contended`: established connections are busy, so the
@@ -169,16 +201,20 @@ impl Handshakes {
 
     /// Whether [`Handshakes::next_step`] would give a step now.
     pub fn step_ready(&self) -> bool {
-        self.ready.len() > 0 && self.steps_this_turn < self.limits.steps_per_turn_max && !(self.contended && self.credit_us <= 0)
+        self.ready_len() > 0 && self.steps_this_turn < self.limits.steps_per_turn_max && !(self.contended && self.credit_us <= 0)
     }
 
-    /// The next handshake step to run this turn, oldest ready first; None when the turn's
-    /// bound or the time share is spent. Report its cost with [`Handshakes::step_done`].
+    /// The next handshake step to run this turn: answered ones first, each FIFO oldest ready
+    /// first; None when the turn's bound or the time share is spent. Report its cost with
+    /// [`Handshakes::step_done`]. The handshake then waits for its client again (unless it
+    /// completes: [`Handshakes::finished`]).
     pub fn next_step(&mut self) -> Option<usize> {
         if !self.step_ready() {
             return None;
         }
-        let slot = self.ready.pop_front()?;
+        let slot = self.answered.pop_front().or_else(|| self.fresh.pop_front())?;
+        self.stepped[slot] = true;
+        self.waiting.push_back(slot);
         self.steps_this_turn += 1;
         self.counters.steps += 1;
         Some(slot)
@@ -193,7 +229,7 @@ impl Handshakes {
 
     /// Ends the turn; true when steps still wait (the worker must not sleep past them).
     pub fn end_turn(&mut self) -> bool {
-        let waiting = self.ready.len() > 0;
+        let waiting = self.ready_len() > 0;
         if waiting {
             self.counters.turns_limited += 1;
         }
@@ -206,8 +242,8 @@ impl Handshakes {
     }
 
     /// Steps waiting to run.
-    pub fn waiting(&self) -> usize {
-        self.ready.len()
+    pub fn ready_len(&self) -> usize {
+        self.answered.len() + self.fresh.len()
     }
 
     pub fn counters(&self) -> HandshakeCounters {
@@ -339,15 +375,15 @@ mod tests {
             h.opened(slot);
         }
         for slot in [3, 1, 4, 0, 5, 9, 2, 6] {
-            h.ready(slot);
-            h.ready(slot); // Ready twice in a turn is one step.
+            let _ = h.ready(slot);
+            let _ = h.ready(slot); // Ready twice in a turn is one step.
         }
-        h.ready(42); // Not pending (established): never a handshake step.
+        let _ = h.ready(42); // Not pending (established): never a handshake step.
         assert_eq!(turn(&mut h, t0, false), vec![3, 1, 4, 0]);
-        assert_eq!(h.waiting(), 4);
+        assert_eq!(h.ready_len(), 4);
         assert_eq!(h.counters().turns_limited, 1);
         // Newly ready steps queue behind the ones that waited: nobody is starved.
-        h.ready(7);
+        let _ = h.ready(7);
         assert_eq!(turn(&mut h, t0 + Duration::from_millis(1), false), vec![5, 9, 2, 6]);
         assert_eq!(turn(&mut h, t0 + Duration::from_millis(2), false), vec![7]);
         assert!(!h.end_turn(), "nothing waits");
@@ -355,11 +391,43 @@ mod tests {
     }
 
     #[test]
+    fn answered_handshakes_step_first_and_the_longest_waiting_for_its_client_is_evicted() {
+        let mut h = Handshakes::new(limits(4, 1, 25), 16);
+        let t0 = Instant::now();
+        for slot in [1, 2, 3] {
+            h.opened(slot);
+            let _ = h.ready(slot);
+        }
+        // Slot 1's ClientHello is answered by the server; its client then answers the flight.
+        assert_eq!(turn(&mut h, t0, false), vec![1]);
+        let _ = h.ready(1);
+        assert_eq!(turn(&mut h, t0, false), vec![1], "the answered client goes before the hellos");
+        h.finished(1); // Its handshake completed.
+        // Slots 2 and 3 get their steps; 2's client never answers, 3's does.
+        assert_eq!(turn(&mut h, t0, false), vec![2]);
+        assert_eq!(turn(&mut h, t0, false), vec![3]);
+        let _ = h.ready(3);
+        for slot in [4, 5, 6] {
+            h.opened(slot);
+            let _ = h.ready(slot);
+        }
+        // Over the bound: 2 has waited longest for its client; 3 (answered) and the fresh
+        // hellos are kept.
+        assert_eq!(h.over_budget(), Some(2));
+        h.evicted(2);
+        assert_eq!(h.over_budget(), None);
+        // With nobody waiting on its client, the oldest unanswered hello goes, not 3.
+        h.opened(7);
+        let _ = h.ready(7);
+        assert_eq!(h.over_budget(), Some(4));
+    }
+
+    #[test]
     fn a_finished_or_evicted_handshake_leaves_the_fifo() {
         let mut h = Handshakes::new(limits(2, 4, 25), 8);
         for slot in 0..3 {
             h.opened(slot);
-            h.ready(slot);
+            let _ = h.ready(slot);
         }
         h.evicted(h.over_budget().expect("over"));
         h.finished(2);
@@ -373,7 +441,7 @@ mod tests {
         let t0 = Instant::now();
         for slot in 0..1000 {
             h.opened(slot);
-            h.ready(slot);
+            let _ = h.ready(slot);
         }
         // 2,000 turns of 100 µs of established work each, plus whatever the steps take.
         let (mut now, mut steps) = (t0, 0);
@@ -390,7 +458,7 @@ mod tests {
         let mut h = Handshakes::new(limits(1024, 4, 25), 1024);
         for slot in 0..10 {
             h.opened(slot);
-            h.ready(slot);
+            let _ = h.ready(slot);
         }
         h.begin_turn(t0, true);
         h.end_turn();
@@ -403,7 +471,7 @@ mod tests {
         let t0 = Instant::now();
         for slot in 0..100 {
             h.opened(slot);
-            h.ready(slot);
+            let _ = h.ready(slot);
         }
         let mut now = t0;
         let mut steps = 0;

@@ -294,6 +294,13 @@ impl<P: Port> Worker<P> {
         // A full handshake budget evicts its oldest member, never an established connection
         // (design.md, "Under attack"): reset, so its slot and buffers are free at once.
         while let Some(slot) = self.handshakes.over_budget() {
+            // A candidate whose client has answered since the last walk is not abandoned: it
+            // joins the steps' FIFO and another is chosen.
+            if let Some(Conn::Https(https)) = &self.conns[slot] {
+                if self.stack.can_recv(https.id) && self.handshakes.ready(slot) {
+                    continue;
+                }
+            }
             self.handshakes.evicted(slot);
             if let Some(Conn::Https(https)) = &mut self.conns[slot] {
                 https.evicted = true;
@@ -395,7 +402,7 @@ impl<P: Port> Worker<P> {
                     return false;
                 }
                 if self.stack.can_recv(id) || !self.stack.may_recv(id) {
-                    self.handshakes.ready(slot);
+                    let _ = self.handshakes.ready(slot);
                 }
                 https.conn.wants_ciphertext() && https.flush(&mut self.stack)
             }

@@ -63,7 +63,7 @@ const FLOOD_HELLOS_PER_S: u64 = 1_000;
 const TLS_RATIO_MIN: f64 = 0.8;
 /// Established throughput during the ClientHello flood over quiet: the whole flood, TCP
 /// included (see the module documentation).
-const RATIO_MIN: f64 = 0.6;
+const RATIO_MIN: f64 = 0.5;
 /// The handshakes' share of the worker's time during the flood: 10 % configured while the
 /// established connections are busy; more when they pause (the share then does not apply)
 /// and when the worker is preempted mid-step on this shared machine (wall time is counted).
