@@ -28,18 +28,20 @@ use std::time::{Duration, Instant};
 /// `tls.handshake_time_share_percent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
-    /// Connections open at TCP whose TLS handshake has not finished. 64: honest handshakes
-    /// finish a round trip after the server's flight, so 64 covers a queue's full handshake
-    /// rate (~3.4k/s) up to ~19 ms of round trip, and 1,000 new connections a second up to
-    /// ~60 ms; past it the oldest is evicted (and its client retries). Smaller is cheaper
-    /// under a flood: every pending handshake is a socket the stack walks each turn, with
-    /// the server's flight unacknowledged in it (the lab flood test: 0.90–1.00 of the
-    /// TCP-only figure at 64, 0.74–0.78 at 128). Each can hold up to 64 KiB of rustls
-    /// handshake input: 4 MiB per queue.
+    /// Connections open at TCP whose TLS handshake has not finished. 128: honest handshakes
+    /// finish a round trip after the server's flight, so 128 covers a queue's full handshake
+    /// rate (~3.4k/s) up to ~37 ms of round trip, 1,000 new connections a second up to
+    /// ~120 ms, and a client fleet that keeps 48 handshakes in flight (lab_capacity; 64 reset
+    /// some of them). Smaller is cheaper under a flood: every pending handshake is a socket
+    /// the stack walks each turn with the server's flight unacknowledged in it (the lab flood
+    /// test: 0.90–1.00 of the TCP-only figure at 64, 0.74–0.85 at 128). Each can hold up to
+    /// 64 KiB of rustls handshake input: 8 MiB per queue.
     pub pending_max: usize,
-    /// Handshake steps (each may be ~300 µs of crypto) per worker turn. 4: at most ~1.2 ms of
-    /// handshake work between two looks at the rings and the established connections, which
-    /// still lets one queue reach its full handshake rate when nothing else is busy.
+    /// Handshake steps (each ~100–300 µs of crypto) per worker turn. 16: at most ~2–5 ms of
+    /// handshake work between two looks at the rings while established connections are quiet
+    /// (while they are busy the share spaces the steps one at a time anyway); with 4, a turn
+    /// that walks 10,000 connections let only ~220 handshakes a second through (lab_capacity),
+    /// with 16 ~750.
     pub steps_per_turn_max: usize,
     /// The share of the worker's time handshake steps may take while established
     /// connections are busy. 10: the established connections keep at least 90 % of the

@@ -291,8 +291,9 @@ impl<P: Port> Worker<P> {
                 }
             }
         });
-        // A full handshake budget evicts its oldest member, never an established connection
-        // (design.md, "Under attack"): reset, so its slot and buffers are free at once.
+        // A full handshake budget evicts one of its members (the one waiting longest for its
+        // client: `Handshakes::over_budget`), never an established connection (design.md,
+        // "Under attack"): reset, so its slot and buffers are free at once.
         while let Some(slot) = self.handshakes.over_budget() {
             // A candidate whose client has answered since the last walk is not abandoned: it
             // joins the steps' FIFO and another is chosen.
@@ -320,11 +321,11 @@ impl<P: Port> Worker<P> {
                 self.handshakes.finished(slot);
                 continue;
             };
-            if https.conn.poll_at().is_none_or(|at| at > now) && https.conn.is_handshaking() {
+            if https.conn.poll_at().is_some_and(|at| at > now) && https.conn.is_handshaking() {
                 break;
             }
-            // Its deadline passed (or it is no longer handshaking): `drive` without the
-            // ciphertext times it out, sends the alert and closes.
+            // Its deadline passed (or its session failed, or it is no longer handshaking):
+            // `drive` without the ciphertext times it out, sends the alert and closes.
             busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, false);
             self.handshakes.finished(slot);
         }
