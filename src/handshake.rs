@@ -5,12 +5,14 @@
 //! docs/tls.md "Figures") for one ClientHello that costs its sender a few bytes, and it runs on
 //! the worker thread that also serves the queue's established connections. So:
 //!
-//! - The handshakes a worker holds are bounded (`pending_max`): past it the oldest pending one
-//!   is evicted, never an established connection. The oldest is the one most likely abandoned
-//!   (an honest client answers the server's flight within a round trip).
+//! - The handshakes a worker holds are bounded (`pending_max`): past it one pending handshake
+//!   is evicted, never an established connection: the one that has waited longest for its
+//!   client since the server's flight (an honest client answers within a round trip), else
+//!   the oldest ClientHello not yet answered.
 //! - Handshake steps (every call that hands a handshaking connection its ciphertext: that is
-//!   where the crypto runs) wait in a FIFO and a turn runs at most `steps_per_turn_max` of
-//!   them, after the established connections have been served.
+//!   where the crypto runs) wait in FIFOs, clients that answered the server's flight before
+//!   new ClientHellos, and a turn runs at most `steps_per_turn_max` of them, after the
+//!   established connections have been served.
 //! - While established connections are busy, the steps may take at most
 //!   `time_share_percent` of the worker's time, measured (quinn-proto's `WorkLimiter` measures
 //!   work the same way): a credit grows with the time that passes and each step spends what
@@ -18,8 +20,8 @@
 //!   burst of honest connections (a restart, a failover) is served at full speed.
 //!
 //! Sans-IO like the stages below it: slots, durations and instants come in, decisions go out;
-//! the worker does the aborting and the crypto. All state is allocated at start (one pair of
-//! links per socket slot).
+//! the worker does the aborting and the crypto. All state is allocated at start (links per
+//! socket slot).
 
 use std::time::{Duration, Instant};
 
