@@ -175,6 +175,17 @@ pub struct TlsSection {
     pub min_version: String,
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Connections per queue open at TCP whose handshake has not finished; past it the
+    /// oldest is evicted (src/handshake.rs).
+    #[serde(default = "default_handshakes_pending_max")]
+    pub handshakes_pending_max: usize,
+    /// Handshake steps (crypto) a worker runs per loop turn.
+    #[serde(default = "default_handshakes_per_turn_max")]
+    pub handshakes_per_turn_max: usize,
+    /// The share of a worker's time handshakes may take while established connections are
+    /// busy.
+    #[serde(default = "default_handshake_time_share_percent")]
+    pub handshake_time_share_percent: u32,
     /// Client identity (certificate SAN or CN) -> "write" | "read".
     #[serde(default)]
     pub roles: BTreeMap<String, String>,
@@ -188,7 +199,16 @@ fn default_min_version() -> String {
     "1.2".to_owned()
 }
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    tls_term::HANDSHAKE_TIMEOUT_MS_DEFAULT
+}
+fn default_handshakes_pending_max() -> usize {
+    crate::handshake::HandshakeLimits::default().pending_max
+}
+fn default_handshakes_per_turn_max() -> usize {
+    crate::handshake::HandshakeLimits::default().steps_per_turn_max
+}
+fn default_handshake_time_share_percent() -> u32 {
+    crate::handshake::HandshakeLimits::default().time_share_percent
 }
 fn default_anonymous_role() -> String {
     "none".to_owned()
@@ -368,6 +388,9 @@ impl Config {
                 client_ca: Some(tls.join("ca.pem")),
                 min_version: default_min_version(),
                 handshake_timeout_ms: default_handshake_timeout_ms(),
+                handshakes_pending_max: default_handshakes_pending_max(),
+                handshakes_per_turn_max: default_handshakes_per_turn_max(),
+                handshake_time_share_percent: default_handshake_time_share_percent(),
                 roles: [("client", "write"), ("reader", "read")]
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -429,6 +452,17 @@ impl Config {
         self.tls_min_version()?;
         if !(100..=120_000).contains(&t.handshake_timeout_ms) {
             return Err(invalid("tls.handshake_timeout_ms", "must be 100..=120000"));
+        }
+        // At least one handshake can always proceed; more pending than the table holds
+        // would be a bound that never binds.
+        if !(1..=self.tcp.connections_max).contains(&t.handshakes_pending_max) {
+            return Err(invalid("tls.handshakes_pending_max", format!("must be 1..=tcp.connections_max ({})", self.tcp.connections_max)));
+        }
+        if !(1..=64).contains(&t.handshakes_per_turn_max) {
+            return Err(invalid("tls.handshakes_per_turn_max", "must be 1..=64"));
+        }
+        if !(1..=100).contains(&t.handshake_time_share_percent) {
+            return Err(invalid("tls.handshake_time_share_percent", "must be 1..=100"));
         }
         for (identity, role) in &t.roles {
             if parse_role(role).is_none() {
@@ -614,6 +648,15 @@ impl Config {
         }
     }
 
+    /// The bound on one queue's unfinished TLS handshakes and the pacing of their crypto.
+    pub fn handshake_limits(&self) -> crate::handshake::HandshakeLimits {
+        crate::handshake::HandshakeLimits {
+            pending_max: self.tls.handshakes_pending_max,
+            steps_per_turn_max: self.tls.handshakes_per_turn_max,
+            time_share_percent: self.tls.handshake_time_share_percent,
+        }
+    }
+
     /// The bound on what all the HTTPS connections of one queue hold.
     pub fn queue_budget(&self) -> ledger_svc::connection::Budget {
         ledger_svc::connection::Budget::new(self.http.queue_budget_bytes_max)
@@ -701,6 +744,9 @@ wal_dir = "/var/lib/pantera/wal"
         assert_eq!(roles.of(Some("audit")), Some(ledger_svc::api::Role::Read));
         assert_eq!(roles.of(Some("stranger")), None);
         assert_eq!(roles.of(None), None);
+        let h = c.handshake_limits();
+        assert_eq!(h, crate::handshake::HandshakeLimits::default());
+        assert_eq!(c.tls.handshake_timeout_ms, 5_000);
     }
 
     #[test]
@@ -776,6 +822,14 @@ wal_dir = "/var/lib/pantera/wal"
         assert!(e.contains("colour"), "{e}");
         let e = error_of(&GOOD.replace("[tls]", "[tls]\nanonymous_role = \"write\""));
         assert!(e.contains("tls.anonymous_role"), "{e}");
+        let e = error_of(&GOOD.replace("[tls]", "[tls]\nhandshakes_pending_max = 0"));
+        assert!(e.contains("tls.handshakes_pending_max"), "{e}");
+        let e = error_of(&GOOD.replace("[tls]", "[tls]\nhandshakes_pending_max = 5000"));
+        assert!(e.contains("tls.handshakes_pending_max") && e.contains("tcp.connections_max"), "{e}");
+        let e = error_of(&GOOD.replace("[tls]", "[tls]\nhandshakes_per_turn_max = 0"));
+        assert!(e.contains("tls.handshakes_per_turn_max"), "{e}");
+        let e = error_of(&GOOD.replace("[tls]", "[tls]\nhandshake_time_share_percent = 101"));
+        assert!(e.contains("tls.handshake_time_share_percent"), "{e}");
     }
 
     #[test]

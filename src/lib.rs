@@ -6,6 +6,7 @@ pub mod committer;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod handshake;
 pub mod health;
 pub mod lab;
 pub mod lab_client;

@@ -39,6 +39,19 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// Sessions ended by an error, by reason.
     pub tls_errors: IntCounterVec,
+    /// Connections that entered a queue's handshake budget (open at TCP, TLS not done).
+    pub tls_handshakes_started: IntCounterVec,
+    /// Pending handshakes evicted, oldest first, because the queue's budget was full.
+    pub tls_handshakes_evicted: IntCounterVec,
+    /// Handshakes pending on a queue now (against `tls.handshakes_pending_max`).
+    pub tls_handshakes_pending: IntGaugeVec,
+    /// Handshake steps (the calls that run the handshake's crypto) run, by queue.
+    pub tls_handshake_steps: IntCounterVec,
+    /// The time those steps took, in µs: the queue's CPU spent on handshakes.
+    pub tls_handshake_step_time_us: IntCounterVec,
+    /// Worker turns that ended with handshake steps still waiting (per-turn bound or time
+    /// share reached).
+    pub tls_handshake_turns_limited: IntCounterVec,
     /// HTTP responses by status code.
     pub http_responses: IntCounterVec,
     /// Connections cut because a request deadline passed (`phase` head or body; 408 sent) or
@@ -105,6 +118,21 @@ impl Metrics {
         registry.register(Box::new(tcp_connections.clone())).expect("unique");
         let tls_handshakes = counter_vec("tls_handshakes_total", "Completed TLS handshakes.", &["version", "resumed"]);
         let tls_errors = counter_vec("tls_errors_total", "TLS sessions ended by an error, by reason.", &["reason"]);
+        let tls_handshakes_started =
+            counter_vec("tls_handshakes_started_total", "Connections that entered the handshake budget, by queue.", &["queue"]);
+        let tls_handshakes_evicted =
+            counter_vec("tls_handshakes_evicted_total", "Pending TLS handshakes evicted (oldest first) because the budget was full, by queue.", &["queue"]);
+        let tls_handshakes_pending =
+            IntGaugeVec::new(Opts::new("tls_handshakes_pending", "TLS handshakes pending, by queue."), &["queue"]).expect("valid");
+        registry.register(Box::new(tls_handshakes_pending.clone())).expect("unique");
+        let tls_handshake_steps = counter_vec("tls_handshake_steps_total", "TLS handshake steps (crypto) run, by queue.", &["queue"]);
+        let tls_handshake_step_time_us =
+            counter_vec("tls_handshake_step_time_us_total", "Time spent in TLS handshake steps (crypto), in microseconds, by queue.", &["queue"]);
+        let tls_handshake_turns_limited = counter_vec(
+            "tls_handshake_turns_limited_total",
+            "Worker turns that left TLS handshake steps waiting (per-turn bound or time share), by queue.",
+            &["queue"],
+        );
         let http_responses = counter_vec("http_responses_total", "HTTP responses, by status code.", &["status"]);
         let http_deadlines = counter_vec("http_deadlines_total", "Connections cut by a request deadline (head, body) or the idle timeout.", &["phase"]);
         let https_held_bytes = IntGaugeVec::new(Opts::new("https_held_bytes", "Bytes held by the HTTPS connections of a queue, against its budget."), &["queue"]).expect("valid");
@@ -150,6 +178,12 @@ impl Metrics {
             tcp_connections,
             tls_handshakes,
             tls_errors,
+            tls_handshakes_started,
+            tls_handshakes_evicted,
+            tls_handshakes_pending,
+            tls_handshake_steps,
+            tls_handshake_step_time_us,
+            tls_handshake_turns_limited,
             http_responses,
             http_deadlines,
             https_held_bytes,
@@ -192,10 +226,13 @@ impl Default for Metrics {
     }
 }
 
-/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines).
-pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) {
+/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines); returns
+/// how many responses it queued.
+pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) -> usize {
     use ledger_svc::connection::Event;
+    let mut responses = 0;
     while let Some(event) = connection.poll_event() {
+        responses += usize::from(matches!(event, Event::Response { .. }));
         match event {
             Event::Handshake { version, resumed } => {
                 metrics.tls_handshakes.with_label_values(&[version, if resumed { "true" } else { "false" }]).inc()
@@ -206,6 +243,7 @@ pub fn record_events(connection: &mut ledger_svc::connection::Connection, metric
             Event::IdleClosed => metrics.http_deadlines.with_label_values(&["idle"]).inc(),
         }
     }
+    responses
 }
 
 /// Brings a Prometheus counter up to a cumulative value owned elsewhere (a stack's counters).

@@ -118,6 +118,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
                 limits: *limits,
                 roles: Arc::clone(roles),
                 budget: config.queue_budget(),
+                handshakes: config.handshake_limits(),
                 ledger: client.clone(),
                 completions: reply_rx[index].clone(),
             }),

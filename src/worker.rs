@@ -17,6 +17,7 @@ use smoltcp::phy::Device;
 use tcp::{ConnId, Event, Stack};
 
 use crate::committer::{Completion, LedgerClient, ReplyTo, Submission};
+use crate::handshake::{HandshakeLimits, Handshakes};
 use crate::metrics::{record_events, sync_counter, Metrics};
 
 /// A device the worker can drive: the smoltcp `Device` plus the ring upkeep and the idle wait.
@@ -80,6 +81,8 @@ pub struct LedgerApp {
     pub roles: Arc<Roles>,
     /// The bound on what all of this worker's connections hold.
     pub budget: Budget,
+    /// The bound on this worker's unfinished TLS handshakes and the pacing of their crypto.
+    pub handshakes: HandshakeLimits,
     pub ledger: LedgerClient,
     pub completions: Receiver<Completion>,
 }
@@ -91,6 +94,10 @@ const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
 /// reply channel (a reply does not wake poll(2)) for at most this long before it looks at
 /// the rings again: an upper bound on the delay a frame arriving meanwhile can see.
 const REPLY_WAIT: Duration = Duration::from_micros(200);
+/// Established connections (answered at least once before) that moved within this long
+/// count as busy: handshake steps then keep to their share of the worker's time
+/// (`src/handshake.rs`).
+const CONTENDED_WINDOW: Duration = Duration::from_millis(10);
 
 pub struct Worker<P: Port> {
     pub index: usize,
@@ -109,6 +116,10 @@ pub struct Worker<P: Port> {
     outstanding: usize,
     /// A reply taken while waiting for one, handled on the next turn.
     parked: Option<Completion>,
+    /// The connections whose TLS handshake is not done: their budget and their steps' FIFO.
+    handshakes: Handshakes,
+    /// When an established connection last moved.
+    established_moved_at: Option<Instant>,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -130,6 +141,11 @@ struct HttpsConn {
     eof_seen: bool,
     /// The TCP close was asked for.
     closed: bool,
+    /// Evicted from the handshake budget and reset: nothing more is done with it.
+    evicted: bool,
+    /// Responses queued so far: a connection that has been answered before is an
+    /// established client whose share the handshakes must leave alone.
+    responses: u64,
 }
 
 impl<P: Port> Worker<P> {
@@ -147,6 +163,10 @@ impl<P: Port> Worker<P> {
         // Announce our address so the first SYN of a client is not lost while we ARP (docs/facts.md).
         stack.announce(&mut port, now);
         let slots = stack_config.connections_max + stack_config.listen_sockets;
+        let handshake_limits = match &app {
+            AppConfig::Ledger(l) => l.handshakes,
+            AppConfig::Echo => HandshakeLimits::default(),
+        };
         Ok(Worker {
             index,
             queue_label,
@@ -160,6 +180,8 @@ impl<P: Port> Worker<P> {
             scratch: vec![0; 64 * 1024],
             outstanding: 0,
             parked: None,
+            handshakes: Handshakes::new(handshake_limits, slots),
+            established_moved_at: None,
         })
     }
 
@@ -215,7 +237,12 @@ impl<P: Port> Worker<P> {
         let mut busy = self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         busy |= self.collect_completions();
+        let contended = self.established_moved_at.is_some_and(|at| now.saturating_duration_since(at) < CONTENDED_WINDOW);
+        self.handshakes.begin_turn(now, contended);
+        busy |= self.expire_handshakes(now);
         // Only open connections: an empty turn must stay cheap, or busy-polling burns a core.
+        // Established connections move now; a handshake with ciphertext waiting joins the
+        // FIFO of steps, which run after them, a bounded number per turn.
         for i in 0..self.active.len() {
             busy |= self.drive(self.active[i] as usize, now);
         }
@@ -224,18 +251,27 @@ impl<P: Port> Worker<P> {
         busy |= self.stack.poll(t, &mut self.port);
         self.service_stack(now);
         self.port.service();
+        // The handshake steps come last, after the established connections' responses have
+        // left, so the crypto delays none of them; the flights they write leave at the next
+        // turn's first poll, which follows at once (a step makes the turn busy).
+        busy |= self.handshake_steps(now);
+        // Steps left waiting keep the worker turning: it must not sleep past them.
+        busy |= self.handshakes.end_turn();
         busy
     }
 
     /// Re-arms listeners, times out idle connections, and opens or drops connection state.
     fn service_stack(&mut self, now: Instant) {
-        let (conns, active, app) = (&mut self.conns, &mut self.active, &self.app);
+        let (conns, active, app, handshakes) = (&mut self.conns, &mut self.active, &self.app, &mut self.handshakes);
         self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
                 let conn = match app {
                     AppConfig::Echo => Some(Conn::Echo(id)),
                     AppConfig::Ledger(l) => match Connection::new(&l.tls, l.limits, Arc::clone(&l.roles), l.budget.clone(), now) {
-                        Ok(conn) => Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false }))),
+                        Ok(conn) => {
+                            handshakes.opened(id.slot());
+                            Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false, evicted: false, responses: 0 })))
+                        }
                         Err(e) => {
                             log::warn!("cannot create a TLS session: {e}");
                             None
@@ -248,12 +284,72 @@ impl<P: Port> Worker<P> {
                 }
             }
             Event::Closed(id) => {
+                handshakes.finished(id.slot());
                 if conns[id.slot()].take().is_some() {
                     let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
                     active.swap_remove(at);
                 }
             }
         });
+        // A full handshake budget evicts one of its members (the one waiting longest for its
+        // client: `Handshakes::over_budget`), never an established connection (design.md,
+        // "Under attack"): reset, so its slot and buffers are free at once.
+        while let Some(slot) = self.handshakes.over_budget() {
+            // A candidate whose client has answered since the last walk is not abandoned: it
+            // joins the steps' FIFO and another is chosen.
+            if let Some(Conn::Https(https)) = &self.conns[slot] {
+                if self.stack.can_recv(https.id) && self.handshakes.ready(slot) {
+                    continue;
+                }
+            }
+            self.handshakes.evicted(slot);
+            if let Some(Conn::Https(https)) = &mut self.conns[slot] {
+                https.evicted = true;
+                https.closed = true;
+                self.stack.abort(https.id);
+            }
+        }
+    }
+
+    /// Times out the pending handshakes whose deadline (`tls.handshake_timeout_ms`) has
+    /// passed. They opened in deadline order, so only the oldest are looked at.
+    fn expire_handshakes(&mut self, now: Instant) -> bool {
+        let AppConfig::Ledger(app) = &self.app else { return false };
+        let mut busy = false;
+        while let Some(slot) = self.handshakes.oldest() {
+            let Some(Conn::Https(https)) = &mut self.conns[slot] else {
+                self.handshakes.finished(slot);
+                continue;
+            };
+            if https.conn.poll_at().is_some_and(|at| at > now) && https.conn.is_handshaking() {
+                break;
+            }
+            // Its deadline passed (or its session failed, or it is no longer handshaking):
+            // `drive` without the ciphertext times it out, sends the alert and closes.
+            busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, false);
+            self.handshakes.finished(slot);
+        }
+        busy
+    }
+
+    /// Runs the handshake steps this turn allows, oldest ready first, each timed for the
+    /// handshakes' share of the worker's time.
+    fn handshake_steps(&mut self, now: Instant) -> bool {
+        let AppConfig::Ledger(app) = &self.app else { return false };
+        let mut busy = false;
+        while let Some(slot) = self.handshakes.next_step() {
+            let started = Instant::now();
+            let Some(Conn::Https(https)) = &mut self.conns[slot] else {
+                self.handshakes.finished(slot);
+                continue;
+            };
+            busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
+            if https.closed || !https.conn.is_handshaking() {
+                self.handshakes.finished(slot);
+            }
+            self.handshakes.step_done(started.elapsed());
+        }
+        busy
     }
 
     /// Sleeps until a ledger reply arrives or `timeout` passes, unless frames are waiting.
@@ -286,7 +382,30 @@ impl<P: Port> Worker<P> {
             Some(Conn::Echo(id)) => echo(&mut self.stack, *id, &mut self.scratch),
             Some(Conn::Https(https)) => {
                 let AppConfig::Ledger(app) = &self.app else { return false };
-                https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding)
+                if !self.handshakes.is_pending(slot) {
+                    // Only a connection answered before counts as busy established work: the
+                    // one request of a client that connects per request is the rest of its
+                    // connection's cost, and must not hold the next clients' handshakes back.
+                    let answered_before = https.responses > 0;
+                    let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
+                    if moved && answered_before {
+                        self.established_moved_at = Some(now);
+                    }
+                    return moved;
+                }
+                // A pending handshake is only looked at here: ciphertext or a FIN waiting makes
+                // it ready for its step (which takes both in), output it could not send at
+                // its step goes out. Its deadline is watched oldest first
+                // (`expire_handshakes`). So a full budget of handshakes waiting for their
+                // clients costs a turn two lookups each.
+                let id = https.id;
+                if https.evicted {
+                    return false;
+                }
+                if self.stack.can_recv(id) || !self.stack.may_recv(id) {
+                    let _ = self.handshakes.ready(slot);
+                }
+                https.conn.wants_ciphertext() && https.flush(&mut self.stack)
             }
         }
     }
@@ -296,7 +415,7 @@ impl<P: Port> Worker<P> {
             if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
                 https.conn.close();
                 https.flush(&mut self.stack);
-                record_events(&mut https.conn, &self.metrics);
+                let _ = record_events(&mut https.conn, &self.metrics);
                 self.stack.close(https.id);
             }
         }
@@ -341,6 +460,13 @@ impl<P: Port> Worker<P> {
         self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
         if let AppConfig::Ledger(app) = &self.app {
             self.metrics.https_held_bytes.with_label_values(&[q]).set(app.budget.held() as i64);
+            let h = self.handshakes.counters();
+            sync_counter(&self.metrics.tls_handshakes_started.with_label_values(&[q]), h.started);
+            sync_counter(&self.metrics.tls_handshakes_evicted.with_label_values(&[q]), h.evicted);
+            sync_counter(&self.metrics.tls_handshake_steps.with_label_values(&[q]), h.steps);
+            sync_counter(&self.metrics.tls_handshake_step_time_us.with_label_values(&[q]), h.step_time_us);
+            sync_counter(&self.metrics.tls_handshake_turns_limited.with_label_values(&[q]), h.turns_limited);
+            self.metrics.tls_handshakes_pending.with_label_values(&[q]).set(self.handshakes.pending() as i64);
         }
     }
 
@@ -378,12 +504,17 @@ fn echo(stack: &mut Stack, id: ConnId, scratch: &mut [u8]) -> bool {
 
 impl HttpsConn {
     /// Moves this connection forward as far as it can go now. Returns true if anything moved.
-    fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize) -> bool {
+    /// `read`: whether to take ciphertext in (a pending handshake's waits for its step).
+    #[allow(clippy::too_many_arguments)]
+    fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize, read: bool) -> bool {
+        if self.evicted {
+            return false;
+        }
         let mut busy = false;
         let (id, conn) = (self.id, &mut self.conn);
         // 1. Ciphertext in, as far as the connection takes it: under backpressure it takes
         // less, the rest stays in the TCP buffer and the window closes.
-        while stack.can_recv(id) {
+        while read && stack.can_recv(id) {
             match stack.recv(id, |data| {
                 let n = conn.handle_ciphertext(now, data);
                 (n, n)
@@ -418,7 +549,7 @@ impl HttpsConn {
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
-        record_events(&mut self.conn, metrics);
+        self.responses += record_events(&mut self.conn, metrics) as u64;
         // 4. Close once everything owed has been sent.
         if self.conn.is_closed() && !self.closed {
             self.closed = true;

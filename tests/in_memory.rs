@@ -232,6 +232,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
         limits: config.connection_limits(),
         roles: std::sync::Arc::new(config.roles()),
         budget: config.queue_budget(),
+        handshakes: config.handshake_limits(),
         ledger: client_handle,
         completions: reply_rx.remove(0),
     });

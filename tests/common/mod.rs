@@ -71,6 +71,11 @@ impl Server {
 
     /// As `start`, with extra environment variables for the process.
     pub fn start_with_env(lab: &Lab, dir: &Path, app: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_with_tls(lab, dir, app, "", extra_toml, env)
+    }
+
+    /// As `start_with_env`, with extra lines for the `[tls]` section (`tls_toml`).
+    pub fn start_with_tls(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let tls = dir.join("tls");
         let out = Command::new(PANTERA)
             .args(["certs", "init", "--dir"])
@@ -96,6 +101,7 @@ private_key = "{tls}/server.key"
 client_ca = "{tls}/ca.pem"
 roles = {{ "client" = "write", "reader" = "read" }}
 handshake_timeout_ms = 2000
+{tls_toml}
 
 [ledger]
 wal_dir = "{wal}"

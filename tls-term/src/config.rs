@@ -25,8 +25,11 @@ pub const SESSION_CACHE_ENTRIES_DEFAULT: usize = 4096;
 /// Upper bound on the stateful session cache: keeps a typo from reserving gigabytes.
 pub const SESSION_CACHE_ENTRIES_MAX: usize = 1 << 20;
 /// A client that has not finished its handshake within this time is dropped: it holds a
-/// connection slot and handshake state (slowloris at the TLS layer).
-pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// connection slot and handshake state (slowloris at the TLS layer). 5 s: an honest client
+/// needs one round trip and its own signature after the server's flight (RFC 8446 §2), far
+/// less even on a slow link; the worker's handshake budget (docs/limits.md) bounds how many
+/// wait meanwhile.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Ten minutes: anything longer is a misconfiguration, not a slow client.
 pub const HANDSHAKE_TIMEOUT_MS_MAX: u64 = 600_000;
 /// Default bound on plaintext queued for encryption per session (one HTTP response batch).
