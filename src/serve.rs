@@ -113,7 +113,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     for (index, port) in ports.into_iter().enumerate() {
         let app = match &ledger_parts {
             None => AppConfig::Echo,
-            Some((tls, limits, roles, client, reply_rx)) => AppConfig::Ledger(LedgerApp {
+            Some((tls, limits, roles, client, reply_rx)) => AppConfig::Ledger(Box::new(LedgerApp {
                 tls: Arc::clone(tls),
                 limits: *limits,
                 roles: Arc::clone(roles),
@@ -121,7 +121,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
                 handshakes: config.handshake_limits(),
                 ledger: client.clone(),
                 completions: reply_rx[index].clone(),
-            }),
+            })),
         };
         let stop = Arc::clone(&stop);
         let m = metrics.clone();

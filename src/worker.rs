@@ -71,7 +71,8 @@ pub enum AppConfig {
     /// Bytes in, the same bytes out (dataplane tests).
     Echo,
     /// HTTPS: TLS, HTTP/1.1, the JSON API, the ledger.
-    Ledger(LedgerApp),
+    /// Boxed: the ledger app is large and the worker holds one `AppConfig` for its life.
+    Ledger(Box<LedgerApp>),
 }
 
 #[derive(Debug)]

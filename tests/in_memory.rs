@@ -227,7 +227,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     })));
     let server_mac = [0x02, 0, 0, 0, 0, 2];
     let settings = config.tls_settings().expect("tls settings");
-    let app = AppConfig::Ledger(LedgerApp {
+    let app = AppConfig::Ledger(Box::new(LedgerApp {
         tls: tls_term::server_config(&settings).expect("server config"),
         limits: config.connection_limits(),
         roles: std::sync::Arc::new(config.roles()),
@@ -235,7 +235,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
         handshakes: config.handshake_limits(),
         ledger: client_handle,
         completions: reply_rx.remove(0),
-    });
+    }));
     let mut stack_config = config.stack_config(server_mac);
     stack_config.connections_max = 16;
     stack_config.listen_sockets = 8;

@@ -4,38 +4,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use nix::sys::time::TimeVal;
-
-/// A TCP connection from `local` (an address of the current namespace) to `to`.
-fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    // connect(2) gives up after this (a SYN that is dropped is retried for minutes otherwise).
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(3, 0))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(local, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    Ok(TcpStream::from(fd))
-}
-
-/// One mTLS request on a new connection from `local`: the status, or why it failed.
-fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
-    let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
-}
 
 #[test]
 fn two_thousand_silent_connections_from_one_address_do_not_lock_out_another() {
@@ -47,13 +22,7 @@ fn two_thousand_silent_connections_from_one_address_do_not_lock_out_another() {
     // tests/lab_handshake_flood.rs).
     let server = Server::start_with_tls(&lab, dir.path(), "ledger", "handshakes_pending_max = 1024", "", &[]);
     let service = SocketAddr::from((server.service, PORT));
-    let octets = lab.spec.peer_ipv4.octets();
-    let honest_ip = Ipv4Addr::new(octets[0], octets[1], octets[2], 4);
-    let out = Command::new("ip")
-        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{honest_ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
-        .output()
-        .expect("ip addr add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let honest_ip = add_client_address(&lab, 4);
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     let attack_for = Duration::from_secs(10);
 

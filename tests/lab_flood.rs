@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Command;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -19,41 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pantera::lab_flood::{mac_of, SynFlood};
-use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use nix::sys::time::TimeVal;
 
 const FLOOD_RATE: u64 = 50_000;
 const FLOOD_FOR: Duration = Duration::from_secs(6);
-
-/// A TCP connection from `local` (an address of the current namespace) to `to`.
-fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(3, 0))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(local, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    Ok(TcpStream::from(fd))
-}
-
-/// One mTLS request on a new connection from `local`: the status, or why it failed.
-fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
-    let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
-}
-
-fn rss_bytes(pid: nix::unistd::Pid) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
@@ -66,14 +32,9 @@ fn a_spoofed_syn_flood_from_240_addresses_does_not_deny_an_honest_client() {
     let extra = std::env::var("PANTERA_FLOOD_EXTRA_TOML").unwrap_or_default();
     let server = Server::start(&lab, dir.path(), "ledger", &extra);
     let service = SocketAddr::from((server.service, PORT));
-    let octets = lab.spec.peer_ipv4.octets();
-    let honest_ip = Ipv4Addr::new(octets[0], octets[1], octets[2], 4);
-    let out = Command::new("ip")
-        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{honest_ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
-        .output()
-        .expect("ip addr add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let honest_ip = add_client_address(&lab, 4);
     // Spoofed sources: 240 addresses of the lab's own subnet that no host answers for.
+    let octets = lab.spec.peer_ipv4.octets();
     let sources: Vec<Ipv4Addr> = (10..250).map(|last| Ipv4Addr::new(octets[0], octets[1], octets[2], last)).collect();
     assert!(!sources.contains(&server.service) && !sources.contains(&honest_ip));
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));

@@ -25,7 +25,6 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -233,13 +232,7 @@ fn a_client_hello_flood_from_one_address_leaves_established_connections_their_th
     // is tested is the TLS-level defence, not the TCP one.
     let server = Server::start(&lab, dir.path(), "ledger", "\n[tcp]\nconnections_per_source_max = 1024\n");
     let service = SocketAddrV4::new(lab.spec.service_ipv4, PORT);
-    let octets = lab.spec.peer_ipv4.octets();
-    let flood_ip = Ipv4Addr::new(octets[0], octets[1], octets[2], 4);
-    let out = Command::new("ip")
-        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{flood_ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
-        .output()
-        .expect("ip addr add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flood_ip = add_client_address(&lab, 4);
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
 
     // The recorded ClientHello: a fresh session's first flight, no ticket, so each copy asks

@@ -13,17 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The appliance's resident memory, from /proc.
-fn rss_bytes(pid: nix::unistd::Pid) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
 fn two_accounts(stream: &mut TlsStream) {
     let (status, body) = request(stream, "POST", "/v1/accounts", r#"[{"id":"1","ledger":1,"code":10},{"id":"2","ledger":1,"code":10}]"#).expect("create accounts");
     assert_eq!(status, 200, "{body}");

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,49 +16,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use nix::sys::time::TimeVal;
-
-/// A TCP connection from `local` (an address of the current namespace) to `to`; connect(2)
-/// gives up after 3 s (a dropped SYN is otherwise retried for minutes).
-fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(3, 0))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(local, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    Ok(TcpStream::from(fd))
-}
-
-/// One mTLS request on a new connection from `local`: the status, or where it failed.
-fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
-    let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).map_err(|e| format!("TLS handshake: {e}"))?;
-    }
-    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
-}
+use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 /// Runs `one_request` from the client namespace.
 fn request_from(lab: &Lab, config: &Arc<rustls::ClientConfig>, local: Ipv4Addr) -> Result<u16, String> {
     let (config, to) = (Arc::clone(config), SocketAddr::from((lab.spec.service_ipv4, PORT)));
     in_netns(&lab.spec.netns, move || one_request(&config, local, to)).join().expect("client thread")
-}
-
-/// Adds `.last` of the lab's /24 to the client namespace's interface and returns it.
-fn add_client_address(lab: &Lab, last: u8) -> Ipv4Addr {
-    let o = lab.spec.peer_ipv4.octets();
-    let ip = Ipv4Addr::new(o[0], o[1], o[2], last);
-    let out = Command::new("ip")
-        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
-        .output()
-        .expect("ip addr add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    ip
 }
 
 /// Echo replies received by `ping -c count` from `source` to `target` in the client namespace.

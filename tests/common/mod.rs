@@ -376,3 +376,54 @@ pub fn account_field(stream: &mut impl ReadWrite, id: u128, field: &str) -> Stri
     let v: serde_json::Value = serde_json::from_str(&body).expect("account JSON");
     v[field].as_str().unwrap_or_else(|| panic!("{field} in {body}")).to_owned()
 }
+
+/// Adds `.last` of the lab's /24 to the client namespace's interface and returns it (a second
+/// client address beside the lab's own, e.g. an honest client beside an attacker).
+pub fn add_client_address(lab: &Lab, last: u8) -> Ipv4Addr {
+    let o = lab.spec.peer_ipv4.octets();
+    let ip = Ipv4Addr::new(o[0], o[1], o[2], last);
+    let out = Command::new("ip")
+        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
+        .output()
+        .expect("ip addr add");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ip
+}
+
+/// A TCP connection from `local` (an address of the current namespace) to `to`; connect(2)
+/// gives up after 3 s (a dropped SYN is otherwise retried for minutes).
+pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
+    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// One mTLS `GET /v1/accounts/1` on a new connection from `local`: the status, or where it
+/// failed.
+pub fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
+    let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
+}
+
+/// A process's resident memory (VmRSS of /proc/PID/status), in bytes.
+pub fn rss_bytes(pid: Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
