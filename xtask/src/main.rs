@@ -36,7 +36,7 @@ commands:
   lab down             remove the lab
   test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
   demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
-  bench [NAME]         run the benchmarks (ledger, fairness, xsk, echo, https, conns; default all) in release mode";
+  bench [NAME]         run the benchmarks (ledger, fairness, xsk, echo, https, conns, synflood; default all) in release mode";
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -239,7 +239,7 @@ fn bench(name: &str) -> Result<()> {
     deps()?;
     // Each benchmark binary and the arguments of its full run. They share the standard lab
     // names, so they run one after another, never at once.
-    let all: [(&str, &[&str]); 6] = [("ledger", &[]), ("fairness", &[]), ("xsk", &["run"]), ("echo", &["run"]), ("https", &["run"]), ("conns", &[])];
+    let all: [(&str, &[&str]); 7] = [("ledger", &[]), ("fairness", &[]), ("xsk", &["run"]), ("echo", &["run"]), ("https", &["run"]), ("conns", &[]), ("synflood", &[])];
     let chosen: Vec<_> = all.iter().filter(|(n, _)| name == "all" || *n == name).collect();
     ensure!(!chosen.is_empty(), "unknown benchmark {name}; one of {:?}", all.map(|(n, _)| n));
     ensure!(is_root() || name == "ledger" || name == "fairness", "the network benchmarks need root (XDP, namespaces)");
