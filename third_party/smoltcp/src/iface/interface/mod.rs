@@ -37,7 +37,7 @@ use super::fragmentation::{Fragmenter, FragmentsBuffer};
 
 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
 use super::neighbor::{Answer as NeighborAnswer, Cache as NeighborCache};
-use super::socket_set::SocketSet;
+use super::socket_set::{Item, SocketHandle, SocketSet};
 use crate::config::{
     IFACE_MAX_ADDR_COUNT, IFACE_MAX_PREFIX_COUNT, IFACE_MAX_SIXLOWPAN_ADDRESS_CONTEXT_COUNT,
 };
@@ -158,6 +158,10 @@ pub struct InterfaceInner {
     /// Chooses TCP initial sequence numbers; None: the interface's PRNG.
     #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
     pub(crate) tcp_isn_generator: Option<crate::socket::tcp::IsnGenerator>,
+    /// The socket that took the last TCP segment processed, until taken
+    /// ([`Interface::take_tcp_ingress_socket`]).
+    #[cfg(feature = "socket-tcp")]
+    pub(crate) tcp_ingress_socket: Option<SocketHandle>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -302,6 +306,8 @@ impl Interface {
                 rand,
                 #[cfg(all(feature = "socket-tcp", feature = "alloc"))]
                 tcp_isn_generator: None,
+                #[cfg(feature = "socket-tcp")]
+                tcp_ingress_socket: None,
             },
         }
     }
@@ -462,6 +468,16 @@ impl Interface {
         self.inner.tcp_isn_generator = generator;
     }
 
+    /// The socket that took the last TCP segment the interface processed, if one did since
+    /// the last call. With it and [`poll_egress_sockets`](Self::poll_egress_sockets) an
+    /// application with many sockets can poll only those that may have something to send:
+    /// the ones a segment reached, the ones it used, the ones whose
+    /// [`socket_poll_at`](Self::socket_poll_at) has come.
+    #[cfg(feature = "socket-tcp")]
+    pub fn take_tcp_ingress_socket(&mut self) -> Option<SocketHandle> {
+        self.inner.tcp_ingress_socket.take()
+    }
+
     /// Get whether AnyIP is enabled.
     ///
     /// See [`set_any_ip`](Self::set_any_ip) for details on AnyIP
@@ -573,6 +589,75 @@ impl Interface {
         self.multicast_egress(device);
 
         self.socket_egress(device, sockets)
+    }
+
+    /// Like [`poll_egress`](Self::poll_egress), but dispatches only the sockets in `handles`,
+    /// in that order: one packet each at most, as `poll_egress` does for every socket. The
+    /// work is proportional to `handles`, not to the size of the socket set. Handles that do
+    /// not refer to a socket are skipped.
+    ///
+    /// A socket left out is not dispatched, so the caller must include every socket that may
+    /// have something to send: one it wrote to, read from (a window update) or closed, one a
+    /// segment reached ([`take_tcp_ingress_socket`](Self::take_tcp_ingress_socket)), and one
+    /// whose [`socket_poll_at`](Self::socket_poll_at) has come.
+    pub fn poll_egress_sockets(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        handles: &[SocketHandle],
+    ) -> PollResult {
+        self.inner.now = timestamp;
+
+        match self.inner.caps.medium {
+            #[cfg(feature = "medium-ieee802154")]
+            Medium::Ieee802154 => {
+                #[cfg(feature = "proto-sixlowpan-fragmentation")]
+                self.sixlowpan_egress(device);
+            }
+            #[cfg(any(feature = "medium-ethernet", feature = "medium-ip"))]
+            _ => {
+                #[cfg(feature = "proto-ipv4-fragmentation")]
+                self.ipv4_egress(device);
+            }
+        }
+
+        let mut result = PollResult::None;
+        for &handle in handles {
+            let Some(item) = sockets.item_mut(handle) else {
+                continue;
+            };
+            match self.egress_item(device, item) {
+                Err(EgressError::Exhausted) => break,
+                Ok(true) => result = PollResult::SocketStateChanged,
+                Ok(false) | Err(EgressError::Dispatch) => {}
+            }
+        }
+        result
+    }
+
+    /// When one socket wants to be polled next, as [`poll_at`](Self::poll_at) computes it
+    /// for the whole set: `Some(Instant::from_millis(0))` if it has something to send now,
+    /// `Some(t)` for a timer (retransmission, delayed ACK, keep-alive, TIME-WAIT) or a
+    /// neighbour's silence ending, `None` if only an incoming packet can give it work. `None`
+    /// also for a handle that does not refer to a socket.
+    pub fn socket_poll_at(
+        &mut self,
+        timestamp: Instant,
+        sockets: &SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> Option<Instant> {
+        self.inner.now = timestamp;
+        let item = sockets.item(handle)?;
+        let socket_poll_at = item.socket.poll_at(&mut self.inner);
+        match item
+            .meta
+            .poll_at(socket_poll_at, |ip_addr| self.inner.has_neighbor(&ip_addr), timestamp)
+        {
+            PollAt::Ingress => None,
+            PollAt::Time(instant) => Some(instant),
+            PollAt::Now => Some(Instant::from_millis(0)),
+        }
     }
 
     /// Process one incoming packet queued in the device.
@@ -742,116 +827,135 @@ impl Interface {
         device: &mut (impl Device + ?Sized),
         sockets: &mut SocketSet<'_>,
     ) -> PollResult {
-        let _caps = device.capabilities();
-
-        enum EgressError {
-            Exhausted,
-            Dispatch,
-        }
-
         let mut result = PollResult::None;
         for item in sockets.items_mut() {
-            if !item
-                .meta
-                .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
-            {
-                continue;
-            }
-
-            let mut neighbor_addr = None;
-            let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
-                neighbor_addr = Some(response.ip_repr().dst_addr());
-                let t = device.transmit(inner.now).ok_or_else(|| {
-                    net_debug!("failed to transmit IP: device exhausted");
-                    EgressError::Exhausted
-                })?;
-
-                inner
-                    .dispatch_ip(t, meta, response, &mut self.fragmenter)
-                    .map_err(|_| EgressError::Dispatch)?;
-
-                result = PollResult::SocketStateChanged;
-
-                Ok(())
-            };
-
-            let result = match &mut item.socket {
-                #[cfg(feature = "socket-raw")]
-                Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Raw(raw)),
-                    )
-                }),
-                #[cfg(feature = "socket-icmp")]
-                Socket::Icmp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, response| match response {
-                        #[cfg(feature = "proto-ipv4")]
-                        (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
-                        ),
-                        #[cfg(feature = "proto-ipv6")]
-                        (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
-                        ),
-                        #[allow(unreachable_patterns)]
-                        _ => unreachable!(),
-                    })
-                }
-                #[cfg(feature = "socket-udp")]
-                Socket::Udp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
-                    })
-                }
-                #[cfg(feature = "socket-tcp")]
-                Socket::Tcp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
-                    })
-                }
-                #[cfg(feature = "socket-dhcpv4")]
-                Socket::Dhcpv4(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
-                        respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
-                        )
-                    })
-                }
-                #[cfg(feature = "socket-dns")]
-                Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Udp(udp, dns)),
-                    )
-                }),
-            };
-
-            match result {
+            match self.egress_item(device, item) {
                 Err(EgressError::Exhausted) => break, // Device buffer full.
-                Err(EgressError::Dispatch) => {
-                    // `NeighborCache` already takes care of rate limiting the neighbor discovery
-                    // requests from the socket. However, without an additional rate limiting
-                    // mechanism, we would spin on every socket that has yet to discover its
-                    // neighbor.
-                    item.meta.neighbor_missing(
-                        self.inner.now,
-                        neighbor_addr.expect("non-IP response packet"),
-                    );
-                }
-                Ok(()) => {}
+                Ok(true) => result = PollResult::SocketStateChanged,
+                Ok(false) | Err(EgressError::Dispatch) => {}
             }
         }
         result
     }
+
+    /// Dispatches at most one packet of one socket. Ok(true): a packet left.
+    fn egress_item(
+        &mut self,
+        device: &mut (impl Device + ?Sized),
+        item: &mut Item<'_>,
+    ) -> Result<bool, EgressError> {
+        let _caps = device.capabilities();
+
+        if !item
+            .meta
+            .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
+        {
+            return Ok(false);
+        }
+
+        let mut sent = false;
+        let mut neighbor_addr = None;
+        let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
+            neighbor_addr = Some(response.ip_repr().dst_addr());
+            let t = device.transmit(inner.now).ok_or_else(|| {
+                net_debug!("failed to transmit IP: device exhausted");
+                EgressError::Exhausted
+            })?;
+
+            inner
+                .dispatch_ip(t, meta, response, &mut self.fragmenter)
+                .map_err(|_| EgressError::Dispatch)?;
+
+            sent = true;
+
+            Ok(())
+        };
+
+        let result = match &mut item.socket {
+            #[cfg(feature = "socket-raw")]
+            Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Raw(raw)),
+                )
+            }),
+            #[cfg(feature = "socket-icmp")]
+            Socket::Icmp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, response| match response {
+                    #[cfg(feature = "proto-ipv4")]
+                    (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
+                    ),
+                    #[cfg(feature = "proto-ipv6")]
+                    (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
+                    ),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!(),
+                })
+            }
+            #[cfg(feature = "socket-udp")]
+            Socket::Udp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
+                    respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
+                })
+            }
+            #[cfg(feature = "socket-tcp")]
+            Socket::Tcp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
+                    respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
+                })
+            }
+            #[cfg(feature = "socket-dhcpv4")]
+            Socket::Dhcpv4(socket) => {
+                socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
+                    respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
+                    )
+                })
+            }
+            #[cfg(feature = "socket-dns")]
+            Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Udp(udp, dns)),
+                )
+            }),
+        };
+
+        match result {
+            Err(EgressError::Exhausted) => return Err(EgressError::Exhausted),
+            Err(EgressError::Dispatch) => {
+                // `NeighborCache` already takes care of rate limiting the neighbor discovery
+                // requests from the socket. However, without an additional rate limiting
+                // mechanism, we would spin on every socket that has yet to discover its
+                // neighbor.
+                item.meta.neighbor_missing(
+                    self.inner.now,
+                    neighbor_addr.expect("non-IP response packet"),
+                );
+                return Err(EgressError::Dispatch);
+            }
+            Ok(()) => {}
+        }
+        Ok(sent)
+    }
+}
+
+/// Why a socket's egress stopped.
+enum EgressError {
+    /// The device has no transmit buffer: stop the walk.
+    Exhausted,
+    /// The packet could not be dispatched (e.g. its neighbour is unknown).
+    Dispatch,
 }
 
 impl InterfaceInner {

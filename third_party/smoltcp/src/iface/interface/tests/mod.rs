@@ -299,3 +299,126 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// `poll_egress_sockets` dispatches the listed sockets only; `socket_poll_at` says which
+/// socket wants polling; `take_tcp_ingress_socket` names the socket a segment reached.
+#[test]
+#[cfg(all(
+    feature = "medium-ip",
+    feature = "socket-tcp",
+    feature = "proto-ipv4",
+    feature = "alloc"
+))]
+fn test_poll_egress_sockets_and_socket_poll_at() {
+    use crate::socket::tcp;
+
+    let mut device = Loopback::new(Medium::Ip);
+    let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::ZERO);
+    iface.update_ip_addrs(|addrs| {
+        addrs
+            .push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8))
+            .unwrap();
+    });
+    let mut sockets = SocketSet::new(vec![]);
+    let new = || {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1024]),
+            tcp::SocketBuffer::new(vec![0; 1024]),
+        )
+    };
+    let server = sockets.add(new());
+    let client = sockets.add(new());
+    let idle = sockets.add(new());
+    let t = Instant::from_millis(1);
+
+    sockets.get_mut::<tcp::Socket>(server).listen(1234).unwrap();
+    // A listening or closed socket waits for a segment.
+    assert_eq!(iface.socket_poll_at(t, &sockets, server), None);
+    assert_eq!(iface.socket_poll_at(t, &sockets, idle), None);
+
+    sockets
+        .get_mut::<tcp::Socket>(client)
+        .connect(
+            iface.context(),
+            (IpAddress::v4(127, 0, 0, 1), 1234),
+            50000,
+        )
+        .unwrap();
+    // The client has its SYN to send: it wants polling now, and the set's poll_at agrees.
+    assert_eq!(
+        iface.socket_poll_at(t, &sockets, client),
+        Some(Instant::from_millis(0))
+    );
+    assert_eq!(iface.poll_at(t, &sockets), Some(Instant::from_millis(0)));
+
+    // Egress for the other sockets sends nothing: the SYN stays with the client.
+    assert_eq!(
+        iface.poll_egress_sockets(t, &mut device, &mut sockets, &[server, idle]),
+        PollResult::None
+    );
+    assert_eq!(
+        iface.poll_ingress_single(t, &mut device, &mut sockets),
+        PollIngressSingleResult::None
+    );
+    assert_eq!(iface.take_tcp_ingress_socket(), None);
+
+    // Egress for the client sends it; the listening socket takes it.
+    assert_eq!(
+        iface.poll_egress_sockets(t, &mut device, &mut sockets, &[client]),
+        PollResult::SocketStateChanged
+    );
+    assert_ne!(
+        iface.poll_ingress_single(t, &mut device, &mut sockets),
+        PollIngressSingleResult::None
+    );
+    assert_eq!(iface.take_tcp_ingress_socket(), Some(server));
+    assert_eq!(iface.take_tcp_ingress_socket(), None, "taken once");
+    assert_eq!(
+        sockets.get::<tcp::Socket>(server).state(),
+        tcp::State::SynReceived
+    );
+    // Now the server has its SYN-ACK to send; the client waits for it (its SYN's
+    // retransmission timer is later).
+    assert_eq!(
+        iface.socket_poll_at(t, &sockets, server),
+        Some(Instant::from_millis(0))
+    );
+    assert!(iface
+        .socket_poll_at(t, &sockets, client)
+        .is_some_and(|at| at > t));
+
+    assert_eq!(
+        iface.poll_egress_sockets(t, &mut device, &mut sockets, &[server]),
+        PollResult::SocketStateChanged
+    );
+    assert_ne!(
+        iface.poll_ingress_single(t, &mut device, &mut sockets),
+        PollIngressSingleResult::None
+    );
+    assert_eq!(iface.take_tcp_ingress_socket(), Some(client));
+    assert_eq!(
+        sockets.get::<tcp::Socket>(client).state(),
+        tcp::State::Established
+    );
+
+    // A removed socket's handle is skipped.
+    sockets.remove(idle);
+    assert_eq!(iface.socket_poll_at(t, &sockets, idle), None);
+    assert_eq!(
+        iface.poll_egress_sockets(t, &mut device, &mut sockets, &[idle]),
+        PollResult::None
+    );
+
+    // The client's RST reaches the server (its ACK never did): back to listening.
+    sockets.get_mut::<tcp::Socket>(client).abort();
+    assert_eq!(
+        iface.poll_egress_sockets(t, &mut device, &mut sockets, &[client]),
+        PollResult::SocketStateChanged
+    );
+    assert_ne!(
+        iface.poll_ingress_single(t, &mut device, &mut sockets),
+        PollIngressSingleResult::None
+    );
+    assert_eq!(iface.take_tcp_ingress_socket(), Some(server));
+    assert_eq!(sockets.get::<tcp::Socket>(server).state(), tcp::State::Listen);
+}
