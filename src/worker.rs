@@ -121,6 +121,19 @@ pub struct Worker<P: Port> {
     handshakes: Handshakes,
     /// When an established connection last moved.
     established_moved_at: Option<Instant>,
+    /// The connections to drive at the next turn (docs/pipeline.md, "Work per turn"): a
+    /// segment reached them, a ledger reply came, their timer came, they just opened, or
+    /// they moved at their last drive (so may move again). The others are not looked at.
+    ready: Vec<u32>,
+    in_ready: Vec<bool>,
+    /// Each connection's next deadline (`Connection::poll_at`), as set after its drive.
+    timers: tcp::Timers<Instant>,
+    /// Connections holding back a request of their client (`Connection::is_held_back`):
+    /// another connection's progress may release them, so each turn looks at them.
+    held: Vec<u32>,
+    in_held: Vec<bool>,
+    /// Scratch for one turn's list.
+    turn_slots: Vec<u32>,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -183,6 +196,12 @@ impl<P: Port> Worker<P> {
             parked: None,
             handshakes: Handshakes::new(handshake_limits, slots),
             established_moved_at: None,
+            ready: Vec::with_capacity(slots),
+            in_ready: vec![false; slots],
+            timers: tcp::Timers::new(slots),
+            held: Vec::new(),
+            in_held: vec![false; slots],
+            turn_slots: Vec::with_capacity(slots),
         })
     }
 
@@ -241,12 +260,27 @@ impl<P: Port> Worker<P> {
         let contended = self.established_moved_at.is_some_and(|at| now.saturating_duration_since(at) < CONTENDED_WINDOW);
         self.handshakes.begin_turn(now, contended);
         busy |= self.expire_handshakes(now);
-        // Only open connections: an empty turn must stay cheap, or busy-polling burns a core.
+        // Only the connections that may move (`ready`): an empty turn must stay cheap, or
+        // busy-polling burns a core, and a busy one must not pay for the idle connections.
         // Established connections move now; a handshake with ciphertext waiting joins the
         // FIFO of steps, which run after them, a bounded number per turn.
-        for i in 0..self.active.len() {
-            busy |= self.drive(self.active[i] as usize, now);
+        let (timers, ready, in_ready) = (&mut self.timers, &mut self.ready, &mut self.in_ready);
+        timers.expire(now, |slot| mark(ready, in_ready, slot));
+        let mut slots = std::mem::take(&mut self.turn_slots);
+        slots.clear();
+        std::mem::swap(&mut slots, &mut self.ready);
+        for &slot in &slots {
+            self.in_ready[slot as usize] = false;
         }
+        // The held-back connections are looked at after the others have moved.
+        for &slot in &self.held {
+            self.in_held[slot as usize] = false;
+        }
+        slots.append(&mut self.held);
+        for &slot in &slots {
+            busy |= self.drive_ready(slot as usize, now);
+        }
+        self.turn_slots = slots;
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
         // is re-armed after it as after the first one: smoltcp has no backlog (docs/facts.md).
         busy |= self.stack.poll(t, &mut self.port);
@@ -258,12 +292,52 @@ impl<P: Port> Worker<P> {
         busy |= self.handshake_steps(now);
         // Steps left waiting keep the worker turning: it must not sleep past them.
         busy |= self.handshakes.end_turn();
-        busy
+        busy || !self.ready.is_empty()
+    }
+
+    /// Drives one connection the turn found ready, then files it for the next turn: ready
+    /// again if it moved, held if it holds a request back, its deadline as its timer.
+    fn drive_ready(&mut self, slot: usize, now: Instant) -> bool {
+        let moved = self.drive(slot, now);
+        match &self.conns[slot] {
+            Some(Conn::Https(https)) if !https.evicted => {
+                if moved {
+                    mark(&mut self.ready, &mut self.in_ready, slot);
+                } else if https.conn.is_held_back() && !self.in_held[slot] {
+                    self.in_held[slot] = true;
+                    self.held.push(slot as u32);
+                }
+                self.timers.set(slot, https.conn.poll_at());
+            }
+            Some(Conn::Echo(_)) if moved => mark(&mut self.ready, &mut self.in_ready, slot),
+            _ => self.timers.set(slot, None),
+        }
+        moved
+    }
+
+    /// Connections that may move although none of their events came (`ready`), found by
+    /// driving every open connection: empty unless there is a bug. For tests.
+    #[doc(hidden)]
+    pub fn readiness_violations(&mut self, now: Instant) -> Vec<usize> {
+        // What segments brought since the turn's last look is news the next turn takes.
+        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
+        self.stack.take_ingress_ready(|id| mark(ready, in_ready, id.slot()));
+        let mut missed = Vec::new();
+        for i in 0..self.active.len() {
+            let slot = self.active[i] as usize;
+            let covered = self.in_ready[slot] || self.in_held[slot] || self.timers.get(slot).is_some_and(|at| at <= now);
+            if !covered && self.drive(slot, now) {
+                missed.push(slot);
+            }
+        }
+        missed
     }
 
     /// Re-arms listeners, times out idle connections, and opens or drops connection state.
     fn service_stack(&mut self, now: Instant) {
         let (conns, active, app, handshakes) = (&mut self.conns, &mut self.active, &self.app, &mut self.handshakes);
+        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
+        let (held, in_held) = (&mut self.held, &mut self.in_held);
         self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
                 let conn = match app {
@@ -282,16 +356,24 @@ impl<P: Port> Worker<P> {
                 if conn.is_some() {
                     conns[id.slot()] = conn;
                     active.push(id.slot() as u32);
+                    mark(ready, in_ready, id.slot());
                 }
             }
             Event::Closed(id) => {
                 handshakes.finished(id.slot());
+                if in_held[id.slot()] {
+                    in_held[id.slot()] = false;
+                    held.retain(|&slot| slot as usize != id.slot());
+                }
                 if conns[id.slot()].take().is_some() {
                     let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
                     active.swap_remove(at);
                 }
             }
         });
+        // A segment reached these: data, a FIN, room to send, a reset.
+        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
+        self.stack.take_ingress_ready(|id| mark(ready, in_ready, id.slot()));
         // A full handshake budget evicts one of its members (the one waiting longest for its
         // client: `Handshakes::over_budget`), never an established connection (design.md,
         // "Under attack"): reset, so its slot and buffers are free at once.
@@ -344,10 +426,15 @@ impl<P: Port> Worker<P> {
                 self.handshakes.finished(slot);
                 continue;
             };
-            busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
+            let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
             if https.closed || !https.conn.is_handshaking() {
                 self.handshakes.finished(slot);
             }
+            if moved {
+                // It may move again (its first request may be in): the next turn drives it.
+                mark(&mut self.ready, &mut self.in_ready, slot);
+            }
+            busy |= moved;
             self.handshakes.step_done(started.elapsed());
         }
         busy
@@ -373,6 +460,7 @@ impl<P: Port> Worker<P> {
                 continue;
             }
             https.conn.handle_reply(c.reply_to.seq, &c.reply);
+            mark(&mut self.ready, &mut self.in_ready, c.reply_to.slot);
         }
         any
     }
@@ -477,6 +565,14 @@ impl<P: Port> Worker<P> {
 
     pub fn port_mut(&mut self) -> &mut P {
         &mut self.port
+    }
+}
+
+/// Puts `slot` on the list of connections the next turn drives (once).
+fn mark(ready: &mut Vec<u32>, in_ready: &mut [bool], slot: usize) {
+    if !in_ready[slot] {
+        in_ready[slot] = true;
+        ready.push(slot as u32);
     }
 }
 

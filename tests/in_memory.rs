@@ -190,6 +190,9 @@ fn run(
         assert!(Instant::now() < deadline, "the clients did not finish within {limit:?}");
         let now = Instant::now();
         worker.turn(now);
+        // The worker drives only connections with news; none with work may be left out.
+        let missed = worker.readiness_violations(now);
+        assert!(missed.is_empty(), "connections with work no event would have driven: {missed:?}");
         iface.poll(smoltcp_now(now), client_end, sockets);
         for c in clients.iter_mut() {
             c.pump(sockets);

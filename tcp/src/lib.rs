@@ -24,6 +24,7 @@ mod cookie;
 mod isn;
 mod neighbour;
 mod probe;
+mod ready;
 pub mod sim;
 mod stack;
 
@@ -33,5 +34,6 @@ pub use config::{
 };
 pub use cookie::{SynCookieMode, MSS_TABLE, SLOT_SECS};
 pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_LIFETIME, NEIGHBOUR_REFRESH};
+pub use ready::Timers;
 pub use smoltcp;
 pub use stack::{ConnError, ConnId, Event, Stack, StackCounters};

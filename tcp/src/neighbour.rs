@@ -110,6 +110,9 @@ enum Plan {
 /// Counters of the table, folded into `StackCounters`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct NeighbourCounters {
+    /// Frames fed to smoltcp's ARP (each may fill its cache): sockets waiting for a
+    /// neighbour may have work after one.
+    pub(crate) fed: u64,
     pub(crate) learned: u64,
     pub(crate) rebinds_refused: u64,
     pub(crate) evicted: u64,
@@ -347,6 +350,7 @@ impl Neighbours {
         if !feed(iface) {
             return false;
         }
+        self.counters.fed += 1;
         let confirmed_at = (authority == Authority::Live).then_some(now);
         match self.position(neighbour) {
             Some(index) => {
@@ -465,6 +469,7 @@ impl Neighbours {
             // Known with this MAC: smoltcp may see it (and answer a request); its fill only
             // extends the entry.
             if feed_frame(iface, sockets, device, now, frame) {
+                self.counters.fed += 1;
                 let index = self.position(sender).expect("a fresh entry is in the table");
                 self.entries[index].taught_at = now;
             }

@@ -307,6 +307,8 @@ impl World {
                 opened.push(id);
             }
         });
+        let missed = self.server.readiness_violations();
+        assert!(missed.is_empty(), "slots with work the readiness sets would not visit: {missed:?}");
         let to_client: Vec<_> = std::iter::from_fn(|| self.link.take(Side::B, self.now)).collect();
         for frame in to_client {
             assert!(self.link.inject(Side::B, self.now, &frame));

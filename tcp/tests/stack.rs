@@ -124,6 +124,8 @@ impl World {
 
     /// One turn of both ends. True if anything moved.
     fn step(&mut self) -> bool {
+        // Whatever the app did since the last step, no socket with work is left unvisited.
+        check_readiness(&mut self.server);
         let mut busy = self.server.poll(self.now, &mut self.link.port(Side::A));
         let (events, fresh) = (&mut self.events, &mut self.fresh);
         fresh.clear();
@@ -132,6 +134,7 @@ impl World {
             fresh.push(event);
         });
         busy |= !self.fresh.is_empty();
+        check_readiness(&mut self.server);
         busy |= self.client.poll(
             self.now,
             &mut self.link.port(Side::B),
@@ -178,6 +181,13 @@ impl World {
 }
 
 fn no_app(_: &mut World) {}
+
+/// The stack visits only the sockets it was told about (segments, the caller, timers): none
+/// with work may be missing from its sets.
+fn check_readiness(server: &mut Stack) {
+    let missed = server.readiness_violations();
+    assert!(missed.is_empty(), "slots with work the readiness sets would not visit: {missed:?}");
+}
 
 // ---------------------------------------------------------------- ARP and ICMP
 
@@ -957,6 +967,8 @@ fn bench_service_walk_and_connection_rate() {
     let config = StackConfig {
         rx_buffer_bytes: 2048,
         tx_buffer_bytes: 2048,
+        // Every simulated connection comes from the one client address.
+        connections_per_source_max: usize::MAX,
         ..server_config()
     };
     let mut world = World::new(&config, SimConfig::default());
@@ -1035,6 +1047,42 @@ fn bench_service_walk_and_connection_rate() {
         "poll() with nothing to do: {:?} per call",
         started.elapsed() / CALLS
     );
+
+    // One busy connection among the 1000 open: 64-byte round trips, timing only the
+    // server's poll and service (the client's smoltcp walks its own 1000 sockets).
+    let busy = world.connect(60_000, 1024);
+    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1001));
+    let id = *world.events.opened.last().expect("opened");
+    const ROUNDS: u32 = 5_000;
+    let mut server_time = std::time::Duration::ZERO;
+    let mut buffer = [0u8; 64];
+    for _ in 0..ROUNDS {
+        world.client_socket(busy).send_slice(&[7; 64]).unwrap();
+        let mut echoed = 0;
+        while echoed < 64 {
+            let started = std::time::Instant::now();
+            world.server.poll(world.now, &mut world.link.port(Side::A));
+            world.server.service(world.now, |_| {});
+            if world.server.can_recv(id) {
+                let n = world.server.recv(id, |b| { let n = b.len().min(64); buffer[..n].copy_from_slice(&b[..n]); (n, n) }).unwrap();
+                world.server.send_slice(id, &buffer[..n]).unwrap();
+                world.server.poll(world.now, &mut world.link.port(Side::A));
+            }
+            server_time += started.elapsed();
+            world.client.poll(world.now, &mut world.link.port(Side::B), &mut world.client_sockets);
+            while let Ok(n) = world.client_socket(busy).recv_slice(&mut buffer) {
+                if n == 0 { break; }
+                echoed += n;
+            }
+            world.now += Duration::from_micros(100);
+        }
+    }
+    println!(
+        "one busy connection among {} open of {} slots: server poll+service {:?} per 64-byte round trip",
+        world.server.connections(),
+        world.server.sockets_total(),
+        server_time / ROUNDS
+    );
 }
 
 #[test]
@@ -1091,4 +1139,74 @@ fn one_source_address_holds_at_most_its_share_of_the_table() {
     world.run_until(Duration::from_millis(200), no_app, |_| false);
     assert_eq!(world.server.connections(), 10, "the source keeps its 10");
     assert_eq!(world.server.counters().accepted, 10);
+}
+
+/// The stack's work per poll follows what happened (docs/tcp.md, "Work per poll"): with 200
+/// connections open and nothing happening, polls and services look at no socket; a segment
+/// for one connection makes them look at that one; a retransmission timer coming makes them
+/// look at its socket with no segment at all.
+#[test]
+fn a_connection_with_nothing_to_do_is_not_visited_and_one_whose_timer_comes_is() {
+    let config = StackConfig {
+        rx_buffer_bytes: 2048,
+        tx_buffer_bytes: 2048,
+        idle_timeout_ms: 600_000,
+        ..server_config()
+    };
+    let mut world = World::new(&config, SimConfig::default());
+    let clients: Vec<_> = (0..200).map(|i| world.connect(33_000 + i, 1024)).collect();
+    assert!(world.run_until(Duration::from_secs(10), no_app, |w| w.server.connections() == 200));
+    // Let the last ACKs and delayed-ACK timers play out.
+    world.run_until(Duration::from_secs(2), no_app, |_| false);
+
+    // Nothing happens: nothing is visited, and the table is not walked.
+    let before = world.server.counters().clone();
+    for _ in 0..100 {
+        world.now += Duration::from_millis(1);
+        assert!(!world.server.poll(world.now, &mut world.link.port(Side::A)));
+        world.server.service(world.now, |event| panic!("nothing happened, yet {event:?}"));
+    }
+    let after = world.server.counters().clone();
+    assert_eq!(after.egress_visits, before.egress_visits);
+    assert_eq!(after.service_visits, before.service_visits);
+    assert_eq!(after.table_walks, before.table_walks);
+    assert!(world.server.readiness_violations().is_empty());
+
+    // One client sends: its connection, and only it, is looked at.
+    world.client_socket(clients[7]).send_slice(b"ping").unwrap();
+    let id = *world.events.opened.iter().find(|&&id| {
+        world.server.remote_endpoint(id).map(|e| e.port) == Some(33_007)
+    }).expect("client 7 is open");
+    assert!(world.run_until(Duration::from_secs(1), no_app, |w| w.server.can_recv(id)));
+    let moved = world.server.counters().clone();
+    assert!(moved.egress_visits - after.egress_visits <= 2, "{moved:?}");
+    assert!(moved.service_visits - after.service_visits <= 2, "{moved:?}");
+    assert_eq!(moved.table_walks, after.table_walks);
+
+    // The server answers while the client is away (its frames are never delivered): the
+    // retransmission timer, not a segment, brings the socket back.
+    world.server.send_slice(id, b"pong").unwrap();
+    world.server.poll(world.now, &mut world.link.port(Side::A));
+    world.server.service(world.now, |_| {});
+    let sent = world.server.counters().tx_frames;
+    let quiet = world.server.counters().clone();
+    let started = world.now;
+    let mut wakes = 0;
+    while world.server.counters().tx_frames == sent {
+        let delay = world.server.poll_delay(world.now).expect("a retransmission is pending");
+        assert!(delay > Duration::ZERO, "nothing is due now");
+        world.now += delay;
+        assert!(world.now - started <= Duration::from_secs(3), "no retransmission after 3 s");
+        world.server.poll(world.now, &mut world.link.port(Side::A));
+        world.server.service(world.now, |_| {});
+        wakes += 1;
+    }
+    let retransmitted = world.server.counters().clone();
+    assert_eq!(retransmitted.tx_frames, sent + 1, "one retransmission");
+    // Each wake-up (the delayed ACK's timer, then the retransmission's) looked at that one
+    // socket, never at the table.
+    assert!(wakes <= 3, "{wakes} wake-ups");
+    assert_eq!(retransmitted.egress_visits, quiet.egress_visits + wakes);
+    assert_eq!(retransmitted.table_walks, quiet.table_walks);
+    assert!(world.server.readiness_violations().is_empty());
 }

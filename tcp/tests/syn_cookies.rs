@@ -181,6 +181,8 @@ impl Server {
             self.stack.poll(self.now, &mut self.link.port(Side::A));
             let events = &mut self.events;
             self.stack.service(self.now, |event| events.push(event));
+            let missed = self.stack.readiness_violations();
+            assert!(missed.is_empty(), "slots with work the readiness sets would not visit: {missed:?}");
         }
         let mut sent = Vec::new();
         while let Some(frame) = self.link.take(Side::B, self.now) {
