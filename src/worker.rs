@@ -542,6 +542,9 @@ impl<P: Port> Worker<P> {
             ("syn_cookies_sent", c.syn_cookies_sent),
             ("syn_cookies_accepted", c.syn_cookies_accepted),
             ("syn_cookies_unsent", c.syn_cookies_unsent),
+            ("egress_visits", c.egress_visits),
+            ("service_visits", c.service_visits),
+            ("table_walks", c.table_walks),
         ];
         for (name, value) in stack_counters {
             sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
