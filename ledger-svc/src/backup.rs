@@ -259,8 +259,12 @@ fn whole_records(name: &str, bytes: &[u8]) -> Result<usize, BackupError> {
     }
 }
 
+/// One consistent set of files read from a data directory: the checkpoint's sequence (0 for
+/// none) and each file's name and bytes.
+type CopiedFiles = (u64, Vec<(String, Vec<u8>)>);
+
 /// Copies one consistent set of files, or `None` if one vanished under the copy.
-fn copy_once<S: Storage>(source: &mut S) -> Result<Option<(u64, Vec<(String, Vec<u8>)>)>, BackupError> {
+fn copy_once<S: Storage>(source: &mut S) -> Result<Option<CopiedFiles>, BackupError> {
     let names = source.list()?;
     let (base, plan) = plan(&names);
     if !plan
