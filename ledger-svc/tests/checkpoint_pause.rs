@@ -13,7 +13,7 @@
 //! checkpoint (its writer replays the whole WAL); then rounds of `INTERVAL_BATCHES` batches
 //! followed by a checkpoint: `begin` (the only step on the ledger thread), `write` (writer
 //! thread: replay of the interval, stream, removals) and `finish`; the `submit` latency of
-//! batches of 1000 transfers every 10 ms (a steady load that leaves the state near its size)
+//! batches of 500 transfers every 10 ms (a steady load that leaves the state near its size)
 //! alone, while a checkpoint is written and while a backup is taken by another thread; the
 //! backup and restore times; recovery from the newest checkpoint.
 
@@ -26,10 +26,11 @@ const ACCOUNTS: u128 = 10_000;
 const ROUNDS: usize = 5;
 /// Batches between two checkpoints in the rounds (the server's default is 1024; fewer here
 /// keep the run short, and the ledger thread's pause does not depend on it).
-const INTERVAL_BATCHES: usize = 24;
-const LATENCY_BATCH: usize = 1000;
+const INTERVAL_BATCHES: usize = 4;
+const LATENCY_BATCH: usize = 500;
 const LATENCY_PACE: Duration = Duration::from_millis(10);
-const LATENCY_SAMPLES: usize = 400;
+/// Samples of the quiet phases; the busy ones sample until the work ends, up to 10 times this.
+const LATENCY_SAMPLES: usize = 300;
 
 fn transfers_total() -> usize {
     std::env::var("LEDGER_PAUSE_TRANSFERS")
@@ -202,7 +203,7 @@ fn checkpoint_pause_recovery_and_backup() {
     // alone, while a checkpoint is written, while a backup is taken, alone again.
     let paced = |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, busy: &dyn Fn() -> bool| {
         let mut samples = Vec::new();
-        while busy() && samples.len() < LATENCY_SAMPLES {
+        while busy() && samples.len() < 10 * LATENCY_SAMPLES {
             let started = Instant::now();
             samples.push(batch(ledger, now, next_id, LATENCY_BATCH));
             if let Some(rest) = LATENCY_PACE.checked_sub(started.elapsed()) {
@@ -211,8 +212,13 @@ fn checkpoint_pause_recovery_and_backup() {
         }
         samples
     };
-    let alone = paced(&mut ledger, &mut now, &mut next_id, &|| true);
-    summary("submit 1000 transfers, alone", alone);
+    let quiet = std::cell::Cell::new(0);
+    let quiet_phase = || {
+        quiet.set(quiet.get() + 1);
+        quiet.get() <= LATENCY_SAMPLES
+    };
+    let alone = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    summary("submit 500 transfers, alone", alone);
 
     let mut job = ledger.begin_checkpoint().unwrap().unwrap();
     let mut writer = ledger.storage().reopen().unwrap();
@@ -222,7 +228,7 @@ fn checkpoint_pause_recovery_and_backup() {
     });
     let during = paced(&mut ledger, &mut now, &mut next_id, &|| !thread.is_finished());
     ledger.finish_checkpoint(thread.join().unwrap()).unwrap();
-    summary("submit 1000 transfers, checkpoint being written", during);
+    summary("submit 500 transfers, checkpoint being written", during);
 
     let backup_dir = root.path().join("backup");
     let thread = {
@@ -249,9 +255,10 @@ fn checkpoint_pause_recovery_and_backup() {
         manifest.sequence,
         manifest.checkpoint_sequence
     );
-    summary("submit 1000 transfers, backup being taken", backing_up);
-    let alone_after = paced(&mut ledger, &mut now, &mut next_id, &|| true);
-    summary("submit 1000 transfers, alone (after)", alone_after);
+    summary("submit 500 transfers, backup being taken", backing_up);
+    quiet.set(0);
+    let alone_after = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    summary("submit 500 transfers, alone (after)", alone_after);
     println!("state at the end: {} transfers", ledger.state().transfers_count());
 
     // Recovery from the newest checkpoint and the batches since.
