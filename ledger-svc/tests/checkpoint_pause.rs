@@ -92,6 +92,17 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// This process's resident memory, MB (Linux).
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1e3
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -133,6 +144,7 @@ fn checkpoint_pause_recovery_and_backup() {
         started.elapsed().as_secs_f64()
     );
 
+    println!("resident memory, one state: {:.0} MB", rss_mb());
     // Recovery from the WAL alone (no checkpoint yet). The state hash is one pass over the
     // whole state through `StateMachine::encode`, as the ledger thread's checkpoint encode
     // was before the writer built checkpoints from the WAL: the side-by-side reference.
@@ -166,6 +178,7 @@ fn checkpoint_pause_recovery_and_backup() {
         job.work().records_replayed,
         job.file_bytes() as f64 / 1e6
     );
+    println!("resident memory with the writer's replica: {:.0} MB", rss_mb());
     ledger.finish_checkpoint(job).unwrap();
 
     let batch = |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, events: usize| {
