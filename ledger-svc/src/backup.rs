@@ -232,6 +232,7 @@ fn plan(names: &[String]) -> (u64, Vec<String>) {
         let ours = parse_checkpoint_name(name).is_some()
             || wal::parse_segment_name(name).is_some()
             || name == CHECKPOINT_TEMP_NAME
+            || name == MANIFEST_NAME
             || name.ends_with(".tmp");
         if !ours {
             files.push(name.clone());
@@ -501,6 +502,7 @@ mod tests {
             checkpoint::checkpoint_name(5),
             checkpoint::checkpoint_name(9),
             "checkpoint.tmp".to_string(),
+            MANIFEST_NAME.to_string(),
             "superblock".to_string(),
             wal::segment_name(1),
             wal::segment_name(6),
