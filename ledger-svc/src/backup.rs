@@ -109,7 +109,10 @@ impl Manifest {
             self.sequence, self.checkpoint_sequence, self.state_hash
         );
         for file in &self.files {
-            text.push_str(&format!("file {} {} {:08x}\n", file.name, file.size, file.crc32c));
+            text.push_str(&format!(
+                "file {} {} {:08x}\n",
+                file.name, file.size, file.crc32c
+            ));
         }
         let crc = crc32c::crc32c(text.as_bytes());
         text.push_str(&format!("end {crc:08x}\n"));
@@ -123,7 +126,9 @@ impl Manifest {
             .rfind("end ")
             .filter(|&at| at == 0 || text.as_bytes()[at - 1] == b'\n')
             .ok_or("no end line: the manifest is incomplete")?;
-        let end_line = text[end_at..].strip_suffix('\n').ok_or("end line unterminated")?;
+        let end_line = text[end_at..]
+            .strip_suffix('\n')
+            .ok_or("end line unterminated")?;
         let crc = parse_hex32(&end_line[4..]).ok_or("end line: bad checksum")?;
         if crc32c::crc32c(&text.as_bytes()[..end_at]) != crc {
             return Err("checksum mismatch: the manifest is damaged".to_string());
@@ -158,7 +163,9 @@ impl Manifest {
             let line_number = index + 1;
             let fields: Vec<&str> = line.split(' ').collect();
             let [kind, name, size, crc] = fields[..] else {
-                return Err(format!("line {line_number}: expected `file <name> <size> <crc32c>`"));
+                return Err(format!(
+                    "line {line_number}: expected `file <name> <size> <crc32c>`"
+                ));
             };
             if kind != "file" || !plain_name(name) || name == MANIFEST_NAME {
                 return Err(format!("line {line_number}: bad file line {line:?}"));
@@ -166,7 +173,8 @@ impl Manifest {
             let size = size
                 .parse::<u64>()
                 .map_err(|_| format!("line {line_number}: bad size {size:?}"))?;
-            let crc32c = parse_hex32(crc).ok_or(format!("line {line_number}: bad checksum {crc:?}"))?;
+            let crc32c =
+                parse_hex32(crc).ok_or(format!("line {line_number}: bad checksum {crc:?}"))?;
             if files.len() == MANIFEST_FILES_MAX {
                 return Err(format!("more than {MANIFEST_FILES_MAX} files"));
             }
@@ -279,7 +287,9 @@ fn copy_once<S: Storage>(source: &mut S) -> Result<Option<CopiedFiles>, BackupEr
         let mut bytes = match source.read(&name) {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound(_)) => {
-                if parse_checkpoint_name(&name).is_some() || wal::parse_segment_name(&name).is_some() {
+                if parse_checkpoint_name(&name).is_some()
+                    || wal::parse_segment_name(&name).is_some()
+                {
                     // The checkpoint writer removed it: a newer checkpoint exists.
                     return Ok(None);
                 }
@@ -298,7 +308,10 @@ fn copy_once<S: Storage>(source: &mut S) -> Result<Option<CopiedFiles>, BackupEr
 
 /// Takes a backup of the ledger in `source` (a running appliance's data directory, or a
 /// stopped one) into `target`, which must be empty. See the module documentation.
-pub fn take<S: Storage, T: Storage>(source: &mut S, target: &mut T) -> Result<Manifest, BackupError> {
+pub fn take<S: Storage, T: Storage>(
+    source: &mut S,
+    target: &mut T,
+) -> Result<Manifest, BackupError> {
     if !target.list()?.is_empty() {
         return Err(BackupError::TargetNotEmpty(target.describe("")));
     }
@@ -354,7 +367,10 @@ fn write_synced<T: Storage>(target: &mut T, name: &str, bytes: &[u8]) -> Result<
 
 /// Opens the ledger in `storage` (a second handle) as a start would, and requires a clean
 /// recovery from the checkpoint `checkpoint_sequence`: (last sequence, state hash).
-fn open_and_check<T: Storage>(storage: &T, checkpoint_sequence: u64) -> Result<(u64, u64), BackupError> {
+fn open_and_check<T: Storage>(
+    storage: &T,
+    checkpoint_sequence: u64,
+) -> Result<(u64, u64), BackupError> {
     let config = LedgerConfig {
         checkpoint_every_batches: 0,
         ..LedgerConfig::default()
@@ -396,7 +412,10 @@ pub fn read_manifest<B: Storage>(backup: &mut B) -> Result<Manifest, BackupError
 /// Restores the backup in `backup` into `target`, which must be empty: copies every file the
 /// manifest lists (checking its size and CRC32C), syncs, then opens the ledger there and
 /// requires the manifest's sequence and state hash. Returns the manifest.
-pub fn restore<B: Storage, T: Storage>(backup: &mut B, target: &mut T) -> Result<Manifest, BackupError> {
+pub fn restore<B: Storage, T: Storage>(
+    backup: &mut B,
+    target: &mut T,
+) -> Result<Manifest, BackupError> {
     let manifest = read_manifest(backup)?;
     if !target.list()?.is_empty() {
         return Err(BackupError::TargetNotEmpty(target.describe("")));
@@ -460,7 +479,8 @@ mod tests {
     #[test]
     fn manifest_golden_text_and_round_trip() {
         let text = sample().encode();
-        let expected_head = "pantera-backup 1\nsequence 42\ncheckpoint 40\nstate_hash 0123456789abcdef\n\
+        let expected_head =
+            "pantera-backup 1\nsequence 42\ncheckpoint 40\nstate_hash 0123456789abcdef\n\
             file checkpoint-00000000000000000040.snap 1000 deadbeef\n\
             file wal-00000000000000000041.log 608 00000007\nend ";
         assert!(text.starts_with(expected_head), "{text}");
@@ -477,7 +497,10 @@ mod tests {
             let mut damaged = text.clone().into_bytes();
             damaged[at] ^= 0x01;
             assert!(Manifest::decode(&damaged).is_err(), "flip at {at}");
-            assert!(Manifest::decode(&text.as_bytes()[..at]).is_err(), "cut at {at}");
+            assert!(
+                Manifest::decode(&text.as_bytes()[..at]).is_err(),
+                "cut at {at}"
+            );
         }
         // Well-checksummed but malformed bodies.
         let body_cases = [

@@ -248,7 +248,10 @@ mod tests {
         for at in [0, 5, 20, bytes.len() / 2, bytes.len() - 10, bytes.len() - 1] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(read(&damaged, key).is_err(), "flip at {at} must be detected");
+            assert!(
+                read(&damaged, key).is_err(),
+                "flip at {at} must be detected"
+            );
         }
         assert!(read(&bytes[..bytes.len() - 1], key).is_err());
     }

@@ -316,7 +316,11 @@ impl CheckpointJob {
 
     /// Replays the records after the replica's batch, up to `sequence`, from the segments the
     /// job supersedes (closed before the job began, so no other handle writes them).
-    fn replay<S: Storage>(&mut self, storage: &mut S, replica: &mut Replica) -> Result<(), LedgerError> {
+    fn replay<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        replica: &mut Replica,
+    ) -> Result<(), LedgerError> {
         let mut segments: Vec<(u64, &String)> = self
             .superseded
             .iter()
@@ -350,7 +354,9 @@ impl CheckpointJob {
                         if header.sequence <= replica.sequence {
                             continue;
                         }
-                        if header.sequence != replica.sequence + 1 || header.sequence > self.sequence {
+                        if header.sequence != replica.sequence + 1
+                            || header.sequence > self.sequence
+                        {
                             return Err(corrupt(
                                 offset,
                                 format!(
@@ -372,10 +378,13 @@ impl CheckpointJob {
                     ReadOutcome::End => break,
                     // A closed segment was whole when the ledger rolled past it: any damage
                     // now is damage to acknowledged data.
-                    ReadOutcome::Torn { offset, reason } | ReadOutcome::Corrupt { offset, reason } => {
+                    ReadOutcome::Torn { offset, reason }
+                    | ReadOutcome::Corrupt { offset, reason } => {
                         return Err(corrupt(
                             offset,
-                            format!("{reason} (found by the checkpoint writer in a closed segment)"),
+                            format!(
+                                "{reason} (found by the checkpoint writer in a closed segment)"
+                            ),
                         ))
                     }
                 }

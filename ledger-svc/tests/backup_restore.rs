@@ -29,7 +29,11 @@ fn accounts() -> Operation {
                 id,
                 ledger: 1,
                 code: 1,
-                flags: if id % 4 == 0 { AccountFlags::HISTORY } else { AccountFlags::empty() },
+                flags: if id % 4 == 0 {
+                    AccountFlags::HISTORY
+                } else {
+                    AccountFlags::empty()
+                },
                 ..Default::default()
             })
             .collect(),
@@ -50,7 +54,11 @@ fn transfers(batch: u64) -> Operation {
                     amount: 1 + x % 50,
                     ledger: 1,
                     code: 1,
-                    flags: if i % 5 == 0 { TransferFlags::PENDING } else { TransferFlags::empty() },
+                    flags: if i % 5 == 0 {
+                        TransferFlags::PENDING
+                    } else {
+                        TransferFlags::empty()
+                    },
                     timeout: if i % 10 == 0 { 1 } else { 0 },
                     ..Default::default()
                 }
@@ -78,7 +86,9 @@ fn serve(dir: &std::path::Path, stop: &AtomicBool, started: &AtomicBool) -> Hash
         });
         let mut batch = 0;
         while !stop.load(Ordering::Relaxed) || batch < 60 {
-            ledger.submit(NOW + (batch + 1) * 200_000_000, &[transfers(batch)]).unwrap();
+            ledger
+                .submit(NOW + (batch + 1) * 200_000_000, &[transfers(batch)])
+                .unwrap();
             batch += 1;
             hashes.insert(ledger.sequence(), ledger.state().state_hash());
             if batch == 20 {
@@ -88,7 +98,9 @@ fn serve(dir: &std::path::Path, stop: &AtomicBool, started: &AtomicBool) -> Hash
                 ledger.finish_checkpoint(job).unwrap();
             }
             if ledger.checkpoint_due() {
-                job_tx.send(ledger.begin_checkpoint().unwrap().unwrap()).unwrap();
+                job_tx
+                    .send(ledger.begin_checkpoint().unwrap().unwrap())
+                    .unwrap();
             }
         }
         drop(job_tx);
@@ -150,7 +162,9 @@ fn backed_up(root: &std::path::Path) -> (std::path::PathBuf, backup::Manifest) {
     let mut ledger = Ledger::open(FileStorage::open(&source).unwrap(), config()).unwrap();
     ledger.submit(NOW, &[accounts()]).unwrap();
     for batch in 0..10 {
-        ledger.submit(NOW + (batch + 1) * 1_000_000, &[transfers(batch)]).unwrap();
+        ledger
+            .submit(NOW + (batch + 1) * 1_000_000, &[transfers(batch)])
+            .unwrap();
         if batch == 5 {
             ledger.checkpoint().unwrap();
         }
@@ -158,7 +172,11 @@ fn backed_up(root: &std::path::Path) -> (std::path::PathBuf, backup::Manifest) {
     // Something the ledger does not know, as a superblock would be: copied whole.
     std::fs::write(source.join("superblock"), b"cluster 1\n").unwrap();
     let to = root.join("backup");
-    let manifest = backup::take(&mut FileStorage::open(&source).unwrap(), &mut FileStorage::open(&to).unwrap()).unwrap();
+    let manifest = backup::take(
+        &mut FileStorage::open(&source).unwrap(),
+        &mut FileStorage::open(&to).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest.sequence, 11);
     assert_eq!(manifest.checkpoint_sequence, 7);
     assert_eq!(manifest.state_hash, ledger.state().state_hash());
@@ -170,7 +188,11 @@ fn backed_up(root: &std::path::Path) -> (std::path::PathBuf, backup::Manifest) {
 fn a_damaged_backup_is_refused_naming_the_file() {
     let root = tempfile::tempdir().unwrap();
     let (dir, manifest) = backed_up(root.path());
-    let segment = manifest.files.iter().find(|f| f.name.starts_with("wal-")).unwrap();
+    let segment = manifest
+        .files
+        .iter()
+        .find(|f| f.name.starts_with("wal-"))
+        .unwrap();
     let path = dir.join(&segment.name);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[40] ^= 1;
@@ -181,7 +203,10 @@ fn a_damaged_backup_is_refused_naming_the_file() {
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::File { .. }), "{error}");
-    assert!(error.to_string().contains(&segment.name) && error.to_string().contains("checksum"), "{error}");
+    assert!(
+        error.to_string().contains(&segment.name) && error.to_string().contains("checksum"),
+        "{error}"
+    );
 
     std::fs::remove_file(dir.join(backup::MANIFEST_NAME)).unwrap();
     let error = backup::restore(
@@ -199,7 +224,11 @@ fn a_backup_or_restore_never_writes_into_a_directory_that_holds_files() {
     let busy = root.path().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("keep"), b"x").unwrap();
-    let error = backup::restore(&mut FileStorage::open(&dir).unwrap(), &mut FileStorage::open(&busy).unwrap()).unwrap_err();
+    let error = backup::restore(
+        &mut FileStorage::open(&dir).unwrap(),
+        &mut FileStorage::open(&busy).unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(error, BackupError::TargetNotEmpty(_)), "{error}");
     let error = backup::take(
         &mut FileStorage::open(&root.path().join("data")).unwrap(),

@@ -265,7 +265,11 @@ fn the_checkpoint_protocol_refuses_calls_out_of_order() {
 fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
     let mut ledger = ledger_with(10);
     let mut job = ledger.begin_checkpoint().unwrap().unwrap();
-    assert_eq!(job.file_bytes(), 0, "built by the writer, not by begin_checkpoint");
+    assert_eq!(
+        job.file_bytes(),
+        0,
+        "built by the writer, not by begin_checkpoint"
+    );
     let mut writer = ledger.storage().reopen().unwrap();
     job.write(&mut writer).unwrap();
     let bytes = job.file_bytes();

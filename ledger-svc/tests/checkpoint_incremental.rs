@@ -33,7 +33,11 @@ fn accounts() -> Operation {
                 id,
                 ledger: 1,
                 code: 1,
-                flags: if id % 8 == 0 { AccountFlags::HISTORY } else { AccountFlags::empty() },
+                flags: if id % 8 == 0 {
+                    AccountFlags::HISTORY
+                } else {
+                    AccountFlags::empty()
+                },
                 ..Default::default()
             })
             .collect(),
@@ -85,7 +89,9 @@ fn now(batch: u64) -> u64 {
 
 /// The checkpoint file of `sequence` holds exactly `hash`.
 fn assert_checkpoint_holds(storage: &mut SimStorage, sequence: u64, hash: u64) {
-    let bytes = storage.read(&checkpoint::checkpoint_name(sequence)).unwrap();
+    let bytes = storage
+        .read(&checkpoint::checkpoint_name(sequence))
+        .unwrap();
     let (read_sequence, state) = checkpoint::read(&bytes, IdHashKey::new([9, 9, 9, 9])).unwrap();
     assert_eq!(read_sequence, sequence);
     assert_eq!(state.state_hash(), hash, "checkpoint {sequence}");
@@ -103,20 +109,30 @@ fn run(
 ) -> Vec<(u64, ledger::CheckpointWork, u64)> {
     let mut jobs = Vec::new();
     for _ in 0..batches {
-        ledger.submit(now(*next_batch), &[transfers(*next_batch)]).unwrap();
+        ledger
+            .submit(now(*next_batch), &[transfers(*next_batch)])
+            .unwrap();
         *next_batch += 1;
         if ledger.checkpoint_due() {
             let hash = ledger.state().state_hash();
             let calls = ledger.storage().calls();
             let mut job: CheckpointJob = ledger.begin_checkpoint().unwrap().unwrap();
             let begin_calls = ledger.storage().calls() - calls;
-            assert_eq!(job.file_bytes(), 0, "nothing is encoded by begin_checkpoint");
+            assert_eq!(
+                job.file_bytes(),
+                0,
+                "nothing is encoded by begin_checkpoint"
+            );
             let sequence = job.sequence();
             // The WAL goes on while the writer replays and writes.
-            ledger.submit(now(*next_batch), &[transfers(*next_batch)]).unwrap();
+            ledger
+                .submit(now(*next_batch), &[transfers(*next_batch)])
+                .unwrap();
             *next_batch += 1;
             job.write(writer).unwrap();
-            ledger.submit(now(*next_batch), &[transfers(*next_batch)]).unwrap();
+            ledger
+                .submit(now(*next_batch), &[transfers(*next_batch)])
+                .unwrap();
             *next_batch += 1;
             let work = job.work();
             ledger.finish_checkpoint(job).unwrap();
@@ -148,7 +164,10 @@ fn the_ledger_threads_share_does_not_grow_from_10k_to_100k_transfers() {
     assert_eq!(first_calls, 1);
     for &(sequence, work, calls) in &jobs[1..] {
         assert_eq!(calls, first_calls, "batch {sequence}");
-        assert_eq!(work.ledger_thread_entries, first.ledger_thread_entries, "batch {sequence}");
+        assert_eq!(
+            work.ledger_thread_entries, first.ledger_thread_entries,
+            "batch {sequence}"
+        );
     }
     // The writer replays what happened since the previous checkpoint, not the state; after
     // the first checkpoint it never reads one back (its replica is kept).
@@ -158,13 +177,19 @@ fn the_ledger_threads_share_does_not_grow_from_10k_to_100k_transfers() {
         assert_eq!(work.checkpoint_bytes_loaded, 0);
     }
     // What it writes is the whole state, which did grow.
-    assert!(last.bytes_written > 4 * first.bytes_written, "{first:?} {last:?}");
+    assert!(
+        last.bytes_written > 4 * first.bytes_written,
+        "{first:?} {last:?}"
+    );
     // And the ledger recovers from the newest checkpoint to its state.
     let hash = ledger.state().state_hash();
     let sequence = ledger.sequence();
     let recovered = Ledger::open(ledger.into_storage().crash_clean(), config()).unwrap();
     assert_eq!(recovered.recovery().checkpoint_sequence, last_sequence);
-    assert_eq!((recovered.sequence(), recovered.state().state_hash()), (sequence, hash));
+    assert_eq!(
+        (recovered.sequence(), recovered.state().state_hash()),
+        (sequence, hash)
+    );
 }
 
 #[test]
@@ -212,7 +237,11 @@ fn begun() -> (Ledger<SimStorage>, CheckpointJob, Vec<String>) {
 #[test]
 fn a_damaged_closed_segment_stops_the_checkpoint_before_it_writes_or_removes_anything() {
     let (mut ledger, mut job, names) = begun();
-    let segment = names.iter().find(|n| wal::parse_segment_name(n).is_some()).unwrap().clone();
+    let segment = names
+        .iter()
+        .find(|n| wal::parse_segment_name(n).is_some())
+        .unwrap()
+        .clone();
     // Flip one byte in the middle of the first record's body.
     let mut bytes = ledger.storage_mut().read(&segment).unwrap();
     bytes[100] ^= 0x40;
@@ -223,10 +252,20 @@ fn a_damaged_closed_segment_stops_the_checkpoint_before_it_writes_or_removes_any
     let mut writer = ledger.storage().reopen().unwrap();
     let error = job.write(&mut writer).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, LedgerError::Corrupt { offset: 0, .. }), "{message}");
-    assert!(message.contains(&segment) && message.contains("closed segment"), "{message}");
+    assert!(
+        matches!(error, LedgerError::Corrupt { offset: 0, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&segment) && message.contains("closed segment"),
+        "{message}"
+    );
     assert!(error.is_fatal());
-    assert_eq!(ledger.storage_mut().list().unwrap(), names, "nothing written or removed");
+    assert_eq!(
+        ledger.storage_mut().list().unwrap(),
+        names,
+        "nothing written or removed"
+    );
 }
 
 #[test]
@@ -235,15 +274,27 @@ fn a_replica_that_does_not_match_the_ledger_is_never_written() {
     // Rewrite the newest closed segment's last record as a valid record of the same batch with
     // a different last transfer: the WAL no longer holds what the ledger applied, which only
     // a nondeterministic replay could otherwise produce.
-    let segment = names.iter().rev().find(|n| wal::parse_segment_name(n).is_some()).unwrap().clone();
+    let segment = names
+        .iter()
+        .rev()
+        .find(|n| wal::parse_segment_name(n).is_some())
+        .unwrap()
+        .clone();
     let bytes = ledger.storage_mut().read(&segment).unwrap();
     let mut reader = wal::SegmentReader::new(&bytes);
     let mut last = None;
-    while let wal::ReadOutcome::Record { offset, header, body } = reader.next_record() {
+    while let wal::ReadOutcome::Record {
+        offset,
+        header,
+        body,
+    } = reader.next_record()
+    {
         last = Some((offset, header, wal::decode_body(body).unwrap()));
     }
     let (offset, header, mut ops) = last.unwrap();
-    let Operation::CreateTransfers(events) = &mut ops[0] else { panic!("transfers expected") };
+    let Operation::CreateTransfers(events) = &mut ops[0] else {
+        panic!("transfers expected")
+    };
     events.last_mut().unwrap().amount += 1;
     let mut record = Vec::new();
     wal::encode_record(&mut record, header.sequence, header.now_ns, &ops);
@@ -258,5 +309,9 @@ fn a_replica_that_does_not_match_the_ledger_is_never_written() {
         "{error}"
     );
     assert!(error.is_fatal());
-    assert_eq!(ledger.storage_mut().list().unwrap(), names, "nothing written or removed");
+    assert_eq!(
+        ledger.storage_mut().list().unwrap(),
+        names,
+        "nothing written or removed"
+    );
 }

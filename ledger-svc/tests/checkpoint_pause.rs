@@ -178,17 +178,21 @@ fn checkpoint_pause_recovery_and_backup() {
         job.work().records_replayed,
         job.file_bytes() as f64 / 1e6
     );
-    println!("resident memory with the writer's replica: {:.0} MB", rss_mb());
+    println!(
+        "resident memory with the writer's replica: {:.0} MB",
+        rss_mb()
+    );
     ledger.finish_checkpoint(job).unwrap();
 
-    let batch = |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, events: usize| {
-        let ops = transfers(*next_id, events);
-        *next_id += events as u128;
-        *now += 1_000;
-        let started = Instant::now();
-        ledger.submit(*now, &ops).unwrap();
-        started.elapsed()
-    };
+    let batch =
+        |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, events: usize| {
+            let ops = transfers(*next_id, events);
+            *next_id += events as u128;
+            *now += 1_000;
+            let started = Instant::now();
+            ledger.submit(*now, &ops).unwrap();
+            started.elapsed()
+        };
 
     // Rounds: an interval of full batches, then a checkpoint written by another thread.
     let (mut begin, mut write, mut finish) = (Vec::new(), Vec::new(), Vec::new());
@@ -213,7 +217,10 @@ fn checkpoint_pause_recovery_and_backup() {
         ledger.finish_checkpoint(job).unwrap();
         finish.push(started.elapsed());
     }
-    println!("state now: {} transfers; last checkpoint's work: {work:?}", ledger.state().transfers_count());
+    println!(
+        "state now: {} transfers; last checkpoint's work: {work:?}",
+        ledger.state().transfers_count()
+    );
     summary("begin_checkpoint (ledger thread)", begin);
     summary("CheckpointJob::write (writer: replay+write+rm)", write);
     summary("finish_checkpoint (ledger thread, no I/O)", finish);
@@ -221,7 +228,10 @@ fn checkpoint_pause_recovery_and_backup() {
     // Submit latency under a steady load (a batch of LATENCY_BATCH transfers every
     // LATENCY_PACE, at most LATENCY_SAMPLES of them, so the state stays near its size):
     // alone, while a checkpoint is written, while a backup is taken, alone again.
-    let paced = |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, busy: &dyn Fn() -> bool| {
+    let paced = |ledger: &mut Ledger<FileStorage>,
+                 now: &mut u64,
+                 next_id: &mut u128,
+                 busy: &dyn Fn() -> bool| {
         let mut samples = Vec::new();
         while busy() && samples.len() < 10 * LATENCY_SAMPLES {
             let started = Instant::now();
@@ -246,7 +256,9 @@ fn checkpoint_pause_recovery_and_backup() {
         job.write(&mut writer).unwrap();
         job
     });
-    let during = paced(&mut ledger, &mut now, &mut next_id, &|| !thread.is_finished());
+    let during = paced(&mut ledger, &mut now, &mut next_id, &|| {
+        !thread.is_finished()
+    });
     ledger.finish_checkpoint(thread.join().unwrap()).unwrap();
     summary("submit 500 transfers, checkpoint being written", during);
 
@@ -264,7 +276,9 @@ fn checkpoint_pause_recovery_and_backup() {
             (manifest, started.elapsed())
         })
     };
-    let backing_up = paced(&mut ledger, &mut now, &mut next_id, &|| !thread.is_finished());
+    let backing_up = paced(&mut ledger, &mut now, &mut next_id, &|| {
+        !thread.is_finished()
+    });
     let (manifest, took) = thread.join().unwrap();
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     println!(
@@ -279,7 +293,10 @@ fn checkpoint_pause_recovery_and_backup() {
     quiet.set(0);
     let alone_after = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
     summary("submit 500 transfers, alone (after)", alone_after);
-    println!("state at the end: {} transfers", ledger.state().transfers_count());
+    println!(
+        "state at the end: {} transfers",
+        ledger.state().transfers_count()
+    );
 
     // Recovery from the newest checkpoint and the batches since.
     let hash = ledger.state().state_hash();
@@ -301,5 +318,8 @@ fn checkpoint_pause_recovery_and_backup() {
         &mut FileStorage::open(&restored).unwrap(),
     )
     .unwrap();
-    println!("restore (copy, verify, recover): {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "restore (copy, verify, recover): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
