@@ -1,8 +1,9 @@
 //! Online backup and restore (`backup::take`, `backup::restore`) on real files: backups taken
 //! while another thread commits batches and a checkpoint writer thread removes the files it
 //! supersedes restore to a ledger whose state hash equals the source's at the backup's
-//! sequence; a damaged backup, a missing manifest, a non-empty target and an empty source are
-//! refused with a clear error.
+//! sequence; a checkpoint that removes files right under a backup makes it start over (on the
+//! simulated disk, deterministically); a damaged backup, a missing manifest, a non-empty target
+//! and an empty source are refused with a clear error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,4 +245,90 @@ fn a_backup_or_restore_never_writes_into_a_directory_that_holds_files() {
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::SourceEmpty), "{error}");
+}
+
+/// A data directory whose checkpoint writer finishes a checkpoint (writing the new one and
+/// removing the files it supersedes) right after the backup listed the directory, before it
+/// read anything: the race `backup::take` answers by starting over.
+#[derive(Debug)]
+struct RacingWriter {
+    inner: SimStorage,
+    writer: Option<(ledger::CheckpointJob, SimStorage)>,
+    reads: u64,
+}
+
+impl Storage for RacingWriter {
+    fn list(&mut self) -> Result<Vec<String>, StorageError> {
+        self.inner.list()
+    }
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.reads += 1;
+        if let Some((mut job, mut writer)) = self.writer.take() {
+            job.write(&mut writer).unwrap();
+        }
+        self.inner.read(name)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        self.inner.append(name, bytes)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        self.inner.sync(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        self.inner.truncate(name, len)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        self.inner.sync_dir()
+    }
+    fn reopen(&self) -> Result<Self, StorageError> {
+        Ok(RacingWriter {
+            inner: self.inner.reopen()?,
+            writer: None,
+            reads: 0,
+        })
+    }
+}
+
+#[test]
+fn a_checkpoint_that_removes_files_under_a_backup_makes_it_start_over() {
+    let mut ledger = Ledger::open(SimStorage::new(), config()).unwrap();
+    ledger.submit(NOW, &[accounts()]).unwrap();
+    for batch in 0..10 {
+        ledger
+            .submit(NOW + (batch + 1) * 1_000_000, &[transfers(batch)])
+            .unwrap();
+        if batch == 3 {
+            ledger.checkpoint().unwrap();
+        }
+    }
+    let hash = ledger.state().state_hash();
+    let job = ledger.begin_checkpoint().unwrap().unwrap();
+    assert_eq!(job.sequence(), 11);
+    let mut source = RacingWriter {
+        inner: ledger.storage().reopen().unwrap(),
+        writer: Some((job, ledger.storage().reopen().unwrap())),
+        reads: 0,
+    };
+    let before = source.inner.list().unwrap();
+    assert!(
+        before.contains(&checkpoint::checkpoint_name(5)),
+        "{before:?}"
+    );
+    let mut target = SimStorage::new();
+    let manifest = backup::take(&mut source, &mut target).unwrap();
+    // The first attempt found checkpoint 5 gone; the second copied checkpoint 11 alone.
+    assert_eq!(manifest.checkpoint_sequence, 11);
+    assert_eq!(manifest.sequence, 11);
+    assert_eq!(manifest.state_hash, hash);
+    assert_eq!(source.reads, 2, "one failed read, then the new checkpoint");
+    let mut restored = SimStorage::new();
+    backup::restore(&mut target, &mut restored).unwrap();
+    let ledger = Ledger::open(restored, config()).unwrap();
+    assert_eq!((ledger.sequence(), ledger.state().state_hash()), (11, hash));
 }
