@@ -5,10 +5,12 @@
 //! ride in the same drain and are answered after the batch, from the state it left.
 //!
 //! Checkpoints stay off the commit path: after a batch's replies are released, if one is due,
-//! the ledger thread encodes the state (`Ledger::begin_checkpoint`, CPU only) and hands the
-//! job to the checkpoint writer thread, which writes, syncs and renames the file on its own
-//! storage handle while batches go on, then removes the WAL segments and the checkpoint it
-//! supersedes; when it reports back, the ledger thread records it (`Ledger::finish_checkpoint`,
+//! the ledger thread rolls the WAL and lists the files the checkpoint will supersede
+//! (`Ledger::begin_checkpoint`: no pass over the state) and hands the job to the checkpoint
+//! writer thread, which brings its replica of the state up to that batch by replaying the
+//! closed WAL segments, writes, syncs and renames the file on its own storage handle while
+//! batches go on, then removes the WAL segments and the checkpoint it supersedes; when it
+//! reports back, the ledger thread records it (`Ledger::finish_checkpoint`,
 //! no I/O). A failed checkpoint write is fatal
 //! like a failed WAL write: nothing acknowledged is lost (the segments it would supersede are
 //! still there), but a disk that fails an fsync cannot be trusted with the next batch either,
@@ -201,11 +203,11 @@ impl Checkpoints {
         }
         let started = Instant::now();
         if let Some(job) = ledger.begin_checkpoint()? {
-            self.metrics.ledger_checkpoint_encode_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.ledger_checkpoint_begin_seconds.observe(started.elapsed().as_secs_f64());
             log::info!(
-                "ledger checkpoint {} begun: {} bytes encoded on the ledger thread in {:?}",
+                "ledger checkpoint {} begun: {} directory entries listed on the ledger thread in {:?}",
                 job.sequence(),
-                job.file_bytes(),
+                job.work().ledger_thread_entries,
                 started.elapsed()
             );
             // Room is certain: at most one job is in flight and it was not.
@@ -230,7 +232,7 @@ fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, 
         let started = Instant::now();
         let report = job.write(&mut storage).map(|()| job);
         match &report {
-            Ok(job) => log::info!("ledger checkpoint {} written in {:?} off the ledger thread", job.sequence(), started.elapsed()),
+            Ok(job) => log::info!("ledger checkpoint {} written in {:?} off the ledger thread: {:?}", job.sequence(), started.elapsed(), job.work()),
             Err(error) => log::error!("ledger checkpoint write failed: {error}"),
         }
         if done.send(report).is_err() {

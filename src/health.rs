@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 /// A registered thread whose last beat is older than this makes the process unhealthy.
 /// Five times the longest gap between two beats of a healthy thread
-/// ([`HEARTBEAT_INTERVAL_MAX`]), with room for a long checkpoint encode (about 32 ms per
-/// million transfers) or a slow fsync.
+/// ([`HEARTBEAT_INTERVAL_MAX`]), with room for a slow fsync.
 pub const HEARTBEAT_STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// The longest a healthy, idle thread goes between two beats.

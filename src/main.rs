@@ -109,6 +109,31 @@ enum Commands {
     },
     /// Parse and validate a configuration file, then exit.
     CheckConfig { path: PathBuf },
+    /// Copy the ledger (newest checkpoint, the WAL since it, every other file of the data
+    /// directory) into an empty directory, consistent at one batch and verified by recovery,
+    /// while the appliance serves or not (docs/operations.md, "Backup and restore").
+    Backup {
+        /// The ledger's data directory (`ledger.wal_dir`).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Take the data directory from this configuration file instead.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write the backup: a directory that does not exist or is empty.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty data directory and verify it (the manifest's batch
+    /// and state hash after recovery). Run it with the appliance stopped, then start
+    /// `serve` on that directory.
+    Restore {
+        /// The backup directory (`pantera backup --to`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create: must not exist or be empty.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +174,15 @@ fn main() -> Result<()> {
             println!("certificates in {}: {paths:?}", dir.display());
             Ok(())
         }
+        Commands::Backup { data_dir, config, to } => {
+            let data_dir = match (data_dir, config) {
+                (Some(dir), _) => dir,
+                (None, Some(path)) => Config::load(&path)?.ledger.wal_dir,
+                (None, None) => anyhow::bail!("--data-dir or --config is required"),
+            };
+            pantera::backup::backup(&data_dir, &to).map(|_| ())
+        }
+        Commands::Restore { from, to } => pantera::backup::restore(&from, &to).map(|_| ()),
         Commands::CheckConfig { path } => {
             Config::load(&path)?;
             println!("{}: valid", path.display());

@@ -5,11 +5,13 @@
 //! magic "PCKP" | version u32 | sequence u64 | state (StateMachine::encode) |
 //! trailer: state_size u64 | crc32c u32 of everything before it | magic "PEND"
 //! ```
-//! The checksum sits in a trailer, computed by the writer: the ledger thread only encodes the
-//! state into one reused buffer (`encode`), and the checksum and the I/O (`write_encoded`) run
-//! off the commit path. Written as `checkpoint.tmp`, synced, renamed to
-//! `checkpoint-<seq>.snap`, then the directory is synced: a crash leaves either the old
-//! checkpoint or the new one, whole.
+//! The checksum sits in a trailer, so the writer can compute it while it streams the state
+//! out. Written as `checkpoint.tmp`, synced, renamed to `checkpoint-<seq>.snap`, then the
+//! directory is synced: a crash leaves either the old checkpoint or the new one, whole.
+//!
+//! Checkpoints are written by the checkpoint writer from its own copy of the state, rebuilt
+//! from the WAL (see `ledger.rs`), never from the ledger thread's state: the ledger thread
+//! does no work that grows with the state.
 
 use crate::codec::{Reader, Writer};
 use crate::state_machine::{IdHashKey, StateMachine};
@@ -34,80 +36,101 @@ pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Encodes the header and the state after batch `sequence` into `out` (cleared first). This
-/// is the part of a checkpoint that needs the state, so it runs on the ledger thread at a
-/// batch boundary; `write_encoded` adds the trailer and does the I/O anywhere else. `out`
-/// is meant to be reused from one checkpoint to the next: its capacity stays warm, so a
-/// checkpoint costs no allocation and no page faults once the state stops growing fast.
-pub fn encode(state: &StateMachine, sequence: u64, out: &mut Vec<u8>) {
-    out.clear();
-    // A lower bound of the encoded size (accounts without history, transfers), so the
-    // first checkpoint grows the buffer at most a few times.
-    let estimate = HEADER_SIZE
-        + 32
-        + state.accounts_count() * ACCOUNT_ENCODED_MIN
-        + state.transfers_count() * TRANSFER_ENCODED
-        + TRAILER_SIZE;
-    out.reserve(estimate);
-    out.extend_from_slice(&CHECKPOINT_MAGIC);
-    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    out.extend_from_slice(&sequence.to_le_bytes());
-    state.encode(&mut |chunk| out.extend_from_slice(chunk));
-}
-
-/// The bytes `write_encoded` appends between two syncs of the checkpoint file: the most a
+/// The bytes `write_state` appends between two syncs of the checkpoint file: the most a
 /// WAL sync can find dirty from a checkpoint and have to wait for.
 pub const WRITE_CHUNK_BYTES: usize = 4 << 20;
 
-/// An encoded account (128 bytes) and its history count, at least.
-const ACCOUNT_ENCODED_MIN: usize = 128 + 8;
-/// An encoded transfer (128 bytes) and its pending status.
-const TRANSFER_ENCODED: usize = 128 + 1;
-
-/// Writes a checkpoint from `encoded` (`encode`'s output) durably: `checkpoint.tmp` gets the
-/// bytes and the trailer, is synced, renamed to `checkpoint-<sequence>.snap`, and the
-/// directory is synced. Returns the file's name and size. Touches no other file, so it may
-/// run on another thread with its own storage handle while the WAL keeps appending.
-pub fn write_encoded<S: Storage>(
-    storage: &mut S,
-    encoded: &[u8],
-    sequence: u64,
-) -> Result<(String, u64), StorageError> {
-    debug_assert!(encoded.len() >= HEADER_SIZE && encoded[..4] == CHECKPOINT_MAGIC);
-    storage.remove(CHECKPOINT_TEMP_NAME)?;
-    let state_size = encoded.len().saturating_sub(HEADER_SIZE) as u64;
-    let mut trailer = Writer::with_capacity(TRAILER_SIZE);
-    trailer.u64(state_size);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(encoded), &trailer.bytes);
-    trailer.u32(crc);
-    trailer.bytes.extend_from_slice(&TRAILER_MAGIC);
-    // Synced chunk by chunk so that dirty pages never pile up: on ext4 (data=ordered) the
-    // WAL's fdatasync commits the journal, which waits for the data of every file written
-    // in that transaction, so one unsynced 130 MB checkpoint stalls a WAL sync for as long
-    // as the whole flush takes (measured: 190 ms; see docs/ledger.md). RocksDB's
-    // `bytes_per_sync` bounds its background writes for the same reason.
-    for chunk in encoded.chunks(WRITE_CHUNK_BYTES) {
-        storage.append(CHECKPOINT_TEMP_NAME, chunk)?;
-        storage.sync(CHECKPOINT_TEMP_NAME)?;
-    }
-    storage.append(CHECKPOINT_TEMP_NAME, &trailer.bytes)?;
-    storage.sync(CHECKPOINT_TEMP_NAME)?;
-    let name = checkpoint_name(sequence);
-    storage.rename(CHECKPOINT_TEMP_NAME, &name)?;
-    storage.sync_dir()?;
-    Ok((name, (encoded.len() + TRAILER_SIZE) as u64))
-}
-
-/// Writes the checkpoint of `state` after batch `sequence` durably, in one call (`encode`
-/// then `write_encoded`). Returns the file's name and size.
+/// Writes the checkpoint of `state` after batch `sequence` durably: `checkpoint.tmp` gets
+/// the header, the state (`StateMachine::encode`, streamed) and the trailer, synced every
+/// `WRITE_CHUNK_BYTES`, then is renamed to `checkpoint-<sequence>.snap` and the directory is
+/// synced. Returns the file's name and size. Touches no other file, so it may run on another
+/// thread with its own storage handle while the WAL keeps appending.
+///
+/// The state is encoded straight into one `WRITE_CHUNK_BYTES` buffer and checksummed as it
+/// goes: no copy of the whole encoded state is ever held (at 10M transfers that would be
+/// 1.3 GB next to the state itself).
 pub fn write<S: Storage>(
     storage: &mut S,
     state: &StateMachine,
     sequence: u64,
 ) -> Result<(String, u64), StorageError> {
-    let mut encoded = Vec::new();
-    encode(state, sequence, &mut encoded);
-    write_encoded(storage, &encoded, sequence)
+    storage.remove(CHECKPOINT_TEMP_NAME)?;
+    let mut out = ChunkedWriter {
+        storage,
+        chunk: Vec::with_capacity(WRITE_CHUNK_BYTES),
+        crc: 0,
+        size: 0,
+        error: None,
+    };
+    let mut header = Writer::with_capacity(HEADER_SIZE);
+    header.bytes.extend_from_slice(&CHECKPOINT_MAGIC);
+    header.u32(CHECKPOINT_VERSION);
+    header.u64(sequence);
+    out.push(&header.bytes);
+    state.encode(&mut |bytes| out.push(bytes));
+    let state_size = out.size - HEADER_SIZE as u64;
+    let mut trailer = Writer::with_capacity(TRAILER_SIZE);
+    trailer.u64(state_size);
+    out.push(&trailer.bytes);
+    let crc = out.crc;
+    let mut trailer = Writer::with_capacity(8);
+    trailer.u32(crc);
+    trailer.bytes.extend_from_slice(&TRAILER_MAGIC);
+    out.push(&trailer.bytes);
+    out.flush();
+    let size = out.size;
+    if let Some(error) = out.error {
+        return Err(error);
+    }
+    debug_assert_eq!(size, HEADER_SIZE as u64 + state_size + TRAILER_SIZE as u64);
+    let name = checkpoint_name(sequence);
+    storage.rename(CHECKPOINT_TEMP_NAME, &name)?;
+    storage.sync_dir()?;
+    Ok((name, size))
+}
+
+/// Appends to `checkpoint.tmp` one chunk at a time, each synced. Synced chunk by chunk so
+/// that dirty pages never pile up: on ext4 (data=ordered) the WAL's fdatasync commits the
+/// journal, which waits for the data of every file written in that transaction, so one
+/// unsynced 130 MB checkpoint stalls a WAL sync for as long as the whole flush takes
+/// (measured: 190 ms; see docs/ledger.md). RocksDB's `bytes_per_sync` bounds its background
+/// writes for the same reason. The encoder's sink cannot fail, so the first error is kept
+/// and everything after it skipped.
+struct ChunkedWriter<'a, S: Storage> {
+    storage: &'a mut S,
+    chunk: Vec<u8>,
+    /// CRC32C of every byte pushed so far.
+    crc: u32,
+    size: u64,
+    error: Option<StorageError>,
+}
+
+impl<S: Storage> ChunkedWriter<'_, S> {
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let n = (WRITE_CHUNK_BYTES - self.chunk.len()).min(bytes.len());
+            self.chunk.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.chunk.len() == WRITE_CHUNK_BYTES {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none() && !self.chunk.is_empty() {
+            let result = self
+                .storage
+                .append(CHECKPOINT_TEMP_NAME, &self.chunk)
+                .and_then(|()| self.storage.sync(CHECKPOINT_TEMP_NAME));
+            if let Err(error) = result {
+                self.error = Some(error);
+            }
+        }
+        self.chunk.clear();
+    }
 }
 
 /// Why a checkpoint could not be read, with the byte offset of the problem.
@@ -225,7 +248,10 @@ mod tests {
         for at in [0, 5, 20, bytes.len() / 2, bytes.len() - 10, bytes.len() - 1] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(read(&damaged, key).is_err(), "flip at {at} must be detected");
+            assert!(
+                read(&damaged, key).is_err(),
+                "flip at {at} must be detected"
+            );
         }
         assert!(read(&bytes[..bytes.len() - 1], key).is_err());
     }

@@ -11,18 +11,27 @@
 //! further batches (`Poisoned`) and the caller must stop the process without sending the
 //! batch's replies; recovery at the next start decides what was durable.
 //!
-//! Checkpoints are taken off the commit path in three steps, so that `submit` never waits for
-//! one (a checkpoint of 1M transfers is about 150 MB):
-//! 1. `begin_checkpoint` (ledger thread, between batches) encodes the state into a buffer,
-//!    rolls the WAL to a new segment (so every segment that exists now holds only batches the
-//!    checkpoint covers) and lists those segments and the older checkpoints;
-//! 2. `CheckpointJob::write` (any thread, its own `Storage::reopen` handle) writes
-//!    `checkpoint.tmp` (synced every `checkpoint::WRITE_CHUNK_BYTES`), renames it, syncs the
-//!    directory, and only then removes the files listed in step 1 and syncs the directory
-//!    again, while `submit` keeps appending to the new segment. The removals run here too
-//!    because unlinking a fragmented 130 MB file costs ext4 25-85 ms (measured);
+//! Checkpoints are taken off the commit path in three steps, and the ledger thread's part
+//! does no work that grows with the state:
+//! 1. `begin_checkpoint` (ledger thread, between batches) rolls the WAL to a new segment (so
+//!    every segment that exists now holds only batches up to the checkpoint's) and lists those
+//!    segments and the older checkpoints. It neither encodes nor copies the state;
+//! 2. `CheckpointJob::write` (any thread, its own `Storage::reopen` handle) brings the
+//!    checkpoint writer's *replica* of the state up to the checkpoint's batch by replaying the
+//!    closed segments through the same deterministic code path as recovery (the replica is
+//!    loaded from the previous checkpoint the first time), checks it against a fingerprint of
+//!    the ledger's state taken in step 1, streams it into `checkpoint.tmp` (synced every
+//!    `checkpoint::WRITE_CHUNK_BYTES`), renames it, syncs the directory, and only then removes
+//!    the files listed in step 1 and syncs the directory again, while `submit` keeps appending
+//!    to the new segment. The removals run here too because unlinking a fragmented 130 MB
+//!    file costs ext4 25-85 ms (measured);
 //! 3. `finish_checkpoint` (ledger thread, once the write returned Ok) records the new
-//!    checkpoint and takes the encoding buffer back for the next one.
+//!    checkpoint and keeps the replica for the next one. No I/O.
+//!
+//! The WAL already is the log of every change since the last checkpoint, so the writer
+//! compacts it into the next checkpoint instead of the ledger thread encoding a second log
+//! of the same changes (docs/ledger.md, "Checkpoints", says why this over copy-on-write
+//! tables or dirty sets). The price is memory: the replica is a second copy of the state.
 //!
 //! A crash at any point leaves the previous checkpoint and every segment since it (nothing
 //! is removed before the new checkpoint is durable), or the new checkpoint plus possibly some
@@ -103,6 +112,11 @@ pub enum LedgerError {
     /// The thread that writes checkpoints could not start or stopped. Fatal.
     #[error("checkpoint writer thread: {0}")]
     CheckpointWriter(String),
+    /// The checkpoint writer's replica, rebuilt from the WAL, does not match the ledger's
+    /// state at the same batch: replay is not deterministic (a bug). Fatal, and no
+    /// checkpoint is written from it.
+    #[error("checkpoint replica diverged at batch {sequence}: {detail}")]
+    ReplicaDiverged { sequence: u64, detail: String },
 }
 
 impl LedgerError {
@@ -143,17 +157,71 @@ fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<
         .collect()
 }
 
-/// A checkpoint begun by `Ledger::begin_checkpoint`: the encoded state after batch
-/// `sequence`, to be written by `write` (on any thread) and handed back to
+/// The checkpoint writer's copy of the state: the state after batch `sequence`, rebuilt from
+/// a checkpoint and the WAL. Kept by the `Ledger` between checkpoints and lent to each
+/// `CheckpointJob`, so only one thread touches it at a time.
+#[derive(Debug)]
+struct Replica {
+    state: StateMachine,
+    sequence: u64,
+}
+
+/// A summary of the ledger's state after a batch, O(1) to take, that the replica must match
+/// after its replay: a paired check across the two threads (a full `state_hash` would cost
+/// the ledger thread the very pass over the state this design removes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    timestamp: u64,
+    accounts: usize,
+    transfers: usize,
+    last_transfer: Option<Transfer>,
+}
+
+impl Fingerprint {
+    fn of(state: &StateMachine) -> Fingerprint {
+        Fingerprint {
+            timestamp: state.timestamp(),
+            accounts: state.accounts_count(),
+            transfers: state.transfers_count(),
+            last_transfer: state.transfers().last().copied(),
+        }
+    }
+}
+
+/// The work a checkpoint did, counted rather than timed (tests show with it that the ledger
+/// thread's part does not grow with the state; the server logs it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointWork {
+    /// Directory entries `begin_checkpoint` listed on the ledger thread: its only work that
+    /// is not constant (the segments since the last checkpoint, and the checkpoint).
+    pub ledger_thread_entries: u64,
+    /// Bytes of the previous checkpoint the writer read to build its replica (only for the
+    /// first checkpoint after `open`; 0 afterwards).
+    pub checkpoint_bytes_loaded: u64,
+    /// WAL records and events the writer replayed into its replica.
+    pub records_replayed: u64,
+    pub events_replayed: u64,
+    /// The size of the checkpoint file written.
+    pub bytes_written: u64,
+}
+
+/// A checkpoint begun by `Ledger::begin_checkpoint`: the state after batch `sequence`, to be
+/// built and written by `write` (on any thread) and handed back to
 /// `Ledger::finish_checkpoint`.
 #[derive(Debug)]
 pub struct CheckpointJob {
     sequence: u64,
-    /// Header and state (`checkpoint::encode`); the writer adds the trailer.
-    encoded: Vec<u8>,
-    /// The segments and checkpoints this one supersedes, to remove once it is durable.
+    /// The newest durable checkpoint when the job began (0: none): where the replica starts
+    /// when the ledger had none to lend (the first checkpoint after `open`).
+    base_sequence: u64,
+    id_hash_key: IdHashKey,
+    replica: Option<Replica>,
+    expected: Fingerprint,
+    /// The segments and checkpoints this one supersedes, to remove once it is durable. The
+    /// segments among them hold every batch up to `sequence` the replica still needs.
     superseded: Vec<String>,
     written: bool,
+    work: CheckpointWork,
 }
 
 impl CheckpointJob {
@@ -162,9 +230,14 @@ impl CheckpointJob {
         self.sequence
     }
 
-    /// The size of the checkpoint file, in bytes.
+    /// The size of the checkpoint file, in bytes, once written (0 before).
     pub fn file_bytes(&self) -> u64 {
-        self.encoded.len() as u64 + checkpoint::TRAILER_SIZE as u64
+        self.work.bytes_written
+    }
+
+    /// The work done so far (see `CheckpointWork`).
+    pub fn work(&self) -> CheckpointWork {
+        self.work
     }
 
     /// True once `write` has returned Ok.
@@ -172,22 +245,38 @@ impl CheckpointJob {
         self.written
     }
 
-    /// Writes the checkpoint durably (`checkpoint.tmp`, syncs, rename to
-    /// `checkpoint-<sequence>.snap`, directory sync), then removes the segments and older
-    /// checkpoints it supersedes (directory sync). Use a handle of its own
-    /// (`Storage::reopen`) to run it on another thread while the ledger appends. An error is
-    /// fatal for the process (the same policy as the WAL: a failed fsync proves nothing
-    /// about what is on disk); nothing acknowledged is lost by it, since nothing is removed
+    /// Builds the checkpoint and writes it durably: brings the replica up to `sequence` by
+    /// replaying the superseded segments, checks it against the ledger's fingerprint, writes
+    /// `checkpoint.tmp` (syncs), renames it to `checkpoint-<sequence>.snap` (directory sync),
+    /// then removes the segments and older checkpoints it supersedes (directory sync). Use a
+    /// handle of its own (`Storage::reopen`) to run it on another thread while the ledger
+    /// appends. An error is fatal for the process (the same policy as the WAL: a failed fsync
+    /// proves nothing about what is on disk, and a segment that no longer replays is damage
+    /// to acknowledged data); nothing acknowledged is lost by it, since nothing is removed
     /// before the new checkpoint is durable.
     pub fn write<S: Storage>(&mut self, storage: &mut S) -> Result<(), LedgerError> {
         if self.written {
             return Err(LedgerError::CheckpointProtocol("checkpoint written twice"));
         }
-        let (name, size) = checkpoint::write_encoded(storage, &self.encoded, self.sequence)?;
+        let mut replica = match self.replica.take() {
+            Some(replica) => replica,
+            None => self.load_replica(storage)?,
+        };
+        self.replay(storage, &mut replica)?;
+        let found = Fingerprint::of(&replica.state);
+        if found != self.expected {
+            return Err(LedgerError::ReplicaDiverged {
+                sequence: self.sequence,
+                detail: format!("ledger {:?}, replica {found:?}", self.expected),
+            });
+        }
+        let (name, size) = checkpoint::write(storage, &replica.state, self.sequence)?;
+        self.work.bytes_written = size;
         log::info!(
-            "ledger checkpoint {} written ({size} bytes) at batch {}",
+            "ledger checkpoint {} written ({size} bytes) at batch {}: {} records replayed",
             storage.describe(&name),
-            self.sequence
+            self.sequence,
+            self.work.records_replayed
         );
         for old in &self.superseded {
             storage.remove(old)?;
@@ -195,7 +284,122 @@ impl CheckpointJob {
         if !self.superseded.is_empty() {
             storage.sync_dir()?;
         }
+        self.replica = Some(replica);
         self.written = true;
+        Ok(())
+    }
+
+    /// The replica at the newest checkpoint when the job began, read from its file (or an
+    /// empty state if there is none).
+    fn load_replica<S: Storage>(&mut self, storage: &mut S) -> Result<Replica, LedgerError> {
+        if self.base_sequence == 0 {
+            return Ok(Replica {
+                state: StateMachine::with_id_hash_key(self.id_hash_key),
+                sequence: 0,
+            });
+        }
+        let name = checkpoint::checkpoint_name(self.base_sequence);
+        let bytes = storage.read(&name)?;
+        self.work.checkpoint_bytes_loaded = bytes.len() as u64;
+        let corrupt = |offset, reason: &str| LedgerError::Corrupt {
+            file: storage.describe(&name),
+            offset,
+            reason: reason.to_string(),
+        };
+        let (sequence, state) = checkpoint::read(&bytes, self.id_hash_key)
+            .map_err(|damage| corrupt(damage.offset, damage.reason))?;
+        if sequence != self.base_sequence {
+            return Err(corrupt(8, "checkpoint sequence differs from its name"));
+        }
+        Ok(Replica { state, sequence })
+    }
+
+    /// Replays the records after the replica's batch, up to `sequence`, from the segments the
+    /// job supersedes (closed before the job began, so no other handle writes them).
+    fn replay<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        replica: &mut Replica,
+    ) -> Result<(), LedgerError> {
+        let mut segments: Vec<(u64, &String)> = self
+            .superseded
+            .iter()
+            .filter_map(|name| wal::parse_segment_name(name).map(|first| (first, name)))
+            .collect();
+        segments.sort();
+        for (position, &(_, name)) in segments.iter().enumerate() {
+            if replica.sequence >= self.sequence {
+                break;
+            }
+            if segments
+                .get(position + 1)
+                .is_some_and(|&(next, _)| next <= replica.sequence + 1)
+            {
+                continue; // Wholly covered by the replica (a leftover of an older checkpoint).
+            }
+            let bytes = storage.read(name)?;
+            let corrupt = |offset: u64, reason: String| LedgerError::Corrupt {
+                file: storage.describe(name),
+                offset,
+                reason,
+            };
+            let mut reader = SegmentReader::new(&bytes);
+            loop {
+                match reader.next_record() {
+                    ReadOutcome::Record {
+                        offset,
+                        header,
+                        body,
+                    } => {
+                        if header.sequence <= replica.sequence {
+                            continue;
+                        }
+                        if header.sequence != replica.sequence + 1
+                            || header.sequence > self.sequence
+                        {
+                            return Err(corrupt(
+                                offset,
+                                format!(
+                                    "record sequence {} where {} was expected (checkpoint replay up to {})",
+                                    header.sequence,
+                                    replica.sequence + 1,
+                                    self.sequence
+                                ),
+                            ));
+                        }
+                        let ops = wal::decode_body(body)
+                            .ok_or_else(|| corrupt(offset, "record body malformed".to_string()))?;
+                        apply_batch(&mut replica.state, header.now_ns, &ops);
+                        replica.sequence = header.sequence;
+                        self.work.records_replayed += 1;
+                        self.work.events_replayed +=
+                            ops.iter().map(|op| op.len() as u64).sum::<u64>();
+                    }
+                    ReadOutcome::End => break,
+                    // A closed segment was whole when the ledger rolled past it: any damage
+                    // now is damage to acknowledged data.
+                    ReadOutcome::Torn { offset, reason }
+                    | ReadOutcome::Corrupt { offset, reason } => {
+                        return Err(corrupt(
+                            offset,
+                            format!(
+                                "{reason} (found by the checkpoint writer in a closed segment)"
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        if replica.sequence != self.sequence {
+            return Err(LedgerError::Corrupt {
+                file: storage.describe(""),
+                offset: 0,
+                reason: format!(
+                    "the WAL segments end at batch {}, the checkpoint is of batch {}",
+                    replica.sequence, self.sequence
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -213,8 +417,10 @@ pub struct Ledger<S: Storage> {
     checkpoint_sequence: u64,
     /// The sequence of the checkpoint begun and not yet finished.
     checkpoint_in_flight: Option<u64>,
-    /// The encoding buffer, handed to each `CheckpointJob` and taken back when it finishes.
-    checkpoint_buffer: Vec<u8>,
+    /// The checkpoint writer's replica of the state (at `checkpoint_sequence`), lent to each
+    /// `CheckpointJob` and taken back when it finishes; `None` until the first one after
+    /// `open` finishes (that job loads it from the newest checkpoint).
+    replica: Option<Replica>,
     poisoned: bool,
     /// Reused record buffer (no allocation per batch once warm).
     record: Vec<u8>,
@@ -352,7 +558,7 @@ impl<S: Storage> Ledger<S> {
             segment,
             checkpoint_sequence,
             checkpoint_in_flight: None,
-            checkpoint_buffer: Vec::new(),
+            replica: None,
             poisoned: false,
             record: Vec::new(),
             recovery: report,
@@ -430,10 +636,11 @@ impl<S: Storage> Ledger<S> {
         self.checkpoint_sequence
     }
 
-    /// Step 1 of a checkpoint (module docs): encodes the state after the last batch and rolls
-    /// the WAL, so the next batch starts a new segment. `Ok(None)` if a checkpoint is already
-    /// in flight. This is the only part of a checkpoint on the ledger thread: CPU work
-    /// proportional to the state (no I/O with `Durability::Fsync`).
+    /// Step 1 of a checkpoint (module docs): rolls the WAL, so the next batch starts a new
+    /// segment, and lists the files the checkpoint will supersede. `Ok(None)` if a checkpoint
+    /// is already in flight. This is the only part of a checkpoint on the ledger thread: one
+    /// directory listing, no pass over the state (no I/O beyond the listing with
+    /// `Durability::Fsync`).
     pub fn begin_checkpoint(&mut self) -> Result<Option<CheckpointJob>, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
@@ -453,7 +660,8 @@ impl<S: Storage> Ledger<S> {
             }
         }
         // Every segment that exists now ends at or before `sequence` once the WAL rolls
-        // below, so the writer can remove them all while the WAL goes on in the next one.
+        // below, so the writer can replay them and then remove them all while the WAL goes
+        // on in the next one.
         let names = match self.storage.list() {
             Ok(names) => names,
             Err(error) => {
@@ -461,6 +669,7 @@ impl<S: Storage> Ledger<S> {
                 return Err(error.into());
             }
         };
+        let ledger_thread_entries = names.len() as u64;
         let superseded: Vec<String> = names
             .into_iter()
             .filter(|name| {
@@ -473,20 +682,29 @@ impl<S: Storage> Ledger<S> {
             // unlinks it, and the last close would pay for freeing them on this thread.
             self.storage.close(&name);
         }
-        let mut encoded = std::mem::take(&mut self.checkpoint_buffer);
-        checkpoint::encode(&self.state, self.sequence, &mut encoded);
+        let replica = self.replica.take();
+        debug_assert!(replica
+            .as_ref()
+            .is_none_or(|r| r.sequence == self.checkpoint_sequence));
         self.checkpoint_in_flight = Some(self.sequence);
         Ok(Some(CheckpointJob {
             sequence: self.sequence,
-            encoded,
+            base_sequence: self.checkpoint_sequence,
+            id_hash_key: self.state.id_hash_key(),
+            replica,
+            expected: Fingerprint::of(&self.state),
             superseded,
             written: false,
+            work: CheckpointWork {
+                ledger_thread_entries,
+                ..CheckpointWork::default()
+            },
         }))
     }
 
     /// Step 3 of a checkpoint (module docs): `job` was written (`CheckpointJob::write`
     /// returned Ok, so it is durable and the files it supersedes are gone): the ledger
-    /// records it and keeps its buffer for the next one. No I/O.
+    /// records it and keeps its replica for the next one. No I/O.
     pub fn finish_checkpoint(&mut self, job: CheckpointJob) -> Result<(), LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
@@ -503,9 +721,7 @@ impl<S: Storage> Ledger<S> {
         }
         self.checkpoint_in_flight = None;
         self.checkpoint_sequence = job.sequence;
-        let mut buffer = job.encoded;
-        buffer.clear();
-        self.checkpoint_buffer = buffer;
+        self.replica = job.replica;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub use storage::{FileStorage, SimStorage, Storage, StorageError};
 pub mod wal;
 pub mod checkpoint;
 pub mod ledger;
+pub mod backup;
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
 pub mod http;
 pub mod api;

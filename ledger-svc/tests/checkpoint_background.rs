@@ -70,9 +70,10 @@ fn recover(storage: SimStorage) -> Ledger<SimStorage> {
     Ledger::open(storage, config()).unwrap_or_else(|e| panic!("recovery failed: {e}"))
 }
 
-/// The storage calls of a whole `CheckpointJob::write` at this test's size: remove the temp
-/// file, one chunk appended and synced, the trailer appended and synced, rename, directory
-/// sync, then one removal per superseded file and a directory sync.
+/// The storage calls of a whole `CheckpointJob::write` at this test's size: one read per
+/// segment replayed, remove the temp file, one chunk (state and trailer) appended and
+/// synced, rename, directory sync, then one removal per superseded file and a directory
+/// sync.
 fn write_calls(job_sequence: u64) -> u64 {
     let mut ledger = ledger_with(job_sequence - 1);
     let mut writer = ledger.storage().reopen().unwrap();
@@ -85,7 +86,7 @@ fn write_calls(job_sequence: u64) -> u64 {
 fn a_crash_at_any_call_of_a_background_checkpoint_recovers_the_acknowledged_state() {
     let calls = write_calls(13);
     // 12 batches of about 700 bytes in 2 KiB segments: several segments to remove.
-    assert!(calls >= 7 + 4, "{calls} calls");
+    assert!(calls >= 5 + 2 * 4, "{calls} calls");
     let mut cases = 0;
     for writer_fails_after in 0..=calls {
         for seed in 0..16u64 {
@@ -144,10 +145,11 @@ fn a_checkpoint_renamed_before_its_removals_is_loaded_and_its_segments_skipped()
     let mut writer = ledger.storage().reopen().unwrap();
     submit(&mut ledger, 12);
     submit(&mut ledger, 13);
-    // The writer dies right after the rename is durable (remove the temp file, append and
-    // sync one chunk, append and sync the trailer, rename, directory sync: 7 calls), before
-    // it removes anything; then the process dies. Every write so far was synced.
-    writer.fail_after(7);
+    // The writer dies right after the rename is durable (read each segment to replay it,
+    // remove the temp file, append and sync the one chunk that holds the whole small state
+    // and its trailer, rename, directory sync: segments + 5 calls), before it removes
+    // anything; then the process dies. Every write so far was synced.
+    writer.fail_after(segments_before as u64 + 5);
     assert!(job.write(&mut writer).is_err());
     let names = ledger.storage_mut().list().unwrap();
     assert!(
@@ -263,9 +265,14 @@ fn the_checkpoint_protocol_refuses_calls_out_of_order() {
 fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
     let mut ledger = ledger_with(10);
     let mut job = ledger.begin_checkpoint().unwrap().unwrap();
-    let bytes = job.file_bytes();
+    assert_eq!(
+        job.file_bytes(),
+        0,
+        "built by the writer, not by begin_checkpoint"
+    );
     let mut writer = ledger.storage().reopen().unwrap();
     job.write(&mut writer).unwrap();
+    let bytes = job.file_bytes();
     ledger.finish_checkpoint(job).unwrap();
     let name = checkpoint::checkpoint_name(11);
     let file = ledger.storage_mut().read(&name).unwrap();
@@ -273,8 +280,8 @@ fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
     let (sequence, state) = checkpoint::read(&file, IdHashKey::new([1, 2, 3, 4])).unwrap();
     assert_eq!(sequence, 11);
     assert_eq!(state.state_hash(), ledger.state().state_hash());
-    // The next checkpoint (encoded into the buffer the first one handed back) reads back
-    // too, and supersedes the first.
+    // The next checkpoint (from the replica the first one handed back, advanced by one
+    // batch) reads back too, and supersedes the first.
     submit(&mut ledger, 10);
     ledger.checkpoint().unwrap();
     let second = ledger

@@ -1,16 +1,21 @@
-//! How long a checkpoint holds the ledger thread, at 1M transfers on real files. A benchmark,
-//! not a test (it asserts nothing about time); run it in release:
+//! How long a checkpoint holds the ledger thread, what recovery and a backup cost, at 1M and
+//! 10M transfers on real files. A benchmark, not a test (it asserts nothing about time); run
+//! it in release:
 //!
 //! ```text
 //! cargo test --release -p ledger-svc --test checkpoint_pause -- --ignored --nocapture
+//! LEDGER_PAUSE_TRANSFERS=10000000 cargo test --release -p ledger-svc --test checkpoint_pause -- --ignored --nocapture
 //! ```
 //!
 //! Same workload as `bench --bin ledger`: 10,000 accounts, plain transfers between
 //! pseudo-random pairs, batches of 8189, `Durability::Fsync`, files under the target dir.
-//! Prints, best and median of several rounds: the synchronous `checkpoint()` (what `submit`
-//! used to do every `checkpoint_every_batches` batches), and its three steps (`begin` is the
-//! only one left on the ledger thread); then the `submit` latency of full batches with and
-//! without a checkpoint being written by another thread at the same time.
+//! Prints, best, median and max of several rounds: recovery from the WAL alone; the first
+//! checkpoint (its writer replays the whole WAL); then rounds of `INTERVAL_BATCHES` batches
+//! followed by a checkpoint: `begin` (the only step on the ledger thread), `write` (writer
+//! thread: replay of the interval, stream, removals) and `finish`; the `submit` latency of
+//! batches of 500 transfers every 10 ms (a steady load that leaves the state near its size)
+//! alone, while a checkpoint is written and while a backup is taken by another thread; the
+//! backup and restore times; recovery from the newest checkpoint.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +23,21 @@ use ledger_svc::*;
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 const ACCOUNTS: u128 = 10_000;
-const TRANSFERS: usize = 1_000_000;
 const ROUNDS: usize = 5;
+/// Batches between two checkpoints in the rounds (the server's default is 1024; fewer here
+/// keep the run short, and the ledger thread's pause does not depend on it).
+const INTERVAL_BATCHES: usize = 4;
+const LATENCY_BATCH: usize = 500;
+const LATENCY_PACE: Duration = Duration::from_millis(10);
+/// Samples of the quiet phases; the busy ones sample until the work ends, up to 10 times this.
+const LATENCY_SAMPLES: usize = 300;
+
+fn transfers_total() -> usize {
+    std::env::var("LEDGER_PAUSE_TRANSFERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
 
 fn accounts() -> Vec<Operation> {
     let all: Vec<Account> = (1..=ACCOUNTS)
@@ -62,98 +80,246 @@ fn transfers(first_id: u128, count: usize) -> Vec<Operation> {
 
 fn summary(label: &str, mut samples: Vec<Duration>) {
     samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: usize| ms(samples[(samples.len() * q / 100).min(samples.len() - 1)]);
     println!(
-        "{label:<47} best {:>6.1} ms  median {:>6.1} ms  p90 {:>6.1} ms  max {:>6.1} ms  ({} samples)",
+        "{label:<47} best {:>8.3} ms  median {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  ({} samples)",
         ms(samples[0]),
-        ms(samples[samples.len() / 2]),
-        ms(samples[samples.len() * 9 / 10]),
+        at(50),
+        at(90),
+        at(99),
         ms(samples[samples.len() - 1]),
         samples.len()
     );
 }
 
+/// This process's resident memory, MB (Linux).
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1e3
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
-fn checkpoint_pause_at_1m_transfers() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+fn checkpoint_pause_recovery_and_backup() {
+    let transfers_count = transfers_total();
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = root.path().join("data");
     let config = LedgerConfig {
         checkpoint_every_batches: 0,
         accounts_capacity: ACCOUNTS as usize,
         // Room for every transfer of the run: growing the transfer table (a reallocation and
-        // a rehash of 1M entries) is a stall of its own that must not land in the samples.
-        transfers_capacity: 2 * TRANSFERS,
+        // a rehash of every entry) is a stall of its own that must not land in the samples.
+        transfers_capacity: transfers_count + transfers_count / 2 + 2_000_000,
         ..LedgerConfig::default()
     };
-    let mut ledger = Ledger::open(FileStorage::open(dir.path()).unwrap(), config).unwrap();
+    let mut ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
     let mut now = NOW;
+    let started = Instant::now();
     for op in accounts() {
         now += 1_000;
         ledger.submit(now, &[op]).unwrap();
     }
     let mut next_id = 1u128;
-    for op in transfers(next_id, TRANSFERS) {
+    let mut left = transfers_count;
+    while left > 0 {
+        let n = left.min(BATCH_EVENTS_MAX);
         now += 1_000;
-        ledger.submit(now, &[op]).unwrap();
+        ledger.submit(now, &transfers(next_id, n)).unwrap();
+        next_id += n as u128;
+        left -= n;
     }
-    next_id += TRANSFERS as u128;
     println!(
-        "state: {} accounts, {} transfers",
+        "state: {} accounts, {} transfers (filled in {:.1} s)",
         ledger.state().accounts_count(),
-        ledger.state().transfers_count()
+        ledger.state().transfers_count(),
+        started.elapsed().as_secs_f64()
     );
 
-    let mut full = Vec::new();
-    let (mut begin, mut write, mut finish) = (Vec::new(), Vec::new(), Vec::new());
-    let mut writer = ledger.storage().reopen().unwrap();
-    let mut file_bytes = 0;
-    for _ in 0..ROUNDS {
-        let started = Instant::now();
-        ledger.checkpoint().unwrap();
-        full.push(started.elapsed());
+    println!("resident memory, one state: {:.0} MB", rss_mb());
+    // Recovery from the WAL alone (no checkpoint yet). The state hash is one pass over the
+    // whole state through `StateMachine::encode`, as the ledger thread's checkpoint encode
+    // was before the writer built checkpoints from the WAL: the side-by-side reference.
+    let started = Instant::now();
+    let hash = ledger.state().state_hash();
+    println!(
+        "one pass over the state (state_hash, as the old begin_checkpoint's encode): {:.1} ms",
+        ms(started.elapsed())
+    );
+    drop(ledger);
+    let started = Instant::now();
+    let mut ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
+    println!(
+        "recovery from the WAL alone: {:.2} s ({} records)",
+        started.elapsed().as_secs_f64(),
+        ledger.recovery().records_replayed
+    );
+    assert_eq!(ledger.state().state_hash(), hash);
 
+    // The first checkpoint: its writer has no replica and replays the whole WAL.
+    let mut writer = ledger.storage().reopen().unwrap();
+    let started = Instant::now();
+    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+    let begin_first = started.elapsed();
+    let started = Instant::now();
+    job.write(&mut writer).unwrap();
+    println!(
+        "first checkpoint: begin {:.3} ms, write {:.2} s (replayed {} records, {:.1} MB written)",
+        ms(begin_first),
+        started.elapsed().as_secs_f64(),
+        job.work().records_replayed,
+        job.file_bytes() as f64 / 1e6
+    );
+    println!(
+        "resident memory with the writer's replica: {:.0} MB",
+        rss_mb()
+    );
+    ledger.finish_checkpoint(job).unwrap();
+
+    let batch =
+        |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, events: usize| {
+            let ops = transfers(*next_id, events);
+            *next_id += events as u128;
+            *now += 1_000;
+            let started = Instant::now();
+            ledger.submit(*now, &ops).unwrap();
+            started.elapsed()
+        };
+
+    // Rounds: an interval of full batches, then a checkpoint written by another thread.
+    let (mut begin, mut write, mut finish) = (Vec::new(), Vec::new(), Vec::new());
+    let mut work = None;
+    for _ in 0..ROUNDS {
+        for _ in 0..INTERVAL_BATCHES {
+            batch(&mut ledger, &mut now, &mut next_id, BATCH_EVENTS_MAX);
+        }
         let started = Instant::now();
         let mut job = ledger.begin_checkpoint().unwrap().unwrap();
         begin.push(started.elapsed());
-        file_bytes = job.file_bytes();
-        let started = Instant::now();
-        job.write(&mut writer).unwrap();
-        write.push(started.elapsed());
+        let mut writer = ledger.storage().reopen().unwrap();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            job.write(&mut writer).unwrap();
+            (job, started.elapsed())
+        });
+        let (job, took) = thread.join().unwrap();
+        write.push(took);
+        work = Some(job.work());
         let started = Instant::now();
         ledger.finish_checkpoint(job).unwrap();
         finish.push(started.elapsed());
     }
-    println!("checkpoint file: {:.1} MB", file_bytes as f64 / 1e6);
-    summary("checkpoint() synchronous (before: in submit)", full);
-    summary("begin_checkpoint (ledger thread: encode)", begin);
-    summary("CheckpointJob::write (writer thread, + removals)", write);
+    println!(
+        "state now: {} transfers; last checkpoint's work: {work:?}",
+        ledger.state().transfers_count()
+    );
+    summary("begin_checkpoint (ledger thread)", begin);
+    summary("CheckpointJob::write (writer: replay+write+rm)", write);
     summary("finish_checkpoint (ledger thread, no I/O)", finish);
 
-    // Submit latency of full batches, alone and while another thread writes a checkpoint.
-    let batch = |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128| {
-        let ops = transfers(*next_id, BATCH_EVENTS_MAX);
-        *next_id += BATCH_EVENTS_MAX as u128;
-        *now += 1_000;
-        let started = Instant::now();
-        ledger.submit(*now, &ops).unwrap();
-        started.elapsed()
-    };
-    let alone: Vec<Duration> = (0..60)
-        .map(|_| batch(&mut ledger, &mut now, &mut next_id))
-        .collect();
-    summary("submit 8189 transfers, no checkpoint", alone);
-    let mut during = Vec::new();
-    for _ in 0..4 {
-        let mut job = ledger.begin_checkpoint().unwrap().unwrap();
-        let mut writer = ledger.storage().reopen().unwrap();
-        let thread = std::thread::spawn(move || {
-            job.write(&mut writer).unwrap();
-            job
-        });
-        while !thread.is_finished() {
-            during.push(batch(&mut ledger, &mut now, &mut next_id));
+    // Submit latency under a steady load (a batch of LATENCY_BATCH transfers every
+    // LATENCY_PACE, at most LATENCY_SAMPLES of them, so the state stays near its size):
+    // alone, while a checkpoint is written, while a backup is taken, alone again.
+    let paced = |ledger: &mut Ledger<FileStorage>,
+                 now: &mut u64,
+                 next_id: &mut u128,
+                 busy: &dyn Fn() -> bool| {
+        let mut samples = Vec::new();
+        while busy() && samples.len() < 10 * LATENCY_SAMPLES {
+            let started = Instant::now();
+            samples.push(batch(ledger, now, next_id, LATENCY_BATCH));
+            if let Some(rest) = LATENCY_PACE.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
         }
-        ledger.finish_checkpoint(thread.join().unwrap()).unwrap();
-    }
-    summary("submit 8189 transfers, checkpoint being written", during);
+        samples
+    };
+    let quiet = std::cell::Cell::new(0);
+    let quiet_phase = || {
+        quiet.set(quiet.get() + 1);
+        quiet.get() <= LATENCY_SAMPLES
+    };
+    let alone = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    summary("submit 500 transfers, alone", alone);
+
+    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+    let mut writer = ledger.storage().reopen().unwrap();
+    let thread = std::thread::spawn(move || {
+        job.write(&mut writer).unwrap();
+        job
+    });
+    let during = paced(&mut ledger, &mut now, &mut next_id, &|| {
+        !thread.is_finished()
+    });
+    ledger.finish_checkpoint(thread.join().unwrap()).unwrap();
+    summary("submit 500 transfers, checkpoint being written", during);
+
+    let backup_dir = root.path().join("backup");
+    let thread = {
+        let data = data.clone();
+        let backup_dir = backup_dir.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let manifest = ledger_svc::backup::take(
+                &mut FileStorage::open(&data).unwrap(),
+                &mut FileStorage::open(&backup_dir).unwrap(),
+            )
+            .unwrap();
+            (manifest, started.elapsed())
+        })
+    };
+    let backing_up = paced(&mut ledger, &mut now, &mut next_id, &|| {
+        !thread.is_finished()
+    });
+    let (manifest, took) = thread.join().unwrap();
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    println!(
+        "backup under load: {:.2} s for {:.1} MB in {} files, at batch {} (checkpoint {})",
+        took.as_secs_f64(),
+        bytes as f64 / 1e6,
+        manifest.files.len(),
+        manifest.sequence,
+        manifest.checkpoint_sequence
+    );
+    summary("submit 500 transfers, backup being taken", backing_up);
+    quiet.set(0);
+    let alone_after = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    summary("submit 500 transfers, alone (after)", alone_after);
+    println!(
+        "state at the end: {} transfers",
+        ledger.state().transfers_count()
+    );
+
+    // Recovery from the newest checkpoint and the batches since.
+    let hash = ledger.state().state_hash();
+    drop(ledger);
+    let started = Instant::now();
+    let ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
+    println!(
+        "recovery from the checkpoint: {:.2} s (checkpoint {}, {} records after it)",
+        started.elapsed().as_secs_f64(),
+        ledger.recovery().checkpoint_sequence,
+        ledger.recovery().records_replayed
+    );
+    assert_eq!(ledger.state().state_hash(), hash);
+    drop(ledger);
+    let restored = root.path().join("restored");
+    let started = Instant::now();
+    ledger_svc::backup::restore(
+        &mut FileStorage::open(&backup_dir).unwrap(),
+        &mut FileStorage::open(&restored).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "restore (copy, verify, recover): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
