@@ -336,18 +336,7 @@ impl<S: Storage> Ledger<S> {
                         header,
                         body,
                     } => {
-                        if let Some(previous) = last_checksum {
-                            if header.parent != 0 && header.parent != previous {
-                                return Err(corrupt(
-                                    offset,
-                                    format!(
-                                        "record {} names parent {:08x}, but the record before it is {previous:08x}",
-                                        header.sequence, header.parent
-                                    ),
-                                ));
-                            }
-                        }
-                        last_checksum = Some(header.checksum_header);
+                        let parent = last_checksum.replace(header.checksum_header);
                         if header.sequence <= checkpoint_sequence {
                             // Covered by the checkpoint; the segment outlived its removal.
                             continue;
@@ -359,6 +348,18 @@ impl<S: Storage> Ledger<S> {
                                     "record sequence {} where {} was expected",
                                     header.sequence,
                                     sequence + 1
+                                ),
+                            ));
+                        }
+                        // The parent chain: a record with a valid checksum and the expected
+                        // sequence may still come from another log (0: its writer did not
+                        // know its parent).
+                        if let Some(parent) = parent.filter(|&p| header.parent != 0 && header.parent != p) {
+                            return Err(corrupt(
+                                offset,
+                                format!(
+                                    "record {} names parent {:08x}, but the record before it is {parent:08x}",
+                                    header.sequence, header.parent
                                 ),
                             ));
                         }
