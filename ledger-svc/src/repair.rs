@@ -124,8 +124,8 @@ pub struct TruncatePlan {
     pub segment: String,
     pub offset: u64,
     pub later_segments: Vec<String>,
-    /// Valid records the cut removes with sequences above the checkpoint (acknowledged
-    /// batches the ledger will not have after the repair).
+    /// Records (whole or damaged) the cut removes with sequences above the checkpoint:
+    /// acknowledged batches the ledger will not have after the repair.
     pub records_lost: u64,
 }
 
@@ -133,14 +133,19 @@ impl WalScan {
     fn plan_at(&self, segment_index: usize, offset: u64) -> TruncatePlan {
         let segment = &self.segments[segment_index];
         let later: Vec<&SegmentScan> = self.segments[segment_index + 1..].iter().collect();
+        // A damaged record counts too (when its header is unreadable, as one batch).
         let lost = |e: &ScanEntry| match e {
             ScanEntry::Record { header, .. } => header.sequence > self.checkpoint_sequence,
-            ScanEntry::Damaged(_) => false,
+            ScanEntry::Damaged(d) => d.header.is_none_or(|h| h.sequence > self.checkpoint_sequence),
+        };
+        let at = |e: &ScanEntry| match e {
+            ScanEntry::Record { offset, .. } => *offset,
+            ScanEntry::Damaged(d) => d.offset,
         };
         let records_lost = segment
             .entries
             .iter()
-            .filter(|e| matches!(e, ScanEntry::Record { offset: o, .. } if *o >= offset))
+            .filter(|e| at(e) >= offset)
             .filter(|e| lost(e))
             .count()
             + later
