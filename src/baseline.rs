@@ -435,8 +435,9 @@ mod tests {
         let listen = free_port();
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
-            let (config, stop) = (config.clone(), Arc::clone(&stop));
-            thread::spawn(move || serve_kernel(&config, listen, stop))
+            let (config, stop, home) = (config.clone(), Arc::clone(&stop), home.path().to_path_buf());
+            // As `serve-kernel --lab`: the lab formats its fresh data directory.
+            thread::spawn(move || serve_kernel(&config, Some(&home), listen, stop))
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(listen).is_err() {
