@@ -101,7 +101,9 @@ pub enum DataDirError {
     NotEmpty(PathBuf, String),
     #[error("the superblock {0} {1}: the data directory is damaged (restore it from a backup)")]
     SuperblockCorrupt(PathBuf, &'static str),
-    #[error("the data directory {0} has format version {1}; this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "the data directory {0} has format version {1}; this build reads version {FORMAT_VERSION}"
+    )]
     Version(PathBuf, u32),
     #[error("the data directory {dir} belongs to cluster {found}, not to the configured ledger.cluster_id {expected}: refusing a foreign ledger")]
     ForeignCluster {
@@ -191,7 +193,8 @@ pub fn format(
         .mode(FILE_MODE)
         .open(&temp)
         .map_err(io("open", &temp))?;
-    file.write_all(&superblock.encode()).map_err(io("write", &temp))?;
+    file.write_all(&superblock.encode())
+        .map_err(io("write", &temp))?;
     file.sync_all().map_err(io("fsync", &temp))?;
     drop(file);
     let path = dir.join(SUPERBLOCK_NAME);
@@ -251,8 +254,8 @@ pub fn check(dir: &Path, cluster_id: Option<u128>) -> Result<Superblock, DataDir
         }
         Err(e) => return Err(io("read", &path)(e)),
     };
-    let superblock =
-        Superblock::parse(&bytes).map_err(|why| DataDirError::SuperblockCorrupt(path.clone(), why))?;
+    let superblock = Superblock::parse(&bytes)
+        .map_err(|why| DataDirError::SuperblockCorrupt(path.clone(), why))?;
     if superblock.format_version != FORMAT_VERSION {
         return Err(DataDirError::Version(
             dir.to_path_buf(),

@@ -71,7 +71,9 @@ impl WalScan {
     pub fn records(&self) -> impl Iterator<Item = (&str, u64, wal::RecordHeader)> {
         self.segments.iter().flat_map(|s| {
             s.entries.iter().filter_map(move |e| match e {
-                ScanEntry::Record { offset, header, .. } => Some((s.name.as_str(), *offset, *header)),
+                ScanEntry::Record { offset, header, .. } => {
+                    Some((s.name.as_str(), *offset, *header))
+                }
                 ScanEntry::Damaged(_) => None,
             })
         })
@@ -136,7 +138,9 @@ impl WalScan {
         // A damaged record counts too (when its header is unreadable, as one batch).
         let lost = |e: &ScanEntry| match e {
             ScanEntry::Record { header, .. } => header.sequence > self.checkpoint_sequence,
-            ScanEntry::Damaged(d) => d.header.is_none_or(|h| h.sequence > self.checkpoint_sequence),
+            ScanEntry::Damaged(d) => d
+                .header
+                .is_none_or(|h| h.sequence > self.checkpoint_sequence),
         };
         let at = |e: &ScanEntry| match e {
             ScanEntry::Record { offset, .. } => *offset,
@@ -200,7 +204,10 @@ impl WalScan {
 /// synced), then truncates the segment (synced).
 /// Returns the names of the files kept. The next start is recovered as after a crash; the
 /// log then ends at a whole record, so nothing more is cut.
-pub fn truncate<S: Storage>(storage: &mut S, plan: &TruncatePlan) -> Result<Vec<String>, LedgerError> {
+pub fn truncate<S: Storage>(
+    storage: &mut S,
+    plan: &TruncatePlan,
+) -> Result<Vec<String>, LedgerError> {
     let names = storage.list()?;
     let unique = |base: &str, offset: u64| {
         let mut n = 0;

@@ -96,7 +96,11 @@ fn expect_corrupt<S: Storage + std::fmt::Debug>(
     context: &str,
 ) -> String {
     match result {
-        Err(LedgerError::Corrupt { file, offset, reason }) => {
+        Err(LedgerError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
             assert!(
                 file.ends_with(file_ends_with),
                 "{context}: error names {file}, expected {file_ends_with}"
@@ -116,7 +120,10 @@ fn after_a_clean_stop_any_flipped_bit_refuses_start_up_and_changes_nothing() {
     let mut storage = ledger.close().unwrap();
     let all = records(&mut storage);
     let segments: std::collections::BTreeSet<_> = all.iter().map(|r| r.0.clone()).collect();
-    assert!(segments.len() >= 3, "the test wants several segments: {segments:?}");
+    assert!(
+        segments.len() >= 3,
+        "the test wants several segments: {segments:?}"
+    );
     let first = 0;
     let middle = all.len() / 2;
     let newest = all.len() - 1;
@@ -129,8 +136,17 @@ fn after_a_clean_stop_any_flipped_bit_refuses_start_up_and_changes_nothing() {
                 disk.flip_bit(&name, at as usize, bit).unwrap();
                 let before = disk.files();
                 let context = format!("{label} record, {part} byte {at} bit {bit}");
-                let message = expect_corrupt(Ledger::open(disk.reopen().unwrap(), config()), &name, offset, &context);
-                let expected_kind = if part == "header" { "header checksum" } else { "body checksum" };
+                let message = expect_corrupt(
+                    Ledger::open(disk.reopen().unwrap(), config()),
+                    &name,
+                    offset,
+                    &context,
+                );
+                let expected_kind = if part == "header" {
+                    "header checksum"
+                } else {
+                    "body checksum"
+                };
                 assert!(message.contains(expected_kind), "{context}: {message}");
                 assert_eq!(disk.files(), before, "{context}: the files changed");
                 checked += 1;
@@ -143,7 +159,11 @@ fn after_a_clean_stop_any_flipped_bit_refuses_start_up_and_changes_nothing() {
     let ledger = Ledger::open(storage, config()).unwrap();
     assert!(ledger.recovery().clean_stop);
     assert_eq!(ledger.state().state_hash(), *hashes.last().unwrap());
-    assert!(ledger.storage().files().keys().all(|n| n != wal::CLEAN_STOP_NAME));
+    assert!(ledger
+        .storage()
+        .files()
+        .keys()
+        .all(|n| n != wal::CLEAN_STOP_NAME));
 }
 
 #[test]
@@ -155,7 +175,7 @@ fn after_a_clean_stop_a_wal_that_ends_elsewhere_or_a_damaged_marker_refuses() {
         .files()
         .keys()
         .filter(|n| wal::parse_segment_name(n).is_some())
-        .last()
+        .next_back()
         .unwrap()
         .clone();
     let len = storage.len_of(&newest).unwrap() as u64;
@@ -164,8 +184,16 @@ fn after_a_clean_stop_a_wal_that_ends_elsewhere_or_a_damaged_marker_refuses() {
     let mut grown = storage.clone();
     grown.append(&newest, &[0u8; 100]).unwrap();
     let before = grown.files();
-    let message = expect_corrupt(Ledger::open(grown.reopen().unwrap(), config()), &newest, len, "grown");
-    assert!(message.contains("partial record header") || message.contains("header checksum"), "{message}");
+    let message = expect_corrupt(
+        Ledger::open(grown.reopen().unwrap(), config()),
+        &newest,
+        len,
+        "grown",
+    );
+    assert!(
+        message.contains("partial record header") || message.contains("header checksum"),
+        "{message}"
+    );
     assert_eq!(grown.files(), before);
 
     // The newest record cut short.
@@ -183,7 +211,12 @@ fn after_a_clean_stop_a_wal_that_ends_elsewhere_or_a_damaged_marker_refuses() {
         let mut marked = storage.clone();
         marked.flip_bit(wal::CLEAN_STOP_NAME, at, 1).unwrap();
         let before = marked.files();
-        let message = expect_corrupt(Ledger::open(marked.reopen().unwrap(), config()), wal::CLEAN_STOP_NAME, 0, "marker");
+        let message = expect_corrupt(
+            Ledger::open(marked.reopen().unwrap(), config()),
+            wal::CLEAN_STOP_NAME,
+            0,
+            "marker",
+        );
         assert!(message.contains("clean-stop marker"), "{message}");
         assert_eq!(marked.files(), before);
     }
@@ -204,9 +237,16 @@ fn after_a_crash_the_torn_newest_record_is_cut_and_kept_aside() {
         let tail = disk.files()[&name][offset as usize..].to_vec();
         let ledger = Ledger::open(disk.reopen().unwrap(), config()).unwrap();
         // The state of the batch before the torn one.
-        assert_eq!(ledger.state().state_hash(), hashes[hashes.len() - 2], "{part} {at}");
+        assert_eq!(
+            ledger.state().state_hash(),
+            hashes[hashes.len() - 2],
+            "{part} {at}"
+        );
         let (file, cut_at, removed) = ledger.recovery().truncated.clone().unwrap();
-        assert_eq!((file.as_str(), cut_at, removed), (name.as_str(), offset, length));
+        assert_eq!(
+            (file.as_str(), cut_at, removed),
+            (name.as_str(), offset, length)
+        );
         let kept = ledger.recovery().kept_as.clone().unwrap();
         assert_eq!(kept, wal::cut_name(&name, offset, 0));
         let files = ledger.storage().files();
@@ -237,7 +277,12 @@ fn after_a_crash_damage_followed_by_a_valid_record_refuses_and_changes_nothing()
             disk.flip_bit(name, at as usize, 6).unwrap();
             let before = disk.files();
             let context = format!("record {sequence} ({name}), {part} byte {at}");
-            let message = expect_corrupt(Ledger::open(disk.reopen().unwrap(), config()), name, *offset, &context);
+            let message = expect_corrupt(
+                Ledger::open(disk.reopen().unwrap(), config()),
+                name,
+                *offset,
+                &context,
+            );
             if name != &newest_segment || all.iter().any(|r| &r.0 == name && r.1 > *offset) {
                 assert!(
                     message.contains("valid record follows") || message.contains("newest segment"),
@@ -253,8 +298,22 @@ fn after_a_crash_damage_followed_by_a_valid_record_refuses_and_changes_nothing()
 fn a_record_from_another_log_breaks_the_parent_chain() {
     // Two ledgers with the same batches except the second: record 2 of the other log, spliced
     // into the first, passes its checksums, but record 3 names another parent.
-    let mut a = Ledger::open(SimStorage::new(), LedgerConfig { segment_bytes_max: 1 << 20, ..config() }).unwrap();
-    let mut b = Ledger::open(SimStorage::new(), LedgerConfig { segment_bytes_max: 1 << 20, ..config() }).unwrap();
+    let mut a = Ledger::open(
+        SimStorage::new(),
+        LedgerConfig {
+            segment_bytes_max: 1 << 20,
+            ..config()
+        },
+    )
+    .unwrap();
+    let mut b = Ledger::open(
+        SimStorage::new(),
+        LedgerConfig {
+            segment_bytes_max: 1 << 20,
+            ..config()
+        },
+    )
+    .unwrap();
     for ledger in [&mut a, &mut b] {
         ledger.submit(NOW, &[accounts()]).unwrap();
     }
@@ -298,7 +357,10 @@ fn repair_truncates_where_the_operator_chooses_and_keeps_every_byte() {
     let scan = repair::scan(&mut storage).unwrap();
     let findings = scan.findings();
     assert_eq!(findings.len(), 1);
-    assert_eq!((findings[0].segment.as_str(), findings[0].offset), (name.as_str(), offset));
+    assert_eq!(
+        (findings[0].segment.as_str(), findings[0].offset),
+        (name.as_str(), offset)
+    );
     assert_eq!(findings[0].sequence, Some(sequence));
     let plan = scan.plan_at_damage().unwrap();
     assert_eq!(plan, scan.plan_at_record(sequence).unwrap());
@@ -313,8 +375,16 @@ fn repair_truncates_where_the_operator_chooses_and_keeps_every_byte() {
     // Every byte taken out of the log is in the kept files.
     let files = storage.files();
     let kept_bytes: usize = kept.iter().map(|k| files[k].len()).sum();
-    let log_before: usize = original.iter().filter(|(n, _)| wal::parse_segment_name(n).is_some()).map(|(_, b)| b.len()).sum();
-    let log_after: usize = files.iter().filter(|(n, _)| wal::parse_segment_name(n).is_some()).map(|(_, b)| b.len()).sum();
+    let log_before: usize = original
+        .iter()
+        .filter(|(n, _)| wal::parse_segment_name(n).is_some())
+        .map(|(_, b)| b.len())
+        .sum();
+    let log_after: usize = files
+        .iter()
+        .filter(|(n, _)| wal::parse_segment_name(n).is_some())
+        .map(|(_, b)| b.len())
+        .sum();
     let marker = wal::CLEAN_STOP_SIZE;
     assert_eq!(log_before - log_after + marker, kept_bytes);
     let cut = &files[&wal::cut_name(&name, offset, 0)];
@@ -326,7 +396,10 @@ fn read_dir(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect()
 }
@@ -354,7 +427,10 @@ fn real_files_after_a_clean_stop_refuse_a_flipped_bit_and_stay_byte_identical() 
             let result = Ledger::open(FileStorage::open(dir.path()).unwrap(), config());
             let context = format!("record {index} {part}");
             let message = expect_corrupt(result, &path.display().to_string(), offset, &context);
-            assert!(message.contains(&format!("{} {offset}", path.display())), "{message}");
+            assert!(
+                message.contains(&format!("{} {offset}", path.display())),
+                "{message}"
+            );
             assert_eq!(read_dir(dir.path()), before, "{context}: the files changed");
             flip_file_bit(&path, at, 4);
         }
@@ -372,12 +448,24 @@ fn real_files_after_a_clean_stop_refuse_a_flipped_bit_and_stay_byte_identical() 
 
 #[test]
 fn the_scan_reports_every_record_and_goes_on_past_damage() {
-    let mut ledger = Ledger::open(SimStorage::new(), LedgerConfig { segment_bytes_max: 1 << 20, ..config() }).unwrap();
+    let mut ledger = Ledger::open(
+        SimStorage::new(),
+        LedgerConfig {
+            segment_bytes_max: 1 << 20,
+            ..config()
+        },
+    )
+    .unwrap();
     fill(&mut ledger, 6);
     let mut storage = ledger.close().unwrap();
     let all = records(&mut storage);
-    assert_eq!(all.iter().map(|r| r.3).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
-    storage.flip_bit(&all[2].0, all[2].1 as usize + 45, 0).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.3).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    storage
+        .flip_bit(&all[2].0, all[2].1 as usize + 45, 0)
+        .unwrap();
     let scan = repair::scan(&mut storage).unwrap();
     let entries = &scan.segments[0].entries;
     assert_eq!(entries.len(), 7);
