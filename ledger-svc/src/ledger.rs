@@ -11,6 +11,11 @@
 //! further batches (`Poisoned`) and the caller must stop the process without sending the
 //! batch's replies; recovery at the next start decides what was durable.
 //!
+//! Recovery never drops a record that may have been acknowledged: damage followed by a valid
+//! record, in an older segment, or anywhere after a clean stop (`close` leaves a marker)
+//! refuses start-up and writes nothing; only the torn newest record after a crash is cut, and
+//! its bytes are kept aside first (`wal` has the rules, docs/ledger.md the reasons).
+//!
 //! Checkpoints are taken off the commit path in three steps, so that `submit` never waits for
 //! one (a checkpoint of 1M transfers is about 150 MB):
 //! 1. `begin_checkpoint` (ledger thread, between batches) encodes the state into a buffer,
