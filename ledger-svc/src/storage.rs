@@ -9,7 +9,8 @@
 //! - `rename` and `remove` are durable only after `sync_dir`;
 //! - until synced, bytes may be lost or torn by a crash.
 //!
-//! `FileStorage` is the only module of this crate that does I/O.
+//! `FileStorage` and `data_dir` (the superblock and the directory checks) are the only code of
+//! this crate that does I/O.
 //!
 //! `reopen` gives a second handle on the same directory, for the checkpoint writer thread.
 //! The ledger guarantees the two handles never touch the same file: the writer only creates
