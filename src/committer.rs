@@ -154,7 +154,9 @@ pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usiz
     let mut ledger = Ledger::open(storage, config.ledger_config()?)
         .with_context(|| format!("cannot recover the ledger from {}", data_dir.display()))?;
     log::info!("ledger recovered from {} in {:?}", data_dir.display(), recovery.elapsed());
+    metrics.ledger_recovery_clean_stop.set(i64::from(ledger.recovery().clean_stop));
     if let Some((file, offset, bytes)) = &ledger.recovery().truncated {
+        metrics.ledger_recovery_cut_bytes.set(i64::try_from(*bytes).unwrap_or(i64::MAX));
         log::warn!(
             "ledger recovery cut a torn tail of {bytes} bytes at byte offset {offset} of {file} (a write never acknowledged); the bytes are kept in {}",
             ledger.recovery().kept_as.as_deref().unwrap_or("?")

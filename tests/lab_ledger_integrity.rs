@@ -100,6 +100,8 @@ fn a_flipped_bit_after_a_clean_stop_refuses_start_up_and_a_torn_tail_after_a_kil
     server.spawn();
     assert_eq!(credits_of_account_2(&lab, &config), "14");
     assert!(!data.join("clean-stop").exists(), "the marker is removed at start");
+    assert_eq!(server.metric_sum("pantera_ledger_recovery_clean_stop", &[]), 1.0);
+    assert_eq!(server.metric_sum("pantera_ledger_recovery_cut_bytes", &[]), 0.0);
 
     // A crash, then half a record of garbage at the tail (a write never acknowledged): cut
     // at start, kept aside, nothing acknowledged lost.
@@ -114,5 +116,7 @@ fn a_flipped_bit_after_a_clean_stop_refuses_start_up_and_a_torn_tail_after_a_kil
     assert_eq!(credits_of_account_2(&lab, &config), "14");
     let kept = data.join(format!("{segment}.cut-{end}"));
     assert_eq!(std::fs::read(&kept).expect("the cut bytes are kept"), vec![0x5a; 100]);
+    assert_eq!(server.metric_sum("pantera_ledger_recovery_clean_stop", &[]), 0.0);
+    assert_eq!(server.metric_sum("pantera_ledger_recovery_cut_bytes", &[]), 100.0);
     assert!(server.terminate().success());
 }
