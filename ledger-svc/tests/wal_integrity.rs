@@ -174,8 +174,7 @@ fn after_a_clean_stop_a_wal_that_ends_elsewhere_or_a_damaged_marker_refuses() {
     let newest = storage
         .files()
         .keys()
-        .filter(|n| wal::parse_segment_name(n).is_some())
-        .next_back()
+        .rfind(|n| wal::parse_segment_name(n).is_some())
         .unwrap()
         .clone();
     let len = storage.len_of(&newest).unwrap() as u64;
