@@ -42,8 +42,10 @@ const QUEUE_LABEL: &str = "kernel";
 /// ledger drain what was submitted, and returns. The management listener
 /// (`config.management.listen`) answers /readyz once the ledger has recovered and the port is
 /// open.
-pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen: SocketAddr, stop: Arc<AtomicBool>) -> Result<()> {
     let started = Instant::now();
+    // The data directory first: a missing, unformatted or foreign one refuses the start.
+    let storage = committer::open_data_dir(config, lab_home)?;
     let metrics = Metrics::new();
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
     let tls_settings = config.tls_settings()?;
@@ -52,7 +54,7 @@ pub fn serve_kernel(config: &Config, listen: SocketAddr, stop: Arc<AtomicBool>) 
     // The ledger exactly as `serve` runs it: recovered before the port opens. One reply
     // channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
     let connections_max = config.tcp.connections_max;
-    let committer::Started { client, replies: reply_rx, thread: ledger_thread } = committer::start(config, connections_max, &metrics)?;
+    let committer::Started { client, replies: reply_rx, thread: ledger_thread } = committer::start(config, storage, connections_max, &metrics)?;
 
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
@@ -433,8 +435,9 @@ mod tests {
         let listen = free_port();
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
-            let (config, stop) = (config.clone(), Arc::clone(&stop));
-            thread::spawn(move || serve_kernel(&config, listen, stop))
+            let (config, stop, home) = (config.clone(), Arc::clone(&stop), home.path().to_path_buf());
+            // As `serve-kernel --lab`: the lab formats its fresh data directory.
+            thread::spawn(move || serve_kernel(&config, Some(&home), listen, stop))
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(listen).is_err() {

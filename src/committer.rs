@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger_svc::api::{self, Command, Reply};
 use ledger_svc::ledger::CheckpointJob;
 use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
-use ledger_svc::{Ledger, LedgerError, Operation, Storage};
+use ledger_svc::{FileStorage, Ledger, LedgerError, Operation, Storage};
 
 use crate::metrics::Metrics;
 
@@ -121,17 +121,49 @@ pub struct Started {
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Recovers the ledger from `ledger.wal_dir` (refusing a corrupt WAL before anything else
-/// starts) and starts the ledger thread, with a reply channel for each of `workers`.
-pub fn start(config: &crate::config::Config, workers: usize, metrics: &Metrics) -> anyhow::Result<Started> {
+/// Opens the configured data directory (`ledger.data_dir`), refusing a missing, unformatted
+/// or foreign one, or one group or other users could read (`ledger_svc::data_dir::open`).
+/// Call it before anything touches the network. With `--lab` (`lab_home`), a data directory
+/// that does not exist yet is formatted first (cluster `ledger.cluster_id`): the lab makes
+/// its own fresh home; a configured `serve` never formats.
+pub fn open_data_dir(config: &crate::config::Config, lab_home: Option<&std::path::Path>) -> anyhow::Result<FileStorage> {
     use anyhow::Context;
-    let wal_dir = &config.ledger.wal_dir;
-    std::fs::create_dir_all(wal_dir).with_context(|| format!("ledger.wal_dir {}", wal_dir.display()))?;
-    let storage = ledger_svc::FileStorage::open(wal_dir).with_context(|| format!("ledger.wal_dir {}", wal_dir.display()))?;
+    let dir = &config.ledger.data_dir;
+    if lab_home.is_some() && !dir.exists() {
+        let superblock = ledger_svc::data_dir::format(dir, config.ledger.cluster_id, ledger_svc::data_dir::random_ledger_id(), now_ns())
+            .with_context(|| format!("--lab: cannot format the data directory {}", dir.display()))?;
+        log::info!("--lab: formatted a new data directory {} (cluster {}, ledger {:032x})", dir.display(), superblock.cluster_id, superblock.ledger_id);
+    }
+    let (storage, superblock) = ledger_svc::data_dir::open(dir, Some(config.ledger.cluster_id)).context("ledger.data_dir")?;
+    log::info!(
+        "data directory {}: cluster {}, ledger {:032x}, format version {}",
+        dir.display(),
+        superblock.cluster_id,
+        superblock.ledger_id,
+        superblock.format_version
+    );
+    Ok(storage)
+}
+
+/// Recovers the ledger from `storage` (the data directory `open_data_dir` checked; refusing
+/// damaged acknowledged data before anything else starts) and starts the ledger thread, with
+/// a reply channel for each of `workers`. On a clean stop the thread leaves the clean-stop
+/// marker (`Ledger::close`), so the next start refuses any damage instead of cutting a tail.
+pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usize, metrics: &Metrics) -> anyhow::Result<Started> {
+    use anyhow::Context;
+    let data_dir = &config.ledger.data_dir;
     let recovery = Instant::now();
     let mut ledger = Ledger::open(storage, config.ledger_config()?)
-        .with_context(|| format!("cannot recover the ledger from {}", wal_dir.display()))?;
-    log::info!("ledger recovered from {} in {:?}", wal_dir.display(), recovery.elapsed());
+        .with_context(|| format!("cannot recover the ledger from {}", data_dir.display()))?;
+    log::info!("ledger recovered from {} in {:?}", data_dir.display(), recovery.elapsed());
+    metrics.ledger_recovery_clean_stop.set(i64::from(ledger.recovery().clean_stop));
+    if let Some((file, offset, bytes)) = &ledger.recovery().truncated {
+        metrics.ledger_recovery_cut_bytes.set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+        log::warn!(
+            "ledger recovery cut a torn tail of {bytes} bytes at byte offset {offset} of {file} (a write never acknowledged); the bytes are kept in {}",
+            ledger.recovery().kept_as.as_deref().unwrap_or("?")
+        );
+    }
     let Channels { client, submissions, replies_tx, replies_rx } = channels(config.ledger.queue_depth_max, workers);
     let batch_events_max = config.ledger.batch_events_max;
     let durability = config.ledger.durability.clone();
@@ -141,6 +173,11 @@ pub fn start(config: &crate::config::Config, workers: usize, metrics: &Metrics) 
             // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
             // acknowledged; stop now rather than acknowledge anything after a lost write.
             log::error!("FATAL: the write-ahead log failed, stopping: {e}");
+            std::process::exit(70);
+        }
+        // Every client is gone and the queue is drained: a clean stop.
+        if let Err(e) = ledger.close() {
+            log::error!("FATAL: the ledger could not stop cleanly (the next start recovers as after a crash): {e}");
             std::process::exit(70);
         }
     })?;

@@ -258,7 +258,15 @@ impl Default for HttpSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSection {
-    pub wal_dir: PathBuf,
+    /// The formatted data directory (`pantera format`): superblock, WAL, checkpoints.
+    /// `wal_dir`, its name before data directories were formatted, is accepted as an alias.
+    #[serde(alias = "wal_dir")]
+    pub data_dir: PathBuf,
+    /// The cluster this ledger belongs to: `serve` refuses a data directory formatted for
+    /// another. An integer, or a decimal string for values past 2^63 (u128, as TigerBeetle's
+    /// cluster id).
+    #[serde(default, deserialize_with = "deserialize_cluster_id")]
+    pub cluster_id: u128,
     /// "fsync" (default: a reply only after the batch is on disk) or "none" (benchmarks only).
     #[serde(default = "default_durability")]
     pub durability: String,
@@ -270,6 +278,22 @@ pub struct LedgerSection {
     /// Events applied in one group commit (the batch may hold several requests).
     #[serde(default = "default_batch_events_max")]
     pub batch_events_max: usize,
+}
+
+/// A u128 from a TOML integer (TOML integers are i64) or a decimal string.
+fn deserialize_cluster_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Integer(i64),
+        Text(String),
+    }
+    match Id::deserialize(deserializer)? {
+        Id::Integer(n) => u128::try_from(n).map_err(|_| serde::de::Error::custom("cluster_id must not be negative")),
+        Id::Text(text) => text
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("cluster_id {text:?} is not a decimal u128"))),
+    }
 }
 
 fn default_durability() -> String {
@@ -399,7 +423,8 @@ impl Config {
             },
             http: HttpSection::default(),
             ledger: LedgerSection {
-                wal_dir: home.join("wal"),
+                data_dir: home.join("data"),
+                cluster_id: 0,
                 durability: default_durability(),
                 checkpoint_every_batches: default_checkpoint_every_batches(),
                 queue_depth_max: default_queue_depth_max(),
@@ -730,7 +755,8 @@ client_ca = "/etc/pantera/ca.pem"
 roles = { "payments-gw" = "write", "audit" = "read" }
 
 [ledger]
-wal_dir = "/var/lib/pantera/wal"
+data_dir = "/var/lib/pantera/data"
+cluster_id = 7
 "#;
 
     #[test]
@@ -747,6 +773,25 @@ wal_dir = "/var/lib/pantera/wal"
         let h = c.handshake_limits();
         assert_eq!(h, crate::handshake::HandshakeLimits::default());
         assert_eq!(c.tls.handshake_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn ledger_data_dir_takes_wal_dir_as_an_alias_and_cluster_ids_up_to_u128() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.ledger.data_dir, Path::new("/var/lib/pantera/data"));
+        assert_eq!(c.ledger.cluster_id, 7);
+        let old = GOOD.replace("data_dir = ", "wal_dir = ").replace("cluster_id = 7\n", "");
+        let c = Config::parse(Path::new("t.toml"), &old).expect("wal_dir is an alias");
+        assert_eq!(c.ledger.data_dir, Path::new("/var/lib/pantera/data"));
+        assert_eq!(c.ledger.cluster_id, 0);
+        let big = GOOD.replace("cluster_id = 7", "cluster_id = \"340282366920938463463374607431768211455\"");
+        assert_eq!(Config::parse(Path::new("t.toml"), &big).expect("u128").ledger.cluster_id, u128::MAX);
+        for bad in ["cluster_id = -1", "cluster_id = \"12x\"", "cluster_id = 1.5"] {
+            let text = GOOD.replace("cluster_id = 7", bad);
+            assert!(Config::parse(Path::new("t.toml"), &text).is_err(), "{bad}");
+        }
+        let both = GOOD.replace("cluster_id = 7", "wal_dir = \"/x\"");
+        assert!(Config::parse(Path::new("t.toml"), &both).is_err(), "data_dir and wal_dir both set");
     }
 
     #[test]

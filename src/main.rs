@@ -25,15 +25,16 @@ struct ServeArgs {
     /// The configuration file (TOML), see docs/operations.md.
     #[arg(long, required_unless_present = "lab")]
     config: Option<PathBuf>,
-    /// State directory for --lab (certificates and WAL).
+    /// State directory for --lab (certificates, and the data directory `data`, formatted
+    /// on first use).
     #[arg(long, default_value = ".pantera")]
     home: PathBuf,
     /// Override `service.app`: ledger (HTTPS) or echo (TCP byte echo, for dataplane tests).
     #[arg(long)]
     app: Option<String>,
-    /// Override `ledger.wal_dir`.
-    #[arg(long)]
-    wal_dir: Option<PathBuf>,
+    /// Override `ledger.data_dir` (`--wal-dir`, its old name, is accepted).
+    #[arg(long, alias = "wal-dir")]
+    data_dir: Option<PathBuf>,
     /// Override `dataplane.interface`.
     #[arg(long)]
     interface: Option<String>,
@@ -62,8 +63,8 @@ impl ServeArgs {
         if let Some(v) = &s.app {
             cfg.service.app = v.clone();
         }
-        if let Some(v) = &s.wal_dir {
-            cfg.ledger.wal_dir = v.clone();
+        if let Some(v) = &s.data_dir {
+            cfg.ledger.data_dir = v.clone();
         }
         if let Some(v) = &s.interface {
             cfg.dataplane.interface = v.clone();
@@ -113,7 +114,7 @@ enum Commands {
     /// directory) into an empty directory, consistent at one batch and verified by recovery,
     /// while the appliance serves or not (docs/operations.md, "Backup and restore").
     Backup {
-        /// The ledger's data directory (`ledger.wal_dir`).
+        /// The ledger's data directory (`ledger.data_dir`).
         #[arg(long, conflicts_with = "config", required_unless_present = "config")]
         data_dir: Option<PathBuf>,
         /// Take the data directory from this configuration file instead.
@@ -134,6 +135,135 @@ enum Commands {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Create a data directory for the ledger (mode 0700) with its superblock (cluster id,
+    /// a random ledger id, format version, creation time). Refuses a directory that holds
+    /// anything. `serve` opens only a formatted directory of its cluster.
+    Format(FormatArgs),
+    /// Offline tools for the write-ahead log (run them with the server stopped).
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+/// The data directory and cluster, from a configuration file or given directly.
+#[derive(Debug, clap::Args)]
+struct FormatArgs {
+    /// Take `ledger.data_dir` and `ledger.cluster_id` from this configuration file.
+    #[arg(long, required_unless_present = "data_dir")]
+    config: Option<PathBuf>,
+    /// The directory to create (overrides the configuration's).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The cluster id (overrides the configuration's; default 0).
+    #[arg(long)]
+    cluster_id: Option<u128>,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Report every damaged record and what start-up would do about it; with an action, let
+    /// the operator truncate the log there, keeping every byte taken out in a file beside it
+    /// (docs/operations.md, "Repairing a WAL").
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RepairArgs {
+    /// The data directory (stopped server).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Remove the record with this sequence (batch number) and every later one from the log.
+    #[arg(long, conflicts_with_all = ["truncate_at_damage", "drop_clean_stop"])]
+    truncate_at_record: Option<u64>,
+    /// Remove the first record start-up refuses, and every later one, from the log.
+    #[arg(long, conflicts_with = "drop_clean_stop")]
+    truncate_at_damage: bool,
+    /// Move a clean-stop marker that is itself damaged (or does not match the WAL) aside, so
+    /// the next start recovers as after a crash.
+    #[arg(long)]
+    drop_clean_stop: bool,
+}
+
+fn format(args: &FormatArgs) -> Result<()> {
+    let (mut data_dir, mut cluster_id) = (None, 0);
+    if let Some(path) = &args.config {
+        let cfg = Config::load(path)?;
+        data_dir = Some(cfg.ledger.data_dir);
+        cluster_id = cfg.ledger.cluster_id;
+    }
+    let data_dir = args.data_dir.clone().or(data_dir).context("no data directory: give --data-dir or --config")?;
+    let cluster_id = args.cluster_id.unwrap_or(cluster_id);
+    let superblock = ledger_svc::data_dir::format(&data_dir, cluster_id, ledger_svc::data_dir::random_ledger_id(), pantera::committer::now_ns())
+        .with_context(|| format!("cannot format {}", data_dir.display()))?;
+    println!(
+        "formatted {} (mode 0700): cluster {}, ledger {:032x}, format version {}",
+        data_dir.display(),
+        superblock.cluster_id,
+        superblock.ledger_id,
+        superblock.format_version
+    );
+    Ok(())
+}
+
+fn wal_repair(args: &RepairArgs) -> Result<()> {
+    use ledger_svc::repair;
+    use ledger_svc::wal::Verdict;
+    // Any cluster: repair is about the files, and the operator named the directory.
+    let (mut storage, _) = ledger_svc::data_dir::open(&args.data_dir, None).context("--data-dir")?;
+    let scan = repair::scan(&mut storage)?;
+    let records = scan.records().count();
+    println!(
+        "{}: {} segments, {records} whole records, checkpoint at batch {}, clean-stop marker: {}",
+        args.data_dir.display(),
+        scan.segments.len(),
+        scan.checkpoint_sequence,
+        match &scan.clean_stop {
+            None => "none (start-up recovers as after a crash)".to_owned(),
+            Some(Ok(m)) => format!("batch {} (start-up refuses any damage)", m.sequence),
+            Some(Err(why)) => format!("DAMAGED: it {why} (start-up refuses; see --drop-clean-stop)"),
+        }
+    );
+    let findings = scan.findings();
+    for f in &findings {
+        let verdict = match f.verdict {
+            Verdict::TornTail => "start-up cuts it as a torn tail (kept aside)".to_owned(),
+            Verdict::Corrupt(why) => format!("start-up REFUSES: {why}"),
+        };
+        let sequence = f.sequence.map(|s| format!("record {s}")).unwrap_or_else(|| "a record".to_owned());
+        println!("  {}/{} byte offset {}: {sequence}: {}; {verdict}", args.data_dir.display(), f.segment, f.offset, f.what);
+    }
+    if findings.is_empty() {
+        println!("  no damaged record");
+    }
+    let plan = if let Some(sequence) = args.truncate_at_record {
+        Some(scan.plan_at_record(sequence).with_context(|| format!("no record header carries sequence {sequence}"))?)
+    } else if args.truncate_at_damage {
+        Some(scan.plan_at_damage().context("nothing to truncate: start-up refuses no record")?)
+    } else {
+        None
+    };
+    if let Some(plan) = plan {
+        println!(
+            "truncating {} at byte offset {} and setting aside {} later segments: {} acknowledged batches after the checkpoint leave the ledger",
+            plan.segment,
+            plan.offset,
+            plan.later_segments.len(),
+            plan.records_lost
+        );
+        let kept = repair::truncate(&mut storage, &plan)?;
+        for name in kept {
+            println!("  kept {}", args.data_dir.join(name).display());
+        }
+    } else if args.drop_clean_stop {
+        match repair::drop_clean_stop(&mut storage)? {
+            Some(name) => println!("clean-stop marker moved to {}", args.data_dir.join(name).display()),
+            None => println!("no clean-stop marker"),
+        }
+    } else if !findings.is_empty() || matches!(scan.clean_stop, Some(Err(_))) {
+        println!("nothing changed: choose --truncate-at-damage, --truncate-at-record N or --drop-clean-stop, or restore a backup");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,7 +296,7 @@ fn main() -> Result<()> {
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
             }
-            pantera::baseline::serve_kernel(&cfg, listen, stop)
+            pantera::baseline::serve_kernel(&cfg, serve.lab_home(), listen, stop)
         }
         Commands::Certs { command: CertsCommand::Init { dir, service_ip, force } } => {
             let paths = tls_term::certs::init(&dir, service_ip, force)
@@ -177,7 +307,7 @@ fn main() -> Result<()> {
         Commands::Backup { data_dir, config, to } => {
             let data_dir = match (data_dir, config) {
                 (Some(dir), _) => dir,
-                (None, Some(path)) => Config::load(&path)?.ledger.wal_dir,
+                (None, Some(path)) => Config::load(&path)?.ledger.data_dir,
                 (None, None) => anyhow::bail!("--data-dir or --config is required"),
             };
             pantera::backup::backup(&data_dir, &to).map(|_| ())
@@ -188,5 +318,7 @@ fn main() -> Result<()> {
             println!("{}: valid", path.display());
             Ok(())
         }
+        Commands::Format(args) => format(&args),
+        Commands::Wal { command: WalCommand::Repair(args) } => wal_repair(&args),
     }
 }

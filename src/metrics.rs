@@ -73,6 +73,10 @@ pub struct Metrics {
     /// The ledger thread's pause to begin a checkpoint: roll the WAL and list the directory
     /// (the checkpoint writer thread builds and writes it from the WAL).
     pub ledger_checkpoint_begin_seconds: Histogram,
+    /// Bytes of a torn WAL tail that recovery cut (and kept aside) at this start; 0: none.
+    pub ledger_recovery_cut_bytes: IntGauge,
+    /// 1 when this start followed a clean stop (the clean-stop marker was found).
+    pub ledger_recovery_clean_stop: IntGauge,
     pub ready: IntGauge,
     /// The heartbeats of the worker and ledger threads, read by `/healthz` and `/readyz`.
     pub health: Health,
@@ -164,6 +168,8 @@ impl Metrics {
         .expect("valid");
         registry.register(Box::new(ledger_checkpoint_begin_seconds.clone())).expect("unique");
         let ready = gauge("ready", "1 once every worker runs and the ledger has recovered.");
+        let ledger_recovery_cut_bytes = gauge("ledger_recovery_cut_bytes", "Bytes of a torn WAL tail cut (and kept aside) by recovery at this start.");
+        let ledger_recovery_clean_stop = gauge("ledger_recovery_clean_stop", "1 when this start followed a clean stop.");
         let healthy = gauge("healthy", "1 while every worker and ledger thread heartbeat is fresh.");
         let heartbeat_age_seconds =
             GaugeVec::new(Opts::new("heartbeat_age_seconds", "Seconds since the thread's last heartbeat."), &["thread"]).expect("valid");
@@ -197,6 +203,8 @@ impl Metrics {
             ledger_commit_seconds,
             ledger_checkpoints,
             ledger_checkpoint_begin_seconds,
+            ledger_recovery_cut_bytes,
+            ledger_recovery_clean_stop,
             ready,
             health,
             healthy,

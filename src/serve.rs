@@ -32,13 +32,16 @@ const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Runs the appliance until a stop signal. Returns after a clean stop.
 pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     let started = Instant::now();
+    let app = config.app()?;
+    // The data directory before anything else: a missing, unformatted or foreign one (or one
+    // others could read) refuses the start with a message, before the network is touched.
+    let storage = if app == App::Ledger { Some(committer::open_data_dir(config, lab_home)?) } else { None };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
     }
     let metrics = Metrics::new();
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
-    let app = config.app()?;
     let d = &config.dataplane;
 
     // The queues: as configured, or every rx queue of the interface (a queue without a socket
@@ -55,13 +58,13 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
     let mut ledger_thread = None;
     let mut ledger_parts = None;
-    if app == App::Ledger {
+    if let Some(storage) = storage {
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
         }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
-        let committer::Started { client, replies: reply_rx, thread } = committer::start(config, queues.len(), &metrics)?;
+        let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
         ledger_thread = Some(thread);
         ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
     }

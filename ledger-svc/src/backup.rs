@@ -71,7 +71,7 @@ pub enum BackupError {
     Corrupt {
         file: String,
         offset: u64,
-        reason: &'static str,
+        reason: String,
     },
     #[error("backup manifest {file}: {reason}")]
     Manifest { file: String, reason: String },
@@ -256,14 +256,18 @@ fn whole_records(name: &str, bytes: &[u8]) -> Result<usize, BackupError> {
         match reader.next_record() {
             ReadOutcome::Record { .. } => {}
             ReadOutcome::End => return Ok(bytes.len()),
-            ReadOutcome::Torn { offset, .. } => return Ok(offset as usize),
-            ReadOutcome::Corrupt { offset, reason } => {
-                return Err(BackupError::Corrupt {
-                    file: name.to_string(),
-                    offset,
-                    reason,
-                })
-            }
+            // The active segment may end in the record being appended: the backup stops
+            // before it. Any other damage is recovery's to refuse, and the backup's too.
+            ReadOutcome::Damaged(damage) => match wal::classify(&damage, true, false) {
+                wal::Verdict::TornTail => return Ok(damage.offset as usize),
+                wal::Verdict::Corrupt(why) => {
+                    return Err(BackupError::Corrupt {
+                        file: name.to_string(),
+                        offset: damage.offset,
+                        reason: format!("{}: {why}", damage.kind.describe()),
+                    })
+                }
+            },
         }
     }
 }

@@ -11,6 +11,11 @@
 //! further batches (`Poisoned`) and the caller must stop the process without sending the
 //! batch's replies; recovery at the next start decides what was durable.
 //!
+//! Recovery never drops a record that may have been acknowledged: damage followed by a valid
+//! record, in an older segment, or anywhere after a clean stop (`close` leaves a marker)
+//! refuses start-up and writes nothing; only the torn newest record after a crash is cut, and
+//! its bytes are kept aside first (`wal` has the rules, docs/ledger.md the reasons).
+//!
 //! Checkpoints are taken off the commit path in three steps, and the ledger thread's part
 //! does no work that grows with the state:
 //! 1. `begin_checkpoint` (ledger thread, between batches) rolls the WAL to a new segment (so
@@ -41,7 +46,7 @@ use crate::checkpoint::{self, parse_checkpoint_name, CHECKPOINT_TEMP_NAME};
 use crate::model::*;
 use crate::state_machine::{IdHashKey, StateMachine};
 use crate::storage::{Storage, StorageError};
-use crate::wal::{self, ReadOutcome, SegmentReader, OPERATIONS_PER_RECORD_MAX};
+use crate::wal::{self, ReadOutcome, SegmentReader, Verdict, OPERATIONS_PER_RECORD_MAX};
 
 /// When `submit` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -137,6 +142,10 @@ pub struct RecoveryReport {
     pub events_replayed: u64,
     /// A torn tail cut off: (file, offset, bytes removed).
     pub truncated: Option<(String, u64, u64)>,
+    /// Where the cut bytes were kept (`wal-<seq>.log.cut-<offset>`).
+    pub kept_as: Option<String>,
+    /// The ledger had stopped cleanly (its `clean-stop` marker was found and removed).
+    pub clean_stop: bool,
     /// The sequence of the last durable batch.
     pub last_sequence: u64,
 }
@@ -203,6 +212,38 @@ pub struct CheckpointWork {
     pub events_replayed: u64,
     /// The size of the checkpoint file written.
     pub bytes_written: u64,
+}
+
+/// Copies `tail` (the bytes of `segment` from `offset` on) to a new file that no later
+/// cut overwrites (`wal::cut_name`), durably, before recovery truncates the segment: a torn
+/// tail is cut, never destroyed. Returns the file's name.
+fn keep_aside<S: Storage>(
+    storage: &mut S,
+    names: &[String],
+    segment: &str,
+    offset: u64,
+    tail: &[u8],
+) -> Result<String, LedgerError> {
+    let mut n = 0;
+    let kept = loop {
+        let candidate = wal::cut_name(segment, offset, n);
+        if !names.contains(&candidate) {
+            break candidate;
+        }
+        n += 1;
+    };
+    let temp = format!("{kept}.tmp");
+    storage.remove(&temp)?;
+    storage.append(&temp, tail)?;
+    storage.sync(&temp)?;
+    storage.rename(&temp, &kept)?;
+    storage.sync_dir()?;
+    log::warn!(
+        "ledger recovery: the {} cut bytes are kept in {}",
+        tail.len(),
+        storage.describe(&kept)
+    );
+    Ok(kept)
 }
 
 /// A checkpoint begun by `Ledger::begin_checkpoint`: the state after batch `sequence`, to be
@@ -378,12 +419,12 @@ impl CheckpointJob {
                     ReadOutcome::End => break,
                     // A closed segment was whole when the ledger rolled past it: any damage
                     // now is damage to acknowledged data.
-                    ReadOutcome::Torn { offset, reason }
-                    | ReadOutcome::Corrupt { offset, reason } => {
+                    ReadOutcome::Damaged(damage) => {
                         return Err(corrupt(
-                            offset,
+                            damage.offset,
                             format!(
-                                "{reason} (found by the checkpoint writer in a closed segment)"
+                                "{} (found by the checkpoint writer in a closed segment)",
+                                damage.kind.describe()
                             ),
                         ))
                     }
@@ -424,6 +465,8 @@ pub struct Ledger<S: Storage> {
     poisoned: bool,
     /// Reused record buffer (no allocation per batch once warm).
     record: Vec<u8>,
+    /// The checksum_header of the last record logged (0: unknown), the next one's parent.
+    last_checksum: u32,
     recovery: RecoveryReport,
 }
 
@@ -467,8 +510,26 @@ impl<S: Storage> Ledger<S> {
         };
         report.checkpoint_sequence = checkpoint_sequence;
 
+        // A clean stop left a marker: no write was in flight, so recovery is strict.
+        let clean_stop = if names.iter().any(|n| n == wal::CLEAN_STOP_NAME) {
+            let bytes = storage.read(wal::CLEAN_STOP_NAME)?;
+            let marker = wal::CleanStop::parse(&bytes).map_err(|reason| LedgerError::Corrupt {
+                file: storage.describe(wal::CLEAN_STOP_NAME),
+                offset: 0,
+                reason: format!("the clean-stop marker {reason}"),
+            })?;
+            Some(marker)
+        } else {
+            None
+        };
+        report.clean_stop = clean_stop.is_some();
+
         let mut sequence = checkpoint_sequence;
         let mut segment: Option<(String, u64)> = None;
+        // The checksum_header of the last valid record read, for the parent chain.
+        let mut last_checksum: Option<u32> = None;
+        // The torn tail to cut: (segment, offset, the bytes from offset on).
+        let mut torn: Option<(String, u64, Vec<u8>)> = None;
         let segments_count = segments.len();
         for (position, (_, name)) in segments.iter().enumerate() {
             let bytes = storage.read(name)?;
@@ -486,6 +547,7 @@ impl<S: Storage> Ledger<S> {
                         header,
                         body,
                     } => {
+                        let parent = last_checksum.replace(header.checksum_header);
                         if header.sequence <= checkpoint_sequence {
                             // Covered by the checkpoint; the segment outlived its removal.
                             continue;
@@ -500,6 +562,18 @@ impl<S: Storage> Ledger<S> {
                                 ),
                             ));
                         }
+                        // The parent chain: a record with a valid checksum and the expected
+                        // sequence may still come from another log (0: its writer did not
+                        // know its parent).
+                        if let Some(parent) = parent.filter(|&p| header.parent != 0 && header.parent != p) {
+                            return Err(corrupt(
+                                offset,
+                                format!(
+                                    "record {} names parent {:08x}, but the record before it is {parent:08x}",
+                                    header.sequence, header.parent
+                                ),
+                            ));
+                        }
                         let ops = wal::decode_body(body)
                             .ok_or_else(|| corrupt(offset, "record body malformed".to_string()))?;
                         apply_batch(&mut state, header.now_ns, &ops);
@@ -508,39 +582,81 @@ impl<S: Storage> Ledger<S> {
                         report.events_replayed += ops.iter().map(|op| op.len() as u64).sum::<u64>();
                     }
                     ReadOutcome::End => break,
-                    ReadOutcome::Corrupt { offset, reason } => {
-                        return Err(corrupt(offset, reason.to_string()))
-                    }
-                    ReadOutcome::Torn { offset, reason } => {
-                        if position + 1 != segments_count {
-                            // Only the newest segment can end in an unacknowledged write.
-                            return Err(corrupt(
-                                offset,
-                                format!("{reason} in a segment that is not the newest"),
-                            ));
+                    ReadOutcome::Damaged(damage) => {
+                        let newest = position + 1 == segments_count;
+                        match wal::classify(&damage, newest, clean_stop.is_some()) {
+                            Verdict::Corrupt(why) => {
+                                return Err(corrupt(
+                                    damage.offset,
+                                    format!("{} ({why})", damage.kind.describe()),
+                                ))
+                            }
+                            Verdict::TornTail => {
+                                let offset = damage.offset;
+                                log::warn!(
+                                    "ledger recovery: torn WAL tail in {} at byte offset {offset} ({} bytes, {}): a write that was never acknowledged",
+                                    storage.describe(name),
+                                    bytes.len() as u64 - offset,
+                                    damage.kind.describe()
+                                );
+                                torn = Some((name.clone(), offset, bytes[offset as usize..].to_vec()));
+                                valid_len = offset;
+                                break;
+                            }
                         }
-                        log::warn!(
-                            "ledger recovery: cutting torn WAL tail of {} at offset {offset} ({} bytes): {reason}",
-                            storage.describe(name),
-                            bytes.len() as u64 - offset
-                        );
-                        report.truncated =
-                            Some((storage.describe(name), offset, bytes.len() as u64 - offset));
-                        valid_len = offset;
-                        break;
                     }
                 }
             }
-            if valid_len < bytes.len() as u64 {
-                storage.truncate(name, valid_len)?;
-                storage.sync(name)?;
-            }
             segment = Some((name.clone(), valid_len));
+        }
+        if let Some(marker) = &clean_stop {
+            // After a clean stop the WAL must end exactly where the marker says.
+            let found = match &segment {
+                Some((name, len)) => (wal::parse_segment_name(name).unwrap_or(0), *len),
+                None => (0, 0),
+            };
+            let expected = (marker.segment_first_sequence, marker.segment_bytes);
+            let checksum_ok = segment.is_none()
+                || marker.last_checksum == 0
+                || last_checksum == Some(marker.last_checksum);
+            if found != expected || sequence != marker.sequence || !checksum_ok {
+                let file = match &segment {
+                    Some((name, _)) => storage.describe(name),
+                    None => storage.describe(wal::CLEAN_STOP_NAME),
+                };
+                return Err(LedgerError::Corrupt {
+                    file,
+                    offset: found.1,
+                    reason: format!(
+                        "the WAL ends at batch {sequence} ({} bytes of {}), but the clean stop left it at batch {} ({} bytes of {})",
+                        found.1,
+                        wal::segment_name(found.0),
+                        marker.sequence,
+                        marker.segment_bytes,
+                        wal::segment_name(marker.segment_first_sequence),
+                    ),
+                });
+            }
+        }
+        if let Some((name, offset, tail)) = torn {
+            let kept = keep_aside(&mut storage, &names, &name, offset, &tail)?;
+            storage.truncate(&name, offset)?;
+            storage.sync(&name)?;
+            report.truncated = Some((storage.describe(&name), offset, tail.len() as u64));
+            report.kept_as = Some(storage.describe(&kept));
         }
         // A gap between the checkpoint and the first segment, or between segments, was caught
         // above by the sequence check. Leftovers of an interrupted checkpoint are of no use.
         if names.iter().any(|n| n == CHECKPOINT_TEMP_NAME) {
             storage.remove(CHECKPOINT_TEMP_NAME)?;
+        }
+        if names.iter().any(|n| n == wal::CLEAN_STOP_TEMP_NAME) {
+            storage.remove(wal::CLEAN_STOP_TEMP_NAME)?;
+        }
+        if clean_stop.is_some() {
+            // From the first append on, a crash must be recovered as a crash.
+            storage.remove(wal::CLEAN_STOP_NAME)?;
+            storage.sync_dir()?;
         }
         report.last_sequence = sequence;
         log::info!(
@@ -561,6 +677,7 @@ impl<S: Storage> Ledger<S> {
             replica: None,
             poisoned: false,
             record: Vec::new(),
+            last_checksum: last_checksum.unwrap_or(0),
             recovery: report,
         })
     }
@@ -586,13 +703,14 @@ impl<S: Storage> Ledger<S> {
         }
         let sequence = self.sequence + 1;
         let mut record = std::mem::take(&mut self.record);
-        wal::encode_record(&mut record, sequence, now_ns, ops);
+        let checksum = wal::encode_record(&mut record, sequence, now_ns, self.last_checksum, ops);
         let result = self.append_record(sequence, &record);
         self.record = record;
         if let Err(error) = result {
             self.poisoned = true;
             return Err(error.into());
         }
+        self.last_checksum = checksum;
         let replies = apply_batch(&mut self.state, now_ns, ops);
         self.sequence = sequence;
         Ok(replies)
@@ -743,6 +861,47 @@ impl<S: Storage> Ledger<S> {
             return Err(error);
         }
         self.finish_checkpoint(job)
+    }
+
+    /// A clean stop: makes the WAL durable and leaves the `clean-stop` marker (where the WAL
+    /// ends: newest segment, its length, last batch and its checksum), so the next `open`
+    /// knows no write was in flight and refuses *any* damage instead of cutting a tail.
+    /// Call it last, with no checkpoint in flight (finish or abandon it first); gives the
+    /// storage back.
+    pub fn close(mut self) -> Result<S, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        if self.checkpoint_in_flight.is_some() {
+            return Err(LedgerError::CheckpointProtocol(
+                "close with a checkpoint in flight",
+            ));
+        }
+        let (segment_first_sequence, segment_bytes) = match &self.segment {
+            Some((name, size)) => {
+                self.storage.sync(name)?;
+                (wal::parse_segment_name(name).unwrap_or(0), *size)
+            }
+            None => (0, 0),
+        };
+        let marker = wal::CleanStop {
+            last_checksum: self.last_checksum,
+            sequence: self.sequence,
+            segment_first_sequence,
+            segment_bytes,
+        };
+        let storage = &mut self.storage;
+        storage.remove(wal::CLEAN_STOP_TEMP_NAME)?;
+        storage.append(wal::CLEAN_STOP_TEMP_NAME, &marker.encode())?;
+        storage.sync(wal::CLEAN_STOP_TEMP_NAME)?;
+        storage.rename(wal::CLEAN_STOP_TEMP_NAME, wal::CLEAN_STOP_NAME)?;
+        storage.sync_dir()?;
+        log::info!(
+            "ledger stopped cleanly at batch {} ({})",
+            self.sequence,
+            storage.describe(wal::CLEAN_STOP_NAME)
+        );
+        Ok(self.storage)
     }
 
     pub fn state(&self) -> &StateMachine {

@@ -10,6 +10,8 @@ pub use state_machine::{IdHashKey, StateMachine};
 pub mod storage;
 pub use storage::{FileStorage, SimStorage, Storage, StorageError};
 pub mod wal;
+pub mod data_dir;
+pub mod repair;
 pub mod checkpoint;
 pub mod ledger;
 pub mod backup;

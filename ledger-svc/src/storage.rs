@@ -9,7 +9,8 @@
 //! - `rename` and `remove` are durable only after `sync_dir`;
 //! - until synced, bytes may be lost or torn by a crash.
 //!
-//! `FileStorage` is the only module of this crate that does I/O.
+//! `FileStorage` and `data_dir` (the superblock and the directory checks) are the only code of
+//! this crate that does I/O.
 //!
 //! `reopen` gives a second handle on the same directory, for the checkpoint writer thread.
 //! The ledger guarantees the two handles never touch the same file: the writer only creates
@@ -19,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -83,7 +85,13 @@ fn check_name(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Real files in one directory, with fdatasync and directory fsync.
+/// The mode of every file `FileStorage` creates: the owner's only (balances are secrets).
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of a data directory (`FileStorage::create`, `pantera format`).
+pub const DIR_MODE: u32 = 0o700;
+
+/// Real files in one directory, with fdatasync and directory fsync. Files are created with
+/// mode `FILE_MODE`.
 #[derive(Debug)]
 pub struct FileStorage {
     dir: PathBuf,
@@ -95,14 +103,15 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens (creating if needed) the directory `dir`.
+    /// Opens the existing directory `dir`; never creates it (a mistyped path must not become
+    /// an empty ledger). The server opens its data directory through `data_dir::open`,
+    /// which checks the superblock and the modes first.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let io = |call, source| StorageError::Io {
             call,
             path: dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
         let dir_handle = File::open(dir).map_err(|e| io("open", e))?;
         Ok(FileStorage {
             dir: dir.to_path_buf(),
@@ -110,6 +119,22 @@ impl FileStorage {
             files: HashMap::new(),
             created: HashSet::new(),
         })
+    }
+
+    /// Creates `dir` (and its missing parents) with mode `DIR_MODE`, then opens it. For
+    /// tests and benchmarks; a server's directory is made by `data_dir::format`.
+    pub fn create(dir: &Path) -> Result<Self, StorageError> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|source| StorageError::Io {
+                call: "mkdir",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        FileStorage::open(dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -133,6 +158,7 @@ impl FileStorage {
                 .create(true)
                 .append(true)
                 .read(true)
+                .mode(FILE_MODE)
                 .open(&path)
                 .map_err(|e| self.io_error("open", name, e))?;
             if !existed {
@@ -422,6 +448,30 @@ impl SimStorage {
             *byte ^= 0x5a;
         }
         Ok(())
+    }
+
+    /// Flips one bit of a file's content (current and durable).
+    pub fn flip_bit(&mut self, name: &str, offset: usize, bit: u8) -> Result<(), StorageError> {
+        let mut disk = self.disk();
+        let index = disk.file(name)?;
+        let file = &mut disk.files[index];
+        if let Some(byte) = file.current.get_mut(offset) {
+            *byte ^= 1 << (bit % 8);
+        }
+        if let Some(byte) = file.durable.get_mut(offset) {
+            *byte ^= 1 << (bit % 8);
+        }
+        Ok(())
+    }
+
+    /// Every file's name and content as a read sees them now (to check that a refused
+    /// recovery left the disk byte-identical).
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let disk = self.disk();
+        disk.dir
+            .iter()
+            .map(|(name, &index)| (name.clone(), disk.files[index].current.clone()))
+            .collect()
     }
 
     /// The length of a file now.

@@ -71,7 +71,7 @@ fn transfers(batch: u64) -> Operation {
 /// Commits batches on this thread until `stop`, with checkpoints written by a second thread
 /// on its own handle (as the server does). Returns each batch's state hash, by sequence.
 fn serve(dir: &std::path::Path, stop: &AtomicBool, started: &AtomicBool) -> HashMap<u64, u64> {
-    let mut ledger = Ledger::open(FileStorage::open(dir).unwrap(), config()).unwrap();
+    let mut ledger = Ledger::open(FileStorage::create(dir).unwrap(), config()).unwrap();
     let mut hashes = HashMap::new();
     ledger.submit(NOW, &[accounts()]).unwrap();
     hashes.insert(ledger.sequence(), ledger.state().state_hash());
@@ -126,8 +126,8 @@ fn backups_taken_under_load_restore_to_the_sources_state_at_their_sequence() {
         let mut manifests = Vec::new();
         for n in 0..6 {
             let to = root.path().join(format!("backup-{n}"));
-            let mut target = FileStorage::open(&to).unwrap();
-            let mut from = FileStorage::open(&source).unwrap();
+            let mut target = FileStorage::create(&to).unwrap();
+            let mut from = FileStorage::create(&source).unwrap();
             let manifest = backup::take(&mut from, &mut target).unwrap();
             manifests.push((to, manifest));
         }
@@ -145,10 +145,10 @@ fn backups_taken_under_load_restore_to_the_sources_state_at_their_sequence() {
         let source_hash = hashes[&manifest.sequence];
         assert_eq!(manifest.state_hash, source_hash, "backup {n}");
         let restored_dir = root.path().join(format!("restored-{n}"));
-        let mut target = FileStorage::open(&restored_dir).unwrap();
-        let restored = backup::restore(&mut FileStorage::open(dir).unwrap(), &mut target).unwrap();
+        let mut target = FileStorage::create(&restored_dir).unwrap();
+        let restored = backup::restore(&mut FileStorage::create(dir).unwrap(), &mut target).unwrap();
         assert_eq!(&restored, manifest);
-        let ledger = Ledger::open(FileStorage::open(&restored_dir).unwrap(), config()).unwrap();
+        let ledger = Ledger::open(FileStorage::create(&restored_dir).unwrap(), config()).unwrap();
         assert_eq!(
             (ledger.sequence(), ledger.state().state_hash()),
             (manifest.sequence, source_hash),
@@ -160,7 +160,7 @@ fn backups_taken_under_load_restore_to_the_sources_state_at_their_sequence() {
 /// A stopped ledger with a checkpoint and batches after it, and a backup of it.
 fn backed_up(root: &std::path::Path) -> (std::path::PathBuf, backup::Manifest) {
     let source = root.join("data");
-    let mut ledger = Ledger::open(FileStorage::open(&source).unwrap(), config()).unwrap();
+    let mut ledger = Ledger::open(FileStorage::create(&source).unwrap(), config()).unwrap();
     ledger.submit(NOW, &[accounts()]).unwrap();
     for batch in 0..10 {
         ledger
@@ -174,8 +174,8 @@ fn backed_up(root: &std::path::Path) -> (std::path::PathBuf, backup::Manifest) {
     std::fs::write(source.join("superblock"), b"cluster 1\n").unwrap();
     let to = root.join("backup");
     let manifest = backup::take(
-        &mut FileStorage::open(&source).unwrap(),
-        &mut FileStorage::open(&to).unwrap(),
+        &mut FileStorage::create(&source).unwrap(),
+        &mut FileStorage::create(&to).unwrap(),
     )
     .unwrap();
     assert_eq!(manifest.sequence, 11);
@@ -199,8 +199,8 @@ fn a_damaged_backup_is_refused_naming_the_file() {
     bytes[40] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let error = backup::restore(
-        &mut FileStorage::open(&dir).unwrap(),
-        &mut FileStorage::open(&root.path().join("r1")).unwrap(),
+        &mut FileStorage::create(&dir).unwrap(),
+        &mut FileStorage::create(&root.path().join("r1")).unwrap(),
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::File { .. }), "{error}");
@@ -211,8 +211,8 @@ fn a_damaged_backup_is_refused_naming_the_file() {
 
     std::fs::remove_file(dir.join(backup::MANIFEST_NAME)).unwrap();
     let error = backup::restore(
-        &mut FileStorage::open(&dir).unwrap(),
-        &mut FileStorage::open(&root.path().join("r2")).unwrap(),
+        &mut FileStorage::create(&dir).unwrap(),
+        &mut FileStorage::create(&root.path().join("r2")).unwrap(),
     )
     .unwrap_err();
     assert!(error.to_string().contains("missing"), "{error}");
@@ -226,22 +226,22 @@ fn a_backup_or_restore_never_writes_into_a_directory_that_holds_files() {
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("keep"), b"x").unwrap();
     let error = backup::restore(
-        &mut FileStorage::open(&dir).unwrap(),
-        &mut FileStorage::open(&busy).unwrap(),
+        &mut FileStorage::create(&dir).unwrap(),
+        &mut FileStorage::create(&busy).unwrap(),
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::TargetNotEmpty(_)), "{error}");
     let error = backup::take(
-        &mut FileStorage::open(&root.path().join("data")).unwrap(),
-        &mut FileStorage::open(&busy).unwrap(),
+        &mut FileStorage::create(&root.path().join("data")).unwrap(),
+        &mut FileStorage::create(&busy).unwrap(),
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::TargetNotEmpty(_)), "{error}");
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
     // An empty source is not a ledger.
     let error = backup::take(
-        &mut FileStorage::open(&root.path().join("empty")).unwrap(),
-        &mut FileStorage::open(&root.path().join("b2")).unwrap(),
+        &mut FileStorage::create(&root.path().join("empty")).unwrap(),
+        &mut FileStorage::create(&root.path().join("b2")).unwrap(),
     )
     .unwrap_err();
     assert!(matches!(error, BackupError::SourceEmpty), "{error}");

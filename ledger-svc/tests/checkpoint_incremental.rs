@@ -297,7 +297,7 @@ fn a_replica_that_does_not_match_the_ledger_is_never_written() {
     };
     events.last_mut().unwrap().amount += 1;
     let mut record = Vec::new();
-    wal::encode_record(&mut record, header.sequence, header.now_ns, &ops);
+    wal::encode_record(&mut record, header.sequence, header.now_ns, header.parent, &ops);
     let storage = ledger.storage_mut();
     storage.truncate(&segment, offset).unwrap();
     storage.append(&segment, &record).unwrap();

@@ -9,6 +9,16 @@
 //! the batch in flight reached the disk whole before the crash, the state after it: it was
 //! never acknowledged, so either outcome is correct).
 //!
+//!
+//! Each recovery rule (docs/ledger.md, "Recovery") has its case here:
+//! - a quarter of the lives that did not die end in a clean stop (`Ledger::close`): then a
+//!   bit flipped in a random record or in the marker must refuse start-up and leave every
+//!   file byte-identical, and the undamaged disk recovers as a clean stop, nothing cut;
+//!   `close` itself may meet the injected fault, and that disk recovers too;
+//! - after every crash, a bit flipped in any record but the last valid one must refuse the
+//!   same way (a valid record follows it, or it is in an older segment);
+//! - a torn tail that recovery cuts is kept aside, every byte of it.
+//!
 //! Every failure message names the seed; rerun one with `LEDGER_CRASH_SEED=<seed>`.
 
 use std::cell::RefCell;
@@ -214,14 +224,17 @@ fn live(
     }
     let mut job: Option<ledger::CheckpointJob> = None;
     let mut in_flight = None;
+    let mut died = false;
     'batches: for batch in 0..batches {
         // The background checkpoint advances at random points between batches.
         if let Some(mut j) = job.take() {
             if !j.is_written() && rng.chance(1, 2) && j.write(&mut writer).is_err() {
+                died = true;
                 break 'batches; // The writer died: so does the process.
             }
             if j.is_written() && rng.chance(1, 2) {
                 if ledger.finish_checkpoint(j).is_err() {
+                    died = true;
                     break 'batches;
                 }
             } else {
@@ -247,6 +260,7 @@ fn live(
                         Ok(begun) => job = Some(begun.expect("none in flight")),
                         Err(error) => {
                             assert!(error.is_fatal(), "seed {seed}: {error}");
+                            died = true;
                             break;
                         }
                     }
@@ -262,20 +276,72 @@ fn live(
                     matches!(ledger.submit(*now, &ops), Err(LedgerError::Poisoned)),
                     "seed {seed}"
                 );
+                died = true;
                 break;
             }
         }
     }
     let acked = reference.state_hash();
     let in_flight_hash = in_flight.as_ref().map(|(hash, _)| *hash);
+    // Some lives end in a clean stop: the checkpoint in flight is written and finished (as
+    // `committer::run` drains it), then `close` leaves the clean-stop marker.
+    if !died && rng.chance(1, 4) {
+        let mut finished = true;
+        if let Some(mut j) = job.take() {
+            finished = (j.is_written() || j.write(&mut writer).is_ok())
+                && ledger.finish_checkpoint(j).is_ok();
+        }
+        if finished {
+            drop(writer);
+            // A handle on the same disk, in case `close` meets the injected fault.
+            let disk = ledger.storage().reopen().expect("reopen");
+            let storage = ledger.close();
+            if let Ok(storage) = storage {
+                let clean = storage.crash(rng);
+                check_clean_stop_rules(seed, rng, &clean, config);
+                let probe = Ledger::open(clean.clone(), config.clone())
+                    .unwrap_or_else(|e| panic!("seed {seed}: recovery after a clean stop failed: {e}"));
+                assert!(probe.recovery().clean_stop, "seed {seed}");
+                assert_eq!(probe.recovery().truncated, None, "seed {seed}");
+                assert_eq!(probe.state().state_hash(), acked, "seed {seed}: clean stop");
+                return Life {
+                    storage: clean,
+                    acked,
+                    in_flight: None,
+                };
+            }
+            // `close` met the injected fault: the process dies in the middle of leaving
+            // the marker (which may then be missing, a leftover `clean-stop.tmp`, or
+            // whole): recovery must reach the acknowledged state either way.
+            let crashed = disk.crash(rng);
+            let probe = Ledger::open(crashed.clone(), config.clone())
+                .unwrap_or_else(|e| panic!("seed {seed}: recovery after a failed close failed: {e}"));
+            assert_eq!(probe.state().state_hash(), acked, "seed {seed}: failed close");
+            return Life {
+                storage: crashed,
+                acked,
+                in_flight: None,
+            };
+        }
+    }
     // A checkpoint may still be begun, or written and not finished: the crash takes it.
     drop(job);
     drop(writer);
     let storage = ledger.into_storage();
     let crashed = storage.crash(rng);
+    check_crash_rules(seed, rng, &crashed, config);
     // Recover once to learn which outcome the disk holds, and move the reference to it.
     let probe = Ledger::open(crashed.clone(), config.clone())
         .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
+    if let Some((_, _, removed)) = probe.recovery().truncated.clone() {
+        // The cut bytes are kept aside, exactly as many as were cut.
+        let kept = probe.recovery().kept_as.clone().expect("a cut is kept");
+        assert_eq!(
+            probe.storage().files().get(&kept).map(|b| b.len() as u64),
+            Some(removed),
+            "seed {seed}: the cut bytes are not kept"
+        );
+    }
     let recovered = probe.state().state_hash();
     if recovered != acked {
         assert_eq!(
@@ -290,6 +356,59 @@ fn live(
         acked,
         in_flight: in_flight_hash,
     }
+}
+
+/// The valid records of a disk: (segment, offset, length).
+fn valid_records(disk: &SimStorage) -> Vec<(String, u64, u64)> {
+    let mut handle = disk.clone();
+    let scan = ledger_svc::repair::scan(&mut handle).expect("scan");
+    scan.records()
+        .map(|(name, offset, h)| (name.to_string(), offset, h.record_bytes()))
+        .collect()
+}
+
+/// Flips one bit, expects `open` to refuse with `Corrupt` and leave every file as it was,
+/// then flips it back.
+fn expect_refusal(seed: u64, disk: &SimStorage, config: &LedgerConfig, name: &str, at: u64, bit: u8, rule: &str) {
+    let mut damaged = disk.clone();
+    damaged.flip_bit(name, at as usize, bit).expect("flip");
+    let before = damaged.files();
+    match Ledger::open(damaged.reopen().expect("reopen"), config.clone()) {
+        Err(LedgerError::Corrupt { file, .. }) => {
+            assert_eq!(file, name, "seed {seed}: {rule}: the error names another file")
+        }
+        Err(other) => panic!("seed {seed}: {rule}: expected Corrupt, got {other}"),
+        Ok(_) => panic!("seed {seed}: {rule}: a flipped bit at {name}:{at} was accepted"),
+    }
+    assert_eq!(damaged.files(), before, "seed {seed}: {rule}: a refused recovery changed the files");
+}
+
+/// After a clean stop any damage refuses: a bit in a random record (header or body), or in
+/// the marker.
+fn check_clean_stop_rules(seed: u64, rng: &mut SimRng, disk: &SimStorage, config: &LedgerConfig) {
+    let records = valid_records(disk);
+    if !records.is_empty() {
+        let (name, offset, length) = &records[rng.below(records.len() as u64) as usize];
+        let at = offset + rng.below(*length);
+        expect_refusal(seed, disk, config, name, at, rng.below(8) as u8, "clean stop, record");
+    }
+    let at = rng.below(wal::CLEAN_STOP_SIZE as u64);
+    expect_refusal(seed, disk, config, wal::CLEAN_STOP_NAME, at, rng.below(8) as u8, "clean stop, marker");
+}
+
+/// After a crash, damage to any record but the last valid one refuses (a valid record follows
+/// it, or it is in an older segment).
+fn check_crash_rules(seed: u64, rng: &mut SimRng, disk: &SimStorage, config: &LedgerConfig) {
+    if disk.files().contains_key(wal::CLEAN_STOP_NAME) {
+        return; // The crash hit a later open before it removed the marker: strict anyway.
+    }
+    let records = valid_records(disk);
+    if records.len() < 2 {
+        return;
+    }
+    let (name, offset, length) = &records[rng.below(records.len() as u64 - 1) as usize];
+    let at = offset + rng.below(*length);
+    expect_refusal(seed, disk, config, name, at, rng.below(8) as u8, "crash, acknowledged record");
 }
 
 fn run_seed(seed: u64, durability: Durability) {

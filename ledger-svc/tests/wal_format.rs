@@ -51,10 +51,10 @@ proptest! {
     }
 
     #[test]
-    fn damaged_records_are_never_accepted(flip in 0usize..(32 + 8 + 2 * 128), bit in 0u8..8) {
+    fn damaged_records_are_never_accepted(flip in 0usize..(40 + 8 + 2 * 128), bit in 0u8..8) {
         let ops = vec![Operation::CreateTransfers(vec![Transfer { id: 1, ..Default::default() }; 2])];
         let mut record = Vec::new();
-        encode_record(&mut record, 1, 5, &ops);
+        encode_record(&mut record, 1, 5, 0, &ops);
         record[flip] ^= 1 << bit;
         let mut reader = SegmentReader::new(&record);
         let accepted = matches!(reader.next_record(), ReadOutcome::Record { .. });

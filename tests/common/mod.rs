@@ -50,6 +50,17 @@ pub fn free_local_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// `pantera format --data-dir dir --cluster-id cluster_id`, asserting success.
+pub fn format_data_dir(dir: &Path, cluster_id: u128) {
+    let out = Command::new(PANTERA)
+        .args(["format", "--data-dir"])
+        .arg(dir)
+        .args(["--cluster-id", &cluster_id.to_string()])
+        .output()
+        .expect("run pantera format");
+    assert!(out.status.success(), "pantera format: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The appliance, started as a child process on a test lab. Killed on drop.
 pub struct Server {
     child: Option<Child>,
@@ -84,6 +95,11 @@ impl Server {
             .output()
             .expect("run pantera certs init");
         assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+        // `serve` opens only a formatted data directory: format it as an operator would.
+        let data = dir.join("data");
+        if !data.exists() {
+            format_data_dir(&data, 0);
+        }
         let management: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().expect("addr");
         let config = format!(
             r#"
@@ -104,7 +120,7 @@ handshake_timeout_ms = 2000
 {tls_toml}
 
 [ledger]
-wal_dir = "{wal}"
+data_dir = "{data}"
 
 [management]
 listen = "{management}"
@@ -113,7 +129,7 @@ listen = "{management}"
             interface = lab.spec.host_if,
             service = lab.spec.service_ipv4,
             tls = tls.display(),
-            wal = dir.join("wal").display(),
+            data = data.display(),
         );
         let config_path = dir.join("pantera.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -143,6 +159,36 @@ listen = "{management}"
             .expect("start pantera serve");
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Starts the process with the same configuration, expecting it to refuse to start:
+    /// returns its exit status and its stderr (it must exit within `timeout`).
+    pub fn spawn_refused(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(PANTERA)
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pantera serve");
+        let mut stderr = child.stderr.take().expect("piped");
+        let reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let status = match wait_exit(&mut child, timeout) {
+            Some(status) => status,
+            None => {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                panic!("pantera serve did not refuse to start within {timeout:?}");
+            }
+        };
+        (status, reader.join().expect("stderr reader"))
     }
 
     fn wait_ready(&mut self, timeout: Duration) {

@@ -174,12 +174,14 @@ fn demo() -> Result<()> {
     let lab = Lab::create(&spec)?;
     let bin = "target/release/pantera";
     status(Command::new(bin).args(["certs", "init"]))?;
-    // A fresh ledger for the demo, so its balances are the ones printed below.
-    let wal = Path::new(".pantera/demo-wal");
-    let _ = fs::remove_dir_all(wal);
+    // A fresh ledger for the demo, so its balances are the ones printed below: formatted as an
+    // operator would (`serve` opens only a formatted data directory).
+    let data = Path::new(".pantera/demo-data");
+    let _ = fs::remove_dir_all(data);
+    status(Command::new(bin).args(["format", "--cluster-id", "0", "--data-dir"]).arg(data))?;
     let mut server = Command::new(bin)
-        .args(["serve", "--lab", "--wal-dir"])
-        .arg(wal)
+        .args(["serve", "--lab", "--data-dir"])
+        .arg(data)
         .spawn()
         .context("cannot start pantera")?;
     let result = demo_requests(&lab, &mut server);

@@ -218,14 +218,16 @@ fn buffer(value: Option<usize>, rx: bool) -> usize {
 fn start(pantera: &Path, args: &Args, lab: &Lab, tls: &Path, dir: &Path, management: SocketAddr, connections_max: usize) -> Result<Server> {
     fs::create_dir_all(dir)?;
     let config_path = dir.join("pantera.toml");
-    fs::write(&config_path, appliance_config(args, lab, tls, &dir.join("wal"), management, connections_max))?;
+    let data = dir.join("data");
+    process::format_data_dir(pantera, &data)?;
+    fs::write(&config_path, appliance_config(args, lab, tls, &data, management, connections_max))?;
     let mut server = Server::spawn("pantera serve", pantera, &["serve".into(), "--config".into(), config_path.display().to_string()], dir.join("pantera.log"))?;
     server.wait_ready(READY_TIMEOUT, || matches!(process::http_get(management, "/readyz"), Ok((200, _))))?;
     std::thread::sleep(Duration::from_secs(1));
     Ok(server)
 }
 
-fn appliance_config(args: &Args, lab: &Lab, tls: &Path, wal: &Path, management: SocketAddr, connections_max: usize) -> String {
+fn appliance_config(args: &Args, lab: &Lab, tls: &Path, data: &Path, management: SocketAddr, connections_max: usize) -> String {
     // Every connection comes from the one client address of the lab.
     let mut tcp = format!("connections_max = {connections_max}\nconnections_per_source_max = {connections_max}\nidle_timeout_ms = 600000\n");
     if let Some(b) = args.rx_buffer_bytes {
@@ -252,14 +254,14 @@ client_ca = "{t}/ca.pem"
 roles = {{ "client" = "write" }}
 
 [ledger]
-wal_dir = "{wal}"
+data_dir = "{data}"
 
 [management]
 listen = "{management}"
 "#,
         interface = lab.spec.host_if,
         service = lab.spec.service_ipv4,
-        wal = wal.display(),
+        data = data.display(),
     )
 }
 

@@ -231,6 +231,7 @@ fn thread_ticks(pid: u32, tid: u32) -> Result<u64> {
 
 fn start(pantera: &Path, lab: &Lab, tls: &Path, dir: &Path, management: SocketAddr, cookies: &str) -> Result<Server> {
     fs::create_dir_all(dir)?;
+    process::format_data_dir(pantera, &dir.join("data"))?;
     let config_path = dir.join("pantera.toml");
     let t = tls.display();
     fs::write(
@@ -253,14 +254,14 @@ client_ca = "{t}/ca.pem"
 roles = {{ "client" = "write" }}
 
 [ledger]
-wal_dir = "{wal}"
+data_dir = "{data}"
 
 [management]
 listen = "{management}"
 "#,
             interface = lab.spec.host_if,
             service = lab.spec.service_ipv4,
-            wal = dir.join("wal").display(),
+            data = dir.join("data").display(),
         ),
     )?;
     let mut server = Server::spawn("pantera serve", pantera, &["serve".into(), "--config".into(), config_path.display().to_string()], dir.join("pantera.log"))?;

@@ -97,6 +97,20 @@ impl Drop for Server {
 }
 
 /// The last `lines` lines of a log file, for error messages.
+/// `pantera format --data-dir dir` (cluster 0) unless `dir` exists: `serve --config` opens
+/// only a formatted data directory.
+#[allow(dead_code)] // used by the conns and synflood benches, not by https
+pub fn format_data_dir(pantera: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let out = Command::new(pantera).args(["format", "--cluster-id", "0", "--data-dir"]).arg(dir).output().context("run pantera format")?;
+    if !out.status.success() {
+        bail!("pantera format {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

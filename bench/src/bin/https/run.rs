@@ -258,7 +258,7 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
     let (mut server, target, management, workload) = match peer {
         Peer::Pantera => {
             let wal = ctx.tmp.join("wal-pantera");
-            let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--wal-dir".to_owned(), wal.display().to_string()];
+            let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--data-dir".to_owned(), wal.display().to_string()];
             args.extend(common_args);
             if ctx.args.private_lab {
                 let spec = &ctx.lab.spec;
@@ -273,7 +273,7 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-            args.extend([ctx.kernel.to_string(), "--wal-dir".to_owned(), wal.display().to_string()]);
+            args.extend([ctx.kernel.to_string(), "--data-dir".to_owned(), wal.display().to_string()]);
             args.extend(common_args);
             let s = Server::spawn("pantera serve-kernel", &ctx.pantera, &args, ctx.tmp.join("kernel.log"))?;
             (s, ctx.kernel, Some(KERNEL_MANAGEMENT), "transfers")
