@@ -858,8 +858,9 @@ pub const EVENT_RESULT_JSON_BYTES_MAX: usize = 112;
 /// (docs/api.md, "Paging"). It bounds what one cheap GET can make the ledger thread copy and a
 /// worker render and hold.
 pub const QUERY_REPLY_BYTES_MAX: usize = 128 * 1024;
-/// Bytes of the JSON of the widest account balance.
-pub const BALANCE_JSON_BYTES_MAX: usize = 256;
+/// Bytes of the JSON of the widest account balance (272; the test
+/// `widest_balance_json_fits_its_bound_and_golden_balance` checks it).
+pub const BALANCE_JSON_BYTES_MAX: usize = 280;
 /// Transfers in one page of `GET /v1/accounts/{id}/transfers` or `GET /v1/transfers?…`: as many
 /// of the widest as fit in [`QUERY_REPLY_BYTES_MAX`].
 pub const ACCOUNT_TRANSFERS_PAGE_ROWS_MAX: usize = (QUERY_REPLY_BYTES_MAX - 2) / (TRANSFER_JSON_BYTES_MAX + 1);
@@ -1903,5 +1904,188 @@ mod tests {
         http::encode_response(&response, &mut wire);
         let wire = String::from_utf8(wire).unwrap();
         assert!(wire.contains(&format!("\r\nLink: <{next}>; rel=\"next\"\r\n")), "{wire}");
+    }
+
+    #[test]
+    fn query_routes_parse_their_filters() {
+        assert_eq!(
+            get("/v1/accounts"),
+            Action::Ledger(Command::QueryAccounts(QueryFilter { limit: 100, ..QueryFilter::default() }))
+        );
+        let max = "340282366920938463463374607431768211455";
+        let Action::Ledger(Command::QueryTransfers(filter)) = get(&format!(
+            "/v1/transfers?user_data_128={max}&user_data_64=18446744073709551615&user_data_32=4294967295&ledger=2&code=65535&timestamp_min=1&timestamp_max=9223372036854775807&limit=8189&reversed=true"
+        )) else {
+            panic!("a valid query_transfers")
+        };
+        assert_eq!(
+            filter,
+            QueryFilter {
+                user_data_128: u128::MAX,
+                user_data_64: u64::MAX,
+                user_data_32: u32::MAX,
+                ledger: 2,
+                code: u16::MAX,
+                timestamp_min: 1,
+                timestamp_max: TIMESTAMP_MAX,
+                limit: 8189,
+                reversed: true,
+            }
+        );
+        let Action::Ledger(Command::AccountBalances(filter)) =
+            get("/v1/accounts/4/balances?code=2&user_data_32=7&debits=false")
+        else {
+            panic!("a valid get_account_balances")
+        };
+        assert_eq!(
+            filter,
+            AccountFilter {
+                account_id: 4,
+                code: 2,
+                user_data_32: 7,
+                limit: 100,
+                debits: false,
+                credits: true,
+                ..AccountFilter::default()
+            }
+        );
+        let Action::Ledger(Command::AccountTransfers(filter)) =
+            get("/v1/accounts/4/transfers?user_data_128=5&user_data_64=6")
+        else {
+            panic!("a valid get_account_transfers")
+        };
+        assert_eq!((filter.user_data_128, filter.user_data_64, filter.code), (5, 6, 0));
+        // A reader may query; a writer may too.
+        assert!(matches!(
+            handle(&request(Method::Get, "/v1/transfers?ledger=1", ""), Role::Write),
+            Action::Ledger(Command::QueryTransfers(_))
+        ));
+        for bad in [
+            "/v1/accounts?ledger=4294967296",
+            "/v1/accounts?code=65536",
+            "/v1/accounts?user_data_64=-1",
+            "/v1/accounts?user_data_128=340282366920938463463374607431768211456",
+            "/v1/accounts?timestamp_max=9223372036854775808",
+            "/v1/accounts?timestamp_min=5&timestamp_max=4",
+            "/v1/accounts?limit=0",
+            "/v1/accounts?limit=8190",
+            "/v1/accounts?ledger=1&ledger=2",
+            "/v1/transfers?debits=true",
+            "/v1/transfers?reversed=1",
+            "/v1/accounts/1/balances?ledger=1",
+            "/v1/accounts/1/balances?debits=false&credits=false",
+            "/v1/accounts/1/transfers?code=x",
+            "/v1/accounts/1/transfers?timestamp_min=9223372036854775808",
+        ] {
+            let (status, code, message) = refused(get(bad));
+            assert_eq!((status, code.as_str()), (400, "invalid_query"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn widest_balance_json_fits_its_bound_and_golden_balance() {
+        let widest = AccountBalance {
+            debits_pending: u128::MAX,
+            debits_posted: u128::MAX,
+            credits_pending: u128::MAX,
+            credits_posted: u128::MAX,
+            timestamp: u64::MAX,
+        };
+        let mut body = Vec::new();
+        write_balance(&mut body, &widest);
+        assert!(body.len() <= BALANCE_JSON_BYTES_MAX, "{} bytes", body.len());
+        body.clear();
+        write_balance(&mut body, &AccountBalance { debits_posted: 10, credits_posted: 11, timestamp: 7, ..AccountBalance::default() });
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"debits_pending":"0","debits_posted":"10","credits_pending":"0","credits_posted":"11","timestamp":"7"}"#
+        );
+        for (command, rows_max) in [
+            (Command::AccountBalances(AccountFilter { limit: 8189, ..AccountFilter::default() }), BALANCES_PAGE_ROWS_MAX),
+            (Command::QueryAccounts(QueryFilter { limit: 8189, ..QueryFilter::default() }), ACCOUNTS_PAGE_ROWS_MAX),
+            (Command::QueryTransfers(QueryFilter { limit: 8189, ..QueryFilter::default() }), ACCOUNT_TRANSFERS_PAGE_ROWS_MAX),
+        ] {
+            assert!(reply_bytes_max(&command) <= QUERY_REPLY_BYTES_MAX, "{command:?}");
+            assert!(rows_max > 100, "{command:?}");
+        }
+    }
+
+    /// Follows the `Link` of every page from `first`; returns the `timestamp` of every row.
+    fn follow_links(state: &StateMachine, first: &str) -> (Vec<u64>, usize) {
+        let Action::Ledger(mut command) = get(first) else { panic!("{first} is not a valid query") };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            assert!(pages <= 10_000, "paging does not end");
+            assert!(reply_bytes_max(&command) <= QUERY_REPLY_BYTES_MAX);
+            let response = query(state, &command);
+            assert_eq!(response.status, 200);
+            assert!(response.body.len() <= reply_bytes_max(&command), "{} bytes", response.body.len());
+            let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+            seen.extend(page.iter().map(|row| row["timestamp"].as_str().unwrap().parse::<u64>().unwrap()));
+            let Some(next) = response.next_page else { return (seen, pages) };
+            let Action::Ledger(c) = get(&next) else { panic!("{next} is not a valid query") };
+            command = c;
+        }
+    }
+
+    #[test]
+    fn every_query_route_pages_through_its_whole_result() {
+        let total = 1000u64;
+        let mut state = state_with_transfers(total);
+        let history = Account { id: 3, ledger: 1, code: 1, flags: AccountFlags::HISTORY, ..Account::default() };
+        assert_eq!(state.create_accounts(0, &[history]), [CreateAccountResult::Ok]);
+        let to_history: Vec<Transfer> = (1..=400u128)
+            .map(|i| Transfer { id: 5000 + i, debit_account_id: 1, credit_account_id: 3, amount: 1, ledger: 1, code: 1 + (i % 2) as u16, ..Transfer::default() })
+            .collect();
+        assert!(state.create_transfers(0, &to_history).iter().all(|r| *r == CreateTransferResult::Ok));
+        let all_transfers: Vec<u64> = state.transfers().iter().map(|t| t.timestamp).collect();
+        let code_2: Vec<u64> = state.transfers().iter().filter(|t| t.code == 2).map(|t| t.timestamp).collect();
+        for reversed in [false, true] {
+            let order = |mut v: Vec<u64>| {
+                if reversed {
+                    v.reverse();
+                }
+                v
+            };
+            let (seen, pages) = follow_links(&state, &format!("/v1/transfers?limit=8189&reversed={reversed}"));
+            assert_eq!(seen, order(all_transfers.clone()));
+            assert!(pages > 1);
+            let (seen, _) = follow_links(&state, &format!("/v1/transfers?code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts/3/balances?limit=8189&code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts/3/transfers?limit=8189&code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts?limit=1&reversed={reversed}"));
+            assert_eq!(seen, order(state.accounts().map(|a| a.timestamp).collect()));
+        }
+    }
+
+    /// A filter that matches one transfer in 20,000 is answered in pages that each examine at
+    /// most QUERY_SCAN_ROWS_MAX transfers: the first page is empty but links to the rest.
+    #[test]
+    fn a_rare_match_is_found_through_bounded_pages() {
+        let total = QUERY_SCAN_ROWS_MAX as u64 + 3_616;
+        let mut state = state_with_transfers(total);
+        let rare = Transfer { id: 1, debit_account_id: 2, credit_account_id: 1, amount: 1, ledger: 1, code: 9, ..Transfer::default() };
+        assert_eq!(state.create_transfers(0, &[rare]), [CreateTransferResult::Ok]);
+        let rare_timestamp = state.lookup_transfer(1).unwrap().timestamp;
+        let Action::Ledger(command) = get("/v1/transfers?code=9") else { panic!() };
+        let response = query(&state, &command);
+        assert_eq!(response.body, b"[]");
+        assert!(response.next_page.is_some(), "the scan stopped at its budget and says so");
+        let (seen, pages) = follow_links(&state, "/v1/transfers?code=9");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
+        // Reversed, the rare one is on the first page, which then spends its budget on the
+        // rest: one more page, empty, follows.
+        let Action::Ledger(command) = get("/v1/accounts/1/transfers?code=9&reversed=true") else { panic!() };
+        let first: Vec<serde_json::Value> = serde_json::from_slice(&query(&state, &command).body).unwrap();
+        assert_eq!(first.len(), 1);
+        let (seen, pages) = follow_links(&state, "/v1/accounts/1/transfers?code=9&reversed=true");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
+        let (seen, pages) = follow_links(&state, "/v1/accounts/1/transfers?code=9");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
     }
 }
