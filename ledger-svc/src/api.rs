@@ -38,8 +38,11 @@ pub const ACCOUNT_TRANSFERS_LIMIT_DEFAULT: u32 = 100;
 /// from an index per field; the embedded ledger keeps no secondary index (it would cost every
 /// transfer five more index inserts on the apply path), so a filter on `user_data_*`,
 /// `ledger` or `code` is a walk through the timestamp range, and this bound keeps a query that
-/// matches rarely from holding the single writer. At 16,384 a query costs at most about
-/// 1 ms on the ledger thread (docs/ledger.md, "Query cost").
+/// matches rarely from holding the single writer. At 16,384 a page that spends its whole
+/// budget costs about 60 µs walking the transfers in order and 200 µs walking one account's
+/// transfers (random reads), median at 1M transfers (docs/ledger.md, "Query cost"); with
+/// `READS_PER_TURN_MAX` (64) queries per ledger-thread turn that bounds what reads can add to
+/// a turn at about 13 ms.
 pub const QUERY_SCAN_ROWS_MAX: usize = 16_384;
 
 /// What a client's certificate allows (tls-term maps the identity to a role).
