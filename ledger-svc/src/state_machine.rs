@@ -1784,17 +1784,15 @@ fn walk<'a, T: 'a, R>(
 ) -> QueryPage<R> {
     assert!(scan_rows_max > 0, "a scan must examine at least one row to make progress");
     let mut rows = Vec::new();
-    let mut examined = 0;
     let mut last_examined = None;
     let mut last_kept = None;
-    for item in items {
+    for (examined, item) in items.enumerate() {
         if examined == scan_rows_max {
             return QueryPage {
                 rows,
                 resume_after: last_examined,
             };
         }
-        examined += 1;
         if let Some(row) = pick(item) {
             if rows.len() == limit {
                 return QueryPage {
