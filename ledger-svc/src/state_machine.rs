@@ -10,7 +10,8 @@
 //! Layout: accounts and transfers live in vectors in timestamp order (creation order), with a
 //! hash index from id to position. Each account keeps the positions of its transfers, so
 //! `get_account_transfers` is a binary search plus a walk, and (with `history`) its balance
-//! after each change. A linked chain records an undo log while it is open; a failed chain is
+//! after each of its transfers. `query_accounts` and `query_transfers` are a binary search on
+//! the timestamp plus a walk; every walk has a bounded form (`*_page`) for the ledger thread. A linked chain records an undo log while it is open; a failed chain is
 //! rolled back in LIFO order, as TigerBeetle discards its groove scope.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
