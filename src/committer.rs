@@ -85,8 +85,9 @@ impl Queues {
 }
 
 /// Queries answered per ledger-thread turn, after the turn's batch: a reads-only flood delays a
-/// write by at most this many queries (each at most one page, `ACCOUNT_TRANSFERS_PAGE_ROWS_MAX`
-/// rows, copied without rendering), and writes never starve reads.
+/// write by at most this many queries (each at most one page: at most 128 KiB of rows, copied
+/// without rendering, found by examining at most `api::QUERY_SCAN_ROWS_MAX` objects), and
+/// writes never starve reads.
 pub const READS_PER_TURN_MAX: usize = 64;
 
 /// The channels between the workers and the ledger thread.

@@ -314,3 +314,77 @@ fn sigkill_under_load_loses_no_acknowledged_transfer() {
     // Every transfer that exists moved exactly its amount: the balance matches them, no more.
     assert_eq!(debits, found.len().to_string());
 }
+
+/// docs/api.md's imported-event and query examples, with curl over the real appliance: a
+/// migration with client timestamps by the writer, then get_account_transfers,
+/// get_account_balances, query_accounts and query_transfers by the reader, and the Link of a
+/// cut page.
+#[test]
+fn curl_imports_history_and_the_reader_queries_it() {
+    let lab = lab("query", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _server = Server::start(&lab, dir.path(), "ledger", "");
+    let tls = dir.path().join("tls");
+    let base = format!("https://{}:{PORT}", lab.spec.service_ipv4);
+    let post = |path: &str, body: &str| {
+        let url = format!("{base}{path}");
+        let (ok, text) = curl(&lab, &tls, Some("client"), &["-X", "POST", "--data", body, &url]);
+        assert!(ok, "curl POST {path}: {text}");
+        json(&text)
+    };
+    // The reader's GET, with the response head (for the Link header).
+    let get = |path: &str| {
+        let (ok, text) = curl(&lab, &tls, Some("reader"), &["-i", &format!("{base}{path}")]);
+        assert!(ok, "curl GET {path}: {text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let link = head.lines().find_map(|l| l.strip_prefix("Link: ")).map(str::to_owned);
+        (json(body), link)
+    };
+    let statuses = |json: &serde_json::Value| -> Vec<String> {
+        json.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap().to_owned()).collect()
+    };
+    let accounts = post(
+        "/v1/accounts",
+        r#"[{"id":"100","ledger":1,"code":10,"flags":["imported","history"],"timestamp":"1600000000000000001"},
+            {"id":"101","ledger":1,"code":10,"flags":["imported"],"timestamp":"1600000000000000002"}]"#,
+    );
+    assert_eq!(statuses(&accounts), ["created", "created"], "{accounts}");
+    assert_eq!(accounts[0]["timestamp"], "1600000000000000001");
+    let transfers = post(
+        "/v1/transfers",
+        r#"[{"id":"900","debit_account_id":"100","credit_account_id":"101","amount":"5","ledger":1,"code":1,"user_data_128":"9","flags":["imported"],"timestamp":"1600000000000000003"},
+            {"id":"901","debit_account_id":"100","credit_account_id":"101","amount":"7","ledger":1,"code":2,"flags":["imported"],"timestamp":"1600000000000000004"}]"#,
+    );
+    assert_eq!(statuses(&transfers), ["created", "created"], "{transfers}");
+    // An ordinary account after the import; an import older than it no longer fits.
+    assert_eq!(statuses(&post("/v1/accounts", r#"[{"id":"102","ledger":1,"code":10}]"#)), ["created"]);
+    let late = post("/v1/accounts", r#"[{"id":"103","ledger":1,"code":10,"flags":["imported"],"timestamp":"1600000000000000005"}]"#);
+    assert_eq!(statuses(&late), ["imported_event_timestamp_must_not_regress"], "{late}");
+
+    let (found, _) = get("/v1/accounts/100/transfers?code=1&user_data_128=9");
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["id"], "900");
+    let (balances, _) = get("/v1/accounts/100/balances");
+    assert_eq!(
+        balances,
+        serde_json::json!([
+            {"debits_pending":"0","debits_posted":"5","credits_pending":"0","credits_posted":"0","timestamp":"1600000000000000003"},
+            {"debits_pending":"0","debits_posted":"12","credits_pending":"0","credits_posted":"0","timestamp":"1600000000000000004"}
+        ])
+    );
+    let (found, _) = get("/v1/transfers?code=2");
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["id"], "901");
+    // Three accounts on ledger 1, two per page: the first page links to the rest.
+    let (page, link) = get("/v1/accounts?ledger=1&code=10&limit=2");
+    let ids: Vec<&str> = page.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["100", "101"]);
+    let link = link.expect("a Link to the next page");
+    let next = link.trim().strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).map(|(t, _)| t.to_owned());
+    let next = next.unwrap_or_else(|| panic!("malformed Link: {link}"));
+    let (page, link) = get(&next);
+    assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page[0]["id"], "102");
+    assert_eq!(link, None, "the last page has no Link");
+}

@@ -22,13 +22,28 @@ use serde::Deserialize;
 
 use crate::http::{self, Method, Request, Response};
 use crate::model::{
-    Account, AccountFilter, AccountFlags, CreateAccountResult, CreateTransferResult, Operation,
-    OperationReply, Transfer, TransferFlags, BATCH_EVENTS_MAX,
+    Account, AccountBalance, AccountFilter, AccountFlags, CreateAccountResult,
+    CreateTransferResult, Operation, OperationReply, QueryFilter, Transfer, TransferFlags,
+    BATCH_EVENTS_MAX,
 };
-use crate::state_machine::StateMachine;
+use crate::state_machine::{QueryPage, StateMachine, TIMESTAMP_MAX};
 
-/// `limit` of `GET /v1/accounts/{id}/transfers` when the query names none.
+/// `limit` of the query routes (`GET /v1/accounts?…`, `GET /v1/transfers?…`,
+/// `GET /v1/accounts/{id}/transfers`, `GET /v1/accounts/{id}/balances`) when the query names
+/// none.
 pub const ACCOUNT_TRANSFERS_LIMIT_DEFAULT: u32 = 100;
+
+/// The most objects one query examines on the ledger thread before it answers with what it
+/// found and a `Link` to the rest (docs/api.md, "Paging"). TigerBeetle answers every filter
+/// from an index per field; the embedded ledger keeps no secondary index (it would cost every
+/// transfer five more index inserts on the apply path), so a filter on `user_data_*`,
+/// `ledger` or `code` is a walk through the timestamp range, and this bound keeps a query that
+/// matches rarely from holding the single writer. At 16,384 a page that spends its whole
+/// budget costs about 60 µs walking the transfers in order and 200 µs walking one account's
+/// transfers (random reads), median at 1M transfers (docs/ledger.md, "Query cost"); with
+/// `READS_PER_TURN_MAX` (64) queries per ledger-thread turn that bounds what reads can add to
+/// a turn at about 13 ms.
+pub const QUERY_SCAN_ROWS_MAX: usize = 16_384;
 
 /// What a client's certificate allows (tls-term maps the identity to a role).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +69,14 @@ pub enum Command {
     /// Read-only: answer with [`query`].
     LookupAccount(u128),
     LookupTransfer(u128),
+    /// TigerBeetle `get_account_transfers`.
     AccountTransfers(AccountFilter),
+    /// TigerBeetle `get_account_balances`.
+    AccountBalances(AccountFilter),
+    /// TigerBeetle `query_accounts`.
+    QueryAccounts(QueryFilter),
+    /// TigerBeetle `query_transfers`.
+    QueryTransfers(QueryFilter),
 }
 
 impl Command {
@@ -63,11 +85,15 @@ impl Command {
     }
 }
 
-/// The reads [`query`] and [`render_reply`] need from the ledger's state.
+/// The reads [`query`] and [`render_reply`] need from the ledger's state. Each query examines
+/// at most `scan_rows_max` objects (see `StateMachine::get_account_transfers_page`).
 pub trait LedgerView {
     fn lookup_account(&self, id: u128) -> Option<&Account>;
     fn lookup_transfer(&self, id: u128) -> Option<&Transfer>;
-    fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer>;
+    fn account_transfers(&self, filter: &AccountFilter, scan_rows_max: usize) -> QueryPage<Transfer>;
+    fn account_balances(&self, filter: &AccountFilter, scan_rows_max: usize) -> QueryPage<AccountBalance>;
+    fn query_accounts(&self, filter: &QueryFilter, scan_rows_max: usize) -> QueryPage<Account>;
+    fn query_transfers(&self, filter: &QueryFilter, scan_rows_max: usize) -> QueryPage<Transfer>;
 }
 
 impl LedgerView for StateMachine {
@@ -77,8 +103,17 @@ impl LedgerView for StateMachine {
     fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
         StateMachine::lookup_transfer(self, id)
     }
-    fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        self.get_account_transfers(filter)
+    fn account_transfers(&self, filter: &AccountFilter, scan_rows_max: usize) -> QueryPage<Transfer> {
+        self.get_account_transfers_page(filter, scan_rows_max)
+    }
+    fn account_balances(&self, filter: &AccountFilter, scan_rows_max: usize) -> QueryPage<AccountBalance> {
+        self.get_account_balances_page(filter, scan_rows_max)
+    }
+    fn query_accounts(&self, filter: &QueryFilter, scan_rows_max: usize) -> QueryPage<Account> {
+        self.query_accounts_page(filter, scan_rows_max)
+    }
+    fn query_transfers(&self, filter: &QueryFilter, scan_rows_max: usize) -> QueryPage<Transfer> {
+        self.query_transfers_page(filter, scan_rows_max)
     }
 }
 
@@ -90,19 +125,32 @@ pub fn error_response(status: u16, code: &str, message: &str) -> Response {
 /// The routes of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    /// POST: create_accounts; GET: query_accounts.
     Accounts,
+    /// POST: create_transfers; GET: query_transfers.
     Transfers,
     Account(u128),
     Transfer(u128),
     AccountTransfers(u128),
+    AccountBalances(u128),
 }
 
 impl Route {
-    /// The one method each route takes.
-    fn method(self) -> Method {
+    /// The methods the route takes, as the `Allow` header lists them.
+    fn allow(self) -> &'static str {
         match self {
-            Route::Accounts | Route::Transfers => Method::Post,
-            Route::Account(_) | Route::Transfer(_) | Route::AccountTransfers(_) => Method::Get,
+            Route::Accounts | Route::Transfers => "GET, POST",
+            Route::Account(_)
+            | Route::Transfer(_)
+            | Route::AccountTransfers(_)
+            | Route::AccountBalances(_) => "GET",
+        }
+    }
+
+    fn allows(self, method: Method) -> bool {
+        match self {
+            Route::Accounts | Route::Transfers => matches!(method, Method::Get | Method::Post),
+            _ => method == Method::Get,
         }
     }
 }
@@ -125,6 +173,9 @@ fn route(path: &str) -> Result<Option<Route>, Response> {
         (Some("transfers"), Some(id), None, _) => Route::Transfer(path_id(id)?),
         (Some("accounts"), Some(id), Some("transfers"), None) => {
             Route::AccountTransfers(path_id(id)?)
+        }
+        (Some("accounts"), Some(id), Some("balances"), None) => {
+            Route::AccountBalances(path_id(id)?)
         }
         _ => return Ok(None),
     };
@@ -174,15 +225,16 @@ fn handle_inner(request: &Request, role: Role) -> Result<Command, Response> {
             &format!("no such path: {}", truncate(path, 256)),
         )
     })?;
-    if request.method != route.method() {
-        let allow = route.method().as_str();
+    if !route.allows(request.method) {
+        let allow = route.allow();
         let mut response = error_response(
             405,
             "method_not_allowed",
             &format!(
-                "{} is not allowed on {}; use {allow}",
+                "{} is not allowed on {}; use {}",
                 request.method,
-                truncate(path, 256)
+                truncate(path, 256),
+                allow.replace(", ", " or ")
             ),
         );
         response.allow = Some(allow);
@@ -196,6 +248,12 @@ fn handle_inner(request: &Request, role: Role) -> Result<Command, Response> {
         ));
     }
     match route {
+        Route::Accounts if request.method == Method::Get => {
+            query_filter(request.query()).map(Command::QueryAccounts)
+        }
+        Route::Transfers if request.method == Method::Get => {
+            query_filter(request.query()).map(Command::QueryTransfers)
+        }
         Route::Accounts => {
             let events = decode_batch::<AccountIn>(&request.body)?;
             Ok(Command::Mutate(Operation::CreateAccounts(
@@ -213,6 +271,9 @@ fn handle_inner(request: &Request, role: Role) -> Result<Command, Response> {
         Route::AccountTransfers(id) => {
             account_filter(id, request.query()).map(Command::AccountTransfers)
         }
+        Route::AccountBalances(id) => {
+            account_filter(id, request.query()).map(Command::AccountBalances)
+        }
     }
 }
 
@@ -227,10 +288,74 @@ fn no_query(request: &Request) -> Result<(), Response> {
     }
 }
 
-/// The filter of `GET /v1/accounts/{id}/transfers?limit=&reversed=&debits=&credits=&timestamp_min=&timestamp_max=`.
+/// The query parameters of the query routes, each at most once: `values[i]` is the value of
+/// `names[i]`, if given. Any other name is refused.
+fn query_parameters<'a, const N: usize>(
+    query: Option<&'a str>,
+    names: [&str; N],
+) -> Result<[Option<&'a str>; N], Response> {
+    let mut values = [None; N];
+    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(slot) = names.iter().position(|known| *known == name) else {
+            return Err(invalid_query(&format!(
+                "unknown query parameter `{}`; expected one of {}",
+                truncate(name, 64),
+                names.join(", ")
+            )));
+        };
+        if values[slot].replace(value).is_some() {
+            return Err(invalid_query(&format!("query parameter `{name}` is given twice")));
+        }
+    }
+    Ok(values)
+}
+
+/// Parses one parameter's value (if given) into `target`.
+fn parameter<T>(
+    name: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+    target: &mut T,
+) -> Result<(), Response> {
+    if let Some(value) = value {
+        *target = parse(value).map_err(|reason| invalid_query(&format!("query parameter `{name}`: {reason}")))?;
+    }
+    Ok(())
+}
+
+/// TigerBeetle's rules for a filter's limit and timestamp range, as 400s (TigerBeetle itself
+/// answers an invalid filter with an empty result; over HTTP a clear error helps more).
+fn check_range_and_limit(limit: u32, timestamp_min: u64, timestamp_max: u64) -> Result<(), Response> {
+    if limit == 0 || limit as usize > BATCH_EVENTS_MAX {
+        return Err(invalid_query(&format!(
+            "query parameter `limit` must be in 1..={BATCH_EVENTS_MAX}"
+        )));
+    }
+    for (name, value) in [("timestamp_min", timestamp_min), ("timestamp_max", timestamp_max)] {
+        if value > TIMESTAMP_MAX {
+            return Err(invalid_query(&format!(
+                "query parameter `{name}` must be at most {TIMESTAMP_MAX} (2^63 - 1), or 0 for no bound"
+            )));
+        }
+    }
+    if timestamp_max != 0 && timestamp_min > timestamp_max {
+        return Err(invalid_query(
+            "`timestamp_min` is greater than `timestamp_max`",
+        ));
+    }
+    Ok(())
+}
+
+/// The filter (TigerBeetle `AccountFilter`) of `GET /v1/accounts/{id}/transfers` and
+/// `GET /v1/accounts/{id}/balances`.
 fn account_filter(account_id: u128, query: Option<&str>) -> Result<AccountFilter, Response> {
     let mut filter = AccountFilter {
         account_id,
+        user_data_128: 0,
+        user_data_64: 0,
+        user_data_32: 0,
+        code: 0,
         timestamp_min: 0,
         timestamp_max: 0,
         limit: ACCOUNT_TRANSFERS_LIMIT_DEFAULT,
@@ -238,49 +363,68 @@ fn account_filter(account_id: u128, query: Option<&str>) -> Result<AccountFilter
         credits: true,
         reversed: false,
     };
-    let mut seen = [false; 6];
-    for pair in query
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (slot, result) = match name {
-            "limit" => (0, parse_number::<u32>(value).map(|v| filter.limit = v)),
-            "reversed" => (1, parse_bool(value).map(|v| filter.reversed = v)),
-            "debits" => (2, parse_bool(value).map(|v| filter.debits = v)),
-            "credits" => (3, parse_bool(value).map(|v| filter.credits = v)),
-            "timestamp_min" => (4, parse_number::<u64>(value).map(|v| filter.timestamp_min = v)),
-            "timestamp_max" => (5, parse_number::<u64>(value).map(|v| filter.timestamp_max = v)),
-            _ => {
-                return Err(invalid_query(&format!(
-                    "unknown query parameter `{}`; expected limit, reversed, debits, credits, timestamp_min or timestamp_max",
-                    truncate(name, 64)
-                )))
-            }
-        };
-        if std::mem::replace(&mut seen[slot], true) {
-            return Err(invalid_query(&format!(
-                "query parameter `{name}` is given twice"
-            )));
-        }
-        result.map_err(|reason| invalid_query(&format!("query parameter `{name}`: {reason}")))?;
-    }
-    if filter.limit == 0 || filter.limit as usize > BATCH_EVENTS_MAX {
-        return Err(invalid_query(&format!(
-            "query parameter `limit` must be in 1..={BATCH_EVENTS_MAX}"
-        )));
-    }
+    let names = [
+        "limit",
+        "reversed",
+        "debits",
+        "credits",
+        "timestamp_min",
+        "timestamp_max",
+        "user_data_128",
+        "user_data_64",
+        "user_data_32",
+        "code",
+    ];
+    let [limit, reversed, debits, credits, timestamp_min, timestamp_max, user_data_128, user_data_64, user_data_32, code] =
+        query_parameters(query, names)?;
+    parameter("limit", limit, parse_number, &mut filter.limit)?;
+    parameter("reversed", reversed, parse_bool, &mut filter.reversed)?;
+    parameter("debits", debits, parse_bool, &mut filter.debits)?;
+    parameter("credits", credits, parse_bool, &mut filter.credits)?;
+    parameter("timestamp_min", timestamp_min, parse_number, &mut filter.timestamp_min)?;
+    parameter("timestamp_max", timestamp_max, parse_number, &mut filter.timestamp_max)?;
+    parameter("user_data_128", user_data_128, parse_number, &mut filter.user_data_128)?;
+    parameter("user_data_64", user_data_64, parse_number, &mut filter.user_data_64)?;
+    parameter("user_data_32", user_data_32, parse_number, &mut filter.user_data_32)?;
+    parameter("code", code, parse_number, &mut filter.code)?;
+    check_range_and_limit(filter.limit, filter.timestamp_min, filter.timestamp_max)?;
     if !filter.debits && !filter.credits {
         return Err(invalid_query(
             "at least one of `debits` and `credits` must be true",
         ));
     }
-    if filter.timestamp_max != 0 && filter.timestamp_min > filter.timestamp_max {
-        return Err(invalid_query(
-            "`timestamp_min` is greater than `timestamp_max`",
-        ));
-    }
+    Ok(filter)
+}
+
+/// The filter (TigerBeetle `QueryFilter`) of `GET /v1/accounts?…` and `GET /v1/transfers?…`.
+fn query_filter(query: Option<&str>) -> Result<QueryFilter, Response> {
+    let mut filter = QueryFilter {
+        limit: ACCOUNT_TRANSFERS_LIMIT_DEFAULT,
+        ..QueryFilter::default()
+    };
+    let names = [
+        "user_data_128",
+        "user_data_64",
+        "user_data_32",
+        "ledger",
+        "code",
+        "timestamp_min",
+        "timestamp_max",
+        "limit",
+        "reversed",
+    ];
+    let [user_data_128, user_data_64, user_data_32, ledger, code, timestamp_min, timestamp_max, limit, reversed] =
+        query_parameters(query, names)?;
+    parameter("user_data_128", user_data_128, parse_number, &mut filter.user_data_128)?;
+    parameter("user_data_64", user_data_64, parse_number, &mut filter.user_data_64)?;
+    parameter("user_data_32", user_data_32, parse_number, &mut filter.user_data_32)?;
+    parameter("ledger", ledger, parse_number, &mut filter.ledger)?;
+    parameter("code", code, parse_number, &mut filter.code)?;
+    parameter("timestamp_min", timestamp_min, parse_number, &mut filter.timestamp_min)?;
+    parameter("timestamp_max", timestamp_max, parse_number, &mut filter.timestamp_max)?;
+    parameter("limit", limit, parse_number, &mut filter.limit)?;
+    parameter("reversed", reversed, parse_bool, &mut filter.reversed)?;
+    check_range_and_limit(filter.limit, filter.timestamp_min, filter.timestamp_max)?;
     Ok(filter)
 }
 
@@ -717,9 +861,16 @@ pub const EVENT_RESULT_JSON_BYTES_MAX: usize = 112;
 /// (docs/api.md, "Paging"). It bounds what one cheap GET can make the ledger thread copy and a
 /// worker render and hold.
 pub const QUERY_REPLY_BYTES_MAX: usize = 128 * 1024;
-/// Transfers in one page of `GET /v1/accounts/{id}/transfers`: as many of the widest as fit
-/// in [`QUERY_REPLY_BYTES_MAX`].
+/// Bytes of the JSON of the widest account balance (272; the test
+/// `widest_balance_json_fits_its_bound_and_golden_balance` checks it).
+pub const BALANCE_JSON_BYTES_MAX: usize = 280;
+/// Transfers in one page of `GET /v1/accounts/{id}/transfers` or `GET /v1/transfers?…`: as many
+/// of the widest as fit in [`QUERY_REPLY_BYTES_MAX`].
 pub const ACCOUNT_TRANSFERS_PAGE_ROWS_MAX: usize = (QUERY_REPLY_BYTES_MAX - 2) / (TRANSFER_JSON_BYTES_MAX + 1);
+/// Accounts in one page of `GET /v1/accounts?…`.
+pub const ACCOUNTS_PAGE_ROWS_MAX: usize = (QUERY_REPLY_BYTES_MAX - 2) / (ACCOUNT_JSON_BYTES_MAX + 1);
+/// Balances in one page of `GET /v1/accounts/{id}/balances`.
+pub const BALANCES_PAGE_ROWS_MAX: usize = (QUERY_REPLY_BYTES_MAX - 2) / (BALANCE_JSON_BYTES_MAX + 1);
 
 /// What the ledger thread sends back: typed data, rendered to JSON by [`render`] on the
 /// connection's own thread, off the single writer (TigerBeetle's state machine returns result
@@ -733,6 +884,12 @@ pub enum Reply {
     /// One page of an account's transfers; `next` is the filter of the following page when
     /// there may be one.
     AccountTransfers { transfers: Vec<Transfer>, next: Option<AccountFilter> },
+    /// One page of an account's balances (`get_account_balances`).
+    AccountBalances { balances: Vec<AccountBalance>, next: Option<AccountFilter> },
+    /// One page of `query_accounts`.
+    Accounts { accounts: Vec<Account>, next: Option<QueryFilter> },
+    /// One page of `query_transfers`.
+    Transfers { transfers: Vec<Transfer>, next: Option<QueryFilter> },
     /// A caller bug caught on the ledger thread: answered 500 rather than a panic there.
     Internal(&'static str),
 }
@@ -751,11 +908,20 @@ pub fn reply_bytes_max(command: &Command) -> usize {
         Command::Mutate(op) => 2 + op.len() * EVENT_RESULT_JSON_BYTES_MAX,
         Command::LookupAccount(_) => ACCOUNT_JSON_BYTES_MAX,
         Command::LookupTransfer(_) => TRANSFER_JSON_BYTES_MAX,
-        Command::AccountTransfers(filter) => {
-            let rows = (filter.limit as usize).min(ACCOUNT_TRANSFERS_PAGE_ROWS_MAX);
-            2 + rows * (TRANSFER_JSON_BYTES_MAX + 1)
-        }
+        Command::AccountTransfers(filter) => page_bytes_max(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX, TRANSFER_JSON_BYTES_MAX),
+        Command::AccountBalances(filter) => page_bytes_max(filter.limit, BALANCES_PAGE_ROWS_MAX, BALANCE_JSON_BYTES_MAX),
+        Command::QueryAccounts(filter) => page_bytes_max(filter.limit, ACCOUNTS_PAGE_ROWS_MAX, ACCOUNT_JSON_BYTES_MAX),
+        Command::QueryTransfers(filter) => page_bytes_max(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX, TRANSFER_JSON_BYTES_MAX),
     }
+}
+
+/// The rows of one page: the filter's limit, cut by the page's byte cap.
+fn page_rows(limit: u32, rows_max: usize) -> usize {
+    (limit as usize).min(rows_max)
+}
+
+fn page_bytes_max(limit: u32, rows_max: usize, row_bytes_max: usize) -> usize {
+    2 + page_rows(limit, rows_max) * (row_bytes_max + 1)
 }
 
 /// Answers a read-only command from `state` (on the ledger thread: copies, no JSON). A
@@ -764,19 +930,32 @@ pub fn answer<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Reply {
     match command {
         Command::LookupAccount(id) => Reply::Account { id: *id, account: state.lookup_account(*id).copied() },
         Command::LookupTransfer(id) => Reply::Transfer { id: *id, transfer: state.lookup_transfer(*id).copied() },
+        // Each page holds at most its byte cap's rows and examines at most
+        // QUERY_SCAN_ROWS_MAX objects; `next` keeps the client's limit. An unknown account has
+        // no transfers and no balances, as in TigerBeetle.
         Command::AccountTransfers(filter) => {
-            // One row more than the page holds tells whether a next page exists.
-            let rows = (filter.limit as usize).min(ACCOUNT_TRANSFERS_PAGE_ROWS_MAX);
-            let page = AccountFilter { limit: rows as u32 + 1, ..*filter };
-            // TigerBeetle's get_account_transfers: an unknown account has no transfers.
-            let mut transfers = state.account_transfers(&page);
-            let next = if transfers.len() > rows {
-                transfers.truncate(rows);
-                transfers.last().map(|last| next_page(filter, last.timestamp))
-            } else {
-                None
-            };
-            Reply::AccountTransfers { transfers, next }
+            let page = AccountFilter { limit: page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX) as u32, ..*filter };
+            let page = state.account_transfers(&page, QUERY_SCAN_ROWS_MAX);
+            let next = page.resume_after.map(|after| next_account_page(filter, after));
+            Reply::AccountTransfers { transfers: page.rows, next }
+        }
+        Command::AccountBalances(filter) => {
+            let page = AccountFilter { limit: page_rows(filter.limit, BALANCES_PAGE_ROWS_MAX) as u32, ..*filter };
+            let page = state.account_balances(&page, QUERY_SCAN_ROWS_MAX);
+            let next = page.resume_after.map(|after| next_account_page(filter, after));
+            Reply::AccountBalances { balances: page.rows, next }
+        }
+        Command::QueryAccounts(filter) => {
+            let page = QueryFilter { limit: page_rows(filter.limit, ACCOUNTS_PAGE_ROWS_MAX) as u32, ..*filter };
+            let page = state.query_accounts(&page, QUERY_SCAN_ROWS_MAX);
+            let next = page.resume_after.map(|after| next_query_page(filter, after));
+            Reply::Accounts { accounts: page.rows, next }
+        }
+        Command::QueryTransfers(filter) => {
+            let page = QueryFilter { limit: page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX) as u32, ..*filter };
+            let page = state.query_transfers(&page, QUERY_SCAN_ROWS_MAX);
+            let next = page.resume_after.map(|after| next_query_page(filter, after));
+            Reply::Transfers { transfers: page.rows, next }
         }
         Command::Mutate(_) => {
             debug_assert!(false, "answer() called with a Mutate command");
@@ -785,16 +964,29 @@ pub fn answer<L: LedgerView + ?Sized>(state: &L, command: &Command) -> Reply {
     }
 }
 
-/// The filter of the page after one whose last transfer has `last_timestamp`: the same filter
-/// with its timestamp bound moved past it. Timestamps are unique, so every transfer is on
-/// exactly one page.
-fn next_page(filter: &AccountFilter, last_timestamp: u64) -> AccountFilter {
-    let mut next = *filter;
-    if filter.reversed {
-        next.timestamp_max = last_timestamp.saturating_sub(1);
+/// Moves a filter's timestamp range past `after`, the timestamp the page stopped at
+/// (`QueryPage::resume_after`). Timestamps are unique, so every object is on exactly one
+/// page. A page stops at `after` only when objects remain beyond it, so the bound never
+/// becomes 0 (which would mean "no bound").
+fn resume(timestamp_min: &mut u64, timestamp_max: &mut u64, reversed: bool, after: u64) {
+    if reversed {
+        debug_assert!(after > 1);
+        *timestamp_max = after.saturating_sub(1).max(1);
     } else {
-        next.timestamp_min = last_timestamp + 1;
+        debug_assert!(after < TIMESTAMP_MAX);
+        *timestamp_min = after + 1;
     }
+}
+
+fn next_account_page(filter: &AccountFilter, after: u64) -> AccountFilter {
+    let mut next = *filter;
+    resume(&mut next.timestamp_min, &mut next.timestamp_max, filter.reversed, after);
+    next
+}
+
+fn next_query_page(filter: &QueryFilter, after: u64) -> QueryFilter {
+    let mut next = *filter;
+    resume(&mut next.timestamp_min, &mut next.timestamp_max, filter.reversed, after);
     next
 }
 
@@ -867,18 +1059,86 @@ pub fn render(reply: &Reply) -> Response {
             }
             body.push(b']');
             let mut response = Response::json(200, body);
-            response.next_page = next.as_ref().map(account_transfers_target);
+            response.next_page = next.as_ref().map(|f| account_filter_target("transfers", f));
+            response
+        }
+        Reply::AccountBalances { balances, next } => {
+            let mut response = Response::json(200, json_array(balances, 200, write_balance));
+            response.next_page = next.as_ref().map(|f| account_filter_target("balances", f));
+            response
+        }
+        Reply::Accounts { accounts, next } => {
+            let mut response = Response::json(200, json_array(accounts, 400, write_account));
+            response.next_page = next.as_ref().map(|f| query_filter_target("accounts", f));
+            response
+        }
+        Reply::Transfers { transfers, next } => {
+            let mut response = Response::json(200, json_array(transfers, 400, write_transfer));
+            response.next_page = next.as_ref().map(|f| query_filter_target("transfers", f));
             response
         }
         Reply::Internal(message) => error_response(500, "internal_error", message),
     }
 }
 
-/// The request target that asks for `filter` (every parameter spelt out).
-pub fn account_transfers_target(filter: &AccountFilter) -> String {
+fn json_array<T>(rows: &[T], row_bytes: usize, write: fn(&mut Vec<u8>, &T)) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + rows.len() * row_bytes);
+    body.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write(&mut body, row);
+    }
+    body.push(b']');
+    body
+}
+
+/// Writes an account balance as JSON, fields in TigerBeetle's `AccountBalance` order.
+pub fn write_balance(out: &mut Vec<u8>, b: &AccountBalance) {
+    let _ = write!(
+        out,
+        "{{\"debits_pending\":\"{}\",\"debits_posted\":\"{}\",\"credits_pending\":\"{}\",\
+         \"credits_posted\":\"{}\",\"timestamp\":\"{}\"}}",
+        b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted, b.timestamp
+    );
+}
+
+/// The request target of `/v1/accounts/{id}/{what}` (transfers or balances) that asks for
+/// `filter`, every parameter spelt out.
+pub fn account_filter_target(what: &str, filter: &AccountFilter) -> String {
     format!(
-        "/v1/accounts/{}/transfers?limit={}&reversed={}&debits={}&credits={}&timestamp_min={}&timestamp_max={}",
-        filter.account_id, filter.limit, filter.reversed, filter.debits, filter.credits, filter.timestamp_min, filter.timestamp_max
+        "/v1/accounts/{}/{what}?limit={}&reversed={}&debits={}&credits={}&timestamp_min={}&timestamp_max={}\
+         &user_data_128={}&user_data_64={}&user_data_32={}&code={}",
+        filter.account_id,
+        filter.limit,
+        filter.reversed,
+        filter.debits,
+        filter.credits,
+        filter.timestamp_min,
+        filter.timestamp_max,
+        filter.user_data_128,
+        filter.user_data_64,
+        filter.user_data_32,
+        filter.code
+    )
+}
+
+/// The request target of `GET /v1/{what}` (accounts or transfers) that asks for `filter`,
+/// every parameter spelt out.
+pub fn query_filter_target(what: &str, filter: &QueryFilter) -> String {
+    format!(
+        "/v1/{what}?user_data_128={}&user_data_64={}&user_data_32={}&ledger={}&code={}\
+         &timestamp_min={}&timestamp_max={}&limit={}&reversed={}",
+        filter.user_data_128,
+        filter.user_data_64,
+        filter.user_data_32,
+        filter.ledger,
+        filter.code,
+        filter.timestamp_min,
+        filter.timestamp_max,
+        filter.limit,
+        filter.reversed
     )
 }
 
@@ -910,7 +1170,6 @@ mod tests {
     use super::*;
     use crate::http::Version;
     use proptest::prelude::*;
-    use std::collections::HashMap;
 
     fn request(method: Method, target: &str, body: &str) -> Request {
         Request {
@@ -958,40 +1217,22 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Fake {
-        accounts: HashMap<u128, Account>,
-        transfers: HashMap<u128, Transfer>,
-    }
-
-    impl LedgerView for Fake {
-        fn lookup_account(&self, id: u128) -> Option<&Account> {
-            self.accounts.get(&id)
-        }
-        fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
-            self.transfers.get(&id)
-        }
-        fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-            let mut found: Vec<Transfer> = self
-                .transfers
-                .values()
-                .filter(|t| {
-                    (filter.debits && t.debit_account_id == filter.account_id)
-                        || (filter.credits && t.credit_account_id == filter.account_id)
-                })
-                .filter(|t| {
-                    t.timestamp >= filter.timestamp_min
-                        && (filter.timestamp_max == 0 || t.timestamp <= filter.timestamp_max)
-                })
-                .copied()
+    /// A state machine with accounts 1 and 2 (timestamps 1, 2) and, when `transfers` > 0,
+    /// that many transfers of 1 from account 1 to account 2 (ids 1001.., timestamps 3..).
+    fn state_with_transfers(transfers: u64) -> StateMachine {
+        let mut state = StateMachine::with_id_hash_key(crate::IdHashKey::new([1, 2, 3, 4]));
+        let accounts = [1, 2].map(|id| Account { id, ledger: 1, code: 1, ..Account::default() });
+        assert!(state.create_accounts(2, &accounts).iter().all(|r| *r == CreateAccountResult::Ok));
+        if transfers > 0 {
+            let events: Vec<Transfer> = (1..=transfers)
+                .map(|i| Transfer { id: 1000 + i as u128, debit_account_id: 1, credit_account_id: 2, amount: 1, ledger: 1, code: 1, ..Transfer::default() })
                 .collect();
-            found.sort_by_key(|t| t.timestamp);
-            if filter.reversed {
-                found.reverse();
+            for chunk in events.chunks(BATCH_EVENTS_MAX) {
+                let results = state.create_transfers(0, chunk);
+                assert!(results.iter().all(|r| *r == CreateTransferResult::Ok));
             }
-            found.truncate(filter.limit as usize);
-            found
         }
+        state
     }
 
     #[test]
@@ -1293,17 +1534,21 @@ mod tests {
     #[test]
     fn routes_methods_and_roles() {
         assert_eq!(refused(get("/v2/accounts")).0, 404);
-        assert_eq!(refused(get("/v1/accounts/1/balances")).0, 404);
+        assert_eq!(refused(get("/v1/accounts/1/history")).0, 404);
+        assert_eq!(refused(get("/v1/accounts/1/balances/2")).0, 404);
         assert_eq!(refused(get("/v1/accounts/")).1, "invalid_id");
         assert_eq!(refused(get("/v1/accounts/abc")).1, "invalid_id");
         assert_eq!(
             refused(get("/v1/transfers/340282366920938463463374607431768211456")).1,
             "invalid_id"
         );
-        let Action::Respond(response) = get("/v1/accounts") else {
+        // GET on the collections is query_accounts / query_transfers.
+        let Action::Respond(response) =
+            handle(&request(Method::Put, "/v1/accounts", ""), Role::Write)
+        else {
             panic!()
         };
-        assert_eq!((response.status, response.allow), (405, Some("POST")));
+        assert_eq!((response.status, response.allow), (405, Some("GET, POST")));
         let Action::Respond(response) = post("/v1/accounts/1", "") else {
             panic!()
         };
@@ -1353,7 +1598,8 @@ mod tests {
                 limit: 100,
                 debits: true,
                 credits: true,
-                reversed: false
+                reversed: false,
+                ..AccountFilter::default()
             }
         );
         let Action::Ledger(Command::AccountTransfers(filter)) =
@@ -1370,7 +1616,8 @@ mod tests {
                 limit: 8189,
                 debits: false,
                 credits: true,
-                reversed: true
+                reversed: true,
+                ..AccountFilter::default()
             }
         );
         for bad in [
@@ -1396,66 +1643,35 @@ mod tests {
 
     #[test]
     fn queries_answer_from_the_state() {
-        let mut fake = Fake::default();
-        fake.accounts.insert(
-            1,
-            Account {
-                id: 1,
-                ledger: 1,
-                code: 1,
-                timestamp: 10,
-                ..Account::default()
-            },
-        );
-        for (id, timestamp) in [(7u128, 11u64), (8, 12)] {
-            fake.transfers.insert(
-                id,
-                Transfer {
-                    id,
-                    debit_account_id: 1,
-                    credit_account_id: 2,
-                    amount: 5,
-                    ledger: 1,
-                    code: 1,
-                    timestamp,
-                    ..Transfer::default()
-                },
-            );
-        }
-        let response = query(&fake, &Command::LookupAccount(1));
+        let state = state_with_transfers(2);
+        let response = query(&state, &Command::LookupAccount(1));
         assert_eq!(response.status, 200);
         assert!(response.body.starts_with(br#"{"id":"1","#));
-        let response = query(&fake, &Command::LookupAccount(2));
+        let response = query(&state, &Command::LookupAccount(3));
         assert_eq!(response.status, 404);
         assert_eq!(
             response.body,
-            br#"{"error":{"code":"account_not_found","message":"no account with id 2"}}"#
+            br#"{"error":{"code":"account_not_found","message":"no account with id 3"}}"#
         );
-        assert_eq!(query(&fake, &Command::LookupTransfer(9)).status, 404);
+        assert_eq!(query(&state, &Command::LookupTransfer(9)).status, 404);
         let Action::Ledger(command) = get("/v1/accounts/1/transfers?reversed=true&limit=1") else {
             panic!()
         };
-        let response = query(&fake, &command);
+        let response = query(&state, &command);
         let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 1);
-        assert_eq!(json[0]["id"], "8");
+        assert_eq!(json[0]["id"], "1002");
         let Action::Ledger(command) = get("/v1/accounts/3/transfers") else {
             panic!()
         };
-        assert_eq!(query(&fake, &command).body, b"[]");
+        assert_eq!(query(&state, &command).body, b"[]");
     }
 
     #[test]
     fn golden_reply() {
-        let mut fake = Fake::default();
-        fake.transfers.insert(
-            7,
-            Transfer {
-                id: 7,
-                timestamp: 1732420000000000001,
-                ..Transfer::default()
-            },
-        );
+        let mut state = state_with_transfers(0);
+        let created = Transfer { id: 7, debit_account_id: 1, credit_account_id: 2, ledger: 1, code: 1, ..Transfer::default() };
+        assert_eq!(state.create_transfers(1732420000000000001, &[created]), [CreateTransferResult::Ok]);
         let operation = Operation::CreateTransfers(vec![
             Transfer {
                 id: 7,
@@ -1475,7 +1691,7 @@ mod tests {
             CreateTransferResult::ExceedsCredits,
             CreateTransferResult::Exists,
         ]);
-        let response = render_reply(&reply, &fake, &operation);
+        let response = render_reply(&reply, &state, &operation);
         assert_eq!(response.status, 200);
         assert_eq!(
             String::from_utf8(response.body).unwrap(),
@@ -1640,20 +1856,10 @@ mod tests {
         assert!(response.body.len() <= 2 + 10_000 * EVENT_RESULT_JSON_BYTES_MAX, "{} bytes", response.body.len());
     }
 
-    /// A state with `count` transfers from account 1 to account 2, timestamps 1..=count.
-    fn fake_with_transfers(count: u64) -> Fake {
-        let mut fake = Fake::default();
-        for i in 1..=count {
-            let t = Transfer { id: i as u128 + 1000, debit_account_id: 1, credit_account_id: 2, amount: 1, ledger: 1, code: 1, timestamp: i, ..Transfer::default() };
-            fake.transfers.insert(t.id, t);
-        }
-        fake
-    }
-
     #[test]
     fn a_maximal_query_is_cut_at_the_byte_cap_and_paging_returns_every_transfer_once() {
         let total = 1000u64;
-        let state = fake_with_transfers(total);
+        let state = state_with_transfers(total);
         for reversed in [false, true] {
             let Action::Ledger(command) = get(&format!("/v1/accounts/1/transfers?limit=8189&reversed={reversed}")) else {
                 panic!("a valid query")
@@ -1677,7 +1883,8 @@ mod tests {
                 command = c;
             }
             assert!(pages > 1, "1000 transfers do not fit one page of {ACCOUNT_TRANSFERS_PAGE_ROWS_MAX}");
-            let mut want: Vec<u64> = (1..=total).collect();
+            // Transfers have timestamps 3..: after the two accounts.
+            let mut want: Vec<u64> = (3..3 + total).collect();
             if reversed {
                 want.reverse();
             }
@@ -1687,17 +1894,201 @@ mod tests {
 
     #[test]
     fn a_short_result_has_no_next_page_and_a_limit_is_honoured() {
-        let state = fake_with_transfers(10);
+        let state = state_with_transfers(10);
         let Action::Ledger(all) = get("/v1/accounts/1/transfers?limit=10") else { panic!() };
         assert_eq!(query(&state, &all).next_page, None);
         let Action::Ledger(first) = get("/v1/accounts/1/transfers?limit=4") else { panic!() };
         let response = query(&state, &first);
         let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(page.len(), 4);
-        assert_eq!(response.next_page.as_deref(), Some("/v1/accounts/1/transfers?limit=4&reversed=false&debits=true&credits=true&timestamp_min=5&timestamp_max=0"));
+        let next = "/v1/accounts/1/transfers?limit=4&reversed=false&debits=true&credits=true&timestamp_min=7&timestamp_max=0&user_data_128=0&user_data_64=0&user_data_32=0&code=0";
+        assert_eq!(response.next_page.as_deref(), Some(next));
         let mut wire = Vec::new();
         http::encode_response(&response, &mut wire);
         let wire = String::from_utf8(wire).unwrap();
-        assert!(wire.contains("\r\nLink: </v1/accounts/1/transfers?limit=4&reversed=false&debits=true&credits=true&timestamp_min=5&timestamp_max=0>; rel=\"next\"\r\n"), "{wire}");
+        assert!(wire.contains(&format!("\r\nLink: <{next}>; rel=\"next\"\r\n")), "{wire}");
+    }
+
+    #[test]
+    fn query_routes_parse_their_filters() {
+        assert_eq!(
+            get("/v1/accounts"),
+            Action::Ledger(Command::QueryAccounts(QueryFilter { limit: 100, ..QueryFilter::default() }))
+        );
+        let max = "340282366920938463463374607431768211455";
+        let Action::Ledger(Command::QueryTransfers(filter)) = get(&format!(
+            "/v1/transfers?user_data_128={max}&user_data_64=18446744073709551615&user_data_32=4294967295&ledger=2&code=65535&timestamp_min=1&timestamp_max=9223372036854775807&limit=8189&reversed=true"
+        )) else {
+            panic!("a valid query_transfers")
+        };
+        assert_eq!(
+            filter,
+            QueryFilter {
+                user_data_128: u128::MAX,
+                user_data_64: u64::MAX,
+                user_data_32: u32::MAX,
+                ledger: 2,
+                code: u16::MAX,
+                timestamp_min: 1,
+                timestamp_max: TIMESTAMP_MAX,
+                limit: 8189,
+                reversed: true,
+            }
+        );
+        let Action::Ledger(Command::AccountBalances(filter)) =
+            get("/v1/accounts/4/balances?code=2&user_data_32=7&debits=false")
+        else {
+            panic!("a valid get_account_balances")
+        };
+        assert_eq!(
+            filter,
+            AccountFilter {
+                account_id: 4,
+                code: 2,
+                user_data_32: 7,
+                limit: 100,
+                debits: false,
+                credits: true,
+                ..AccountFilter::default()
+            }
+        );
+        let Action::Ledger(Command::AccountTransfers(filter)) =
+            get("/v1/accounts/4/transfers?user_data_128=5&user_data_64=6")
+        else {
+            panic!("a valid get_account_transfers")
+        };
+        assert_eq!((filter.user_data_128, filter.user_data_64, filter.code), (5, 6, 0));
+        // A reader may query; a writer may too.
+        assert!(matches!(
+            handle(&request(Method::Get, "/v1/transfers?ledger=1", ""), Role::Write),
+            Action::Ledger(Command::QueryTransfers(_))
+        ));
+        for bad in [
+            "/v1/accounts?ledger=4294967296",
+            "/v1/accounts?code=65536",
+            "/v1/accounts?user_data_64=-1",
+            "/v1/accounts?user_data_128=340282366920938463463374607431768211456",
+            "/v1/accounts?timestamp_max=9223372036854775808",
+            "/v1/accounts?timestamp_min=5&timestamp_max=4",
+            "/v1/accounts?limit=0",
+            "/v1/accounts?limit=8190",
+            "/v1/accounts?ledger=1&ledger=2",
+            "/v1/transfers?debits=true",
+            "/v1/transfers?reversed=1",
+            "/v1/accounts/1/balances?ledger=1",
+            "/v1/accounts/1/balances?debits=false&credits=false",
+            "/v1/accounts/1/transfers?code=x",
+            "/v1/accounts/1/transfers?timestamp_min=9223372036854775808",
+        ] {
+            let (status, code, message) = refused(get(bad));
+            assert_eq!((status, code.as_str()), (400, "invalid_query"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn widest_balance_json_fits_its_bound_and_golden_balance() {
+        let widest = AccountBalance {
+            debits_pending: u128::MAX,
+            debits_posted: u128::MAX,
+            credits_pending: u128::MAX,
+            credits_posted: u128::MAX,
+            timestamp: u64::MAX,
+        };
+        let mut body = Vec::new();
+        write_balance(&mut body, &widest);
+        assert!(body.len() <= BALANCE_JSON_BYTES_MAX, "{} bytes", body.len());
+        body.clear();
+        write_balance(&mut body, &AccountBalance { debits_posted: 10, credits_posted: 11, timestamp: 7, ..AccountBalance::default() });
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"debits_pending":"0","debits_posted":"10","credits_pending":"0","credits_posted":"11","timestamp":"7"}"#
+        );
+        for (command, rows_max) in [
+            (Command::AccountBalances(AccountFilter { limit: 8189, ..AccountFilter::default() }), BALANCES_PAGE_ROWS_MAX),
+            (Command::QueryAccounts(QueryFilter { limit: 8189, ..QueryFilter::default() }), ACCOUNTS_PAGE_ROWS_MAX),
+            (Command::QueryTransfers(QueryFilter { limit: 8189, ..QueryFilter::default() }), ACCOUNT_TRANSFERS_PAGE_ROWS_MAX),
+        ] {
+            assert!(reply_bytes_max(&command) <= QUERY_REPLY_BYTES_MAX, "{command:?}");
+            assert!(rows_max > 100, "{command:?}");
+        }
+    }
+
+    /// Follows the `Link` of every page from `first`; returns the `timestamp` of every row.
+    fn follow_links(state: &StateMachine, first: &str) -> (Vec<u64>, usize) {
+        let Action::Ledger(mut command) = get(first) else { panic!("{first} is not a valid query") };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            assert!(pages <= 10_000, "paging does not end");
+            assert!(reply_bytes_max(&command) <= QUERY_REPLY_BYTES_MAX);
+            let response = query(state, &command);
+            assert_eq!(response.status, 200);
+            assert!(response.body.len() <= reply_bytes_max(&command), "{} bytes", response.body.len());
+            let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+            seen.extend(page.iter().map(|row| row["timestamp"].as_str().unwrap().parse::<u64>().unwrap()));
+            let Some(next) = response.next_page else { return (seen, pages) };
+            let Action::Ledger(c) = get(&next) else { panic!("{next} is not a valid query") };
+            command = c;
+        }
+    }
+
+    #[test]
+    fn every_query_route_pages_through_its_whole_result() {
+        let total = 1000u64;
+        let mut state = state_with_transfers(total);
+        let history = Account { id: 3, ledger: 1, code: 1, flags: AccountFlags::HISTORY, ..Account::default() };
+        assert_eq!(state.create_accounts(0, &[history]), [CreateAccountResult::Ok]);
+        let to_history: Vec<Transfer> = (1..=400u128)
+            .map(|i| Transfer { id: 5000 + i, debit_account_id: 1, credit_account_id: 3, amount: 1, ledger: 1, code: 1 + (i % 2) as u16, ..Transfer::default() })
+            .collect();
+        assert!(state.create_transfers(0, &to_history).iter().all(|r| *r == CreateTransferResult::Ok));
+        let all_transfers: Vec<u64> = state.transfers().iter().map(|t| t.timestamp).collect();
+        let code_2: Vec<u64> = state.transfers().iter().filter(|t| t.code == 2).map(|t| t.timestamp).collect();
+        for reversed in [false, true] {
+            let order = |mut v: Vec<u64>| {
+                if reversed {
+                    v.reverse();
+                }
+                v
+            };
+            let (seen, pages) = follow_links(&state, &format!("/v1/transfers?limit=8189&reversed={reversed}"));
+            assert_eq!(seen, order(all_transfers.clone()));
+            assert!(pages > 1);
+            let (seen, _) = follow_links(&state, &format!("/v1/transfers?code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts/3/balances?limit=8189&code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts/3/transfers?limit=8189&code=2&reversed={reversed}"));
+            assert_eq!(seen, order(code_2.clone()));
+            let (seen, _) = follow_links(&state, &format!("/v1/accounts?limit=1&reversed={reversed}"));
+            assert_eq!(seen, order(state.accounts().map(|a| a.timestamp).collect()));
+        }
+    }
+
+    /// A filter that matches one transfer in 20,000 is answered in pages that each examine at
+    /// most QUERY_SCAN_ROWS_MAX transfers: the first page is empty but links to the rest.
+    #[test]
+    fn a_rare_match_is_found_through_bounded_pages() {
+        let total = QUERY_SCAN_ROWS_MAX as u64 + 3_616;
+        let mut state = state_with_transfers(total);
+        let rare = Transfer { id: 1, debit_account_id: 2, credit_account_id: 1, amount: 1, ledger: 1, code: 9, ..Transfer::default() };
+        assert_eq!(state.create_transfers(0, &[rare]), [CreateTransferResult::Ok]);
+        let rare_timestamp = state.lookup_transfer(1).unwrap().timestamp;
+        let Action::Ledger(command) = get("/v1/transfers?code=9") else { panic!() };
+        let response = query(&state, &command);
+        assert_eq!(response.body, b"[]");
+        assert!(response.next_page.is_some(), "the scan stopped at its budget and says so");
+        let (seen, pages) = follow_links(&state, "/v1/transfers?code=9");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
+        // Reversed, the rare one is on the first page, which then spends its budget on the
+        // rest: one more page, empty, follows.
+        let Action::Ledger(command) = get("/v1/accounts/1/transfers?code=9&reversed=true") else { panic!() };
+        let first: Vec<serde_json::Value> = serde_json::from_slice(&query(&state, &command).body).unwrap();
+        assert_eq!(first.len(), 1);
+        let (seen, pages) = follow_links(&state, "/v1/accounts/1/transfers?code=9&reversed=true");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
+        let (seen, pages) = follow_links(&state, "/v1/accounts/1/transfers?code=9");
+        assert_eq!((seen, pages), (vec![rare_timestamp], 2));
     }
 }

@@ -6,7 +6,7 @@ pub use model::*;
 
 mod codec;
 pub mod state_machine;
-pub use state_machine::{IdHashKey, StateMachine};
+pub use state_machine::{IdHashKey, QueryPage, StateMachine};
 pub mod storage;
 pub use storage::{FileStorage, SimStorage, Storage, StorageError};
 pub mod wal;

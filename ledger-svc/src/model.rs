@@ -103,8 +103,7 @@ macro_rules! flags_newtype {
 }
 
 flags_newtype! {
-    /// `Account.flags` (TigerBeetle `AccountFlags`, same bit positions; `imported` is not
-    /// supported, so bit 4 is reserved here).
+    /// `Account.flags` (TigerBeetle `AccountFlags`, same bit positions).
     AccountFlags {
         /// The event is linked with the next one: they succeed or fail together.
         LINKED = 0, "linked";
@@ -114,14 +113,16 @@ flags_newtype! {
         CREDITS_MUST_NOT_EXCEED_DEBITS = 2, "credits_must_not_exceed_debits";
         /// Keep a balance snapshot per transfer for `get_account_balances`.
         HISTORY = 3, "history";
+        /// The client supplies the timestamp (a migration from another ledger); see
+        /// `CreateAccountResult::ImportedEventExpected` and the rules after it.
+        IMPORTED = 4, "imported";
         /// The account rejects new transfers (except voids of its pending transfers).
         CLOSED = 5, "closed";
     }
 }
 
 flags_newtype! {
-    /// `Transfer.flags` (TigerBeetle `TransferFlags`, same bit positions; `imported` is not
-    /// supported, so bit 8 is reserved here).
+    /// `Transfer.flags` (TigerBeetle `TransferFlags`, same bit positions).
     TransferFlags {
         LINKED = 0, "linked";
         PENDING = 1, "pending";
@@ -131,6 +132,8 @@ flags_newtype! {
         BALANCING_CREDIT = 5, "balancing_credit";
         CLOSING_DEBIT = 6, "closing_debit";
         CLOSING_CREDIT = 7, "closing_credit";
+        /// The client supplies the timestamp (a migration from another ledger).
+        IMPORTED = 8, "imported";
     }
 }
 
@@ -148,7 +151,8 @@ pub struct Account {
     pub ledger: u32,
     pub code: u16,
     pub flags: AccountFlags,
-    /// Assigned by the ledger when the account is created; must be zero on input.
+    /// Assigned by the ledger when the account is created; must be zero on input unless the
+    /// account is `imported`, when it is the client's (past, unique) timestamp.
     pub timestamp: u64,
 }
 
@@ -169,7 +173,8 @@ pub struct Transfer {
     pub ledger: u32,
     pub code: u16,
     pub flags: TransferFlags,
-    /// Assigned by the ledger when the transfer is created; must be zero on input.
+    /// Assigned by the ledger when the transfer is created; must be zero on input unless the
+    /// transfer is `imported`.
     pub timestamp: u64,
 }
 
@@ -243,7 +248,11 @@ result_enum! {
         Ok = 0, "ok";
         LinkedEventFailed = 1, "linked_event_failed";
         LinkedEventChainOpen = 2, "linked_event_chain_open";
+        ImportedEventExpected = 22, "imported_event_expected";
+        ImportedEventNotExpected = 23, "imported_event_not_expected";
         TimestampMustBeZero = 3, "timestamp_must_be_zero";
+        ImportedEventTimestampOutOfRange = 24, "imported_event_timestamp_out_of_range";
+        ImportedEventTimestampMustNotAdvance = 25, "imported_event_timestamp_must_not_advance";
         ReservedFlag = 5, "reserved_flag";
         IdMustNotBeZero = 6, "id_must_not_be_zero";
         IdMustNotBeIntMax = 7, "id_must_not_be_int_max";
@@ -261,6 +270,7 @@ result_enum! {
         CreditsPostedMustBeZero = 12, "credits_posted_must_be_zero";
         LedgerMustNotBeZero = 13, "ledger_must_not_be_zero";
         CodeMustNotBeZero = 14, "code_must_not_be_zero";
+        ImportedEventTimestampMustNotRegress = 26, "imported_event_timestamp_must_not_regress";
     }
 }
 
@@ -271,7 +281,11 @@ result_enum! {
         Ok = 0, "ok";
         LinkedEventFailed = 1, "linked_event_failed";
         LinkedEventChainOpen = 2, "linked_event_chain_open";
+        ImportedEventExpected = 56, "imported_event_expected";
+        ImportedEventNotExpected = 57, "imported_event_not_expected";
         TimestampMustBeZero = 3, "timestamp_must_be_zero";
+        ImportedEventTimestampOutOfRange = 58, "imported_event_timestamp_out_of_range";
+        ImportedEventTimestampMustNotAdvance = 59, "imported_event_timestamp_must_not_advance";
         ReservedFlag = 4, "reserved_flag";
         IdMustNotBeZero = 5, "id_must_not_be_zero";
         IdMustNotBeIntMax = 6, "id_must_not_be_int_max";
@@ -317,6 +331,10 @@ result_enum! {
         PendingTransferAlreadyPosted = 33, "pending_transfer_already_posted";
         PendingTransferAlreadyVoided = 34, "pending_transfer_already_voided";
         PendingTransferExpired = 35, "pending_transfer_expired";
+        ImportedEventTimestampMustNotRegress = 60, "imported_event_timestamp_must_not_regress";
+        ImportedEventTimestampMustPostdateDebitAccount = 61, "imported_event_timestamp_must_postdate_debit_account";
+        ImportedEventTimestampMustPostdateCreditAccount = 62, "imported_event_timestamp_must_postdate_credit_account";
+        ImportedEventTimeoutMustBeZero = 63, "imported_event_timeout_must_be_zero";
         DebitAccountAlreadyClosed = 65, "debit_account_already_closed";
         CreditAccountAlreadyClosed = 66, "credit_account_already_closed";
         OverflowsDebitsPending = 47, "overflows_debits_pending";
@@ -348,11 +366,20 @@ impl CreateTransferResult {
     }
 }
 
-/// The query of `get_account_transfers` and `get_account_balances` (TigerBeetle `AccountFilter`,
-/// without the user_data/code filters).
+/// The query of `get_account_transfers` and `get_account_balances` (TigerBeetle 0.16
+/// `AccountFilter`). Every condition given must hold (AND); a zero `user_data_*` or `code`
+/// means no condition on that field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct AccountFilter {
     pub account_id: u128,
+    /// Only transfers with this `user_data_128` (0: any).
+    pub user_data_128: u128,
+    /// Only transfers with this `user_data_64` (0: any).
+    pub user_data_64: u64,
+    /// Only transfers with this `user_data_32` (0: any).
+    pub user_data_32: u32,
+    /// Only transfers with this `code` (0: any).
+    pub code: u16,
     /// Inclusive lower bound; 0 means no bound.
     pub timestamp_min: u64,
     /// Inclusive upper bound; 0 means no bound.
@@ -363,6 +390,25 @@ pub struct AccountFilter {
     pub debits: bool,
     /// Include transfers where the account is the credit side.
     pub credits: bool,
+    /// Newest first.
+    pub reversed: bool,
+}
+
+/// The query of `query_accounts` and `query_transfers` (TigerBeetle 0.16 `QueryFilter`): every
+/// non-zero field must match (AND); zero means no condition on that field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct QueryFilter {
+    pub user_data_128: u128,
+    pub user_data_64: u64,
+    pub user_data_32: u32,
+    pub ledger: u32,
+    pub code: u16,
+    /// Inclusive lower bound; 0 means no bound.
+    pub timestamp_min: u64,
+    /// Inclusive upper bound; 0 means no bound.
+    pub timestamp_max: u64,
+    /// At most this many results (capped at `BATCH_EVENTS_MAX`); 0 returns nothing.
+    pub limit: u32,
     /// Newest first.
     pub reversed: bool,
 }
@@ -421,10 +467,13 @@ mod tests {
         for (flag, name) in TransferFlags::ALL {
             assert_eq!(TransferFlags::from_name(name), Some(*flag));
         }
-        assert_eq!(TransferFlags::DEFINED.bits(), 0xff);
-        assert_eq!(AccountFlags::DEFINED.bits(), 0b10_1111);
-        assert!(AccountFlags::from_bits_retain(1 << 4).has_reserved());
-        assert!(TransferFlags::from_bits_retain(1 << 8).has_reserved());
+        assert_eq!(TransferFlags::DEFINED.bits(), 0x1ff);
+        assert_eq!(AccountFlags::DEFINED.bits(), 0b11_1111);
+        assert_eq!(AccountFlags::from_name("imported"), Some(AccountFlags::IMPORTED));
+        assert_eq!(AccountFlags::IMPORTED.bits(), 1 << 4);
+        assert_eq!(TransferFlags::IMPORTED.bits(), 1 << 8);
+        assert!(AccountFlags::from_bits_retain(1 << 6).has_reserved());
+        assert!(TransferFlags::from_bits_retain(1 << 9).has_reserved());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! Layout: accounts and transfers live in vectors in timestamp order (creation order), with a
 //! hash index from id to position. Each account keeps the positions of its transfers, so
 //! `get_account_transfers` is a binary search plus a walk, and (with `history`) its balance
-//! after each change. A linked chain records an undo log while it is open; a failed chain is
+//! after each of its transfers. `query_accounts` and `query_transfers` are a binary search on
+//! the timestamp plus a walk; every walk has a bounded form (`*_page`) for the ledger thread. A linked chain records an undo log while it is open; a failed chain is
 //! rolled back in LIFO order, as TigerBeetle discards its groove scope.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -291,12 +292,16 @@ pub fn transient(result: CreateTransferResult) -> bool {
 /// client must leave zero.
 trait ChainEvent {
     fn linked(&self) -> bool;
+    fn imported(&self) -> bool;
     fn timestamp(&self) -> u64;
 }
 
 impl ChainEvent for Account {
     fn linked(&self) -> bool {
         self.flags.contains(AccountFlags::LINKED)
+    }
+    fn imported(&self) -> bool {
+        self.flags.contains(AccountFlags::IMPORTED)
     }
     fn timestamp(&self) -> u64 {
         self.timestamp
@@ -306,6 +311,9 @@ impl ChainEvent for Account {
 impl ChainEvent for Transfer {
     fn linked(&self) -> bool {
         self.flags.contains(TransferFlags::LINKED)
+    }
+    fn imported(&self) -> bool {
+        self.flags.contains(TransferFlags::IMPORTED)
     }
     fn timestamp(&self) -> u64 {
         self.timestamp
@@ -317,21 +325,35 @@ trait ChainResult: Copy + Eq {
     const OK: Self;
     const LINKED_EVENT_FAILED: Self;
     const LINKED_EVENT_CHAIN_OPEN: Self;
+    const IMPORTED_EVENT_EXPECTED: Self;
+    const IMPORTED_EVENT_NOT_EXPECTED: Self;
     const TIMESTAMP_MUST_BE_ZERO: Self;
+    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self;
+    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self;
 }
 
 impl ChainResult for CreateAccountResult {
     const OK: Self = CreateAccountResult::Ok;
     const LINKED_EVENT_FAILED: Self = CreateAccountResult::LinkedEventFailed;
     const LINKED_EVENT_CHAIN_OPEN: Self = CreateAccountResult::LinkedEventChainOpen;
+    const IMPORTED_EVENT_EXPECTED: Self = CreateAccountResult::ImportedEventExpected;
+    const IMPORTED_EVENT_NOT_EXPECTED: Self = CreateAccountResult::ImportedEventNotExpected;
     const TIMESTAMP_MUST_BE_ZERO: Self = CreateAccountResult::TimestampMustBeZero;
+    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self = CreateAccountResult::ImportedEventTimestampOutOfRange;
+    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self =
+        CreateAccountResult::ImportedEventTimestampMustNotAdvance;
 }
 
 impl ChainResult for CreateTransferResult {
     const OK: Self = CreateTransferResult::Ok;
     const LINKED_EVENT_FAILED: Self = CreateTransferResult::LinkedEventFailed;
     const LINKED_EVENT_CHAIN_OPEN: Self = CreateTransferResult::LinkedEventChainOpen;
+    const IMPORTED_EVENT_EXPECTED: Self = CreateTransferResult::ImportedEventExpected;
+    const IMPORTED_EVENT_NOT_EXPECTED: Self = CreateTransferResult::ImportedEventNotExpected;
     const TIMESTAMP_MUST_BE_ZERO: Self = CreateTransferResult::TimestampMustBeZero;
+    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self = CreateTransferResult::ImportedEventTimestampOutOfRange;
+    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self =
+        CreateTransferResult::ImportedEventTimestampMustNotAdvance;
 }
 
 impl StateMachine {
@@ -431,11 +453,21 @@ impl StateMachine {
         self.execute(now_ns, events, Self::create_account, |_, _, _| {})
     }
 
-    /// The loop both create operations share (TigerBeetle's `execute`): timestamps for the
-    /// batch, linked chains (all-or-nothing through the undo log, `linked_event_failed` for
+    /// The loop both create operations share (TigerBeetle's `execute_create`): timestamps for
+    /// the batch, linked chains (all-or-nothing through the undo log, `linked_event_failed` for
     /// the rest of a broken chain, `linked_event_chain_open` for a chain still open at the end
-    /// of the batch), and `create` for each event that gets that far. `failed` sees each
-    /// failed event after the chain is rolled back, outside the chain's undo log.
+    /// of the batch), imported batches, and `create` for each event that gets that far.
+    /// `failed` sees each failed event after the chain is rolled back, outside the chain's
+    /// undo log.
+    ///
+    /// Imported events (TigerBeetle 0.16 `flags.imported`): the first event decides whether
+    /// the whole batch is imported (`imported_event_expected` / `imported_event_not_expected`
+    /// for an event that differs). An imported event brings its own timestamp, which must be a
+    /// valid timestamp (`imported_event_timestamp_out_of_range`) strictly before the batch's
+    /// own timestamp, the last one the ledger reserves for it
+    /// (`imported_event_timestamp_must_not_advance`); `create` checks the rest after the
+    /// idempotency checks, so a retried import still answers `exists`. The batch reserves its
+    /// timestamps as any other does, so the ledger's clock never moves backwards.
     fn execute<E: ChainEvent, R: ChainResult>(
         &mut self,
         now_ns: u64,
@@ -450,6 +482,8 @@ impl StateMachine {
             return results;
         }
         let base = self.reserve_timestamps(now_ns, events.len());
+        let batch_timestamp = base + events.len() as u64;
+        let batch_imported = events[0].imported();
         let last = events.len() - 1;
         let mut chain: Option<usize> = None;
         let mut chain_broken = false;
@@ -468,10 +502,28 @@ impl StateMachine {
                 if chain_broken {
                     break 'result R::LINKED_EVENT_FAILED;
                 }
-                if event.timestamp() != 0 {
-                    break 'result R::TIMESTAMP_MUST_BE_ZERO;
+                if batch_imported != event.imported() {
+                    break 'result if event.imported() {
+                        R::IMPORTED_EVENT_NOT_EXPECTED
+                    } else {
+                        R::IMPORTED_EVENT_EXPECTED
+                    };
                 }
-                create(self, event, base + index as u64 + 1)
+                let timestamp = if event.imported() {
+                    if !timestamp_valid(event.timestamp()) {
+                        break 'result R::IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE;
+                    }
+                    if event.timestamp() >= batch_timestamp {
+                        break 'result R::IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE;
+                    }
+                    event.timestamp()
+                } else {
+                    if event.timestamp() != 0 {
+                        break 'result R::TIMESTAMP_MUST_BE_ZERO;
+                    }
+                    base + index as u64 + 1
+                };
+                create(self, event, timestamp)
             };
             if result != R::OK {
                 if let Some(start) = chain {
@@ -534,6 +586,14 @@ impl StateMachine {
         }
         if a.code == 0 {
             return R::CodeMustNotBeZero;
+        }
+        if a.flags.contains(AccountFlags::IMPORTED) {
+            // A past timestamp is allowed, but accounts stay in timestamp order and no two
+            // objects share one (after the idempotency checks, so a retried import still
+            // answers `exists`).
+            if self.timestamp_account_max() >= timestamp || self.transfer_at(timestamp).is_some() {
+                return R::ImportedEventTimestampMustNotRegress;
+            }
         }
         let index = u32::try_from(self.accounts.len()).expect("accounts fit in u32");
         self.accounts.push(AccountSlot {
@@ -640,6 +700,25 @@ impl StateMachine {
         if t.ledger != dr.ledger {
             return R::TransferMustHaveTheSameLedgerAsAccounts;
         }
+        if t.flags.contains(TransferFlags::IMPORTED) {
+            // A past timestamp is allowed, but transfers stay in timestamp order, no two
+            // objects share one, and a transfer comes after its accounts.
+            if self.timestamp_transfer_max() >= timestamp || self.account_at(timestamp).is_some() {
+                return R::ImportedEventTimestampMustNotRegress;
+            }
+            if timestamp <= dr.timestamp {
+                return R::ImportedEventTimestampMustPostdateDebitAccount;
+            }
+            if timestamp <= cr.timestamp {
+                return R::ImportedEventTimestampMustPostdateCreditAccount;
+            }
+            // An imported pending transfer cannot expire: its timeout would count from a
+            // past timestamp.
+            if t.timeout != 0 {
+                return R::ImportedEventTimeoutMustBeZero;
+            }
+        }
+        debug_assert!(timestamp > dr.timestamp && timestamp > cr.timestamp);
         if dr.flags.contains(AccountFlags::CLOSED) {
             return R::DebitAccountAlreadyClosed;
         }
@@ -892,6 +971,11 @@ impl StateMachine {
                 return R::PendingTransferExpired;
             }
         }
+        if t.flags.contains(TransferFlags::IMPORTED)
+            && (self.timestamp_transfer_max() >= timestamp || self.account_at(timestamp).is_some())
+        {
+            return R::ImportedEventTimestampMustNotRegress;
+        }
         // The only movement allowed on a closed account is voiding a pending transfer.
         if dr.flags.contains(AccountFlags::CLOSED) && !void {
             return R::DebitAccountAlreadyClosed;
@@ -1096,11 +1180,15 @@ impl StateMachine {
         if due == 0 {
             return 0;
         }
-        let base = self.reserve_timestamps(now_ns, due);
-        for i in 0..due {
+        // Each expiry consumes a timestamp (TigerBeetle's expiry event), so the ledger's clock
+        // moves as it does there, although nothing here records the expiry under it: no
+        // history entry either, since TigerBeetle 0.16's get_account_balances returns the
+        // balances at the account's transfers only (it scans the transfers' indexes), and an
+        // expiry is not a transfer.
+        self.reserve_timestamps(now_ns, due);
+        for _ in 0..due {
             let (expires_at, p_index) = self.expiries.pop_first().expect("counted above");
             debug_assert!(expires_at <= now_ns);
-            let timestamp = base + i as u64 + 1;
             let p = self.transfers[p_index as usize];
             debug_assert_eq!(
                 self.transfer_status[p_index as usize],
@@ -1121,10 +1209,6 @@ impl StateMachine {
                     if p.flags.contains(TransferFlags::CLOSING_CREDIT) {
                         slot.account.flags.remove(AccountFlags::CLOSED);
                     }
-                }
-                if slot.account.flags.contains(AccountFlags::HISTORY) {
-                    let balance = balance_of(&slot.account, timestamp);
-                    slot.history.push(HistoryEntry { balance, debit });
                 }
             }
         }
@@ -1233,88 +1317,178 @@ impl StateMachine {
             .map(|&i| self.transfer_status[i as usize])
     }
 
-    /// TigerBeetle's filter validation: an invalid filter returns nothing.
-    fn filter_valid(filter: &AccountFilter) -> bool {
-        filter.account_id != 0
-            && filter.account_id != u128::MAX
-            && filter.timestamp_min != u64::MAX
-            && filter.timestamp_max != u64::MAX
-            && (filter.timestamp_max == 0 || filter.timestamp_min <= filter.timestamp_max)
-            && filter.limit != 0
-            && (filter.debits || filter.credits)
+    /// The largest account timestamp (accounts are in timestamp order), 0 if none.
+    fn timestamp_account_max(&self) -> u64 {
+        self.accounts.last().map_or(0, |slot| slot.account.timestamp)
     }
 
-    fn filter_range(filter: &AccountFilter) -> (u64, u64) {
-        let max = if filter.timestamp_max == 0 {
-            u64::MAX
-        } else {
-            filter.timestamp_max
-        };
-        (filter.timestamp_min, max)
+    /// The largest transfer timestamp (transfers are in timestamp order), 0 if none.
+    fn timestamp_transfer_max(&self) -> u64 {
+        self.transfers.last().map_or(0, |t| t.timestamp)
+    }
+
+    /// The account created at `timestamp`, if any (binary search: accounts are in timestamp
+    /// order, imported ones included, since an import must not regress).
+    fn account_at(&self, timestamp: u64) -> Option<&Account> {
+        self.accounts
+            .binary_search_by_key(&timestamp, |slot| slot.account.timestamp)
+            .ok()
+            .map(|i| &self.accounts[i].account)
+    }
+
+    /// The transfer created at `timestamp`, if any.
+    fn transfer_at(&self, timestamp: u64) -> Option<&Transfer> {
+        self.transfers
+            .binary_search_by_key(&timestamp, |t| t.timestamp)
+            .ok()
+            .map(|i| &self.transfers[i])
     }
 
     /// Transfers on an account, by timestamp (TigerBeetle `get_account_transfers`), at most
-    /// `min(limit, BATCH_EVENTS_MAX)`.
+    /// `min(limit, BATCH_EVENTS_MAX)`. Unbounded scan: see `get_account_transfers_page`.
     pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        if !Self::filter_valid(filter) {
-            return Vec::new();
+        self.get_account_transfers_page(filter, usize::MAX).rows
+    }
+
+    /// One bounded page of `get_account_transfers`: the walk over the account's transfers in
+    /// the timestamp range examines at most `scan_rows_max` of them (the filter's debits,
+    /// credits, user_data_* and code conditions may skip most), then stops and says where to
+    /// resume. Cost: two binary searches over the account's transfers plus at most
+    /// `scan_rows_max` transfers read (each a random access into the transfers' vector).
+    pub fn get_account_transfers_page(
+        &self,
+        filter: &AccountFilter,
+        scan_rows_max: usize,
+    ) -> QueryPage<Transfer> {
+        self.account_walk(filter, scan_rows_max, false, |_, t| Some(*t))
+    }
+
+    /// An account's balances right after each of its transfers that the filter selects
+    /// (TigerBeetle 0.16 `get_account_balances`: the same conditions as
+    /// `get_account_transfers`); only accounts with the `history` flag keep them, any other
+    /// account returns nothing. Unbounded scan: see `get_account_balances_page`.
+    pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
+        self.get_account_balances_page(filter, usize::MAX).rows
+    }
+
+    /// One bounded page of `get_account_balances` (as `get_account_transfers_page`, plus a
+    /// binary search in the account's history per row returned).
+    pub fn get_account_balances_page(
+        &self,
+        filter: &AccountFilter,
+        scan_rows_max: usize,
+    ) -> QueryPage<AccountBalance> {
+        self.account_walk(filter, scan_rows_max, true, |slot, t| {
+            // Every transfer of a history account has its entry, in the same order.
+            let history = &slot.history;
+            let i = history
+                .binary_search_by_key(&t.timestamp, |h| h.balance.timestamp)
+                .ok()?;
+            Some(history[i].balance)
+        })
+    }
+
+    fn account_walk<R>(
+        &self,
+        filter: &AccountFilter,
+        scan_rows_max: usize,
+        history_only: bool,
+        pick: impl Fn(&AccountSlot, &Transfer) -> Option<R>,
+    ) -> QueryPage<R> {
+        if !account_filter_valid(filter) {
+            return QueryPage::empty();
         }
         let Some(&account_index) = self.account_index.get(&filter.account_id) else {
-            return Vec::new();
+            return QueryPage::empty();
         };
-        let positions = &self.accounts[account_index as usize].transfers;
-        let (min, max) = Self::filter_range(filter);
+        let slot = &self.accounts[account_index as usize];
+        if history_only && !slot.account.flags.contains(AccountFlags::HISTORY) {
+            return QueryPage::empty();
+        }
+        let positions = &slot.transfers;
+        let (min, max) = timestamp_range(filter.timestamp_min, filter.timestamp_max);
         let start = positions.partition_point(|&i| self.transfers[i as usize].timestamp < min);
         let end = positions.partition_point(|&i| self.transfers[i as usize].timestamp <= max);
         let limit = (filter.limit as usize).min(BATCH_EVENTS_MAX);
-        let wanted = |t: &Transfer| {
-            (filter.debits && t.debit_account_id == filter.account_id)
-                || (filter.credits && t.credit_account_id == filter.account_id)
+        let pick = |t: &Transfer| {
+            if account_filter_matches(filter, t) {
+                pick(slot, t)
+            } else {
+                None
+            }
         };
         let range = positions.get(start..end).unwrap_or(&[]);
         let iter = range.iter().map(|&i| &self.transfers[i as usize]);
         if filter.reversed {
-            iter.rev()
-                .filter(|t| wanted(t))
-                .take(limit)
-                .copied()
-                .collect()
+            walk(iter.rev(), limit, scan_rows_max, |t| t.timestamp, pick)
         } else {
-            iter.filter(|t| wanted(t)).take(limit).copied().collect()
+            walk(iter, limit, scan_rows_max, |t| t.timestamp, pick)
         }
     }
 
-    /// An account's balances after each of its changes (TigerBeetle `get_account_balances`);
-    /// only accounts with the `history` flag keep them.
-    pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
-        if !Self::filter_valid(filter) {
-            return Vec::new();
+    /// Accounts whose fields match the filter, by timestamp (TigerBeetle 0.16
+    /// `query_accounts`). Unbounded scan: see `query_accounts_page`.
+    pub fn query_accounts(&self, filter: &QueryFilter) -> Vec<Account> {
+        self.query_accounts_page(filter, usize::MAX).rows
+    }
+
+    /// One bounded page of `query_accounts`. TigerBeetle answers from an index per field; here
+    /// the accounts are one vector in timestamp order, so the timestamp range is two binary
+    /// searches and every other condition is checked on each account in the range, examining
+    /// at most `scan_rows_max` of them.
+    pub fn query_accounts_page(
+        &self,
+        filter: &QueryFilter,
+        scan_rows_max: usize,
+    ) -> QueryPage<Account> {
+        if !query_filter_valid(filter) {
+            return QueryPage::empty();
         }
-        let Some(&account_index) = self.account_index.get(&filter.account_id) else {
-            return Vec::new();
-        };
-        let history = &self.accounts[account_index as usize].history;
-        let (min, max) = Self::filter_range(filter);
-        let start = history.partition_point(|h| h.balance.timestamp < min);
-        let end = history.partition_point(|h| h.balance.timestamp <= max);
+        let (min, max) = timestamp_range(filter.timestamp_min, filter.timestamp_max);
+        let start = self.accounts.partition_point(|s| s.account.timestamp < min);
+        let end = self.accounts.partition_point(|s| s.account.timestamp <= max);
         let limit = (filter.limit as usize).min(BATCH_EVENTS_MAX);
-        let wanted = |h: &HistoryEntry| (filter.debits && h.debit) || (filter.credits && !h.debit);
-        let range = history.get(start..end).unwrap_or(&[]);
+        let pick = |slot: &AccountSlot| {
+            let a = &slot.account;
+            query_filter_matches(filter, a.user_data_128, a.user_data_64, a.user_data_32, a.ledger, a.code)
+                .then_some(*a)
+        };
+        let range = self.accounts.get(start..end).unwrap_or(&[]);
         if filter.reversed {
-            range
-                .iter()
-                .rev()
-                .filter(|h| wanted(h))
-                .take(limit)
-                .map(|h| h.balance)
-                .collect()
+            walk(range.iter().rev(), limit, scan_rows_max, |s| s.account.timestamp, pick)
         } else {
-            range
-                .iter()
-                .filter(|h| wanted(h))
-                .take(limit)
-                .map(|h| h.balance)
-                .collect()
+            walk(range.iter(), limit, scan_rows_max, |s| s.account.timestamp, pick)
+        }
+    }
+
+    /// Transfers whose fields match the filter, by timestamp (TigerBeetle 0.16
+    /// `query_transfers`). Unbounded scan: see `query_transfers_page`.
+    pub fn query_transfers(&self, filter: &QueryFilter) -> Vec<Transfer> {
+        self.query_transfers_page(filter, usize::MAX).rows
+    }
+
+    /// One bounded page of `query_transfers` (as `query_accounts_page`, over the transfers).
+    pub fn query_transfers_page(
+        &self,
+        filter: &QueryFilter,
+        scan_rows_max: usize,
+    ) -> QueryPage<Transfer> {
+        if !query_filter_valid(filter) {
+            return QueryPage::empty();
+        }
+        let (min, max) = timestamp_range(filter.timestamp_min, filter.timestamp_max);
+        let start = self.transfers.partition_point(|t| t.timestamp < min);
+        let end = self.transfers.partition_point(|t| t.timestamp <= max);
+        let limit = (filter.limit as usize).min(BATCH_EVENTS_MAX);
+        let pick = |t: &Transfer| {
+            query_filter_matches(filter, t.user_data_128, t.user_data_64, t.user_data_32, t.ledger, t.code)
+                .then_some(*t)
+        };
+        let range = self.transfers.get(start..end).unwrap_or(&[]);
+        if filter.reversed {
+            walk(range.iter().rev(), limit, scan_rows_max, |t| t.timestamp, pick)
+        } else {
+            walk(range.iter(), limit, scan_rows_max, |t| t.timestamp, pick)
         }
     }
 
@@ -1510,6 +1684,131 @@ impl StateHasher {
         let length = self.length;
         self.word(length);
         folded_multiply(self.hash, MIX_B)
+    }
+}
+
+/// One page of a bounded query: what the ledger thread answers for one request (the
+/// `*_page` methods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryPage<T> {
+    /// The results, in the order asked, at most the filter's limit.
+    pub rows: Vec<T>,
+    /// `None`: the result is complete. `Some(t)`: the walk stopped before the end of the
+    /// filter's timestamp range (the limit was reached with more objects left, or the scan
+    /// budget ran out); the rest of the result is the same filter on the timestamps after `t`
+    /// (before `t` when reversed). Timestamps are unique, so paging this way returns every
+    /// match exactly once.
+    pub resume_after: Option<u64>,
+}
+
+impl<T> QueryPage<T> {
+    fn empty() -> Self {
+        QueryPage {
+            rows: Vec::new(),
+            resume_after: None,
+        }
+    }
+}
+
+/// TigerBeetle's `TimestampRange.valid`: 1 ..= 2^63 - 1.
+fn timestamp_valid(timestamp: u64) -> bool {
+    (1..=TIMESTAMP_MAX).contains(&timestamp)
+}
+
+/// A filter's inclusive timestamp range, 0 meaning no bound.
+fn timestamp_range(timestamp_min: u64, timestamp_max: u64) -> (u64, u64) {
+    let max = if timestamp_max == 0 {
+        TIMESTAMP_MAX
+    } else {
+        timestamp_max
+    };
+    (timestamp_min, max)
+}
+
+/// TigerBeetle's validation of a timestamp range and limit: an invalid filter returns nothing.
+fn range_and_limit_valid(timestamp_min: u64, timestamp_max: u64, limit: u32) -> bool {
+    (timestamp_min == 0 || timestamp_valid(timestamp_min))
+        && (timestamp_max == 0 || timestamp_valid(timestamp_max))
+        && (timestamp_max == 0 || timestamp_min <= timestamp_max)
+        && limit != 0
+}
+
+/// TigerBeetle `get_scan_from_account_filter`'s validation.
+pub fn account_filter_valid(filter: &AccountFilter) -> bool {
+    filter.account_id != 0
+        && filter.account_id != u128::MAX
+        && range_and_limit_valid(filter.timestamp_min, filter.timestamp_max, filter.limit)
+        && (filter.debits || filter.credits)
+}
+
+/// TigerBeetle `get_scan_from_query_filter`'s validation.
+pub fn query_filter_valid(filter: &QueryFilter) -> bool {
+    range_and_limit_valid(filter.timestamp_min, filter.timestamp_max, filter.limit)
+}
+
+/// `(debit_account_id = id OR credit_account_id = id) AND user_data_128 = ? AND ...`, each
+/// condition only when asked (the side by its flag, the others when non-zero).
+fn account_filter_matches(filter: &AccountFilter, t: &Transfer) -> bool {
+    ((filter.debits && t.debit_account_id == filter.account_id)
+        || (filter.credits && t.credit_account_id == filter.account_id))
+        && (filter.user_data_128 == 0 || t.user_data_128 == filter.user_data_128)
+        && (filter.user_data_64 == 0 || t.user_data_64 == filter.user_data_64)
+        && (filter.user_data_32 == 0 || t.user_data_32 == filter.user_data_32)
+        && (filter.code == 0 || t.code == filter.code)
+}
+
+/// Every non-zero field of the filter equals the object's.
+fn query_filter_matches(
+    filter: &QueryFilter,
+    user_data_128: u128,
+    user_data_64: u64,
+    user_data_32: u32,
+    ledger: u32,
+    code: u16,
+) -> bool {
+    (filter.user_data_128 == 0 || user_data_128 == filter.user_data_128)
+        && (filter.user_data_64 == 0 || user_data_64 == filter.user_data_64)
+        && (filter.user_data_32 == 0 || user_data_32 == filter.user_data_32)
+        && (filter.ledger == 0 || ledger == filter.ledger)
+        && (filter.code == 0 || code == filter.code)
+}
+
+/// Walks `items` (in the order asked), keeping what `pick` returns, until `limit` rows are
+/// kept with another match behind them, `scan_rows_max` items have been examined, or the
+/// items end; says where a next page would resume (`QueryPage::resume_after`).
+fn walk<'a, T: 'a, R>(
+    items: impl Iterator<Item = &'a T>,
+    limit: usize,
+    scan_rows_max: usize,
+    timestamp_of: impl Fn(&T) -> u64,
+    pick: impl Fn(&'a T) -> Option<R>,
+) -> QueryPage<R> {
+    assert!(scan_rows_max > 0, "a scan must examine at least one row to make progress");
+    let mut rows = Vec::new();
+    let mut last_examined = None;
+    let mut last_kept = None;
+    for (examined, item) in items.enumerate() {
+        if examined == scan_rows_max {
+            return QueryPage {
+                rows,
+                resume_after: last_examined,
+            };
+        }
+        if let Some(row) = pick(item) {
+            if rows.len() == limit {
+                return QueryPage {
+                    rows,
+                    resume_after: last_kept,
+                };
+            }
+            rows.push(row);
+            last_kept = Some(timestamp_of(item));
+        }
+        last_examined = Some(timestamp_of(item));
+    }
+    QueryPage {
+        rows,
+        resume_after: None,
     }
 }
 

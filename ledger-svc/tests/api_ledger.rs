@@ -269,3 +269,84 @@ fn connection_close_ends_the_session() {
     assert_eq!(replies.len(), 1);
     assert!(replies[0].close);
 }
+
+/// TigerBeetle's imported events and queries in JSON, through the decoder and the state
+/// machine: a migration with client timestamps, then query_accounts, query_transfers,
+/// get_account_balances and the filtered account transfers, read back by a reader.
+#[test]
+fn imported_events_and_queries_over_json() {
+    let mut state = StateMachine::new();
+    let stream = [
+        post(
+            "/v1/accounts",
+            r#"[{"id":"1","ledger":1,"code":10,"user_data_64":"7","flags":["imported","history"],"timestamp":"100"},
+                {"id":"2","ledger":1,"code":10,"flags":["imported"],"timestamp":"200"},
+                {"id":"3","ledger":2,"code":10,"flags":["imported"],"timestamp":"150"},
+                {"id":"4","ledger":1,"code":10}]"#,
+        ),
+        post(
+            "/v1/transfers",
+            r#"[{"id":"10","debit_account_id":"2","credit_account_id":"1","amount":"50","ledger":1,"code":1,"user_data_128":"9","flags":["imported"],"timestamp":"300"},
+                {"id":"11","debit_account_id":"1","credit_account_id":"2","amount":"20","ledger":1,"code":2,"flags":["imported"],"timestamp":"400"},
+                {"id":"12","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":2,"flags":["imported"],"timestamp":"400"},
+                {"id":"13","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":2,"flags":["imported","pending"],"timeout":5,"timestamp":"500"},
+                {"id":"14","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":2,"timestamp":"0"}]"#,
+        ),
+    ]
+    .concat();
+    let replies = parse_replies(&serve(&mut state, Role::Write, stream.as_bytes(), usize::MAX));
+    let statuses = |json: &serde_json::Value| -> Vec<String> {
+        json.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(
+        statuses(&replies[0].json),
+        ["created", "created", "imported_event_timestamp_must_not_regress", "imported_event_expected"]
+    );
+    // A created import answers the client's own timestamp.
+    assert_eq!(replies[0].json[1]["timestamp"], "200");
+    assert_eq!(
+        statuses(&replies[1].json),
+        [
+            "created",
+            "created",
+            "imported_event_timestamp_must_not_regress",
+            "imported_event_timeout_must_be_zero",
+            "imported_event_expected"
+        ]
+    );
+
+    let queries = [
+        get("/v1/accounts?ledger=1&user_data_64=7"),
+        get("/v1/transfers?code=2"),
+        get("/v1/transfers?user_data_128=9&reversed=true"),
+        get("/v1/accounts/1/balances"),
+        get("/v1/accounts/1/transfers?code=1"),
+        get("/v1/accounts/2/balances"),
+        get("/v1/transfers?timestamp_min=301&timestamp_max=400"),
+        post("/v1/accounts", r#"[{"id":"5","ledger":1,"code":1}]"#),
+    ]
+    .concat();
+    let replies = parse_replies(&serve(&mut state, Role::Read, queries.as_bytes(), 5));
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 403]);
+    let ids = |json: &serde_json::Value| -> Vec<String> {
+        json.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&replies[0].json), ["1"]);
+    assert_eq!(replies[0].json[0]["flags"], serde_json::json!(["history", "imported"]));
+    assert_eq!(replies[0].json[0]["timestamp"], "100");
+    assert_eq!(ids(&replies[1].json), ["11"]);
+    assert_eq!(ids(&replies[2].json), ["10"]);
+    assert_eq!(
+        replies[3].json,
+        serde_json::json!([
+            {"debits_pending":"0","debits_posted":"0","credits_pending":"0","credits_posted":"50","timestamp":"300"},
+            {"debits_pending":"0","debits_posted":"20","credits_pending":"0","credits_posted":"50","timestamp":"400"}
+        ])
+    );
+    assert_eq!(ids(&replies[4].json), ["10"]);
+    // Account 2 has no `history`: no balances, as in TigerBeetle.
+    assert_eq!(replies[5].json, serde_json::json!([]));
+    assert_eq!(ids(&replies[6].json), ["11"]);
+    assert_eq!(replies[7].json["error"]["code"], "forbidden");
+}

@@ -149,6 +149,9 @@ impl Pair {
                 Command::LookupAccount(id) => Reply::Account { id, account: None },
                 Command::LookupTransfer(id) => Reply::Transfer { id, transfer: None },
                 Command::AccountTransfers(_) => Reply::AccountTransfers { transfers: Vec::new(), next: None },
+                Command::AccountBalances(_) => Reply::AccountBalances { balances: Vec::new(), next: None },
+                Command::QueryAccounts(_) => Reply::Accounts { accounts: Vec::new(), next: None },
+                Command::QueryTransfers(_) => Reply::Transfers { transfers: Vec::new(), next: None },
                 Command::Mutate(op) => Reply::Created(vec![EventResult { status: "ok", timestamp: Some(1) }; op.len()]),
             };
             self.server.handle_reply(seq, &reply);
