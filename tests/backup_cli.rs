@@ -109,6 +109,8 @@ fn a_backup_taken_under_load_restores_to_the_sources_state_at_its_batch() {
     let data = root.path().join("data");
     let backup = root.path().join("backup");
     let restored = root.path().join("restored");
+    // A data directory as `pantera format` makes it: the backup must carry its superblock.
+    let formatted = ledger_svc::data_dir::format(&data, 7, 0xba5e, 1).expect("format");
     let stop = AtomicBool::new(false);
     let started = AtomicBool::new(false);
     let (hashes, output) = std::thread::scope(|scope| {
@@ -146,6 +148,9 @@ fn a_backup_taken_under_load_restores_to_the_sources_state_at_its_batch() {
     let (ok, text) = pantera(&["restore", "--from", backup.to_str().unwrap(), "--to", restored.to_str().unwrap()]);
     assert!(ok, "{text}");
     assert_eq!(mode(&restored), 0o700);
+    // The restored directory is the source's: formatted, of its cluster, with its ledger id.
+    let superblock = ledger_svc::data_dir::check(&restored, Some(7)).expect("a formatted data directory");
+    assert_eq!(superblock.ledger_id, formatted.ledger_id);
     let ledger = Ledger::open(FileStorage::open(&restored).unwrap(), LedgerConfig::default()).unwrap();
     assert_eq!((ledger.sequence(), ledger.state().state_hash()), (sequence, hashes[&sequence]));
     drop(ledger);
