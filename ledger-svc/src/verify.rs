@@ -307,6 +307,7 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
     let mut records_replayed = 0;
     // The checksum_header of the record before, for the parent chain (None: unknown).
     let mut previous: Option<u32> = None;
+    let mut resync = false;
     let mut last_record: Option<(u64, u32)> = None;
     let segments_count = segment_names.len();
     for (position, (_, name)) in segment_names.iter().enumerate() {
@@ -327,6 +328,9 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                     info.damaged += 1;
                     replaying = false;
                     previous = None;
+                    // The sequence goes on from the next whole record, unreported: after
+                    // damage a gap tells nothing new.
+                    resync = true;
                     let newest = position + 1 == segments_count;
                     let clean = matches!(clean_stop, Some(Ok(_)));
                     let start_up = match wal::classify(&damage, newest, clean) {
@@ -377,7 +381,7 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                     }
                     previous = Some(header.checksum_header);
                     if header.sequence > replayed_from {
-                        if header.sequence != expected {
+                        if header.sequence != expected && !std::mem::take(&mut resync) {
                             problems.push(format!(
                                 "sequence {} where {expected} was expected",
                                 header.sequence
@@ -385,6 +389,7 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                         }
                         expected = header.sequence + 1;
                     }
+                    resync = false;
                     let ops = wal::decode_body(body);
                     if ops.is_none() {
                         problems.push(
