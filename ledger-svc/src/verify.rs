@@ -460,7 +460,7 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                 .last()
                 .map(|s| (wal::parse_segment_name(&s.name).unwrap_or(0), s.bytes))
                 .unwrap_or((0, 0));
-            let found_sequence = last_record.map_or(replayed_from, |(s, _)| s);
+            let found_sequence = last_record.map_or(replayed_from, |(s, _)| s.max(replayed_from));
             let checksum_ok = marker.last_checksum == 0
                 || last_record.is_none_or(|(_, c)| c == marker.last_checksum);
             if found != (marker.segment_first_sequence, marker.segment_bytes)
