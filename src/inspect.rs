@@ -38,7 +38,9 @@ macro_rules! outln {
 fn emit(o: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(o.as_bytes()).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
         _ => Ok(()),
     }
 }
@@ -80,9 +82,13 @@ pub fn inspect(dir: &Path, view: View, as_json: bool) -> Result<()> {
                 for r in &report.records {
                     let sequence = r.sequence.map_or("?".to_string(), |s| s.to_string());
                     let time = r.now_ns.map_or("?".to_string(), |t| t.to_string());
-                    let ops: Vec<String> =
-                        r.operations.iter().map(|o| format!("{} x{}", o.kind, o.events)).collect();
-                    outln!(o, 
+                    let ops: Vec<String> = r
+                        .operations
+                        .iter()
+                        .map(|o| format!("{} x{}", o.kind, o.events))
+                        .collect();
+                    outln!(
+                        o,
                         "{} offset {} record {sequence} time {time} bytes {} [{}] {}",
                         r.segment,
                         r.offset,
@@ -109,14 +115,20 @@ pub fn inspect(dir: &Path, view: View, as_json: bool) -> Result<()> {
             let what = match view {
                 View::Account(_) => {
                     let account = ledger.state().lookup_account(id).with_context(|| {
-                        format!("no account {id} (the ledger at batch {})", ledger.sequence())
+                        format!(
+                            "no account {id} (the ledger at batch {})",
+                            ledger.sequence()
+                        )
                     })?;
                     ledger_svc::api::write_account(&mut out, account);
                     "account"
                 }
                 _ => {
                     let transfer = ledger.state().lookup_transfer(id).with_context(|| {
-                        format!("no transfer {id} (the ledger at batch {})", ledger.sequence())
+                        format!(
+                            "no transfer {id} (the ledger at batch {})",
+                            ledger.sequence()
+                        )
                     })?;
                     ledger_svc::api::write_transfer(&mut out, transfer);
                     "transfer"
@@ -127,7 +139,11 @@ pub fn inspect(dir: &Path, view: View, as_json: bool) -> Result<()> {
             if as_json {
                 outln!(o, "{}", json(&value)?);
             } else {
-                outln!(o, "{what} {id} (the ledger at batch {}):", ledger.sequence());
+                outln!(
+                    o,
+                    "{what} {id} (the ledger at batch {}):",
+                    ledger.sequence()
+                );
                 if let serde_json::Value::Object(fields) = value {
                     for (name, value) in fields {
                         let text = match value {
@@ -146,15 +162,28 @@ pub fn inspect(dir: &Path, view: View, as_json: bool) -> Result<()> {
 fn print_summary(o: &mut String, dir: &Path, report: &Report) {
     outln!(o, "data directory {}", dir.display());
     match &report.superblock {
-        Some(sb) => outln!(o, 
+        Some(sb) => outln!(
+            o,
             "  superblock: format version {}, cluster {}, ledger {}, created {} ns",
-            sb.format_version, sb.cluster_id, sb.ledger_id, sb.created_ns
+            sb.format_version,
+            sb.cluster_id,
+            sb.ledger_id,
+            sb.created_ns
         ),
         None => outln!(o, "  superblock: missing or damaged"),
     }
     for c in &report.checkpoints {
-        let status = c.damage.as_deref().map_or("ok".to_string(), |d| format!("DAMAGED: {d}"));
-        outln!(o, "  checkpoint {}: batch {}, {} bytes, {status}", c.name, c.sequence, c.bytes);
+        let status = c
+            .damage
+            .as_deref()
+            .map_or("ok".to_string(), |d| format!("DAMAGED: {d}"));
+        outln!(
+            o,
+            "  checkpoint {}: batch {}, {} bytes, {status}",
+            c.name,
+            c.sequence,
+            c.bytes
+        );
     }
     if report.checkpoints.is_empty() {
         outln!(o, "  checkpoint: none (the log replays from batch 1)");
@@ -164,15 +193,31 @@ fn print_summary(o: &mut String, dir: &Path, report: &Report) {
             (Some(a), Some(b)) => format!("batches {a}..{b}"),
             _ => "no whole record".to_string(),
         };
-        let damaged = if s.damaged > 0 { format!(", {} DAMAGED", s.damaged) } else { String::new() };
-        outln!(o, "  segment {}: {} bytes, {} records, {range}{damaged}", s.name, s.bytes, s.records);
+        let damaged = if s.damaged > 0 {
+            format!(", {} DAMAGED", s.damaged)
+        } else {
+            String::new()
+        };
+        outln!(
+            o,
+            "  segment {}: {} bytes, {} records, {range}{damaged}",
+            s.name,
+            s.bytes,
+            s.records
+        );
     }
     match &report.clean_stop {
-        Some(m) => outln!(o, 
+        Some(m) => outln!(
+            o,
             "  clean-stop marker: batch {}, {} at {} bytes (start-up refuses any damage)",
-            m.sequence, m.segment, m.segment_bytes
+            m.sequence,
+            m.segment,
+            m.segment_bytes
         ),
-        None => outln!(o, "  clean-stop marker: none or damaged (a crash, a running ledger, or see below)"),
+        None => outln!(
+            o,
+            "  clean-stop marker: none or damaged (a crash, a running ledger, or see below)"
+        ),
     }
     outln!(o, "  last batch: {}", report.last_sequence);
     print_findings(o, dir, report);
@@ -202,13 +247,15 @@ pub fn verify(dir: &Path, as_json: bool) -> Result<()> {
         outln!(o, "{}", json(&value)?);
     } else {
         let records: u64 = report.segments.iter().map(|s| s.records).sum();
-        outln!(o, 
+        outln!(
+            o,
             "{}: {} checkpoints, {} segments, {records} whole records",
             dir.display(),
             report.checkpoints.len(),
             report.segments.len()
         );
-        outln!(o, 
+        outln!(
+            o,
             "  replayed {} batches from {} to batch {}: state hash {}",
             report.records_replayed,
             if report.replayed_from == 0 {
@@ -229,12 +276,18 @@ pub fn verify(dir: &Path, as_json: bool) -> Result<()> {
         }
         print_findings(o, dir, &report);
         if report.ok() {
-            outln!(o, "OK: every checksum, the parent chain, the replay, the sums and the limits hold");
+            outln!(
+                o,
+                "OK: every checksum, the parent chain, the replay, the sums and the limits hold"
+            );
         }
     }
     emit(o)?;
     if let Some(first) = report.first_bad_record() {
-        anyhow::bail!("verification FAILED: first bad record: {}/{first}", dir.display());
+        anyhow::bail!(
+            "verification FAILED: first bad record: {}/{first}",
+            dir.display()
+        );
     }
     if let Some(first) = report.findings.first() {
         anyhow::bail!("verification FAILED: {}/{first}", dir.display());

@@ -38,7 +38,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
         .map(|e| {
             let e = e.unwrap();
             let modified = e.metadata().unwrap().modified().unwrap();
-            (e.file_name().into_string().unwrap(), (std::fs::read(e.path()).unwrap(), modified))
+            (
+                e.file_name().into_string().unwrap(),
+                (std::fs::read(e.path()).unwrap(), modified),
+            )
         })
         .collect()
 }
@@ -54,9 +57,16 @@ fn healthy(dir: &Path) -> u64 {
     };
     let mut ledger = Ledger::open(FileStorage::open(dir).unwrap(), config).unwrap();
     let accounts = (1..=3)
-        .map(|id| Account { id, ledger: 1, code: 1, ..Default::default() })
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
         .collect();
-    ledger.submit(NOW, &[Operation::CreateAccounts(accounts)]).unwrap();
+    ledger
+        .submit(NOW, &[Operation::CreateAccounts(accounts)])
+        .unwrap();
     for batch in 1..=9u64 {
         let transfer = Transfer {
             id: u128::from(batch),
@@ -67,7 +77,9 @@ fn healthy(dir: &Path) -> u64 {
             code: 7,
             ..Default::default()
         };
-        ledger.submit(NOW + batch, &[Operation::CreateTransfers(vec![transfer])]).unwrap();
+        ledger
+            .submit(NOW + batch, &[Operation::CreateTransfers(vec![transfer])])
+            .unwrap();
         if batch == 2 {
             ledger.checkpoint().unwrap();
         }
@@ -87,7 +99,11 @@ fn inspect_and_verify_through_the_binary() {
 
     let out = run(&["verify", "--data-dir", &d]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains(&format!("state hash {hash:016x}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("state hash {hash:016x}")),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("OK:"), "{}", stdout(&out));
 
     let out = run(&["verify", "--data-dir", &d, "--json"]);
@@ -102,14 +118,23 @@ fn inspect_and_verify_through_the_binary() {
     let out = run(&["inspect", "--data-dir", &d]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("checkpoint checkpoint-00000000000000000003.snap: batch 3"), "{text}");
-    assert!(text.contains("segment wal-00000000000000000004.log"), "{text}");
+    assert!(
+        text.contains("checkpoint checkpoint-00000000000000000003.snap: batch 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("segment wal-00000000000000000004.log"),
+        "{text}"
+    );
     assert!(text.contains("clean-stop marker: batch 10"), "{text}");
 
     let out = run(&["inspect", "--data-dir", &d, "--records", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let sequences: Vec<u64> = records.iter().map(|r| r["sequence"].as_u64().unwrap()).collect();
+    let sequences: Vec<u64> = records
+        .iter()
+        .map(|r| r["sequence"].as_u64().unwrap())
+        .collect();
     assert_eq!(sequences, (4..=10).collect::<Vec<_>>());
     assert!(records.iter().all(|r| r["status"] == "ok"));
     assert_eq!(records[0]["operations"][0]["kind"], "create_transfers");
@@ -126,13 +151,21 @@ fn inspect_and_verify_through_the_binary() {
     assert_eq!(account["credits_posted"], "0");
     let out = run(&["inspect", "--data-dir", &d, "--transfer", "9"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("debit_account_id: 1"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("debit_account_id: 1"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("amount: 90"), "{}", stdout(&out));
     let out = run(&["inspect", "--data-dir", &d, "--transfer", "77"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no transfer 77"), "{}", stderr(&out));
 
-    assert_eq!(snapshot(&dir), before, "inspect and verify change no byte and no mtime");
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "inspect and verify change no byte and no mtime"
+    );
 
     // A bit flipped in the body of the record of batch 6.
     let record = records.iter().find(|r| r["sequence"] == 6).unwrap();
@@ -147,7 +180,9 @@ fn inspect_and_verify_through_the_binary() {
     assert!(!out.status.success(), "damage must fail: {}", stdout(&out));
     let message = stderr(&out);
     assert!(
-        message.contains(&format!("first bad record: {d}/{segment} byte offset {offset} record 6")),
+        message.contains(&format!(
+            "first bad record: {d}/{segment} byte offset {offset} record 6"
+        )),
         "{message}"
     );
     assert!(message.contains("body checksum"), "{message}");
@@ -160,12 +195,24 @@ fn inspect_and_verify_through_the_binary() {
     // Recovery refuses it, so `inspect --account` says so rather than show a guess.
     let out = run(&["inspect", "--data-dir", &d, "--account", "1"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains(&format!("byte offset {offset}")), "{}", stderr(&out));
-    assert_eq!(snapshot(&dir), before, "the damaged files are left as they are");
+    assert!(
+        stderr(&out).contains(&format!("byte offset {offset}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "the damaged files are left as they are"
+    );
 
     // A directory that does not exist.
     let missing = tmp.path().join("nope").display().to_string();
     let out = run(&["verify", "--data-dir", &missing]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot read the data directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read the data directory"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -265,7 +265,10 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                 }
                 None
             }
-            Ok((inner, _)) => Some((8, format!("holds batch {inner}, but its name says {sequence}"))),
+            Ok((inner, _)) => Some((
+                8,
+                format!("holds batch {inner}, but its name says {sequence}"),
+            )),
             Err(d) => Some((d.offset, d.reason.to_string())),
         };
         if let Some((offset, what)) = &damage {
@@ -353,7 +356,9 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                         sequence: damage.header.map(|h| h.sequence),
                         now_ns: damage.header.map(|h| h.now_ns),
                         bytes: damage.header.map(|h| h.record_bytes()),
-                        checksum_header: damage.header.map(|h| format!("{:08x}", h.checksum_header)),
+                        checksum_header: damage
+                            .header
+                            .map(|h| format!("{:08x}", h.checksum_header)),
                         parent: damage.header.map(|h| format!("{:08x}", h.parent)),
                         operations: Vec::new(),
                         status: what,
@@ -373,7 +378,8 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                     info.last_sequence = Some(header.sequence);
                     last_record = Some((header.sequence, header.checksum_header));
                     let mut problems = Vec::new();
-                    if let Some(p) = previous.filter(|&p| header.parent != 0 && header.parent != p) {
+                    if let Some(p) = previous.filter(|&p| header.parent != 0 && header.parent != p)
+                    {
                         problems.push(format!(
                             "parent chain broken: the record names parent {:08x}, but the record before it is {p:08x} (a record from another log?)",
                             header.parent
@@ -542,16 +548,22 @@ pub fn check_state(state: &StateMachine) -> (Totals, Vec<Finding>) {
             }
             _ => overflow = true,
         }
-        if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-            && a.debits_pending.checked_add(a.debits_posted).is_none_or(|d| d > a.credits_posted)
+        if a.flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && a.debits_pending
+                .checked_add(a.debits_posted)
+                .is_none_or(|d| d > a.credits_posted)
         {
             findings.push(finding(format!(
                 "account {}: debits_pending {} + debits_posted {} exceed credits_posted {} (debits_must_not_exceed_credits)",
                 a.id, a.debits_pending, a.debits_posted, a.credits_posted
             )));
         }
-        if a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
-            && a.credits_pending.checked_add(a.credits_posted).is_none_or(|c| c > a.debits_posted)
+        if a.flags
+            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+            && a.credits_pending
+                .checked_add(a.credits_posted)
+                .is_none_or(|c| c > a.debits_posted)
         {
             findings.push(finding(format!(
                 "account {}: credits_pending {} + credits_posted {} exceed debits_posted {} (credits_must_not_exceed_debits)",
@@ -560,7 +572,9 @@ pub fn check_state(state: &StateMachine) -> (Totals, Vec<Finding>) {
         }
     }
     if overflow {
-        findings.push(finding("a sum of balances over all accounts overflows 128 bits".to_string()));
+        findings.push(finding(
+            "a sum of balances over all accounts overflows 128 bits".to_string(),
+        ));
     } else {
         if totals.debits_posted != totals.credits_posted {
             findings.push(finding(format!(

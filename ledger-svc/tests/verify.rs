@@ -82,7 +82,10 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect()
 }
@@ -96,7 +99,14 @@ fn record_list(report: &Report) -> Vec<(String, u64, u64, u64)> {
     report
         .records
         .iter()
-        .map(|r| (r.segment.clone(), r.offset, r.bytes.unwrap(), r.sequence.unwrap()))
+        .map(|r| {
+            (
+                r.segment.clone(),
+                r.offset,
+                r.bytes.unwrap(),
+                r.sequence.unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -116,7 +126,11 @@ fn a_healthy_directory_verifies_to_the_ledgers_state_hash() {
     assert_eq!(report.superblock.as_ref().unwrap().cluster_id, 7);
     assert_eq!(report.checkpoints.len(), 1);
     assert_eq!(report.checkpoints[0].damage, None);
-    assert!(report.segments.len() >= 3, "several segments: {:?}", report.segments);
+    assert!(
+        report.segments.len() >= 3,
+        "several segments: {:?}",
+        report.segments
+    );
     assert_eq!(report.clean_stop.as_ref().unwrap().sequence, sequence);
     assert_eq!(report.accounts, 4);
     // Every record is listed with its operations, all `ok`, in sequence order.
@@ -127,7 +141,10 @@ fn a_healthy_directory_verifies_to_the_ledgers_state_hash() {
     let last = report.records.last().unwrap();
     assert_eq!(last.operations.len(), 1);
     assert_eq!(last.operations[0].kind, "create_transfers");
-    assert_eq!(last.operations[0].events, 1, "batch 12 has 1 + 12 % 3 transfers");
+    assert_eq!(
+        last.operations[0].events, 1,
+        "batch 12 has 1 + 12 % 3 transfers"
+    );
     // The balances sum, and not trivially.
     let t = report.totals;
     assert_eq!(t.debits_posted, t.credits_posted);
@@ -181,15 +198,33 @@ fn each_kind_of_damage_fails_naming_the_record() {
     for index in [0, records.len() / 2, records.len() - 1] {
         let (segment, offset, bytes, sequence) = records[index].clone();
         let mut storage = fresh();
-        storage.flip_bit(&segment, (offset + 20) as usize, 3).unwrap();
-        let report = assert_fails(&mut storage, &segment, Some(offset), None, "header checksum");
+        storage
+            .flip_bit(&segment, (offset + 20) as usize, 3)
+            .unwrap();
+        let report = assert_fails(
+            &mut storage,
+            &segment,
+            Some(offset),
+            None,
+            "header checksum",
+        );
         let first = report.first_bad_record().unwrap();
-        assert_eq!((first.file.as_str(), first.offset), (segment.as_str(), Some(offset)));
+        assert_eq!(
+            (first.file.as_str(), first.offset),
+            (segment.as_str(), Some(offset))
+        );
 
         let mut storage = fresh();
-        storage.flip_bit(&segment, (offset + bytes - 9) as usize, 0).unwrap();
-        let report =
-            assert_fails(&mut storage, &segment, Some(offset), Some(sequence), "body checksum");
+        storage
+            .flip_bit(&segment, (offset + bytes - 9) as usize, 0)
+            .unwrap();
+        let report = assert_fails(
+            &mut storage,
+            &segment,
+            Some(offset),
+            Some(sequence),
+            "body checksum",
+        );
         // The replay stops before the damaged record.
         assert_eq!(report.last_sequence, sequence - 1);
     }
@@ -199,8 +234,20 @@ fn each_kind_of_damage_fails_naming_the_record() {
     let (segment, offset, bytes, sequence) = records.last().unwrap().clone();
     let mut storage = fresh();
     storage.truncate(&segment, offset + bytes - 8).unwrap();
-    assert_fails(&mut storage, &segment, Some(offset), Some(sequence), "partial record body");
-    assert_fails(&mut storage, wal::CLEAN_STOP_NAME, Some(0), Some(sequence), "but it ends at");
+    assert_fails(
+        &mut storage,
+        &segment,
+        Some(offset),
+        Some(sequence),
+        "partial record body",
+    );
+    assert_fails(
+        &mut storage,
+        wal::CLEAN_STOP_NAME,
+        Some(0),
+        Some(sequence),
+        "but it ends at",
+    );
 
     // A record spliced in from another log: valid checksums, the same sequence, another
     // parent.
@@ -216,8 +263,13 @@ fn each_kind_of_damage_fails_naming_the_record() {
     content[offset as usize..(offset + bytes) as usize].copy_from_slice(&foreign);
     storage.remove(&segment).unwrap();
     storage.append(&segment, &content).unwrap();
-    let report =
-        assert_fails(&mut storage, &segment, Some(offset), Some(sequence), "parent chain broken");
+    let report = assert_fails(
+        &mut storage,
+        &segment,
+        Some(offset),
+        Some(sequence),
+        "parent chain broken",
+    );
     assert_eq!(report.first_bad_record().unwrap().offset, Some(offset));
 
     // A damaged checkpoint.
@@ -225,22 +277,46 @@ fn each_kind_of_damage_fails_naming_the_record() {
     let middle = healthy_report.checkpoints[0].bytes / 2;
     let mut storage = fresh();
     storage.flip_bit(&checkpoint, middle as usize, 5).unwrap();
-    let report = assert_fails(&mut storage, &checkpoint, Some(healthy_report.checkpoints[0].bytes - 8), None, "checksum");
+    let report = assert_fails(
+        &mut storage,
+        &checkpoint,
+        Some(healthy_report.checkpoints[0].bytes - 8),
+        None,
+        "checksum",
+    );
     assert!(report.checkpoints[0].damage.is_some());
 
     // A damaged superblock.
     let mut storage = fresh();
     storage.flip_bit(data_dir::SUPERBLOCK_NAME, 20, 1).unwrap();
-    assert_fails(&mut storage, data_dir::SUPERBLOCK_NAME, Some(0), None, "fails its checksum");
+    assert_fails(
+        &mut storage,
+        data_dir::SUPERBLOCK_NAME,
+        Some(0),
+        None,
+        "fails its checksum",
+    );
     // And a missing one.
     let mut storage = fresh();
     storage.remove(data_dir::SUPERBLOCK_NAME).unwrap();
-    assert_fails(&mut storage, data_dir::SUPERBLOCK_NAME, None, None, "missing");
+    assert_fails(
+        &mut storage,
+        data_dir::SUPERBLOCK_NAME,
+        None,
+        None,
+        "missing",
+    );
 
     // A damaged clean-stop marker.
     let mut storage = fresh();
     storage.flip_bit(wal::CLEAN_STOP_NAME, 17, 2).unwrap();
-    assert_fails(&mut storage, wal::CLEAN_STOP_NAME, Some(0), None, "fails its checksum");
+    assert_fails(
+        &mut storage,
+        wal::CLEAN_STOP_NAME,
+        Some(0),
+        None,
+        "fails its checksum",
+    );
 }
 
 /// A whole segment missing from the middle of the log is a gap in the sequence.
@@ -261,4 +337,47 @@ fn a_missing_segment_is_a_sequence_gap() {
         &format!("where {} was expected", middle.first_sequence.unwrap()),
     );
     assert_eq!(report.last_sequence, middle.first_sequence.unwrap() - 1);
+}
+
+/// A checkpoint whose checksums hold but whose state breaks the ledger's invariants (account
+/// 4's credits_posted raised, as a bug or a forged file would): the sums and the limit fail.
+#[test]
+fn a_state_that_does_not_balance_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    healthy(dir.path());
+    let mut storage = verify::load_dir(dir.path()).unwrap();
+    let report = verify_sim(&mut storage);
+    let name = report.checkpoints[0].name.clone();
+    let mut bytes = storage.read(&name).unwrap();
+    // Header 16, prepare_timestamp 8, account count 8, then per account its 128 bytes and a
+    // history length (0: no account here keeps history).
+    let at = 16 + 8 + 8 + 3 * (128 + 8);
+    assert_eq!(
+        &bytes[at..at + 16],
+        &4u128.to_le_bytes(),
+        "account 4 where the layout puts it"
+    );
+    bytes[at + 64..at + 80].copy_from_slice(&5u128.to_le_bytes()); // credits_posted
+    let trailer = bytes.len() - 16;
+    let crc = crc32c::crc32c(&bytes[..trailer + 8]);
+    bytes[trailer + 8..trailer + 12].copy_from_slice(&crc.to_le_bytes());
+    storage.remove(&name).unwrap();
+    storage.append(&name, &bytes).unwrap();
+    let report = verify_sim(&mut storage);
+    assert_eq!(report.checkpoints[0].damage, None, "the checksums hold");
+    assert_eq!(report.last_sequence, 13, "the replay goes through");
+    let whats: Vec<&str> = report.findings.iter().map(|f| f.what.as_str()).collect();
+    assert_eq!(whats.len(), 2, "{whats:?}");
+    assert!(
+        whats[0]
+            .starts_with("account 4: credits_pending 0 + credits_posted 5 exceed debits_posted 0"),
+        "{whats:?}"
+    );
+    assert!(whats[1].starts_with("Σ debits_posted"), "{whats:?}");
+    assert_eq!(
+        report.totals.credits_posted,
+        report.totals.debits_posted + 5
+    );
+    assert!(report.findings.iter().all(|f| f.file == "state"));
+    assert_eq!(report.first_bad_record(), None);
 }
