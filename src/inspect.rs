@@ -267,7 +267,7 @@ pub fn verify(dir: &Path, as_json: bool) -> Result<()> {
             report.state_hash
         );
         let t = &report.totals;
-        outln!(o, 
+        outln!(o,
             "  {} accounts, {} transfers; Σ debits_posted {} Σ credits_posted {}; Σ debits_pending {} Σ credits_pending {}",
             report.accounts, report.transfers, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending
         );
