@@ -9,6 +9,7 @@ pub mod config;
 pub mod fault;
 pub mod handshake;
 pub mod health;
+pub mod inspect;
 pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;

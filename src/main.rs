@@ -139,6 +139,21 @@ enum Commands {
     /// a random ledger id, format version, creation time). Refuses a directory that holds
     /// anything. `serve` opens only a formatted directory of its cluster.
     Format(FormatArgs),
+    /// Look inside a data directory, offline and read-only: the superblock, checkpoints,
+    /// segments and clean-stop marker; every record (--records); one account or transfer as
+    /// recovery would rebuild it (docs/operations.md, "Inspecting and verifying").
+    Inspect(InspectArgs),
+    /// Verify a data directory offline and read-only: every checksum, the parent chain, a full
+    /// replay to the state hash, Σ debits = Σ credits (posted and pending) and every account's
+    /// limits. Exits non-zero naming the first bad record.
+    Verify {
+        /// The data directory (a stopped ledger's, or a backup's).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Offline tools for the write-ahead log (run them with the server stopped).
     Wal {
         #[command(subcommand)]
@@ -158,6 +173,37 @@ struct FormatArgs {
     /// The cluster id (overrides the configuration's; default 0).
     #[arg(long)]
     cluster_id: Option<u128>,
+}
+
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The data directory (a stopped ledger's, or a backup's).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every record: segment, offset, sequence, time, operations and event counts, status.
+    #[arg(long, conflicts_with_all = ["account", "transfer"])]
+    records: bool,
+    /// One account by id, with TigerBeetle's field names.
+    #[arg(long, conflicts_with = "transfer")]
+    account: Option<u128>,
+    /// One transfer by id, with TigerBeetle's field names.
+    #[arg(long)]
+    transfer: Option<u128>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl InspectArgs {
+    fn view(&self) -> pantera::inspect::View {
+        use pantera::inspect::View;
+        match (self.records, self.account, self.transfer) {
+            (true, _, _) => View::Records,
+            (_, Some(id), _) => View::Account(id),
+            (_, _, Some(id)) => View::Transfer(id),
+            _ => View::Summary,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,5 +366,7 @@ fn main() -> Result<()> {
         }
         Commands::Format(args) => format(&args),
         Commands::Wal { command: WalCommand::Repair(args) } => wal_repair(&args),
+        Commands::Inspect(args) => pantera::inspect::inspect(&args.data_dir, args.view(), args.json),
+        Commands::Verify { data_dir, json } => pantera::inspect::verify(&data_dir, json),
     }
 }

@@ -152,7 +152,7 @@ pub struct RecoveryReport {
 
 /// Applies one batch to the state: expiries due at `now_ns` first, then the operations in
 /// order. The one code path for `submit` and for replay, which is what makes replay exact.
-fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<OperationReply> {
+pub(crate) fn apply_batch(state: &mut StateMachine, now_ns: u64, ops: &[Operation]) -> Vec<OperationReply> {
     state.expire_pending_transfers(now_ns);
     ops.iter()
         .map(|op| match op {

@@ -15,6 +15,7 @@ pub mod repair;
 pub mod checkpoint;
 pub mod ledger;
 pub mod backup;
+pub mod verify;
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
 pub mod http;
 pub mod api;
