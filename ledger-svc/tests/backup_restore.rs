@@ -5,6 +5,8 @@
 //! simulated disk, deterministically); a damaged backup, a missing manifest, a non-empty target
 //! and an empty source are refused with a clear error.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,21 +26,7 @@ fn config() -> LedgerConfig {
 }
 
 fn accounts() -> Operation {
-    Operation::CreateAccounts(
-        (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                flags: if id % 4 == 0 {
-                    AccountFlags::HISTORY
-                } else {
-                    AccountFlags::empty()
-                },
-                ..Default::default()
-            })
-            .collect(),
-    )
+    common::accounts(ACCOUNTS, 4)
 }
 
 fn transfers(batch: u64) -> Operation {

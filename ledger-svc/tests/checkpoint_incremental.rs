@@ -7,6 +7,8 @@
 //! segment, or a replica that does not match the ledger, stops the checkpoint before it
 //! writes or removes anything.
 
+mod common;
+
 use ledger_svc::ledger::CheckpointJob;
 use ledger_svc::*;
 
@@ -27,21 +29,7 @@ fn config() -> LedgerConfig {
 }
 
 fn accounts() -> Operation {
-    Operation::CreateAccounts(
-        (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                flags: if id % 8 == 0 {
-                    AccountFlags::HISTORY
-                } else {
-                    AccountFlags::empty()
-                },
-                ..Default::default()
-            })
-            .collect(),
-    )
+    common::accounts(ACCOUNTS, 8)
 }
 
 /// Plain and pending transfers (some expiring, some posted or voided later in the batch).

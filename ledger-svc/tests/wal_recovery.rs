@@ -3,27 +3,15 @@
 //! the WAL, a damaged checkpoint and a missing segment each make start-up fail with an error
 //! naming the file and offset.
 
+mod common;
+
 use ledger_svc::*;
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 const ACCOUNTS: u128 = 1000;
 
 fn accounts() -> Operation {
-    Operation::CreateAccounts(
-        (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                flags: if id % 10 == 0 {
-                    AccountFlags::HISTORY
-                } else {
-                    AccountFlags::empty()
-                },
-                ..Default::default()
-            })
-            .collect(),
-    )
+    common::accounts(ACCOUNTS, 10)
 }
 
 /// A deterministic mix: posted transfers, pending ones with timeouts, posts and voids.
