@@ -124,14 +124,12 @@ pub struct Worker<P: Port> {
     /// The connections to drive at the next turn (docs/pipeline.md, "Work per turn"): a
     /// segment reached them, a ledger reply came, their timer came, they just opened, or
     /// they moved at their last drive (so may move again). The others are not looked at.
-    ready: Vec<u32>,
-    in_ready: Vec<bool>,
+    ready: tcp::SlotSet,
     /// Each connection's next deadline (`Connection::poll_at`), as set after its drive.
     timers: tcp::Timers<Instant>,
     /// Connections holding back a request of their client (`Connection::is_held_back`):
     /// another connection's progress may release them, so each turn looks at them.
-    held: Vec<u32>,
-    in_held: Vec<bool>,
+    held: tcp::SlotSet,
     /// Scratch for one turn's list.
     turn_slots: Vec<u32>,
 }
@@ -196,11 +194,9 @@ impl<P: Port> Worker<P> {
             parked: None,
             handshakes: Handshakes::new(handshake_limits, slots),
             established_moved_at: None,
-            ready: Vec::with_capacity(slots),
-            in_ready: vec![false; slots],
+            ready: tcp::SlotSet::new(slots),
             timers: tcp::Timers::new(slots),
-            held: Vec::new(),
-            in_held: vec![false; slots],
+            held: tcp::SlotSet::new(slots),
             turn_slots: Vec::with_capacity(slots),
         })
     }
@@ -264,19 +260,13 @@ impl<P: Port> Worker<P> {
         // busy-polling burns a core, and a busy one must not pay for the idle connections.
         // Established connections move now; a handshake with ciphertext waiting joins the
         // FIFO of steps, which run after them, a bounded number per turn.
-        let (timers, ready, in_ready) = (&mut self.timers, &mut self.ready, &mut self.in_ready);
-        timers.expire(now, |slot| mark(ready, in_ready, slot));
+        let (timers, ready) = (&mut self.timers, &mut self.ready);
+        timers.expire(now, |slot| ready.insert(slot));
         let mut slots = std::mem::take(&mut self.turn_slots);
         slots.clear();
-        std::mem::swap(&mut slots, &mut self.ready);
-        for &slot in &slots {
-            self.in_ready[slot as usize] = false;
-        }
+        self.ready.drain_into(&mut slots);
         // The held-back connections are looked at after the others have moved.
-        for &slot in &self.held {
-            self.in_held[slot as usize] = false;
-        }
-        slots.append(&mut self.held);
+        self.held.drain_into(&mut slots);
         for &slot in &slots {
             busy |= self.drive_ready(slot as usize, now);
         }
@@ -302,14 +292,13 @@ impl<P: Port> Worker<P> {
         match &self.conns[slot] {
             Some(Conn::Https(https)) if !https.evicted => {
                 if moved {
-                    mark(&mut self.ready, &mut self.in_ready, slot);
-                } else if https.conn.is_held_back() && !self.in_held[slot] {
-                    self.in_held[slot] = true;
-                    self.held.push(slot as u32);
+                    self.ready.insert(slot);
+                } else if https.conn.is_held_back() {
+                    self.held.insert(slot);
                 }
                 self.timers.set(slot, https.conn.poll_at());
             }
-            Some(Conn::Echo(_)) if moved => mark(&mut self.ready, &mut self.in_ready, slot),
+            Some(Conn::Echo(_)) if moved => self.ready.insert(slot),
             _ => self.timers.set(slot, None),
         }
         moved
@@ -320,12 +309,12 @@ impl<P: Port> Worker<P> {
     #[doc(hidden)]
     pub fn readiness_violations(&mut self, now: Instant) -> Vec<usize> {
         // What segments brought since the turn's last look is news the next turn takes.
-        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
-        self.stack.take_ingress_ready(|id| mark(ready, in_ready, id.slot()));
+        let ready = &mut self.ready;
+        self.stack.take_ingress_ready(|id| ready.insert(id.slot()));
         let mut missed = Vec::new();
         for i in 0..self.active.len() {
             let slot = self.active[i] as usize;
-            let covered = self.in_ready[slot] || self.in_held[slot] || self.timers.get(slot).is_some_and(|at| at <= now);
+            let covered = self.ready.contains(slot) || self.held.contains(slot) || self.timers.get(slot).is_some_and(|at| at <= now);
             if !covered && self.drive(slot, now) {
                 missed.push(slot);
             }
@@ -336,8 +325,7 @@ impl<P: Port> Worker<P> {
     /// Re-arms listeners, times out idle connections, and opens or drops connection state.
     fn service_stack(&mut self, now: Instant) {
         let (conns, active, app, handshakes) = (&mut self.conns, &mut self.active, &self.app, &mut self.handshakes);
-        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
-        let (held, in_held) = (&mut self.held, &mut self.in_held);
+        let (ready, held) = (&mut self.ready, &mut self.held);
         self.stack.service(smoltcp_now(now), |event| match event {
             Event::Opened(id) => {
                 let conn = match app {
@@ -356,15 +344,12 @@ impl<P: Port> Worker<P> {
                 if conn.is_some() {
                     conns[id.slot()] = conn;
                     active.push(id.slot() as u32);
-                    mark(ready, in_ready, id.slot());
+                    ready.insert(id.slot());
                 }
             }
             Event::Closed(id) => {
                 handshakes.finished(id.slot());
-                if in_held[id.slot()] {
-                    in_held[id.slot()] = false;
-                    held.retain(|&slot| slot as usize != id.slot());
-                }
+                held.remove(id.slot());
                 if conns[id.slot()].take().is_some() {
                     let at = active.iter().position(|&s| s as usize == id.slot()).expect("a closed connection was open");
                     active.swap_remove(at);
@@ -372,8 +357,8 @@ impl<P: Port> Worker<P> {
             }
         });
         // A segment reached these: data, a FIN, room to send, a reset.
-        let (ready, in_ready) = (&mut self.ready, &mut self.in_ready);
-        self.stack.take_ingress_ready(|id| mark(ready, in_ready, id.slot()));
+        let ready = &mut self.ready;
+        self.stack.take_ingress_ready(|id| ready.insert(id.slot()));
         // A full handshake budget evicts one of its members (the one waiting longest for its
         // client: `Handshakes::over_budget`), never an established connection (design.md,
         // "Under attack"): reset, so its slot and buffers are free at once.
@@ -432,7 +417,7 @@ impl<P: Port> Worker<P> {
             }
             if moved {
                 // It may move again (its first request may be in): the next turn drives it.
-                mark(&mut self.ready, &mut self.in_ready, slot);
+                self.ready.insert(slot);
             }
             busy |= moved;
             self.handshakes.step_done(started.elapsed());
@@ -460,7 +445,7 @@ impl<P: Port> Worker<P> {
                 continue;
             }
             https.conn.handle_reply(c.reply_to.seq, &c.reply);
-            mark(&mut self.ready, &mut self.in_ready, c.reply_to.slot);
+            self.ready.insert(c.reply_to.slot);
         }
         any
     }
@@ -568,14 +553,6 @@ impl<P: Port> Worker<P> {
 
     pub fn port_mut(&mut self) -> &mut P {
         &mut self.port
-    }
-}
-
-/// Puts `slot` on the list of connections the next turn drives (once).
-fn mark(ready: &mut Vec<u32>, in_ready: &mut [bool], slot: usize) {
-    if !in_ready[slot] {
-        in_ready[slot] = true;
-        ready.push(slot as u32);
     }
 }
 

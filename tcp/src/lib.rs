@@ -34,6 +34,6 @@ pub use config::{
 };
 pub use cookie::{SynCookieMode, MSS_TABLE, SLOT_SECS};
 pub use neighbour::{NEIGHBOURS_MAX, NEIGHBOUR_LIFETIME, NEIGHBOUR_REFRESH};
-pub use ready::Timers;
+pub use ready::{SlotSet, Timers};
 pub use smoltcp;
 pub use stack::{ConnError, ConnId, Event, Stack, StackCounters};

@@ -27,15 +27,58 @@ use smoltcp::time::Instant;
 
 #[derive(Debug)]
 pub(crate) struct Ready {
-    egress: Vec<u32>,
-    in_egress: Vec<bool>,
-    service: Vec<u32>,
-    in_service: Vec<bool>,
-    app: Vec<u32>,
-    in_app: Vec<bool>,
-    /// Scratch for `expire`.
-    due: Vec<u32>,
+    egress: SlotSet,
+    service: SlotSet,
+    app: SlotSet,
+    /// Scratch for `expire` and `take_app`.
+    scratch: Vec<u32>,
     timers: Timers<Instant>,
+}
+
+/// Slots to look at, each listed once, in the order they were added: insert and membership
+/// are O(1), and the whole list is taken at once.
+#[derive(Debug)]
+pub struct SlotSet {
+    list: Vec<u32>,
+    member: Vec<bool>,
+}
+
+impl SlotSet {
+    pub fn new(slots: usize) -> SlotSet {
+        SlotSet { list: Vec::with_capacity(slots), member: vec![false; slots] }
+    }
+
+    /// Adds `slot` unless it is in the set already.
+    pub fn insert(&mut self, slot: usize) {
+        if !self.member[slot] {
+            self.member[slot] = true;
+            self.list.push(slot as u32);
+        }
+    }
+
+    pub fn contains(&self, slot: usize) -> bool {
+        self.member[slot]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Takes `slot` out: a walk of the list, done only when `slot` is in it.
+    pub fn remove(&mut self, slot: usize) {
+        if self.member[slot] {
+            self.member[slot] = false;
+            self.list.retain(|&s| s as usize != slot);
+        }
+    }
+
+    /// Appends the members to `into`, in order, and empties the set.
+    pub fn drain_into(&mut self, into: &mut Vec<u32>) {
+        for &slot in &self.list {
+            self.member[slot as usize] = false;
+        }
+        into.append(&mut self.list);
+    }
 }
 
 /// One timer per slot, in a heap: setting a slot's timer is O(log n), finding the due ones
@@ -114,82 +157,63 @@ impl<T: Ord + Copy> Timers<T> {
 impl Ready {
     pub(crate) fn new(slots: usize) -> Ready {
         Ready {
-            egress: Vec::with_capacity(slots),
-            in_egress: vec![false; slots],
-            service: Vec::with_capacity(slots),
-            in_service: vec![false; slots],
-            app: Vec::with_capacity(slots),
-            in_app: vec![false; slots],
-            due: Vec::new(),
+            egress: SlotSet::new(slots),
+            service: SlotSet::new(slots),
+            app: SlotSet::new(slots),
+            scratch: Vec::new(),
             timers: Timers::new(slots),
         }
     }
 
     /// Something may have given `slot` work: egress and service look at it next.
     pub(crate) fn touch(&mut self, slot: usize) {
-        self.wants_egress(slot);
-        self.wants_service(slot);
+        self.egress.insert(slot);
+        self.service.insert(slot);
     }
 
     /// A segment reached `slot`'s socket: touched, and news for the caller.
     pub(crate) fn ingress(&mut self, slot: usize) {
         self.touch(slot);
-        if !self.in_app[slot] {
-            self.in_app[slot] = true;
-            self.app.push(slot as u32);
-        }
+        self.app.insert(slot);
     }
 
     /// Calls `f` with each slot a segment reached since the last call, and empties the set.
     pub(crate) fn take_app(&mut self, mut f: impl FnMut(usize)) {
-        for &slot in &self.app {
-            self.in_app[slot as usize] = false;
+        self.app.drain_into(&mut self.scratch);
+        for &slot in &self.scratch {
             f(slot as usize);
         }
-        self.app.clear();
+        self.scratch.clear();
     }
 
     pub(crate) fn wants_egress(&mut self, slot: usize) {
-        if !self.in_egress[slot] {
-            self.in_egress[slot] = true;
-            self.egress.push(slot as u32);
-        }
+        self.egress.insert(slot);
     }
 
     pub(crate) fn wants_service(&mut self, slot: usize) {
-        if !self.in_service[slot] {
-            self.in_service[slot] = true;
-            self.service.push(slot as u32);
-        }
+        self.service.insert(slot);
     }
 
     /// Touches every slot whose timer has come by `now`.
     pub(crate) fn expire(&mut self, now: Instant) {
-        let mut due = std::mem::take(&mut self.due);
-        self.timers.expire(now, |slot| due.push(slot as u32));
-        for &slot in &due {
-            self.touch(slot as usize);
+        let (timers, scratch) = (&mut self.timers, &mut self.scratch);
+        timers.expire(now, |slot| scratch.push(slot as u32));
+        for i in 0..self.scratch.len() {
+            self.touch(self.scratch[i] as usize);
         }
-        due.clear();
-        self.due = due;
+        self.scratch.clear();
     }
 
     /// Moves the slots waiting for egress into `into` (cleared first) and empties the set.
     pub(crate) fn take_egress(&mut self, into: &mut Vec<u32>) {
         into.clear();
-        std::mem::swap(into, &mut self.egress);
-        for &slot in into.iter() {
-            self.in_egress[slot as usize] = false;
-        }
+        self.egress.drain_into(into);
     }
 
     /// Moves the slots waiting for service into `into` (cleared first) and empties the set.
     pub(crate) fn take_service(&mut self, into: &mut Vec<u32>) {
         into.clear();
-        std::mem::swap(into, &mut self.service);
-        for &slot in into.iter() {
-            self.in_service[slot as usize] = false;
-        }
+        self.service.drain_into(into);
     }
 
     pub(crate) fn egress_pending(&self) -> bool {
@@ -220,7 +244,7 @@ impl Ready {
 
     /// True if `slot` is in `egress` or has a timer no later than `at`.
     pub(crate) fn covers(&self, slot: usize, at: Instant) -> bool {
-        self.in_egress[slot] || self.timers.get(slot).is_some_and(|t| t <= at)
+        self.egress.contains(slot) || self.timers.get(slot).is_some_and(|t| t <= at)
     }
 
     #[cfg(test)]
@@ -235,6 +259,23 @@ mod tests {
 
     fn at(ms: i64) -> Instant {
         Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn a_slot_set_lists_each_slot_once_in_order_and_forgets_removed_ones() {
+        let mut set = SlotSet::new(8);
+        for slot in [5, 2, 5, 7, 2] {
+            set.insert(slot);
+        }
+        set.remove(7);
+        set.remove(3);
+        assert!(set.contains(5) && !set.contains(7));
+        let mut out = vec![1];
+        set.drain_into(&mut out);
+        assert_eq!(out, [1, 5, 2]);
+        assert!(set.is_empty() && !set.contains(5));
+        set.insert(7);
+        assert!(set.contains(7));
     }
 
     #[test]
