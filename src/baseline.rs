@@ -273,7 +273,7 @@ fn drive(shared: &Shared, id: Conn, conn: &mut Connection, sock: &mut TcpStream)
                 Ok(()) => {}
                 Err(_) => {
                     shared.metrics.ledger_queue_full.inc();
-                    conn.handle_busy(s.seq);
+                    conn.handle_busy(Instant::now(), s.seq);
                 }
             }
         }
@@ -294,7 +294,7 @@ fn drive(shared: &Shared, id: Conn, conn: &mut Connection, sock: &mut TcpStream)
             let c = completions.recv().map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the ledger thread has stopped"))?;
             // A reply to an earlier connection in this slot that ended before reading it is dropped.
             if c.reply_to.generation == id.generation {
-                conn.handle_reply(c.reply_to.seq, &c.reply);
+                conn.handle_reply(Instant::now(), c.reply_to.seq, &c.reply);
             }
             continue;
         }

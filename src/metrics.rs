@@ -246,7 +246,7 @@ pub fn record_events(connection: &mut ledger_svc::connection::Connection, metric
             Event::Handshake { version, resumed } => {
                 metrics.tls_handshakes.with_label_values(&[version, if resumed { "true" } else { "false" }]).inc()
             }
-            Event::Response { status } => metrics.http_responses.with_label_values(&[status_label(status)]).inc(),
+            Event::Response(answered) => metrics.http_responses.with_label_values(&[status_label(answered.status)]).inc(),
             Event::TlsFailed { reason } => metrics.tls_errors.with_label_values(&[reason]).inc(),
             Event::DeadlineCut { phase } => metrics.http_deadlines.with_label_values(&[phase]).inc(),
             Event::IdleClosed => metrics.http_deadlines.with_label_values(&["idle"]).inc(),

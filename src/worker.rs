@@ -252,7 +252,7 @@ impl<P: Port> Worker<P> {
         self.port.service();
         let mut busy = self.stack.poll(t, &mut self.port);
         self.service_stack(now);
-        busy |= self.collect_completions();
+        busy |= self.collect_completions(now);
         let contended = self.established_moved_at.is_some_and(|at| now.saturating_duration_since(at) < CONTENDED_WINDOW);
         self.handshakes.begin_turn(now, contended);
         busy |= self.expire_handshakes(now);
@@ -433,7 +433,7 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    fn collect_completions(&mut self) -> bool {
+    fn collect_completions(&mut self, now: Instant) -> bool {
         let AppConfig::Ledger(app) = &self.app else { return false };
         let mut any = false;
         while let Some(c) = self.parked.take().or_else(|| app.completions.try_recv().ok()) {
@@ -444,7 +444,7 @@ impl<P: Port> Worker<P> {
             if https.id.generation() != c.reply_to.generation {
                 continue;
             }
-            https.conn.handle_reply(c.reply_to.seq, &c.reply);
+            https.conn.handle_reply(now, c.reply_to.seq, &c.reply);
             self.ready.insert(c.reply_to.slot);
         }
         any
@@ -620,7 +620,7 @@ impl HttpsConn {
                 Ok(()) => *outstanding += 1,
                 Err(_) => {
                     metrics.ledger_queue_full.inc();
-                    conn.handle_busy(s.seq);
+                    conn.handle_busy(now, s.seq);
                 }
             }
         }

@@ -155,6 +155,20 @@ impl Route {
     }
 }
 
+/// The route of `path` as a bounded label for metrics and logs: the path template, ids
+/// replaced by `{id}`; `other` for a path the API does not serve.
+pub fn route_label(path: &str) -> &'static str {
+    match route(path) {
+        Ok(Some(Route::Accounts)) => "/v1/accounts",
+        Ok(Some(Route::Transfers)) => "/v1/transfers",
+        Ok(Some(Route::Account(_))) => "/v1/accounts/{id}",
+        Ok(Some(Route::Transfer(_))) => "/v1/transfers/{id}",
+        Ok(Some(Route::AccountTransfers(_))) => "/v1/accounts/{id}/transfers",
+        Ok(Some(Route::AccountBalances(_))) => "/v1/accounts/{id}/balances",
+        Ok(None) | Err(_) => "other",
+    }
+}
+
 /// The route of `path`: `Ok(None)` for an unknown path, `Err` for a known path with an invalid id.
 fn route(path: &str) -> Result<Option<Route>, Response> {
     let Some(rest) = path.strip_prefix("/v1/") else {

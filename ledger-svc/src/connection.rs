@@ -12,7 +12,9 @@
 //!   the ledger's queue refused it);
 //! - [`Connection::poll_ciphertext`] for bytes to send;
 //! - [`Connection::handle_timeout`] at [`Connection::poll_at`];
-//! - [`Connection::poll_event`] for what the metrics count; [`Connection::is_closed`] when the
+//! - [`Connection::poll_event`] for what the metrics, logs and audit log record (each response
+//!   as an [`Answered`]: route, timing, sizes, and for a write its identity and result codes);
+//!   [`Connection::is_closed`] when the
 //!   TCP connection can be closed.
 //!
 //! Every byte a client can make the connection hold is bounded: a request is decoded only
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use tls_term::{Session, SessionError, SessionLimits};
 
 use crate::api::{self, Action, Command, Reply, Role};
+use crate::model::Operation;
 use crate::http::{self, Phase, RequestDecoder, Response};
 
 /// Plaintext moved from TLS to the decoder per step: about one TLS record.
@@ -164,19 +167,63 @@ impl Budget {
     }
 }
 
-/// What happened, for the driver's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happened, for the driver's metrics, logs and audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The TLS handshake completed.
     Handshake { version: &'static str, resumed: bool },
     /// A response was queued for sending.
-    Response { status: u16 },
+    Response(Answered),
     /// The TLS session failed (the label names the reason); the connection is closing.
     TlsFailed { reason: &'static str },
     /// A request deadline passed: `phase` is "head" or "body"; the client got 408.
     DeadlineCut { phase: &'static str },
     /// The connection sat idle between requests past `idle_timeout`.
     IdleClosed,
+}
+
+/// One request and its response, as the driver's metrics, logs and audit log see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub status: u16,
+    /// The request method (`GET`, `POST`, ...; `-` when the request could not be decoded).
+    pub method: &'static str,
+    /// The route's path template (`api::route_label`): a bounded label.
+    pub route: &'static str,
+    /// From the request's first byte to its response queued for sending.
+    pub duration: Duration,
+    /// The request body's length.
+    pub request_bytes: usize,
+    /// The encoded response, head and body.
+    pub response_bytes: usize,
+    /// Set for every POST (a write, whether or not it reached the ledger).
+    pub write: Option<WriteRecord>,
+}
+
+/// What a write request asked and got: what the audit log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// `create_accounts`, `create_transfers`, or `none` when the request was refused before
+    /// its body was decoded (403, 400, ...).
+    pub operation: &'static str,
+    /// Events in the batch (0 when it was refused before decoding).
+    pub events: usize,
+    /// The client certificate's identity (`None`: no certificate).
+    pub identity: Option<Arc<str>>,
+    pub role: Option<Role>,
+    /// The ledger's result codes and how many events got each, in first-seen order; empty when
+    /// the request never reached the ledger (refused, or the ledger's queue was full).
+    pub results: Vec<(&'static str, u32)>,
+}
+
+/// What a pending response answers, kept until it is queued for sending.
+#[derive(Debug)]
+struct Exchange {
+    method: &'static str,
+    route: &'static str,
+    started: Instant,
+    request_bytes: usize,
+    write: Option<WriteRecord>,
 }
 
 /// A command for the ledger thread; its reply comes back through
@@ -190,10 +237,10 @@ pub struct Submission {
 /// A response in its request's place: ready, or waiting for the ledger's reply `seq`.
 #[derive(Debug)]
 enum Pending {
-    Ready(Response),
+    Ready(Response, Exchange),
     /// Submitted (or queued for submission); `reserved` bytes are counted as held until the
     /// reply arrives.
-    Waiting { seq: u64, reserved: usize, query: bool },
+    Waiting { seq: u64, reserved: usize, query: bool, exchange: Exchange },
 }
 
 /// The connection's closing state: one, not a set of flags.
@@ -216,6 +263,10 @@ pub struct Connection {
     roles: Arc<Roles>,
     /// Known once the handshake is complete.
     role: Option<Role>,
+    /// The client certificate's identity, known once the handshake is complete.
+    identity: Option<Arc<str>>,
+    /// When the request being received sent its first byte.
+    request_started: Instant,
     handshake_done: bool,
     /// Responses in request order.
     pending: VecDeque<Pending>,
@@ -258,6 +309,8 @@ impl Connection {
             limits,
             roles,
             role: None,
+            identity: None,
+            request_started: now,
             handshake_done: false,
             pending: VecDeque::new(),
             submissions: VecDeque::new(),
@@ -344,14 +397,16 @@ impl Connection {
 
     /// The ledger's reply to submission `seq`. A reply for a request this connection no longer
     /// waits for (it failed meanwhile) is dropped.
-    pub fn handle_reply(&mut self, seq: u64, reply: &Reply) {
-        self.complete(seq, || api::render(reply));
+    pub fn handle_reply(&mut self, now: Instant, seq: u64, reply: &Reply) {
+        self.now = self.now.max(now);
+        self.complete(seq, Some(reply), || api::render(reply));
     }
 
     /// The ledger's queue was full when submission `seq` was offered: the client gets 503 with
     /// Retry-After, and nothing was done.
-    pub fn handle_busy(&mut self, seq: u64) {
-        self.complete(seq, || {
+    pub fn handle_busy(&mut self, now: Instant, seq: u64) {
+        self.now = self.now.max(now);
+        self.complete(seq, None, || {
             let mut r = api::error_response(503, "ledger_busy", "the ledger's queue is full; retry after the indicated delay");
             r.retry_after_s = Some(1);
             r
@@ -447,7 +502,7 @@ impl Connection {
         if self.closing == Closing::Closed {
             return;
         }
-        while let Some(Pending::Ready(_)) = self.pending.front() {
+        while let Some(Pending::Ready(..)) = self.pending.front() {
             self.encode_front();
         }
         self.write_out();
@@ -493,7 +548,8 @@ impl Connection {
         }
         if !self.handshake_done && !self.session.is_handshaking() {
             self.handshake_done = true;
-            self.role = self.roles.of(self.session.identity());
+            self.identity = self.session.identity().map(Arc::from);
+            self.role = self.roles.of(self.identity.as_deref());
             let version = match self.session.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
@@ -505,7 +561,7 @@ impl Connection {
         if self.handshake_done {
             self.decode();
         }
-        while let Some(Pending::Ready(_)) = self.pending.front() {
+        while let Some(Pending::Ready(..)) = self.pending.front() {
             self.encode_front();
         }
         self.write_out();
@@ -571,7 +627,8 @@ impl Connection {
                 }
                 Err(e) => {
                     // Answer what came before, then the error, then close (RFC 9112 §9.6).
-                    self.push_ready(Response::from(&e));
+                    let exchange = self.exchange("-", "other", 0, None);
+                    self.push_ready(Response::from(&e), exchange);
                     self.closing = Closing::Draining;
                     break;
                 }
@@ -604,6 +661,9 @@ impl Connection {
 
     /// Tracks the decoder's phase; `restart` starts the clock again (a request completed).
     fn set_phase(&mut self, phase: Phase, restart: bool) {
+        if self.phase == Phase::Idle && phase != Phase::Idle {
+            self.request_started = self.now;
+        }
         if restart || phase != self.phase {
             self.phase = phase;
             self.phase_since = self.now;
@@ -611,36 +671,63 @@ impl Connection {
     }
 
     fn dispatch(&mut self, request: &http::Request) {
+        let route = api::route_label(request.path());
+        let write = (request.method == http::Method::Post).then(|| WriteRecord {
+            operation: "none",
+            events: 0,
+            identity: self.identity.clone(),
+            role: self.role,
+            results: Vec::new(),
+        });
+        let mut exchange = self.exchange(request.method.as_str(), route, request.body.len(), write);
         let Some(role) = self.role else {
-            self.push_ready(api::error_response(403, "forbidden", "this client identity has no role on this appliance"));
+            self.push_ready(api::error_response(403, "forbidden", "this client identity has no role on this appliance"), exchange);
             return;
         };
         match api::handle(request, role) {
-            Action::Respond(response) => self.push_ready(response),
+            Action::Respond(response) => self.push_ready(response, exchange),
             Action::Ledger(command) => {
+                if let (Some(write), Command::Mutate(operation)) = (&mut exchange.write, &command) {
+                    write.operation = match operation {
+                        Operation::CreateAccounts(_) => "create_accounts",
+                        Operation::CreateTransfers(_) => "create_transfers",
+                    };
+                    write.events = operation.len();
+                }
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let query = !command.is_mutation();
                 let reserved = api::reply_bytes_max(&command) + RESPONSE_HEAD_BYTES_MAX;
                 self.queries_waiting += usize::from(query);
                 self.pending_bytes += reserved;
-                self.pending.push_back(Pending::Waiting { seq, reserved, query });
+                self.pending.push_back(Pending::Waiting { seq, reserved, query, exchange });
                 self.submissions.push_back(Submission { seq, command });
             }
         }
     }
 
-    fn push_ready(&mut self, response: Response) {
-        self.pending_bytes += response.body.len() + RESPONSE_HEAD_BYTES_MAX;
-        self.pending.push_back(Pending::Ready(response));
+    /// What a request being answered was, started at its first byte.
+    fn exchange(&self, method: &'static str, route: &'static str, request_bytes: usize, write: Option<WriteRecord>) -> Exchange {
+        Exchange { method, route, started: self.request_started.min(self.now), request_bytes, write }
     }
 
-    fn complete(&mut self, seq: u64, response: impl FnOnce() -> Response) {
+    fn push_ready(&mut self, response: Response, exchange: Exchange) {
+        self.pending_bytes += response.body.len() + RESPONSE_HEAD_BYTES_MAX;
+        self.pending.push_back(Pending::Ready(response, exchange));
+    }
+
+    /// Fills the ready slot of submission `seq`; `reply` is the ledger's, `None` when the
+    /// ledger never saw it.
+    fn complete(&mut self, seq: u64, reply: Option<&Reply>, response: impl FnOnce() -> Response) {
         let Some(at) = self.pending.iter().position(|p| matches!(p, Pending::Waiting { seq: s, .. } if *s == seq)) else {
             return;
         };
         let Pending::Waiting { reserved, query, .. } = self.pending[at] else { unreachable!("matched Waiting above") };
         let response = response();
+        let Some(Pending::Waiting { mut exchange, .. }) = self.pending.remove(at) else { unreachable!("matched Waiting above") };
+        if let (Some(write), Some(Reply::Created(results))) = (&mut exchange.write, reply) {
+            write.results = summarize(results);
+        }
         self.pending_bytes -= reserved;
         self.queries_waiting -= usize::from(query);
         if query {
@@ -649,18 +736,27 @@ impl Connection {
             self.submitted_mutations -= 1;
         }
         self.pending_bytes += response.body.len() + RESPONSE_HEAD_BYTES_MAX;
-        self.pending[at] = Pending::Ready(response);
+        self.pending.insert(at, Pending::Ready(response, exchange));
         self.advance();
     }
 
     /// Encodes the oldest response (which is ready) into the output queue.
     fn encode_front(&mut self) {
-        let Some(Pending::Ready(response)) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
+        let Some(Pending::Ready(response, exchange)) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
         self.pending_bytes -= response.body.len() + RESPONSE_HEAD_BYTES_MAX;
-        self.events.push_back(Event::Response { status: response.status });
+        let encoded_from = self.out.len();
         if self.decoder.encode_response(&response, &mut self.out) && self.closing == Closing::Open {
             self.closing = Closing::Draining;
         }
+        self.events.push_back(Event::Response(Answered {
+            status: response.status,
+            method: exchange.method,
+            route: exchange.route,
+            duration: self.now.saturating_duration_since(exchange.started),
+            request_bytes: exchange.request_bytes,
+            response_bytes: self.out.len() - encoded_from,
+            write: exchange.write,
+        }));
     }
 
     /// Hands encoded responses to TLS in pieces it accepts; the rest waits for room.
@@ -692,7 +788,8 @@ impl Connection {
         self.events.push_back(Event::DeadlineCut { phase });
         let mut response = api::error_response(408, "request_timeout", &format!("the request {phase} did not arrive in time"));
         response.close = true;
-        self.push_ready(response);
+        let exchange = self.exchange("-", "other", 0, None);
+        self.push_ready(response, exchange);
         self.closing = Closing::Draining;
     }
 
@@ -727,6 +824,18 @@ impl Connection {
         }
         self.charged = held;
     }
+}
+
+/// The result codes of a create batch and how many events got each, in first-seen order.
+fn summarize(results: &[api::EventResult]) -> Vec<(&'static str, u32)> {
+    let mut summary: Vec<(&'static str, u32)> = Vec::new();
+    for result in results {
+        match summary.iter_mut().find(|(status, _)| *status == result.status) {
+            Some((_, count)) => *count += 1,
+            None => summary.push((result.status, 1)),
+        }
+    }
+    summary
 }
 
 impl Drop for Connection {

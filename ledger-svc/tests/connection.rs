@@ -154,7 +154,7 @@ impl Pair {
                 Command::QueryTransfers(_) => Reply::Transfers { transfers: Vec::new(), next: None },
                 Command::Mutate(op) => Reply::Created(vec![EventResult { status: "ok", timestamp: Some(1) }; op.len()]),
             };
-            self.server.handle_reply(seq, &reply);
+            self.server.handle_reply(self.now, seq, &reply);
         }
         self.pump();
     }
@@ -301,7 +301,7 @@ fn a_full_ledger_queue_is_answered_503_with_retry_after() {
     let mut pair = Pair::new(&certs, ConnectionLimits::default(), Budget::new(64 << 20));
     pair.send(get("/v1/accounts/1").as_bytes());
     let (seq, _) = pair.ledger.pop().expect("a submission");
-    pair.server.handle_busy(seq);
+    pair.server.handle_busy(pair.now, seq);
     pair.pump();
     let text = String::from_utf8_lossy(&pair.received).into_owned();
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -404,4 +404,33 @@ fn a_body_is_admitted_against_the_queue_budget_before_it_is_read() {
     drop(a);
     drop(b);
     assert_eq!(budget.held(), 0);
+}
+
+/// Every response says what it answered; a write says who asked, what, and what the ledger
+/// answered, per result code (what the audit log records).
+#[test]
+fn each_response_reports_its_route_timing_and_for_a_write_its_identity_and_results() {
+    let certs = certs();
+    let mut pair = Pair::new(&certs, ConnectionLimits::default(), Budget::new(64 << 20));
+    let body = r#"[{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"5","ledger":1,"code":1},{"id":"2","debit_account_id":"1","credit_account_id":"2","amount":"5","ledger":1,"code":1}]"#;
+    let post = format!("POST /v1/transfers HTTP/1.1\r\nHost: pantera.lab\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    pair.send(post.as_bytes());
+    pair.advance(Duration::from_millis(3));
+    let (seq, _) = pair.ledger.pop().expect("the transfer reached the ledger");
+    let reply = Reply::Created(vec![EventResult { status: "ok", timestamp: Some(1) }, EventResult { status: "exceeds_credits", timestamp: None }]);
+    pair.server.handle_reply(pair.now, seq, &reply);
+    pair.pump();
+    pair.send(get("/v1/accounts/7").as_bytes());
+    pair.answer_all();
+    let answered: Vec<_> = pair.events.iter().filter_map(|e| if let Event::Response(a) = e { Some(a.clone()) } else { None }).collect();
+    assert_eq!(answered.len(), 2, "{:?}", pair.events);
+    let (write, read) = (&answered[0], &answered[1]);
+    assert_eq!((write.status, write.method, write.route, write.request_bytes), (200, "POST", "/v1/transfers", body.len()));
+    assert!(write.duration >= Duration::from_millis(3), "{:?}", write.duration);
+    assert!(write.response_bytes > 0);
+    let record = write.write.as_ref().expect("a POST is a write");
+    assert_eq!((record.operation, record.events, record.identity.as_deref(), record.role), ("create_transfers", 2, Some("client"), Some(Role::Write)));
+    assert_eq!(record.results, vec![("ok", 1), ("exceeds_credits", 1)]);
+    assert_eq!((read.status, read.method, read.route), (404, "GET", "/v1/accounts/{id}"));
+    assert!(read.write.is_none());
 }
