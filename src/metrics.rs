@@ -54,6 +54,9 @@ pub struct Metrics {
     pub tls_handshake_turns_limited: IntCounterVec,
     /// HTTP responses by status code.
     pub http_responses: IntCounterVec,
+    /// Time from a request's first byte to its response queued for sending, by route template
+    /// and status class.
+    pub http_request_seconds: HistogramVec,
     /// Connections cut because a request deadline passed (`phase` head or body; 408 sent) or
     /// because they sat idle between requests (`phase` idle).
     pub http_deadlines: IntCounterVec,
@@ -139,6 +142,13 @@ impl Metrics {
             &["queue"],
         );
         let http_responses = counter_vec("http_responses_total", "HTTP responses, by status code.", &["status"]);
+        let http_request_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_seconds", "Time from a request's first byte to its response queued for sending, by route and status class.")
+                .buckets(prometheus::exponential_buckets(50e-6, 2.0, 16).expect("valid")),
+            &["route", "status_class"],
+        )
+        .expect("valid");
+        registry.register(Box::new(http_request_seconds.clone())).expect("unique");
         let http_deadlines = counter_vec("http_deadlines_total", "Connections cut by a request deadline (head, body) or the idle timeout.", &["phase"]);
         let https_held_bytes = IntGaugeVec::new(Opts::new("https_held_bytes", "Bytes held by the HTTPS connections of a queue, against its budget."), &["queue"]).expect("valid");
         registry.register(Box::new(https_held_bytes.clone())).expect("unique");
@@ -192,6 +202,7 @@ impl Metrics {
             tls_handshake_step_time_us,
             tls_handshake_turns_limited,
             http_responses,
+            http_request_seconds,
             http_deadlines,
             https_held_bytes,
             ledger_queue_full,
@@ -246,7 +257,13 @@ pub fn record_events(connection: &mut ledger_svc::connection::Connection, metric
             Event::Handshake { version, resumed } => {
                 metrics.tls_handshakes.with_label_values(&[version, if resumed { "true" } else { "false" }]).inc()
             }
-            Event::Response(answered) => metrics.http_responses.with_label_values(&[status_label(answered.status)]).inc(),
+            Event::Response(answered) => {
+                metrics.http_responses.with_label_values(&[status_label(answered.status)]).inc();
+                metrics
+                    .http_request_seconds
+                    .with_label_values(&[answered.route, status_class(answered.status)])
+                    .observe(answered.duration.as_secs_f64());
+            }
             Event::TlsFailed { reason } => metrics.tls_errors.with_label_values(&[reason]).inc(),
             Event::DeadlineCut { phase } => metrics.http_deadlines.with_label_values(&[phase]).inc(),
             Event::IdleClosed => metrics.http_deadlines.with_label_values(&["idle"]).inc(),
@@ -279,6 +296,16 @@ pub fn status_label(status: u16) -> &'static str {
         431 => "431",
         503 => "503",
         s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The `status_class` label of `http_request_seconds`: 2xx, 3xx, 4xx or 5xx.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
         s if s < 500 => "4xx",
         _ => "5xx",
     }

@@ -130,7 +130,7 @@ fn one_hundred_connections_times_one_hundred_transfers_all_acknowledged_and_bala
     const PER_CONN: usize = 100;
     let lab = lab("load", 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let _server = Server::start(&lab, dir.path(), "ledger", "");
+    let server = Server::start(&lab, dir.path(), "ledger", "");
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     let addr = service(&lab);
     create_two_accounts(&lab, &config);
@@ -171,6 +171,11 @@ fn one_hundred_connections_times_one_hundred_transfers_all_acknowledged_and_bala
     .expect("check");
     assert_eq!(debits, total.to_string());
     assert_eq!(credits, total.to_string());
+    // Every acknowledged transfer was timed, under its route template and status class.
+    let timed = ["route=\"/v1/transfers\"", "status_class=\"2xx\""];
+    let count = server.wait_metric("pantera_http_request_seconds_count", &timed, (CONNS * PER_CONN) as f64);
+    assert_eq!(count, (CONNS * PER_CONN) as f64, "{}", server.metrics());
+    assert!(server.metric_sum("pantera_http_request_seconds_sum", &timed) > 0.0);
 }
 
 /// Sends raw bytes over TLS and returns the status of the response, or 0 if the connection
