@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use tls_term::{Session, SessionError, SessionLimits};
 
 use crate::api::{self, Action, Command, Reply, Role};
-use crate::model::Operation;
 use crate::http::{self, Phase, RequestDecoder, Response};
+use crate::model::Operation;
 
 /// Plaintext moved from TLS to the decoder per step: about one TLS record.
 const PLAINTEXT_CHUNK_BYTES: usize = 16 * 1024;
@@ -237,10 +237,10 @@ pub struct Submission {
 /// A response in its request's place: ready, or waiting for the ledger's reply `seq`.
 #[derive(Debug)]
 enum Pending {
-    Ready(Response, Exchange),
+    Ready(Response),
     /// Submitted (or queued for submission); `reserved` bytes are counted as held until the
     /// reply arrives.
-    Waiting { seq: u64, reserved: usize, query: bool, exchange: Exchange },
+    Waiting { seq: u64, reserved: usize, query: bool },
 }
 
 /// The connection's closing state: one, not a set of flags.
@@ -268,8 +268,8 @@ pub struct Connection {
     /// When the request being received sent its first byte.
     request_started: Instant,
     handshake_done: bool,
-    /// Responses in request order.
-    pending: VecDeque<Pending>,
+    /// Responses in request order, each beside the request it answers.
+    pending: VecDeque<(Exchange, Pending)>,
     /// Commands decoded and not yet taken by `poll_submission`.
     submissions: VecDeque<Submission>,
     next_seq: u64,
@@ -502,7 +502,7 @@ impl Connection {
         if self.closing == Closing::Closed {
             return;
         }
-        while let Some(Pending::Ready(..)) = self.pending.front() {
+        while let Some((_, Pending::Ready(_))) = self.pending.front() {
             self.encode_front();
         }
         self.write_out();
@@ -561,7 +561,7 @@ impl Connection {
         if self.handshake_done {
             self.decode();
         }
-        while let Some(Pending::Ready(..)) = self.pending.front() {
+        while let Some((_, Pending::Ready(_))) = self.pending.front() {
             self.encode_front();
         }
         self.write_out();
@@ -700,7 +700,7 @@ impl Connection {
                 let reserved = api::reply_bytes_max(&command) + RESPONSE_HEAD_BYTES_MAX;
                 self.queries_waiting += usize::from(query);
                 self.pending_bytes += reserved;
-                self.pending.push_back(Pending::Waiting { seq, reserved, query, exchange });
+                self.pending.push_back((exchange, Pending::Waiting { seq, reserved, query }));
                 self.submissions.push_back(Submission { seq, command });
             }
         }
@@ -713,18 +713,18 @@ impl Connection {
 
     fn push_ready(&mut self, response: Response, exchange: Exchange) {
         self.pending_bytes += response.body.len() + RESPONSE_HEAD_BYTES_MAX;
-        self.pending.push_back(Pending::Ready(response, exchange));
+        self.pending.push_back((exchange, Pending::Ready(response)));
     }
 
     /// Fills the ready slot of submission `seq`; `reply` is the ledger's, `None` when the
     /// ledger never saw it.
     fn complete(&mut self, seq: u64, reply: Option<&Reply>, response: impl FnOnce() -> Response) {
-        let Some(at) = self.pending.iter().position(|p| matches!(p, Pending::Waiting { seq: s, .. } if *s == seq)) else {
+        let Some(at) = self.pending.iter().position(|(_, p)| matches!(p, Pending::Waiting { seq: s, .. } if *s == seq)) else {
             return;
         };
-        let Pending::Waiting { reserved, query, .. } = self.pending[at] else { unreachable!("matched Waiting above") };
+        let (exchange, state) = &mut self.pending[at];
+        let Pending::Waiting { reserved, query, .. } = *state else { unreachable!("matched Waiting above") };
         let response = response();
-        let Some(Pending::Waiting { mut exchange, .. }) = self.pending.remove(at) else { unreachable!("matched Waiting above") };
         if let (Some(write), Some(Reply::Created(results))) = (&mut exchange.write, reply) {
             write.results = summarize(results);
         }
@@ -736,13 +736,13 @@ impl Connection {
             self.submitted_mutations -= 1;
         }
         self.pending_bytes += response.body.len() + RESPONSE_HEAD_BYTES_MAX;
-        self.pending.insert(at, Pending::Ready(response, exchange));
+        self.pending[at].1 = Pending::Ready(response);
         self.advance();
     }
 
     /// Encodes the oldest response (which is ready) into the output queue.
     fn encode_front(&mut self) {
-        let Some(Pending::Ready(response, exchange)) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
+        let Some((exchange, Pending::Ready(response))) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
         self.pending_bytes -= response.body.len() + RESPONSE_HEAD_BYTES_MAX;
         let encoded_from = self.out.len();
         if self.decoder.encode_response(&response, &mut self.out) && self.closing == Closing::Open {
