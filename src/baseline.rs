@@ -252,7 +252,7 @@ fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
         }
     }
     // What the drive and the close did (a response `close` still sent, a TLS error).
-    let _ = record_events(&mut conn, &shared.metrics);
+    let _ = record_events(&mut conn, &shared.metrics, |_| {});
     let _ = sock.shutdown(Shutdown::Write);
 }
 
@@ -285,7 +285,7 @@ fn drive(shared: &Shared, id: Conn, conn: &mut Connection, sock: &mut TcpStream)
             sock.write_all(&tx[..n])?;
             moved = true;
         }
-        let _ = record_events(conn, &shared.metrics);
+        let _ = record_events(conn, &shared.metrics, |_| {});
         if conn.is_closed() {
             return Ok(());
         }

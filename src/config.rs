@@ -41,6 +41,9 @@ pub struct Config {
     pub management: ManagementSection,
     #[serde(default)]
     pub edge: EdgeSection,
+    /// `[audit]`: the audit log of every write (src/audit.rs).
+    #[serde(default)]
+    pub audit: crate::audit::AuditSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -432,6 +435,7 @@ impl Config {
             },
             management: ManagementSection::default(),
             edge: EdgeSection::default(),
+            audit: crate::audit::AuditSection::default(),
         }
     }
 
@@ -530,6 +534,7 @@ impl Config {
             ));
         }
         self.edge_config()?;
+        self.audit.validate()?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The pantera appliance: configuration, the per-queue workers, the ledger thread, the
 //! management listener, and the lab helpers. The binary (`main.rs`) is a thin CLI over this.
 
+pub mod audit;
 pub mod backup;
 pub mod baseline;
 pub mod committer;

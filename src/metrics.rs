@@ -246,9 +246,14 @@ impl Default for Metrics {
     }
 }
 
-/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines); returns
-/// how many responses it queued.
-pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) -> usize {
+/// Counts what a connection reports (handshakes, responses, TLS errors, deadlines) and hands
+/// each response to `audit` (the audit log keeps the writes); returns how many responses it
+/// queued.
+pub fn record_events(
+    connection: &mut ledger_svc::connection::Connection,
+    metrics: &Metrics,
+    mut audit: impl FnMut(ledger_svc::connection::Answered),
+) -> usize {
     use ledger_svc::connection::Event;
     let mut responses = 0;
     while let Some(event) = connection.poll_event() {
@@ -263,6 +268,7 @@ pub fn record_events(connection: &mut ledger_svc::connection::Connection, metric
                     .http_request_seconds
                     .with_label_values(&[answered.route, status_class(answered.status)])
                     .observe(answered.duration.as_secs_f64());
+                audit(answered);
             }
             Event::TlsFailed { reason } => metrics.tls_errors.with_label_values(&[reason]).inc(),
             Event::DeadlineCut { phase } => metrics.http_deadlines.with_label_values(&[phase]).inc(),

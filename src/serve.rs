@@ -68,6 +68,15 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         ledger_thread = Some(thread);
         ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
     }
+    // The audit log of the writes, once there is a ledger to write to: a file that cannot be
+    // opened refuses the start. Stopped after the workers (its handles live in them).
+    let (audit, audit_writer) = match &ledger_parts {
+        Some(_) if config.audit.enabled => {
+            let (audit, writer) = crate::audit::start_from_config(config, &metrics)?;
+            (Some(audit), Some(writer))
+        }
+        _ => (None, None),
+    };
 
     // The dataplane: a leftover program from a killed run goes first.
     if dataplane::detach_leftover(&d.interface)? {
@@ -124,6 +133,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
                 handshakes: config.handshake_limits(),
                 ledger: client.clone(),
                 completions: reply_rx[index].clone(),
+                audit: audit.as_ref().map(|a| a.for_queue(&port.queue_id().to_string())),
             })),
         };
         let stop = Arc::clone(&stop);
@@ -151,6 +161,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     }
     // Only the workers hold the ledger client now: when they stop, the ledger thread drains.
     drop(ledger_parts);
+    drop(audit);
     for _ in 0..workers.len() {
         match worker_started_rx.recv() {
             Ok(Ok(())) => {}
@@ -174,6 +185,10 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     metrics.ready.set(0);
     for w in workers {
         let _ = w.join();
+    }
+    // Every record is written and synced before the stop completes.
+    if let Some(writer) = audit_writer {
+        writer.join();
     }
     // Detach the program and clear the map: the host gets its queues back.
     drop(steering);

@@ -86,6 +86,8 @@ pub struct LedgerApp {
     pub handshakes: HandshakeLimits,
     pub ledger: LedgerClient,
     pub completions: Receiver<Completion>,
+    /// This worker's handle on the audit log (`None`: `[audit] enabled = false`).
+    pub audit: Option<crate::audit::Audit>,
 }
 /// Loop turns between metric publications.
 const METRICS_EVERY_TURNS: u32 = 1024;
@@ -158,6 +160,9 @@ struct HttpsConn {
     /// Responses queued so far: a connection that has been answered before is an
     /// established client whose share the handshakes must leave alone.
     responses: u64,
+    /// The client's address and port, for the audit log: taken at the first drive, while
+    /// the TCP connection surely exists.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl<P: Port> Worker<P> {
@@ -333,7 +338,7 @@ impl<P: Port> Worker<P> {
                     AppConfig::Ledger(l) => match Connection::new(&l.tls, l.limits, Arc::clone(&l.roles), l.budget.clone(), now) {
                         Ok(conn) => {
                             handshakes.opened(id.slot());
-                            Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false, evicted: false, responses: 0 })))
+                            Some(Conn::Https(Box::new(HttpsConn { id, conn, eof_seen: false, closed: false, evicted: false, responses: 0, peer: None })))
                         }
                         Err(e) => {
                             log::warn!("cannot create a TLS session: {e}");
@@ -486,10 +491,10 @@ impl<P: Port> Worker<P> {
 
     fn shutdown(&mut self) {
         for &slot in &self.active {
-            if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
+            if let (Some(Conn::Https(https)), AppConfig::Ledger(app)) = (&mut self.conns[slot as usize], &self.app) {
                 https.conn.close();
                 https.flush(&mut self.stack);
-                let _ = record_events(&mut https.conn, &self.metrics);
+                let _ = https.record_events(app, &self.metrics);
                 self.stack.close(https.id);
             }
         }
@@ -588,6 +593,9 @@ impl HttpsConn {
             return false;
         }
         let mut busy = false;
+        if self.peer.is_none() {
+            self.peer = stack.remote_endpoint(self.id).map(std::net::SocketAddr::from);
+        }
         let (id, conn) = (self.id, &mut self.conn);
         // 1. Ciphertext in, as far as the connection takes it: under backpressure it takes
         // less, the rest stays in the TCP buffer and the window closes.
@@ -626,7 +634,7 @@ impl HttpsConn {
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
-        self.responses += record_events(&mut self.conn, metrics) as u64;
+        self.responses += self.record_events(app, metrics) as u64;
         // 4. Close once everything owed has been sent.
         if self.conn.is_closed() && !self.closed {
             self.closed = true;
@@ -634,6 +642,18 @@ impl HttpsConn {
             busy = true;
         }
         busy
+    }
+
+    /// Counts the connection's events and sends each write's record to the audit log (which
+    /// may block this worker while the audit channel is full: src/audit.rs). Returns the
+    /// responses queued.
+    fn record_events(&mut self, app: &LedgerApp, metrics: &Metrics) -> usize {
+        let peer = self.peer;
+        record_events(&mut self.conn, metrics, |answered| {
+            if let Some(audit) = &app.audit {
+                audit.record(peer, answered);
+            }
+        })
     }
 
     /// Moves ciphertext from the connection into the TCP send buffer. Returns true if any moved.

@@ -238,6 +238,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
         handshakes: config.handshake_limits(),
         ledger: client_handle,
         completions: reply_rx.remove(0),
+        audit: None,
     }));
     let mut stack_config = config.stack_config(server_mac);
     stack_config.connections_max = 16;
