@@ -115,7 +115,9 @@ app = "{app}"
 cert_chain = "{tls}/server.pem"
 private_key = "{tls}/server.key"
 client_ca = "{tls}/ca.pem"
-roles = {{ "client" = "write", "reader" = "read" }}
+# "teller": a second writer, for the tests that issue its certificate
+# (tls_term::certs::issue_client).
+roles = {{ "client" = "write", "reader" = "read", "teller" = "write" }}
 handshake_timeout_ms = 2000
 {tls_toml}
 

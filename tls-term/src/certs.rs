@@ -226,12 +226,42 @@ pub fn init(dir: &Path, service_ip: IpAddr, overwrite: bool) -> Result<DevCertPa
     Ok(paths)
 }
 
-enum Leaf {
-    Server(IpAddr),
-    Client(&'static str),
+/// Issues one more client certificate, CN `identity`, signed by the dev CA already in `dir`
+/// (`init` made it): `<identity>.pem` and `<identity>.key`, replacing any of that name. For
+/// the lab, where a test needs a client identity besides `client` and `reader`.
+pub fn issue_client(dir: &Path, identity: &str) -> Result<(PathBuf, PathBuf), CertError> {
+    let paths = DevCertPaths::in_dir(dir);
+    let issuer = Issuer::new(ca_params(), load_ca_key(&paths)?);
+    let key = generate_key("leaf key")?;
+    let cert = Leaf::Client(identity)
+        .params()
+        .signed_by(&key, &issuer)
+        .map_err(|source| CertError::Generate {
+            what: "leaf certificate",
+            source,
+        })?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{identity}.pem")),
+        dir.join(format!("{identity}.key")),
+    );
+    let mut written = Vec::new();
+    write_file(
+        &key_path,
+        key.serialize_pem().as_bytes(),
+        KEY_MODE,
+        &mut written,
+    )?;
+    write_file(&cert_path, cert.pem().as_bytes(), CERT_MODE, &mut written)?;
+    sync_dir(dir)?;
+    Ok((cert_path, key_path))
 }
 
-impl Leaf {
+enum Leaf<'a> {
+    Server(IpAddr),
+    Client(&'a str),
+}
+
+impl Leaf<'_> {
     fn params(&self) -> CertificateParams {
         let mut params = CertificateParams::default();
         set_validity(&mut params, LEAF_VALIDITY_DAYS);
