@@ -775,6 +775,53 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_rotation_keeps_writing_the_current_file_and_is_counted() {
+        let dir = temp_dir("rotate-fails");
+        let s = settings(&dir, 4096, 1, 16);
+        // audit.log.1 is a directory that is not empty: renaming the log over it fails.
+        std::fs::create_dir_all(rotated(&s.path, 1).join("occupied")).expect("blocker");
+        let m = metrics();
+        let mut file = LogFile::open(&s, m.clone()).expect("open");
+        let mut line = Vec::new();
+        write_line(
+            &mut line,
+            "1",
+            &record(1, answered(200, "client", vec![("ok", 1)])),
+        )
+        .expect("json");
+        let records = 2 * 4096_usize.div_ceil(line.len()) + 1;
+        for _ in 0..records {
+            file.append(&line).expect("a failed rotation is not fatal");
+        }
+        file.sync().expect("sync");
+        assert_eq!(m.rotations.get(), 0);
+        // Tried at max_bytes, then again one max_bytes later.
+        assert_eq!(m.errors.get(), 2);
+        assert_eq!(
+            std::fs::read(&s.path).expect("current").len(),
+            records * line.len(),
+            "nothing lost"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_restart_appends_to_the_existing_file() {
+        let dir = temp_dir("append");
+        let s = settings(&dir, 1 << 20, 2, 16);
+        std::fs::write(&s.path, b"{\"earlier\":1}\n").expect("an earlier run's log");
+        let mut file = LogFile::open(&s, metrics()).expect("open");
+        assert_eq!(file.bytes, 14, "the size counts what is there");
+        file.append(b"{\"later\":2}\n").expect("append");
+        file.sync().expect("sync");
+        assert_eq!(
+            std::fs::read_to_string(&s.path).expect("log"),
+            "{\"earlier\":1}\n{\"later\":2}\n"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn a_full_channel_blocks_the_worker_rather_than_dropping() {
         let dir = temp_dir("backpressure");
         let s = settings(&dir, 1 << 20, 2, 2);
