@@ -53,7 +53,8 @@ const EXIT_FATAL: i32 = 70;
 
 /// `[audit]`: where and how the audit log is written. Every key has a default, so a section
 /// may set any of them alone.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+// Serialize: the effective configuration can be printed (`check-config --print`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
     /// Write the audit log (only `app = "ledger"` has writes to audit).
