@@ -292,6 +292,22 @@ impl ReloadMetrics {
     }
 }
 
+/// An error and its causes on one line, each cause left out when the message before it
+/// already says it (the TLS errors quote their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// Where a reload reads the configuration from: the same file and command-line overrides
 /// as the start.
 pub type Source<'a> = &'a dyn Fn() -> Result<Config>;
@@ -359,7 +375,8 @@ impl<'a> Reloader<'a> {
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failed"]).inc();
                 log::error!(
-                    "configuration reload failed, the running configuration is kept: {e:#}"
+                    "configuration reload failed, the running configuration is kept: {}",
+                    describe(&e)
                 );
                 false
             }
@@ -469,6 +486,17 @@ data_dir = "/var/lib/pantera/data"
             })
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .expect("the series exists")
+    }
+
+    #[test]
+    fn an_error_is_described_once_per_cause() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io)
+            .context("cannot read x: disk on fire")
+            .context("tls");
+        assert_eq!(describe(&e), "tls: cannot read x: disk on fire");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&e), "outer: inner");
     }
 
     #[test]
@@ -597,7 +625,8 @@ data_dir = "/var/lib/pantera/data"
         let server_key = std::fs::read(tls.join("server.key")).unwrap();
         let other = tempfile::tempdir().unwrap();
         tls_term::certs::init(other.path(), "192.0.2.10".parse().unwrap(), false).unwrap();
-        let failures: Vec<(&str, Box<dyn Fn()>)> = vec![
+        type BreakIt<'a> = Box<dyn Fn() + 'a>;
+        let failures: Vec<(&str, BreakIt)> = vec![
             (
                 "bad TOML",
                 Box::new(|| std::fs::write(&path, "[tls\n").unwrap()),
