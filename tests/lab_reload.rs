@@ -249,3 +249,35 @@ fn a_role_and_an_http_limit_change_for_new_connections_only() {
     assert_eq!(old_writer_status, 200, "an open connection keeps its limits");
     assert_eq!(server.metric_sum("pantera_config_reloads_total", &["result=\"failed\""]), 0.0);
 }
+
+/// One GET from `local` in the client namespace (`one_request`).
+fn request_from(lab: &Lab, config: &Arc<rustls::ClientConfig>, local: std::net::Ipv4Addr) -> Result<u16, String> {
+    let (config, to) = (Arc::clone(config), service(lab));
+    in_netns(&lab.spec.netns, move || one_request(&config, local, to)).join().expect("client thread")
+}
+
+#[test]
+fn a_reload_rewrites_the_edge_allowlist_in_the_xdp_maps() {
+    let lab = lab("reloade", 1);
+    let allowed = add_client_address(&lab, 4);
+    let stranger = lab.spec.peer_ipv4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_logged(&lab, dir.path(), "ledger", "");
+    let client = tls_client_config(&dir.path().join("tls"), Some("client"));
+    assert_eq!(request_from(&lab, &client, stranger), Ok(404), "no allowlist at start: anyone is served");
+
+    let open = std::fs::read_to_string(server.config_path()).expect("read config");
+    std::fs::write(server.config_path(), format!("{open}\n[edge]\nallow_sources = [\"{allowed}/32\"]\n")).expect("write config");
+    sighup(&server);
+    assert_eq!(server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0), 1.0, "{}", server.log_text());
+    assert_eq!(request_from(&lab, &client, allowed), Ok(404), "the allowed source is served");
+    let refused = request_from(&lab, &client, stranger);
+    assert!(matches!(&refused, Err(e) if e.starts_with("connect:")), "the other source got {refused:?}");
+    assert!(server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_not_allowed\""], 1.0) >= 1.0);
+
+    // Back to no allowlist: the other source is served again.
+    std::fs::write(server.config_path(), open).expect("write config");
+    sighup(&server);
+    assert_eq!(server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 2.0), 2.0, "{}", server.log_text());
+    assert_eq!(request_from(&lab, &client, stranger), Ok(404), "the allowlist is gone");
+}
