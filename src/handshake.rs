@@ -130,6 +130,14 @@ impl Handshakes {
         }
     }
 
+    /// New bounds (a configuration reload), from the next turn on. Below the handshakes
+    /// pending now, the walk after the next one evicts the excess as for any full budget.
+    pub fn set_limits(&mut self, limits: HandshakeLimits) {
+        assert!(limits.pending_max >= 1 && limits.steps_per_turn_max >= 1, "validated with the configuration");
+        assert!((1..=100).contains(&limits.time_share_percent), "validated with the configuration");
+        self.limits = limits;
+    }
+
     /// A connection opened at TCP and starts its TLS handshake.
     pub fn opened(&mut self, slot: usize) {
         self.pending.push_back(slot);
@@ -392,6 +400,26 @@ mod tests {
         assert_eq!(turn(&mut h, t0 + Duration::from_millis(2), false), vec![7]);
         assert!(!h.end_turn(), "nothing waits");
         assert_eq!(h.counters().steps, 9);
+    }
+
+    #[test]
+    fn new_limits_apply_from_the_next_walk_and_lowering_the_bound_evicts_the_excess() {
+        let mut h = Handshakes::new(limits(4, 4, 25), 16);
+        for slot in [3, 1, 8, 6] {
+            h.opened(slot);
+        }
+        assert_eq!(h.over_budget(), None);
+        h.set_limits(limits(2, 4, 25));
+        assert_eq!(h.over_budget(), Some(3), "over the new bound: the oldest waiting goes");
+        h.evicted(3);
+        assert_eq!(h.over_budget(), Some(1));
+        h.evicted(1);
+        assert_eq!(h.over_budget(), None);
+        h.set_limits(limits(8, 4, 25));
+        for slot in [2, 4, 5, 7, 9, 10] {
+            h.opened(slot);
+        }
+        assert_eq!((h.pending(), h.over_budget()), (8, None), "a raised bound admits more");
     }
 
     #[test]

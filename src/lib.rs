@@ -15,5 +15,6 @@ pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;
 pub mod metrics;
+pub mod reload;
 pub mod serve;
 pub mod worker;

@@ -332,7 +332,8 @@ fn main() -> Result<()> {
     // A panic on any thread aborts the process, in debug builds too (docs/operations.md).
     pantera::health::install_panic_hook();
     match Cli::parse().command {
-        Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home()),
+        // A reload (SIGHUP) reads the configuration as the start did: file and overrides.
+        Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home(), &|| args.config()),
         Commands::ServeKernel { serve, listen } => {
             let cfg = serve.config()?;
             if let Some(home) = serve.lab_home() {

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use crate::committer;
 use crate::config::{App, Config};
 use crate::metrics::{self, sync_counter, Metrics};
+use crate::reload::{self, Reloader};
 use crate::worker::{AppConfig, LedgerApp, Worker};
 
 /// Creates the lab's dev certificates under `home/tls` when they are missing (`--lab`).
@@ -29,8 +30,9 @@ pub fn ensure_lab_certificates(home: &Path, config: &Config) -> Result<()> {
 /// How long start-up waits for an XDP link left by a process killed a moment ago.
 const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// Runs the appliance until a stop signal. Returns after a clean stop.
-pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
+/// Runs the appliance until a stop signal. Returns after a clean stop. `source` reads the
+/// configuration again, as it was read for `config`, when SIGHUP asks for a reload.
+pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>) -> Result<()> {
     let started = Instant::now();
     let app = config.app()?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
@@ -40,7 +42,12 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
     }
+    // Installed first: a SIGHUP during start-up must not end the process (its default);
+    // the reload runs once the appliance is ready.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).context("cannot install signal handlers")?;
     let metrics = Metrics::new();
+    let mut reloader = Reloader::new(source, config.clone(), &metrics)?;
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
     let d = &config.dataplane;
 
@@ -147,9 +154,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         let busy_poll_turns = d.busy_poll_turns;
         let started_tx = worker_started_tx.clone();
         let label = port.queue_id().to_string();
+        let watch = reloader.watch();
         workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
             match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
                 Ok(mut worker) => {
+                    worker.watch_reloads(watch);
                     let _ = started_tx.send(Ok(()));
                     worker.run(&stop);
                 }
@@ -177,6 +186,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
 
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            reloader.reload(|edge| steering.configure_edge(edge));
+        }
         for (name, value) in steering.counters() {
             sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
         }

@@ -134,6 +134,9 @@ pub struct Worker<P: Port> {
     held: tcp::SlotSet,
     /// Scratch for one turn's list.
     turn_slots: Vec<u32>,
+    /// Settings published by a configuration reload (SIGHUP), for the connections opened
+    /// after it.
+    reloads: Option<crate::reload::Watch>,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -203,7 +206,27 @@ impl<P: Port> Worker<P> {
             timers: tcp::Timers::new(slots),
             held: tcp::SlotSet::new(slots),
             turn_slots: Vec::with_capacity(slots),
+            reloads: None,
         })
+    }
+
+    /// Takes the settings a configuration reload publishes (`crate::reload`), once per turn.
+    pub fn watch_reloads(&mut self, watch: crate::reload::Watch) {
+        self.reloads = Some(watch);
+    }
+
+    /// New connections get the reloaded TLS configuration, limits, roles and budget bound;
+    /// the open ones keep what they were made with.
+    fn take_reload(&mut self) {
+        let Some(settings) = self.reloads.as_mut().and_then(crate::reload::Watch::changed) else { return };
+        if let AppConfig::Ledger(app) = &mut self.app {
+            app.tls = Arc::clone(&settings.tls);
+            app.limits = settings.limits;
+            app.roles = Arc::clone(&settings.roles);
+            app.budget = app.budget.with_bytes_max(settings.queue_budget_bytes_max);
+            app.handshakes = settings.handshakes;
+            self.handshakes.set_limits(settings.handshakes);
+        }
     }
 
     /// Runs until `stop` is set; then closes every connection politely for a moment.
@@ -215,6 +238,7 @@ impl<P: Port> Worker<P> {
         let mut turns = 0u32;
         while !stop.load(Ordering::Relaxed) {
             heartbeat.beat();
+            self.take_reload();
             #[cfg(feature = "fault-injection")]
             crate::fault::worker_turn(self.stack.counters().accepted);
             let busy = self.turn(Instant::now());

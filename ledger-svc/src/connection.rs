@@ -152,6 +152,12 @@ impl Budget {
         self.bytes_max
     }
 
+    /// The same count under another bound (a configuration reload): connections made with
+    /// it are held to `bytes_max`, those made before keep theirs, and all share one count.
+    pub fn with_bytes_max(&self, bytes_max: usize) -> Budget {
+        Budget { held: Arc::clone(&self.held), bytes_max }
+    }
+
     fn has_room(&self) -> bool {
         self.held() < self.bytes_max
     }

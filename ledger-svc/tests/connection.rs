@@ -434,3 +434,20 @@ fn each_response_reports_its_route_timing_and_for_a_write_its_identity_and_resul
     assert_eq!((read.status, read.method, read.route), (404, "GET", "/v1/accounts/{id}"));
     assert!(read.write.is_none());
 }
+
+#[test]
+fn a_budget_with_a_new_bound_shares_the_count_and_each_holder_keeps_its_bound() {
+    // A configuration reload gives new connections a budget with the new bound; the
+    // connections made before keep theirs, and both count against one total.
+    let certs = certs();
+    let old = Budget::new(64 << 20);
+    let mut first = Pair::new(&certs, ConnectionLimits::default(), old.clone());
+    first.send(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n[");
+    let new = old.with_bytes_max(1 << 20);
+    assert_eq!((new.bytes_max(), old.bytes_max()), (1 << 20, 64 << 20));
+    assert_eq!(new.held(), 8_000_000, "one count, shared");
+    let mut second = Pair::new(&certs, ConnectionLimits::default(), new.clone());
+    second.send(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n[");
+    assert_eq!(second.server.held_bytes(), 0, "over the new bound, the new connection waits");
+    assert!(second.server.is_held_back());
+}

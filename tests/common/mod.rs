@@ -71,6 +71,8 @@ pub struct Server {
     config_path: PathBuf,
     /// Extra environment for the process (e.g. a fault switch).
     env: Vec<(String, String)>,
+    /// Where the process's stderr (its log) goes; None: the test's own stderr.
+    log: Option<PathBuf>,
 }
 
 impl Server {
@@ -87,6 +89,32 @@ impl Server {
 
     /// As `start_with_env`, with extra lines for the `[tls]` section (`tls_toml`).
     pub fn start_with_tls(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+        let mut server = Server::configure(lab, dir, app, tls_toml, extra_toml, env);
+        server.spawn();
+        server
+    }
+
+    /// As `start`, with the process's log (stderr) appended to `dir/pantera.log`
+    /// (`log_text`).
+    pub fn start_logged(lab: &Lab, dir: &Path, app: &str, extra_toml: &str) -> Server {
+        let mut server = Server::configure(lab, dir, app, "", extra_toml, &[]);
+        server.log = Some(dir.join("pantera.log"));
+        server.spawn();
+        server
+    }
+
+    /// The log written so far (`start_logged`).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged")).expect("read the log")
+    }
+
+    /// The configuration file the process reads (at start and on SIGHUP).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Writes the configuration and certificates; the process is not started.
+    fn configure(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let tls = dir.join("tls");
         let out = Command::new(PANTERA)
             .args(["certs", "init", "--dir"])
@@ -135,7 +163,7 @@ listen = "{management}"
         );
         let config_path = dir.join("pantera.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut server = Server {
+        Server {
             child: None,
             dir: dir.to_owned(),
             management,
@@ -143,22 +171,25 @@ listen = "{management}"
             interface: lab.spec.host_if.clone(),
             config_path,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        server.spawn();
-        server
+            log: None,
+        }
     }
 
     /// Starts (or restarts) the process with the same configuration and waits until ready.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(PANTERA)
+        let mut command = Command::new(PANTERA);
+        command
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start pantera serve");
+            .stdin(Stdio::null());
+        if let Some(path) = &self.log {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the log file");
+            command.stderr(file);
+        }
+        let child = command.spawn().expect("start pantera serve");
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(60));
     }
