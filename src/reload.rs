@@ -87,6 +87,8 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         ledger: _,
         management: _,
         edge: _,
+        // Reloadable: read when the stop signal arrives.
+        shutdown: _,
     } = new;
     let mut out = Vec::new();
     changed_fields!(

@@ -549,6 +549,12 @@ impl Connection {
         self.closing != Closing::Open
     }
 
+    /// Requests read whose response is not yet encoded for sending (awaiting the ledger, or
+    /// queued behind one that is): what a hard stop leaves unanswered.
+    pub fn unanswered(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Submissions taken by `poll_submission` whose replies have not arrived.
     pub fn awaiting(&self) -> usize {
         self.submitted_mutations + self.submitted_queries
