@@ -243,8 +243,11 @@ impl<P: Port> Worker<P> {
                 Phase::Draining if self.drained() => break,
                 Phase::Draining => {}
                 Phase::Stop => {
-                    let (connections, requests) = self.unfinished();
-                    log::error!("queue {}: hard stop: cutting {connections} connection(s) with {requests} request(s) unanswered", self.queue_label);
+                    let (connections, requests, bytes) = self.unfinished();
+                    log::error!(
+                        "queue {}: hard stop: cutting {connections} connection(s): {requests} request(s) read and not answered, {bytes} bytes of responses not delivered",
+                        self.queue_label
+                    );
                     shutdown.record_cut(connections as u64, requests as u64);
                     self.shutdown();
                     break;
@@ -316,33 +319,40 @@ impl<P: Port> Worker<P> {
         log::info!("queue {}: draining {} connection(s) ({reset} in their TLS handshake reset)", self.queue_label, self.active.len());
     }
 
-    /// True once the drain is over here: every connection has closed its side with its data
-    /// and FIN acknowledged (or is gone), and no ledger reply is awaited.
+    /// True once the drain is over here: every connection is done (`is_done`) and no ledger
+    /// reply is awaited.
     fn drained(&self) -> bool {
-        use smoltcp::socket::tcp::State;
-        self.outstanding == 0
-            && self.active.iter().all(|&slot| {
-                let id = match &self.conns[slot as usize] {
-                    Some(Conn::Https(https)) if !https.closed => return false,
-                    Some(Conn::Https(https)) => https.id,
-                    Some(Conn::Echo(id)) => *id,
-                    None => return true,
-                };
-                matches!(self.stack.state(id), None | Some(State::Closed | State::TimeWait | State::FinWait2))
-            })
+        self.outstanding == 0 && self.active.iter().all(|&slot| self.is_done(slot as usize))
     }
 
-    /// (connections open, requests read and not yet answered) at the hard stop.
-    fn unfinished(&self) -> (usize, usize) {
-        let requests = self
-            .active
-            .iter()
-            .filter_map(|&slot| match &self.conns[slot as usize] {
-                Some(Conn::Https(https)) if !https.closed => Some(https.conn.unanswered()),
-                _ => None,
-            })
-            .sum();
-        (self.active.len(), requests)
+    /// A connection is done when it has closed its side and its data and FIN are
+    /// acknowledged (or it is gone): what the peer does with its own side is up to the peer.
+    fn is_done(&self, slot: usize) -> bool {
+        use smoltcp::socket::tcp::State;
+        let id = match &self.conns[slot] {
+            Some(Conn::Https(https)) if !https.closed => return false,
+            Some(Conn::Https(https)) => https.id,
+            Some(Conn::Echo(id)) => *id,
+            None => return true,
+        };
+        matches!(self.stack.state(id), None | Some(State::Closed | State::TimeWait | State::FinWait2))
+    }
+
+    /// At the hard stop: (connections not done, requests read and not answered, bytes of
+    /// responses not yet delivered to those connections' clients).
+    fn unfinished(&self) -> (usize, usize, usize) {
+        let (mut connections, mut requests, mut bytes) = (0, 0, 0);
+        for &slot in &self.active {
+            if self.is_done(slot as usize) {
+                continue;
+            }
+            connections += 1;
+            if let Some(Conn::Https(https)) = &self.conns[slot as usize] {
+                requests += https.conn.unanswered();
+                bytes += https.conn.output_bytes() + self.stack.send_queue(https.id);
+            }
+        }
+        (connections, requests, bytes)
     }
 
     /// One loop turn. Returns true if anything moved.
