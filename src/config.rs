@@ -434,7 +434,8 @@ impl Config {
             },
             management: ManagementSection::default(),
             edge: EdgeSection::default(),
-            shutdown: ShutdownSection::default(),
+            // No load balancer stands in front of the lab: no grace period to wait out.
+            shutdown: ShutdownSection { grace_ms: 0, ..ShutdownSection::default() },
         }
     }
 
