@@ -74,8 +74,11 @@ struct Seen {
     unacked: u64,
     /// Connections whose last response said `Connection: close`.
     close_announced: u64,
-    /// Connections that ended without it (EOF or an error).
+    /// Connections that ended without it (EOF or an error): closed by the drain while idle,
+    /// the request sent meanwhile was not executed.
     ended_otherwise: u64,
+    /// When the first connection ended: the drain had begun.
+    first_end_at: Option<Instant>,
 }
 
 /// Posts transfers `first_id..` over keep-alive connections until the connection ends after
@@ -104,6 +107,7 @@ fn client(
                     acked_total.fetch_add(1, Ordering::Relaxed);
                     if close {
                         seen.close_announced += 1;
+                        seen.first_end_at.get_or_insert_with(Instant::now);
                         break;
                     }
                 }
@@ -115,12 +119,14 @@ fn client(
                     );
                     if close {
                         seen.close_announced += 1;
+                        seen.first_end_at.get_or_insert_with(Instant::now);
                         break;
                     }
                 }
                 Err(_) => {
                     seen.unacked += 1;
                     seen.ended_otherwise += 1;
+                    seen.first_end_at.get_or_insert_with(Instant::now);
                     break;
                 }
             }
@@ -212,6 +218,18 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
             other => panic!("/readyz during the stop: {other:?}"),
         }
     };
+    // The management listener answers through the drain, until the process is about to exit.
+    let mut last_not_ready = not_ready_seen;
+    let exit_deadline = Instant::now() + Duration::from_secs(30);
+    while server.is_running() && Instant::now() < exit_deadline {
+        match http_get(server.management, "/readyz") {
+            Ok((503, _)) => last_not_ready = Instant::now(),
+            Ok(other) => panic!("/readyz during the stop: {other:?}"),
+            // The listener closes last, just before the exit.
+            Err(_) => {}
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
     let status = server
         .wait_exit(Duration::from_secs(30))
         .expect("pantera exits after the drain");
@@ -224,8 +242,13 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
 
     let mut acked = BTreeSet::new();
     let (mut unacked, mut announced, mut ended, mut acked_while_not_ready) = (0, 0, 0, 0);
+    let mut drain_began: Option<Instant> = None;
     for c in clients {
         let seen = c.join().expect("client");
+        drain_began = match (drain_began, seen.first_end_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         acked_while_not_ready += seen
             .acked
             .iter()
@@ -244,7 +267,18 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
         acked_while_not_ready > 0,
         "the service stopped answering during the grace period"
     );
-    assert!(announced > 0, "no connection was told Connection: close");
+    // Each connection was ended by the drain: after a response with Connection: close, or
+    // (idle at that moment) by close_notify and FIN.
+    assert_eq!(
+        announced + ended,
+        CLIENTS as u64,
+        "connections that did not end"
+    );
+    let drain_began = drain_began.expect("the connections ended");
+    assert!(
+        last_not_ready > drain_began,
+        "/readyz did not answer (503) once the drain had begun"
+    );
 
     let sent = notifications(&notify);
     let ready_at = sent.iter().position(|m| m.lines().any(|l| l == "READY=1"));
