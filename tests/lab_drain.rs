@@ -149,6 +149,31 @@ fn notifications(socket: &UnixDatagram) -> Vec<String> {
     out
 }
 
+/// Receives notifications into `seen` until one has the line `line` after the first
+/// `after` (bounded).
+fn wait_for_notification(socket: &UnixDatagram, seen: &mut Vec<String>, line: &str, after: usize) {
+    socket.set_nonblocking(false).expect("blocking");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    while !seen
+        .iter()
+        .skip(after)
+        .any(|m| m.lines().any(|l| l == line))
+    {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {line} within 10 s ({e}): {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+}
+
+/// The index of the first notification with the line `line`.
+fn position(sent: &[String], line: &str) -> Option<usize> {
+    sent.iter().position(|m| m.lines().any(|l| l == line))
+}
+
 #[test]
 fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0() {
     let lab = lab("drain", 2);
@@ -182,6 +207,20 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
         .join()
         .expect("accounts");
     }
+
+    // A reload (SIGHUP, the unchanged file) is framed as Type=notify-reload expects.
+    let mut seen = Vec::new();
+    wait_for_notification(&notify, &mut seen, "READY=1", 0);
+    kill(server.pid(), Signal::SIGHUP).expect("kill -HUP");
+    wait_for_notification(&notify, &mut seen, "RELOADING=1", 0);
+    let reloading_at = position(&seen, "RELOADING=1").expect("RELOADING=1");
+    assert!(
+        seen[reloading_at]
+            .lines()
+            .any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{seen:?}"
+    );
+    wait_for_notification(&notify, &mut seen, "READY=1", reloading_at + 1);
 
     let signalled = Arc::new(AtomicBool::new(false));
     let acked_total = Arc::new(AtomicU64::new(0));
@@ -280,13 +319,12 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
         "/readyz did not answer (503) once the drain had begun"
     );
 
-    let sent = notifications(&notify);
-    let ready_at = sent.iter().position(|m| m.lines().any(|l| l == "READY=1"));
-    let stopping_at = sent
-        .iter()
-        .position(|m| m.lines().any(|l| l == "STOPPING=1"));
+    let mut sent = seen;
+    sent.extend(notifications(&notify));
+    let ready_at = position(&sent, "READY=1");
+    let stopping_at = position(&sent, "STOPPING=1");
     assert!(
-        matches!((ready_at, stopping_at), (Some(r), Some(s)) if r < s),
+        matches!((ready_at, stopping_at), (Some(r), Some(s)) if r < reloading_at && reloading_at < s),
         "notifications: {sent:?}"
     );
 
