@@ -11,9 +11,7 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/pantera";
 
 /// The value of `key=` in the unit (the last assignment wins, as in systemd).
 fn setting(key: &str) -> Option<&'static str> {
-    UNIT.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .last()
+    UNIT.lines().rev().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// "45s", "2min", "10" (seconds) as seconds: the forms this unit uses.
