@@ -389,7 +389,7 @@ fn connect_small_window(to: SocketAddr) -> std::io::Result<TcpStream> {
 fn the_hard_stop_ends_a_drain_that_cannot_finish_and_exits_3() {
     let lab = lab("hardstop", 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start(
+    let mut server = Server::start_logged(
         &lab,
         dir.path(),
         "ledger",
@@ -452,5 +452,15 @@ fn the_hard_stop_ends_a_drain_that_cannot_finish_and_exits_3() {
     assert!(
         b_result.is_err(),
         "a request half-sent when the drain began was answered: {b_result:?}"
+    );
+    // The cut is logged at error level: A, which never read its responses.
+    let log = server.log_text();
+    assert!(
+        log.contains("hard stop: cutting 1 connection(s)"),
+        "no per-queue account of the cut in the log:\n{log}"
+    );
+    assert!(
+        log.contains("ERROR") && log.contains("shutdown.timeout_ms (1500 ms) passed with work left"),
+        "no hard-stop line in the log:\n{log}"
     );
 }
