@@ -280,10 +280,10 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            log::error!("the audit log writer panicked");
-        }
+    /// Waits for the writer to write and sync the last records, until `deadline`. False: it
+    /// was still running then.
+    pub fn join_until(self, deadline: std::time::Instant) -> bool {
+        crate::shutdown::join_until(self.thread, deadline)
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Config {
     /// `[audit]`: the audit log of every write (src/audit.rs).
     #[serde(default)]
     pub audit: crate::audit::AuditSection,
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -436,6 +438,8 @@ impl Config {
             management: ManagementSection::default(),
             edge: EdgeSection::default(),
             audit: crate::audit::AuditSection::default(),
+            // No load balancer stands in front of the lab: no grace period to wait out.
+            shutdown: ShutdownSection { grace_ms: 0, ..ShutdownSection::default() },
         }
     }
 
@@ -535,6 +539,7 @@ impl Config {
         }
         self.edge_config()?;
         self.audit.validate()?;
+        self.shutdown.validate()?;
         Ok(())
     }
 
@@ -741,6 +746,61 @@ fn parse_role(s: &str) -> Option<ledger_svc::api::Role> {
 /// The authorization table: who may do what (owned by the connection, which applies it).
 pub use ledger_svc::connection::Roles;
 
+/// How the appliance stops on SIGTERM/SIGINT (docs/operations.md "Stopping: drain and hard
+/// stop"): `/readyz` turns 503 at once and traffic is served normally for `grace_ms`, so load
+/// balancers stop sending; then the workers drain; `timeout_ms` after the signal the stop is
+/// finished whatever is left (nginx `worker_shutdown_timeout`, HAProxy `hard-stop-after`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// From the signal to the start of the drain: not ready, still serving.
+    pub grace_ms: u64,
+    /// From the signal to the hard stop.
+    pub timeout_ms: u64,
+}
+
+/// The longest grace period: a load balancer's health check interval times a few failures.
+const SHUTDOWN_GRACE_MS_MAX: u64 = 300_000;
+/// The longest stop: under systemd's default `TimeoutStopSec` ceiling of practice.
+const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 600_000;
+/// The shortest drain (timeout minus grace): time to answer what the ledger is committing.
+const SHUTDOWN_DRAIN_MS_MIN: u64 = 100;
+
+impl Default for ShutdownSection {
+    fn default() -> ShutdownSection {
+        ShutdownSection { grace_ms: 5_000, timeout_ms: 30_000 }
+    }
+}
+
+impl ShutdownSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace_ms > SHUTDOWN_GRACE_MS_MAX {
+            return Err(invalid("shutdown.grace_ms", format!("is {}; it must be 0..={SHUTDOWN_GRACE_MS_MAX}", self.grace_ms)));
+        }
+        if self.timeout_ms > SHUTDOWN_TIMEOUT_MS_MAX {
+            return Err(invalid("shutdown.timeout_ms", format!("is {}; it must be at most {SHUTDOWN_TIMEOUT_MS_MAX}", self.timeout_ms)));
+        }
+        if self.timeout_ms < self.grace_ms + SHUTDOWN_DRAIN_MS_MIN {
+            return Err(invalid(
+                "shutdown.timeout_ms",
+                format!(
+                    "is {}; it must exceed shutdown.grace_ms ({}) by at least {SHUTDOWN_DRAIN_MS_MIN} ms, the time the drain gets",
+                    self.timeout_ms, self.grace_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.grace_ms)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,6 +823,31 @@ roles = { "payments-gw" = "write", "audit" = "read" }
 data_dir = "/var/lib/pantera/data"
 cluster_id = 7
 "#;
+
+    #[test]
+    fn shutdown_section_defaults_and_a_single_key_parses() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.shutdown, ShutdownSection { grace_ms: 5_000, timeout_ms: 30_000 });
+        let c = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[shutdown]\ngrace_ms = 300\n")).expect("one key");
+        assert_eq!(c.shutdown, ShutdownSection { grace_ms: 300, timeout_ms: 30_000 });
+        let c = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[shutdown]\ntimeout_ms = 6000\n")).expect("one key");
+        assert_eq!(c.shutdown, ShutdownSection { grace_ms: 5_000, timeout_ms: 6_000 });
+    }
+
+    #[test]
+    fn shutdown_section_rejects_bad_bounds_naming_the_field() {
+        for (toml, field, words) in [
+            ("grace_ms = 5000\ntimeout_ms = 5000", "shutdown.timeout_ms", "must exceed shutdown.grace_ms"),
+            ("timeout_ms = 1000", "shutdown.timeout_ms", "must exceed shutdown.grace_ms (5000)"),
+            ("grace_ms = 400000", "shutdown.grace_ms", "0..=300000"),
+            ("timeout_ms = 700000", "shutdown.timeout_ms", "at most 600000"),
+        ] {
+            let e = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[shutdown]\n{toml}\n")).expect_err(toml).to_string();
+            assert!(e.contains(field) && e.contains(words), "{toml}: {e}");
+        }
+        let e = Config::parse(Path::new("t.toml"), &format!("{GOOD}\n[shutdown]\ngrace = 1\n")).expect_err("unknown key").to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
 
     #[test]
     fn parses_a_minimal_file_with_defaults() {

@@ -16,5 +16,7 @@ pub mod lab_client;
 pub mod lab_flood;
 pub mod metrics;
 pub mod reload;
+pub mod notify;
 pub mod serve;
+pub mod shutdown;
 pub mod worker;

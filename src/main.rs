@@ -333,7 +333,11 @@ fn main() -> Result<()> {
     pantera::health::install_panic_hook();
     match Cli::parse().command {
         // A reload (SIGHUP) reads the configuration as the start did: file and overrides.
-        Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home(), &|| args.config()),
+        Commands::Serve(args) => match pantera::serve::serve(&args.config()?, args.lab_home(), &|| args.config())? {
+            pantera::shutdown::Stopped::Clean => Ok(()),
+            // Logged at error level by the stop; the status tells the service manager.
+            pantera::shutdown::Stopped::HardStop => std::process::exit(pantera::shutdown::EXIT_HARD_STOP),
+        },
         Commands::ServeKernel { serve, listen } => {
             let cfg = serve.config()?;
             if let Some(home) = serve.lab_home() {

@@ -88,6 +88,8 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         management: _,
         edge: _,
         audit: _,
+        // Reloadable: read when the stop signal arrives.
+        shutdown: _,
     } = new;
     let mut out = Vec::new();
     changed_fields!(

@@ -1,9 +1,12 @@
 //! `pantera serve`: start-up in dependency order, the threads, and an orderly stop.
 //!
 //! Order: configuration (validated) -> TLS material -> ledger recovery -> AF_XDP sockets on
-//! every queue -> XDP program attached and sockets registered -> workers -> ready. Stop on
-//! SIGTERM/SIGINT: workers close their connections, the XDP program is detached (dropping the
-//! bpf_link), the ledger drains what was submitted and stops.
+//! every queue -> XDP program attached and sockets registered -> workers -> ready (and
+//! `READY=1` to systemd). Stop on SIGTERM/SIGINT (`shutdown`): not ready at once, a grace
+//! period of normal service, then the workers drain their connections (every request read is
+//! answered), bounded by the hard stop; the XDP program is detached (dropping the bpf_link),
+//! the ledger commits what was submitted and stops; the management listener stays up until
+//! then.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +19,9 @@ use anyhow::{bail, Context, Result};
 use crate::committer;
 use crate::config::{App, Config};
 use crate::metrics::{self, sync_counter, Metrics};
+use crate::notify::Notifier;
 use crate::reload::{self, Reloader};
+use crate::shutdown::{self, Phase, Shutdown, Stopped};
 use crate::worker::{AppConfig, LedgerApp, Worker};
 
 /// Creates the lab's dev certificates under `home/tls` when they are missing (`--lab`).
@@ -29,10 +34,15 @@ pub fn ensure_lab_certificates(home: &Path, config: &Config) -> Result<()> {
 
 /// How long start-up waits for an XDP link left by a process killed a moment ago.
 const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long a stop waits for the audit writer to write and sync its last records when the hard
+/// stop deadline is already near or past.
+const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 
-/// Runs the appliance until a stop signal. Returns after a clean stop. `source` reads the
-/// configuration again, as it was read for `config`, when SIGHUP asks for a reload.
-pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>) -> Result<()> {
+/// Runs the appliance until a stop signal. `source` reads the configuration again, as it was
+/// read for `config`, when SIGHUP asks for a reload. Returns how the stop ended: `HardStop`
+/// when `shutdown.timeout_ms` passed with work left (the binary exits with
+/// [`shutdown::EXIT_HARD_STOP`]).
+pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>) -> Result<Stopped> {
     let started = Instant::now();
     let app = config.app()?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
@@ -46,9 +56,14 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // the reload runs once the appliance is ready.
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).context("cannot install signal handlers")?;
+    // The phase the workers follow; the stop signal above only starts it.
+    let shutdown = Shutdown::new();
+    let mut notifier = Notifier::from_env();
     let metrics = Metrics::new();
     let mut reloader = Reloader::new(source, config.clone(), &metrics)?;
-    let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
+    // The management listener answers through the whole drain (/readyz 503): its own flag.
+    let management_stop = Arc::new(AtomicBool::new(false));
+    let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&management_stop))?;
     let d = &config.dataplane;
 
     // The queues: as configured, or every rx queue of the interface (a queue without a socket
@@ -143,7 +158,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
                 audit: audit.as_ref().map(|a| a.for_queue(&port.queue_id().to_string())),
             })),
         };
-        let stop = Arc::clone(&stop);
+        let shutdown = shutdown.clone();
         let m = metrics.clone();
         let mut stack_config = stack_config.clone();
         // Fresh secrets from the OS per queue and per start: the key of the RFC 6528 ISNs and
@@ -160,7 +175,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
                 Ok(mut worker) => {
                     worker.watch_reloads(watch);
                     let _ = started_tx.send(Ok(()));
-                    worker.run(&stop);
+                    worker.run(&shutdown);
                 }
                 Err(e) => {
                     let _ = started_tx.send(Err(e.to_string()));
@@ -175,7 +190,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         match worker_started_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                stop.store(true, Ordering::Relaxed);
+                shutdown.advance_to(Phase::Stop);
                 bail!("a worker failed to start: {e}");
             }
             Err(_) => bail!("a worker died while starting"),
@@ -183,33 +198,57 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     }
     metrics.ready.set(1);
     log::info!("ready in {:?}", started.elapsed());
+    let serving = format!("serving {}:{} on {} queue(s)", config.service.address, config.service.port, queues.len());
+    notifier.ready(&serving);
 
-    while !stop.load(Ordering::Relaxed) {
-        thread::sleep(Duration::from_millis(100));
-        if hup.swap(false, Ordering::Relaxed) {
-            reloader.reload(|edge| steering.configure_edge(edge));
-        }
+    // Watchdog pings only while every thread's heartbeat is fresh; the XDP counters.
+    let tick = |notifier: &mut Notifier, steering: &dataplane::Steering| {
+        notifier.watchdog(Instant::now(), metrics.health.check().is_ok());
         for (name, value) in steering.counters() {
             sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
         }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            // RELOADING=1 before and READY=1 after, applied or refused (Type=notify-reload).
+            notifier.reloading();
+            let applied = reloader.reload(|edge| steering.configure_edge(edge));
+            notifier.ready(&format!("{serving}; {}", if applied { "configuration reloaded" } else { "reload refused, running configuration kept" }));
+        }
+        tick(&mut notifier, &steering);
     }
-    log::info!("stopping");
-    metrics.ready.set(0);
-    for w in workers {
-        let _ = w.join();
-    }
-    // Every record is written and synced before the stop completes.
+    let signalled = Instant::now();
+    // As reloaded last (SIGHUP), like every reloadable setting.
+    let settings = reloader.running().shutdown;
+    let deadline = signalled + settings.timeout();
+    let mut stopped = shutdown::drain_workers(&settings, &shutdown, &stop, &metrics, &mut notifier, workers, signalled, |n| tick(n, &steering));
+    // Every audit record is written and synced before the stop completes: the workers that
+    // held the writer's channel are gone, so it drains and ends. Bounded like the rest.
     if let Some(writer) = audit_writer {
-        writer.join();
+        if !writer.join_until(deadline.max(Instant::now() + AUDIT_FLUSH_MAX)) {
+            log::error!("hard stop: the audit log writer was still writing; exiting without it");
+            stopped = Stopped::HardStop;
+        }
     }
     // Detach the program and clear the map: the host gets its queues back.
     drop(steering);
+    // The workers held the only ledger clients: the ledger thread now commits what was
+    // submitted, finishes its checkpoint and stops. Bounded by the hard stop too: past it the
+    // process exits and the next start recovers from the WAL (nothing acknowledged is lost).
     if let Some(t) = ledger_thread {
-        let _ = t.join();
+        if !shutdown::join_until(t, deadline) {
+            log::error!("hard stop: the ledger thread was still finishing at shutdown.timeout_ms; exiting without its clean stop (the next start replays the WAL)");
+            stopped = Stopped::HardStop;
+        }
     }
+    management_stop.store(true, Ordering::Relaxed);
     let _ = management.join();
-    log::info!("stopped cleanly");
-    Ok(())
+    match stopped {
+        Stopped::Clean => log::info!("stopped cleanly in {:?}", signalled.elapsed()),
+        Stopped::HardStop => log::error!("stopped by the hard stop after {:?}", signalled.elapsed()),
+    }
+    Ok(stopped)
 }
 
 /// Eight bytes from the kernel's CSPRNG.

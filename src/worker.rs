@@ -7,7 +7,6 @@
 //! The worker is generic over its port (`Port`): the AF_XDP socket in production, an in-memory
 //! link in the whole-stack test.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use tcp::{ConnId, Event, Stack};
 use crate::committer::{Completion, LedgerClient, ReplyTo, Submission};
 use crate::handshake::{HandshakeLimits, Handshakes};
 use crate::metrics::{record_events, sync_counter, Metrics};
+use crate::shutdown::{Phase, Shutdown};
 
 /// A device the worker can drive: the smoltcp `Device` plus the ring upkeep and the idle wait.
 pub trait Port: Device {
@@ -137,6 +137,8 @@ pub struct Worker<P: Port> {
     /// Settings published by a configuration reload (SIGHUP), for the connections opened
     /// after it.
     reloads: Option<crate::reload::Watch>,
+    /// The stop's drain has begun here: connections that open are reset, the others drain.
+    draining: bool,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -207,6 +209,7 @@ impl<P: Port> Worker<P> {
             held: tcp::SlotSet::new(slots),
             turn_slots: Vec::with_capacity(slots),
             reloads: None,
+            draining: false,
         })
     }
 
@@ -229,14 +232,32 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    /// Runs until `stop` is set; then closes every connection politely for a moment.
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Runs until the stop (`shutdown`): serving while the phase is `Running`, then draining
+    /// every connection, returning once all are closed; at the hard stop (`Stop`) what is
+    /// left is closed at once and counted.
+    pub fn run(&mut self, shutdown: &Shutdown) {
         // Beaten every turn (an idle turn waits at most IDLE_WAIT_MAX): /healthz turns 503
         // if this worker stops turning. Unregistered when run returns.
         let heartbeat = self.metrics.health.register(format!("worker-q{}", self.queue_label));
         let mut idle_turns = 0u32;
         let mut turns = 0u32;
-        while !stop.load(Ordering::Relaxed) {
+        loop {
+            match shutdown.phase() {
+                Phase::Running => {}
+                Phase::Draining if !self.draining => self.begin_drain(Instant::now()),
+                Phase::Draining if self.drained() => break,
+                Phase::Draining => {}
+                Phase::Stop => {
+                    let (connections, requests, bytes) = self.unfinished();
+                    log::error!(
+                        "queue {}: hard stop: cutting {connections} connection(s): {requests} request(s) read and not answered, {bytes} bytes of responses not delivered",
+                        self.queue_label
+                    );
+                    shutdown.record_cut(connections as u64, requests as u64);
+                    self.shutdown();
+                    break;
+                }
+            }
             heartbeat.beat();
             self.take_reload();
             #[cfg(feature = "fault-injection")]
@@ -271,8 +292,72 @@ impl<P: Port> Worker<P> {
                 self.port.wait(wait);
             }
         }
-        self.shutdown();
         self.publish_metrics();
+    }
+
+    /// The drain begins (docs/operations.md "Stopping: drain and hard stop"): each HTTPS
+    /// connection answers what it has read and then closes (`Connection::drain`); one still
+    /// in its TLS handshake has read nothing and is reset; an echo connection gets a FIN.
+    /// From now on a connection that opens is reset at once (`service_stack`).
+    fn begin_drain(&mut self, now: Instant) {
+        self.draining = true;
+        let mut reset = 0usize;
+        for i in 0..self.active.len() {
+            let slot = self.active[i] as usize;
+            match &mut self.conns[slot] {
+                Some(Conn::Https(https)) if https.evicted || https.closed => {}
+                Some(Conn::Https(https)) if https.conn.is_handshaking() => {
+                    self.handshakes.finished(slot);
+                    https.evicted = true;
+                    https.closed = true;
+                    self.stack.abort(https.id);
+                    reset += 1;
+                }
+                Some(Conn::Https(https)) => {
+                    https.conn.drain(now);
+                    self.ready.insert(slot);
+                }
+                Some(Conn::Echo(id)) => self.stack.close(*id),
+                None => {}
+            }
+        }
+        log::info!("queue {}: draining {} connection(s) ({reset} in their TLS handshake reset)", self.queue_label, self.active.len());
+    }
+
+    /// True once the drain is over here: every connection is done (`is_done`) and no ledger
+    /// reply is awaited.
+    fn drained(&self) -> bool {
+        self.outstanding == 0 && self.active.iter().all(|&slot| self.is_done(slot as usize))
+    }
+
+    /// A connection is done when it has closed its side and its data and FIN are
+    /// acknowledged (or it is gone): what the peer does with its own side is up to the peer.
+    fn is_done(&self, slot: usize) -> bool {
+        use smoltcp::socket::tcp::State;
+        let id = match &self.conns[slot] {
+            Some(Conn::Https(https)) if !https.closed => return false,
+            Some(Conn::Https(https)) => https.id,
+            Some(Conn::Echo(id)) => *id,
+            None => return true,
+        };
+        matches!(self.stack.state(id), None | Some(State::Closed | State::TimeWait | State::FinWait2))
+    }
+
+    /// At the hard stop: (connections not done, requests read and not answered, bytes of
+    /// responses not yet delivered to those connections' clients).
+    fn unfinished(&self) -> (usize, usize, usize) {
+        let (mut connections, mut requests, mut bytes) = (0, 0, 0);
+        for &slot in &self.active {
+            if self.is_done(slot as usize) {
+                continue;
+            }
+            connections += 1;
+            if let Some(Conn::Https(https)) = &self.conns[slot as usize] {
+                requests += https.conn.unanswered();
+                bytes += https.conn.output_bytes() + self.stack.send_queue(https.id);
+            }
+        }
+        (connections, requests, bytes)
     }
 
     /// One loop turn. Returns true if anything moved.
@@ -355,7 +440,10 @@ impl<P: Port> Worker<P> {
     fn service_stack(&mut self, now: Instant) {
         let (conns, active, app, handshakes) = (&mut self.conns, &mut self.active, &self.app, &mut self.handshakes);
         let (ready, held) = (&mut self.ready, &mut self.held);
+        let draining = self.draining;
+        let mut refused = Vec::new();
         self.stack.service(smoltcp_now(now), |event| match event {
+            Event::Opened(id) if draining => refused.push(id),
             Event::Opened(id) => {
                 let conn = match app {
                     AppConfig::Echo => Some(Conn::Echo(id)),
@@ -385,6 +473,11 @@ impl<P: Port> Worker<P> {
                 }
             }
         });
+        // The drain takes no new connection: reset (the client sees its connect succeed, then
+        // ECONNRESET before any TLS byte).
+        for id in refused {
+            self.stack.abort(id);
+        }
         // A segment reached these: data, a FIN, room to send, a reset.
         let ready = &mut self.ready;
         self.stack.take_ingress_ready(|id| ready.insert(id.slot()));
@@ -513,6 +606,7 @@ impl<P: Port> Worker<P> {
         }
     }
 
+    /// The hard stop: every connection gets what is ready, close_notify and a FIN, now.
     fn shutdown(&mut self) {
         for &slot in &self.active {
             if let (Some(Conn::Https(https)), AppConfig::Ledger(app)) = (&mut self.conns[slot as usize], &self.app) {

@@ -15,7 +15,8 @@
 //! - [`Connection::poll_event`] for what the metrics, logs and audit log record (each response
 //!   as an [`Answered`]: route, timing, sizes, and for a write its identity and result codes);
 //!   [`Connection::is_closed`] when the
-//!   TCP connection can be closed.
+//!   TCP connection can be closed;
+//! - [`Connection::drain`] when the appliance stops: what was read is answered, then it closes.
 //!
 //! Every byte a client can make the connection hold is bounded: a request is decoded only
 //! while the connection's unsent output plus the replies it awaits stay under
@@ -502,8 +503,9 @@ impl Connection {
         self.closing == Closing::Closed && !self.session.wants_output()
     }
 
-    /// Ends the connection politely (a stopping appliance): no further request is read; what
-    /// is ready is sent, then close_notify. Replies still awaited are not waited for.
+    /// Ends the connection now (the appliance's hard stop; [`Connection::drain`] is the
+    /// graceful one): no further request is read; what is ready is sent, then close_notify.
+    /// Replies still awaited are not waited for.
     pub fn close(&mut self) {
         if self.closing == Closing::Closed {
             return;
@@ -516,6 +518,41 @@ impl Connection {
         self.closing = Closing::Closed;
         self.session.close();
         self.charge();
+    }
+
+    /// Starts a graceful stop (the appliance is draining, nginx's "graceful shutdown"): the
+    /// requests already read are answered and no further one is.
+    ///
+    /// "Read" means decoded: the complete requests already taken from TLS are dispatched
+    /// first, so each of them is answered, including those waiting for the ledger (their
+    /// replies are still delivered through [`Connection::handle_reply`]). A request only
+    /// partly received, or one the connection's bounds still hold back, is not answered: the
+    /// last response carries `Connection: close`, which tells the client that no later
+    /// request on this connection was processed (RFC 9112 §9.6), so it may retry it
+    /// elsewhere. Then close_notify, and [`Connection::is_closed`]. An idle keep-alive
+    /// connection (or one still in its TLS handshake) closes at once. Idempotent.
+    pub fn drain(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.closing != Closing::Open {
+            return;
+        }
+        // Dispatch what is already decodable while the connection is still open.
+        self.advance();
+        if self.closing == Closing::Open {
+            self.closing = Closing::Draining;
+        }
+        self.advance();
+    }
+
+    /// Whether [`Connection::drain`] or a close has begun: no further request is read.
+    pub fn is_draining(&self) -> bool {
+        self.closing != Closing::Open
+    }
+
+    /// Requests read whose response is not yet encoded for sending (awaiting the ledger, or
+    /// queued behind one that is): what a hard stop leaves unanswered.
+    pub fn unanswered(&self) -> usize {
+        self.pending.len()
     }
 
     /// Submissions taken by `poll_submission` whose replies have not arrived.
@@ -748,8 +785,13 @@ impl Connection {
 
     /// Encodes the oldest response (which is ready) into the output queue.
     fn encode_front(&mut self) {
-        let Some((exchange, Pending::Ready(response))) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
+        let Some((exchange, Pending::Ready(mut response))) = self.pending.pop_front() else { unreachable!("the caller checked the front is ready") };
         self.pending_bytes -= response.body.len() + RESPONSE_HEAD_BYTES_MAX;
+        // The last response of a closing connection says so: the client learns that nothing
+        // it sent after this request was processed (RFC 9112 §9.6).
+        if self.closing == Closing::Draining && self.pending.is_empty() {
+            response.close = true;
+        }
         let encoded_from = self.out.len();
         if self.decoder.encode_response(&response, &mut self.out) && self.closing == Closing::Open {
             self.closing = Closing::Draining;

@@ -451,3 +451,84 @@ fn a_budget_with_a_new_bound_shares_the_count_and_each_holder_keeps_its_bound() 
     assert_eq!(second.server.held_bytes(), 0, "over the new bound, the new connection waits");
     assert!(second.server.is_held_back());
 }
+
+// --- Drain (a stopping appliance) -----------------------------------------------------------
+
+/// The response heads received, in order (status line and headers of each).
+fn heads(pair: &Pair) -> Vec<String> {
+    let text = String::from_utf8_lossy(&pair.received).into_owned();
+    text.split("HTTP/1.1 ").skip(1).map(|r| r.split("\r\n\r\n").next().unwrap_or("").to_owned()).collect()
+}
+
+/// True once the client has seen the server's close_notify.
+fn client_saw_close_notify(pair: &mut Pair) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(pair.client.reader().read(&mut buf), Ok(0))
+}
+
+#[test]
+fn a_drained_connection_answers_every_request_already_read_then_closes() {
+    let certs = certs();
+    let mut pair = Pair::new(&certs, ConnectionLimits::default(), Budget::new(64 << 20));
+    let body = r#"[{"id":"1","ledger":1,"code":10}]"#;
+    let post = format!("POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    // A create awaiting the ledger, a lookup queued behind it (not yet submitted), and the
+    // first half of a third request.
+    pair.send(format!("{post}{}GET /v1/acc", get("/v1/accounts/1")).as_bytes());
+    assert_eq!(pair.ledger.len(), 1, "the create is with the ledger");
+    pair.server.drain(pair.now);
+    pair.pump();
+    assert!(pair.server.is_draining());
+    assert!(!pair.server.is_closed(), "replies are still owed");
+    // The replies come after the drain began: both requests are answered, in order.
+    pair.answer_all();
+    assert_eq!(pair.ledger.len(), 1, "the queued lookup is still submitted during the drain");
+    assert!(!pair.server.is_closed());
+    pair.answer_all();
+    assert_eq!(pair.statuses(), vec![200, 404], "the partial request is not answered");
+    let heads = heads(&pair);
+    assert!(!heads[0].contains("Connection: close"), "{heads:?}");
+    assert!(heads[1].contains("Connection: close"), "the last response announces the close: {heads:?}");
+    // Then close_notify: the driver may close TCP.
+    assert!(pair.server.is_closed());
+    assert!(client_saw_close_notify(&mut pair), "close_notify reached the client");
+    // Whatever the client sends now is discarded, never answered.
+    pair.send(get("/v1/accounts/2").as_bytes());
+    assert!(pair.ledger.is_empty());
+    assert_eq!(pair.statuses().len(), 2);
+}
+
+#[test]
+fn a_response_not_yet_sent_when_the_drain_begins_goes_out_before_close_notify() {
+    let certs = certs();
+    let mut pair = Pair::new(&certs, ConnectionLimits::default(), Budget::new(64 << 20));
+    // The request arrives and is answered, but nothing is sent before the drain begins.
+    pair.client.writer().write_all(get("/nowhere").as_bytes()).unwrap();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut pair.to_server).unwrap();
+    }
+    let n = pair.server.handle_ciphertext(pair.now, &pair.to_server);
+    pair.to_server.drain(..n);
+    pair.server.drain(pair.now);
+    pair.pump();
+    assert_eq!(pair.statuses(), vec![404]);
+    assert!(pair.server.is_closed());
+    assert!(client_saw_close_notify(&mut pair));
+}
+
+#[test]
+fn an_idle_keep_alive_connection_closes_at_once_when_drained() {
+    let certs = certs();
+    let mut pair = Pair::new(&certs, ConnectionLimits::default(), Budget::new(64 << 20));
+    pair.send(get("/v1/accounts/1").as_bytes());
+    pair.answer_all();
+    assert_eq!(pair.statuses(), vec![404]);
+    assert!(!pair.server.is_closed());
+    pair.server.drain(pair.now);
+    pair.pump();
+    assert!(pair.server.is_closed(), "nothing is owed: close_notify at once");
+    assert!(client_saw_close_notify(&mut pair));
+    // Draining twice changes nothing.
+    pair.server.drain(pair.now);
+    assert!(pair.server.is_closed());
+}

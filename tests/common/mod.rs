@@ -161,6 +161,9 @@ listen = "{management}"
             tls = tls.display(),
             data = data.display(),
         );
+        // No grace period unless the test sets one: a stop in the other tests need not wait
+        // for load balancers that are not there.
+        let config = if extra_toml.contains("[shutdown]") { config } else { config + "\n[shutdown]\ngrace_ms = 0\n" };
         let config_path = dir.join("pantera.toml");
         std::fs::write(&config_path, config).expect("write config");
         Server {

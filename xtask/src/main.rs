@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "libbpf-dev", "linux-libc-dev",
     // The lab and its tests.
     "iproute2", "ethtool", "iputils-ping", "curl", "openssl", "procps", "tcpdump",
+    // `systemd-analyze verify` of docs/pantera.service (tests/systemd_unit.rs).
+    "systemd",
     // Benchmark peers.
     "nginx", "wrk",
 ];
