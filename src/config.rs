@@ -41,6 +41,9 @@ pub struct Config {
     pub management: ManagementSection,
     #[serde(default)]
     pub edge: EdgeSection,
+    /// `[log]`: level and format of the appliance's log (src/logging.rs).
+    #[serde(default)]
+    pub log: crate::logging::LogSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -432,6 +435,7 @@ impl Config {
             },
             management: ManagementSection::default(),
             edge: EdgeSection::default(),
+            log: crate::logging::LogSection::default(),
         }
     }
 
@@ -530,6 +534,7 @@ impl Config {
             ));
         }
         self.edge_config()?;
+        crate::logging::parse_level(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod serve;

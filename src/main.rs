@@ -328,14 +328,25 @@ enum CertsCommand {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic on any thread aborts the process, in debug builds too (docs/operations.md).
     pantera::health::install_panic_hook();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // `serve` reads its configuration first, so the log starts as its `[log]` says; the other
+    // subcommands log with the defaults (level info, text). `RUST_LOG` overrides the level.
+    let serve_config = match &cli.command {
+        Commands::Serve(args) | Commands::ServeKernel { serve: args, .. } => Some(args.config()),
+        _ => None,
+    };
+    let log = match &serve_config {
+        Some(Ok(cfg)) => cfg.log.clone(),
+        _ => pantera::logging::LogSection::default(),
+    };
+    pantera::logging::init(&log)?;
+    match cli.command {
         // A reload (SIGHUP) reads the configuration as the start did: file and overrides.
-        Commands::Serve(args) => pantera::serve::serve(&args.config()?, args.lab_home(), &|| args.config()),
+        Commands::Serve(args) => pantera::serve::serve(&serve_config.expect("read above")?, args.lab_home(), &|| args.config()),
         Commands::ServeKernel { serve, listen } => {
-            let cfg = serve.config()?;
+            let cfg = serve_config.expect("read above")?;
             if let Some(home) = serve.lab_home() {
                 pantera::serve::ensure_lab_certificates(home, &cfg)?;
             }

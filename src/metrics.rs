@@ -247,11 +247,17 @@ impl Default for Metrics {
 }
 
 /// Counts what a connection reports (handshakes, responses, TLS errors, deadlines); returns
-/// how many responses it queued.
-pub fn record_events(connection: &mut ledger_svc::connection::Connection, metrics: &Metrics) -> usize {
+/// how many responses it queued. The few events worth a log line are logged too, with the
+/// connection's slot and peer (`conn`, asked only for a line that is written).
+pub fn record_events(
+    connection: &mut ledger_svc::connection::Connection,
+    metrics: &Metrics,
+    conn: impl Fn() -> crate::logging::ConnFields,
+) -> usize {
     use ledger_svc::connection::Event;
     let mut responses = 0;
     while let Some(event) = connection.poll_event() {
+        crate::logging::connection_event(&event, &conn);
         responses += usize::from(matches!(event, Event::Response { .. }));
         match event {
             Event::Handshake { version, resumed } => {

@@ -87,6 +87,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         ledger: _,
         management: _,
         edge: _,
+        log: _,
     } = new;
     let mut out = Vec::new();
     changed_fields!(
@@ -159,6 +160,10 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.edge.syn_sources_max != new.edge.syn_sources_max {
         out.push("edge.syn_sources_max");
     }
+    // The log's format is chosen when the log starts (`log.level` reloads).
+    if running.log.format != new.log.format {
+        out.push("log.format");
+    }
     out
 }
 
@@ -172,6 +177,7 @@ pub fn effective(running: &Config, new: &Config) -> Config {
     config.ledger = running.ledger.clone();
     config.management = running.management.clone();
     config.edge.syn_sources_max = running.edge.syn_sources_max;
+    config.log.format = running.log.format;
     config
 }
 
@@ -406,6 +412,12 @@ impl<'a> Reloader<'a> {
         }
         for field in &plan.needs_restart {
             log::warn!("reload: `{field}` changed but needs a restart; the running value is kept");
+        }
+        if plan.config.log.level != self.running.log.level {
+            // Validated with the rest of the file; the log says what it did with it.
+            if let Err(e) = crate::logging::set_level(&plan.config.log.level) {
+                log::warn!("reload: log.level not applied: {e}");
+            }
         }
         if let Some(settings) = plan.settings {
             *self

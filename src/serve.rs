@@ -146,6 +146,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         let label = port.queue_id().to_string();
         let watch = reloader.watch();
         workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
+            // Every line this thread logs names its queue.
+            let _span = tracing::info_span!("worker", queue = %label).entered();
             match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
                 Ok(mut worker) => {
                     worker.watch_reloads(watch);
@@ -175,6 +177,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
 
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
+        crate::logging::flush_suppressed();
         if hup.swap(false, Ordering::Relaxed) {
             reloader.reload(|edge| steering.configure_edge(edge));
         }

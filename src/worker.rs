@@ -513,7 +513,8 @@ impl<P: Port> Worker<P> {
             if let Some(Conn::Https(https)) = &mut self.conns[slot as usize] {
                 https.conn.close();
                 https.flush(&mut self.stack);
-                let _ = record_events(&mut https.conn, &self.metrics);
+                let (id, stack) = (https.id, &self.stack);
+                let _ = record_events(&mut https.conn, &self.metrics, || conn_fields(stack, id));
                 self.stack.close(https.id);
             }
         }
@@ -650,7 +651,7 @@ impl HttpsConn {
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
-        self.responses += record_events(&mut self.conn, metrics) as u64;
+        self.responses += record_events(&mut self.conn, metrics, || conn_fields(stack, id)) as u64;
         // 4. Close once everything owed has been sent.
         if self.conn.is_closed() && !self.closed {
             self.closed = true;
@@ -675,6 +676,11 @@ impl HttpsConn {
         }
         moved
     }
+}
+
+/// The connection's slot and peer for a log line (looked up only when a line is written).
+fn conn_fields(stack: &Stack, id: ConnId) -> crate::logging::ConnFields {
+    crate::logging::ConnFields { slot: id.slot(), peer: stack.remote_endpoint(id).map(Into::into) }
 }
 
 pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
