@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod baseline;
+pub mod check;
 pub mod committer;
 pub mod config;
 #[cfg(feature = "fault-injection")]

@@ -108,8 +108,14 @@ enum Commands {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Parse and validate a configuration file, then exit.
-    CheckConfig { path: PathBuf },
+    /// Check a configuration file as `serve` would (every field, the TLS files, the key against
+    /// the certificate, the chain), print warnings, then exit: non-zero on an error.
+    CheckConfig {
+        path: PathBuf,
+        /// Print the effective configuration (defaults filled in) as TOML.
+        #[arg(long)]
+        print: bool,
+    },
     /// Copy the ledger (newest checkpoint, the WAL since it, every other file of the data
     /// directory) into an empty directory, consistent at one batch and verified by recovery,
     /// while the appliance serves or not (docs/operations.md, "Backup and restore").
@@ -371,9 +377,18 @@ fn main() -> Result<()> {
             pantera::backup::backup(&data_dir, &to).map(|_| ())
         }
         Commands::Restore { from, to } => pantera::backup::restore(&from, &to).map(|_| ()),
-        Commands::CheckConfig { path } => {
-            Config::load(&path)?;
-            println!("{}: valid", path.display());
+        Commands::CheckConfig { path, print } => {
+            let config = Config::load(&path)?;
+            let warnings = pantera::check::deep(&config, pantera::check::DataDir::Look, std::time::SystemTime::now())?;
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            if print {
+                // Paths only: the configuration never holds key material.
+                print!("{}", toml::to_string_pretty(&config).context("cannot print the configuration")?);
+            } else {
+                println!("{}: valid ({} warnings)", path.display(), warnings.len());
+            }
             Ok(())
         }
         Commands::Format(args) => format(&args),

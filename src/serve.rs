@@ -69,6 +69,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
         }
+        // The same deep check as `check-config` (the TLS files, the key against the
+        // certificate, the chain), before anything is attached; its warnings go to the log.
+        for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
+            log::warn!("{warning}");
+        }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
