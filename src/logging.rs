@@ -610,6 +610,9 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["level"], "INFO");
         assert_eq!(lines[0]["message"], "marker-2 shown");
+        // A `log` record gets its own target, not `log` (the bridge's normalisation); its
+        // source location comes along as `log.file` and `log.line`.
+        assert_eq!(lines[0]["target"], "pantera::logging::tests");
 
         set_level("debug").expect("valid");
         assert_eq!(log::max_level(), log::LevelFilter::Debug);

@@ -204,7 +204,13 @@ pub fn plan(running: &Config, new: &Config) -> Result<Plan> {
         .validate()
         .context("the reloaded values do not fit the running ones")?;
     let settings = match config.app()? {
-        App::Ledger => Some(Settings::build(&config)?),
+        App::Ledger => {
+            // The deep check of a start (src/check.rs): the chain in order, expiry warnings.
+            for warning in crate::check::deep(&config, crate::check::DataDir::Skip, SystemTime::now())? {
+                log::warn!("reload: {warning}");
+            }
+            Some(Settings::build(&config)?)
+        }
         App::Echo => None,
     };
     let edge = config.edge_config()?;

@@ -102,12 +102,11 @@ fn json_log_names_peer_and_reason_and_a_handshake_flood_is_rate_limited() {
     let lines = wait_for_log(&log, |lines| {
         !of_kind(lines, "tls_handshake_failed").is_empty() && !of_kind(lines, "forbidden").is_empty()
     });
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("ready in"))),
-        "the bridged log:: lines are JSON too"
-    );
+    let ready = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("ready in")))
+        .expect("the log:: lines are JSON too");
+    assert_eq!(ready["target"], "pantera::serve", "{ready}");
     let failed = of_kind(&lines, "tls_handshake_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     let f = failed[0];
@@ -167,4 +166,59 @@ fn json_log_names_peer_and_reason_and_a_handshake_flood_is_rate_limited() {
             .any(|l| l["message"].as_str().is_some_and(|m| m.contains("suppressed")) || l["suppressed"].as_u64() > Some(0)),
         "a line says how many were suppressed"
     );
+}
+
+#[test]
+fn sighup_applies_log_level_and_rust_log_unset_lets_the_file_decide() {
+    use nix::sys::signal::{kill, Signal};
+    let lab = lab("loglevel", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // RUST_LOG set but empty: as if unset, so `log.level` decides.
+    let server = Server::start_logged_with_env(
+        &lab,
+        dir.path(),
+        "ledger",
+        "\n[log]\nformat = \"json\"\nlevel = \"warn\"\n",
+        &[("RUST_LOG", "")],
+    );
+    let log = dir.path().join("pantera.log");
+    let infos = |lines: &[serde_json::Value]| lines.iter().filter(|l| l["level"] == "INFO").count();
+    assert_eq!(infos(&log_lines(&log)), 0, "level warn at start: no info line");
+
+    let set_level = |from: &str, to: &str, reloads: f64| {
+        let text = std::fs::read_to_string(server.config_path()).expect("read config");
+        std::fs::write(
+            server.config_path(),
+            text.replace(&format!("level = \"{from}\""), &format!("level = \"{to}\"")),
+        )
+        .expect("write config");
+        kill(server.pid(), Signal::SIGHUP).expect("kill -HUP");
+        assert_eq!(
+            server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], reloads),
+            reloads,
+            "{}",
+            server.log_text()
+        );
+    };
+    set_level("warn", "info", 1.0);
+    let lines = wait_for_log(&log, |lines| lines.iter().any(|l| l["message"] == "log level now \"info\""));
+    assert!(
+        lines.iter().any(|l| l["message"] == "log level now \"info\""),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["message"].as_str().is_some_and(|m| m.starts_with("configuration reloaded"))),
+        "{}",
+        server.log_text()
+    );
+    let before = infos(&lines);
+    set_level("info", "warn", 2.0);
+    // Only the reload's first line ("SIGHUP: reloading") is written at info; the rest come
+    // after the filter is back at warn, and before the reload is counted.
+    let lines = log_lines(&log);
+    assert_eq!(infos(&lines), before + 1, "{}", server.log_text());
+    assert!(lines.last().is_some_and(|l| l["message"].as_str().is_some_and(|m| m.starts_with("SIGHUP"))), "{}", server.log_text());
 }
