@@ -114,9 +114,12 @@ fn start_filter(
 ) -> Result<(EnvFilter, bool), LogError> {
     match rust_log.filter(|v| !v.trim().is_empty()) {
         Some(env) => Ok((
-            parse_level(env).map_err(|e| LogError::InvalidLevel {
-                directive: format!("RUST_LOG={env}"),
-                reason: e.to_string(),
+            parse_level(env).map_err(|e| match e {
+                LogError::InvalidLevel { reason, .. } => LogError::InvalidLevel {
+                    directive: format!("RUST_LOG={env}"),
+                    reason,
+                },
+                other => other,
             })?,
             true,
         )),
@@ -496,7 +499,10 @@ mod tests {
         let e = start_filter(&section, Some("loud"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("RUST_LOG=loud"), "{e}");
+        assert!(
+            e.contains("RUST_LOG=loud") && e.matches("invalid log level").count() == 1,
+            "{e}"
+        );
     }
 
     #[test]
