@@ -48,6 +48,10 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
     let storage = committer::open_data_dir(config, lab_home)?;
     let metrics = Metrics::new();
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
+    // The deep check of `serve` and `check-config` (src/check.rs); its warnings go to the log.
+    for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
+        log::warn!("{warning}");
+    }
     let tls_settings = config.tls_settings()?;
     let tls = tls_term::server_config(&tls_settings).context("tls")?;
 
