@@ -48,6 +48,10 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
     let storage = committer::open_data_dir(config, lab_home)?;
     let metrics = Metrics::new();
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
+    // The deep check of `serve` and `check-config` (src/check.rs); its warnings go to the log.
+    for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
+        log::warn!("{warning}");
+    }
     let tls_settings = config.tls_settings()?;
     let tls = tls_term::server_config(&tls_settings).context("tls")?;
 
@@ -80,6 +84,7 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
             .expect("spawn the acceptor");
         while !stop.load(Ordering::Relaxed) && !acceptor.is_finished() {
             thread::sleep(STOP_POLL);
+            crate::logging::flush_suppressed();
         }
         stop.store(true, Ordering::Relaxed);
         log::info!("stopping");
@@ -225,6 +230,11 @@ struct Conn {
     generation: u32,
 }
 
+/// The connection's slot and peer for a log line (a syscall, made only when a line is written).
+fn conn_fields(id: Conn, sock: &TcpStream) -> crate::logging::ConnFields {
+    crate::logging::ConnFields { slot: id.slot, peer: sock.peer_addr().ok() }
+}
+
 /// Serves one connection to its end: the same sans-IO `Connection` the appliance's workers
 /// drive, over a blocking kernel socket.
 fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
@@ -252,7 +262,7 @@ fn serve_connection(shared: &Shared, id: Conn, mut sock: TcpStream) {
         }
     }
     // What the drive and the close did (a response `close` still sent, a TLS error).
-    let _ = record_events(&mut conn, &shared.metrics, |_| {});
+    let _ = record_events(&mut conn, &shared.metrics, || conn_fields(id, &sock), |_| {});
     let _ = sock.shutdown(Shutdown::Write);
 }
 
@@ -285,7 +295,7 @@ fn drive(shared: &Shared, id: Conn, conn: &mut Connection, sock: &mut TcpStream)
             sock.write_all(&tx[..n])?;
             moved = true;
         }
-        let _ = record_events(conn, &shared.metrics, |_| {});
+        let _ = record_events(conn, &shared.metrics, || conn_fields(id, sock), |_| {});
         if conn.is_closed() {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::LabSpec;
 
@@ -26,7 +26,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, reason: reason.into() }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dataplane: DataplaneSection,
@@ -46,9 +46,12 @@ pub struct Config {
     pub audit: crate::audit::AuditSection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// `[log]`: level and format of the appliance's log (src/logging.rs).
+    #[serde(default)]
+    pub log: crate::logging::LogSection,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataplaneSection {
     /// The interface whose queues the appliance takes over. Named by the operator: nothing is
@@ -83,7 +86,7 @@ fn default_busy_poll_turns() -> u32 {
     64
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
     pub address: Ipv4Addr,
@@ -113,7 +116,7 @@ fn default_app() -> String {
 }
 
 /// Fields left out take the stack's defaults (`tcp::StackConfig::default`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpSection {
     pub listen_sockets: usize,
@@ -132,7 +135,7 @@ pub struct TcpSection {
 }
 
 /// `tcp.syn_cookies`, as written in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SynCookies {
     Auto,
@@ -167,7 +170,7 @@ impl Default for TcpSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     pub cert_chain: PathBuf,
@@ -219,7 +222,7 @@ fn default_anonymous_role() -> String {
     "none".to_owned()
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[serde(default)]
 pub struct HttpSection {
@@ -260,7 +263,7 @@ impl Default for HttpSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSection {
     /// The formatted data directory (`pantera format`): superblock, WAL, checkpoints.
@@ -270,7 +273,7 @@ pub struct LedgerSection {
     /// The cluster this ledger belongs to: `serve` refuses a data directory formatted for
     /// another. An integer, or a decimal string for values past 2^63 (u128, as TigerBeetle's
     /// cluster id).
-    #[serde(default, deserialize_with = "deserialize_cluster_id")]
+    #[serde(default, deserialize_with = "deserialize_cluster_id", serialize_with = "serialize_cluster_id")]
     pub cluster_id: u128,
     /// "fsync" (default: a reply only after the batch is on disk) or "none" (benchmarks only).
     #[serde(default = "default_durability")]
@@ -301,6 +304,14 @@ fn deserialize_cluster_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> 
     }
 }
 
+/// The inverse of `deserialize_cluster_id`: an integer while TOML can hold it, else a string.
+fn serialize_cluster_id<S: serde::Serializer>(id: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+    match i64::try_from(*id) {
+        Ok(n) => serializer.serialize_i64(n),
+        Err(_) => serializer.serialize_str(&id.to_string()),
+    }
+}
+
 fn default_durability() -> String {
     "fsync".to_owned()
 }
@@ -318,7 +329,7 @@ const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
 
 /// Edge defence in the XDP program (docs/operations.md "Edge defence"). Fields left out take
 /// `dataplane::EdgeConfig::default()`: SYN limit on and generous, no allowlist, stealth off.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeSection {
     /// SYNs per second one source may send to the service port; 0: no limit.
@@ -361,8 +372,8 @@ fn parse_prefixes(field: &'static str, list: &[String]) -> Result<Vec<dataplane:
         .collect()
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ManagementSection {
     /// Kernel TCP listener for /metrics, /healthz, /readyz: the operator's network.
     pub listen: SocketAddr,
@@ -440,6 +451,7 @@ impl Config {
             audit: crate::audit::AuditSection::default(),
             // No load balancer stands in front of the lab: no grace period to wait out.
             shutdown: ShutdownSection { grace_ms: 0, ..ShutdownSection::default() },
+            log: crate::logging::LogSection::default(),
         }
     }
 
@@ -464,9 +476,11 @@ impl Config {
         }
         // The fill ring and the rx ring each hold up to ring_size frames, and TX needs frames
         // of its own: with fewer UMEM frames the fill ring starves and RX drops (docs/facts.md).
-        if d.umem_frames < 2 * d.ring_size {
-            return Err(invalid("dataplane.umem_frames", "must be at least 2 * ring_size"));
-        }
+        // The socket's own check owns that bound (fill + tx rings + an rx batch), so a file
+        // `check-config` accepts is one `serve` can open.
+        self.xsk_config()
+            .validate()
+            .map_err(|e| invalid("dataplane.umem_frames", format!("{e} (frame_count is umem_frames, each ring is ring_size)")))?;
         let s = &self.service;
         if s.address.is_unspecified() || s.address.is_multicast() || s.address.is_broadcast() {
             return Err(invalid("service.address", "must be a unicast IPv4 address"));
@@ -540,6 +554,7 @@ impl Config {
         self.edge_config()?;
         self.audit.validate()?;
         self.shutdown.validate()?;
+        crate::logging::parse_level(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())
     }
 
@@ -750,7 +765,7 @@ pub use ledger_svc::connection::Roles;
 /// stop"): `/readyz` turns 503 at once and traffic is served normally for `grace_ms`, so load
 /// balancers stop sending; then the workers drain; `timeout_ms` after the signal the stop is
 /// finished whatever is left (nginx `worker_shutdown_timeout`, HAProxy `hard-stop-after`).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSection {
     /// From the signal to the start of the drain: not ready, still serving.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backup;
 pub mod baseline;
+pub mod check;
 pub mod committer;
 pub mod config;
 #[cfg(feature = "fault-injection")]
@@ -14,6 +15,7 @@ pub mod inspect;
 pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod notify;

@@ -108,8 +108,14 @@ enum Commands {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Parse and validate a configuration file, then exit.
-    CheckConfig { path: PathBuf },
+    /// Check a configuration file as `serve` would (every field, the TLS files, the key against
+    /// the certificate, the chain), print warnings, then exit: non-zero on an error.
+    CheckConfig {
+        path: PathBuf,
+        /// Print the effective configuration (defaults filled in) as TOML.
+        #[arg(long)]
+        print: bool,
+    },
     /// Copy the ledger (newest checkpoint, the WAL since it, every other file of the data
     /// directory) into an empty directory, consistent at one batch and verified by recovery,
     /// while the appliance serves or not (docs/operations.md, "Backup and restore").
@@ -328,18 +334,29 @@ enum CertsCommand {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic on any thread aborts the process, in debug builds too (docs/operations.md).
     pantera::health::install_panic_hook();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // `serve` reads its configuration first, so the log starts as its `[log]` says; the other
+    // subcommands log with the defaults (level info, text). `RUST_LOG` overrides the level.
+    let serve_config = match &cli.command {
+        Commands::Serve(args) | Commands::ServeKernel { serve: args, .. } => Some(args.config()),
+        _ => None,
+    };
+    let log = match &serve_config {
+        Some(Ok(cfg)) => cfg.log.clone(),
+        _ => pantera::logging::LogSection::default(),
+    };
+    pantera::logging::init(&log)?;
+    match cli.command {
         // A reload (SIGHUP) reads the configuration as the start did: file and overrides.
-        Commands::Serve(args) => match pantera::serve::serve(&args.config()?, args.lab_home(), &|| args.config())? {
+        Commands::Serve(args) => match pantera::serve::serve(&serve_config.expect("read above")?, args.lab_home(), &|| args.config())? {
             pantera::shutdown::Stopped::Clean => Ok(()),
             // Logged at error level by the stop; the status tells the service manager.
             pantera::shutdown::Stopped::HardStop => std::process::exit(pantera::shutdown::EXIT_HARD_STOP),
         },
         Commands::ServeKernel { serve, listen } => {
-            let cfg = serve.config()?;
+            let cfg = serve_config.expect("read above")?;
             if let Some(home) = serve.lab_home() {
                 pantera::serve::ensure_lab_certificates(home, &cfg)?;
             }
@@ -364,9 +381,18 @@ fn main() -> Result<()> {
             pantera::backup::backup(&data_dir, &to).map(|_| ())
         }
         Commands::Restore { from, to } => pantera::backup::restore(&from, &to).map(|_| ()),
-        Commands::CheckConfig { path } => {
-            Config::load(&path)?;
-            println!("{}: valid", path.display());
+        Commands::CheckConfig { path, print } => {
+            let config = Config::load(&path)?;
+            let warnings = pantera::check::deep(&config, pantera::check::DataDir::Look, std::time::SystemTime::now())?;
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            if print {
+                // Paths only: the configuration never holds key material.
+                print!("{}", toml::to_string_pretty(&config).context("cannot print the configuration")?);
+            } else {
+                println!("{}: valid ({} warnings)", path.display(), warnings.len());
+            }
             Ok(())
         }
         Commands::Format(args) => format(&args),

@@ -248,15 +248,18 @@ impl Default for Metrics {
 
 /// Counts what a connection reports (handshakes, responses, TLS errors, deadlines) and hands
 /// each response to `audit` (the audit log keeps the writes); returns how many responses it
-/// queued.
+/// queued. The few events worth a log line are logged too, with the connection's slot and
+/// peer (`conn`, asked only for a line that is written).
 pub fn record_events(
     connection: &mut ledger_svc::connection::Connection,
     metrics: &Metrics,
+    conn: impl Fn() -> crate::logging::ConnFields,
     mut audit: impl FnMut(ledger_svc::connection::Answered),
 ) -> usize {
     use ledger_svc::connection::Event;
     let mut responses = 0;
     while let Some(event) = connection.poll_event() {
+        crate::logging::connection_event(&event, &conn);
         responses += usize::from(matches!(event, Event::Response { .. }));
         match event {
             Event::Handshake { version, resumed } => {

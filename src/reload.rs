@@ -90,6 +90,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         audit: _,
         // Reloadable: read when the stop signal arrives.
         shutdown: _,
+        log: _,
     } = new;
     let mut out = Vec::new();
     changed_fields!(
@@ -178,6 +179,10 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.edge.syn_sources_max != new.edge.syn_sources_max {
         out.push("edge.syn_sources_max");
     }
+    // The log's format is chosen when the log starts (`log.level` reloads).
+    if running.log.format != new.log.format {
+        out.push("log.format");
+    }
     out
 }
 
@@ -192,6 +197,7 @@ pub fn effective(running: &Config, new: &Config) -> Config {
     config.management = running.management.clone();
     config.audit = running.audit.clone();
     config.edge.syn_sources_max = running.edge.syn_sources_max;
+    config.log.format = running.log.format;
     config
 }
 
@@ -218,7 +224,13 @@ pub fn plan(running: &Config, new: &Config) -> Result<Plan> {
         .validate()
         .context("the reloaded values do not fit the running ones")?;
     let settings = match config.app()? {
-        App::Ledger => Some(Settings::build(&config)?),
+        App::Ledger => {
+            // The deep check of a start (src/check.rs): the chain in order, expiry warnings.
+            for warning in crate::check::deep(&config, crate::check::DataDir::Skip, SystemTime::now())? {
+                log::warn!("reload: {warning}");
+            }
+            Some(Settings::build(&config)?)
+        }
         App::Echo => None,
     };
     let edge = config.edge_config()?;
@@ -426,6 +438,12 @@ impl<'a> Reloader<'a> {
         }
         for field in &plan.needs_restart {
             log::warn!("reload: `{field}` changed but needs a restart; the running value is kept");
+        }
+        if plan.config.log.level != self.running.log.level {
+            // Validated with the rest of the file; the log says what it did with it.
+            if let Err(e) = crate::logging::set_level(&plan.config.log.level) {
+                log::warn!("reload: log.level not applied: {e}");
+            }
         }
         if let Some(settings) = plan.settings {
             *self

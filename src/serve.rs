@@ -84,6 +84,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
         }
+        // The same deep check as `check-config` (the TLS files, the key against the
+        // certificate, the chain), before anything is attached; its warnings go to the log.
+        for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
+            log::warn!("{warning}");
+        }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
@@ -171,6 +176,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         let label = port.queue_id().to_string();
         let watch = reloader.watch();
         workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
+            // Every line this thread logs names its queue.
+            let _span = tracing::info_span!("worker", queue = %label).entered();
             match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
                 Ok(mut worker) => {
                     worker.watch_reloads(watch);
@@ -204,6 +211,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // Watchdog pings only while every thread's heartbeat is fresh; the XDP counters.
     let tick = |notifier: &mut Notifier, steering: &dataplane::Steering| {
         notifier.watchdog(Instant::now(), metrics.health.check().is_ok());
+        // The "suppressed N similar lines" summaries of the rate-limited warnings.
+        crate::logging::flush_suppressed();
         for (name, value) in steering.counters() {
             sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
         }

@@ -612,7 +612,7 @@ impl<P: Port> Worker<P> {
             if let (Some(Conn::Https(https)), AppConfig::Ledger(app)) = (&mut self.conns[slot as usize], &self.app) {
                 https.conn.close();
                 https.flush(&mut self.stack);
-                let _ = https.record_events(app, &self.metrics);
+                let _ = https.record_events(app, &self.metrics, &self.stack);
                 self.stack.close(https.id);
             }
         }
@@ -752,7 +752,7 @@ impl HttpsConn {
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
-        self.responses += self.record_events(app, metrics) as u64;
+        self.responses += self.record_events(app, metrics, stack) as u64;
         // 4. Close once everything owed has been sent.
         if self.conn.is_closed() && !self.closed {
             self.closed = true;
@@ -765,9 +765,10 @@ impl HttpsConn {
     /// Counts the connection's events and sends each write's record to the audit log (which
     /// may block this worker while the audit channel is full: src/audit.rs). Returns the
     /// responses queued.
-    fn record_events(&mut self, app: &LedgerApp, metrics: &Metrics) -> usize {
-        let peer = self.peer;
-        record_events(&mut self.conn, metrics, |answered| {
+    fn record_events(&mut self, app: &LedgerApp, metrics: &Metrics, stack: &Stack) -> usize {
+        let (id, peer) = (self.id, self.peer);
+        let fields = || crate::logging::ConnFields { slot: id.slot(), peer: peer.or_else(|| conn_fields(stack, id).peer) };
+        record_events(&mut self.conn, metrics, fields, |answered| {
             if let Some(audit) = &app.audit {
                 audit.record(peer, answered);
             }
@@ -789,6 +790,11 @@ impl HttpsConn {
         }
         moved
     }
+}
+
+/// The connection's slot and peer for a log line (looked up only when a line is written).
+fn conn_fields(stack: &Stack, id: ConnId) -> crate::logging::ConnFields {
+    crate::logging::ConnFields { slot: id.slot(), peer: stack.remote_endpoint(id).map(Into::into) }
 }
 
 pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {

@@ -103,6 +103,15 @@ impl Server {
         server
     }
 
+    /// As `start_logged`, with extra environment for the process (e.g. `RUST_LOG` empty, so
+    /// the configuration's `log.level` applies).
+    pub fn start_logged_with_env(lab: &Lab, dir: &Path, app: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+        let mut server = Server::configure(lab, dir, app, "", extra_toml, env);
+        server.log = Some(dir.join("pantera.log"));
+        server.spawn();
+        server
+    }
+
     /// The log written so far (`start_logged`).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log.as_ref().expect("started with start_logged")).expect("read the log")
