@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;
+pub mod metric_families;
 pub mod metrics;
 pub mod serve;
 pub mod worker;

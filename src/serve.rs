@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::committer;
 use crate::config::{App, Config};
-use crate::metrics::{self, sync_counter, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::worker::{AppConfig, LedgerApp, Worker};
 
 /// Creates the lab's dev certificates under `home/tls` when they are missing (`--lab`).
@@ -64,6 +64,10 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
         }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
+        // The certificates loaded above: a failure here is a metric missing, not a refusal.
+        if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
+            log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
+        }
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
         ledger_thread = Some(thread);
         ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
@@ -166,9 +170,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>) -> Result<()> {
 
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
-        for (name, value) in steering.counters() {
-            sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
-        }
+        crate::metric_families::sync_xdp(&metrics, &steering.counters());
     }
     log::info!("stopping");
     metrics.ready.set(0);
