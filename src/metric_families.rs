@@ -348,7 +348,7 @@ pub fn handshake_step_seconds(r: &Registry) -> CounterVec {
     m
 }
 
-/// Gauges the worker sets for an SRE watching queue depths: replies owed per queue.
+/// Registers an integer gauge family.
 pub fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");

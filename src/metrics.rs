@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Requests answered 503 because the ledger's queue was full.
     pub ledger_queue_full: IntCounter,
     pub ledger_queue_depth: IntGauge,
+    /// Ledger submissions whose replies a queue's worker awaits (its share of the queue).
+    pub ledger_replies_awaited: IntGaugeVec,
     pub ledger_batches: IntCounter,
     /// Events applied by the ledger by operation and result, and queries answered.
     pub ledger: LedgerCounts,
@@ -174,6 +176,12 @@ impl Metrics {
         let ledger_queue_depth = gauge("ledger_queue_depth", "Submissions waiting for the ledger thread.");
         let ledger_batches = counter("ledger_batches_total", "Group commits (one WAL record and one fsync each).");
         let ledger = LedgerCounts::new(&registry);
+        let ledger_replies_awaited = crate::metric_families::gauge_vec(
+            &registry,
+            "ledger_replies_awaited",
+            "Ledger submissions whose replies the queue's worker awaits, by queue.",
+            &["queue"],
+        );
         let ledger_requests = counter("ledger_requests_total", "Requests executed by the ledger thread.");
         let ledger_batch_requests = Histogram::with_opts(
             HistogramOpts::new("ledger_batch_requests", "Requests per group commit.")
@@ -228,6 +236,7 @@ impl Metrics {
             https_held_bytes,
             ledger_queue_full,
             ledger_queue_depth,
+            ledger_replies_awaited,
             ledger_batches,
             ledger,
             ledger_requests,

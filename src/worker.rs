@@ -510,6 +510,7 @@ impl<P: Port> Worker<P> {
         self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
         if let AppConfig::Ledger(app) = &self.app {
             self.metrics.https_held_bytes.with_label_values(&[q]).set(app.budget.held() as i64);
+            self.metrics.ledger_replies_awaited.with_label_values(&[q]).set(self.outstanding as i64);
             let h = self.handshakes.counters();
             sync_counter(&self.metrics.tls_handshakes_started.with_label_values(&[q]), h.started);
             sync_counter(&self.metrics.tls_handshakes_evicted.with_label_values(&[q]), h.evicted);

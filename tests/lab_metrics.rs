@@ -178,6 +178,11 @@ fn metrics_pass_promtool_and_move_with_traffic() {
         !text.contains("counter=\""),
         "a counter label family is left: {text}"
     );
+    assert_eq!(
+        series(&text, "pantera_ledger_replies_awaited{queue=\"0\"}"),
+        Some(0.0),
+        "every reply came back: {text}"
+    );
 
     // promtool lints the exposition: non-zero exit and a list of problems otherwise.
     let mut promtool = Command::new("promtool")
