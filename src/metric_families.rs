@@ -14,13 +14,20 @@ use crate::metrics::{sync_counter, Metrics};
 
 /// The version `pantera --version` prints: the crate version and the git commit it was built
 /// from (`-dirty` when the tree had changes, `unknown` outside git; see build.rs).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PANTERA_COMMIT"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PANTERA_COMMIT"),
+    ")"
+);
 /// The commit alone, for `pantera_build_info`.
 pub const COMMIT: &str = env!("PANTERA_COMMIT");
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("unique metric");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("unique metric");
     m
 }
 
@@ -110,8 +117,12 @@ impl TcpMetrics {
 
     /// Brings the series of queue `q` up to the stack's cumulative counters.
     pub fn sync(&self, q: &str, c: &tcp::StackCounters) {
-        let one = |family: &IntCounterVec, value: u64| sync_counter(&family.with_label_values(&[q]), value);
-        let two = |family: &IntCounterVec, label: &str, value: u64| sync_counter(&family.with_label_values(&[q, label]), value);
+        let one = |family: &IntCounterVec, value: u64| {
+            sync_counter(&family.with_label_values(&[q]), value)
+        };
+        let two = |family: &IntCounterVec, label: &str, value: u64| {
+            sync_counter(&family.with_label_values(&[q, label]), value)
+        };
         one(&self.rx_frames, c.rx_frames);
         one(&self.rx_bytes, c.rx_bytes);
         one(&self.tx_frames, c.tx_frames);
@@ -122,9 +133,21 @@ impl TcpMetrics {
         one(&self.connections_aborted, c.aborted);
         one(&self.handshakes_failed, c.handshakes_failed);
         one(&self.handshake_timeouts, c.handshake_timeouts);
-        two(&self.connections_refused, "at_capacity", c.refused_at_capacity);
-        two(&self.connections_refused, "per_source", c.refused_per_source);
-        two(&self.connections_refused, "listen_pool_empty", c.refused_listen_pool_empty);
+        two(
+            &self.connections_refused,
+            "at_capacity",
+            c.refused_at_capacity,
+        );
+        two(
+            &self.connections_refused,
+            "per_source",
+            c.refused_per_source,
+        );
+        two(
+            &self.connections_refused,
+            "listen_pool_empty",
+            c.refused_listen_pool_empty,
+        );
         one(&self.lingering_reclaimed, c.lingering_reclaimed);
         one(&self.arp_announcements, c.announcements);
         one(&self.ingress_limit_hits, c.ingress_limit_hits);
@@ -194,7 +217,9 @@ impl XskMetrics {
                 "tx_no_frame" => self.tx_no_frame.with_label_values(&[q]),
                 "rx_invalid" => self.invalid_descriptors.with_label_values(&[q, "rx"]),
                 "tx_invalid" => self.invalid_descriptors.with_label_values(&[q, "tx"]),
-                "ring_desc_invalid" => self.invalid_descriptors.with_label_values(&[q, "userspace"]),
+                "ring_desc_invalid" => self
+                    .invalid_descriptors
+                    .with_label_values(&[q, "userspace"]),
                 "wakeup_errors" => self.wakeup_errors.with_label_values(&[q]),
                 _ => continue,
             };
@@ -207,7 +232,10 @@ impl XskMetrics {
 /// `action` and `reason` labels of `xdp_packets_total`: ("redirect", "tcp"), ...
 pub fn xdp_labels(name: &str) -> (&str, &str) {
     for action in ["redirect", "drop", "pass"] {
-        if let Some(reason) = name.strip_prefix(action).and_then(|rest| rest.strip_prefix('_')) {
+        if let Some(reason) = name
+            .strip_prefix(action)
+            .and_then(|rest| rest.strip_prefix('_'))
+        {
             return (action, reason);
         }
     }
@@ -218,7 +246,10 @@ pub fn xdp_labels(name: &str) -> (&str, &str) {
 pub fn sync_xdp(metrics: &Metrics, counters: &[(&'static str, u64)]) {
     for &(name, value) in counters {
         let (action, reason) = xdp_labels(name);
-        sync_counter(&metrics.xdp_packets.with_label_values(&[action, reason]), value);
+        sync_counter(
+            &metrics.xdp_packets.with_label_values(&[action, reason]),
+            value,
+        );
     }
 }
 
@@ -227,14 +258,23 @@ pub fn sync_xdp(metrics: &Metrics, counters: &[(&'static str, u64)]) {
 /// without the `pantera_` prefix.
 pub fn register_process(registry: &Registry, process_registry: &Registry) -> IntGaugeVec {
     let build_info = IntGaugeVec::new(
-        Opts::new("build_info", "Always 1: the version and git commit of the running binary."),
+        Opts::new(
+            "build_info",
+            "Always 1: the version and git commit of the running binary.",
+        ),
         &["version", "commit"],
     )
     .expect("valid metric");
-    registry.register(Box::new(build_info.clone())).expect("unique metric");
-    build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT]).set(1);
+    registry
+        .register(Box::new(build_info.clone()))
+        .expect("unique metric");
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
+        .set(1);
     process_registry
-        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
         .expect("unique metric");
     build_info
 }
@@ -257,26 +297,40 @@ pub fn set_client_ca_expiry(metrics: &Metrics, cas: &[CertificateDer<'_>]) -> an
     set_expiry(metrics, CERT_CLIENT_CA, cas.iter())
 }
 
-fn set_expiry<'a>(metrics: &Metrics, cert: &str, certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> anyhow::Result<()> {
+fn set_expiry<'a>(
+    metrics: &Metrics,
+    cert: &str,
+    certs: impl Iterator<Item = &'a CertificateDer<'a>>,
+) -> anyhow::Result<()> {
     let mut earliest: Option<i64> = None;
     for der in certs {
         let not_after = tls_term::certs::not_after_unix(der)?;
         earliest = Some(earliest.map_or(not_after, |e| e.min(not_after)));
     }
-    let Some(not_after) = earliest else { anyhow::bail!("no {cert} certificate to read the expiry of") };
-    metrics.tls_certificate_expiry.with_label_values(&[cert]).set(not_after);
+    let Some(not_after) = earliest else {
+        anyhow::bail!("no {cert} certificate to read the expiry of")
+    };
+    metrics
+        .tls_certificate_expiry
+        .with_label_values(&[cert])
+        .set(not_after);
     Ok(())
 }
 
 /// Reads the server chain and the client CA (when configured) named by `settings` and sets
 /// their expiry gauges; the reload path calls this with the new settings.
-pub fn record_cert_expiry(metrics: &Metrics, settings: &tls_term::TlsSettings) -> anyhow::Result<()> {
+pub fn record_cert_expiry(
+    metrics: &Metrics,
+    settings: &tls_term::TlsSettings,
+) -> anyhow::Result<()> {
     let chain = tls_term::load_certs("certificate chain", &settings.cert_chain)?;
     set_cert_expiry(metrics, &chain)?;
     match &settings.client_ca {
         Some(path) => set_client_ca_expiry(metrics, &tls_term::load_certs("client CA", path)?)?,
         None => {
-            let _ = metrics.tls_certificate_expiry.remove_label_values(&[CERT_CLIENT_CA]);
+            let _ = metrics
+                .tls_certificate_expiry
+                .remove_label_values(&[CERT_CLIENT_CA]);
         }
     }
     Ok(())
@@ -300,15 +354,22 @@ impl LedgerCounts {
             "Events in write batches applied by the ledger, by operation and result code.",
             &["operation", "result"],
         );
-        let queries = prometheus::IntCounter::new("ledger_queries_total", "Queries (reads) answered by the ledger thread.").expect("valid metric");
-        r.register(Box::new(queries.clone())).expect("unique metric");
+        let queries = prometheus::IntCounter::new(
+            "ledger_queries_total",
+            "Queries (reads) answered by the ledger thread.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(queries.clone()))
+            .expect("unique metric");
         LedgerCounts { events, queries }
     }
 
     /// Counts the events of one applied operation by result code: one series update per
     /// distinct code, not per event.
     pub fn count_applied(&self, operation: &ledger_svc::Operation, reply: &ledger_svc::api::Reply) {
-        let ledger_svc::api::Reply::Created(results) = reply else { return };
+        let ledger_svc::api::Reply::Created(results) = reply else {
+            return;
+        };
         let name = match operation {
             ledger_svc::Operation::CreateAccounts(_) => "create_accounts",
             ledger_svc::Operation::CreateTransfers(_) => "create_transfers",
@@ -340,7 +401,10 @@ pub fn sync_seconds_from_us(counter: &Counter, micros: u64) {
 /// `tls_handshake_step_seconds_total{queue}`: the worker time spent in handshake steps.
 pub fn handshake_step_seconds(r: &Registry) -> CounterVec {
     let m = CounterVec::new(
-        Opts::new("tls_handshake_step_seconds_total", "Time spent in TLS handshake steps (crypto), by queue."),
+        Opts::new(
+            "tls_handshake_step_seconds_total",
+            "Time spent in TLS handshake steps (crypto), by queue.",
+        ),
         &["queue"],
     )
     .expect("valid metric");
@@ -362,7 +426,10 @@ mod tests {
     #[test]
     fn xdp_counter_names_split_into_action_and_reason() {
         assert_eq!(xdp_labels("redirect_tcp"), ("redirect", "tcp"));
-        assert_eq!(xdp_labels("redirect_arp_request"), ("redirect", "arp_request"));
+        assert_eq!(
+            xdp_labels("redirect_arp_request"),
+            ("redirect", "arp_request")
+        );
         assert_eq!(xdp_labels("drop_syn_rate"), ("drop", "syn_rate"));
         assert_eq!(xdp_labels("pass_other"), ("pass", "other"));
         assert_eq!(xdp_labels("dropped"), ("other", "dropped"));
@@ -372,7 +439,11 @@ mod tests {
     fn every_steering_counter_has_a_known_action() {
         for c in dataplane::SteerCounter::ALL {
             let (action, reason) = xdp_labels(c.name());
-            assert!(["redirect", "drop", "pass"].contains(&action), "{}", c.name());
+            assert!(
+                ["redirect", "drop", "pass"].contains(&action),
+                "{}",
+                c.name()
+            );
             assert!(!reason.is_empty(), "{}", c.name());
         }
     }
@@ -380,38 +451,95 @@ mod tests {
     #[test]
     fn stack_counters_land_in_one_metric_per_meaning() {
         let m = Metrics::new();
-        let c = tcp::StackCounters { accepted: 7, refused_per_source: 2, refused_at_capacity: 1, rx_bytes: 1500, ..Default::default() };
+        let c = tcp::StackCounters {
+            accepted: 7,
+            refused_per_source: 2,
+            refused_at_capacity: 1,
+            rx_bytes: 1500,
+            ..Default::default()
+        };
         m.tcp.sync("0", &c);
         m.tcp.sync("0", &c);
         let text = String::from_utf8(m.render()).expect("utf-8");
-        assert!(text.contains("pantera_tcp_connections_accepted_total{queue=\"0\"} 7"), "{text}");
-        assert!(text.contains("pantera_tcp_connections_refused_total{queue=\"0\",reason=\"per_source\"} 2"), "{text}");
-        assert!(text.contains("pantera_tcp_connections_refused_total{queue=\"0\",reason=\"at_capacity\"} 1"), "{text}");
-        assert!(text.contains("pantera_tcp_rx_bytes_total{queue=\"0\"} 1500"), "{text}");
-        assert!(!text.contains("counter=\""), "no counter label is left: {text}");
+        assert!(
+            text.contains("pantera_tcp_connections_accepted_total{queue=\"0\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pantera_tcp_connections_refused_total{queue=\"0\",reason=\"per_source\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pantera_tcp_connections_refused_total{queue=\"0\",reason=\"at_capacity\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pantera_tcp_rx_bytes_total{queue=\"0\"} 1500"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("counter=\""),
+            "no counter label is left: {text}"
+        );
     }
 
     #[test]
     fn xsk_counters_map_by_name() {
         let m = Metrics::new();
-        m.xsk.sync("1", &[("rx_frames", 10), ("rx_ring_full", 3), ("rx_dropped", 1), ("tx_invalid", 2), ("unheard_of", 9)]);
+        m.xsk.sync(
+            "1",
+            &[
+                ("rx_frames", 10),
+                ("rx_ring_full", 3),
+                ("rx_dropped", 1),
+                ("tx_invalid", 2),
+                ("unheard_of", 9),
+            ],
+        );
         let text = String::from_utf8(m.render()).expect("utf-8");
-        assert!(text.contains("pantera_xsk_rx_frames_total{queue=\"1\"} 10"), "{text}");
-        assert!(text.contains("pantera_xsk_rx_dropped_total{queue=\"1\",reason=\"ring_full\"} 3"), "{text}");
-        assert!(text.contains("pantera_xsk_rx_dropped_total{queue=\"1\",reason=\"other\"} 1"), "{text}");
-        assert!(text.contains("pantera_xsk_invalid_descriptors_total{queue=\"1\",ring=\"tx\"} 2"), "{text}");
+        assert!(
+            text.contains("pantera_xsk_rx_frames_total{queue=\"1\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pantera_xsk_rx_dropped_total{queue=\"1\",reason=\"ring_full\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pantera_xsk_rx_dropped_total{queue=\"1\",reason=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pantera_xsk_invalid_descriptors_total{queue=\"1\",ring=\"tx\"} 2"),
+            "{text}"
+        );
         assert!(!text.contains("unheard_of"), "{text}");
     }
 
     #[test]
     fn build_info_and_process_metrics_are_exported() {
         let text = String::from_utf8(Metrics::new().render()).expect("utf-8");
-        let line = format!("pantera_build_info{{commit=\"{COMMIT}\",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let line = format!(
+            "pantera_build_info{{commit=\"{COMMIT}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         assert!(text.contains(&line), "{line} in {text}");
         assert!(!COMMIT.is_empty());
         // The standard process metrics, without the pantera_ prefix.
-        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
-            assert!(text.lines().any(|l| l.starts_with(name)), "{name} in {text}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} in {text}"
+            );
         }
     }
 
@@ -420,11 +548,21 @@ mod tests {
         use ledger_svc::api::{EventResult, Reply};
         use ledger_svc::Operation;
         let m = Metrics::new();
-        let ok = EventResult { status: "ok", timestamp: Some(1) };
-        let short = EventResult { status: "exceeds_credits", timestamp: None };
-        let reply = Reply::Created(vec![ok.clone(), short.clone(), ok.clone(), ok]);
-        m.ledger.count_applied(&Operation::CreateTransfers(Vec::new()), &reply);
-        m.ledger.count_applied(&Operation::CreateAccounts(Vec::new()), &Reply::Created(vec![short]));
+        let ok = EventResult {
+            status: "ok",
+            timestamp: Some(1),
+        };
+        let short = EventResult {
+            status: "exceeds_credits",
+            timestamp: None,
+        };
+        let reply = Reply::Created(vec![ok, short, ok, ok]);
+        m.ledger
+            .count_applied(&Operation::CreateTransfers(Vec::new()), &reply);
+        m.ledger.count_applied(
+            &Operation::CreateAccounts(Vec::new()),
+            &Reply::Created(vec![short]),
+        );
         let events = |op: &str, code: &str| m.ledger.events.with_label_values(&[op, code]).get();
         assert_eq!(events("create_transfers", "ok"), 3);
         assert_eq!(events("create_transfers", "exceeds_credits"), 1);
@@ -434,19 +572,32 @@ mod tests {
     #[test]
     fn certificate_expiry_is_the_leaf_not_after() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let paths = tls_term::certs::init(dir.path(), "10.99.0.2".parse().expect("ip"), false).expect("dev certs");
+        let paths = tls_term::certs::init(dir.path(), "10.99.0.2".parse().expect("ip"), false)
+            .expect("dev certs");
         let m = Metrics::new();
         let settings = tls_term::TlsSettings::lab(dir.path());
         record_cert_expiry(&m, &settings).expect("expiry");
-        let server = m.tls_certificate_expiry.with_label_values(&[CERT_SERVER]).get();
-        let ca = m.tls_certificate_expiry.with_label_values(&[CERT_CLIENT_CA]).get();
+        let server = m
+            .tls_certificate_expiry
+            .with_label_values(&[CERT_SERVER])
+            .get();
+        let ca = m
+            .tls_certificate_expiry
+            .with_label_values(&[CERT_CLIENT_CA])
+            .get();
         let now = std::time::UNIX_EPOCH.elapsed().expect("clock").as_secs() as i64;
         // The dev leaf is valid for months, the dev CA for longer: both in the future, the
         // leaf first.
         assert!(server > now + 86_400, "server expiry {server}, now {now}");
         assert!(ca >= server, "client CA expiry {ca}, server {server}");
         let chain = tls_term::load_certs("certificate chain", &paths.server_cert).expect("chain");
-        assert!(set_cert_expiry(&m, &chain[..0]).is_err(), "an empty chain is an error, not a panic");
-        assert!(set_cert_expiry(&m, &[CertificateDer::from(vec![1u8, 2, 3])]).is_err(), "garbage is an error");
+        assert!(
+            set_cert_expiry(&m, &chain[..0]).is_err(),
+            "an empty chain is an error, not a panic"
+        );
+        assert!(
+            set_cert_expiry(&m, &[CertificateDer::from(vec![1u8, 2, 3])]).is_err(),
+            "garbage is an error"
+        );
     }
 }
