@@ -182,7 +182,7 @@ impl Slots {
 }
 
 fn accept_loop<'scope>(scope: &'scope thread::Scope<'scope, '_>, listener: &TcpListener, shared: &'scope Shared) {
-    let tcp = |counter: &str| shared.metrics.tcp.with_label_values(&[QUEUE_LABEL, counter]);
+    let tcp = &shared.metrics.tcp;
     let gauge = shared.metrics.tcp_connections.with_label_values(&[QUEUE_LABEL]);
     loop {
         let accepted = listener.accept();
@@ -199,10 +199,10 @@ fn accept_loop<'scope>(scope: &'scope thread::Scope<'scope, '_>, listener: &TcpL
         };
         // Past connections_max a new connection is closed at once, like a full listener pool.
         let Some((slot, generation)) = shared.slots.take(&stream) else {
-            tcp("refused_at_capacity").inc();
+            tcp.connections_refused.with_label_values(&[QUEUE_LABEL, "at_capacity"]).inc();
             continue;
         };
-        tcp("accepted").inc();
+        tcp.connections_accepted.with_label_values(&[QUEUE_LABEL]).inc();
         gauge.inc();
         let gauge = gauge.clone();
         let spawned = thread::Builder::new()
@@ -212,13 +212,13 @@ fn accept_loop<'scope>(scope: &'scope thread::Scope<'scope, '_>, listener: &TcpL
                 serve_connection(shared, Conn { slot, generation }, stream);
                 shared.slots.put(slot);
                 gauge.dec();
-                tcp("closed").inc();
+                tcp.connections_closed.with_label_values(&[QUEUE_LABEL]).inc();
             });
         if let Err(e) = spawned {
             log::warn!("cannot start a connection thread: {e}");
             shared.slots.put(slot);
             shared.metrics.tcp_connections.with_label_values(&[QUEUE_LABEL]).dec();
-            tcp("closed").inc();
+            tcp.connections_closed.with_label_values(&[QUEUE_LABEL]).inc();
         }
     }
 }

@@ -396,6 +396,7 @@ fn commit_batches<S: Storage>(
         // from the state it left.
         for ((reply_to, op), op_reply) in reply_tos.drain(..).zip(&ops).zip(&op_replies) {
             let reply = api::reply_of(op_reply, ledger.state(), op);
+            metrics.ledger.count_applied(op, &reply);
             // A worker that has stopped no longer needs its replies.
             let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
         }
@@ -408,9 +409,8 @@ fn commit_batches<S: Storage>(
         for submission in reads.drain(..) {
             let reply = api::answer(ledger.state(), &submission.command);
             let _ = replies[submission.reply_to.worker].send(Completion { reply_to: submission.reply_to, reply });
-            events += 1;
+            metrics.ledger.queries.inc();
         }
-        metrics.ledger_events.inc_by(events as u64);
         ops.clear();
         // After the replies: the encoding pause delays only requests still queued.
         checkpoints.begin_if_due(ledger)?;

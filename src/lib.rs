@@ -16,6 +16,7 @@ pub mod lab;
 pub mod lab_client;
 pub mod lab_flood;
 pub mod logging;
+pub mod metric_families;
 pub mod metrics;
 pub mod reload;
 pub mod notify;

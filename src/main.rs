@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use pantera::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "pantera", version, about = "Secure ingress: XDP + AF_XDP + userspace TCP/IP + TLS + a durable ledger")]
+#[command(name = "pantera", version = pantera::metric_families::VERSION, about = "Secure ingress: XDP + AF_XDP + userspace TCP/IP + TLS + a durable ledger")]
 struct Cli {
     #[command(subcommand)]
     command: Commands,

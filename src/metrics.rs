@@ -23,17 +23,23 @@ use prometheus::{
 };
 
 use crate::health::Health;
+use crate::metric_families::{LedgerCounts, TcpMetrics, XskMetrics};
 
 /// Every metric the appliance exports. Cloning shares the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    /// XDP verdicts, summed over CPUs: `verdict` is e.g. redirect_tcp, drop_port, pass_other.
+    /// The process collector's registry: its metrics keep their standard unprefixed names
+    /// (`process_cpu_seconds_total`, ...).
+    process_registry: Registry,
+    /// Always 1, labelled with the binary's version and git commit.
+    pub build_info: IntGaugeVec,
+    /// XDP verdicts, summed over CPUs: `action` redirect, drop or pass, and its `reason`.
     pub xdp_packets: IntCounterVec,
-    /// AF_XDP socket counters per queue: `counter` is rx_frames, tx_frames, rx_dropped, ...
-    pub xsk: IntCounterVec,
-    /// TCP stack counters per queue: accepted, closed, idle_timeouts, refused_at_capacity, ...
-    pub tcp: IntCounterVec,
+    /// AF_XDP socket counters per queue, one metric per meaning.
+    pub xsk: XskMetrics,
+    /// TCP stack counters per queue, one metric per meaning.
+    pub tcp: TcpMetrics,
     pub tcp_connections: IntGaugeVec,
     /// Completed TLS handshakes by protocol version and whether the session was resumed.
     pub tls_handshakes: IntCounterVec,
@@ -47,8 +53,11 @@ pub struct Metrics {
     pub tls_handshakes_pending: IntGaugeVec,
     /// Handshake steps (the calls that run the handshake's crypto) run, by queue.
     pub tls_handshake_steps: IntCounterVec,
-    /// The time those steps took, in µs: the queue's CPU spent on handshakes.
-    pub tls_handshake_step_time_us: IntCounterVec,
+    /// The time those steps took, in seconds: the queue's CPU spent on handshakes.
+    pub tls_handshake_step_seconds: prometheus::CounterVec,
+    /// notAfter of the server certificate (`cert` server) and of the client CA (`client_ca`),
+    /// in seconds since the Unix epoch.
+    pub tls_certificate_expiry: IntGaugeVec,
     /// Worker turns that ended with handshake steps still waiting (per-turn bound or time
     /// share reached).
     pub tls_handshake_turns_limited: IntCounterVec,
@@ -66,8 +75,11 @@ pub struct Metrics {
     /// Requests answered 503 because the ledger's queue was full.
     pub ledger_queue_full: IntCounter,
     pub ledger_queue_depth: IntGauge,
+    /// Ledger submissions whose replies a queue's worker awaits (its share of the queue).
+    pub ledger_replies_awaited: IntGaugeVec,
     pub ledger_batches: IntCounter,
-    pub ledger_events: IntCounter,
+    /// Events applied by the ledger by operation and result, and queries answered.
+    pub ledger: LedgerCounts,
     pub ledger_requests: IntCounter,
     pub ledger_batch_requests: Histogram,
     pub ledger_commit_seconds: HistogramVec,
@@ -119,9 +131,12 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("unique metric");
             m
         };
-        let xdp_packets = counter_vec("xdp_packets_total", "Packets seen by the XDP steering program, by verdict and reason.", &["verdict"]);
-        let xsk = counter_vec("xsk_total", "AF_XDP socket counters, by queue.", &["queue", "counter"]);
-        let tcp = counter_vec("tcp_total", "Userspace TCP/IP stack counters, by queue.", &["queue", "counter"]);
+        let process_registry = Registry::new();
+        let build_info = crate::metric_families::register_process(&registry, &process_registry);
+        let xdp_packets =
+            counter_vec("xdp_packets_total", "Packets seen by the XDP steering program, by action (redirect, drop, pass) and reason.", &["action", "reason"]);
+        let xsk = XskMetrics::new(&registry);
+        let tcp = TcpMetrics::new(&registry);
         let tcp_connections = IntGaugeVec::new(Opts::new("tcp_connections", "Open TCP connections, by queue."), &["queue"]).expect("valid");
         registry.register(Box::new(tcp_connections.clone())).expect("unique");
         let tls_handshakes = counter_vec("tls_handshakes_total", "Completed TLS handshakes.", &["version", "resumed"]);
@@ -134,8 +149,13 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("tls_handshakes_pending", "TLS handshakes pending, by queue."), &["queue"]).expect("valid");
         registry.register(Box::new(tls_handshakes_pending.clone())).expect("unique");
         let tls_handshake_steps = counter_vec("tls_handshake_steps_total", "TLS handshake steps (crypto) run, by queue.", &["queue"]);
-        let tls_handshake_step_time_us =
-            counter_vec("tls_handshake_step_time_us_total", "Time spent in TLS handshake steps (crypto), in microseconds, by queue.", &["queue"]);
+        let tls_handshake_step_seconds = crate::metric_families::handshake_step_seconds(&registry);
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new("tls_certificate_expiry_timestamp_seconds", "notAfter of the server certificate and of the client CA, in Unix seconds."),
+            &["cert"],
+        )
+        .expect("valid");
+        registry.register(Box::new(tls_certificate_expiry.clone())).expect("unique");
         let tls_handshake_turns_limited = counter_vec(
             "tls_handshake_turns_limited_total",
             "Worker turns that left TLS handshake steps waiting (per-turn bound or time share), by queue.",
@@ -155,7 +175,13 @@ impl Metrics {
         let ledger_queue_full = counter("ledger_queue_full_total", "Requests answered 503 because the ledger queue was full.");
         let ledger_queue_depth = gauge("ledger_queue_depth", "Submissions waiting for the ledger thread.");
         let ledger_batches = counter("ledger_batches_total", "Group commits (one WAL record and one fsync each).");
-        let ledger_events = counter("ledger_events_total", "Accounts and transfers submitted to the ledger.");
+        let ledger = LedgerCounts::new(&registry);
+        let ledger_replies_awaited = crate::metric_families::gauge_vec(
+            &registry,
+            "ledger_replies_awaited",
+            "Ledger submissions whose replies the queue's worker awaits, by queue.",
+            &["queue"],
+        );
         let ledger_requests = counter("ledger_requests_total", "Requests executed by the ledger thread.");
         let ledger_batch_requests = Histogram::with_opts(
             HistogramOpts::new("ledger_batch_requests", "Requests per group commit.")
@@ -189,6 +215,8 @@ impl Metrics {
         let management_connections_open = gauge("management_connections_open", "Management connections being served.");
         Metrics {
             registry,
+            process_registry,
+            build_info,
             xdp_packets,
             xsk,
             tcp,
@@ -199,7 +227,8 @@ impl Metrics {
             tls_handshakes_evicted,
             tls_handshakes_pending,
             tls_handshake_steps,
-            tls_handshake_step_time_us,
+            tls_handshake_step_seconds,
+            tls_certificate_expiry,
             tls_handshake_turns_limited,
             http_responses,
             http_request_seconds,
@@ -207,8 +236,9 @@ impl Metrics {
             https_held_bytes,
             ledger_queue_full,
             ledger_queue_depth,
+            ledger_replies_awaited,
             ledger_batches,
-            ledger_events,
+            ledger,
             ledger_requests,
             ledger_batch_requests,
             ledger_commit_seconds,
@@ -235,7 +265,9 @@ impl Metrics {
         }
         self.healthy.set(i64::from(self.health.check().is_ok()));
         let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
+        TextEncoder::new().encode(&families, &mut out).expect("text encoding cannot fail");
         out
     }
 }
@@ -596,13 +628,13 @@ mod tests {
     #[test]
     fn sync_counter_follows_a_cumulative_value() {
         let m = Metrics::new();
-        let c = m.tcp.with_label_values(&["0", "accepted"]);
+        let c = m.tcp.connections_accepted.with_label_values(&["0"]);
         sync_counter(&c, 5);
         sync_counter(&c, 5);
         sync_counter(&c, 9);
         assert_eq!(c.get(), 9);
         let text = String::from_utf8(m.render()).expect("utf-8");
-        assert!(text.contains("pantera_tcp_total{counter=\"accepted\",queue=\"0\"} 9"), "{text}");
+        assert!(text.contains("pantera_tcp_connections_accepted_total{queue=\"0\"} 9"), "{text}");
     }
 
     /// A management listener on a free loopback port.

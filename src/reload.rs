@@ -350,6 +350,8 @@ pub struct Reloader<'a> {
     running: Config,
     published: Arc<Published>,
     metrics: ReloadMetrics,
+    /// The whole set, for the certificate expiry gauges a reload moves.
+    all_metrics: Metrics,
 }
 
 impl std::fmt::Debug for Reloader<'_> {
@@ -374,6 +376,7 @@ impl<'a> Reloader<'a> {
                 settings: Mutex::new(None),
             }),
             metrics: ReloadMetrics::register(metrics)?,
+            all_metrics: metrics.clone(),
         })
     }
 
@@ -402,6 +405,7 @@ impl<'a> Reloader<'a> {
             Ok(()) => {
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 self.metrics.loaded_now();
+                self.record_cert_expiry();
                 true
             }
             Err(e) => {
@@ -412,6 +416,21 @@ impl<'a> Reloader<'a> {
                 );
                 false
             }
+        }
+    }
+
+    /// The expiry gauges follow the certificates now served (new connections get them).
+    fn record_cert_expiry(&self) {
+        if self.running.app().ok() != Some(App::Ledger) {
+            return;
+        }
+        let result = self
+            .running
+            .tls_settings()
+            .map_err(anyhow::Error::new)
+            .and_then(|tls| crate::metric_families::record_cert_expiry(&self.all_metrics, &tls));
+        if let Err(e) = result {
+            log::warn!("reload: cannot read the certificate expiry for the metrics: {e:#}");
         }
     }
 

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::committer;
 use crate::config::{App, Config};
-use crate::metrics::{self, sync_counter, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Phase, Shutdown, Stopped};
@@ -91,6 +91,10 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         }
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
+        // The certificates loaded above: a failure here is a metric missing, not a refusal.
+        if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
+            log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
+        }
         let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
         ledger_thread = Some(thread);
         ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
@@ -213,9 +217,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         notifier.watchdog(Instant::now(), metrics.health.check().is_ok());
         // The "suppressed N similar lines" summaries of the rate-limited warnings.
         crate::logging::flush_suppressed();
-        for (name, value) in steering.counters() {
-            sync_counter(&metrics.xdp_packets.with_label_values(&[name]), value);
-        }
+        crate::metric_families::sync_xdp(&metrics, &steering.counters());
     };
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));

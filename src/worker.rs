@@ -628,43 +628,17 @@ impl<P: Port> Worker<P> {
 
     fn publish_metrics(&mut self) {
         let q = self.queue_label.as_str();
-        for (name, value) in self.port.counters() {
-            sync_counter(&self.metrics.xsk.with_label_values(&[q, name]), value);
-        }
-        let c = self.stack.counters();
-        let stack_counters = [
-            ("rx_frames", c.rx_frames),
-            ("tx_frames", c.tx_frames),
-            ("accepted", c.accepted),
-            ("closed", c.closed),
-            ("idle_timeouts", c.idle_timeouts),
-            ("handshake_timeouts", c.handshake_timeouts),
-            ("aborted", c.aborted),
-            ("handshakes_failed", c.handshakes_failed),
-            ("refused_at_capacity", c.refused_at_capacity),
-            ("refused_per_source", c.refused_per_source),
-            ("refused_listen_pool_empty", c.refused_listen_pool_empty),
-            ("ingress_limit_hits", c.ingress_limit_hits),
-            ("neighbours_learned", c.neighbours_learned),
-            ("neighbour_rebinds_refused", c.neighbour_rebinds_refused), ("neighbours_evicted", c.neighbours_evicted), ("neighbours_table_full", c.neighbours_table_full),
-            ("syn_cookies_sent", c.syn_cookies_sent),
-            ("syn_cookies_accepted", c.syn_cookies_accepted),
-            ("syn_cookies_unsent", c.syn_cookies_unsent),
-            ("egress_visits", c.egress_visits),
-            ("service_visits", c.service_visits),
-            ("table_walks", c.table_walks),
-        ];
-        for (name, value) in stack_counters {
-            sync_counter(&self.metrics.tcp.with_label_values(&[q, name]), value);
-        }
+        self.metrics.xsk.sync(q, &self.port.counters());
+        self.metrics.tcp.sync(q, self.stack.counters());
         self.metrics.tcp_connections.with_label_values(&[q]).set(self.stack.connections() as i64);
         if let AppConfig::Ledger(app) = &self.app {
             self.metrics.https_held_bytes.with_label_values(&[q]).set(app.budget.held() as i64);
+            self.metrics.ledger_replies_awaited.with_label_values(&[q]).set(self.outstanding as i64);
             let h = self.handshakes.counters();
             sync_counter(&self.metrics.tls_handshakes_started.with_label_values(&[q]), h.started);
             sync_counter(&self.metrics.tls_handshakes_evicted.with_label_values(&[q]), h.evicted);
             sync_counter(&self.metrics.tls_handshake_steps.with_label_values(&[q]), h.steps);
-            sync_counter(&self.metrics.tls_handshake_step_time_us.with_label_values(&[q]), h.step_time_us);
+            crate::metric_families::sync_seconds_from_us(&self.metrics.tls_handshake_step_seconds.with_label_values(&[q]), h.step_time_us);
             sync_counter(&self.metrics.tls_handshake_turns_limited.with_label_values(&[q]), h.turns_limited);
             self.metrics.tls_handshakes_pending.with_label_values(&[q]).set(self.handshakes.pending() as i64);
         }

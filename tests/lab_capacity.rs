@@ -63,7 +63,7 @@ fn ten_thousand_keep_alive_connections_on_one_queue_are_all_open_and_served() {
         CONNS as f64 / second.elapsed.as_secs_f64()
     );
     // No connection was refused or timed out on the way.
-    assert_eq!(server.metric_sum("pantera_tcp_total", &["idle_timeouts"]), 0.0);
-    assert_eq!(server.metric_sum("pantera_tcp_total", &["refused_at_capacity"]), 0.0);
+    assert_eq!(server.metric_sum("pantera_tcp_idle_timeouts_total", &[]), 0.0);
+    assert_eq!(server.metric_sum("pantera_tcp_connections_refused_total", &["reason=\"at_capacity\""]), 0.0);
     assert_eq!(server.metric_sum("pantera_tcp_connections", &[]), CONNS as f64);
 }

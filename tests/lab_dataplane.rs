@@ -96,7 +96,7 @@ fn two_hundred_concurrent_connections_each_echo_64_kib_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&lab, dir.path(), "echo", "");
     assert_eq!(echo_concurrently(&lab, 200, 64 * 1024), 200);
-    assert!(server.wait_metric("pantera_tcp_total", &["accepted"], 200.0) >= 200.0, "{}", server.metrics());
+    assert!(server.wait_metric("pantera_tcp_connections_accepted_total", &[], 200.0) >= 200.0, "{}", server.metrics());
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn a_syn_to_another_port_gets_no_answer_at_all() {
     // No RST (that would be ConnectionRefused): the SYN is dropped in XDP and the connect times out.
     let err = result.expect_err("nothing listens on port 9999");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
-    assert!(server.wait_metric("pantera_xdp_packets_total", &["drop_port"], 1.0) >= 1.0, "{}", server.metrics());
+    assert!(server.wait_metric("pantera_xdp_packets_total", &["action=\"drop\"", "reason=\"port\""], 1.0) >= 1.0, "{}", server.metrics());
 }
 
 #[test]
@@ -137,9 +137,9 @@ fn with_two_queues_both_workers_serve_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&lab, dir.path(), "echo", "");
     assert_eq!(echo_concurrently(&lab, 64, 1024), 64);
-    server.wait_metric("pantera_tcp_total", &["accepted"], 64.0);
-    let q0 = server.metric_sum("pantera_tcp_total", &["accepted", "queue=\"0\""]);
-    let q1 = server.metric_sum("pantera_tcp_total", &["accepted", "queue=\"1\""]);
+    server.wait_metric("pantera_tcp_connections_accepted_total", &[], 64.0);
+    let q0 = server.metric_sum("pantera_tcp_connections_accepted_total", &["queue=\"0\""]);
+    let q1 = server.metric_sum("pantera_tcp_connections_accepted_total", &["queue=\"1\""]);
     assert!(q0 >= 1.0 && q1 >= 1.0, "accepted per queue: q0={q0} q1={q1}\n{}", server.metrics());
     assert_eq!(q0 + q1, 64.0);
 }

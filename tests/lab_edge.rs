@@ -63,7 +63,7 @@ fn two_thousand_silent_connections_from_one_address_do_not_lock_out_another() {
     stop.store(true, Ordering::Relaxed);
     let (attempts, held) = attacker.join().expect("attacker");
     let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(404))).collect();
-    let refused = server.metric_sum("pantera_tcp_total", &["refused_per_source"]);
+    let refused = server.metric_sum("pantera_tcp_connections_refused_total", &["reason=\"per_source\""]);
     println!("attacker: {attempts} connects, {held} held; honest client: {} of {} answered; refused_per_source {refused}", results.len() - failed.len(), results.len());
     assert!(failed.is_empty(), "the honest client was locked out {} of {} times: {failed:?}", failed.len(), results.len());
     assert!(refused > 0.0, "the per-source bound never engaged:\n{}", server.metrics());

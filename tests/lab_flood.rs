@@ -95,8 +95,8 @@ fn a_spoofed_syn_flood_from_240_addresses_does_not_deny_an_honest_client() {
     let failures: Vec<&Result<u16, String>> = results.iter().map(|(r, _)| r).filter(|r| !matches!(r, Ok(200) | Ok(404))).collect();
     let mut latencies = served.clone();
     latencies.sort();
-    let cookies = server.metric_sum("pantera_tcp_total", &["syn_cookies_sent"]);
-    let accepted = server.metric_sum("pantera_tcp_total", &["syn_cookies_accepted"]);
+    let cookies = server.metric_sum("pantera_tcp_syn_cookies_sent_total", &[]);
+    let accepted = server.metric_sum("pantera_tcp_syn_cookies_accepted_total", &[]);
     let summary = format!(
         "flood: {sent} SYNs in {took:?} ({rate:.0}/s); honest: {} of {} served, p50 {:?}, p99 {:?}; cookies sent {cookies}, accepted {accepted}; RSS {} -> {} KiB; failures {failures:?}",
         served.len(),
@@ -109,7 +109,7 @@ fn a_spoofed_syn_flood_from_240_addresses_does_not_deny_an_honest_client() {
     let counters: Vec<String> = server
         .metrics()
         .lines()
-        .filter(|l| (l.starts_with("pantera_xsk_total") || l.starts_with("pantera_xdp_packets_total") || l.contains("syn_cookies")) && !l.ends_with(" 0"))
+        .filter(|l| (l.starts_with("pantera_xsk_") || l.starts_with("pantera_xdp_packets_total") || l.contains("syn_cookies")) && !l.ends_with(" 0"))
         .map(str::to_owned)
         .collect();
     let summary = format!("{summary}\n{}", counters.join("\n"));

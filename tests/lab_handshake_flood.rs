@@ -275,10 +275,10 @@ fn a_client_hello_flood_from_one_address_leaves_established_connections_their_th
         for (m, phase) in [(PAUSED, &mut quiet), (TCP_ONLY, &mut silent), (HELLO, &mut flooded)] {
             mode.store(m, Ordering::Relaxed);
             thread::sleep(SETTLE);
-            let step_us_before = server.metric_sum("pantera_tls_handshake_step_time_us_total", &[]);
+            let step_us_before = server.metric_sum("pantera_tls_handshake_step_seconds_total", &[]) * 1e6;
             measure(&mut fleet, phase, deadline);
             if m == HELLO {
-                step_us += server.metric_sum("pantera_tls_handshake_step_time_us_total", &[]) - step_us_before;
+                step_us += server.metric_sum("pantera_tls_handshake_step_seconds_total", &[]) * 1e6 - step_us_before;
             }
         }
     }

@@ -80,7 +80,7 @@ fn initial_sequence_numbers_repeat_across_neither_restarts_nor_queues() {
         starts.push(capture_isns(&lab, addr, 334));
     }
     // Both queues served: flows spread over them.
-    let q1 = server.metric_sum("pantera_tcp_total", &["accepted", "queue=\"1\""]);
+    let q1 = server.metric_sum("pantera_tcp_connections_accepted_total", &["queue=\"1\""]);
     assert!(q1 >= 1.0, "queue 1 accepted nothing:\n{}", server.metrics());
     let all: Vec<u32> = starts.concat();
     let distinct: HashSet<u32> = all.iter().copied().collect();

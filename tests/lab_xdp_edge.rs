@@ -34,8 +34,20 @@ fn pings_answered(lab: &Lab, source: &str, target: &str, count: u32) -> u32 {
         .unwrap_or_else(|| panic!("ping {target}: {text}"))
 }
 
+/// Packets counted under a steering counter's name (`drop_syn_rate`: action drop, reason
+/// syn_rate).
 fn xdp_count(server: &Server, verdict: &str) -> f64 {
-    server.metric_sum("pantera_xdp_packets_total", &[&format!("verdict=\"{verdict}\"")])
+    server.metric_sum("pantera_xdp_packets_total", &xdp_filter(verdict).iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn xdp_filter(verdict: &str) -> [String; 2] {
+    let (action, reason) = verdict.split_once('_').expect("action_reason");
+    [format!("action=\"{action}\""), format!("reason=\"{reason}\"")]
+}
+
+fn wait_xdp(server: &Server, verdict: &str, min: f64) -> f64 {
+    let filter = xdp_filter(verdict);
+    server.wait_metric("pantera_xdp_packets_total", &[filter[0].as_str(), filter[1].as_str()], min)
 }
 
 #[test]
@@ -63,7 +75,7 @@ fn a_source_outside_the_allowlist_cannot_complete_a_handshake_and_an_allowed_one
     assert_eq!(pings_answered(&lab, &stranger.to_string(), &service, 2), 0, "ping from outside the allowlist");
     assert_eq!(pings_answered(&lab, &allowed.to_string(), &service, 2), 2, "ping from the allowlist");
     // SYN + at least one retransmit within the 3 s connect timeout, and two echo requests.
-    let dropped = server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_not_allowed\""], 4.0);
+    let dropped = wait_xdp(&server, "drop_not_allowed", 4.0);
     assert!(dropped >= 4.0, "drop_not_allowed = {dropped}\n{}", server.metrics());
     assert_eq!(request_from(&lab, &config, allowed), Ok(404), "the allowed source is still served");
 }
@@ -133,7 +145,7 @@ fn a_source_sending_syns_past_its_rate_is_dropped_in_xdp_and_another_source_is_s
     let config = tls_client_config(&open_dir.path().join("tls"), Some("client"));
     let (sent, _, _) = flood_with_a_client_beside_it(&lab, &config, other);
     assert_eq!(sent, 3_000);
-    let redirected = server.wait_metric("pantera_xdp_packets_total", &["verdict=\"redirect_tcp\""], 3_000.0);
+    let redirected = wait_xdp(&server, "redirect_tcp", 3_000.0);
     assert!(redirected >= 3_000.0, "with the limit off every SYN reaches the appliance: redirect_tcp = {redirected}");
     assert_eq!(xdp_count(&server, "drop_syn_rate"), 0.0);
     drop(server);
@@ -148,7 +160,7 @@ fn a_source_sending_syns_past_its_rate_is_dropped_in_xdp_and_another_source_is_s
     let passed_max = burst + rate * (took.as_secs_f64() + 1.0);
     let expected_drops = sent as f64 - passed_max;
     assert!(expected_drops > 1_000.0, "the flood was too slow to overrun its bucket ({took:?}); the test proves nothing");
-    let dropped = server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_syn_rate\""], expected_drops);
+    let dropped = wait_xdp(&server, "drop_syn_rate", expected_drops);
     println!("{sent} SYNs in {took:?}: {dropped} dropped for rate (at least {expected_drops:.0} expected); other source: {results:?}");
     assert!(dropped >= expected_drops, "drop_syn_rate = {dropped}, expected at least {expected_drops:.0}\n{}", server.metrics());
     assert!(dropped <= sent as f64, "only the flood's SYNs are dropped: {dropped} of {sent}");
@@ -206,11 +218,11 @@ fn stealth_mode_drops_frames_not_for_the_service_and_off_they_pass_as_before() {
     let server = Server::start(&lab, dir.path(), "ledger", &format!("\n[edge]\nstealth = true\nhost_allow = [\"{allowed}/32\"]\n"));
     let config = tls_client_config(&dir.path().join("tls"), Some("client"));
     assert_eq!(pings_answered(&lab, &stranger.to_string(), &host, 2), 0, "IPv4 to the host from outside host_allow, stealth on");
-    let ipv4 = server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_stealth_ipv4\""], 2.0);
+    let ipv4 = wait_xdp(&server, "drop_stealth_ipv4", 2.0);
     assert!(ipv4 >= 2.0, "drop_stealth_ipv4 = {ipv4}\n{}", server.metrics());
     let text = ping6("1");
     assert!(text.contains(" 0 received"), "IPv6 to the host, stealth on: {text}");
-    let ipv6 = server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_stealth_ipv6\""], 1.0);
+    let ipv6 = wait_xdp(&server, "drop_stealth_ipv6", 1.0);
     assert!(ipv6 >= 1.0, "drop_stealth_ipv6 = {ipv6}\n{}", server.metrics());
     // host_allow still reaches the host (its ARP included: the host resolves it to reply).
     assert_eq!(pings_answered(&lab, &allowed.to_string(), &host, 2), 2, "IPv4 to the host from host_allow, stealth on");

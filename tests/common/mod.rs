@@ -22,7 +22,10 @@ pub const PORT: u16 = 8443;
 /// The lab tests need root (netns, veth, XDP). They fail loudly without it rather than pass
 /// silently: `cargo xtask test` runs as root.
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "root lab tests need root: run `cargo xtask test` as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "root lab tests need root: run `cargo xtask test` as root"
+    );
 }
 
 pub fn lab(tag: &str, queues: u32) -> Lab {
@@ -38,7 +41,10 @@ pub fn enter_netns(netns: &str) {
 }
 
 /// Runs `f` on a fresh thread inside the client namespace.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
     let netns = netns.to_owned();
     thread::spawn(move || {
         enter_netns(&netns);
@@ -47,7 +53,11 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
 }
 
 pub fn free_local_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// `pantera format --data-dir dir --cluster-id cluster_id`, asserting success.
@@ -58,7 +68,11 @@ pub fn format_data_dir(dir: &Path, cluster_id: u128) {
         .args(["--cluster-id", &cluster_id.to_string()])
         .output()
         .expect("run pantera format");
-    assert!(out.status.success(), "pantera format: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pantera format: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The appliance, started as a child process on a test lab. Killed on drop.
@@ -83,7 +97,13 @@ impl Server {
     }
 
     /// As `start`, with extra environment variables for the process.
-    pub fn start_with_env(lab: &Lab, dir: &Path, app: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+    pub fn start_with_env(
+        lab: &Lab,
+        dir: &Path,
+        app: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         Server::start_with_tls(lab, dir, app, "", extra_toml, env)
     }
 
@@ -131,13 +151,19 @@ impl Server {
             .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
             .output()
             .expect("run pantera certs init");
-        assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // `serve` opens only a formatted data directory: format it as an operator would.
         let data = dir.join("data");
         if !data.exists() {
             format_data_dir(&data, 0);
         }
-        let management: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().expect("addr");
+        let management: SocketAddr = format!("127.0.0.1:{}", free_local_port())
+            .parse()
+            .expect("addr");
         let config = format!(
             r#"
 [dataplane]
@@ -194,7 +220,10 @@ listen = "{management}"
         command
             .args(["serve", "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if let Some(path) = &self.log {
@@ -239,13 +268,25 @@ listen = "{management}"
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(st) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
                 panic!("pantera exited before it was ready: {st}");
             }
-            if http_get(self.management, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if http_get(self.management, "/readyz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "pantera not ready within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "pantera not ready within {timeout:?}"
+            );
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -255,14 +296,22 @@ listen = "{management}"
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.management, "/metrics").expect("scrape /metrics").1
+        http_get(self.management, "/metrics")
+            .expect("scrape /metrics")
+            .1
     }
 
     /// The value of one sample line of /metrics (the sum over label sets matching `filter`).
     pub fn metric_sum(&self, name: &str, filter: &[&str]) -> f64 {
         self.metrics()
             .lines()
-            .filter(|l| l.starts_with(name) && filter.iter().all(|f| l.contains(f)))
+            // The series' own name, not a prefix: `pantera_tcp_connections` is not
+            // `pantera_tcp_connections_accepted_total`.
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && filter.iter().all(|f| l.contains(f))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -363,7 +412,10 @@ pub fn xdp_still_attached(interface: &str) -> bool {
 
 /// XDP programs attached to an interface, as `ip -d link show` reports them.
 pub fn xdp_attached(interface: &str) -> bool {
-    let out = Command::new("ip").args(["-d", "link", "show", "dev", interface]).output().expect("ip link");
+    let out = Command::new("ip")
+        .args(["-d", "link", "show", "dev", interface])
+        .output()
+        .expect("ip link");
     let text = String::from_utf8_lossy(&out.stdout);
     text.contains("prog/xdp") || text.contains(" xdp")
 }
@@ -372,11 +424,21 @@ pub fn xdp_attached(interface: &str) -> bool {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: pantera\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: pantera\r\nConnection: close\r\n\r\n"
+    )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -400,8 +462,11 @@ pub fn tls_client_config(tls_dir: &Path, who: Option<&str>) -> Arc<rustls::Clien
                 .expect("client cert")
                 .map(|c| c.expect("cert"))
                 .collect();
-            let key = PrivateKeyDer::from_pem_file(tls_dir.join(format!("{name}.key"))).expect("client key");
-            builder.with_client_auth_cert(certs, key).expect("client auth")
+            let key = PrivateKeyDer::from_pem_file(tls_dir.join(format!("{name}.key")))
+                .expect("client key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client auth")
         }
         None => builder.with_no_client_auth(),
     };
@@ -412,12 +477,16 @@ pub fn tls_client_config(tls_dir: &Path, who: Option<&str>) -> Arc<rustls::Clien
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// Connects over TLS from the current thread's namespace and finishes the handshake.
-pub fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> std::io::Result<TlsStream> {
+pub fn tls_connect(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> std::io::Result<TlsStream> {
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
     tcp.set_nodelay(true)?;
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(config), name).map_err(std::io::Error::other)?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock)?;
@@ -426,7 +495,12 @@ pub fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> std:
 }
 
 /// One HTTP/1.1 request on a keep-alive stream; returns (status, body).
-pub fn request(stream: &mut impl ReadWrite, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+pub fn request(
+    stream: &mut impl ReadWrite,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: pantera\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -446,7 +520,10 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         if stream.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
         }
         buf.push(byte[0]);
         if buf.len() > 64 * 1024 {
@@ -462,10 +539,14 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
 
 /// The JSON value of `field` of an account, read through the API.
 pub fn account_field(stream: &mut impl ReadWrite, id: u128, field: &str) -> String {
-    let (status, body) = request(stream, "GET", &format!("/v1/accounts/{id}"), "").expect("GET account");
+    let (status, body) =
+        request(stream, "GET", &format!("/v1/accounts/{id}"), "").expect("GET account");
     assert_eq!(status, 200, "GET /v1/accounts/{id}: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("account JSON");
-    v[field].as_str().unwrap_or_else(|| panic!("{field} in {body}")).to_owned()
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {body}"))
+        .to_owned()
 }
 
 /// Adds `.last` of the lab's /24 to the client namespace's interface and returns it (a second
@@ -474,38 +555,77 @@ pub fn add_client_address(lab: &Lab, last: u8) -> Ipv4Addr {
     let o = lab.spec.peer_ipv4.octets();
     let ip = Ipv4Addr::new(o[0], o[1], o[2], last);
     let out = Command::new("ip")
-        .args(["-n", &lab.spec.netns, "addr", "add", &format!("{ip}/{}", lab.spec.prefix_len), "dev", &lab.spec.peer_if])
+        .args([
+            "-n",
+            &lab.spec.netns,
+            "addr",
+            "add",
+            &format!("{ip}/{}", lab.spec.prefix_len),
+            "dev",
+            &lab.spec.peer_if,
+        ])
         .output()
         .expect("ip addr add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ip
 }
 
 /// A TCP connection from `local` (an address of the current namespace) to `to`; connect(2)
 /// gives up after 3 s (a dropped SYN is otherwise retried for minutes).
 pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
     use std::os::fd::{AsRawFd, OwnedFd};
-    let SocketAddr::V4(to) = to else { unreachable!("the lab is IPv4") };
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)))?;
+    let SocketAddr::V4(to) = to else {
+        unreachable!("the lab is IPv4")
+    };
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(3, 0),
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)),
+    )?;
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
     Ok(TcpStream::from(fd))
 }
 
 /// One mTLS `GET /v1/accounts/1` on a new connection from `local`: the status, or where it
 /// failed.
-pub fn one_request(config: &Arc<rustls::ClientConfig>, local: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
+pub fn one_request(
+    config: &Arc<rustls::ClientConfig>,
+    local: Ipv4Addr,
+    to: SocketAddr,
+) -> Result<u16, String> {
     let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).map_err(|e| format!("TLS handshake: {e}"))?;
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
     }
-    request(&mut stream, "GET", "/v1/accounts/1", "").map(|(status, _)| status).map_err(|e| format!("request: {e}"))
+    request(&mut stream, "GET", "/v1/accounts/1", "")
+        .map(|(status, _)| status)
+        .map_err(|e| format!("request: {e}"))
 }
 
 /// A process's resident memory (VmRSS of /proc/PID/status), in bytes.

@@ -420,3 +420,14 @@ mod tests {
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }
+
+/// A DER blob that does not parse as an X.509 certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid X.509 certificate: {0}")]
+pub struct NotACertificate(String);
+
+/// The certificate's notAfter, in seconds since the Unix epoch (for the expiry metric).
+pub fn not_after_unix(der: &CertificateDer<'_>) -> Result<i64, NotACertificate> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| NotACertificate(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}

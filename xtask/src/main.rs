@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // Benchmark peers.
     "nginx", "wrk",
+    // `promtool check metrics` lints /metrics (tests/lab_metrics.rs).
+    "prometheus",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -113,6 +115,8 @@ fn deps() -> Result<()> {
     }
     // nginx is a benchmark peer only; Debian starts it on port 80 at install. Leave it stopped.
     let _ = Command::new("systemctl").args(["disable", "--now", "nginx"]).stderr(Stdio::null()).status();
+    // Only promtool is wanted from the prometheus package; its server starts at install too.
+    let _ = Command::new("systemctl").args(["disable", "--now", "prometheus"]).stderr(Stdio::null()).status();
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) && is_root() {
         status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;

@@ -129,7 +129,7 @@ fn phase(lab: &Lab, server: &Server, config: &Arc<rustls::ClientConfig>, managem
     let sources: Vec<Ipv4Addr> = (10..250).map(|last| Ipv4Addr::new(octets[0], octets[1], octets[2], last)).collect();
     let metrics = |name: &str| -> Result<f64> {
         let text = process::http_get(management, "/metrics")?.1;
-        Ok(process::metric_sum_where(&text, "pantera_tcp_total", name).unwrap_or(0.0))
+        Ok(process::metric_sum_where(&text, &format!("pantera_tcp_{name}_total"), "").unwrap_or(0.0))
     };
     let cookies_before = metrics("syn_cookies_sent")?;
     let worker = worker_tid(server.pid())?;
