@@ -273,7 +273,7 @@ fn a_reload_rewrites_the_edge_allowlist_in_the_xdp_maps() {
     assert_eq!(request_from(&lab, &client, allowed), Ok(404), "the allowed source is served");
     let refused = request_from(&lab, &client, stranger);
     assert!(matches!(&refused, Err(e) if e.starts_with("connect:")), "the other source got {refused:?}");
-    assert!(server.wait_metric("pantera_xdp_packets_total", &["verdict=\"drop_not_allowed\""], 1.0) >= 1.0);
+    assert!(server.wait_metric("pantera_xdp_packets_total", &["action=\"drop\"", "reason=\"not_allowed\""], 1.0) >= 1.0);
 
     // Back to no allowlist: the other source is served again.
     std::fs::write(server.config_path(), open).expect("write config");
