@@ -393,8 +393,9 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
 }
 
 /// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
-/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
+/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`). Also the
+/// audit log's timestamps.
+pub fn civil_from_days(days: i64) -> (i32, u8, u8) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
