@@ -726,12 +726,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rotation_at_size_keeps_the_newest_files() {
-        let dir = temp_dir("rotate");
-        let s = settings(&dir, 4096, 2, 16);
-        let m = metrics();
-        let mut file = LogFile::open(&s, m.clone()).expect("open");
+    /// One written record of a successful write, as the rotation tests append it.
+    fn ok_line() -> Vec<u8> {
         let mut line = Vec::new();
         write_line(
             &mut line,
@@ -739,6 +735,16 @@ mod tests {
             &record(1, answered(200, "client", vec![("ok", 1)])),
         )
         .expect("json");
+        line
+    }
+
+    #[test]
+    fn rotation_at_size_keeps_the_newest_files() {
+        let dir = temp_dir("rotate");
+        let s = settings(&dir, 4096, 2, 16);
+        let m = metrics();
+        let mut file = LogFile::open(&s, m.clone()).expect("open");
+        let line = ok_line();
         let per_file = 4096_usize.div_ceil(line.len());
         // Four files' worth: three rotations; keep = 2 leaves audit.log.1 and audit.log.2.
         for _ in 0..per_file * 3 + 1 {
@@ -768,13 +774,7 @@ mod tests {
         std::fs::create_dir_all(rotated(&s.path, 1).join("occupied")).expect("blocker");
         let m = metrics();
         let mut file = LogFile::open(&s, m.clone()).expect("open");
-        let mut line = Vec::new();
-        write_line(
-            &mut line,
-            "1",
-            &record(1, answered(200, "client", vec![("ok", 1)])),
-        )
-        .expect("json");
+        let line = ok_line();
         let records = 2 * 4096_usize.div_ceil(line.len()) + 1;
         for _ in 0..records {
             file.append(&line).expect("a failed rotation is not fatal");
