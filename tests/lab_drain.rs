@@ -360,27 +360,7 @@ fn sigterm_under_load_answers_every_transfer_that_reached_the_ledger_and_exits_0
 /// A TCP connection whose receive buffer is tiny, so a client that does not read stops the
 /// server's output almost at once.
 fn connect_small_window(to: SocketAddr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{
-        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-    };
-    use std::os::fd::{AsRawFd, OwnedFd};
-    let SocketAddr::V4(to) = to else {
-        unreachable!("the lab is IPv4")
-    };
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::RcvBuf, &4096)?;
-    setsockopt(
-        &fd,
-        sockopt::SendTimeout,
-        &nix::sys::time::TimeVal::new(2, 0),
-    )?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    let tcp = TcpStream::from(fd);
+    let tcp = connect_with(None, Some(4096), to)?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
     Ok(tcp)
 }

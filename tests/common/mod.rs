@@ -577,6 +577,13 @@ pub fn add_client_address(lab: &Lab, last: u8) -> Ipv4Addr {
 /// A TCP connection from `local` (an address of the current namespace) to `to`; connect(2)
 /// gives up after 3 s (a dropped SYN is otherwise retried for minutes).
 pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    connect_with(Some(local), None, to)
+}
+
+/// As `connect_from`, from `local` when given (else the kernel's choice), with the socket's
+/// receive buffer set to `rcvbuf` bytes before the handshake when given (a tiny window: a
+/// client that does not read stops the server's output almost at once).
+pub fn connect_with(local: Option<Ipv4Addr>, rcvbuf: Option<usize>, to: SocketAddr) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{
         bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
@@ -590,15 +597,20 @@ pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStrea
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    if let Some(bytes) = rcvbuf {
+        setsockopt(&fd, sockopt::RcvBuf, &bytes)?;
+    }
     setsockopt(
         &fd,
         sockopt::SendTimeout,
         &nix::sys::time::TimeVal::new(3, 0),
     )?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)),
-    )?;
+    if let Some(local) = local {
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)),
+        )?;
+    }
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
     Ok(TcpStream::from(fd))
 }
