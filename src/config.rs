@@ -49,6 +49,9 @@ pub struct Config {
     /// `[log]`: level and format of the appliance's log (src/logging.rs).
     #[serde(default)]
     pub log: crate::logging::LogSection,
+    /// `[sandbox]`: the confinement after start-up (src/sandbox/).
+    #[serde(default)]
+    pub sandbox: crate::sandbox::SandboxSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -452,6 +455,7 @@ impl Config {
             // No load balancer stands in front of the lab: no grace period to wait out.
             shutdown: ShutdownSection { grace_ms: 0, ..ShutdownSection::default() },
             log: crate::logging::LogSection::default(),
+            sandbox: crate::sandbox::SandboxSection::default(),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metric_families;
 pub mod metrics;
 pub mod reload;
+pub mod sandbox;
 pub mod notify;
 pub mod serve;
 pub mod shutdown;

@@ -91,6 +91,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         // Reloadable: read when the stop signal arrives.
         shutdown: _,
         log: _,
+        sandbox: _,
     } = new;
     let mut out = Vec::new();
     changed_fields!(
@@ -175,6 +176,14 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
             channel_capacity,
         }
     );
+    // The confinement is applied once, after start-up.
+    changed_fields!(
+        out,
+        running.sandbox,
+        &new.sandbox,
+        "sandbox",
+        crate::sandbox::SandboxSection { enabled, user }
+    );
     // The size of an XDP map, fixed when the program is loaded.
     if running.edge.syn_sources_max != new.edge.syn_sources_max {
         out.push("edge.syn_sources_max");
@@ -196,6 +205,7 @@ pub fn effective(running: &Config, new: &Config) -> Config {
     config.ledger = running.ledger.clone();
     config.management = running.management.clone();
     config.audit = running.audit.clone();
+    config.sandbox = running.sandbox.clone();
     config.edge.syn_sources_max = running.edge.syn_sources_max;
     config.log.format = running.log.format;
     config

@@ -1,0 +1,1 @@
+//! Dropping what start-up needed: user, capabilities, no_new_privs, dumpability, Landlock.
