@@ -76,3 +76,60 @@ impl Default for SandboxSection {
         SandboxSection { enabled: true, user: String::new() }
     }
 }
+
+/// The user the process serves as: `sandbox.user` resolved, or the user it was started as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ServiceUser {
+    /// Resolves `sandbox.user` (a name from the user database, or `uid:gid`); empty or the
+    /// sandbox off: the effective user and group of this process.
+    pub fn resolve(section: &SandboxSection) -> Result<ServiceUser, String> {
+        let spec = section.user.trim();
+        if !section.enabled || spec.is_empty() {
+            // SAFETY: geteuid/getegid cannot fail and touch no memory.
+            return Ok(unsafe { ServiceUser { uid: libc::geteuid(), gid: libc::getegid() } });
+        }
+        if let Some((uid, gid)) = spec.split_once(':') {
+            let uid = uid.parse::<u32>().map_err(|_| format!("sandbox.user {spec:?}: the uid is not a number"))?;
+            let gid = gid.parse::<u32>().map_err(|_| format!("sandbox.user {spec:?}: the gid is not a number"))?;
+            return Ok(ServiceUser { uid, gid });
+        }
+        lookup_user(spec)?.ok_or_else(|| format!("sandbox.user {spec:?}: no such user"))
+    }
+}
+
+/// The uid and primary gid of `name` in the user database.
+fn lookup_user(name: &str) -> Result<Option<ServiceUser>, String> {
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("sandbox.user {name:?}: holds a NUL byte"))?;
+    let mut buffer = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buffer` outlives the use of `entry`.
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut entry, buffer.as_mut_ptr().cast(), buffer.len(), &mut found) };
+    if rc != 0 {
+        return Err(format!("sandbox.user {name:?}: cannot read the user database: {}", std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok((!found.is_null()).then_some(ServiceUser { uid: entry.pw_uid, gid: entry.pw_gid }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_user_resolves() {
+        let section = |user: &str| SandboxSection { enabled: true, user: user.to_owned() };
+        assert_eq!(ServiceUser::resolve(&section("65534:65533")), Ok(ServiceUser { uid: 65534, gid: 65533 }));
+        assert_eq!(ServiceUser::resolve(&section("root")), Ok(ServiceUser { uid: 0, gid: 0 }));
+        assert!(ServiceUser::resolve(&section("no-such-user-pantera")).unwrap_err().contains("no such user"));
+        assert!(ServiceUser::resolve(&section("x:1")).unwrap_err().contains("uid"));
+        // SAFETY: no memory is touched.
+        let me = unsafe { ServiceUser { uid: libc::geteuid(), gid: libc::getegid() } };
+        assert_eq!(ServiceUser::resolve(&section("")), Ok(me));
+    }
+}
