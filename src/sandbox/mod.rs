@@ -54,6 +54,16 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// The first thing every thread the appliance starts does: installs its [`Kind`]'s
+/// system-call allowlist ([`seccomp::confine`]). A thread that cannot be confined must not
+/// run: the process stops (exit status 70, like a failed WAL write).
+pub fn confine_thread(kind: Kind) {
+    if let Err(e) = seccomp::confine(kind) {
+        log::error!("FATAL: cannot confine the {kind} thread (seccomp): {e}");
+        std::process::exit(70);
+    }
+}
+
 /// `[sandbox]`: the confinement after start-up. Restart-only.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
