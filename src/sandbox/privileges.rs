@@ -369,3 +369,95 @@ pub fn confine_filesystem(paths: &Paths) -> Result<i32, DropError> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     restrict_filesystem(ruleset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn landlock_keeps_the_reload_files_directories_the_data_and_audit_directories_and_proc_self() {
+        let mut config = Config::lab(Path::new("/srv/pantera"));
+        config.ledger.data_dir = PathBuf::from("/var/lib/pantera/data");
+        config.tls.cert_chain = PathBuf::from("/etc/pantera/tls/server.pem");
+        config.tls.private_key = PathBuf::from("/etc/pantera/keys/server.key");
+        config.tls.client_ca = Some(PathBuf::from("/etc/pantera/tls/ca.pem"));
+        let file = Path::new("/etc/pantera/pantera.toml");
+        assert_eq!(
+            reload_files(&config, Some(file)),
+            [file, Path::new("/etc/pantera/tls/server.pem"), Path::new("/etc/pantera/keys/server.key"), Path::new("/etc/pantera/tls/ca.pem")]
+        );
+        let kept = paths(&config, Some(file));
+        // The audit log defaults to the data directory's parent.
+        assert_eq!(kept.read_write, [PathBuf::from("/var/lib/pantera/data"), PathBuf::from("/var/lib/pantera")]);
+        assert_eq!(
+            kept.read_only,
+            [
+                PathBuf::from("/etc/pantera"),
+                PathBuf::from("/etc/pantera/tls"),
+                PathBuf::from("/etc/pantera/keys"),
+                PathBuf::from(format!("/proc/{}", std::process::id())),
+            ]
+        );
+        config.audit.enabled = false;
+        assert_eq!(paths(&config, None).read_write, [PathBuf::from("/var/lib/pantera/data")]);
+    }
+
+    /// The ruleset applied to one thread (Landlock, like no_new_privs, is per thread: the test
+    /// process and its other threads stay free): the data directory works, a file outside is
+    /// refused, a read-only directory cannot be written, TCP connect is refused.
+    #[test]
+    fn landlock_refuses_a_write_outside_the_kept_paths() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (data, tls, outside) = (root.path().join("data"), root.path().join("tls"), root.path().join("elsewhere"));
+        for d in [&data, &tls, &outside] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        std::fs::write(tls.join("server.pem"), "certificate").expect("write");
+        std::fs::write(outside.join("secret"), "not yours").expect("write");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let kept = Paths { read_write: vec![data.clone()], read_only: vec![tls.clone()] };
+        let elsewhere = outside.clone();
+        let confined = std::thread::spawn(move || {
+            let outside = elsewhere;
+            let abi = confine_filesystem(&kept).expect("confine");
+            if abi == 0 {
+                return None;
+            }
+            let denied = |r: io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::PermissionDenied);
+            let in_data = (|| -> io::Result<()> {
+                let mut f = std::fs::File::create(data.join("wal.tmp"))?;
+                f.write_all(b"record")?;
+                f.sync_all()?;
+                std::fs::rename(data.join("wal.tmp"), data.join("wal.log"))?;
+                std::fs::remove_file(data.join("wal.log"))
+            })();
+            let read_tls = std::fs::read_to_string(tls.join("server.pem")).map(|_| ());
+            let write_tls = std::fs::write(tls.join("server.pem"), "replaced");
+            let create_outside = std::fs::File::create(outside.join("new")).map(|_| ());
+            let read_outside = std::fs::read(outside.join("secret")).map(|_| ());
+            let read_etc = std::fs::read("/etc/passwd").map(|_| ());
+            let connect = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ());
+            Some((abi, in_data, read_tls, denied(write_tls), denied(create_outside), denied(read_outside), denied(read_etc), denied(connect)))
+        })
+        .join()
+        .expect("confined thread");
+        let Some((abi, in_data, read_tls, write_tls, create_outside, read_outside, read_etc, connect)) = confined else {
+            println!("this kernel has no Landlock: nothing to check");
+            return;
+        };
+        println!("Landlock ABI {abi}");
+        in_data.expect("create, write, sync, rename and remove in the data directory");
+        read_tls.expect("read a TLS file");
+        assert!(write_tls, "a write to a read-only directory must be refused");
+        assert!(create_outside, "a file outside the kept paths must not be created");
+        assert!(read_outside, "a file outside the kept paths must not be read");
+        assert!(read_etc, "/etc/passwd must not be read");
+        if abi >= 4 {
+            assert!(connect, "TCP connect must be refused (Landlock ABI 4+)");
+        }
+        // This thread was never confined.
+        std::fs::File::create(outside.join("new")).expect("the test's own thread is free");
+    }
+}
