@@ -202,3 +202,69 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
 fn server_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("pantera.log")).unwrap_or_default()
 }
+
+/// The capabilities docs/pantera.service grants (`AmbientCapabilities=`).
+fn unit_ambient_capabilities() -> Vec<String> {
+    const UNIT: &str = include_str!("../docs/pantera.service");
+    let line = UNIT.lines().rev().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities= in the unit");
+    line.split_whitespace().map(|c| c.strip_prefix("CAP_").expect("CAP_ name").to_lowercase()).collect()
+}
+
+/// The start the systemd unit makes: a user without privileges holding only the unit's
+/// ambient capabilities, no_new_privs set before the exec (`NoNewPrivileges=yes`). Start-up works with exactly those, and the drop clears them (the
+/// ambient set too) in every thread. (RLIMIT_MEMLOCK stays the test's: CAP_IPC_LOCK covers
+/// the UMEM, as it does under the unit with `LimitMEMLOCK=infinity` too.)
+#[test]
+fn started_as_a_user_with_only_the_units_ambient_capabilities_it_serves_and_clears_them() {
+    let lab = lab("sandboxa", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = dir.path().join("tls");
+    // Writes the configuration, certificates and data directory, and proves they serve.
+    let mut first = Server::start(&lab, dir.path(), "ledger", "");
+    assert!(first.terminate().success());
+    let (config_path, management) = (first.config_path().to_owned(), first.management);
+    drop(first);
+    let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(dir.path()).status().expect("chown");
+    assert!(chown.success());
+
+    let caps = unit_ambient_capabilities();
+    let plus = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+    println!("ambient capabilities of the unit: {caps:?}");
+    let log_path = dir.path().join("pantera-user.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--no-new-privs"])
+        .args(["--inh-caps", &plus, "--ambient-caps", &plus, "--"])
+        .arg(PANTERA)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pantera through setpriv");
+    let pid = Pid::from_raw(child.id() as i32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http_get(management, "/readyz").is_ok_and(|(s, _)| s == 200) {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("pantera exited ({status}) before it was ready:\n{}", server_log_named(&log_path));
+        }
+        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", server_log_named(&log_path));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(field(&status, "Uid"), format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}"));
+    assert_every_thread_confined(pid);
+    assert_eq!(write_and_read(&lab, &tls, lab.spec.peer_ipv4), Ok((200, 200)), "{}", server_log_named(&log_path));
+    kill(pid, Signal::SIGTERM).expect("kill -TERM");
+    let exit = wait_exit(&mut child, std::time::Duration::from_secs(20)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("no stop within 20 s")
+    });
+    assert!(exit.success(), "exit {exit}:\n{}", server_log_named(&log_path));
+    assert!(!xdp_still_attached(&lab.spec.host_if), "XDP still attached after the stop");
+}
+
+fn server_log_named(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
