@@ -42,7 +42,10 @@ fn threads(pid: Pid) -> Vec<(String, String)> {
         let task = entry.expect("task").path();
         // A thread may end between the listing and the read (a management handler does not);
         // the ones read are enough as long as every kind is among them (asserted below).
-        let (Ok(comm), Ok(status)) = (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("status"))) else {
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
             continue;
         };
         found.push((comm.trim().to_owned(), status));
@@ -54,17 +57,36 @@ fn threads(pid: Pid) -> Vec<(String, String)> {
 fn assert_every_thread_confined(pid: Pid) {
     let threads = threads(pid);
     let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
-    for kind in ["pantera", "worker-q0", "ledger", "pantera-ckpt", "audit", "management", "management-0"] {
+    for kind in [
+        "pantera",
+        "worker-q0",
+        "ledger",
+        "pantera-ckpt",
+        "audit",
+        "management",
+        "management-0",
+    ] {
         assert!(names.contains(&kind), "no {kind} thread among {names:?}");
     }
     for (name, status) in &threads {
         for set in ["CapEff", "CapPrm", "CapAmb", "CapInh"] {
-            assert_eq!(field(status, set), "0000000000000000", "{set} of thread {name}");
+            assert_eq!(
+                field(status, set),
+                "0000000000000000",
+                "{set} of thread {name}"
+            );
         }
-        assert_eq!(field(status, "NoNewPrivs"), "1", "NoNewPrivs of thread {name}");
+        assert_eq!(
+            field(status, "NoNewPrivs"),
+            "1",
+            "NoNewPrivs of thread {name}"
+        );
         assert_seccomp_filtered(name, status);
     }
-    println!("{} threads, every one without capabilities and with no_new_privs: {names:?}", threads.len());
+    println!(
+        "{} threads, every one without capabilities and with no_new_privs: {names:?}",
+        threads.len()
+    );
 }
 
 /// `Seccomp: 2` (a filter) in `status`, once [`SECCOMP_ASSERTED`] is on.
@@ -77,15 +99,28 @@ fn assert_seccomp_filtered(name: &str, status: &str) {
 /// `Max core file size` of /proc/PID/limits: soft and hard.
 fn core_limit(pid: Pid) -> (String, String) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc/PID/limits");
-    let line = limits.lines().find(|l| l.starts_with("Max core file size")).expect("core line");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
     let mut values = line["Max core file size".len()..].split_whitespace();
-    (values.next().expect("soft").to_owned(), values.next().expect("hard").to_owned())
+    (
+        values.next().expect("soft").to_owned(),
+        values.next().expect("hard").to_owned(),
+    )
 }
 
 /// The Landlock ABI of this kernel (0: none), as the appliance should report it.
 fn kernel_landlock_abi() -> i64 {
     // SAFETY: the ABI query: no ruleset, size 0, flag LANDLOCK_CREATE_RULESET_VERSION.
-    let rc = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
     rc.max(0)
 }
 
@@ -95,13 +130,21 @@ fn write_and_read(lab: &Lab, tls: &Path, local: Ipv4Addr) -> Result<(u16, u16), 
     let to = service(lab);
     in_netns(&lab.spec.netns, move || {
         let tcp = connect_from(local, to).map_err(|e| format!("connect: {e}"))?;
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         let name = rustls_pki_types::ServerName::IpAddress(to.ip().into());
-        let conn = rustls::ClientConnection::new(Arc::clone(&config), name).map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ClientConnection::new(Arc::clone(&config), name).map_err(|e| e.to_string())?;
         let mut s = rustls::StreamOwned::new(conn, tcp);
-        let (created, body) = request(&mut s, "POST", "/v1/accounts", TWO_ACCOUNTS).map_err(|e| format!("POST: {e}"))?;
-        let created = if created == 200 { created } else { return Err(format!("POST {created}: {body}")) };
-        let (read, _) = request(&mut s, "GET", "/v1/accounts/1", "").map_err(|e| format!("GET: {e}"))?;
+        let (created, body) = request(&mut s, "POST", "/v1/accounts", TWO_ACCOUNTS)
+            .map_err(|e| format!("POST: {e}"))?;
+        let created = if created == 200 {
+            created
+        } else {
+            return Err(format!("POST {created}: {body}"));
+        };
+        let (read, _) =
+            request(&mut s, "GET", "/v1/accounts/1", "").map_err(|e| format!("GET: {e}"))?;
         Ok((created, read))
     })
     .join()
@@ -112,7 +155,9 @@ fn write_and_read(lab: &Lab, tls: &Path, local: Ipv4Addr) -> Result<(u16, u16), 
 fn get_from(lab: &Lab, tls: &Path, local: Ipv4Addr) -> Result<u16, String> {
     let config = tls_client_config(tls, Some("client"));
     let to = service(lab);
-    in_netns(&lab.spec.netns, move || one_request(&config, local, to)).join().expect("client thread")
+    in_netns(&lab.spec.netns, move || one_request(&config, local, to))
+        .join()
+        .expect("client thread")
 }
 
 #[test]
@@ -126,38 +171,84 @@ fn serving_threads_hold_no_capability_and_reload_metrics_and_stop_still_work() {
     let pid = server.pid();
 
     assert_every_thread_confined(pid);
-    assert_eq!(core_limit(pid), ("0".to_owned(), "0".to_owned()), "RLIMIT_CORE");
+    assert_eq!(
+        core_limit(pid),
+        ("0".to_owned(), "0".to_owned()),
+        "RLIMIT_CORE"
+    );
     assert_eq!(server.metric_sum("pantera_sandbox_enabled", &[]), 1.0);
-    assert_eq!(server.metric_sum("pantera_sandbox_landlock_abi", &[]) as i64, kernel_landlock_abi().min(8));
+    assert_eq!(
+        server.metric_sum("pantera_sandbox_landlock_abi", &[]) as i64,
+        kernel_landlock_abi().min(8)
+    );
 
     // Requests: the WAL is written (data directory) and the audit log too.
-    assert_eq!(write_and_read(&lab, &tls, stranger), Ok((200, 200)), "{}", server.log_text());
+    assert_eq!(
+        write_and_read(&lab, &tls, stranger),
+        Ok((200, 200)),
+        "{}",
+        server.log_text()
+    );
     // The XDP counters are read after the drop (bpf map lookups on the fd held): the
     // redirected frames of the request show.
-    assert!(server.wait_metric("pantera_xdp_packets_total", &["action=\"redirect\""], 1.0) >= 1.0, "{}", server.log_text());
+    assert!(
+        server.wait_metric("pantera_xdp_packets_total", &["action=\"redirect\""], 1.0) >= 1.0,
+        "{}",
+        server.log_text()
+    );
     // The process metrics (/proc/self) still read.
-    assert!(server.metric_sum("process_open_fds", &[]) > 0.0, "{}", server.metrics());
+    assert!(
+        server.metric_sum("process_open_fds", &[]) > 0.0,
+        "{}",
+        server.metrics()
+    );
     assert!(server.metric_sum("process_resident_memory_bytes", &[]) > 0.0);
 
     // A SIGHUP reload reads the configuration and the TLS files again and rewrites the edge
     // maps (bpf map updates, no capability).
     let open = std::fs::read_to_string(server.config_path()).expect("read config");
-    std::fs::write(server.config_path(), format!("{open}\n[edge]\nallow_sources = [\"{allowed}/32\"]\n")).expect("write config");
+    std::fs::write(
+        server.config_path(),
+        format!("{open}\n[edge]\nallow_sources = [\"{allowed}/32\"]\n"),
+    )
+    .expect("write config");
     kill(pid, Signal::SIGHUP).expect("kill -HUP");
-    assert_eq!(server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0), 1.0, "{}", server.log_text());
-    assert_eq!(get_from(&lab, &tls, allowed), Ok(200), "the allowed source is served");
+    assert_eq!(
+        server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0),
+        1.0,
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(
+        get_from(&lab, &tls, allowed),
+        Ok(200),
+        "the allowed source is served"
+    );
     let refused = get_from(&lab, &tls, stranger);
-    assert!(matches!(&refused, Err(e) if e.starts_with("connect:")), "the other source got {refused:?}");
+    assert!(
+        matches!(&refused, Err(e) if e.starts_with("connect:")),
+        "the other source got {refused:?}"
+    );
     assert_every_thread_confined(pid);
 
     // The stop: clean, and the program is detached (the bpf_link closed, no capability).
     let interface = server.interface.clone();
     let status = server.terminate();
-    assert!(status.success(), "exit {status}: {}", std::fs::read_to_string(dir.path().join("pantera.log")).unwrap_or_default());
-    assert!(!xdp_still_attached(&interface), "XDP still attached to {interface} after the stop");
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        std::fs::read_to_string(dir.path().join("pantera.log")).unwrap_or_default()
+    );
+    assert!(
+        !xdp_still_attached(&interface),
+        "XDP still attached to {interface} after the stop"
+    );
     let log = std::fs::read_to_string(dir.path().join("pantera.log")).expect("log");
     assert!(log.contains("sandbox: running as uid 0"), "{log}");
-    assert!(!log.contains("Permission denied"), "something was refused while serving:\n{log}");
+    assert!(
+        !log.contains("Permission denied"),
+        "something was refused while serving:\n{log}"
+    );
 }
 
 /// The service user of the second case: `nobody`.
@@ -176,27 +267,64 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
         .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
         .output()
         .expect("certs init");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format_data_dir(&dir.path().join("data"), 0);
-    let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(dir.path()).status().expect("chown");
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(dir.path())
+        .status()
+        .expect("chown");
     assert!(chown.success());
 
-    let mut server = Server::start_logged(&lab, dir.path(), "ledger", &format!("[sandbox]\nuser = \"{NOBODY}:{NOBODY}\"\n"));
+    let mut server = Server::start_logged(
+        &lab,
+        dir.path(),
+        "ledger",
+        &format!("[sandbox]\nuser = \"{NOBODY}:{NOBODY}\"\n"),
+    );
     let pid = server.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let ids = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
-    assert_eq!(field(&status, "Uid"), ids, "real, effective, saved, filesystem uid");
+    assert_eq!(
+        field(&status, "Uid"),
+        ids,
+        "real, effective, saved, filesystem uid"
+    );
     assert_eq!(field(&status, "Gid"), ids);
-    assert_eq!(field(&status, "Groups"), NOBODY.to_string(), "supplementary groups");
+    assert_eq!(
+        field(&status, "Groups"),
+        NOBODY.to_string(),
+        "supplementary groups"
+    );
     // Not dumpable: /proc/PID stays owned by root although the process runs as nobody.
-    let owner = std::fs::metadata(format!("/proc/{pid}/status")).expect("stat /proc/PID/status").uid();
-    assert_eq!(owner, 0, "/proc/PID/status of a non-dumpable process is root's");
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+        .expect("stat /proc/PID/status")
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "/proc/PID/status of a non-dumpable process is root's"
+    );
     assert_every_thread_confined(pid);
 
-    assert_eq!(write_and_read(&lab, &tls, lab.spec.peer_ipv4), Ok((200, 200)), "{}", server.log_text());
+    assert_eq!(
+        write_and_read(&lab, &tls, lab.spec.peer_ipv4),
+        Ok((200, 200)),
+        "{}",
+        server.log_text()
+    );
     let status = server.terminate();
-    assert!(status.success(), "exit {status}: {}", server_log(dir.path()));
-    assert!(server_log(dir.path()).contains(&format!("sandbox: running as uid {NOBODY} gid {NOBODY}")));
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        server_log(dir.path())
+    );
+    assert!(
+        server_log(dir.path()).contains(&format!("sandbox: running as uid {NOBODY} gid {NOBODY}"))
+    );
 }
 
 fn server_log(dir: &Path) -> String {
@@ -206,8 +334,14 @@ fn server_log(dir: &Path) -> String {
 /// The capabilities docs/pantera.service grants (`AmbientCapabilities=`).
 fn unit_ambient_capabilities() -> Vec<String> {
     const UNIT: &str = include_str!("../docs/pantera.service");
-    let line = UNIT.lines().rev().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities= in the unit");
-    line.split_whitespace().map(|c| c.strip_prefix("CAP_").expect("CAP_ name").to_lowercase()).collect()
+    let line = UNIT
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities= in the unit");
+    line.split_whitespace()
+        .map(|c| c.strip_prefix("CAP_").expect("CAP_ name").to_lowercase())
+        .collect()
 }
 
 /// The start the systemd unit makes: a user without privileges holding only the unit's
@@ -224,16 +358,31 @@ fn started_as_a_user_with_only_the_units_ambient_capabilities_it_serves_and_clea
     assert!(first.terminate().success());
     let (config_path, management) = (first.config_path().to_owned(), first.management);
     drop(first);
-    let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(dir.path()).status().expect("chown");
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(dir.path())
+        .status()
+        .expect("chown");
     assert!(chown.success());
 
     let caps = unit_ambient_capabilities();
-    let plus = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+    let plus = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
     println!("ambient capabilities of the unit: {caps:?}");
     let log_path = dir.path().join("pantera-user.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new("setpriv")
-        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--no-new-privs"])
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--no-new-privs",
+        ])
         .args(["--inh-caps", &plus, "--ambient-caps", &plus, "--"])
         .arg(PANTERA)
         .args(["serve", "--config"])
@@ -247,22 +396,44 @@ fn started_as_a_user_with_only_the_units_ambient_capabilities_it_serves_and_clea
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !http_get(management, "/readyz").is_ok_and(|(s, _)| s == 200) {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("pantera exited ({status}) before it was ready:\n{}", server_log_named(&log_path));
+            panic!(
+                "pantera exited ({status}) before it was ready:\n{}",
+                server_log_named(&log_path)
+            );
         }
-        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", server_log_named(&log_path));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready:\n{}",
+            server_log_named(&log_path)
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    assert_eq!(field(&status, "Uid"), format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}"));
+    assert_eq!(
+        field(&status, "Uid"),
+        format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}")
+    );
     assert_every_thread_confined(pid);
-    assert_eq!(write_and_read(&lab, &tls, lab.spec.peer_ipv4), Ok((200, 200)), "{}", server_log_named(&log_path));
+    assert_eq!(
+        write_and_read(&lab, &tls, lab.spec.peer_ipv4),
+        Ok((200, 200)),
+        "{}",
+        server_log_named(&log_path)
+    );
     kill(pid, Signal::SIGTERM).expect("kill -TERM");
     let exit = wait_exit(&mut child, std::time::Duration::from_secs(20)).unwrap_or_else(|| {
         let _ = child.kill();
         panic!("no stop within 20 s")
     });
-    assert!(exit.success(), "exit {exit}:\n{}", server_log_named(&log_path));
-    assert!(!xdp_still_attached(&lab.spec.host_if), "XDP still attached after the stop");
+    assert!(
+        exit.success(),
+        "exit {exit}:\n{}",
+        server_log_named(&log_path)
+    );
+    assert!(
+        !xdp_still_attached(&lab.spec.host_if),
+        "XDP still attached after the stop"
+    );
 }
 
 fn server_log_named(path: &Path) -> String {

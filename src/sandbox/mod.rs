@@ -4,8 +4,9 @@
 //! data directory, the keys, the management listener). Then, in this order:
 //! 1. [`privileges`]: the process switches to `sandbox.user` when started as root, drops every
 //!    capability, sets no_new_privs, is made not dumpable with RLIMIT_CORE 0, and confines the
-//!    filesystem with Landlock (data directory read-write; certificate, key and CRL files
-//!    read-only for SIGHUP). The threads started afterwards inherit all of it.
+//!    filesystem with Landlock (data and audit directories read-write; the directories of the
+//!    configuration, certificate, key and CRL files read-only, for SIGHUP; `/proc/self`).
+//!    The threads started afterwards inherit all of it.
 //! 2. [`seccomp`]: each thread, first thing, installs the system-call allowlist of its
 //!    [`Kind`]. A call outside it stops the process with a line naming the thread and call.
 

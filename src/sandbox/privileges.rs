@@ -15,7 +15,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
 };
 use prometheus::IntGauge;
 
@@ -54,15 +55,27 @@ pub fn reload_files(config: &Config, config_file: Option<&Path>) -> Vec<PathBuf>
 /// inode: certificates are renewed by writing a new file and renaming it over the old one, and
 /// a rule on the old inode would refuse the new file. When the path is a symbolic link (a
 /// certificate manager's `live/` directory), the directory of its target is kept too.
+/// The echo application (dataplane tests) uses no data directory, audit log or TLS file:
+/// only the configuration file's directory is kept then.
 pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
+    let ledger = config
+        .app()
+        .is_ok_and(|app| app == crate::config::App::Ledger);
     let data_dir = config.ledger.data_dir.clone();
-    let mut read_write = vec![data_dir.clone()];
-    if config.audit.enabled {
-        let audit = config.audit.path_for(&data_dir);
-        read_write.push(parent_dir(&audit));
+    let mut read_write = Vec::new();
+    if ledger {
+        read_write.push(data_dir.clone());
+        if config.audit.enabled {
+            read_write.push(parent_dir(&config.audit.path_for(&data_dir)));
+        }
     }
+    let files = if ledger {
+        reload_files(config, config_file)
+    } else {
+        config_file.map(Path::to_path_buf).into_iter().collect()
+    };
     let mut read_only = Vec::new();
-    for file in reload_files(config, config_file) {
+    for file in files {
         read_only.push(parent_dir(&file));
         if let Ok(target) = std::fs::canonicalize(&file) {
             read_only.push(parent_dir(&target));
@@ -73,7 +86,10 @@ pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
     dedup(&mut read_write);
     dedup(&mut read_only);
     read_only.retain(|p| !read_write.contains(p));
-    Paths { read_write, read_only }
+    Paths {
+        read_write,
+        read_only,
+    }
 }
 
 /// The directory `file` is in (`.` for a bare name).
@@ -101,7 +117,10 @@ pub enum DropError {
     #[error("the privilege drop must run before any other thread starts; {0} threads are running")]
     Threads(usize),
     #[error("{step}: {source}")]
-    Step { step: &'static str, source: io::Error },
+    Step {
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("Landlock: {0}")]
     Landlock(String),
     #[error("the sandbox metrics: {0}")]
@@ -142,14 +161,21 @@ impl SandboxMetrics {
         )?;
         metrics.registry.register(Box::new(enabled.clone()))?;
         metrics.registry.register(Box::new(landlock_abi.clone()))?;
-        Ok(SandboxMetrics { enabled, landlock_abi })
+        Ok(SandboxMetrics {
+            enabled,
+            landlock_abi,
+        })
     }
 }
 
 /// Drops everything start-up needed, or skips it with a warning when `sandbox.enabled` is
 /// false. Runs in the main thread with no other thread started (checked). Every step is
 /// checked: an error refuses the start. See the module documentation.
-pub fn drop(config: &Config, config_file: Option<&Path>, metrics: &Metrics) -> Result<Option<Dropped>, DropError> {
+pub fn drop(
+    config: &Config,
+    config_file: Option<&Path>,
+    metrics: &Metrics,
+) -> Result<Option<Dropped>, DropError> {
     let gauges = SandboxMetrics::register(metrics)?;
     if !config.sandbox.enabled {
         log::warn!(
@@ -181,7 +207,10 @@ pub fn drop(config: &Config, config_file: Option<&Path>, metrics: &Metrics) -> R
     // Not dumpable: no core file, no ptrace attach by the same user, /proc/PID owned by root.
     // After the user switch, which resets it.
     prctl(libc::PR_SET_DUMPABLE, 0).map_err(step("prctl(PR_SET_DUMPABLE)"))?;
-    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: a valid rlimit is passed by reference.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
         return Err(step("setrlimit(RLIMIT_CORE, 0)")(io::Error::last_os_error()));
@@ -196,7 +225,10 @@ pub fn drop(config: &Config, config_file: Option<&Path>, metrics: &Metrics) -> R
         paths.read_write,
         paths.read_only
     );
-    Ok(Some(Dropped { landlock_abi, user: target }))
+    Ok(Some(Dropped {
+        landlock_abi,
+        user: target,
+    }))
 }
 
 /// The threads of this process.
@@ -210,11 +242,15 @@ fn switch_user(user: ServiceUser) -> Result<(), DropError> {
     let groups = [user.gid as libc::gid_t];
     // SAFETY: `groups` is valid for one entry.
     if unsafe { libc::setgroups(1, groups.as_ptr()) } != 0 {
-        return Err(step("setgroups to the service user's group")(io::Error::last_os_error()));
+        return Err(step("setgroups to the service user's group")(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: plain system calls without memory arguments.
     if unsafe { libc::setresgid(user.gid, user.gid, user.gid) } != 0 {
-        return Err(step("setresgid to sandbox.user's group")(io::Error::last_os_error()));
+        return Err(step("setresgid to sandbox.user's group")(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: as above.
     if unsafe { libc::setresuid(user.uid, user.uid, user.uid) } != 0 {
@@ -267,7 +303,10 @@ struct CapData {
 
 /// The calling thread's capability sets (64 bits in two words).
 fn capget() -> io::Result<[CapData; 2]> {
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let mut data = [CapData::default(); 2];
     // SAFETY: a version 3 header and two data words, as the kernel expects.
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
@@ -285,18 +324,39 @@ fn has_effective(cap: u32) -> Result<bool, DropError> {
 /// permitted and inheritable sets. Checked afterwards with capget.
 fn drop_capabilities() -> Result<(), DropError> {
     // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(step("prctl(PR_CAP_AMBIENT_CLEAR_ALL)")(io::Error::last_os_error()));
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(step("prctl(PR_CAP_AMBIENT_CLEAR_ALL)")(
+            io::Error::last_os_error(),
+        ));
     }
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let data = [CapData::default(); 2];
     // SAFETY: a version 3 header and two data words, as the kernel expects.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(step("capset (clearing every capability)")(io::Error::last_os_error()));
+        return Err(step("capset (clearing every capability)")(
+            io::Error::last_os_error(),
+        ));
     }
     let left = capget().map_err(step("capget"))?;
-    if left.iter().any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0) {
-        return Err(step("capset")(io::Error::other("capabilities remain after clearing them")));
+    if left
+        .iter()
+        .any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0)
+    {
+        return Err(step("capset")(io::Error::other(
+            "capabilities remain after clearing them",
+        )));
     }
     Ok(())
 }
@@ -328,9 +388,15 @@ fn landlock_ruleset(paths: &Paths) -> Result<RulesetCreated, DropError> {
         .map_err(e)?;
     for (list, access) in [(&paths.read_write, all), (&paths.read_only, read)] {
         for path in list {
-            let fd = landlock::PathFd::new(path)
-                .map_err(|source| DropError::Landlock(format!("cannot open {} for its rule: {source}", path.display())))?;
-            ruleset = ruleset.add_rule(landlock::PathBeneath::new(fd, access)).map_err(e)?;
+            let fd = landlock::PathFd::new(path).map_err(|source| {
+                DropError::Landlock(format!(
+                    "cannot open {} for its rule: {source}",
+                    path.display()
+                ))
+            })?;
+            ruleset = ruleset
+                .add_rule(landlock::PathBeneath::new(fd, access))
+                .map_err(e)?;
         }
     }
     Ok(ruleset)
@@ -339,10 +405,14 @@ fn landlock_ruleset(paths: &Paths) -> Result<RulesetCreated, DropError> {
 /// Enforces `ruleset` on the calling thread (and so on every thread started later). Returns
 /// the ABI enforced, 0 when the kernel has no Landlock (logged as a warning).
 fn restrict_filesystem(ruleset: RulesetCreated) -> Result<i32, DropError> {
-    let status = ruleset.restrict_self().map_err(|e| DropError::Landlock(e.to_string()))?;
+    let status = ruleset
+        .restrict_self()
+        .map_err(|e| DropError::Landlock(e.to_string()))?;
     let abi = kernel_abi();
     match status.ruleset {
-        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(abi.clamp(1, LANDLOCK_ABI as i32)),
+        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => {
+            Ok(abi.clamp(1, LANDLOCK_ABI as i32))
+        }
         RulesetStatus::NotEnforced => {
             log::warn!(
                 "sandbox: this kernel has no Landlock (or it is disabled): the filesystem is NOT confined after start-up (pantera_sandbox_landlock_abi 0)"
@@ -357,7 +427,12 @@ fn kernel_abi() -> i32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: the documented way to ask for the ABI version: no ruleset, size 0.
     let rc = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     i32::try_from(rc).unwrap_or(0).max(0)
 }
@@ -385,11 +460,22 @@ mod tests {
         let file = Path::new("/etc/pantera/pantera.toml");
         assert_eq!(
             reload_files(&config, Some(file)),
-            [file, Path::new("/etc/pantera/tls/server.pem"), Path::new("/etc/pantera/keys/server.key"), Path::new("/etc/pantera/tls/ca.pem")]
+            [
+                file,
+                Path::new("/etc/pantera/tls/server.pem"),
+                Path::new("/etc/pantera/keys/server.key"),
+                Path::new("/etc/pantera/tls/ca.pem")
+            ]
         );
         let kept = paths(&config, Some(file));
         // The audit log defaults to the data directory's parent.
-        assert_eq!(kept.read_write, [PathBuf::from("/var/lib/pantera/data"), PathBuf::from("/var/lib/pantera")]);
+        assert_eq!(
+            kept.read_write,
+            [
+                PathBuf::from("/var/lib/pantera/data"),
+                PathBuf::from("/var/lib/pantera")
+            ]
+        );
         assert_eq!(
             kept.read_only,
             [
@@ -400,7 +486,20 @@ mod tests {
             ]
         );
         config.audit.enabled = false;
-        assert_eq!(paths(&config, None).read_write, [PathBuf::from("/var/lib/pantera/data")]);
+        assert_eq!(
+            paths(&config, None).read_write,
+            [PathBuf::from("/var/lib/pantera/data")]
+        );
+        config.service.app = "echo".to_owned();
+        let echo = paths(&config, Some(file));
+        assert!(echo.read_write.is_empty(), "{echo:?}");
+        assert_eq!(
+            echo.read_only,
+            [
+                PathBuf::from("/etc/pantera"),
+                PathBuf::from(format!("/proc/{}", std::process::id()))
+            ]
+        );
     }
 
     /// The ruleset applied to one thread (Landlock, like no_new_privs, is per thread: the test
@@ -409,7 +508,11 @@ mod tests {
     #[test]
     fn landlock_refuses_a_write_outside_the_kept_paths() {
         let root = tempfile::tempdir().expect("tempdir");
-        let (data, tls, outside) = (root.path().join("data"), root.path().join("tls"), root.path().join("elsewhere"));
+        let (data, tls, outside) = (
+            root.path().join("data"),
+            root.path().join("tls"),
+            root.path().join("elsewhere"),
+        );
         for d in [&data, &tls, &outside] {
             std::fs::create_dir(d).expect("mkdir");
         }
@@ -417,7 +520,10 @@ mod tests {
         std::fs::write(outside.join("secret"), "not yours").expect("write");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let kept = Paths { read_write: vec![data.clone()], read_only: vec![tls.clone()] };
+        let kept = Paths {
+            read_write: vec![data.clone()],
+            read_only: vec![tls.clone()],
+        };
         let elsewhere = outside.clone();
         let confined = std::thread::spawn(move || {
             let outside = elsewhere;
@@ -443,16 +549,35 @@ mod tests {
         })
         .join()
         .expect("confined thread");
-        let Some((abi, in_data, read_tls, write_tls, create_outside, read_outside, read_etc, connect)) = confined else {
+        let Some((
+            abi,
+            in_data,
+            read_tls,
+            write_tls,
+            create_outside,
+            read_outside,
+            read_etc,
+            connect,
+        )) = confined
+        else {
             println!("this kernel has no Landlock: nothing to check");
             return;
         };
         println!("Landlock ABI {abi}");
         in_data.expect("create, write, sync, rename and remove in the data directory");
         read_tls.expect("read a TLS file");
-        assert!(write_tls, "a write to a read-only directory must be refused");
-        assert!(create_outside, "a file outside the kept paths must not be created");
-        assert!(read_outside, "a file outside the kept paths must not be read");
+        assert!(
+            write_tls,
+            "a write to a read-only directory must be refused"
+        );
+        assert!(
+            create_outside,
+            "a file outside the kept paths must not be created"
+        );
+        assert!(
+            read_outside,
+            "a file outside the kept paths must not be read"
+        );
         assert!(read_etc, "/etc/passwd must not be read");
         if abi >= 4 {
             assert!(connect, "TCP connect must be refused (Landlock ABI 4+)");
