@@ -259,33 +259,23 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
     let lab = lab("sandboxu", 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = dir.path().join("tls");
-    // What an operator prepares for the service user: its certificates and data directory.
-    // `Server::start` keeps both (certs init without --force, a formatted data directory).
-    let out = Command::new(PANTERA)
-        .args(["certs", "init", "--dir"])
-        .arg(&tls)
-        .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
-        .output()
-        .expect("certs init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format_data_dir(&dir.path().join("data"), 0);
+    // A first start as root writes the configuration, certificates and data directory.
+    let mut server = Server::start_logged(&lab, dir.path(), "ledger", "");
+    assert!(server.terminate().success());
+    // Then what an operator does for a service user: the files become its own, and the
+    // configuration names it. A checkpoint after every batch and a small audit log make the
+    // checkpoint writer and the audit rotation create files as that user.
+    let config = std::fs::read_to_string(server.config_path()).expect("read config");
+    let config = config.replacen("[ledger]\n", "[ledger]\ncheckpoint_every_batches = 1\n", 1)
+        + &format!("\n[sandbox]\nuser = \"{NOBODY}:{NOBODY}\"\n\n[audit]\nmax_bytes = 4096\n");
+    std::fs::write(server.config_path(), config).expect("write config");
     let chown = Command::new("chown")
         .args(["-R", &format!("{NOBODY}:{NOBODY}")])
         .arg(dir.path())
         .status()
         .expect("chown");
     assert!(chown.success());
-
-    let mut server = Server::start_logged(
-        &lab,
-        dir.path(),
-        "ledger",
-        &format!("[sandbox]\nuser = \"{NOBODY}:{NOBODY}\"\n"),
-    );
+    server.spawn();
     let pid = server.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let ids = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
@@ -315,6 +305,44 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
         Ok((200, 200)),
         "{}",
         server.log_text()
+    );
+    // Enough audited writes to rotate the 4 KiB audit log, each batch checkpointed.
+    for id in 0..20u32 {
+        let body = format!(r#"[{{"id":"{}","ledger":1,"code":1}}]"#, 100 + id);
+        let config = tls_client_config(&tls, Some("client"));
+        let to = service(&lab);
+        let status = in_netns(&lab.spec.netns, move || {
+            let mut s = tls_connect(&config, to).map_err(|e| e.to_string())?;
+            request(&mut s, "POST", "/v1/accounts", &body)
+                .map(|(status, _)| status)
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("client thread");
+        assert_eq!(status, Ok(200), "{}", server.log_text());
+    }
+    assert!(
+        server.wait_metric("pantera_ledger_checkpoints_total", &[], 1.0) >= 1.0,
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        server.wait_metric("pantera_audit_rotations_total", &[], 1.0) >= 1.0,
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(
+        server.metric_sum("pantera_audit_errors_total", &[]),
+        0.0,
+        "{}",
+        server.log_text()
+    );
+    let owner = std::fs::metadata(dir.path().join("audit.log"))
+        .expect("audit.log")
+        .uid();
+    assert_eq!(
+        owner, NOBODY,
+        "the audit log after a rotation is the service user's"
     );
     let status = server.terminate();
     assert!(
