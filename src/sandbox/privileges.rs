@@ -195,11 +195,28 @@ pub fn drop(
     // The ruleset's paths are opened now, with the start-up user's rights: the service user
     // may not be able to walk to them itself, and needs only the opened descriptors.
     let ruleset = landlock_ruleset(&paths)?;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let euid = unsafe { libc::geteuid() };
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let switch = !config.sandbox.user.trim().is_empty() && (target.uid, target.gid) != (euid, egid);
+    if switch && euid != 0 {
+        // Only root may switch; a service manager that started the process as another user
+        // than the configured one is a mistake to report, not to run with.
+        return Err(DropError::Step {
+            step: "sandbox.user",
+            source: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{:?} is uid {} gid {}, but the process runs as uid {euid} gid {egid} and only root can switch (leave sandbox.user empty when the service manager sets the user)",
+                    config.sandbox.user.trim(),
+                    target.uid,
+                    target.gid
+                ),
+            ),
+        });
+    }
     // The bounding set needs CAP_SETPCAP, which the user switch takes away.
     drop_bounding_set()?;
-    if euid == 0 && !config.sandbox.user.trim().is_empty() {
+    if switch {
         switch_user(target)?;
     }
     drop_capabilities()?;
@@ -500,6 +517,30 @@ mod tests {
                 PathBuf::from(format!("/proc/{}", std::process::id()))
             ]
         );
+    }
+
+    #[test]
+    fn the_drop_refuses_to_run_beside_another_thread_and_the_switch_off_skips_it() {
+        let config = Config::lab(Path::new("/srv/pantera"));
+        // A second thread alive for the whole call (the test itself may run on the main one).
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = stop_rx.recv();
+        });
+        let refused = drop(&config, None, &Metrics::new());
+        stop_tx.send(()).expect("the other thread waits");
+        other.join().expect("other thread");
+        assert!(
+            matches!(refused, Err(DropError::Threads(n)) if n >= 2),
+            "{refused:?}"
+        );
+        let mut off = config.clone();
+        off.sandbox.enabled = false;
+        let metrics = Metrics::new();
+        assert!(matches!(drop(&off, None, &metrics), Ok(None)));
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(text.contains("pantera_sandbox_enabled 0"), "{text}");
+        assert!(text.contains("pantera_sandbox_landlock_abi 0"), "{text}");
     }
 
     /// The ruleset applied to one thread (Landlock, like no_new_privs, is per thread: the test
