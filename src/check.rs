@@ -10,9 +10,10 @@
 //! client would get 403), and, for `check-config` only, a data directory that `serve` would
 //! refuse (the file may be checked on another host than the one it is for).
 //!
-//! `sandbox.user` must resolve; when the process is to switch to it, that user must be able to
-//! do what the process does after the switch (docs/security.md): write the data directory
-//! and the audit log's directory, read the TLS files (a reload reads them again).
+//! `sandbox.user` must resolve (`check-config`, and `serve` before its privilege drop); when the
+//! process is to switch to it, that user must be able to do what the process does after the
+//! switch (docs/security.md): write the data directory and the audit log's directory, read the
+//! TLS files (a reload reads them again).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,7 +54,9 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     tls(config, now, &mut warnings)?;
-    service_user_access(config)?;
+    if data_dir == DataDir::Look {
+        service_user(config)?;
+    }
     let t = &config.tls;
     if t.roles.is_empty() && t.anonymous_role == "none" {
         let who = if t.client_ca.is_some() { "client" } else { "request" };
@@ -84,12 +87,14 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
     Ok(warnings)
 }
 
+/// `check-config`, and `serve` before its privilege drop (not a reload, which runs confined:
+/// the user database is out of its reach, and the sandbox section is restart-only):
 /// `sandbox.user` resolves, and, when the process switches to it (the sandbox on and a user
 /// configured), that user can write the data directory and the audit directory and the files
 /// in them, and read the TLS files, by the permission bits as they apply after the switch: its
 /// uid, and its primary group only (the drop sets no other group). ACLs are not read. Paths
 /// that do not exist are left to the other checks.
-fn service_user_access(config: &Config) -> Result<(), ConfigError> {
+pub fn service_user(config: &Config) -> Result<(), ConfigError> {
     use crate::sandbox::ServiceUser;
     let user = ServiceUser::resolve(&config.sandbox).map_err(|e| invalid("sandbox.user", e))?;
     if !config.sandbox.enabled || config.sandbox.user.trim().is_empty() {
@@ -278,7 +283,7 @@ mod tests {
         let mut config = config_in(dir.path(), "roles = { client = \"write\" }");
         std::fs::create_dir(dir.path().join("data")).unwrap();
         config.sandbox.user = "no-such-user-pantera".to_owned();
-        let e = deep(&config, DataDir::Skip, SystemTime::now()).unwrap_err().to_string();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
         assert!(e.contains("sandbox.user") && e.contains("no such user"), "{e}");
         // SAFETY: geteuid touches no memory.
         if unsafe { libc::geteuid() } != 0 {
@@ -287,25 +292,26 @@ mod tests {
         }
         // The files belong to root with owner-only modes: nobody can use none of them.
         config.sandbox.user = "65534:65534".to_owned();
-        let e = deep(&config, DataDir::Skip, SystemTime::now()).unwrap_err().to_string();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
         assert!(e.contains("sandbox.user") && e.contains(&dir.path().display().to_string()), "{e}");
         for entry in [dir.path().to_path_buf(), dir.path().join("data"), dir.path().join("tls")] {
             chown(&entry, Some(65534), Some(65534)).unwrap();
         }
-        let e = deep(&config, DataDir::Skip, SystemTime::now()).unwrap_err().to_string();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
         assert!(e.contains("cannot read tls.cert_chain") || e.contains("cannot read tls.private_key"), "{e}");
         assert!(e.contains("/tls/server"), "the message names the file: {e}");
         for file in std::fs::read_dir(dir.path().join("tls")).unwrap() {
             chown(file.unwrap().path(), Some(65534), Some(65534)).unwrap();
         }
-        deep(&config, DataDir::Skip, SystemTime::now()).expect("everything is the service user's");
+        deep(&config, DataDir::Look, SystemTime::now()).expect("everything is the service user's");
+        assert!(deep(&config, DataDir::Skip, SystemTime::now()).is_ok(), "a reload does not look");
         // A file an earlier run as root left in the data directory.
         std::fs::write(dir.path().join("data").join("wal-0.log"), "").unwrap();
-        let e = deep(&config, DataDir::Skip, SystemTime::now()).unwrap_err().to_string();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
         assert!(e.contains("wal-0.log") && e.contains("the data directory"), "{e}");
         // The sandbox off: no user switch, nothing to check.
         config.sandbox.enabled = false;
-        deep(&config, DataDir::Skip, SystemTime::now()).expect("no switch");
+        deep(&config, DataDir::Look, SystemTime::now()).expect("no switch");
     }
 
     #[test]

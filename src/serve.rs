@@ -97,6 +97,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
             log::warn!("{warning}");
         }
+        // The user the drop switches to can use the data directory and the TLS files.
+        crate::check::service_user(config)?;
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         // The certificates loaded above: a failure here is a metric missing, not a refusal.

@@ -251,7 +251,7 @@ fn serving_threads_hold_no_capability_and_reload_metrics_and_stop_still_work() {
     );
 }
 
-/// The service user of the second case: `nobody`.
+/// The uid and gid of `nobody` (Debian's user database), the service user of these tests.
 const NOBODY: u32 = 65534;
 
 #[test]
@@ -263,11 +263,12 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
     let mut server = Server::start_logged(&lab, dir.path(), "ledger", "");
     assert!(server.terminate().success());
     // Then what an operator does for a service user: the files become its own, and the
-    // configuration names it. A checkpoint after every batch and a small audit log make the
-    // checkpoint writer and the audit rotation create files as that user.
+    // configuration names it (a name: the user database is read before the drop, and a reload
+    // after it must not need it). A checkpoint after every batch and a small audit log make
+    // the checkpoint writer and the audit rotation create files as that user.
     let config = std::fs::read_to_string(server.config_path()).expect("read config");
     let config = config.replacen("[ledger]\n", "[ledger]\ncheckpoint_every_batches = 1\n", 1)
-        + &format!("\n[sandbox]\nuser = \"{NOBODY}:{NOBODY}\"\n\n[audit]\nmax_bytes = 4096\n");
+        + "\n[sandbox]\nuser = \"nobody\"\n\n[audit]\nmax_bytes = 4096\n";
     std::fs::write(server.config_path(), config).expect("write config");
     let chown = Command::new("chown")
         .args(["-R", &format!("{NOBODY}:{NOBODY}")])
@@ -334,6 +335,14 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
     assert_eq!(
         server.metric_sum("pantera_audit_errors_total", &[]),
         0.0,
+        "{}",
+        server.log_text()
+    );
+    // A reload after the switch: the user database is out of reach now and not needed.
+    kill(pid, Signal::SIGHUP).expect("kill -HUP");
+    assert_eq!(
+        server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0),
+        1.0,
         "{}",
         server.log_text()
     );
