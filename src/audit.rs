@@ -312,26 +312,55 @@ impl Settings {
 /// Opens the audit file (appending to what an earlier run wrote) and starts the writer.
 /// A file that cannot be opened refuses the start.
 pub fn start(settings: &Settings, metrics: AuditMetrics) -> io::Result<(Audit, AuditWriter)> {
+    open(settings, metrics)?.spawn()
+}
+
+/// The audit file opened, its writer not started yet (`serve` drops its privileges in
+/// between).
+pub struct Opened {
+    file: LogFile,
+    fsync: Fsync,
+    channel_capacity: usize,
+    metrics: AuditMetrics,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").field("fsync", &self.fsync).finish_non_exhaustive()
+    }
+}
+
+/// The first half of [`start`]: opens the audit file (appending to what an earlier run
+/// wrote).
+pub fn open(settings: &Settings, metrics: AuditMetrics) -> io::Result<Opened> {
     let file = LogFile::open(settings, metrics.clone())?;
-    let (tx, rx) = crossbeam_channel::bounded(settings.channel_capacity);
-    let start_id = start_id(SystemTime::now());
-    let fsync = settings.fsync;
-    let writer_metrics = metrics.clone();
-    let thread = std::thread::Builder::new()
-        .name("audit".to_owned())
-        .spawn(move || {
-            if let Err(e) = run(file, &rx, &start_id, fsync, &writer_metrics) {
-                log::error!("FATAL: the audit log failed, stopping: {e}");
-                std::process::exit(EXIT_FATAL);
-            }
-        })?;
-    let audit = Audit {
-        tx,
-        queue: Arc::from("-"),
-        seq: Arc::new(AtomicU64::new(0)),
-        metrics,
-    };
-    Ok((audit, AuditWriter { thread }))
+    Ok(Opened { file, fsync: settings.fsync, channel_capacity: settings.channel_capacity, metrics })
+}
+
+impl Opened {
+    /// The second half of [`start`]: starts the writer thread.
+    pub fn spawn(self) -> io::Result<(Audit, AuditWriter)> {
+        let Opened { file, fsync, channel_capacity, metrics } = self;
+        let (tx, rx) = crossbeam_channel::bounded(channel_capacity);
+        let start_id = start_id(SystemTime::now());
+        let writer_metrics = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit".to_owned())
+            .spawn(move || {
+                crate::sandbox::confine_thread(crate::sandbox::Kind::Audit);
+                if let Err(e) = run(file, &rx, &start_id, fsync, &writer_metrics) {
+                    log::error!("FATAL: the audit log failed, stopping: {e}");
+                    std::process::exit(EXIT_FATAL);
+                }
+            })?;
+        let audit = Audit {
+            tx,
+            queue: Arc::from("-"),
+            seq: Arc::new(AtomicU64::new(0)),
+            metrics,
+        };
+        Ok((audit, AuditWriter { thread }))
+    }
 }
 
 /// Starts the audit log `[audit]` describes, its metrics in the appliance's registry.
@@ -339,18 +368,27 @@ pub fn start_from_config(
     config: &crate::config::Config,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<(Audit, AuditWriter)> {
+    Ok(open_from_config(config, metrics)?.spawn()?)
+}
+
+/// The first half of [`start_from_config`]: opens the audit file `[audit]` names and
+/// registers its metrics; [`Opened::spawn`] starts the writer.
+pub fn open_from_config(
+    config: &crate::config::Config,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<Opened> {
     use anyhow::Context;
     let settings = Settings::new(&config.audit, &config.ledger.data_dir)?;
     let audit_metrics =
         AuditMetrics::register(&metrics.registry).context("cannot register the audit metrics")?;
-    let started = start(&settings, audit_metrics)
+    let opened = open(&settings, audit_metrics)
         .with_context(|| format!("cannot open the audit log {}", settings.path.display()))?;
     log::info!(
         "audit log: {} (fsync {:?})",
         settings.path.display(),
         settings.fsync
     );
-    Ok(started)
+    Ok(opened)
 }
 
 /// The first part of every request id of this process: its start in milliseconds since the

@@ -9,6 +9,11 @@
 //! certificate expired or expiring within `EXPIRY_WARNING_DAYS`, mTLS with no roles (every
 //! client would get 403), and, for `check-config` only, a data directory that `serve` would
 //! refuse (the file may be checked on another host than the one it is for).
+//!
+//! `sandbox.user` must resolve (`check-config`, and `serve` before its privilege drop); when the
+//! process is to switch to it, that user must be able to do what the process does after the
+//! switch (docs/security.md): write the data directory and the audit log's directory, read the
+//! TLS files (a reload reads them again).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,6 +54,9 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     tls(config, now, &mut warnings)?;
+    if data_dir == DataDir::Look {
+        service_user(config)?;
+    }
     let t = &config.tls;
     if t.roles.is_empty() && t.anonymous_role == "none" {
         let who = if t.client_ca.is_some() { "client" } else { "request" };
@@ -77,6 +85,82 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
         }
     }
     Ok(warnings)
+}
+
+/// `check-config`, and `serve` before its privilege drop (not a reload, which runs confined:
+/// the user database is out of its reach, and the sandbox section is restart-only):
+/// `sandbox.user` resolves, and, when the process switches to it (the sandbox on and a user
+/// configured), that user can write the data directory and the audit directory and the files
+/// in them, and read the TLS files, by the permission bits as they apply after the switch: its
+/// uid, and its primary group only (the drop sets no other group). ACLs are not read. Paths
+/// that do not exist are left to the other checks.
+pub fn service_user(config: &Config) -> Result<(), ConfigError> {
+    use crate::sandbox::ServiceUser;
+    let user = ServiceUser::resolve(&config.sandbox).map_err(|e| invalid("sandbox.user", e))?;
+    if !config.sandbox.enabled || config.sandbox.user.trim().is_empty() {
+        return Ok(());
+    }
+    let who = format!("sandbox.user {:?} (uid {}, gid {})", config.sandbox.user.trim(), user.uid, user.gid);
+    let data_dir = &config.ledger.data_dir;
+    if data_dir.exists() {
+        reachable(data_dir, user, &who)?;
+        need(data_dir, user, 0o7, &format!("{who} cannot write the data directory"))?;
+        // What an earlier run as another user left there (WAL segments, checkpoints) must stay
+        // writable too. Bounded: the first entries are enough to find a missed `chown -R`.
+        let entries = std::fs::read_dir(data_dir).map_err(|e| invalid("sandbox.user", format!("cannot list {}: {e}", data_dir.display())))?;
+        for entry in entries.take(10_000).flatten() {
+            let path = entry.path();
+            let want = if path.is_dir() { 0o7 } else { 0o6 };
+            need(&path, user, want, &format!("{who} cannot use this file in the data directory"))?;
+        }
+    }
+    if config.audit.enabled {
+        let audit = config.audit.path_for(data_dir);
+        let dir = audit.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
+        if dir.exists() {
+            reachable(&dir, user, &who)?;
+            // Rotation renames the files and creates a new one there (the file itself is
+            // opened before the switch).
+            need(&dir, user, 0o3, &format!("{who} cannot rotate the audit log in its directory"))?;
+        }
+    }
+    let t = &config.tls;
+    for (field, file) in [("tls.cert_chain", Some(&t.cert_chain)), ("tls.private_key", Some(&t.private_key)), ("tls.client_ca", t.client_ca.as_ref())] {
+        let Some(file) = file.filter(|f| f.exists()) else { continue };
+        reachable(file, user, &who)?;
+        need(file, user, 0o4, &format!("{who} cannot read {field} (a reload reads it again)"))?;
+    }
+    Ok(())
+}
+
+/// Every directory above `path` lets `user` pass (search permission).
+fn reachable(path: &std::path::Path, user: crate::sandbox::ServiceUser, who: &str) -> Result<(), ConfigError> {
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for dir in full.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+        need(dir, user, 0o1, &format!("{who} cannot reach {} through this directory", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `user` has the permission bits `want` (rwx as 0o7) on `path` (following links).
+fn need(path: &std::path::Path, user: crate::sandbox::ServiceUser, want: u32, what: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| invalid("sandbox.user", format!("{what}: {}: {e}", path.display())))?;
+    let mode = meta.mode();
+    let bits = if meta.uid() == user.uid {
+        (mode >> 6) & 0o7
+    } else if meta.gid() == user.gid {
+        (mode >> 3) & 0o7
+    } else {
+        mode & 0o7
+    };
+    if bits & want != want {
+        return Err(invalid(
+            "sandbox.user",
+            format!("{what}: {} (owner {}:{}, mode {:04o}); chown or chmod it for the service user", path.display(), meta.uid(), meta.gid(), mode & 0o7777),
+        ));
+    }
+    Ok(())
 }
 
 /// The TLS files: each opened and parsed as `serve` does, then the chain and the expiry dates.
@@ -190,6 +274,44 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("ledger.data_dir"), "{warnings:?}");
         assert!(deep(&config, DataDir::Skip, SystemTime::now()).expect("valid").is_empty());
+    }
+
+    #[test]
+    fn the_service_user_must_resolve_and_reach_the_data_directory_and_the_tls_files() {
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path(), "roles = { client = \"write\" }");
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        config.sandbox.user = "no-such-user-pantera".to_owned();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
+        assert!(e.contains("sandbox.user") && e.contains("no such user"), "{e}");
+        // SAFETY: geteuid touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("not root: the files cannot be given to another user; the rest is skipped");
+            return;
+        }
+        // The files belong to root with owner-only modes: nobody can use none of them.
+        config.sandbox.user = "65534:65534".to_owned();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
+        assert!(e.contains("sandbox.user") && e.contains(&dir.path().display().to_string()), "{e}");
+        for entry in [dir.path().to_path_buf(), dir.path().join("data"), dir.path().join("tls")] {
+            chown(&entry, Some(65534), Some(65534)).unwrap();
+        }
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
+        assert!(e.contains("cannot read tls.cert_chain") || e.contains("cannot read tls.private_key"), "{e}");
+        assert!(e.contains("/tls/server"), "the message names the file: {e}");
+        for file in std::fs::read_dir(dir.path().join("tls")).unwrap() {
+            chown(file.unwrap().path(), Some(65534), Some(65534)).unwrap();
+        }
+        deep(&config, DataDir::Look, SystemTime::now()).expect("everything is the service user's");
+        assert!(deep(&config, DataDir::Skip, SystemTime::now()).is_ok(), "a reload does not look");
+        // A file an earlier run as root left in the data directory.
+        std::fs::write(dir.path().join("data").join("wal-0.log"), "").unwrap();
+        let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
+        assert!(e.contains("wal-0.log") && e.contains("the data directory"), "{e}");
+        // The sandbox off: no user switch, nothing to check.
+        config.sandbox.enabled = false;
+        deep(&config, DataDir::Look, SystemTime::now()).expect("no switch");
     }
 
     #[test]

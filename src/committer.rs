@@ -151,10 +151,26 @@ pub fn open_data_dir(config: &crate::config::Config, lab_home: Option<&std::path
 /// a reply channel for each of `workers`. On a clean stop the thread leaves the clean-stop
 /// marker (`Ledger::close`), so the next start refuses any damage instead of cutting a tail.
 pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usize, metrics: &Metrics) -> anyhow::Result<Started> {
+    recover(config, storage, workers, metrics)?.spawn()
+}
+
+/// The recovered ledger, its thread not started yet (`serve` drops its privileges in between).
+#[derive(Debug)]
+pub struct Recovered {
+    ledger: Ledger<FileStorage>,
+    channels: Channels,
+    batch_events_max: usize,
+    durability: String,
+    metrics: Metrics,
+}
+
+/// The first half of [`start`]: recovers the ledger from `storage` (refusing damaged
+/// acknowledged data) and makes the channels, with a reply channel for each of `workers`.
+pub fn recover(config: &crate::config::Config, storage: FileStorage, workers: usize, metrics: &Metrics) -> anyhow::Result<Recovered> {
     use anyhow::Context;
     let data_dir = &config.ledger.data_dir;
     let recovery = Instant::now();
-    let mut ledger = Ledger::open(storage, config.ledger_config()?)
+    let ledger = Ledger::open(storage, config.ledger_config()?)
         .with_context(|| format!("cannot recover the ledger from {}", data_dir.display()))?;
     log::info!("ledger recovered from {} in {:?}", data_dir.display(), recovery.elapsed());
     metrics.ledger_recovery_clean_stop.set(i64::from(ledger.recovery().clean_stop));
@@ -165,24 +181,37 @@ pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usiz
             ledger.recovery().kept_as.as_deref().unwrap_or("?")
         );
     }
-    let Channels { client, submissions, replies_tx, replies_rx } = channels(config.ledger.queue_depth_max, workers);
-    let batch_events_max = config.ledger.batch_events_max;
-    let durability = config.ledger.durability.clone();
-    let metrics = metrics.clone();
-    let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
-        if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
-            // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
-            // acknowledged; stop now rather than acknowledge anything after a lost write.
-            log::error!("FATAL: the write-ahead log failed, stopping: {e}");
-            std::process::exit(70);
-        }
-        // Every client is gone and the queue is drained: a clean stop.
-        if let Err(e) = ledger.close() {
-            log::error!("FATAL: the ledger could not stop cleanly (the next start recovers as after a crash): {e}");
-            std::process::exit(70);
-        }
-    })?;
-    Ok(Started { client, replies: replies_rx, thread })
+    Ok(Recovered {
+        ledger,
+        channels: channels(config.ledger.queue_depth_max, workers),
+        batch_events_max: config.ledger.batch_events_max,
+        durability: config.ledger.durability.clone(),
+        metrics: metrics.clone(),
+    })
+}
+
+impl Recovered {
+    /// The second half of [`start`]: starts the ledger thread (it starts the checkpoint
+    /// writer, `pantera-ckpt`).
+    pub fn spawn(self) -> anyhow::Result<Started> {
+        let Recovered { mut ledger, channels, batch_events_max, durability, metrics } = self;
+        let Channels { client, submissions, replies_tx, replies_rx } = channels;
+        let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
+            crate::sandbox::confine_thread(crate::sandbox::Kind::Ledger);
+            if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
+                // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
+                // acknowledged; stop now rather than acknowledge anything after a lost write.
+                log::error!("FATAL: the write-ahead log failed, stopping: {e}");
+                std::process::exit(70);
+            }
+            // Every client is gone and the queue is drained: a clean stop.
+            if let Err(e) = ledger.close() {
+                log::error!("FATAL: the ledger could not stop cleanly (the next start recovers as after a crash): {e}");
+                std::process::exit(70);
+            }
+        })?;
+        Ok(Started { client, replies: replies_rx, thread })
+    }
 }
 
 /// The longest the ledger thread sleeps before looking at a due expiry again (the wall clock
@@ -298,7 +327,10 @@ pub fn run<S: Storage + Send>(
         let (done_tx, done_rx) = crossbeam_channel::bounded(CHECKPOINTS_IN_FLIGHT_MAX);
         std::thread::Builder::new()
             .name("pantera-ckpt".to_string())
-            .spawn_scoped(scope, move || write_checkpoints(writer_storage, jobs_rx, done_tx))
+            .spawn_scoped(scope, move || {
+                crate::sandbox::confine_thread(crate::sandbox::Kind::Checkpoint);
+                write_checkpoints(writer_storage, jobs_rx, done_tx)
+            })
             .map_err(|e| LedgerError::CheckpointWriter(format!("spawn: {e}")))?;
         let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx, metrics: metrics.clone() };
         let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints);

@@ -350,7 +350,7 @@ fn main() -> Result<()> {
     pantera::logging::init(&log)?;
     match cli.command {
         // A reload (SIGHUP) reads the configuration as the start did: file and overrides.
-        Commands::Serve(args) => match pantera::serve::serve(&serve_config.expect("read above")?, args.lab_home(), &|| args.config())? {
+        Commands::Serve(args) => match pantera::serve::serve(&serve_config.expect("read above")?, args.lab_home(), &|| args.config(), args.config.as_deref())? {
             pantera::shutdown::Stopped::Clean => Ok(()),
             // Logged at error level by the stop; the status tells the service manager.
             pantera::shutdown::Stopped::HardStop => std::process::exit(pantera::shutdown::EXIT_HARD_STOP),

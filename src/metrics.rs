@@ -431,9 +431,27 @@ pub fn spawn_management_with(
     stop: Arc<AtomicBool>,
     limits: ManagementLimits,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    assert!(limits.connections_max > 0 && limits.request_bytes_max > 0 && !limits.request_timeout.is_zero(), "{limits:?}");
+    spawn_management_on(bind_management(listen)?, metrics, stop, limits)
+}
+
+/// Binds the management listener (`management.listen`), nonblocking: the first half of
+/// [`spawn_management`] (`serve` binds before it drops its privileges).
+pub fn bind_management(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen} (management.listen)"))?;
     listener.set_nonblocking(true).context("management listener")?;
+    Ok(listener)
+}
+
+/// The second half of [`spawn_management_with`]: serves on `listener` (from
+/// [`bind_management`]) until `stop` is set.
+pub fn spawn_management_on(
+    listener: TcpListener,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    limits: ManagementLimits,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    assert!(limits.connections_max > 0 && limits.request_bytes_max > 0 && !limits.request_timeout.is_zero(), "{limits:?}");
+    let listen = listener.local_addr().context("management listener")?;
     // Room for every connection being served, so a hand-off never waits: the acceptor counts
     // them in `open` before it sends.
     let (tx, rx) = crossbeam_channel::bounded::<(TcpStream, Instant)>(limits.connections_max);
@@ -442,6 +460,7 @@ pub fn spawn_management_with(
     for i in 0..limits.connections_max {
         let (rx, metrics, open) = (rx.clone(), metrics.clone(), Arc::clone(&open));
         let handler = thread::Builder::new().name(format!("management-{i}")).stack_size(HANDLER_STACK_BYTES).spawn(move || {
+            crate::sandbox::confine_thread(crate::sandbox::Kind::Management);
             let mut buffer = vec![0u8; limits.request_bytes_max];
             for (stream, accepted) in rx {
                 let outcome = serve_one(&stream, accepted, &metrics, &limits, &mut buffer);
@@ -459,6 +478,7 @@ pub fn spawn_management_with(
         limits.request_timeout
     );
     let acceptor = thread::Builder::new().name("management".to_owned()).spawn(move || {
+        crate::sandbox::confine_thread(crate::sandbox::Kind::Management);
         let refused = metrics.management_connections.with_label_values(&[Outcome::Refused.label()]);
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {

@@ -1,12 +1,20 @@
-//! `pantera serve`: start-up in dependency order, the threads, and an orderly stop.
+//! `pantera serve`: start-up in dependency order, the privilege drop, the threads, and an
+//! orderly stop.
 //!
-//! Order: configuration (validated) -> TLS material -> ledger recovery -> AF_XDP sockets on
-//! every queue -> XDP program attached and sockets registered -> workers -> ready (and
-//! `READY=1` to systemd). Stop on SIGTERM/SIGINT (`shutdown`): not ready at once, a grace
-//! period of normal service, then the workers drain their connections (every request read is
-//! answered), bounded by the hard stop; the XDP program is detached (dropping the bpf_link),
-//! the ledger commits what was submitted and stops; the management listener stays up until
-//! then.
+//! Order (docs/security.md, "Privileges after start-up"): everything that needs a privilege
+//! runs first, in the main thread: configuration (validated) -> data directory opened and
+//! locked -> management listener bound -> TLS material -> ledger recovered (a corrupt WAL
+//! refuses the start before the network is touched) -> audit file opened -> a leftover XDP
+//! program detached -> AF_XDP sockets on every queue (UMEM mapped) -> XDP program attached
+//! and sockets registered. Then the drop (`sandbox::privileges::drop`: user, capabilities,
+//! no_new_privs, not dumpable, RLIMIT_CORE 0, Landlock), and only then the threads, which
+//! inherit it: management, ledger (and its checkpoint writer), audit writer, workers. Each
+//! confines itself with its system-call allowlist first thing; the main thread confines
+//! itself once they run -> ready (and `READY=1` to systemd). Stop on SIGTERM/SIGINT
+//! (`shutdown`): not ready at once, a grace period of normal service, then the workers drain
+//! their connections (every request read is answered), bounded by the hard stop; the XDP
+//! program is detached (dropping the bpf_link), the ledger commits what was submitted and
+//! stops; the management listener stays up until then.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,10 +47,11 @@ const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
 const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 
 /// Runs the appliance until a stop signal. `source` reads the configuration again, as it was
-/// read for `config`, when SIGHUP asks for a reload. Returns how the stop ended: `HardStop`
-/// when `shutdown.timeout_ms` passed with work left (the binary exits with
+/// read for `config`, when SIGHUP asks for a reload; `config_file` is the file it reads (None
+/// with `--lab`), kept readable by the sandbox. Returns how the stop ended: `HardStop` when
+/// `shutdown.timeout_ms` passed with work left (the binary exits with
 /// [`shutdown::EXIT_HARD_STOP`]).
-pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>) -> Result<Stopped> {
+pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>, config_file: Option<&Path>) -> Result<Stopped> {
     let started = Instant::now();
     let app = config.app()?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
@@ -61,9 +70,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     let mut notifier = Notifier::from_env();
     let metrics = Metrics::new();
     let mut reloader = Reloader::new(source, config.clone(), &metrics)?;
-    // The management listener answers through the whole drain (/readyz 503): its own flag.
-    let management_stop = Arc::new(AtomicBool::new(false));
-    let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&management_stop))?;
+    // Bound now (a privileged port needs it), served once the privileges are dropped.
+    let management_listener = metrics::bind_management(config.management.listen)?;
     let d = &config.dataplane;
 
     // The queues: as configured, or every rx queue of the interface (a queue without a socket
@@ -78,8 +86,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     let stack_config = config.stack_config(mac);
 
     // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
-    let mut ledger_thread = None;
-    let mut ledger_parts = None;
+    let mut recovered = None;
+    let mut tls_parts = None;
     if let Some(storage) = storage {
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
@@ -89,24 +97,22 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         for warning in crate::check::deep(config, crate::check::DataDir::Skip, std::time::SystemTime::now())? {
             log::warn!("{warning}");
         }
+        // The user the drop switches to can use the data directory and the TLS files.
+        crate::check::service_user(config)?;
         let tls_settings = config.tls_settings()?;
         let tls = tls_term::server_config(&tls_settings).context("tls")?;
         // The certificates loaded above: a failure here is a metric missing, not a refusal.
         if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
             log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
         }
-        let committer::Started { client, replies: reply_rx, thread } = committer::start(config, storage, queues.len(), &metrics)?;
-        ledger_thread = Some(thread);
-        ledger_parts = Some((tls, config.connection_limits(), Arc::new(config.roles()), client, reply_rx));
+        recovered = Some(committer::recover(config, storage, queues.len(), &metrics)?);
+        tls_parts = Some((tls, config.connection_limits(), Arc::new(config.roles())));
     }
     // The audit log of the writes, once there is a ledger to write to: a file that cannot be
-    // opened refuses the start. Stopped after the workers (its handles live in them).
-    let (audit, audit_writer) = match &ledger_parts {
-        Some(_) if config.audit.enabled => {
-            let (audit, writer) = crate::audit::start_from_config(config, &metrics)?;
-            (Some(audit), Some(writer))
-        }
-        _ => (None, None),
+    // opened refuses the start. Its writer stops after the workers (its handles live in them).
+    let audit_file = match &recovered {
+        Some(_) if config.audit.enabled => Some(crate::audit::open_from_config(config, &metrics)?),
+        _ => None,
     };
 
     // The dataplane: a leftover program from a killed run goes first.
@@ -150,6 +156,33 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         config.service.port,
         queues
     );
+    // The first read of the XDP counters, before the drop: libbpf learns the number of
+    // possible CPUs (for the per-CPU map) from /sys once, which the sandbox does not keep.
+    crate::metric_families::sync_xdp(&metrics, &steering.counters());
+
+    // Everything privileged is done: drop it before any other thread exists, so that every
+    // thread started below inherits the drop (capabilities and Landlock are per thread).
+    crate::sandbox::privileges::drop(config, config_file, &metrics).context("cannot drop the start-up privileges (sandbox)")?;
+
+    // The threads. The management listener answers through the whole drain (/readyz 503):
+    // its own stop flag.
+    let management_stop = Arc::new(AtomicBool::new(false));
+    let management =
+        metrics::spawn_management_on(management_listener, metrics.clone(), Arc::clone(&management_stop), metrics::ManagementLimits::default())?;
+    let mut ledger_thread = None;
+    let mut ledger_parts = None;
+    if let (Some(recovered), Some((tls, limits, roles))) = (recovered, tls_parts) {
+        let committer::Started { client, replies: reply_rx, thread } = recovered.spawn()?;
+        ledger_thread = Some(thread);
+        ledger_parts = Some((tls, limits, roles, client, reply_rx));
+    }
+    let (audit, audit_writer) = match audit_file {
+        Some(opened) => {
+            let (audit, writer) = opened.spawn().context("cannot start the audit log writer")?;
+            (Some(audit), Some(writer))
+        }
+        None => (None, None),
+    };
 
     let mut workers = Vec::with_capacity(ports.len());
     let (worker_started_tx, worker_started_rx) = crossbeam_channel::bounded::<Result<(), String>>(ports.len());
@@ -180,6 +213,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         let label = port.queue_id().to_string();
         let watch = reloader.watch();
         workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
+            crate::sandbox::confine_thread(crate::sandbox::Kind::Worker);
             // Every line this thread logs names its queue.
             let _span = tracing::info_span!("worker", queue = %label).entered();
             match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
@@ -207,6 +241,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             Err(_) => bail!("a worker died while starting"),
         }
     }
+    // Every thread runs confined: now the main thread's own allowlist.
+    crate::sandbox::confine_thread(crate::sandbox::Kind::Main);
     metrics.ready.set(1);
     log::info!("ready in {:?}", started.elapsed());
     let serving = format!("serving {}:{} on {} queue(s)", config.service.address, config.service.port, queues.len());
@@ -267,10 +303,22 @@ fn os_random_u64() -> std::io::Result<u64> {
     os_random().map(u64::from_ne_bytes)
 }
 
-/// `N` bytes from the kernel's CSPRNG.
+/// `N` bytes from the kernel's CSPRNG: getrandom(2), which needs no file (the sandbox keeps
+/// no /dev/urandom).
 fn os_random<const N: usize>() -> std::io::Result<[u8; N]> {
-    use std::io::Read;
     let mut bytes = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: the pointer and length describe the unfilled rest of `bytes`.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
     Ok(bytes)
 }

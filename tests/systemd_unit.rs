@@ -1,5 +1,5 @@
-//! docs/pantera.service is a unit systemd accepts, and its stop timeout leaves the
-//! appliance's own hard stop room to run first.
+//! docs/pantera.service is a unit systemd accepts, its stop timeout leaves the appliance's own
+//! hard stop room to run first, and it is hardened (docs/security.md).
 
 use std::path::Path;
 use std::process::Command;
@@ -81,4 +81,67 @@ fn the_unit_notifies_and_its_stop_timeout_exceeds_the_hard_stop() {
         stop_s * 1000 >= hard_stop_ms + 10_000,
         "TimeoutStopSec={stop_s}s vs shutdown.timeout_ms {hard_stop_ms}"
     );
+}
+
+#[test]
+fn the_unit_runs_as_a_plain_user_with_only_the_start_up_capabilities_and_the_hardening() {
+    assert_eq!(setting("User"), Some("pantera"));
+    assert_eq!(setting("Group"), Some("pantera"));
+    // Exactly what start-up needs (tests/lab_sandbox.rs starts the appliance with this list),
+    // and the bounding set no wider.
+    let start_up = "CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_IPC_LOCK";
+    assert_eq!(setting("AmbientCapabilities"), Some(start_up));
+    assert_eq!(setting("CapabilityBoundingSet"), Some(start_up));
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("LockPersonality", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("RestrictSUIDSGID", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK AF_XDP"),
+        ("SystemCallArchitectures", "native"),
+        ("ReadWritePaths", "/var/lib/pantera"),
+        ("UMask", "0077"),
+        ("LimitCORE", "0"),
+    ] {
+        assert_eq!(setting(key), Some(value), "{key}=");
+    }
+    let filter = setting("SystemCallFilter").expect("SystemCallFilter=");
+    let groups: Vec<&str> = filter.split_whitespace().collect();
+    assert_eq!(groups.first(), Some(&"@system-service"), "an allowlist, not a denylist: {filter}");
+    for call in ["bpf", "seccomp", "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"] {
+        assert!(groups.contains(&call), "{call} is not in @system-service and start-up needs it: {filter}");
+    }
+    assert!(setting("SystemCallErrorNumber").is_none(), "a call outside the filter kills the process");
+}
+
+/// `systemd-analyze security --offline` scores the unit as a file; its exposure (0 best, 10
+/// worst) must stay in the "OK" band. Skipped where systemd cannot score offline.
+#[test]
+fn the_units_exposure_stays_ok() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = dir.path().join("pantera.service");
+    std::fs::write(&unit, UNIT.replace(INSTALLED_BINARY, PANTERA)).expect("write the unit");
+    let Ok(out) = Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit).output() else {
+        println!("systemd-analyze not installed: skipped");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(score) = text.lines().find_map(|l| l.split("Overall exposure level for pantera.service:").nth(1)) else {
+        println!("systemd-analyze cannot score a unit offline here: skipped\n{}", String::from_utf8_lossy(&out.stderr));
+        return;
+    };
+    let score: f64 = score.split_whitespace().next().and_then(|s| s.parse().ok()).expect("a number");
+    println!("exposure {score}");
+    assert!(score <= 3.0, "exposure {score}:\n{text}");
 }

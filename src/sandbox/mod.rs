@@ -4,8 +4,9 @@
 //! data directory, the keys, the management listener). Then, in this order:
 //! 1. [`privileges`]: the process switches to `sandbox.user` when started as root, drops every
 //!    capability, sets no_new_privs, is made not dumpable with RLIMIT_CORE 0, and confines the
-//!    filesystem with Landlock (data directory read-write; certificate, key and CRL files
-//!    read-only for SIGHUP). The threads started afterwards inherit all of it.
+//!    filesystem with Landlock (data and audit directories read-write; the directories of the
+//!    configuration, certificate, key and CRL files read-only, for SIGHUP; `/proc/self`).
+//!    The threads started afterwards inherit all of it.
 //! 2. [`seccomp`]: each thread, first thing, installs the system-call allowlist of its
 //!    [`Kind`]. A call outside it stops the process with a line naming the thread and call.
 
@@ -51,6 +52,16 @@ impl Kind {
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The first thing every thread the appliance starts does: installs its [`Kind`]'s
+/// system-call allowlist ([`seccomp::confine`]). A thread that cannot be confined must not
+/// run: the process stops (exit status 70, like a failed WAL write).
+pub fn confine_thread(kind: Kind) {
+    if let Err(e) = seccomp::confine(kind) {
+        log::error!("FATAL: cannot confine the {kind} thread (seccomp): {e}");
+        std::process::exit(70);
     }
 }
 
