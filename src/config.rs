@@ -680,8 +680,16 @@ impl Config {
             client_ca: t.client_ca.clone(),
             min_version: self.tls_min_version()?,
             handshake_timeout_ms: t.handshake_timeout_ms,
+            key_owner: Some(self.key_owner()?),
             ..tls_term::TlsSettings::default()
         })
+    }
+
+    /// Who may own `tls.private_key`: the user the process serves as (`sandbox.user`, or the
+    /// user it was started as).
+    pub fn key_owner(&self) -> Result<tls_term::KeyOwner, ConfigError> {
+        let user = crate::sandbox::ServiceUser::resolve(&self.sandbox).map_err(|e| invalid("sandbox.user", e))?;
+        Ok(tls_term::KeyOwner { uid: user.uid, gid: user.gid })
     }
 
     /// Every per-connection bound of an HTTPS connection (TLS, HTTP, backpressure, deadlines);
