@@ -18,7 +18,10 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::CertificateDer;
 
 use crate::key_file::{load_private_key, KeyKind, KeyOwner};
-use crate::tickets::{Ticketer, TicketerError, TICKET_LIFETIME_S_DEFAULT};
+use crate::tickets::{
+    Ticketer, TicketerError, TICKET_LIFETIME_S_DEFAULT, TICKET_LIFETIME_S_MAX,
+    TICKET_LIFETIME_S_MIN,
+};
 
 /// The only application protocol spoken over the tunnel (RFC 7301 ALPN id).
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -115,6 +118,9 @@ pub struct TlsSettings {
     /// The user the process serves as, who may own the key file; None: the process's
     /// effective user and group.
     pub key_owner: Option<KeyOwner>,
+    /// How long a ticket can be opened after it was issued (and the lifetime announced to
+    /// clients): the ticket keys are erased on this schedule ([`crate::Ticketer`]).
+    pub ticket_lifetime_s: u32,
 }
 
 impl TlsSettings {
@@ -155,6 +161,13 @@ impl TlsSettings {
                 reason: "must be in 16384..=67108864",
             });
         }
+        if !(TICKET_LIFETIME_S_MIN..=TICKET_LIFETIME_S_MAX).contains(&self.ticket_lifetime_s) {
+            return Err(TlsError::InvalidSetting {
+                name: "ticket_lifetime_s",
+                value: self.ticket_lifetime_s.to_string(),
+                reason: "must be in 2..=604800 (RFC 8446 §4.6.1: at most 7 days)",
+            });
+        }
         for (name, path) in [
             ("cert_chain", &self.cert_chain),
             ("private_key", &self.private_key),
@@ -191,6 +204,7 @@ impl Default for TlsSettings {
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             plaintext_buffer_bytes_max: PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
             key_owner: None,
+            ticket_lifetime_s: TICKET_LIFETIME_S_DEFAULT,
         }
     }
 }
@@ -361,7 +375,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         ServerSessionMemoryCache::new(settings.session_cache_entries)
     };
     if settings.tickets {
-        let ticketer = Ticketer::new(TICKET_LIFETIME_S_DEFAULT).map_err(|e| match e {
+        let ticketer = Ticketer::new(settings.ticket_lifetime_s).map_err(|e| match e {
             TicketerError::Lock(source) => TlsError::LockedMemory {
                 what: "the session ticket keys",
                 source,
@@ -547,6 +561,17 @@ mod tests {
             bad.validate(),
             Err(TlsError::InvalidSetting {
                 name: "session_cache_entries",
+                ..
+            })
+        ));
+        let bad = TlsSettings {
+            ticket_lifetime_s: 1,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "ticket_lifetime_s",
                 ..
             })
         ));
