@@ -144,11 +144,21 @@ pub fn load_private_key(path: &Path, owner: KeyOwner) -> Result<PrivateKey, TlsE
     let metadata = file.metadata().map_err(io_error)?;
     check_key_file(path, &metadata, owner)?;
 
-    let mut text = SecretBytes::with_capacity(KEY_FILE_BYTES_MAX).map_err(locked)?;
+    // Sized by the file (a page or two for any real key), so that loading it fits in even a
+    // small RLIMIT_MEMLOCK.
+    let too_large = || TlsError::KeyPem {
+        path: path.to_owned(),
+        reason: format!("the file is larger than {KEY_FILE_BYTES_MAX} bytes"),
+    };
+    let size = usize::try_from(metadata.len()).map_err(|_| too_large())?;
+    if size > KEY_FILE_BYTES_MAX {
+        return Err(too_large());
+    }
+    let mut text = SecretBytes::with_capacity(size).map_err(locked)?;
     if !text.read_to_end_from(&mut file).map_err(io_error)? {
         return Err(TlsError::KeyPem {
             path: path.to_owned(),
-            reason: "the file is larger than 64 KiB".to_owned(),
+            reason: "the file grew while it was read".to_owned(),
         });
     }
     // DER is 3/4 of its base64: the text's length bounds it.
@@ -459,6 +469,25 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_file_too_large_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.key");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        fs::write(&path, vec![b'A'; KEY_FILE_BYTES_MAX + 1]).unwrap();
+        let error = load_private_key(&path, KeyOwner::current()).unwrap_err();
+        assert!(matches!(error, TlsError::KeyPem { .. }), "{error}");
+        assert!(
+            error.to_string().contains("larger than 65536 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
