@@ -983,3 +983,19 @@ fn server_certificate_is_valid_for_ip_and_dns_name() {
         Err(Fail::Client(rustls::Error::InvalidCertificate(_)))
     ));
 }
+
+#[test]
+fn tickets_are_sealed_by_the_locked_ticketer_with_the_configured_lifetime() {
+    use tls_term::rustls::server::ProducesTickets;
+    let (_dir, paths) = dev_certs();
+    let config = server_config(&TlsSettings {
+        ticket_lifetime_s: 600,
+        ..settings(&paths)
+    })
+    .unwrap();
+    assert!(config.ticketer.enabled());
+    assert_eq!(config.ticketer.lifetime(), 600);
+    assert!(format!("{:?}", config.ticketer).starts_with("Ticketer"));
+    let ticket = config.ticketer.encrypt(b"state").unwrap();
+    assert_eq!(config.ticketer.decrypt(&ticket).unwrap(), b"state");
+}
