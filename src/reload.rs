@@ -600,6 +600,19 @@ data_dir = "/var/lib/pantera/data"
     }
 
     #[test]
+    fn a_key_file_others_may_read_fails_the_reload_with_its_path_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, tls) = certs();
+        let old = parse(&config_text(&tls, "")).unwrap();
+        let key = tls.join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", plan(&old, &old.clone()).expect_err("refused"));
+        assert!(e.contains(&key.display().to_string()) && e.contains("0644") && e.contains("other users may read"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        plan(&old, &old.clone()).expect("0400 is fine");
+    }
+
+    #[test]
     fn each_restart_field_is_named_and_keeps_its_running_value() {
         let (_dir, tls) = certs();
         let old = parse(&config_text(&tls, "")).unwrap();
