@@ -986,7 +986,6 @@ fn server_certificate_is_valid_for_ip_and_dns_name() {
 
 #[test]
 fn tickets_are_sealed_by_the_locked_ticketer_with_the_configured_lifetime() {
-    use tls_term::rustls::server::ProducesTickets;
     let (_dir, paths) = dev_certs();
     let config = server_config(&TlsSettings {
         ticket_lifetime_s: 600,
