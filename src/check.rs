@@ -168,7 +168,8 @@ fn tls(config: &Config, now: i64, warnings: &mut Vec<String>) -> Result<(), Conf
     let t = &config.tls;
     // One file at a time first, so the error names the field whose file is wrong.
     let chain = tls_term::load_certs("certificate chain", &t.cert_chain).map_err(|e| invalid("tls.cert_chain", e.to_string()))?;
-    tls_term::load_private_key(&t.private_key).map_err(|e| invalid("tls.private_key", e.to_string()))?;
+    // Its owner and mode as well: the same check as `serve` and a reload make.
+    tls_term::load_private_key(&t.private_key, config.key_owner()?).map_err(|e| invalid("tls.private_key", e.to_string()))?;
     let client_ca = match &t.client_ca {
         Some(path) => tls_term::load_certs("client CA", path).map_err(|e| invalid("tls.client_ca", e.to_string()))?,
         None => Vec::new(),

@@ -204,8 +204,15 @@ pub struct TlsSection {
     /// "none" (default: every request gets 403), "read" or "write".
     #[serde(default = "default_anonymous_role")]
     pub anonymous_role: String,
+    /// Lock the whole process's memory (mlockall) so that no key material is swapped out;
+    /// restart-only (docs/security.md, "Key custody").
+    #[serde(default = "default_lock_memory")]
+    pub lock_memory: bool,
 }
 
+fn default_lock_memory() -> bool {
+    true
+}
 fn default_min_version() -> String {
     "1.2".to_owned()
 }
@@ -439,6 +446,7 @@ impl Config {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
                 anonymous_role: default_anonymous_role(),
+                lock_memory: default_lock_memory(),
             },
             http: HttpSection::default(),
             ledger: LedgerSection {
@@ -680,8 +688,16 @@ impl Config {
             client_ca: t.client_ca.clone(),
             min_version: self.tls_min_version()?,
             handshake_timeout_ms: t.handshake_timeout_ms,
+            key_owner: Some(self.key_owner()?),
             ..tls_term::TlsSettings::default()
         })
+    }
+
+    /// Who may own `tls.private_key`: the user the process serves as (`sandbox.user`, or the
+    /// user it was started as).
+    pub fn key_owner(&self) -> Result<tls_term::KeyOwner, ConfigError> {
+        let user = crate::sandbox::ServiceUser::resolve(&self.sandbox).map_err(|e| invalid("sandbox.user", e))?;
+        Ok(tls_term::KeyOwner { uid: user.uid, gid: user.gid })
     }
 
     /// Every per-connection bound of an HTTPS connection (TLS, HTTP, backpressure, deadlines);

@@ -192,6 +192,10 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.log.format != new.log.format {
         out.push("log.format");
     }
+    // mlockall is called once, at start, while the process may still raise its lock limit.
+    if running.tls.lock_memory != new.tls.lock_memory {
+        out.push("tls.lock_memory");
+    }
     out
 }
 
@@ -208,6 +212,7 @@ pub fn effective(running: &Config, new: &Config) -> Config {
     config.sandbox = running.sandbox.clone();
     config.edge.syn_sources_max = running.edge.syn_sources_max;
     config.log.format = running.log.format;
+    config.tls.lock_memory = running.tls.lock_memory;
     config
 }
 
@@ -595,13 +600,27 @@ data_dir = "/var/lib/pantera/data"
     }
 
     #[test]
+    fn a_key_file_others_may_read_fails_the_reload_with_its_path_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, tls) = certs();
+        let old = parse(&config_text(&tls, "")).unwrap();
+        let key = tls.join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", plan(&old, &old.clone()).expect_err("refused"));
+        assert!(e.contains(&key.display().to_string()) && e.contains("0644") && e.contains("other users may read"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        plan(&old, &old.clone()).expect("0400 is fine");
+    }
+
+    #[test]
     fn each_restart_field_is_named_and_keeps_its_running_value() {
         let (_dir, tls) = certs();
         let old = parse(&config_text(&tls, "")).unwrap();
         let text = config_text(&tls, "[tcp]\nconnections_max = 2048\n[management]\nlisten = \"127.0.0.1:9999\"\n[edge]\nsyn_sources_max = 4096\n[http]\nbody_bytes_max = 2048\n[audit]\nkeep = 3\n")
             .replace("queues = [0]", "queues = [0, 1]")
             .replace("address = \"192.0.2.10\"", "address = \"192.0.2.11\"")
-            .replace("data_dir = \"/var/lib/pantera/data\"", "data_dir = \"/srv/data\"\ndurability = \"none\"");
+            .replace("data_dir = \"/var/lib/pantera/data\"", "data_dir = \"/srv/data\"\ndurability = \"none\"")
+            .replace("[tls]", "[tls]\nlock_memory = false");
         let new = parse(&text).unwrap();
         assert_eq!(
             restart_fields(&old, &new),
@@ -613,9 +632,11 @@ data_dir = "/var/lib/pantera/data"
                 "ledger.durability",
                 "management.listen",
                 "audit.keep",
-                "edge.syn_sources_max"
+                "edge.syn_sources_max",
+                "tls.lock_memory"
             ]
         );
+        assert!(plan(&old, &new).unwrap().config.tls.lock_memory, "keeps its running value");
         let plan = plan(&old, &new).expect("the reloadable part applies");
         assert_eq!(plan.config.dataplane.queues, vec![0]);
         assert_eq!(plan.config.service.address.to_string(), "192.0.2.10");

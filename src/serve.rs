@@ -53,6 +53,10 @@ const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 /// [`shutdown::EXIT_HARD_STOP`]).
 pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>, config_file: Option<&Path>) -> Result<Stopped> {
     let started = Instant::now();
+    // Before anything holding a key is allocated: from here every page is locked when touched.
+    if config.tls.lock_memory {
+        crate::sandbox::memlock::lock_all()?;
+    }
     let app = config.app()?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
     // others could read) refuses the start with a message, before the network is touched.

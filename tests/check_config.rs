@@ -125,6 +125,30 @@ fn a_key_others_may_read_is_refused_as_serve_refuses_it() {
     assert!(err.contains("tls.private_key") && err.contains("0644"), "{err}");
 }
 
+/// The `root:<service group> 0640` layout passes when the group is the service user's
+/// (`sandbox.user`), and is refused naming owner, group and mode when it is not. Needs root
+/// (chown); skipped otherwise.
+#[test]
+fn a_key_owned_by_root_and_the_service_group_passes() {
+    // SAFETY: geteuid touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let s = Setup::new();
+    let key = s.tls().join("server.key");
+    std::os::unix::fs::chown(&key, Some(0), Some(4343)).expect("chown");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (ok, _, err) = s.check(&s.good("[sandbox]\nuser = \"0:4343\"\n"), &[]);
+    assert!(ok, "root:4343 0640 with the service group 4343: {err}");
+    let (ok, _, err) = s.check(&s.good("[sandbox]\nuser = \"0:4344\"\n"), &[]);
+    assert!(!ok, "root:4343 0640 with the service group 4344 passed");
+    assert!(
+        err.contains("tls.private_key") && err.contains("0:4343") && err.contains("0640") && err.contains("gid 4344"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_umem_bound_of_serve_is_checked() {
     let s = Setup::new();

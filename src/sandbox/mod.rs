@@ -10,6 +10,7 @@
 //! 2. [`seccomp`]: each thread, first thing, installs the system-call allowlist of its
 //!    [`Kind`]. A call outside it stops the process with a line naming the thread and call.
 
+pub mod memlock;
 pub mod privileges;
 pub mod seccomp;
 

@@ -6,16 +6,22 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
+
+use crate::key_file::{load_private_key, KeyKind, KeyOwner};
+use crate::tickets::{
+    Ticketer, TicketerError, TICKET_LIFETIME_S_DEFAULT, TICKET_LIFETIME_S_MAX,
+    TICKET_LIFETIME_S_MIN,
+};
 
 /// The only application protocol spoken over the tunnel (RFC 7301 ALPN id).
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -89,8 +95,9 @@ impl std::str::FromStr for TlsVersion {
 pub struct TlsSettings {
     /// PEM file: the server certificate first, then any intermediates.
     pub cert_chain: PathBuf,
-    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Must be mode 0600 or
-    /// stricter: the server refuses to start when group or others may read it.
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Owned by the service
+    /// user with mode 0600/0400, or by root with the service user's group and mode 0640/0440
+    /// ([`crate::check_key_file`]); read into locked memory.
     pub private_key: PathBuf,
     /// PEM file of CA certificates: when set, every client must present a certificate chaining
     /// to one of them (mutual TLS). When unset, no client certificate is requested.
@@ -100,13 +107,20 @@ pub struct TlsSettings {
     /// Entries of the stateful resumption cache (TLS 1.2 session ids, TLS 1.3 stateful
     /// tickets when `tickets` is off). 0 disables the cache.
     pub session_cache_entries: usize,
-    /// Issue stateless resumption tickets (RFC 8446 §4.6.1, RFC 5077), with keys that rotate
-    /// every 6 hours and live only in this process.
+    /// Issue stateless resumption tickets (RFC 8446 §4.6.1, RFC 5077), sealed with keys that
+    /// live only in this process, in locked memory, and are erased within the ticket lifetime
+    /// ([`crate::Ticketer`]).
     pub tickets: bool,
     /// Deadline from the first byte of a connection to the end of its handshake.
     pub handshake_timeout_ms: u64,
     /// Bound on plaintext a session queues for encryption ([`crate::Session::write_plaintext`]).
     pub plaintext_buffer_bytes_max: usize,
+    /// The user the process serves as, who may own the key file; None: the process's
+    /// effective user and group.
+    pub key_owner: Option<KeyOwner>,
+    /// How long a ticket can be opened after it was issued (and the lifetime announced to
+    /// clients): the ticket keys are erased on this schedule ([`crate::Ticketer`]).
+    pub ticket_lifetime_s: u32,
 }
 
 impl TlsSettings {
@@ -147,6 +161,13 @@ impl TlsSettings {
                 reason: "must be in 16384..=67108864",
             });
         }
+        if !(TICKET_LIFETIME_S_MIN..=TICKET_LIFETIME_S_MAX).contains(&self.ticket_lifetime_s) {
+            return Err(TlsError::InvalidSetting {
+                name: "ticket_lifetime_s",
+                value: self.ticket_lifetime_s.to_string(),
+                reason: "must be in 2..=604800 (RFC 8446 §4.6.1: at most 7 days)",
+            });
+        }
         for (name, path) in [
             ("cert_chain", &self.cert_chain),
             ("private_key", &self.private_key),
@@ -182,6 +203,8 @@ impl Default for TlsSettings {
             tickets: true,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             plaintext_buffer_bytes_max: PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
+            key_owner: None,
+            ticket_lifetime_s: TICKET_LIFETIME_S_DEFAULT,
         }
     }
 }
@@ -221,11 +244,21 @@ pub enum TlsError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error(
-        "private key {path} is readable by group or others (mode {mode:04o}); \
-         refusing to start: run `chmod 600 {path}`"
-    )]
-    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("private key {path} (owner {uid}:{gid}, mode {mode:04o}) is refused: {reason}")]
+    KeyFileAccess {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        reason: String,
+    },
+    #[error("private key file {path} is not a usable PEM key: {reason}")]
+    KeyPem { path: PathBuf, reason: String },
+    #[error("cannot keep {what} in locked memory: {source}")]
+    LockedMemory {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("{what} file {path} is not valid PEM: {source}")]
     Pem {
         what: &'static str,
@@ -256,6 +289,8 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::server::VerifierBuilderError,
     },
+    #[error("session tickets: {0}")]
+    Tickets(String),
     #[error("TLS configuration: {what}: {source}")]
     Rustls {
         what: &'static str,
@@ -294,7 +329,13 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let provider = Arc::new(crypto_provider());
 
     let cert_chain = load_certs("certificate chain", &settings.cert_chain)?;
-    let private_key = load_private_key(&settings.private_key)?;
+    let owner = settings.key_owner.unwrap_or_else(KeyOwner::current);
+    let certified_key = certified_key(
+        cert_chain,
+        &settings.private_key,
+        &settings.cert_chain,
+        owner,
+    )?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(settings.min_version.protocol_versions())
@@ -325,18 +366,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         None => builder.with_no_client_auth(),
     };
 
-    let mut config = builder
-        .with_single_cert(cert_chain, private_key)
-        .map_err(|source| {
-            let cert = settings.cert_chain.clone();
-            let key = settings.private_key.clone();
-            match source {
-                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                    TlsError::KeyMismatch { cert, key }
-                }
-                source => TlsError::CertifiedKey { cert, key, source },
-            }
-        })?;
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key)));
 
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     config.session_storage = if settings.session_cache_entries == 0 {
@@ -345,10 +375,14 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         ServerSessionMemoryCache::new(settings.session_cache_entries)
     };
     if settings.tickets {
-        config.ticketer = ring::Ticketer::new().map_err(|source| TlsError::Rustls {
-            what: "ticket key generation",
-            source,
+        let ticketer = Ticketer::new(settings.ticket_lifetime_s).map_err(|e| match e {
+            TicketerError::Lock(source) => TlsError::LockedMemory {
+                what: "the session ticket keys",
+                source,
+            },
+            e => TlsError::Tickets(e.to_string()),
         })?;
+        config.ticketer = Arc::new(ticketer);
     }
     // 0-RTT stays off (max_early_data_size = 0, rustls' default): early data is replayable
     // (RFC 8446 §8) and every request here moves money.
@@ -408,25 +442,50 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// The first private key of a PEM file, after checking that only its owner may read it.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    const WHAT: &str = "private key";
-    let metadata = check_exists(WHAT, path)?;
-    // A key readable by other local users is a key that may already be copied: refuse rather
-    // than serve with it (the same rule as OpenSSH's "UNPROTECTED PRIVATE KEY FILE").
-    let mode = metadata.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
+/// The certificate chain with the signing key made from the key file: the DER key is in
+/// locked memory while ring parses it, and zeroed as soon as it has (ring keeps its own parsed
+/// form: docs/security.md, "Key custody").
+fn certified_key(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key_path: &Path,
+    cert_path: &Path,
+    owner: KeyOwner,
+) -> Result<CertifiedKey, TlsError> {
+    let key = load_private_key(key_path, owner)?;
+    if key.kind() == KeyKind::Sec1 {
+        // rustls wraps a SEC1 key into PKCS#8 in heap buffers of its own before ring reads
+        // it: those copies are freed without being zeroed.
+        log::warn!(
+            "private key {} is SEC1 (\"EC PRIVATE KEY\"): convert it to PKCS#8 (`openssl pkcs8 -topk8 -nocrypt`) so that no unzeroed copy of it is made while loading",
+            key_path.display()
+        );
     }
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        e => pem_error(WHAT, path, e),
-    })
+    let signing_key =
+        ring::sign::any_supported_type(&key.der()).map_err(|source| TlsError::CertifiedKey {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+            source,
+        })?;
+    drop(key);
+    let certified = CertifiedKey::new(cert_chain, signing_key);
+    // As rustls' `with_single_cert`: the key's public half must be the leaf's; a key type
+    // that cannot tell is accepted.
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            })
+        }
+        Err(source) => Err(TlsError::CertifiedKey {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -502,6 +561,17 @@ mod tests {
             bad.validate(),
             Err(TlsError::InvalidSetting {
                 name: "session_cache_entries",
+                ..
+            })
+        ));
+        let bad = TlsSettings {
+            ticket_lifetime_s: 1,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(TlsError::InvalidSetting {
+                name: "ticket_lifetime_s",
                 ..
             })
         ));

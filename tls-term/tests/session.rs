@@ -743,7 +743,7 @@ fn key_readable_by_others_is_refused() {
     fs::set_permissions(&paths.server_key, fs::Permissions::from_mode(0o644)).unwrap();
     let error = server_config(&settings(&paths)).unwrap_err();
     assert!(
-        matches!(&error, TlsError::KeyPermissions { mode: 0o644, path } if path == &paths.server_key)
+        matches!(&error, TlsError::KeyFileAccess { mode: 0o644, path, .. } if path == &paths.server_key)
     );
     let message = error.to_string();
     assert!(
@@ -751,11 +751,24 @@ fn key_readable_by_others_is_refused() {
         "{message}"
     );
     assert!(message.contains("0644"), "{message}");
+    // 0640 is the root:<service group> layout: accepted only when the file's group is the
+    // service user's group and root owns it.
     fs::set_permissions(&paths.server_key, fs::Permissions::from_mode(0o640)).unwrap();
+    let me = tls_term::KeyOwner::current();
+    let stranger_group = TlsSettings {
+        key_owner: Some(tls_term::KeyOwner {
+            uid: me.uid,
+            gid: me.gid.wrapping_add(1),
+        }),
+        ..settings(&paths)
+    };
     assert!(matches!(
-        server_config(&settings(&paths)),
-        Err(TlsError::KeyPermissions { mode: 0o640, .. })
+        server_config(&stranger_group),
+        Err(TlsError::KeyFileAccess { mode: 0o640, .. })
     ));
+    if me.uid == 0 {
+        server_config(&settings(&paths)).unwrap();
+    }
     fs::set_permissions(&paths.server_key, fs::Permissions::from_mode(0o400)).unwrap();
     server_config(&settings(&paths)).unwrap();
 }
@@ -969,4 +982,19 @@ fn server_certificate_is_valid_for_ip_and_dns_name() {
         pair.pump(),
         Err(Fail::Client(rustls::Error::InvalidCertificate(_)))
     ));
+}
+
+#[test]
+fn tickets_are_sealed_by_the_locked_ticketer_with_the_configured_lifetime() {
+    let (_dir, paths) = dev_certs();
+    let config = server_config(&TlsSettings {
+        ticket_lifetime_s: 600,
+        ..settings(&paths)
+    })
+    .unwrap();
+    assert!(config.ticketer.enabled());
+    assert_eq!(config.ticketer.lifetime(), 600);
+    assert!(format!("{:?}", config.ticketer).starts_with("Ticketer"));
+    let ticket = config.ticketer.encrypt(b"state").unwrap();
+    assert_eq!(config.ticketer.decrypt(&ticket).unwrap(), b"state");
 }
