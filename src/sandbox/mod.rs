@@ -114,8 +114,23 @@ impl ServiceUser {
     }
 }
 
-/// The uid and primary gid of `name` in the user database.
+/// The uid and primary gid of `name` in the user database. Remembered per name: once the
+/// process is confined it cannot read the database again (Landlock), and a reload resolves the
+/// same `sandbox.user` (restart-only) through the same call.
 fn lookup_user(name: &str) -> Result<Option<ServiceUser>, String> {
+    static KNOWN: std::sync::Mutex<Vec<(String, ServiceUser)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, user)) = known.iter().find(|(n, _)| n == name) {
+        return Ok(Some(*user));
+    }
+    let found = read_user_database(name)?;
+    if let Some(user) = found {
+        known.push((name.to_owned(), user));
+    }
+    Ok(found)
+}
+
+fn read_user_database(name: &str) -> Result<Option<ServiceUser>, String> {
     let cname = std::ffi::CString::new(name).map_err(|_| format!("sandbox.user {name:?}: holds a NUL byte"))?;
     let mut buffer = vec![0u8; 16 * 1024];
     // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.

@@ -214,6 +214,12 @@ pub fn drop(
             ),
         });
     }
+    // Without CAP_IPC_LOCK, memory locked from now on counts against RLIMIT_MEMLOCK: where it
+    // could not be raised, stop locking future mappings (memlock.rs) before the drop.
+    crate::sandbox::memlock::before_privilege_drop().map_err(|e| DropError::Step {
+        step: "mlockall before the drop",
+        source: io::Error::other(format!("{e:#}")),
+    })?;
     // The bounding set needs CAP_SETPCAP, which the user switch takes away.
     drop_bounding_set()?;
     if switch {
