@@ -168,6 +168,10 @@ impl SandboxMetrics {
     }
 }
 
+/// Single pages kept locked for the session-ticket keys of configurations a reload builds
+/// after the drop (one per configuration still in use by a connection).
+const SECRET_PAGES_RESERVED: usize = 16;
+
 /// Drops everything start-up needed, or skips it with a warning when `sandbox.enabled` is
 /// false. Runs in the main thread with no other thread started (checked). Every step is
 /// checked: an error refuses the start. See the module documentation.
@@ -214,6 +218,12 @@ pub fn drop(
             ),
         });
     }
+    // Locked memory for the secrets of later reloads (a key file and its DER form, and
+    // session-ticket key pages), while it can still be locked whatever RLIMIT_MEMLOCK says.
+    let key_region = tls_term::KEY_FILE_BYTES_MAX + 4096;
+    let mut reserved = vec![key_region, key_region];
+    reserved.extend([4096; SECRET_PAGES_RESERVED]);
+    tls_term::reserve_locked_memory(&reserved).map_err(step("locking memory for the secrets of reloads"))?;
     // Without CAP_IPC_LOCK, memory locked from now on counts against RLIMIT_MEMLOCK: where it
     // could not be raised, stop locking future mappings (memlock.rs) before the drop.
     crate::sandbox::memlock::before_privilege_drop().map_err(|e| DropError::Step {

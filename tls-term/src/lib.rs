@@ -28,7 +28,7 @@ pub use config::{
 };
 pub use key_file::{check_key_file, load_private_key, KeyKind, KeyOwner, PrivateKey, KEY_FILE_BYTES_MAX};
 pub use roles::{Role, RoleError, RoleMap, IDENTITY_BYTES_MAX, ROLE_ENTRIES_MAX};
-pub use secret::{Locked, SecretBytes};
+pub use secret::{reserve as reserve_locked_memory, Locked, SecretBytes};
 pub use session::{Session, SessionError};
 pub use tickets::{
     Ticketer, TicketerError, TICKET_LIFETIME_S_DEFAULT, TICKET_LIFETIME_S_MAX,

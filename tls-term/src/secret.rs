@@ -46,9 +46,61 @@ fn page_size() -> usize {
     }
 }
 
+/// Locked regions kept for reuse: mapped and locked at start-up while the process may still
+/// lock memory ([`reserve`]), and given back here, zeroed, when a secret is dropped. Once the
+/// privileges are dropped, `mlock` may no longer fit RLIMIT_MEMLOCK (all of start-up's memory
+/// can be locked already, `tls.lock_memory`): a reload's key then takes a reserved region.
+struct Reserve {
+    free: Vec<(NonNull<u8>, usize)>,
+}
+
+// SAFETY: the pointers are mappings owned by the reserve alone (nothing else refers to them).
+unsafe impl Send for Reserve {}
+
+static RESERVE: std::sync::Mutex<Reserve> = std::sync::Mutex::new(Reserve { free: Vec::new() });
+
+/// At most this many regions are kept for reuse; more are unmapped.
+const RESERVE_REGIONS_MAX: usize = 64;
+
+/// Maps and locks one region of at least each of `sizes` bytes into the reserve (start-up,
+/// before the privileges are dropped). Secrets allocated later take the smallest reserved
+/// region that fits before they map a new one.
+pub fn reserve(sizes: &[usize]) -> io::Result<()> {
+    for &len in sizes {
+        let region = Region::map(len)?;
+        // Dropping it zeroes it (already zero) and keeps it in the reserve.
+        drop(region);
+    }
+    Ok(())
+}
+
+/// Reserved regions free now (tests, diagnostics).
+pub fn reserved_free() -> usize {
+    RESERVE.lock().map(|r| r.free.len()).unwrap_or(0)
+}
+
 impl Region {
-    /// Maps, advises and locks at least `len` bytes (one page when `len` is 0).
+    /// At least `len` bytes (one page when `len` is 0): the smallest reserved region that fits,
+    /// else a new mapping.
     fn new(len: usize) -> io::Result<Region> {
+        let mut reserve = RESERVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fit = reserve
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, size))| *size >= len.max(1))
+            .min_by_key(|(_, (_, size))| *size)
+            .map(|(i, _)| i);
+        if let Some(i) = fit {
+            let (ptr, size) = reserve.free.swap_remove(i);
+            return Ok(Region { ptr, size });
+        }
+        drop(reserve);
+        Region::map(len)
+    }
+
+    /// Maps, advises and locks at least `len` bytes (one page when `len` is 0).
+    fn map(len: usize) -> io::Result<Region> {
         let page = page_size();
         let size = len
             .max(1)
@@ -114,6 +166,15 @@ impl Drop for Region {
         // Volatile writes and a compiler fence: the zeroing is not optimised away although
         // nothing reads the bytes afterwards.
         self.bytes_mut().zeroize();
+        // Kept for reuse while the reserve has room: no system call, and the region stays
+        // locked for a secret allocated after the privileges are dropped.
+        {
+            let mut reserve = RESERVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if reserve.free.len() < RESERVE_REGIONS_MAX {
+                reserve.free.push((self.ptr, self.size));
+                return;
+            }
+        }
         // munmap also unlocks: no munlock call, one system call fewer for the allowlists of
         // the threads that may drop a key (a worker releasing the last reference to a
         // configuration replaced by a reload).
@@ -279,11 +340,19 @@ pub fn overwrite<T>(slot: &mut T, value: T) {
 mod tests {
     use super::*;
 
-    /// The `VmFlags` and `Locked:` of the mapping that starts at `addr` (/proc/self/smaps).
+    /// The `VmFlags` and `Locked:` of the mapping that holds `addr` (/proc/self/smaps; the
+    /// kernel may merge neighbouring regions with the same flags into one mapping).
     fn smaps_entry(addr: usize) -> (String, u64, u64) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        let holds = |line: &str| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let Some((start, end)) = range.split_once('-') else { return false };
+            match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end)) => start <= addr && addr < end,
+                _ => false,
+            }
+        };
+        let mut lines = smaps.lines().skip_while(|l| !holds(l));
         assert!(lines.next().is_some(), "mapping {addr:x} not found");
         let (mut flags, mut size_kb, mut locked_kb) = (String::new(), 0, 0);
         for line in lines {
@@ -337,6 +406,23 @@ mod tests {
             "one byte over is too large"
         );
         assert!(!small.push(1), "full");
+    }
+
+    #[test]
+    fn dropped_regions_are_reused_zeroed() {
+        // Seven pages: a size no other test asks for, so the reserve's smallest fit is ours.
+        let page = page_size();
+        reserve(&[7 * page]).unwrap();
+        let mut secret = SecretBytes::with_capacity(6 * page + 1).unwrap();
+        assert_eq!(secret.capacity(), 7 * page, "the reserved region is taken");
+        for _ in 0..100 {
+            assert!(secret.push(0xA5));
+        }
+        let addr = secret.as_slice().as_ptr() as usize;
+        drop(secret);
+        let again = SecretBytes::with_capacity(6 * page + 1).unwrap();
+        assert_eq!(again.as_slice().as_ptr() as usize, addr, "given back to the reserve and reused");
+        assert!(again.region.bytes().iter().all(|b| *b == 0), "a reused region starts zeroed");
     }
 
     #[test]
