@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use ledger_svc::connection::{ConnectionLimits, Roles};
+use ledger_svc::connection::ConnectionLimits;
 use prometheus::{Gauge, IntCounterVec, Opts};
 
 use crate::config::{
@@ -37,7 +37,8 @@ use crate::metrics::Metrics;
 pub struct Settings {
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: ConnectionLimits,
-    pub roles: Arc<Roles>,
+    /// Roles, client trust (CAs, CRLs) and resumption bound, applied by the TLS sessions.
+    pub roles: Arc<tls_term::ClientPolicy>,
     /// `http.queue_budget_bytes_max`: the bound of the worker's budget for new connections
     /// (the count of bytes held stays one per worker, `Budget::with_bytes_max`).
     pub queue_budget_bytes_max: usize,
@@ -48,11 +49,11 @@ impl Settings {
     /// The settings of a validated configuration: the TLS files are read and checked here
     /// (a key that does not match its certificate, a missing file, a bad CA fail).
     pub fn build(config: &Config) -> Result<Settings> {
-        let tls = tls_term::server_config(&config.tls_settings()?).context("tls")?;
+        let tls = tls_term::server_tls(&config.tls_settings()?).context("tls")?;
         Ok(Settings {
-            tls,
+            roles: Arc::new(config.client_policy(tls.trust.clone())?),
+            tls: tls.config,
             limits: config.connection_limits(),
-            roles: Arc::new(config.roles()),
             queue_budget_bytes_max: config.http.queue_budget_bytes_max,
             handshakes: config.handshake_limits(),
         })
@@ -362,6 +363,7 @@ pub struct Reloader<'a> {
     metrics: ReloadMetrics,
     /// The whole set, for the certificate expiry gauges a reload moves.
     all_metrics: Metrics,
+    crl: crate::crl::CrlMetrics,
 }
 
 impl std::fmt::Debug for Reloader<'_> {
@@ -387,7 +389,42 @@ impl<'a> Reloader<'a> {
             }),
             metrics: ReloadMetrics::register(metrics)?,
             all_metrics: metrics.clone(),
+            crl: crate::crl::CrlMetrics::register(metrics)?,
         })
+    }
+
+    /// The CRLs now in force, for their metrics (at start; reloads call it themselves).
+    pub fn observe_crls(&self, trust: Option<&tls_term::ClientTrust>) {
+        self.crl.observe(trust);
+    }
+
+    /// A CRL file changed (src/crl.rs): rebuilds the TLS settings of the running
+    /// configuration and publishes them as a reload does. On error the running settings
+    /// (and their CRLs) stay. Returns whether it applied.
+    pub fn refresh_tls(&mut self) -> bool {
+        match Settings::build(&self.running) {
+            Ok(settings) => {
+                log::info!("a CRL file changed: new handshakes and resumptions use the CRLs now in the files");
+                self.publish(settings);
+                self.crl.reloaded(true);
+                true
+            }
+            Err(e) => {
+                self.crl.reloaded(false);
+                log::error!("a CRL file changed but cannot be loaded, the CRLs in force are kept: {}", describe(&e));
+                false
+            }
+        }
+    }
+
+    fn publish(&mut self, settings: Settings) {
+        self.crl.observe(settings.roles.trust.as_deref());
+        *self
+            .published
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(settings));
+        self.published.generation.fetch_add(1, Ordering::Release);
     }
 
     /// A view for one worker.
@@ -475,12 +512,7 @@ impl<'a> Reloader<'a> {
             }
         }
         if let Some(settings) = plan.settings {
-            *self
-                .published
-                .settings
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(settings));
-            self.published.generation.fetch_add(1, Ordering::Release);
+            self.publish(settings);
         }
         self.running = plan.config;
         log::info!(

@@ -5,23 +5,32 @@
 //! ```text
 //! settings ──server_config()──▶ Arc<ServerConfig> ──Session::new()──▶ Session (per connection)
 //!   TCP rx ─▶ handle_input ─▶ read_plaintext ─▶ HTTP        HTTP ─▶ write_plaintext ─▶ poll_output ─▶ TCP tx
-//!   identity() ─▶ RoleMap::role_of() ─▶ Role
+//!   handshake done ─▶ names_of(leaf) ─▶ RoleMap::resolve() ─▶ identity(), role()
+//!   resumed ─▶ ClientPolicy::check_resumed() (chain, CRLs, age) ─▶ refused or on
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod certs;
 mod config;
 pub mod identity;
+mod policy;
 mod roles;
 mod session;
+mod trust;
 
 pub use config::{
-    crypto_provider, load_certs, load_private_key, server_config, SessionLimits, TlsError,
+    crypto_provider, load_certs, load_private_key, server_config, server_tls, ServerTls,
+    SessionLimits, TlsError, RESUMPTION_MAX_AGE_S_DEFAULT, RESUMPTION_MAX_AGE_S_MAX,
     TlsSettings, TlsVersion, ALLOWED_CIPHER_SUITES, ALPN_HTTP_1_1, HANDSHAKE_TIMEOUT_MS_DEFAULT,
     HANDSHAKE_TIMEOUT_MS_MAX, PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT, PLAINTEXT_BUFFER_BYTES_MAX_LIMIT,
     PLAINTEXT_BUFFER_BYTES_MIN, SESSION_CACHE_ENTRIES_DEFAULT, SESSION_CACHE_ENTRIES_MAX,
 };
-pub use roles::{Role, RoleError, RoleMap, IDENTITY_BYTES_MAX, ROLE_ENTRIES_MAX};
+pub use policy::{AuthenticatedAt, ClientPolicy, ResumptionRefused};
+pub use roles::{
+    parse_fingerprint, CaFingerprint, Identity, NameKind, Resolved, Role, RoleEntry, RoleError,
+    RoleMap, IDENTITY_BYTES_MAX, ROLE_ENTRIES_MAX,
+};
+pub use trust::{fingerprint, ClientTrust, CrlInfo, CRL_FILES_MAX, CRL_FILE_BYTES_MAX};
 pub use session::{Session, SessionError};
 
 /// rustls, re-exported so callers name the same version's types (ServerConfig, ProtocolVersion).
