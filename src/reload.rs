@@ -544,7 +544,7 @@ address = "192.0.2.10"
 cert_chain = "{tls}/server.pem"
 private_key = "{tls}/server.key"
 client_ca = "{tls}/ca.pem"
-roles = {{ "client" = "write" }}
+roles = {{ "cn:client" = "write" }}
 
 [ledger]
 data_dir = "/var/lib/pantera/data"
@@ -695,14 +695,14 @@ data_dir = "/var/lib/pantera/data"
         assert!(a.changed().is_none(), "nothing published at start");
         std::fs::write(
             &path,
-            config_text(&tls, "").replace("\"client\" = \"write\"", "\"client\" = \"read\""),
+            config_text(&tls, "").replace("\"cn:client\" = \"write\"", "\"cn:client\" = \"read\""),
         )
         .unwrap();
         assert!(r.reload(no_edge));
         let s = a.changed().expect("published");
         assert_eq!(
-            s.roles.of(Some("client")),
-            Some(ledger_svc::api::Role::Read)
+            s.roles.roles.entry(&"cn:client".parse().unwrap()).map(|e| e.role),
+            Some(tls_term::Role::Read)
         );
         assert!(a.changed().is_none(), "taken once");
         assert!(b.changed().is_some(), "every worker gets it");
@@ -710,7 +710,7 @@ data_dir = "/var/lib/pantera/data"
             (reloads(&metrics, "ok"), reloads(&metrics, "failed")),
             (1, 0)
         );
-        assert_eq!(r.running().tls.roles["client"], "read");
+        assert_eq!(r.running().tls.roles["cn:client"], "read".into());
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Setup {
     fn good(&self, tail: &str) -> String {
         self.config(
             &format!(
-                "private_key = \"{}/server.key\"\nroles = {{ client = \"write\", reader = \"read\" }}",
+                "private_key = \"{}/server.key\"\nroles = {{ \"cn:client\" = \"write\", \"cn:reader\" = \"read\" }}",
                 self.tls().display()
             ),
             tail,
@@ -91,7 +91,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused() {
     // The client's key (a real key, mode 0600) beside the server's certificate.
     let text = s.config(
         &format!(
-            "private_key = \"{}/client.key\"\nroles = {{ client = \"write\" }}",
+            "private_key = \"{}/client.key\"\nroles = {{ \"cn:client\" = \"write\" }}",
             s.tls().display()
         ),
         "",
