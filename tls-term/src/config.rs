@@ -15,6 +15,7 @@ use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::{CipherSuite, ServerConfig, SupportedProtocolVersion};
 
+use crate::aging::{MaxAgeCache, MaxAgeTickets};
 use crate::trust::ClientTrust;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -377,16 +378,23 @@ pub fn server_tls(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
 
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     let resumption = settings.resumption_max_age_s > 0;
+    // Cache entries and tickets are not resumed past the max age (a full handshake instead),
+    // and tickets advertise no longer a lifetime (crate::aging).
+    let max_age_s = settings.resumption_max_age_s;
     config.session_storage = if settings.session_cache_entries == 0 || !resumption {
         Arc::new(NoServerSessionStorage {})
     } else {
-        ServerSessionMemoryCache::new(settings.session_cache_entries)
+        Arc::new(MaxAgeCache::new(
+            ServerSessionMemoryCache::new(settings.session_cache_entries),
+            max_age_s,
+        ))
     };
     if settings.tickets && resumption {
-        config.ticketer = ring::Ticketer::new().map_err(|source| TlsError::Rustls {
+        let ticketer = ring::Ticketer::new().map_err(|source| TlsError::Rustls {
             what: "ticket key generation",
             source,
         })?;
+        config.ticketer = Arc::new(MaxAgeTickets::new(ticketer, max_age_s));
     }
     if !resumption {
         // No TLS 1.3 stateful tickets either: nothing to resume from.

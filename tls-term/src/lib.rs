@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod aging;
 pub mod certs;
 mod config;
 pub mod identity;
