@@ -96,6 +96,8 @@ fn tls(config: &Config, now: i64, warnings: &mut Vec<String>) -> Result<(), Conf
         let field = match &e {
             E::KeyMismatch { .. } | E::CertifiedKey { .. } => "tls.private_key",
             E::BadClientCa { .. } | E::ClientVerifier { .. } => "tls.client_ca",
+            E::BadCrl { .. } => "tls.crls",
+            E::Missing { what: "CRL", .. } | E::Io { what: "CRL", .. } => "tls.crls",
             _ => "tls",
         };
         invalid(field, e.to_string())

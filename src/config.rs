@@ -954,6 +954,31 @@ cluster_id = 7
     }
 
     #[test]
+    fn roles_take_typed_identities_plain_or_pinned_to_an_issuer() {
+        let hex = "ab".repeat(32);
+        let text = GOOD.replace(
+            r#"roles = { "dns:payments-gw" = "write", "cn:audit" = "read" }"#,
+            &format!(
+                "roles = {{ \"uri:spiffe://bank.example/pay\" = {{ role = \"write\", issuer = \"sha256:{hex}\" }}, \"email:ops@bank.example\" = \"read\" }}\ncrls = [\"/etc/pantera/clients.crl\"]\nresumption_max_age_s = 0"
+            ),
+        );
+        let c = Config::parse(Path::new("t.toml"), &text).expect("valid");
+        let roles = c.role_map().unwrap();
+        let pinned = roles.entry(&"uri:spiffe://bank.example/pay".parse().unwrap()).unwrap();
+        assert_eq!((pinned.role, pinned.issuer), (tls_term::Role::Write, Some([0xab; 32])));
+        assert_eq!(roles.entry(&"email:ops@bank.example".parse().unwrap()).map(|e| e.issuer), Some(None));
+        assert_eq!(c.crl_paths(), [PathBuf::from("/etc/pantera/clients.crl")]);
+        let settings = c.tls_settings().unwrap();
+        assert_eq!((settings.resumption_max_age_s, settings.crls.len()), (0, 1));
+        // A pinned entry with an unknown field is refused, not ignored.
+        let e = error_of(&text.replace("role = \"write\",", "role = \"write\", ca = \"x\","));
+        assert!(e.contains("tls.roles") || e.contains("roles"), "{e}");
+        // CRLs revoke client certificates: without a client CA they are a mistake.
+        let e = error_of(&text.replace("client_ca = \"/etc/pantera/ca.pem\"\n", ""));
+        assert!(e.contains("tls.crls"), "{e}");
+    }
+
+    #[test]
     fn ledger_data_dir_takes_wal_dir_as_an_alias_and_cluster_ids_up_to_u128() {
         let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
         assert_eq!(c.ledger.data_dir, Path::new("/var/lib/pantera/data"));
