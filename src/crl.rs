@@ -88,17 +88,28 @@ impl CrlMetrics {
             ),
             &["result"],
         )?;
-        metrics.registry.register(Box::new(next_update.clone())).context("registering the CRL metrics")?;
-        metrics.registry.register(Box::new(reloads.clone())).context("registering the CRL metrics")?;
+        metrics
+            .registry
+            .register(Box::new(next_update.clone()))
+            .context("registering the CRL metrics")?;
+        metrics
+            .registry
+            .register(Box::new(reloads.clone()))
+            .context("registering the CRL metrics")?;
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
-        Ok(CrlMetrics { next_update, reloads })
+        Ok(CrlMetrics {
+            next_update,
+            reloads,
+        })
     }
 
     /// A timer-driven re-read ended with `ok`.
     pub fn reloaded(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
     }
 
     /// The CRLs now in force: one gauge per file (the earliest nextUpdate of the CRLs in it),
@@ -107,7 +118,10 @@ impl CrlMetrics {
     pub fn observe(&self, trust: Option<&tls_term::ClientTrust>) {
         self.next_update.reset();
         let Some(trust) = trust else { return };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let mut per_file: Vec<(String, i64)> = Vec::new();
         for crl in trust.crls() {
             let name = crl.path.display().to_string();
@@ -126,7 +140,9 @@ impl CrlMetrics {
             }
         }
         for (name, next) in per_file {
-            self.next_update.with_label_values(&[&name]).set(next as f64);
+            self.next_update
+                .with_label_values(&[&name])
+                .set(next as f64);
         }
     }
 }
@@ -146,8 +162,14 @@ mod tests {
         let mut watch = CrlWatch::new(&paths, interval, t0);
         assert!(!watch.poll(&paths, interval, t0 + interval), "unchanged");
         fs::write(&path, b"longer").unwrap();
-        assert!(!watch.poll(&paths, interval, t0 + interval + Duration::from_secs(1)), "not due yet");
-        assert!(watch.poll(&paths, interval, t0 + 2 * interval), "size changed");
+        assert!(
+            !watch.poll(&paths, interval, t0 + interval + Duration::from_secs(1)),
+            "not due yet"
+        );
+        assert!(
+            watch.poll(&paths, interval, t0 + 2 * interval),
+            "size changed"
+        );
         assert!(!watch.poll(&paths, interval, t0 + 3 * interval), "seen");
         fs::remove_file(&path).unwrap();
         assert!(watch.poll(&paths, interval, t0 + 4 * interval), "gone");

@@ -23,7 +23,10 @@ fn service(lab: &Lab) -> SocketAddr {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 /// The lab certificates in `dir/tls`, made before the server starts (as `Server` would make
@@ -36,14 +39,27 @@ fn init_certs(lab: &Lab, dir: &Path) -> PathBuf {
         .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
         .output()
         .expect("run pantera certs init");
-    assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tls
 }
 
 /// Issues a client certificate as `tls/{file}.pem` + `.key` and returns a client config for
 /// it (one config = one client session store, so its connections may resume).
-fn client(tls: &Path, ca: &LabCa, file: &str, names: LabNames<'_>, serial: u64, not_after: i64) -> Arc<rustls::ClientConfig> {
-    let (cert, key) = ca.issue(&names, serial, not_after).expect("issue a client certificate");
+fn client(
+    tls: &Path,
+    ca: &LabCa,
+    file: &str,
+    names: LabNames<'_>,
+    serial: u64,
+    not_after: i64,
+) -> Arc<rustls::ClientConfig> {
+    let (cert, key) = ca
+        .issue(&names, serial, not_after)
+        .expect("issue a client certificate");
     std::fs::write(tls.join(format!("{file}.pem")), cert).expect("write cert");
     std::fs::write(tls.join(format!("{file}.key")), key).expect("write key");
     tls_client_config(tls, Some(file))
@@ -52,19 +68,32 @@ fn client(tls: &Path, ca: &LabCa, file: &str, names: LabNames<'_>, serial: u64, 
 /// Writes a CRL the way an operator publishes one: a temporary file renamed over the old.
 fn publish_crl(path: &Path, ca: &LabCa, serials: &[u64], number: u64) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, ca.crl(serials, number, unix_now() + 3600).expect("CRL")).expect("write CRL");
+    std::fs::write(
+        &tmp,
+        ca.crl(serials, number, unix_now() + 3600).expect("CRL"),
+    )
+    .expect("write CRL");
     std::fs::rename(&tmp, path).expect("rename CRL");
 }
 
 /// One connection, one request: the status, and whether the handshake was a resumption.
 /// `Err` when the server refused the client (at the handshake: for TLS 1.3 the client sees
 /// the alert on its first read).
-fn attempt(lab: &Lab, config: &Arc<rustls::ClientConfig>, method: &'static str, path: &'static str, body: &'static str) -> Result<(u16, bool), String> {
+fn attempt(
+    lab: &Lab,
+    config: &Arc<rustls::ClientConfig>,
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+) -> Result<(u16, bool), String> {
     let (config, addr) = (Arc::clone(config), service(lab));
     in_netns(&lab.spec.netns, move || {
         let mut s = tls_connect(&config, addr).map_err(|e| e.to_string())?;
         let (status, _) = request(&mut s, method, path, body).map_err(|e| e.to_string())?;
-        Ok((status, s.conn.handshake_kind() == Some(HandshakeKind::Resumed)))
+        Ok((
+            status,
+            s.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        ))
     })
     .join()
     .expect("client thread")
@@ -88,12 +117,18 @@ fn revoked_and_expired_clients_are_refused_also_when_they_resume() {
     // Serial 10 is revoked from the start.
     publish_crl(&crl, &ca, &[10], 1);
     let far = unix_now() + 3600;
-    let cn = |name| LabNames { cn: Some(name), ..Default::default() };
+    let cn = |name| LabNames {
+        cn: Some(name),
+        ..Default::default()
+    };
     let revoked = client(&tls, &ca, "revoked", cn("client"), 10, far);
     let victim = client(&tls, &ca, "victim", cn("client"), 11, far);
     let late = client(&tls, &ca, "late", cn("client"), 12, far);
 
-    let tls_toml = format!("crls = [\"{}\"]\ncrl_reload_interval_ms = 1000\n", crl.display());
+    let tls_toml = format!(
+        "crls = [\"{}\"]\ncrl_reload_interval_ms = 1000\n",
+        crl.display()
+    );
     let server = Server::start_with_tls(&lab, dir.path(), "ledger", &tls_toml, "", &[]);
     assert!(
         server.metric_sum("pantera_tls_crl_next_update_timestamp_seconds", &[]) > unix_now() as f64,
@@ -102,28 +137,52 @@ fn revoked_and_expired_clients_are_refused_also_when_they_resume() {
 
     // A revoked certificate is refused at the handshake.
     assert!(get(&lab, &revoked).is_err(), "a revoked client is refused");
-    server.wait_metric("pantera_tls_errors_total", &["reason=\"certificate_revoked\""], 1.0);
+    server.wait_metric(
+        "pantera_tls_errors_total",
+        &["reason=\"certificate_revoked\""],
+        1.0,
+    );
 
     // A valid client gets a session and resumes it...
-    let (status, resumed) = attempt(&lab, &victim, "POST", "/v1/accounts", TWO_ACCOUNTS).expect("a valid client");
+    let (status, resumed) =
+        attempt(&lab, &victim, "POST", "/v1/accounts", TWO_ACCOUNTS).expect("a valid client");
     assert_eq!((status, resumed), (200, false));
-    assert_eq!(get(&lab, &victim), Ok((200, true)), "the second connection resumes");
+    assert_eq!(
+        get(&lab, &victim),
+        Ok((200, true)),
+        "the second connection resumes"
+    );
     // ...until it is revoked: a new CRL and SIGHUP, and its session no longer resumes.
     publish_crl(&crl, &ca, &[10, 11], 2);
     sighup(&server);
     server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0);
-    assert!(get(&lab, &victim).is_err(), "a revoked client cannot resume");
-    server.wait_metric("pantera_tls_errors_total", &["reason=\"certificate_revoked\""], 2.0);
+    assert!(
+        get(&lab, &victim).is_err(),
+        "a revoked client cannot resume"
+    );
+    server.wait_metric(
+        "pantera_tls_errors_total",
+        &["reason=\"certificate_revoked\""],
+        2.0,
+    );
 
     // The timer picks up a CRL change without SIGHUP.
     assert_eq!(get(&lab, &late), Ok((200, false)));
     publish_crl(&crl, &ca, &[10, 11, 12], 3);
     server.wait_metric("pantera_tls_crl_reloads_total", &["result=\"ok\""], 1.0);
     assert!(get(&lab, &late).is_err(), "revoked by the timer's reload");
-    server.wait_metric("pantera_tls_errors_total", &["reason=\"certificate_revoked\""], 3.0);
+    server.wait_metric(
+        "pantera_tls_errors_total",
+        &["reason=\"certificate_revoked\""],
+        3.0,
+    );
 
     // A bad CRL keeps the CRLs in force.
-    std::fs::write(&crl, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").expect("write");
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .expect("write");
     server.wait_metric("pantera_tls_crl_reloads_total", &["result=\"failed\""], 1.0);
     assert!(get(&lab, &late).is_err(), "still revoked");
 
@@ -136,8 +195,15 @@ fn revoked_and_expired_clients_are_refused_also_when_they_resume() {
     while unix_now() <= not_after + 1 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(get(&lab, &expiring).is_err(), "an expired client cannot resume");
-    server.wait_metric("pantera_tls_errors_total", &["reason=\"certificate_expired\""], 1.0);
+    assert!(
+        get(&lab, &expiring).is_err(),
+        "an expired client cannot resume"
+    );
+    server.wait_metric(
+        "pantera_tls_errors_total",
+        &["reason=\"certificate_expired\""],
+        1.0,
+    );
 
     let mut server = server;
     assert!(server.terminate().success());
@@ -154,9 +220,32 @@ fn a_cn_does_not_get_a_dns_role_and_a_pinned_issuer_holds() {
     let bundle = std::fs::read_to_string(tls.join("ca.pem")).expect("ca.pem") + &other.pem;
     std::fs::write(tls.join("ca.pem"), bundle).expect("write the bundle");
     let far = unix_now() + 3600;
-    let cn_gw = client(&tls, &ca, "cn-gw", LabNames { cn: Some("payments-gw"), ..Default::default() }, 30, far);
-    let dns_gw = client(&tls, &ca, "dns-gw", LabNames { dns: Some("payments-gw"), ..Default::default() }, 31, far);
-    let pay = LabNames { dns: Some("pay.bank.example"), ..Default::default() };
+    let cn_gw = client(
+        &tls,
+        &ca,
+        "cn-gw",
+        LabNames {
+            cn: Some("payments-gw"),
+            ..Default::default()
+        },
+        30,
+        far,
+    );
+    let dns_gw = client(
+        &tls,
+        &ca,
+        "dns-gw",
+        LabNames {
+            dns: Some("payments-gw"),
+            ..Default::default()
+        },
+        31,
+        far,
+    );
+    let pay = LabNames {
+        dns: Some("pay.bank.example"),
+        ..Default::default()
+    };
     let pinned_ok = client(&tls, &ca, "pay-ours", pay.clone(), 32, far);
     let pinned_other = client(&tls, &other, "pay-other", pay, 33, far);
 
@@ -167,17 +256,49 @@ fn a_cn_does_not_get_a_dns_role_and_a_pinned_issuer_holds() {
         "roles = {{ \"cn:client\" = \"write\", \"dns:payments-gw\" = \"write\", \"dns:pay.bank.example\" = {{ role = \"write\", issuer = \"sha256:{}\" }} }}",
         ca.fingerprint_hex()
     );
-    let text: String = text.lines().map(|l| if l.starts_with("roles = ") { roles.clone() } else { l.to_owned() }).collect::<Vec<_>>().join("\n");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("roles = ") {
+                roles.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(server.config_path(), text).expect("write config");
     sighup(&server);
-    assert_eq!(server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0), 1.0, "{}", server.log_text());
+    assert_eq!(
+        server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0),
+        1.0,
+        "{}",
+        server.log_text()
+    );
 
-    let post = |config| attempt(&lab, config, "POST", "/v1/accounts", TWO_ACCOUNTS).map(|(status, _)| status);
-    assert_eq!(post(&cn_gw), Ok(403), "a CN equal to a dns: identity gets no role");
+    let post = |config| {
+        attempt(&lab, config, "POST", "/v1/accounts", TWO_ACCOUNTS).map(|(status, _)| status)
+    };
+    assert_eq!(
+        post(&cn_gw),
+        Ok(403),
+        "a CN equal to a dns: identity gets no role"
+    );
     assert_eq!(post(&dns_gw), Ok(200), "the dns: name gets it");
-    assert_eq!(post(&pinned_ok), Ok(200), "the pinned name from the pinned CA");
-    assert_eq!(post(&pinned_other), Ok(403), "the same name from the other CA in the bundle");
+    assert_eq!(
+        post(&pinned_ok),
+        Ok(200),
+        "the pinned name from the pinned CA"
+    );
+    assert_eq!(
+        post(&pinned_other),
+        Ok(403),
+        "the same name from the other CA in the bundle"
+    );
     let log = server.log_text();
-    assert!(log.contains("cn:payments-gw"), "the refused client is named by its typed identity:\n{log}");
+    assert!(
+        log.contains("cn:payments-gw"),
+        "the refused client is named by its typed identity:\n{log}"
+    );
     assert!(server.terminate().success());
 }

@@ -122,12 +122,22 @@ mod tests {
     #[test]
     fn stamps_expire_after_the_max_age() {
         let s = stamp(1_000, b"session");
-        assert_eq!(unstamp(s.clone(), 60, 1_000).as_deref(), Some(&b"session"[..]));
-        assert_eq!(unstamp(s.clone(), 60, 1_060).as_deref(), Some(&b"session"[..]));
+        assert_eq!(
+            unstamp(s.clone(), 60, 1_000).as_deref(),
+            Some(&b"session"[..])
+        );
+        assert_eq!(
+            unstamp(s.clone(), 60, 1_060).as_deref(),
+            Some(&b"session"[..])
+        );
         assert_eq!(unstamp(s.clone(), 60, 1_061), None);
         // A clock that went back does not make it older.
         assert!(unstamp(s, 60, 10).is_some());
-        assert_eq!(unstamp(vec![1, 2, 3], 60, 0), None, "too short to hold a stamp");
+        assert_eq!(
+            unstamp(vec![1, 2, 3], 60, 0),
+            None,
+            "too short to hold a stamp"
+        );
     }
 
     #[test]

@@ -458,9 +458,11 @@ impl LabCa {
     pub fn dev(dir: &Path) -> Result<LabCa, CertError> {
         let paths = DevCertPaths::in_dir(dir);
         let key = load_ca_key(&paths)?;
-        let cert = CertificateDer::from_pem_file(&paths.ca_cert).map_err(|_| CertError::CaKeyMismatch {
-            cert: paths.ca_cert.clone(),
-            key: paths.ca_key.clone(),
+        let cert = CertificateDer::from_pem_file(&paths.ca_cert).map_err(|_| {
+            CertError::CaKeyMismatch {
+                cert: paths.ca_cert.clone(),
+                key: paths.ca_key.clone(),
+            }
         })?;
         let pem = fs::read_to_string(&paths.ca_cert).map_err(|source| CertError::Io {
             action: "read",
@@ -545,7 +547,12 @@ impl LabCa {
     }
 
     /// A CRL (PEM) revoking `serials`, issued now, next update at `next_update` (Unix seconds).
-    pub fn crl(&self, serials: &[u64], crl_number: u64, next_update: i64) -> Result<String, CertError> {
+    pub fn crl(
+        &self,
+        serials: &[u64],
+        crl_number: u64,
+        next_update: i64,
+    ) -> Result<String, CertError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -568,8 +575,14 @@ impl LabCa {
         };
         let crl = params
             .signed_by(&self.issuer)
-            .map_err(|source| CertError::Generate { what: "CRL", source })?;
-        crl.pem().map_err(|source| CertError::Generate { what: "CRL", source })
+            .map_err(|source| CertError::Generate {
+                what: "CRL",
+                source,
+            })?;
+        crl.pem().map_err(|source| CertError::Generate {
+            what: "CRL",
+            source,
+        })
     }
 
     /// SHA-256 of the CA certificate, as `issuer = "sha256:<hex>"` names it.

@@ -62,7 +62,11 @@ pub fn names_of(cert: &CertificateDer<'_>) -> Option<PeerNames> {
         }
     }
     for cn in cert.subject().iter_common_name() {
-        if let Some(typed) = cn.as_str().ok().and_then(|s| Identity::new(NameKind::Cn, s)) {
+        if let Some(typed) = cn
+            .as_str()
+            .ok()
+            .and_then(|s| Identity::new(NameKind::Cn, s))
+        {
             names.push(typed);
         }
     }
@@ -129,7 +133,9 @@ mod tests {
     #[test]
     fn unusable_names_are_skipped() {
         assert!(names_of(&cert(None, vec![])).unwrap().is_empty());
-        assert!(names_of(&cert(Some("bad\nname"), vec![])).unwrap().is_empty());
+        assert!(names_of(&cert(Some("bad\nname"), vec![]))
+            .unwrap()
+            .is_empty());
         assert!(names_of(&cert(Some(""), vec![])).unwrap().is_empty());
         assert_eq!(
             names_of(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01])),

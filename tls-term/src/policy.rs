@@ -110,14 +110,17 @@ impl ClientPolicy {
             }
             AuthenticatedAt::Unknown => return Err(ResumptionRefused::NoAuthenticationTime),
             AuthenticatedAt::NotCarried if max_age_s == 0 => {
-                return Err(ResumptionRefused::TooOld { age_s: 0, max_age_s })
+                return Err(ResumptionRefused::TooOld {
+                    age_s: 0,
+                    max_age_s,
+                })
             }
             AuthenticatedAt::NotCarried => {}
         }
         match (&self.trust, chain) {
-            (Some(trust), Some(chain)) => {
-                trust.verify(chain, now).map_err(ResumptionRefused::Certificate)
-            }
+            (Some(trust), Some(chain)) => trust
+                .verify(chain, now)
+                .map_err(ResumptionRefused::Certificate),
             // mTLS is on now, and the session has no client certificate (it dates from a
             // configuration without mTLS): it must authenticate in full.
             (Some(_), None) => Err(ResumptionRefused::Certificate(

@@ -181,9 +181,7 @@ pub enum RoleError {
     Untyped { identity: String },
     #[error("identity {identity:?} is listed more than once")]
     Duplicate { identity: String },
-    #[error(
-        "identity {identity:?} is empty, longer than 255 bytes or holds a control character"
-    )]
+    #[error("identity {identity:?} is empty, longer than 255 bytes or holds a control character")]
     BadIdentity { identity: String },
     #[error(
         "identity {identity:?}: issuer {issuer:?} is not \"sha256:\" and 64 hex digits \
@@ -313,8 +311,7 @@ impl RoleMap {
                 continue;
             };
             if let Some(pin) = entry.issuer {
-                let actual = *issuer_value
-                    .get_or_insert_with(|| issuer.take().and_then(|f| f()));
+                let actual = *issuer_value.get_or_insert_with(|| issuer.take().and_then(|f| f()));
                 if actual != Some(pin) {
                     continue;
                 }
@@ -450,7 +447,10 @@ mod tests {
     #[test]
     fn fingerprints_parse() {
         let hex = "AB".repeat(32);
-        assert_eq!(parse_fingerprint(&format!("sha256:{hex}")), Some([0xab; 32]));
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{hex}")),
+            Some([0xab; 32])
+        );
         let colons = vec!["ab"; 32].join(":");
         assert_eq!(
             parse_fingerprint(&format!("sha256:{colons}")),
@@ -458,8 +458,14 @@ mod tests {
         );
         assert_eq!(parse_fingerprint(&hex), None, "the algorithm is required");
         assert_eq!(parse_fingerprint("sha256:abcd"), None);
-        assert_eq!(parse_fingerprint(&format!("sha256:{}", "zz".repeat(32))), None);
-        assert_eq!(parse_fingerprint(&format!("sha256:{}é", "a".repeat(62))), None);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{}", "zz".repeat(32))),
+            None
+        );
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{}é", "a".repeat(62))),
+            None
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use rustls_pki_types::UnixTime;
 
 use crate::config::{SessionLimits, TlsError};
 use crate::identity::names_of;
-use crate::policy::{decode_auth_time, encode_auth_time, AuthenticatedAt, ClientPolicy, ResumptionRefused};
+use crate::policy::{
+    decode_auth_time, encode_auth_time, AuthenticatedAt, ClientPolicy, ResumptionRefused,
+};
 use crate::roles::Role;
 
 /// Why a session ended badly. Every variant but the last two is the peer's doing; for those the
@@ -209,10 +211,11 @@ impl Session {
         limits: SessionLimits,
         policy: Arc<ClientPolicy>,
     ) -> Result<Self, TlsError> {
-        let mut conn = ServerConnection::new(config.clone()).map_err(|source| TlsError::Rustls {
-            what: "new server connection",
-            source,
-        })?;
+        let mut conn =
+            ServerConnection::new(config.clone()).map_err(|source| TlsError::Rustls {
+                what: "new server connection",
+                source,
+            })?;
         // The tickets and cache entries of a full handshake carry its time; a resumed
         // session passes its original time on (after_progress), so the age bound counts from
         // the last time the client's certificate was verified in full.
@@ -471,8 +474,7 @@ impl Session {
         // rustls decides to resume while processing the ClientHello and, for a resumption,
         // does not verify the client chain again: check it here, before the server's flight
         // leaves (poll_output comes after this), so a refused client never completes.
-        if !self.resumption_checked && self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
-        {
+        if !self.resumption_checked && self.conn.handshake_kind() == Some(HandshakeKind::Resumed) {
             self.resumption_checked = true;
             let authenticated_at = match self.conn.protocol_version() {
                 Some(ProtocolVersion::TLSv1_2) => AuthenticatedAt::NotCarried,
@@ -503,9 +505,10 @@ impl Session {
                 .and_then(|c| c.first())
                 .map(|leaf| names_of(leaf).unwrap_or_default());
             let trust = self.policy.trust.as_ref();
-            let resolved = self.policy.roles.resolve(names.as_ref(), || {
-                trust?.issuer_of(chain?, UnixTime::now())
-            });
+            let resolved = self
+                .policy
+                .roles
+                .resolve(names.as_ref(), || trust?.issuer_of(chain?, UnixTime::now()));
             self.identity = resolved.identity;
             self.role = resolved.role;
         }
@@ -516,7 +519,15 @@ impl Session {
     /// nothing yet, RFC 8446 §5.1 / RFC 5246 §6.2.1), in place of rustls' queued flight.
     fn refuse(&mut self, refused: ResumptionRefused) -> SessionError {
         const FATAL: u8 = 2;
-        let record = [0x15, 0x03, 0x03, 0x00, 0x02, FATAL, u8::from(refused.alert())];
+        let record = [
+            0x15,
+            0x03,
+            0x03,
+            0x00,
+            0x02,
+            FATAL,
+            u8::from(refused.alert()),
+        ];
         self.refusal_alert = Some((record, 0));
         self.fail(SessionError::ResumptionRefused(refused))
     }
@@ -535,7 +546,9 @@ impl Session {
             self.tx_plaintext.drain(..taken);
         }
         // An idle connection keeps no send queue: the capacity a burst grew goes back.
-        if self.tx_plaintext.is_empty() && self.tx_plaintext.capacity() > TX_PLAINTEXT_IDLE_CAPACITY_MAX {
+        if self.tx_plaintext.is_empty()
+            && self.tx_plaintext.capacity() > TX_PLAINTEXT_IDLE_CAPACITY_MAX
+        {
             self.tx_plaintext = VecDeque::new();
         }
         self.queue_close_notify_if_drained();

@@ -127,7 +127,9 @@ impl ClientTrust {
         let mut builder =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         if !crl_ders.is_empty() {
-            builder = builder.with_crls(crl_ders).allow_unknown_revocation_status();
+            builder = builder
+                .with_crls(crl_ders)
+                .allow_unknown_revocation_status();
             for (cert, covered) in ca_certs.iter().zip(&covered) {
                 if !*covered {
                     log::warn!(
@@ -140,12 +142,10 @@ impl ClientTrust {
         }
         // Anonymous clients are refused (allow_unauthenticated is not called): with mTLS
         // configured, the certificate is the only identity a request has.
-        let verifier = builder
-            .build()
-            .map_err(|source| TlsError::ClientVerifier {
-                path: ca_path.to_owned(),
-                source,
-            })?;
+        let verifier = builder.build().map_err(|source| TlsError::ClientVerifier {
+            path: ca_path.to_owned(),
+            source,
+        })?;
         Ok(ClientTrust {
             cas,
             verifier,
@@ -187,7 +187,11 @@ impl ClientTrust {
         let (leaf, intermediates) = chain.split_first()?;
         self.cas
             .iter()
-            .find(|ca| ca.verifier.verify_client_cert(leaf, intermediates, now).is_ok())
+            .find(|ca| {
+                ca.verifier
+                    .verify_client_cert(leaf, intermediates, now)
+                    .is_ok()
+            })
             .map(|ca| ca.fingerprint)
     }
 }

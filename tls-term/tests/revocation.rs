@@ -75,14 +75,16 @@ impl Lab {
             .add(CertificateDer::from_pem_file(self.dir.path().join("ca.pem")).unwrap())
             .unwrap();
         let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
-        let mut config = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
-        .unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    chain,
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
@@ -110,8 +112,8 @@ fn connect(
     policy: &Arc<ClientPolicy>,
 ) -> Result<(Session, ClientConnection), Fail> {
     let now = Instant::now();
-    let mut c = ClientConnection::new(client.clone(), ServerName::IpAddress(SERVICE_IP.into()))
-        .unwrap();
+    let mut c =
+        ClientConnection::new(client.clone(), ServerName::IpAddress(SERVICE_IP.into())).unwrap();
     let mut s = Session::with_policy(
         &server.config,
         now,
@@ -184,16 +186,28 @@ fn refused_label(result: Result<(Session, ClientConnection), Fail>) -> &'static 
 #[test]
 fn a_revoked_certificate_is_refused_at_the_handshake() {
     let lab = Lab::new();
-    let crl = lab.write("ca.crl", &lab.ca.crl(&[1001], 1, unix_now() + 3600).unwrap());
+    let crl = lab.write(
+        "ca.crl",
+        &lab.ca.crl(&[1001], 1, unix_now() + 3600).unwrap(),
+    );
     let tls = server_tls(&lab.settings(vec![crl])).unwrap();
     let p = policy(&tls, RoleMap::lab());
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     let revoked = lab.client(&lab.ca, &names, 1001, unix_now() + 3600, TLS13);
-    assert_eq!(refused_label(connect(&revoked, &tls, &p)), "certificate_revoked");
+    assert_eq!(
+        refused_label(connect(&revoked, &tls, &p)),
+        "certificate_revoked"
+    );
     // Another serial of the same CA is fine, with its typed identity and role.
     let good = lab.client(&lab.ca, &names, 1002, unix_now() + 3600, TLS13);
     let (s, _) = connect(&good, &tls, &p).unwrap();
-    assert_eq!((s.identity(), s.role()), (Some("cn:client"), Some(Role::Write)));
+    assert_eq!(
+        (s.identity(), s.role()),
+        (Some("cn:client"), Some(Role::Write))
+    );
     let info = tls.trust.as_ref().unwrap().crls();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].revoked, 1);
@@ -208,7 +222,10 @@ fn resume_under(
     later: impl FnOnce(&ServerTls) -> Arc<ClientPolicy>,
 ) -> Result<(Session, ClientConnection), Fail> {
     let tls = server_tls(&lab.settings(vec![])).unwrap();
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     let client = lab.client(&lab.ca, &names, serial, unix_now() + 3600, versions);
     let (first, _) = connect(&client, &tls, &policy(&tls, RoleMap::lab())).unwrap();
     assert!(!first.resumed());
@@ -237,13 +254,15 @@ fn the_client_gets_a_fatal_alert_when_resumption_is_refused() {
     let crl = lab.write("ca.crl", &lab.ca.crl(&[78], 2, unix_now() + 3600).unwrap());
     let revoking = server_tls(&lab.settings(vec![crl])).unwrap();
     let tls = server_tls(&lab.settings(vec![])).unwrap();
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     let client = lab.client(&lab.ca, &names, 78, unix_now() + 3600, TLS13);
     connect(&client, &tls, &policy(&tls, RoleMap::lab())).unwrap();
     // Drive by hand to see the client's side.
     let now = Instant::now();
-    let mut c =
-        ClientConnection::new(client, ServerName::IpAddress(SERVICE_IP.into())).unwrap();
+    let mut c = ClientConnection::new(client, ServerName::IpAddress(SERVICE_IP.into())).unwrap();
     let mut s = Session::with_policy(
         &tls.config,
         now,
@@ -312,7 +331,10 @@ fn resumption_off_means_full_handshakes() {
     })
     .unwrap();
     let p = policy(&tls, RoleMap::lab());
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     for versions in [TLS13, TLS12] {
         let client = lab.client(&lab.ca, &names, 8, unix_now() + 3600, versions);
         connect(&client, &tls, &p).unwrap();
@@ -326,13 +348,19 @@ fn an_expired_certificate_cannot_resume() {
     let lab = Lab::new();
     let tls = server_tls(&lab.settings(vec![])).unwrap();
     let p = policy(&tls, RoleMap::lab());
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     // Valid for two more seconds (webpki compares whole seconds).
     let client = lab.client(&lab.ca, &names, 9, unix_now() + 2, TLS13);
     let (s, _) = connect(&client, &tls, &p).unwrap();
     assert!(!s.resumed());
     std::thread::sleep(Duration::from_millis(3_200));
-    assert_eq!(refused_label(connect(&client, &tls, &p)), "certificate_expired");
+    assert_eq!(
+        refused_label(connect(&client, &tls, &p)),
+        "certificate_expired"
+    );
 }
 
 #[test]
@@ -340,10 +368,7 @@ fn a_cn_does_not_get_the_role_of_a_dns_identity_and_pins_hold() {
     let lab = Lab::new();
     let other = LabCa::generate("Another CA").unwrap();
     // Both CAs in the client CA bundle.
-    let bundle = lab.write(
-        "bundle.pem",
-        &format!("{}{}", lab.ca.pem, other.pem),
-    );
+    let bundle = lab.write("bundle.pem", &format!("{}{}", lab.ca.pem, other.pem));
     let tls = server_tls(&TlsSettings {
         client_ca: Some(bundle),
         ..lab.settings(vec![])
@@ -361,26 +386,57 @@ fn a_cn_does_not_get_the_role_of_a_dns_identity_and_pins_hold() {
     let p = policy(&tls, roles);
     let far = unix_now() + 3600;
 
-    let cn_only = LabNames { cn: Some("payments-gw"), ..Default::default() };
+    let cn_only = LabNames {
+        cn: Some("payments-gw"),
+        ..Default::default()
+    };
     let (s, _) = connect(&lab.client(&lab.ca, &cn_only, 20, far, TLS13), &tls, &p).unwrap();
     assert_eq!((s.identity(), s.role()), (Some("cn:payments-gw"), None));
 
-    let dns = LabNames { dns: Some("payments-gw"), ..Default::default() };
+    let dns = LabNames {
+        dns: Some("payments-gw"),
+        ..Default::default()
+    };
     let (s, _) = connect(&lab.client(&lab.ca, &dns, 21, far, TLS13), &tls, &p).unwrap();
-    assert_eq!((s.identity(), s.role()), (Some("dns:payments-gw"), Some(Role::Write)));
+    assert_eq!(
+        (s.identity(), s.role()),
+        (Some("dns:payments-gw"), Some(Role::Write))
+    );
 
     // The pinned name: from the pinned CA it has the role, from the other CA in the bundle not.
-    let pinned = LabNames { dns: Some("pay.bank.example"), ..Default::default() };
+    let pinned = LabNames {
+        dns: Some("pay.bank.example"),
+        ..Default::default()
+    };
     let (s, _) = connect(&lab.client(&lab.ca, &pinned, 22, far, TLS13), &tls, &p).unwrap();
     assert_eq!(s.role(), Some(Role::Write));
     let (s, _) = connect(&lab.client(&other, &pinned, 23, far, TLS13), &tls, &p).unwrap();
-    assert_eq!((s.identity(), s.role()), (Some("dns:pay.bank.example"), None));
+    assert_eq!(
+        (s.identity(), s.role()),
+        (Some("dns:pay.bank.example"), None)
+    );
 
     // SPIFFE ids are uri: identities.
-    let spiffe_roles = RoleMap::from_roles([("uri:spiffe://bank.example/payments", "write")]).unwrap();
-    let spiffe = LabNames { uri: Some("spiffe://bank.example/payments"), cn: Some("x"), ..Default::default() };
-    let (s, _) = connect(&lab.client(&other, &spiffe, 24, far, TLS13), &tls, &policy(&tls, spiffe_roles)).unwrap();
-    assert_eq!((s.identity(), s.role()), (Some("uri:spiffe://bank.example/payments"), Some(Role::Write)));
+    let spiffe_roles =
+        RoleMap::from_roles([("uri:spiffe://bank.example/payments", "write")]).unwrap();
+    let spiffe = LabNames {
+        uri: Some("spiffe://bank.example/payments"),
+        cn: Some("x"),
+        ..Default::default()
+    };
+    let (s, _) = connect(
+        &lab.client(&other, &spiffe, 24, far, TLS13),
+        &tls,
+        &policy(&tls, spiffe_roles),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.identity(), s.role()),
+        (
+            Some("uri:spiffe://bank.example/payments"),
+            Some(Role::Write)
+        )
+    );
 }
 
 #[test]
@@ -394,7 +450,10 @@ fn bad_crl_files_are_clear_errors() {
         other => panic!("{other:?}"),
     };
     check(lab.dir.path().join("missing.crl"));
-    let e = check(lab.write("garbage.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"));
+    let e = check(lab.write(
+        "garbage.crl",
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    ));
     assert!(e.contains("CRL"), "{e}");
     let e = check(lab.write("cert-not-crl.pem", &lab.ca.pem));
     assert!(e.contains("X509 CRL"), "{e}");
@@ -404,7 +463,8 @@ fn bad_crl_files_are_clear_errors() {
     assert!(e.contains("not signed by any client CA"), "{e}");
     // DER is accepted as well as PEM.
     let pem = lab.ca.crl(&[1], 1, unix_now() + 60).unwrap();
-    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let der =
+        rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
     let path = lab.dir.path().join("ca.der.crl");
     fs::write(&path, der.as_ref()).unwrap();
     server_tls(&lab.settings(vec![path])).unwrap();
@@ -417,9 +477,15 @@ fn an_expired_crl_is_still_applied() {
     let crl = lab.write("ca.crl", &lab.ca.crl(&[31], 1, unix_now() - 1).unwrap());
     let tls = server_tls(&lab.settings(vec![crl])).unwrap();
     let p = policy(&tls, RoleMap::lab());
-    let names = LabNames { cn: Some("client"), ..Default::default() };
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
     let revoked = lab.client(&lab.ca, &names, 31, unix_now() + 3600, TLS13);
-    assert_eq!(refused_label(connect(&revoked, &tls, &p)), "certificate_revoked");
+    assert_eq!(
+        refused_label(connect(&revoked, &tls, &p)),
+        "certificate_revoked"
+    );
     let good = lab.client(&lab.ca, &names, 32, unix_now() + 3600, TLS13);
     connect(&good, &tls, &p).unwrap();
 }
