@@ -489,3 +489,32 @@ fn an_expired_crl_is_still_applied() {
     let good = lab.client(&lab.ca, &names, 32, unix_now() + 3600, TLS13);
     connect(&good, &tls, &p).unwrap();
 }
+
+#[test]
+fn chained_resumptions_count_from_the_full_handshake() {
+    let lab = Lab::new();
+    let tls = server_tls(&lab.settings(vec![])).unwrap();
+    let p = Arc::new(ClientPolicy {
+        resumption_max_age_s: 2,
+        ..(*policy(&tls, RoleMap::lab())).clone()
+    });
+    let names = LabNames {
+        cn: Some("client"),
+        ..Default::default()
+    };
+    let client = lab.client(&lab.ca, &names, 40, unix_now() + 3600, TLS13);
+    let (full, _) = connect(&client, &tls, &p).unwrap();
+    assert!(!full.resumed());
+    // 1.5 s later (1 or 2 whole seconds): within the bound; this connection issues new
+    // tickets, and the client offers the newest next.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (resumed, _) = connect(&client, &tls, &p).unwrap();
+    assert!(resumed.resumed());
+    // 1.5 s after that: the newest ticket is 1.5 s old, but the full handshake 3 s: refused.
+    // (Were the age counted from the last ticket, this would resume.)
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        refused_label(connect(&client, &tls, &p)),
+        "resumption_too_old"
+    );
+}
