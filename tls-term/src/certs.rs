@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `ca.pem` / `ca.key` | self-signed CA "Pantera dev CA", path length 0 | 0644 / 0600 |
 //! | `server.pem` / `server.key` | leaf for the service address: SAN IP + DNS `pantera.lab` | 0644 / 0600 |
-//! | `client.pem` / `client.key` | client leaf, CN `client` (the write role) | 0644 / 0600 |
-//! | `reader.pem` / `reader.key` | client leaf, CN `reader` (the read role) | 0644 / 0600 |
+//! | `client.pem` / `client.key` | client leaf, CN `client` (`cn:client`, the write role) | 0644 / 0600 |
+//! | `reader.pem` / `reader.key` | client leaf, CN `reader` (`cn:reader`, the read role) | 0644 / 0600 |
 //!
 //! `server.pem` holds only the leaf: clients are given `ca.pem` as their trust anchor, and
 //! RFC 8446 §4.4.2 lets the server omit the root, so sending it would only cost bytes on every
@@ -33,9 +33,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const SERVER_DNS_NAME: &str = "pantera.lab";
 /// Subject CN of the dev CA.
 pub const CA_COMMON_NAME: &str = "Pantera dev CA";
-/// Identity of the dev client that may write.
+/// Subject CN of the dev client that may write (its identity is `cn:client`).
 pub const WRITER_IDENTITY: &str = "client";
-/// Identity of the dev client that may only read.
+/// Subject CN of the dev client that may only read (its identity is `cn:reader`).
 pub const READER_IDENTITY: &str = "reader";
 
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
@@ -278,8 +278,8 @@ impl Leaf<'_> {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Leaf::Client(identity) => {
-                // CN only: the identity rules (crate::identity) fall back to the CN when the
-                // certificate carries no SAN DNS name or email.
+                // CN only: the typed identity is `cn:<identity>` (crate::identity), the key
+                // the lab's roles use.
                 name.push(DnType::CommonName, *identity);
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
