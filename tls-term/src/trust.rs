@@ -235,7 +235,8 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
         path: path.to_owned(),
         source,
     })?;
-    if bytes.starts_with(b"-----BEGIN") || bytes.iter().take(64).all(u8::is_ascii) {
+    // DER starts with a SEQUENCE tag (0x30); anything else is read as PEM.
+    if bytes.first() != Some(&0x30) {
         let mut out = Vec::new();
         for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes) {
             match item {
