@@ -6,8 +6,8 @@
 //! configuration, roles, limits, the edge defence). Only when all of it is good is anything
 //! applied; a reload that fails changes nothing and says why, at error level.
 //!
-//! Reloadable: `[tls]` (certificates, key, client CA, minimum version, handshake deadline and
-//! budget, roles), `[http]` (request and connection limits, the queue budget) and `[edge]`
+//! Reloadable: `[tls]` (certificates, key, client CA, CRLs, minimum version, handshake deadline
+//! and budget, roles, resumption bound), `[http]` (request and connection limits, the queue budget) and `[edge]`
 //! except `syn_sources_max`. The workers take the new TLS configuration, limits and roles
 //! for the connections they open from then on: a connection keeps the ones it started with
 //! for its whole life. The edge defence is rewritten in the XDP maps at once.
