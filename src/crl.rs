@@ -5,8 +5,9 @@
 //! on SIGHUP, and when [`CrlWatch`] sees a CRL file change (every `tls.crl_reload_interval_ms`
 //! the main thread compares each file's modification time and size with what it saw last).
 //! A changed file rebuilds the TLS settings from the running configuration and publishes them
-//! to the workers exactly as a reload does (`Reloader::refresh_tls`): new handshakes and
-//! resumptions are checked against the new CRLs. A CRL that no longer loads keeps the running
+//! to the workers as a reload does (`Reloader::refresh_tls`), keeping the session cache and
+//! ticket keys: new handshakes and resumptions are checked against the new CRLs, and clients
+//! still valid keep resuming instead of all paying a full handshake at once. A CRL that no longer loads keeps the running
 //! settings (and their CRLs), with an error in the log and
 //! `pantera_tls_crl_reloads_total{result="failed"}`.
 

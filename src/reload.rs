@@ -50,6 +50,17 @@ impl Settings {
     /// (a key that does not match its certificate, a missing file, a bad CA fail).
     pub fn build(config: &Config) -> Result<Settings> {
         let tls = tls_term::server_tls(&config.tls_settings()?).context("tls")?;
+        Settings::with_tls(config, tls)
+    }
+
+    /// Like `build`, keeping the session cache and ticket keys of `previous` (built from the
+    /// same configuration): for a CRL change (src/crl.rs).
+    pub fn build_keeping_sessions(config: &Config, previous: &rustls::ServerConfig) -> Result<Settings> {
+        let tls = tls_term::server_tls_keeping_sessions(&config.tls_settings()?, previous).context("tls")?;
+        Settings::with_tls(config, tls)
+    }
+
+    fn with_tls(config: &Config, tls: tls_term::ServerTls) -> Result<Settings> {
         Ok(Settings {
             roles: Arc::new(config.client_policy(tls.trust.clone())?),
             tls: tls.config,
@@ -364,6 +375,9 @@ pub struct Reloader<'a> {
     /// The whole set, for the certificate expiry gauges a reload moves.
     all_metrics: Metrics,
     crl: crate::crl::CrlMetrics,
+    /// The TLS configuration new connections get now (start, then each publish): a CRL
+    /// change keeps its session cache and ticket keys.
+    current_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Reloader<'_> {
@@ -390,11 +404,14 @@ impl<'a> Reloader<'a> {
             metrics: ReloadMetrics::register(metrics)?,
             all_metrics: metrics.clone(),
             crl: crate::crl::CrlMetrics::register(metrics)?,
+            current_tls: None,
         })
     }
 
-    /// The CRLs now in force, for their metrics (at start; reloads call it themselves).
-    pub fn observe_crls(&self, trust: Option<&tls_term::ClientTrust>) {
+    /// The TLS configuration and client trust `serve` started with (its CRLs' metrics; its
+    /// sessions, kept across CRL changes). Reloads record theirs themselves.
+    pub fn started_with(&mut self, tls: Option<Arc<rustls::ServerConfig>>, trust: Option<&tls_term::ClientTrust>) {
+        self.current_tls = tls;
         self.crl.observe(trust);
     }
 
@@ -402,7 +419,11 @@ impl<'a> Reloader<'a> {
     /// configuration and publishes them as a reload does. On error the running settings
     /// (and their CRLs) stay. Returns whether it applied.
     pub fn refresh_tls(&mut self) -> bool {
-        match Settings::build(&self.running) {
+        let built = match &self.current_tls {
+            Some(previous) => Settings::build_keeping_sessions(&self.running, previous),
+            None => Settings::build(&self.running),
+        };
+        match built {
             Ok(settings) => {
                 log::info!("a CRL file changed: new handshakes and resumptions use the CRLs now in the files");
                 self.publish(settings);
@@ -419,6 +440,7 @@ impl<'a> Reloader<'a> {
 
     fn publish(&mut self, settings: Settings) {
         self.crl.observe(settings.roles.trust.as_deref());
+        self.current_tls = Some(Arc::clone(&settings.tls));
         *self
             .published
             .settings

@@ -80,7 +80,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
     let mut ledger_thread = None;
     let mut ledger_parts = None;
-    // The client CAs and CRLs loaded at start, for the CRL metrics.
+    // The TLS configuration and client CAs and CRLs loaded at start, for the CRL metrics and
+    // the sessions kept across CRL changes.
+    let mut started_tls = None;
     let mut crl_trust = None;
     if let Some(storage) = storage {
         if let Some(home) = lab_home {
@@ -94,6 +96,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         let tls_settings = config.tls_settings()?;
         let server_tls = tls_term::server_tls(&tls_settings).context("tls")?;
         crl_trust = server_tls.trust.clone();
+        started_tls = Some(Arc::clone(&server_tls.config));
         let tls = server_tls.config;
         // The certificates loaded above: a failure here is a metric missing, not a refusal.
         if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
@@ -223,7 +226,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         crate::logging::flush_suppressed();
         crate::metric_families::sync_xdp(&metrics, &steering.counters());
     };
-    reloader.observe_crls(crl_trust.as_deref());
+    reloader.started_with(started_tls, crl_trust.as_deref());
     let crl_interval = |c: &Config| Duration::from_millis(c.tls.crl_reload_interval_ms);
     let mut crl_watch = crate::crl::CrlWatch::new(reloader.running().crl_paths(), crl_interval(reloader.running()), Instant::now());
     while !stop.load(Ordering::Relaxed) {

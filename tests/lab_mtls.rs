@@ -77,8 +77,10 @@ fn publish_crl(path: &Path, ca: &LabCa, serials: &[u64], number: u64) {
 }
 
 /// One connection, one request: the status, and whether the handshake was a resumption.
-/// `Err` when the server refused the client (at the handshake: for TLS 1.3 the client sees
-/// the alert on its first read).
+/// `Err` when the server refused the client: `handshake: ...` when the client's own handshake
+/// failed (a refused resumption: the server answers the ClientHello with the alert),
+/// `request: ...` when it failed after (a full TLS 1.3 handshake: the client has finished its
+/// side when the server refuses its certificate, and sees the alert on its first read).
 fn attempt(
     lab: &Lab,
     config: &Arc<rustls::ClientConfig>,
@@ -88,8 +90,9 @@ fn attempt(
 ) -> Result<(u16, bool), String> {
     let (config, addr) = (Arc::clone(config), service(lab));
     in_netns(&lab.spec.netns, move || {
-        let mut s = tls_connect(&config, addr).map_err(|e| e.to_string())?;
-        let (status, _) = request(&mut s, method, path, body).map_err(|e| e.to_string())?;
+        let mut s = tls_connect(&config, addr).map_err(|e| format!("handshake: {e}"))?;
+        let (status, _) =
+            request(&mut s, method, path, body).map_err(|e| format!("request: {e}"))?;
         Ok((
             status,
             s.conn.handshake_kind() == Some(HandshakeKind::Resumed),
@@ -166,11 +169,24 @@ fn revoked_and_expired_clients_are_refused_also_when_they_resume() {
         2.0,
     );
 
-    // The timer picks up a CRL change without SIGHUP.
+    // The timer picks up a CRL change without SIGHUP. Sessions survive it (same cache and
+    // ticket keys): a client still valid keeps resuming, a revoked one is refused when it
+    // tries to resume, at its handshake.
+    let steady = client(&tls, &ca, "steady", cn("client"), 14, far);
     assert_eq!(get(&lab, &late), Ok((200, false)));
+    assert_eq!(get(&lab, &steady), Ok((200, false)));
     publish_crl(&crl, &ca, &[10, 11, 12], 3);
     server.wait_metric("pantera_tls_crl_reloads_total", &["result=\"ok\""], 1.0);
-    assert!(get(&lab, &late).is_err(), "revoked by the timer's reload");
+    let refused = get(&lab, &late);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.starts_with("handshake:")),
+        "revoked by the timer's reload, refused as it resumes: {refused:?}"
+    );
+    assert_eq!(
+        get(&lab, &steady),
+        Ok((200, true)),
+        "a valid client keeps resuming"
+    );
     server.wait_metric(
         "pantera_tls_errors_total",
         &["reason=\"certificate_revoked\""],

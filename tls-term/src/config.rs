@@ -337,6 +337,21 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
 /// Like [`server_config`], and also returns the client trust the configuration verifies with
 /// (one load of the CA and CRL files for both).
 pub fn server_tls(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
+    build(settings, None)
+}
+
+/// Like [`server_tls`], keeping the session cache and ticket keys of `previous`, a configuration
+/// built from the same settings: for a CRL change, after which clients keep resuming their
+/// sessions (each resumption is checked against the new CRLs, [`crate::policy`]) instead of
+/// all paying a full handshake at once.
+pub fn server_tls_keeping_sessions(
+    settings: &TlsSettings,
+    previous: &ServerConfig,
+) -> Result<ServerTls, TlsError> {
+    build(settings, Some(previous))
+}
+
+fn build(settings: &TlsSettings, previous: Option<&ServerConfig>) -> Result<ServerTls, TlsError> {
     settings.validate()?;
     let provider = Arc::new(crypto_provider());
 
@@ -399,6 +414,10 @@ pub fn server_tls(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
     if !resumption {
         // No TLS 1.3 stateful tickets either: nothing to resume from.
         config.send_tls13_tickets = 0;
+    }
+    if let Some(previous) = previous {
+        config.session_storage = Arc::clone(&previous.session_storage);
+        config.ticketer = Arc::clone(&previous.ticketer);
     }
     // 0-RTT stays off (max_early_data_size = 0, rustls' default): early data is replayable
     // (RFC 8446 §8) and every request here moves money.

@@ -20,19 +20,20 @@ mod session;
 mod trust;
 
 pub use config::{
-    crypto_provider, load_certs, load_private_key, server_config, server_tls, ServerTls,
-    SessionLimits, TlsError, RESUMPTION_MAX_AGE_S_DEFAULT, RESUMPTION_MAX_AGE_S_MAX,
-    TlsSettings, TlsVersion, ALLOWED_CIPHER_SUITES, ALPN_HTTP_1_1, HANDSHAKE_TIMEOUT_MS_DEFAULT,
-    HANDSHAKE_TIMEOUT_MS_MAX, PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT, PLAINTEXT_BUFFER_BYTES_MAX_LIMIT,
-    PLAINTEXT_BUFFER_BYTES_MIN, SESSION_CACHE_ENTRIES_DEFAULT, SESSION_CACHE_ENTRIES_MAX,
+    crypto_provider, load_certs, load_private_key, server_config, server_tls,
+    server_tls_keeping_sessions, ServerTls, SessionLimits, TlsError, TlsSettings, TlsVersion,
+    ALLOWED_CIPHER_SUITES, ALPN_HTTP_1_1, HANDSHAKE_TIMEOUT_MS_DEFAULT, HANDSHAKE_TIMEOUT_MS_MAX,
+    PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT, PLAINTEXT_BUFFER_BYTES_MAX_LIMIT,
+    PLAINTEXT_BUFFER_BYTES_MIN, RESUMPTION_MAX_AGE_S_DEFAULT, RESUMPTION_MAX_AGE_S_MAX,
+    SESSION_CACHE_ENTRIES_DEFAULT, SESSION_CACHE_ENTRIES_MAX,
 };
 pub use policy::{AuthenticatedAt, ClientPolicy, ResumptionRefused};
 pub use roles::{
     parse_fingerprint, CaFingerprint, Identity, NameKind, Resolved, Role, RoleEntry, RoleError,
     RoleMap, IDENTITY_BYTES_MAX, ROLE_ENTRIES_MAX,
 };
-pub use trust::{fingerprint, ClientTrust, CrlInfo, CRL_FILES_MAX, CRL_FILE_BYTES_MAX};
 pub use session::{Session, SessionError};
+pub use trust::{fingerprint, ClientTrust, CrlInfo, CRL_FILES_MAX, CRL_FILE_BYTES_MAX};
 
 /// rustls, re-exported so callers name the same version's types (ServerConfig, ProtocolVersion).
 pub use rustls;
