@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
-use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Roles};
+use ledger_svc::connection::{Budget, Connection, ConnectionLimits};
 
 use crate::committer::{self, Completion, LedgerClient, ReplyTo, Submission};
 use crate::config::Config;
@@ -53,7 +53,9 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
         log::warn!("{warning}");
     }
     let tls_settings = config.tls_settings()?;
-    let tls = tls_term::server_config(&tls_settings).context("tls")?;
+    let server_tls = tls_term::server_tls(&tls_settings).context("tls")?;
+    let policy = Arc::new(config.client_policy(server_tls.trust.clone())?);
+    let tls = server_tls.config;
 
     // The ledger exactly as `serve` runs it: recovered before the port opens. One reply
     // channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
@@ -65,7 +67,7 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
     let shared = Shared {
         tls,
         limits: config.connection_limits(),
-        roles: Arc::new(config.roles()),
+        roles: policy,
         budget: config.queue_budget(),
         ledger: client,
         completions: reply_rx,
@@ -115,7 +117,7 @@ fn wake_address(local: SocketAddr) -> SocketAddr {
 struct Shared {
     tls: Arc<rustls::ServerConfig>,
     limits: ConnectionLimits,
-    roles: Arc<Roles>,
+    roles: Arc<tls_term::ClientPolicy>,
     /// One budget for every connection of this server, as for one queue of `serve`.
     budget: Budget,
     ledger: LedgerClient,

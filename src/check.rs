@@ -61,7 +61,7 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
     if t.roles.is_empty() && t.anonymous_role == "none" {
         let who = if t.client_ca.is_some() { "client" } else { "request" };
         warnings.push(format!(
-            "tls.roles is empty{}: every {who} would get 403 (add identity = \"write\" or \"read\" entries)",
+            "tls.roles is empty{}: every {who} would get 403 (add \"cn:NAME\" = \"write\" or \"read\" entries; dns:, email:, uri: for subjectAltNames)",
             if t.client_ca.is_some() {
                 " with tls.client_ca set (mTLS)"
             } else {
@@ -181,6 +181,8 @@ fn tls(config: &Config, now: i64, warnings: &mut Vec<String>) -> Result<(), Conf
         let field = match &e {
             E::KeyMismatch { .. } | E::CertifiedKey { .. } => "tls.private_key",
             E::BadClientCa { .. } | E::ClientVerifier { .. } => "tls.client_ca",
+            E::BadCrl { .. } => "tls.crls",
+            E::Missing { what: "CRL", .. } | E::Io { what: "CRL", .. } => "tls.crls",
             _ => "tls",
         };
         invalid(field, e.to_string())
@@ -270,7 +272,7 @@ mod tests {
     #[test]
     fn good_files_pass_and_the_missing_data_directory_is_a_warning() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config_in(dir.path(), "roles = { client = \"write\" }");
+        let config = config_in(dir.path(), "roles = { \"cn:client\" = \"write\" }");
         let warnings = deep(&config, DataDir::Look, SystemTime::now()).expect("valid");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("ledger.data_dir"), "{warnings:?}");
@@ -334,7 +336,7 @@ mod tests {
     #[test]
     fn expiry_is_reported_ahead_and_after() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config_in(dir.path(), "roles = { client = \"write\" }");
+        let config = config_in(dir.path(), "roles = { \"cn:client\" = \"write\" }");
         let leaf = tls_term::load_certs("c", &config.tls.cert_chain).unwrap();
         let (_, cert) = X509Certificate::from_der(&leaf[0]).unwrap();
         let not_after = cert.validity().not_after.timestamp();
@@ -357,7 +359,7 @@ mod tests {
     #[test]
     fn a_chain_out_of_order_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = config_in(dir.path(), "roles = { client = \"write\" }");
+        let mut config = config_in(dir.path(), "roles = { \"cn:client\" = \"write\" }");
         // Leaf, then a certificate that did not issue it (the client's): not a chain.
         let tls = dir.path().join("tls");
         let chain = std::fs::read_to_string(tls.join("server.pem")).unwrap() + &std::fs::read_to_string(tls.join("client.pem")).unwrap();

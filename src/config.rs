@@ -197,9 +197,10 @@ pub struct TlsSection {
     /// busy.
     #[serde(default = "default_handshake_time_share_percent")]
     pub handshake_time_share_percent: u32,
-    /// Client identity (certificate SAN or CN) -> "write" | "read".
+    /// Typed client identity (`dns:`, `email:`, `uri:`, `cn:`) -> "write" | "read", or
+    /// `{ role = "write", issuer = "sha256:<hex>" }` to pin the issuing CA.
     #[serde(default)]
-    pub roles: BTreeMap<String, String>,
+    pub roles: BTreeMap<String, RoleValue>,
     /// The role of a client without a certificate (only when `client_ca` is unset):
     /// "none" (default: every request gets 403), "read" or "write".
     #[serde(default = "default_anonymous_role")]
@@ -208,6 +209,62 @@ pub struct TlsSection {
     /// restart-only (docs/security.md, "Key custody").
     #[serde(default = "default_lock_memory")]
     pub lock_memory: bool,
+    /// CRL files (PEM or DER) of the client CAs; re-read on SIGHUP and when they change
+    /// (src/crl.rs).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// How often the CRL files are looked at for a change.
+    #[serde(default = "default_crl_reload_interval_ms")]
+    pub crl_reload_interval_ms: u64,
+    /// A session resumes only within this many seconds of its full handshake; 0: never.
+    #[serde(default = "default_resumption_max_age_s")]
+    pub resumption_max_age_s: u64,
+}
+
+/// One `[tls] roles` value: a role, or a role pinned to the CA that issued the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RoleValue {
+    Role(String),
+    Pinned(PinnedRole),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedRole {
+    pub role: String,
+    /// `sha256:<hex>` of the issuing CA certificate's DER.
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+impl RoleValue {
+    pub fn role(&self) -> &str {
+        match self {
+            RoleValue::Role(role) => role,
+            RoleValue::Pinned(p) => &p.role,
+        }
+    }
+
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            RoleValue::Role(_) => None,
+            RoleValue::Pinned(p) => p.issuer.as_deref(),
+        }
+    }
+}
+
+impl From<&str> for RoleValue {
+    fn from(role: &str) -> Self {
+        RoleValue::Role(role.to_owned())
+    }
+}
+
+fn default_crl_reload_interval_ms() -> u64 {
+    60_000
+}
+fn default_resumption_max_age_s() -> u64 {
+    tls_term::RESUMPTION_MAX_AGE_S_DEFAULT
 }
 
 fn default_lock_memory() -> bool {
@@ -441,12 +498,15 @@ impl Config {
                 handshakes_pending_max: default_handshakes_pending_max(),
                 handshakes_per_turn_max: default_handshakes_per_turn_max(),
                 handshake_time_share_percent: default_handshake_time_share_percent(),
-                roles: [("client", "write"), ("reader", "read")]
+                roles: [("cn:client", "write"), ("cn:reader", "read")]
                     .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| (k.to_owned(), RoleValue::from(v)))
                     .collect(),
                 anonymous_role: default_anonymous_role(),
                 lock_memory: default_lock_memory(),
+                crls: Vec::new(),
+                crl_reload_interval_ms: default_crl_reload_interval_ms(),
+                resumption_max_age_s: default_resumption_max_age_s(),
             },
             http: HttpSection::default(),
             ledger: LedgerSection {
@@ -523,10 +583,15 @@ impl Config {
         if !(1..=100).contains(&t.handshake_time_share_percent) {
             return Err(invalid("tls.handshake_time_share_percent", "must be 1..=100"));
         }
-        for (identity, role) in &t.roles {
-            if parse_role(role).is_none() {
-                return Err(invalid("tls.roles", format!("identity {identity:?}: role {role:?} is not \"write\" or \"read\"")));
-            }
+        self.role_map().map_err(|e| invalid("tls.roles", e.to_string()))?;
+        if !(1_000..=86_400_000).contains(&t.crl_reload_interval_ms) {
+            return Err(invalid("tls.crl_reload_interval_ms", "must be 1000..=86400000"));
+        }
+        if t.resumption_max_age_s > tls_term::RESUMPTION_MAX_AGE_S_MAX {
+            return Err(invalid("tls.resumption_max_age_s", format!("must be 0..={}", tls_term::RESUMPTION_MAX_AGE_S_MAX)));
+        }
+        if !t.crls.is_empty() && t.client_ca.is_none() {
+            return Err(invalid("tls.crls", "needs tls.client_ca (CRLs revoke client certificates)"));
         }
         match t.anonymous_role.as_str() {
             "none" | "read" | "write" => {}
@@ -689,6 +754,16 @@ impl Config {
             min_version: self.tls_min_version()?,
             handshake_timeout_ms: t.handshake_timeout_ms,
             key_owner: Some(self.key_owner()?),
+            crls: t.crls.clone(),
+            resumption_max_age_s: t.resumption_max_age_s,
+            // Ticket keys are erased within the ticket lifetime: no longer than a session may
+            // resume (with resumption off no ticketer is built; the default stands).
+            ticket_lifetime_s: match t.resumption_max_age_s {
+                0 => tls_term::TICKET_LIFETIME_S_DEFAULT,
+                age => u32::try_from(age)
+                    .unwrap_or(u32::MAX)
+                    .clamp(tls_term::TICKET_LIFETIME_S_MIN, tls_term::TICKET_LIFETIME_S_DEFAULT),
+            },
             ..tls_term::TlsSettings::default()
         })
     }
@@ -749,17 +824,27 @@ impl Config {
         })
     }
 
-    /// Identity -> role, and the role of a client without a certificate.
-    pub fn roles(&self) -> Roles {
-        Roles {
-            by_identity: self
-                .tls
-                .roles
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), parse_role(v)?)))
-                .collect(),
-            anonymous: parse_role(&self.tls.anonymous_role),
-        }
+    /// Typed identity -> role (and issuer pin), and the role of a client without a
+    /// certificate; `validate` has checked it builds.
+    pub fn role_map(&self) -> Result<tls_term::RoleMap, tls_term::RoleError> {
+        let entries = self.tls.roles.iter().map(|(k, v)| (k.as_str(), v.role(), v.issuer().map(str::to_owned)));
+        Ok(tls_term::RoleMap::from_entries(entries)?.with_anonymous(self.tls.anonymous_role.parse().ok()))
+    }
+
+    /// What the TLS sessions apply: roles, the client trust loaded with the server
+    /// configuration (`tls_term::server_tls`) and the resumption bound.
+    pub fn client_policy(&self, trust: Option<std::sync::Arc<tls_term::ClientTrust>>) -> Result<tls_term::ClientPolicy, ConfigError> {
+        Ok(tls_term::ClientPolicy {
+            roles: self.role_map().map_err(|e| invalid("tls.roles", e.to_string()))?,
+            trust,
+            resumption_max_age_s: self.tls.resumption_max_age_s,
+        })
+    }
+
+    /// The CRL files the appliance reads while serving (SIGHUP and the CRL timer): the
+    /// sandbox must leave them readable.
+    pub fn crl_paths(&self) -> &[PathBuf] {
+        &self.tls.crls
     }
 }
 
@@ -769,17 +854,6 @@ pub enum App {
     Ledger,
     Echo,
 }
-
-fn parse_role(s: &str) -> Option<ledger_svc::api::Role> {
-    match s {
-        "write" => Some(ledger_svc::api::Role::Write),
-        "read" => Some(ledger_svc::api::Role::Read),
-        _ => None,
-    }
-}
-
-/// The authorization table: who may do what (owned by the connection, which applies it).
-pub use ledger_svc::connection::Roles;
 
 /// How the appliance stops on SIGTERM/SIGINT (docs/operations.md "Stopping: drain and hard
 /// stop"): `/readyz` turns 503 at once and traffic is served normally for `grace_ms`, so load
@@ -852,7 +926,7 @@ address = "192.0.2.10"
 cert_chain = "/etc/pantera/server.pem"
 private_key = "/etc/pantera/server.key"
 client_ca = "/etc/pantera/ca.pem"
-roles = { "payments-gw" = "write", "audit" = "read" }
+roles = { "dns:payments-gw" = "write", "cn:audit" = "read" }
 
 [ledger]
 data_dir = "/var/lib/pantera/data"
@@ -890,14 +964,42 @@ cluster_id = 7
         assert_eq!(c.service.port, 8443);
         assert_eq!(c.dataplane.queues, vec![0, 1]);
         assert_eq!(c.management.listen.to_string(), "127.0.0.1:9464");
-        let roles = c.roles();
-        assert_eq!(roles.of(Some("payments-gw")), Some(ledger_svc::api::Role::Write));
-        assert_eq!(roles.of(Some("audit")), Some(ledger_svc::api::Role::Read));
-        assert_eq!(roles.of(Some("stranger")), None);
-        assert_eq!(roles.of(None), None);
+        let roles = c.role_map().unwrap();
+        let role_of = |name: &str| roles.entry(&name.parse().unwrap()).map(|e| e.role);
+        assert_eq!(role_of("dns:payments-gw"), Some(tls_term::Role::Write));
+        assert_eq!(role_of("cn:audit"), Some(tls_term::Role::Read));
+        assert_eq!(role_of("cn:payments-gw"), None);
+        assert_eq!(roles.resolve(None, || None).role, None);
+        assert_eq!(c.tls.resumption_max_age_s, 3_600);
+        assert_eq!(c.tls.crl_reload_interval_ms, 60_000);
         let h = c.handshake_limits();
         assert_eq!(h, crate::handshake::HandshakeLimits::default());
         assert_eq!(c.tls.handshake_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn roles_take_typed_identities_plain_or_pinned_to_an_issuer() {
+        let hex = "ab".repeat(32);
+        let text = GOOD.replace(
+            r#"roles = { "dns:payments-gw" = "write", "cn:audit" = "read" }"#,
+            &format!(
+                "roles = {{ \"uri:spiffe://bank.example/pay\" = {{ role = \"write\", issuer = \"sha256:{hex}\" }}, \"email:ops@bank.example\" = \"read\" }}\ncrls = [\"/etc/pantera/clients.crl\"]\nresumption_max_age_s = 0"
+            ),
+        );
+        let c = Config::parse(Path::new("t.toml"), &text).expect("valid");
+        let roles = c.role_map().unwrap();
+        let pinned = roles.entry(&"uri:spiffe://bank.example/pay".parse().unwrap()).unwrap();
+        assert_eq!((pinned.role, pinned.issuer), (tls_term::Role::Write, Some([0xab; 32])));
+        assert_eq!(roles.entry(&"email:ops@bank.example".parse().unwrap()).map(|e| e.issuer), Some(None));
+        assert_eq!(c.crl_paths(), [PathBuf::from("/etc/pantera/clients.crl")]);
+        let settings = c.tls_settings().unwrap();
+        assert_eq!((settings.resumption_max_age_s, settings.crls.len()), (0, 1));
+        // A pinned entry with an unknown field is refused, not ignored.
+        let e = error_of(&text.replace("role = \"write\",", "role = \"write\", ca = \"x\","));
+        assert!(e.contains("tls.roles") || e.contains("roles"), "{e}");
+        // CRLs revoke client certificates: without a client CA they are a mistake.
+        let e = error_of(&text.replace("client_ca = \"/etc/pantera/ca.pem\"\n", ""));
+        assert!(e.contains("tls.crls"), "{e}");
     }
 
     #[test]
@@ -980,8 +1082,15 @@ cluster_id = 7
         assert!(e.contains("service.port"), "{e}");
         let e = error_of(&GOOD.replace("queues = [0, 1]", "queues = [1, 1]"));
         assert!(e.contains("dataplane.queues") && e.contains("twice"), "{e}");
-        let e = error_of(&GOOD.replace("\"audit\" = \"read\"", "\"audit\" = \"admin\""));
+        let e = error_of(&GOOD.replace("\"cn:audit\" = \"read\"", "\"cn:audit\" = \"admin\""));
         assert!(e.contains("tls.roles") && e.contains("admin"), "{e}");
+        // An untyped identity: the error says what to write instead.
+        let e = error_of(&GOOD.replace("\"cn:audit\" = \"read\"", "\"audit\" = \"read\""));
+        assert!(e.contains("tls.roles") && e.contains("\"cn:audit\"") && e.contains("\"dns:audit\""), "{e}");
+        let e = error_of(&GOOD.replace("\"cn:audit\" = \"read\"", "\"cn:audit\" = { role = \"read\", issuer = \"sha256:00\" }"));
+        assert!(e.contains("tls.roles") && e.contains("issuer"), "{e}");
+        let e = error_of(&GOOD.replace("[ledger]", "resumption_max_age_s = 999999\n[ledger]"));
+        assert!(e.contains("tls.resumption_max_age_s"), "{e}");
         let e = error_of(&GOOD.replace("[ledger]", "[ledger]\ndurability = \"sometimes\""));
         assert!(e.contains("ledger.durability"), "{e}");
         let e = error_of(&GOOD.replace("[dataplane]", "[dataplane]\nxdp_mode = \"offload\""));

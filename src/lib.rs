@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod check;
 pub mod committer;
 pub mod config;
+pub mod crl;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod handshake;

@@ -6,8 +6,8 @@
 //! configuration, roles, limits, the edge defence). Only when all of it is good is anything
 //! applied; a reload that fails changes nothing and says why, at error level.
 //!
-//! Reloadable: `[tls]` (certificates, key, client CA, minimum version, handshake deadline and
-//! budget, roles), `[http]` (request and connection limits, the queue budget) and `[edge]`
+//! Reloadable: `[tls]` (certificates, key, client CA, CRLs, minimum version, handshake deadline
+//! and budget, roles, resumption bound), `[http]` (request and connection limits, the queue budget) and `[edge]`
 //! except `syn_sources_max`. The workers take the new TLS configuration, limits and roles
 //! for the connections they open from then on: a connection keeps the ones it started with
 //! for its whole life. The edge defence is rewritten in the XDP maps at once.
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use ledger_svc::connection::{ConnectionLimits, Roles};
+use ledger_svc::connection::ConnectionLimits;
 use prometheus::{Gauge, IntCounterVec, Opts};
 
 use crate::config::{
@@ -37,7 +37,8 @@ use crate::metrics::Metrics;
 pub struct Settings {
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: ConnectionLimits,
-    pub roles: Arc<Roles>,
+    /// Roles, client trust (CAs, CRLs) and resumption bound, applied by the TLS sessions.
+    pub roles: Arc<tls_term::ClientPolicy>,
     /// `http.queue_budget_bytes_max`: the bound of the worker's budget for new connections
     /// (the count of bytes held stays one per worker, `Budget::with_bytes_max`).
     pub queue_budget_bytes_max: usize,
@@ -48,11 +49,22 @@ impl Settings {
     /// The settings of a validated configuration: the TLS files are read and checked here
     /// (a key that does not match its certificate, a missing file, a bad CA fail).
     pub fn build(config: &Config) -> Result<Settings> {
-        let tls = tls_term::server_config(&config.tls_settings()?).context("tls")?;
+        let tls = tls_term::server_tls(&config.tls_settings()?).context("tls")?;
+        Settings::with_tls(config, tls)
+    }
+
+    /// Like `build`, keeping the session cache and ticket keys of `previous` (built from the
+    /// same configuration): for a CRL change (src/crl.rs).
+    pub fn build_keeping_sessions(config: &Config, previous: &rustls::ServerConfig) -> Result<Settings> {
+        let tls = tls_term::server_tls_keeping_sessions(&config.tls_settings()?, previous).context("tls")?;
+        Settings::with_tls(config, tls)
+    }
+
+    fn with_tls(config: &Config, tls: tls_term::ServerTls) -> Result<Settings> {
         Ok(Settings {
-            tls,
+            roles: Arc::new(config.client_policy(tls.trust.clone())?),
+            tls: tls.config,
             limits: config.connection_limits(),
-            roles: Arc::new(config.roles()),
             queue_budget_bytes_max: config.http.queue_budget_bytes_max,
             handshakes: config.handshake_limits(),
         })
@@ -367,6 +379,10 @@ pub struct Reloader<'a> {
     metrics: ReloadMetrics,
     /// The whole set, for the certificate expiry gauges a reload moves.
     all_metrics: Metrics,
+    crl: crate::crl::CrlMetrics,
+    /// The TLS configuration new connections get now (start, then each publish): a CRL
+    /// change keeps its session cache and ticket keys.
+    current_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Reloader<'_> {
@@ -392,7 +408,50 @@ impl<'a> Reloader<'a> {
             }),
             metrics: ReloadMetrics::register(metrics)?,
             all_metrics: metrics.clone(),
+            crl: crate::crl::CrlMetrics::register(metrics)?,
+            current_tls: None,
         })
+    }
+
+    /// The TLS configuration and client trust `serve` started with (its CRLs' metrics; its
+    /// sessions, kept across CRL changes). Reloads record theirs themselves.
+    pub fn started_with(&mut self, tls: Option<Arc<rustls::ServerConfig>>, trust: Option<&tls_term::ClientTrust>) {
+        self.current_tls = tls;
+        self.crl.observe(trust);
+    }
+
+    /// A CRL file changed (src/crl.rs): rebuilds the TLS settings of the running
+    /// configuration and publishes them as a reload does. On error the running settings
+    /// (and their CRLs) stay. Returns whether it applied.
+    pub fn refresh_tls(&mut self) -> bool {
+        let built = match &self.current_tls {
+            Some(previous) => Settings::build_keeping_sessions(&self.running, previous),
+            None => Settings::build(&self.running),
+        };
+        match built {
+            Ok(settings) => {
+                log::info!("a CRL file changed: new handshakes and resumptions use the CRLs now in the files");
+                self.publish(settings);
+                self.crl.reloaded(true);
+                true
+            }
+            Err(e) => {
+                self.crl.reloaded(false);
+                log::error!("a CRL file changed but cannot be loaded, the CRLs in force are kept: {}", describe(&e));
+                false
+            }
+        }
+    }
+
+    fn publish(&mut self, settings: Settings) {
+        self.crl.observe(settings.roles.trust.as_deref());
+        self.current_tls = Some(Arc::clone(&settings.tls));
+        *self
+            .published
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(settings));
+        self.published.generation.fetch_add(1, Ordering::Release);
     }
 
     /// A view for one worker.
@@ -480,12 +539,7 @@ impl<'a> Reloader<'a> {
             }
         }
         if let Some(settings) = plan.settings {
-            *self
-                .published
-                .settings
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(settings));
-            self.published.generation.fetch_add(1, Ordering::Release);
+            self.publish(settings);
         }
         self.running = plan.config;
         log::info!(
@@ -517,7 +571,7 @@ address = "192.0.2.10"
 cert_chain = "{tls}/server.pem"
 private_key = "{tls}/server.key"
 client_ca = "{tls}/ca.pem"
-roles = {{ "client" = "write" }}
+roles = {{ "cn:client" = "write" }}
 
 [ledger]
 data_dir = "/var/lib/pantera/data"
@@ -684,14 +738,14 @@ data_dir = "/var/lib/pantera/data"
         assert!(a.changed().is_none(), "nothing published at start");
         std::fs::write(
             &path,
-            config_text(&tls, "").replace("\"client\" = \"write\"", "\"client\" = \"read\""),
+            config_text(&tls, "").replace("\"cn:client\" = \"write\"", "\"cn:client\" = \"read\""),
         )
         .unwrap();
         assert!(r.reload(no_edge));
         let s = a.changed().expect("published");
         assert_eq!(
-            s.roles.of(Some("client")),
-            Some(ledger_svc::api::Role::Read)
+            s.roles.roles.entry(&"cn:client".parse().unwrap()).map(|e| e.role),
+            Some(tls_term::Role::Read)
         );
         assert!(a.changed().is_none(), "taken once");
         assert!(b.changed().is_some(), "every worker gets it");
@@ -699,7 +753,7 @@ data_dir = "/var/lib/pantera/data"
             (reloads(&metrics, "ok"), reloads(&metrics, "failed")),
             (1, 0)
         );
-        assert_eq!(r.running().tls.roles["client"], "read");
+        assert_eq!(r.running().tls.roles["cn:client"], "read".into());
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
     let mut recovered = None;
     let mut tls_parts = None;
+    // The TLS configuration and client CAs and CRLs loaded at start, for the CRL metrics and
+    // the sessions kept across CRL changes.
+    let mut started_tls = None;
+    let mut crl_trust = None;
     if let Some(storage) = storage {
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
@@ -104,13 +108,16 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         // The user the drop switches to can use the data directory and the TLS files.
         crate::check::service_user(config)?;
         let tls_settings = config.tls_settings()?;
-        let tls = tls_term::server_config(&tls_settings).context("tls")?;
+        let server_tls = tls_term::server_tls(&tls_settings).context("tls")?;
+        crl_trust = server_tls.trust.clone();
+        started_tls = Some(Arc::clone(&server_tls.config));
+        let tls = server_tls.config;
         // The certificates loaded above: a failure here is a metric missing, not a refusal.
         if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
             log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
         }
         recovered = Some(committer::recover(config, storage, queues.len(), &metrics)?);
-        tls_parts = Some((tls, config.connection_limits(), Arc::new(config.roles())));
+        tls_parts = Some((tls, config.connection_limits(), Arc::new(config.client_policy(crl_trust.clone())?)));
     }
     // The audit log of the writes, once there is a ledger to write to: a file that cannot be
     // opened refuses the start. Its writer stops after the workers (its handles live in them).
@@ -259,6 +266,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         crate::logging::flush_suppressed();
         crate::metric_families::sync_xdp(&metrics, &steering.counters());
     };
+    reloader.started_with(started_tls, crl_trust.as_deref());
+    let crl_interval = |c: &Config| Duration::from_millis(c.tls.crl_reload_interval_ms);
+    let mut crl_watch = crate::crl::CrlWatch::new(reloader.running().crl_paths(), crl_interval(reloader.running()), Instant::now());
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
@@ -266,6 +276,11 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             notifier.reloading();
             let applied = reloader.reload(|edge| steering.configure_edge(edge));
             notifier.ready(&format!("{serving}; {}", if applied { "configuration reloaded" } else { "reload refused, running configuration kept" }));
+            crl_watch.rebase(reloader.running().crl_paths());
+        }
+        let running = reloader.running();
+        if running.app().ok() == Some(App::Ledger) && crl_watch.poll(running.crl_paths(), crl_interval(running), Instant::now()) {
+            reloader.refresh_tls();
         }
         tick(&mut notifier, &steering);
     }

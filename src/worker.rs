@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Roles};
+use ledger_svc::connection::{Budget, Connection, ConnectionLimits};
 use smoltcp::phy::Device;
 use tcp::{ConnId, Event, Stack};
 
@@ -79,7 +79,7 @@ pub enum AppConfig {
 pub struct LedgerApp {
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: ConnectionLimits,
-    pub roles: Arc<Roles>,
+    pub roles: Arc<tls_term::ClientPolicy>,
     /// The bound on what all of this worker's connections hold.
     pub budget: Budget,
     /// The bound on this worker's unfinished TLS handshakes and the pacing of their crypto.

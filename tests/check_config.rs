@@ -44,7 +44,7 @@ impl Setup {
     fn good(&self, tail: &str) -> String {
         self.config(
             &format!(
-                "private_key = \"{}/server.key\"\nroles = {{ client = \"write\", reader = \"read\" }}",
+                "private_key = \"{}/server.key\"\nroles = {{ \"cn:client\" = \"write\", \"cn:reader\" = \"read\" }}",
                 self.tls().display()
             ),
             tail,
@@ -91,7 +91,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused() {
     // The client's key (a real key, mode 0600) beside the server's certificate.
     let text = s.config(
         &format!(
-            "private_key = \"{}/client.key\"\nroles = {{ client = \"write\" }}",
+            "private_key = \"{}/client.key\"\nroles = {{ \"cn:client\" = \"write\" }}",
             s.tls().display()
         ),
         "",
@@ -207,4 +207,26 @@ fn print_writes_the_effective_configuration_which_checks_again() {
     let (ok, reprinted, err) = check_file(&again, &["--print"]);
     assert!(ok, "the printed configuration does not check: {err}\n{printed}");
     assert_eq!(reprinted, printed, "printing is a fixed point");
+}
+
+#[test]
+fn a_bad_crl_is_refused_naming_the_field_and_the_file() {
+    let s = Setup::new();
+    let ca = tls_term::certs::LabCa::dev(&s.tls()).expect("the dev CA");
+    let good_crl = s.tls().join("clients.crl");
+    let next = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64 + 3600;
+    std::fs::write(&good_crl, ca.crl(&[7], 1, next).expect("CRL")).expect("write CRL");
+    let with_crl = |path: &Path| s.good("").replace("roles = {", &format!("crls = [\"{}\"]\nroles = {{", path.display()));
+    let (ok, _, err) = s.check(&with_crl(&good_crl), &[]);
+    assert!(ok, "a good CRL: {err}");
+
+    let bad = s.tls().join("not-a.crl");
+    std::fs::write(&bad, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").expect("write");
+    let (ok, _, err) = s.check(&with_crl(&bad), &[]);
+    assert!(!ok, "a bad CRL passed");
+    assert!(err.contains("tls.crls") && err.contains(&bad.display().to_string()), "{err}");
+
+    let missing = s.tls().join("missing.crl");
+    let (ok, _, err) = s.check(&with_crl(&missing), &[]);
+    assert!(!ok && err.contains("tls.crls") && err.contains("missing.crl"), "{err}");
 }

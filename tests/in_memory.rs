@@ -230,10 +230,11 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     })));
     let server_mac = [0x02, 0, 0, 0, 0, 2];
     let settings = config.tls_settings().expect("tls settings");
+    let server_tls = tls_term::server_tls(&settings).expect("server config");
     let app = AppConfig::Ledger(Box::new(LedgerApp {
-        tls: tls_term::server_config(&settings).expect("server config"),
+        roles: std::sync::Arc::new(config.client_policy(server_tls.trust.clone()).expect("roles")),
+        tls: server_tls.config,
         limits: config.connection_limits(),
-        roles: std::sync::Arc::new(config.roles()),
         budget: config.queue_budget(),
         handshakes: config.handshake_limits(),
         ledger: client_handle,

@@ -68,7 +68,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
     };
     let mut expected = vec![
         write(
-            "client",
+            "cn:client",
             "/v1/accounts",
             200,
             "create_accounts",
@@ -76,7 +76,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
             serde_json::json!({"ok": 3}),
         ),
         write(
-            "teller",
+            "cn:teller",
             "/v1/accounts",
             200,
             "create_accounts",
@@ -86,7 +86,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
     ];
     for _ in &transfers_client {
         expected.push(write(
-            "client",
+            "cn:client",
             "/v1/transfers",
             200,
             "create_transfers",
@@ -96,7 +96,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
     }
     // 100 fails (account 3 has no credits yet), 101 and 102 are created.
     expected.push(write(
-        "teller",
+        "cn:teller",
         "/v1/transfers",
         200,
         "create_transfers",
@@ -105,7 +105,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
     ));
     // Refused before the ledger: a body that is not JSON, and the read-only identity.
     expected.push(write(
-        "teller",
+        "cn:teller",
         "/v1/transfers",
         400,
         "none",
@@ -113,7 +113,7 @@ fn every_write_has_one_record_with_its_identity_and_the_results_reconcile_with_t
         serde_json::json!({}),
     ));
     expected.push(Expected {
-        identity: "reader",
+        identity: "cn:reader",
         role: "read",
         route: "/v1/transfers",
         status: 403,

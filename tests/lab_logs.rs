@@ -119,7 +119,7 @@ fn json_log_names_peer_and_reason_and_a_handshake_flood_is_rate_limited() {
     let forbidden = of_kind(&lines, "forbidden");
     assert_eq!(forbidden.len(), 1, "{forbidden:?}");
     let f = forbidden[0];
-    assert_eq!(f["identity"], "reader", "{f}");
+    assert_eq!(f["identity"], "cn:reader", "{f}");
     assert!(f["reason"].as_str().is_some_and(|r| r.contains("role read")), "{f}");
     assert!(f["peer"].as_str().is_some_and(|p| p.starts_with(&format!("{peer_ip}:"))), "{f}");
 

@@ -218,7 +218,7 @@ fn a_role_and_an_http_limit_change_for_new_connections_only() {
     // The reader becomes a writer, request bodies shrink to 1 KiB, and a field that needs a
     // restart changes too.
     let text = std::fs::read_to_string(server.config_path()).expect("read config");
-    let text = text.replace("\"reader\" = \"read\"", "\"reader\" = \"write\"") + "\n[http]\nbody_bytes_max = 1024\n\n[tcp]\nconnections_max = 1000\n";
+    let text = text.replace("\"cn:reader\" = \"read\"", "\"cn:reader\" = \"write\"") + "\n[http]\nbody_bytes_max = 1024\n\n[tcp]\nconnections_max = 1000\n";
     std::fs::write(server.config_path(), text).expect("write config");
     sighup(&server);
     assert_eq!(server.wait_metric("pantera_config_reloads_total", &["result=\"ok\""], 1.0), 1.0, "{}", server.log_text());

@@ -45,14 +45,9 @@ pub const ACCOUNT_TRANSFERS_LIMIT_DEFAULT: u32 = 100;
 /// a turn at about 13 ms.
 pub const QUERY_SCAN_ROWS_MAX: usize = 16_384;
 
-/// What a client's certificate allows (tls-term maps the identity to a role).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// GET routes only.
-    Read,
-    /// GET and POST routes.
-    Write,
-}
+/// What a client's certificate allows: the product's one role type, assigned by tls-term's
+/// role map.
+pub use tls_term::Role;
 
 /// What a decoded request needs: an immediate response, or ledger work.
 #[derive(Debug, Clone, PartialEq, Eq)]

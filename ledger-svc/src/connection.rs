@@ -25,12 +25,12 @@
 //! grow with bytes received, never from a header's promise; and a request's head and body each
 //! have a deadline, so a client that trickles bytes is cut off whatever it sends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tls_term::{Session, SessionError, SessionLimits};
+use tls_term::{ClientPolicy, Session, SessionError, SessionLimits};
 
 use crate::api::{self, Action, Command, Reply, Role};
 use crate::http::{self, Phase, RequestDecoder, Response};
@@ -108,25 +108,6 @@ impl ConnectionLimits {
             }
         }
         Ok(())
-    }
-}
-
-/// Which role a client identity has (mTLS identity -> role, from the configuration).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Roles {
-    pub by_identity: BTreeMap<String, Role>,
-    /// The role of a client that presented no certificate.
-    pub anonymous: Option<Role>,
-}
-
-impl Roles {
-    /// The role of a session's client: by its certificate identity, or the anonymous role when
-    /// it presented none. An unknown identity has no role (every request gets 403).
-    pub fn of(&self, identity: Option<&str>) -> Option<Role> {
-        match identity {
-            Some(id) => self.by_identity.get(id).copied(),
-            None => self.anonymous,
-        }
     }
 }
 
@@ -267,7 +248,6 @@ pub struct Connection {
     session: Session,
     decoder: RequestDecoder,
     limits: ConnectionLimits,
-    roles: Arc<Roles>,
     /// Known once the handshake is complete.
     role: Option<Role>,
     /// The client certificate's identity, known once the handshake is complete.
@@ -309,12 +289,11 @@ pub struct Connection {
 
 impl Connection {
     /// A connection whose TLS handshake starts now.
-    pub fn new(tls: &Arc<rustls::ServerConfig>, limits: ConnectionLimits, roles: Arc<Roles>, budget: Budget, now: Instant) -> Result<Connection, tls_term::TlsError> {
+    pub fn new(tls: &Arc<rustls::ServerConfig>, limits: ConnectionLimits, policy: Arc<ClientPolicy>, budget: Budget, now: Instant) -> Result<Connection, tls_term::TlsError> {
         Ok(Connection {
-            session: Session::with_limits(tls, now, limits.session)?,
+            session: Session::with_policy(tls, now, limits.session, policy)?,
             decoder: RequestDecoder::new(limits.http),
             limits,
-            roles,
             role: None,
             identity: None,
             request_started: now,
@@ -592,7 +571,7 @@ impl Connection {
         if !self.handshake_done && !self.session.is_handshaking() {
             self.handshake_done = true;
             self.identity = self.session.identity().map(Arc::from);
-            self.role = self.roles.of(self.identity.as_deref());
+            self.role = self.session.role();
             let version = match self.session.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",

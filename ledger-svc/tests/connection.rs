@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger_svc::api::{Command, EventResult, Reply, Role};
-use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Event, Roles};
+use ledger_svc::connection::{Budget, Connection, ConnectionLimits, Event};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -69,7 +69,7 @@ struct Pair {
 impl Pair {
     fn new(certs: &Certs, limits: ConnectionLimits, budget: Budget) -> Pair {
         let tls = tls_term::server_config(&tls_term::TlsSettings::lab(&certs.paths.dir)).unwrap();
-        let roles = Roles { by_identity: [("client".to_owned(), Role::Write)].into_iter().collect(), anonymous: None };
+        let roles = tls_term::ClientPolicy { roles: tls_term::RoleMap::from_roles([("cn:client", "write")]).unwrap(), ..Default::default() };
         let now = Instant::now();
         let server = Connection::new(&tls, limits, Arc::new(roles), budget, now).unwrap();
         let client = ClientConnection::new(client_config(&certs.paths), ServerName::try_from("pantera.lab").unwrap()).unwrap();
@@ -429,7 +429,7 @@ fn each_response_reports_its_route_timing_and_for_a_write_its_identity_and_resul
     assert!(write.duration >= Duration::from_millis(3), "{:?}", write.duration);
     assert!(write.response_bytes > 0);
     let record = write.write.as_ref().expect("a POST is a write");
-    assert_eq!((record.operation, record.events, record.identity.as_deref(), record.role), ("create_transfers", 2, Some("client"), Some(Role::Write)));
+    assert_eq!((record.operation, record.events, record.identity.as_deref(), record.role), ("create_transfers", 2, Some("cn:client"), Some(Role::Write)));
     assert_eq!(record.results, vec![("ok", 1), ("exceeds_credits", 1)]);
     assert_eq!((read.status, read.method, read.route), (404, "GET", "/v1/accounts/{id}"));
     assert!(read.write.is_none());

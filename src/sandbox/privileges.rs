@@ -48,6 +48,8 @@ pub fn reload_files(config: &Config, config_file: Option<&Path>) -> Vec<PathBuf>
     files.push(config.tls.cert_chain.clone());
     files.push(config.tls.private_key.clone());
     files.extend(config.tls.client_ca.clone());
+    // Re-read on SIGHUP and by the CRL timer (src/crl.rs).
+    files.extend(config.crl_paths().iter().cloned());
     files
 }
 

@@ -180,7 +180,7 @@ private_key = "{tls}/server.key"
 client_ca = "{tls}/ca.pem"
 # "teller": a second writer, for the tests that issue its certificate
 # (tls_term::certs::issue_client).
-roles = {{ "client" = "write", "reader" = "read", "teller" = "write" }}
+roles = {{ "cn:client" = "write", "cn:reader" = "read", "cn:teller" = "write" }}
 handshake_timeout_ms = 2000
 {tls_toml}
 

@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `ca.pem` / `ca.key` | self-signed CA "Pantera dev CA", path length 0 | 0644 / 0600 |
 //! | `server.pem` / `server.key` | leaf for the service address: SAN IP + DNS `pantera.lab` | 0644 / 0600 |
-//! | `client.pem` / `client.key` | client leaf, CN `client` (the write role) | 0644 / 0600 |
-//! | `reader.pem` / `reader.key` | client leaf, CN `reader` (the read role) | 0644 / 0600 |
+//! | `client.pem` / `client.key` | client leaf, CN `client` (`cn:client`, the write role) | 0644 / 0600 |
+//! | `reader.pem` / `reader.key` | client leaf, CN `reader` (`cn:reader`, the read role) | 0644 / 0600 |
 //!
 //! `server.pem` holds only the leaf: clients are given `ca.pem` as their trust anchor, and
 //! RFC 8446 §4.4.2 lets the server omit the root, so sending it would only cost bytes on every
@@ -33,9 +33,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const SERVER_DNS_NAME: &str = "pantera.lab";
 /// Subject CN of the dev CA.
 pub const CA_COMMON_NAME: &str = "Pantera dev CA";
-/// Identity of the dev client that may write.
+/// Subject CN of the dev client that may write (its identity is `cn:client`).
 pub const WRITER_IDENTITY: &str = "client";
-/// Identity of the dev client that may only read.
+/// Subject CN of the dev client that may only read (its identity is `cn:reader`).
 pub const READER_IDENTITY: &str = "reader";
 
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
@@ -278,8 +278,8 @@ impl Leaf<'_> {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Leaf::Client(identity) => {
-                // CN only: the identity rules (crate::identity) fall back to the CN when the
-                // certificate carries no SAN DNS name or email.
+                // CN only: the typed identity is `cn:<identity>` (crate::identity), the key
+                // the lab's roles use.
                 name.push(DnType::CommonName, *identity);
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
@@ -431,4 +431,169 @@ pub struct NotACertificate(String);
 pub fn not_after_unix(der: &CertificateDer<'_>) -> Result<i64, NotACertificate> {
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| NotACertificate(e.to_string()))?;
     Ok(cert.validity().not_after.timestamp())
+}
+
+/// The names a lab client certificate carries (each optional, any combination).
+#[derive(Clone, Debug, Default)]
+pub struct LabNames<'a> {
+    pub cn: Option<&'a str>,
+    pub dns: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub uri: Option<&'a str>,
+}
+
+/// A CA for lab tests of mutual TLS: the dev CA of a directory, or a new one. Issues client
+/// certificates with chosen names, serial and expiry, and CRLs.
+#[derive(Debug)]
+pub struct LabCa {
+    /// The CA certificate, DER.
+    pub cert: CertificateDer<'static>,
+    /// The CA certificate, PEM (to append to a `client_ca` bundle).
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl LabCa {
+    /// The dev CA that [`init`] wrote into `dir`.
+    pub fn dev(dir: &Path) -> Result<LabCa, CertError> {
+        let paths = DevCertPaths::in_dir(dir);
+        let key = load_ca_key(&paths)?;
+        let cert = CertificateDer::from_pem_file(&paths.ca_cert).map_err(|_| {
+            CertError::CaKeyMismatch {
+                cert: paths.ca_cert.clone(),
+                key: paths.ca_key.clone(),
+            }
+        })?;
+        let pem = fs::read_to_string(&paths.ca_cert).map_err(|source| CertError::Io {
+            action: "read",
+            path: paths.ca_cert.clone(),
+            source,
+        })?;
+        Ok(LabCa {
+            cert,
+            pem,
+            issuer: Issuer::new(ca_params(), key),
+        })
+    }
+
+    /// A new CA named `common_name` (kept in memory only).
+    pub fn generate(common_name: &str) -> Result<LabCa, CertError> {
+        let key = generate_key("CA key")?;
+        let mut params = ca_params();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        let cert = params
+            .clone()
+            .self_signed(&key)
+            .map_err(|source| CertError::Generate {
+                what: "CA certificate",
+                source,
+            })?;
+        Ok(LabCa {
+            cert: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A client certificate (PEM) and its key (PEM): `names`, `serial`, valid from a day ago
+    /// until `not_after` (Unix seconds).
+    pub fn issue(
+        &self,
+        names: &LabNames<'_>,
+        serial: u64,
+        not_after: i64,
+    ) -> Result<(String, String), CertError> {
+        let key = generate_key("leaf key")?;
+        let mut params = CertificateParams::default();
+        set_validity(&mut params, LEAF_VALIDITY_DAYS);
+        params.not_after = unix_time(not_after);
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut dn = DistinguishedName::new();
+        if let Some(cn) = names.cn {
+            dn.push(DnType::CommonName, cn);
+        }
+        params.distinguished_name = dn;
+        let bad_name = |_| CertError::Generate {
+            what: "subjectAltName",
+            source: rcgen::Error::CouldNotParseCertificate,
+        };
+        if let Some(dns) = names.dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.try_into().map_err(bad_name)?));
+        }
+        if let Some(email) = names.email {
+            params
+                .subject_alt_names
+                .push(SanType::Rfc822Name(email.try_into().map_err(bad_name)?));
+        }
+        if let Some(uri) = names.uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().map_err(bad_name)?));
+        }
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| CertError::Generate {
+                what: "leaf certificate",
+                source,
+            })?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A CRL (PEM) revoking `serials`, issued now, next update at `next_update` (Unix seconds).
+    pub fn crl(
+        &self,
+        serials: &[u64],
+        crl_number: u64,
+        next_update: i64,
+    ) -> Result<String, CertError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: unix_time(now - 60),
+            next_update: unix_time(next_update),
+            crl_number: rcgen::SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: unix_time(now - 60),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|source| CertError::Generate {
+                what: "CRL",
+                source,
+            })?;
+        crl.pem().map_err(|source| CertError::Generate {
+            what: "CRL",
+            source,
+        })
+    }
+
+    /// SHA-256 of the CA certificate, as `issuer = "sha256:<hex>"` names it.
+    pub fn fingerprint_hex(&self) -> String {
+        crate::trust::fingerprint(&self.cert)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+fn unix_time(secs: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

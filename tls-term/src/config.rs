@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{CipherSuite, ServerConfig, SupportedProtocolVersion};
+
+use crate::aging::{MaxAgeCache, MaxAgeTickets};
+use crate::trust::ClientTrust;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::CertificateDer;
 
@@ -30,6 +33,12 @@ pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 pub const SESSION_CACHE_ENTRIES_DEFAULT: usize = 4096;
 /// Upper bound on the stateful session cache: keeps a typo from reserving gigabytes.
 pub const SESSION_CACHE_ENTRIES_MAX: usize = 1 << 20;
+/// Default bound on a resumed session's age, from the full handshake that authenticated the
+/// client: one hour, so a revoked or expired client is refused within the hour even by a
+/// server whose CRLs are not updated (the re-check on every resumption is immediate).
+pub const RESUMPTION_MAX_AGE_S_DEFAULT: u64 = 3_600;
+/// One day: rustls' own stateful-ticket lifetime hint, and beyond any honest reuse.
+pub const RESUMPTION_MAX_AGE_S_MAX: u64 = 86_400;
 /// A client that has not finished its handshake within this time is dropped: it holds a
 /// connection slot and handshake state (slowloris at the TLS layer). 5 s: an honest client
 /// needs one round trip and its own signature after the server's flight (RFC 8446 §2), far
@@ -111,6 +120,12 @@ pub struct TlsSettings {
     /// live only in this process, in locked memory, and are erased within the ticket lifetime
     /// ([`crate::Ticketer`]).
     pub tickets: bool,
+    /// Certificate revocation lists of the client CAs (PEM or DER files), checked on every
+    /// full handshake and every resumption.
+    pub crls: Vec<PathBuf>,
+    /// A session resumes only within this many seconds of the full handshake that
+    /// authenticated the client; 0 turns resumption off (no cache, no tickets).
+    pub resumption_max_age_s: u64,
     /// Deadline from the first byte of a connection to the end of its handshake.
     pub handshake_timeout_ms: u64,
     /// Bound on plaintext a session queues for encryption ([`crate::Session::write_plaintext`]).
@@ -168,6 +183,20 @@ impl TlsSettings {
                 reason: "must be in 2..=604800 (RFC 8446 §4.6.1: at most 7 days)",
             });
         }
+        if self.resumption_max_age_s > RESUMPTION_MAX_AGE_S_MAX {
+            return Err(TlsError::InvalidSetting {
+                name: "resumption_max_age_s",
+                value: self.resumption_max_age_s.to_string(),
+                reason: "must be in 0..=86400",
+            });
+        }
+        if !self.crls.is_empty() && self.client_ca.is_none() {
+            return Err(TlsError::InvalidSetting {
+                name: "crls",
+                value: format!("{} file(s)", self.crls.len()),
+                reason: "CRLs need client_ca (they revoke client certificates)",
+            });
+        }
         for (name, path) in [
             ("cert_chain", &self.cert_chain),
             ("private_key", &self.private_key),
@@ -201,6 +230,8 @@ impl Default for TlsSettings {
             min_version: TlsVersion::Tls12,
             session_cache_entries: SESSION_CACHE_ENTRIES_DEFAULT,
             tickets: true,
+            crls: Vec::new(),
+            resumption_max_age_s: RESUMPTION_MAX_AGE_S_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             plaintext_buffer_bytes_max: PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
             key_owner: None,
@@ -291,6 +322,8 @@ pub enum TlsError {
     },
     #[error("session tickets: {0}")]
     Tickets(String),
+    #[error("CRL file {path}: {reason}")]
+    BadCrl { path: PathBuf, reason: String },
     #[error("TLS configuration: {what}: {source}")]
     Rustls {
         what: &'static str,
@@ -323,8 +356,37 @@ pub fn crypto_provider() -> CryptoProvider {
     provider
 }
 
+/// The server configuration of one set of settings, and the client trust it verifies with.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// The client CAs and CRLs (`None` without mTLS), for resumed sessions and issuer pins.
+    pub trust: Option<Arc<ClientTrust>>,
+}
+
 /// Loads the certificates and key named by `settings` and builds the shared server config.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(server_tls(settings)?.config)
+}
+
+/// Like [`server_config`], and also returns the client trust the configuration verifies with
+/// (one load of the CA and CRL files for both).
+pub fn server_tls(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
+    build(settings, None)
+}
+
+/// Like [`server_tls`], keeping the session cache and ticket keys of `previous`, a configuration
+/// built from the same settings: for a CRL change, after which clients keep resuming their
+/// sessions (each resumption is checked against the new CRLs, [`crate::policy`]) instead of
+/// all paying a full handshake at once.
+pub fn server_tls_keeping_sessions(
+    settings: &TlsSettings,
+    previous: &ServerConfig,
+) -> Result<ServerTls, TlsError> {
+    build(settings, Some(previous))
+}
+
+fn build(settings: &TlsSettings, previous: Option<&ServerConfig>) -> Result<ServerTls, TlsError> {
     settings.validate()?;
     let provider = Arc::new(crypto_provider());
 
@@ -344,37 +406,35 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
             source,
         })?;
 
-    let builder = match &settings.client_ca {
-        Some(ca_path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in load_certs("client CA", ca_path)? {
-                roots.add(cert).map_err(|source| TlsError::BadClientCa {
-                    path: ca_path.clone(),
-                    source,
-                })?;
-            }
-            // Anonymous clients are refused (allow_unauthenticated is not called): with mTLS
-            // configured, the certificate is the only identity a request has.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|source| TlsError::ClientVerifier {
-                    path: ca_path.clone(),
-                    source,
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let trust = match &settings.client_ca {
+        Some(ca_path) => Some(Arc::new(ClientTrust::load(
+            ca_path,
+            &settings.crls,
+            provider,
+        )?)),
+        None => None,
+    };
+    let builder = match &trust {
+        Some(trust) => builder.with_client_cert_verifier(trust.verifier()),
         None => builder.with_no_client_auth(),
     };
 
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key)));
 
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    config.session_storage = if settings.session_cache_entries == 0 {
+    let resumption = settings.resumption_max_age_s > 0;
+    // Cache entries and tickets are not resumed past the max age (a full handshake instead),
+    // and tickets advertise no longer a lifetime (crate::aging).
+    let max_age_s = settings.resumption_max_age_s;
+    config.session_storage = if settings.session_cache_entries == 0 || !resumption {
         Arc::new(NoServerSessionStorage {})
     } else {
-        ServerSessionMemoryCache::new(settings.session_cache_entries)
+        Arc::new(MaxAgeCache::new(
+            ServerSessionMemoryCache::new(settings.session_cache_entries),
+            max_age_s,
+        ))
     };
-    if settings.tickets {
+    if settings.tickets && resumption {
         let ticketer = Ticketer::new(settings.ticket_lifetime_s).map_err(|e| match e {
             TicketerError::Lock(source) => TlsError::LockedMemory {
                 what: "the session ticket keys",
@@ -382,12 +442,23 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
             },
             e => TlsError::Tickets(e.to_string()),
         })?;
-        config.ticketer = Arc::new(ticketer);
+        config.ticketer = Arc::new(MaxAgeTickets::new(Arc::new(ticketer), max_age_s));
+    }
+    if !resumption {
+        // No TLS 1.3 stateful tickets either: nothing to resume from.
+        config.send_tls13_tickets = 0;
+    }
+    if let Some(previous) = previous {
+        config.session_storage = Arc::clone(&previous.session_storage);
+        config.ticketer = Arc::clone(&previous.ticketer);
     }
     // 0-RTT stays off (max_early_data_size = 0, rustls' default): early data is replayable
     // (RFC 8446 §8) and every request here moves money.
     debug_assert_eq!(config.max_early_data_size, 0);
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        trust,
+    })
 }
 
 fn check_exists(what: &'static str, path: &Path) -> Result<fs::Metadata, TlsError> {

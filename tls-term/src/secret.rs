@@ -74,11 +74,6 @@ pub fn reserve(sizes: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reserved regions free now (tests, diagnostics).
-pub fn reserved_free() -> usize {
-    RESERVE.lock().map(|r| r.free.len()).unwrap_or(0)
-}
-
 impl Region {
     /// At least `len` bytes (one page when `len` is 0): the smallest reserved region that fits,
     /// else a new mapping.

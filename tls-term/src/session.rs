@@ -21,8 +21,14 @@ use rustls::{
     PeerIncompatible, PeerMisbehaved, ProtocolVersion, ServerConfig, ServerConnection,
 };
 
+use rustls_pki_types::UnixTime;
+
 use crate::config::{SessionLimits, TlsError};
-use crate::identity::identity_of;
+use crate::identity::names_of;
+use crate::policy::{
+    decode_auth_time, encode_auth_time, AuthenticatedAt, ClientPolicy, ResumptionRefused,
+};
+use crate::roles::Role;
 
 /// Why a session ended badly. Every variant but the last two is the peer's doing; for those the
 /// caller sends whatever [`Session::poll_output`] still yields (rustls queues the matching alert,
@@ -55,6 +61,9 @@ pub enum SessionError {
     AlertReceived(AlertDescription),
     #[error("TLS error: {0}")]
     Other(rustls::Error),
+    /// A resumed session failed the checks of [`ClientPolicy::check_resumed`].
+    #[error("resumption refused: {0:?}")]
+    ResumptionRefused(ResumptionRefused),
     /// Local: plaintext written after [`Session::close`] or after a fatal error.
     #[error("the session is closed")]
     Closed,
@@ -84,6 +93,10 @@ impl SessionError {
             SessionError::Decrypt => "decrypt_error",
             SessionError::AlertReceived(_) => "alert_received",
             SessionError::Other(_) => "other",
+            SessionError::ResumptionRefused(ResumptionRefused::Certificate(e)) => {
+                bad_certificate_label(e)
+            }
+            SessionError::ResumptionRefused(_) => "resumption_too_old",
             SessionError::Closed => "closed",
             SessionError::TxBufferFull { .. } => "tx_buffer_full",
         }
@@ -139,9 +152,18 @@ pub struct Session {
     /// buffer is full). Bounded by `tx_plaintext_bytes_max`.
     tx_plaintext: VecDeque<u8>,
     tx_plaintext_bytes_max: usize,
-    /// Computed once, when the handshake completes.
+    /// Roles, client trust and resumption bound this session applies.
+    policy: Arc<ClientPolicy>,
+    /// Computed once, when the handshake completes: the typed identity that gave the role
+    /// (or the certificate's first name when none did), and the role.
     identity: Option<String>,
+    role: Option<Role>,
     identity_done: bool,
+    /// A resumed handshake was checked against the policy.
+    resumption_checked: bool,
+    /// A refused resumption: the plaintext fatal alert sent instead of the server's flight,
+    /// and how much of it was written.
+    refusal_alert: Option<([u8; 7], usize)>,
     /// The first fatal error; every later call reports it again.
     error: Option<SessionError>,
     /// `close()` was called: no more plaintext is accepted.
@@ -171,17 +193,38 @@ impl Session {
         )
     }
 
-    /// A session with explicit limits (see [`crate::TlsSettings::session_limits`]).
+    /// A session with explicit limits (see [`crate::TlsSettings::session_limits`]), no roles
+    /// and no client trust to check resumed sessions with (tests, tools, the echo app).
     pub fn with_limits(
         config: &Arc<ServerConfig>,
         now: Instant,
         limits: SessionLimits,
     ) -> Result<Self, TlsError> {
-        let conn = ServerConnection::new(config.clone()).map_err(|source| TlsError::Rustls {
-            what: "new server connection",
-            source,
-        })?;
+        Session::with_policy(config, now, limits, Arc::new(ClientPolicy::default()))
+    }
+
+    /// A session that resolves its client's role with `policy` and checks a resumed session
+    /// against it (see [`crate::policy`]).
+    pub fn with_policy(
+        config: &Arc<ServerConfig>,
+        now: Instant,
+        limits: SessionLimits,
+        policy: Arc<ClientPolicy>,
+    ) -> Result<Self, TlsError> {
+        let mut conn =
+            ServerConnection::new(config.clone()).map_err(|source| TlsError::Rustls {
+                what: "new server connection",
+                source,
+            })?;
+        // The tickets and cache entries of a full handshake carry its time; a resumed
+        // session passes its original time on (after_progress), so the age bound counts from
+        // the last time the client's certificate was verified in full.
+        conn.set_resumption_data(&encode_auth_time(UnixTime::now().as_secs()));
         Ok(Session {
+            policy,
+            role: None,
+            resumption_checked: false,
+            refusal_alert: None,
             conn,
             handshake_deadline: now + limits.handshake_timeout,
             handshake_timeout: limits.handshake_timeout,
@@ -233,7 +276,7 @@ impl Session {
                 Err(e) => return Err(self.fail(e.into())),
             }
         }
-        self.after_progress();
+        self.after_progress()?;
         Ok(consumed)
     }
 
@@ -297,6 +340,13 @@ impl Session {
     /// Writes pending ciphertext (handshake messages, records, alerts) into `out`, typically
     /// the free space of the TCP send buffer; returns how many bytes were written.
     pub fn poll_output(&mut self, out: &mut [u8]) -> usize {
+        if let Some((alert, sent)) = &mut self.refusal_alert {
+            // Only the alert: the server's flight rustls prepared is never sent.
+            let n = (alert.len() - *sent).min(out.len());
+            out[..n].copy_from_slice(&alert[*sent..*sent + n]);
+            *sent += n;
+            return n;
+        }
         let mut written = 0;
         while written < out.len() {
             if !self.conn.wants_write() && !self.refill() {
@@ -313,6 +363,9 @@ impl Session {
 
     /// Whether [`Session::poll_output`] would write something now.
     pub fn wants_output(&self) -> bool {
+        if let Some((alert, sent)) = &self.refusal_alert {
+            return *sent < alert.len();
+        }
         self.conn.wants_write()
             || (!self.conn.is_handshaking()
                 && self.error.is_none()
@@ -337,11 +390,17 @@ impl Session {
         self.check_deadline(now)
     }
 
-    /// The client's identity once the handshake is complete (see [`crate::identity`] for the
-    /// precedence of SAN DNS name, SAN email, subject CN). `None` without a client certificate
-    /// or when the certificate names nothing usable.
+    /// The client's typed identity once the handshake is complete: the name that gave its
+    /// role (e.g. `cn:client`), or with no role the certificate's first name in precedence
+    /// order dns, email, uri, cn. `None` without a client certificate or when the certificate
+    /// names nothing usable.
     pub fn identity(&self) -> Option<&str> {
         self.identity.as_deref()
+    }
+
+    /// The client's role once the handshake is complete (see [`crate::roles::RoleMap::resolve`]).
+    pub fn role(&self) -> Option<Role> {
+        self.role
     }
 
     /// Queues close_notify (RFC 8446 §6.1) after any plaintext still queued; later writes fail.
@@ -411,15 +470,66 @@ impl Session {
         Ok(())
     }
 
-    fn after_progress(&mut self) {
+    fn after_progress(&mut self) -> Result<(), SessionError> {
+        // rustls decides to resume while processing the ClientHello and, for a resumption,
+        // does not verify the client chain again: check it here, before the server's flight
+        // leaves (poll_output comes after this), so a refused client never completes.
+        if !self.resumption_checked && self.conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            self.resumption_checked = true;
+            let authenticated_at = match self.conn.protocol_version() {
+                Some(ProtocolVersion::TLSv1_2) => AuthenticatedAt::NotCarried,
+                _ => self
+                    .conn
+                    .received_resumption_data()
+                    .and_then(decode_auth_time)
+                    .map_or(AuthenticatedAt::Unknown, AuthenticatedAt::Known),
+            };
+            let checked = self.policy.check_resumed(
+                self.conn.peer_certificates(),
+                authenticated_at,
+                UnixTime::now(),
+            );
+            if let Err(refused) = checked {
+                return Err(self.refuse(refused));
+            }
+            if let AuthenticatedAt::Known(at) = authenticated_at {
+                self.conn.set_resumption_data(&encode_auth_time(at));
+            }
+        }
         if !self.identity_done && !self.conn.is_handshaking() {
             self.identity_done = true;
-            self.identity = self
-                .conn
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| identity_of(leaf));
+            let chain = self.conn.peer_certificates();
+            // A certificate that does not parse has no names (no role), never the anonymous
+            // role of a client without one.
+            let names = chain
+                .and_then(|c| c.first())
+                .map(|leaf| names_of(leaf).unwrap_or_default());
+            let trust = self.policy.trust.as_ref();
+            let resolved = self
+                .policy
+                .roles
+                .resolve(names.as_ref(), || trust?.issuer_of(chain?, UnixTime::now()));
+            self.identity = resolved.identity;
+            self.role = resolved.role;
         }
+        Ok(())
+    }
+
+    /// Refuses the handshake with a fatal alert in a plaintext record (the server has sent
+    /// nothing yet, RFC 8446 §5.1 / RFC 5246 §6.2.1), in place of rustls' queued flight.
+    fn refuse(&mut self, refused: ResumptionRefused) -> SessionError {
+        const FATAL: u8 = 2;
+        let record = [
+            0x15,
+            0x03,
+            0x03,
+            0x00,
+            0x02,
+            FATAL,
+            u8::from(refused.alert()),
+        ];
+        self.refusal_alert = Some((record, 0));
+        self.fail(SessionError::ResumptionRefused(refused))
     }
 
     /// Moves queued plaintext into rustls; returns whether rustls now has output.
@@ -436,7 +546,9 @@ impl Session {
             self.tx_plaintext.drain(..taken);
         }
         // An idle connection keeps no send queue: the capacity a burst grew goes back.
-        if self.tx_plaintext.is_empty() && self.tx_plaintext.capacity() > TX_PLAINTEXT_IDLE_CAPACITY_MAX {
+        if self.tx_plaintext.is_empty()
+            && self.tx_plaintext.capacity() > TX_PLAINTEXT_IDLE_CAPACITY_MAX
+        {
             self.tx_plaintext = VecDeque::new();
         }
         self.queue_close_notify_if_drained();

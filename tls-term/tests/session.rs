@@ -192,9 +192,11 @@ fn tls13_handshake_with_client_certificate() {
     assert_eq!(pair.server.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(pair.client.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert!(ALLOWED_CIPHER_SUITES.contains(&pair.server.cipher_suite().unwrap()));
-    assert_eq!(pair.server.identity(), Some("client"));
+    assert_eq!(pair.server.identity(), Some("cn:client"));
     assert_eq!(
-        RoleMap::lab().role_of(pair.server.identity().unwrap()),
+        RoleMap::lab()
+            .entry(&pair.server.identity().unwrap().parse().unwrap())
+            .map(|e| e.role),
         Some(Role::Write)
     );
     assert!(!pair.server.resumed());
@@ -222,7 +224,7 @@ fn tls12_handshake_with_client_certificate() {
         "{suite:?}"
     );
     assert_eq!(pair.server.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(pair.server.identity(), Some("client"));
+    assert_eq!(pair.server.identity(), Some("cn:client"));
 }
 
 #[test]
@@ -236,8 +238,8 @@ fn reader_certificate_maps_to_read_role() {
     );
     let mut pair = Pair::new(&client, &config);
     pair.handshake().unwrap();
-    assert_eq!(pair.server.identity(), Some("reader"));
-    assert_eq!(RoleMap::lab().role_of("reader"), Some(Role::Read));
+    assert_eq!(pair.server.identity(), Some("cn:reader"));
+    assert_eq!(RoleMap::lab().entry(&"cn:reader".parse().unwrap()).map(|e| e.role), Some(Role::Read));
 }
 
 #[test]
@@ -405,7 +407,7 @@ fn assert_resumes(
     assert!(second.server.resumed());
     assert_eq!(second.client.handshake_kind(), Some(HandshakeKind::Resumed));
     // The client identity survives resumption (it travels in the ticket / cached session).
-    assert_eq!(second.server.identity(), Some("client"));
+    assert_eq!(second.server.identity(), Some("cn:client"));
 }
 
 #[test]
@@ -940,7 +942,7 @@ fn certs_init_is_idempotent_and_keys_are_private() {
     let config = server_config(&TlsSettings::lab(&tls_dir)).unwrap();
     let mut pair = Pair::new(&writer_config(&third, BOTH), &config);
     pair.handshake().unwrap();
-    assert_eq!(pair.server.identity(), Some("client"));
+    assert_eq!(pair.server.identity(), Some("cn:client"));
 
     // overwrite issues everything anew.
     let fourth = certs::init(&tls_dir, SERVICE_IP, true).unwrap();

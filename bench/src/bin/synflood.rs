@@ -251,7 +251,7 @@ syn_cookies = "{cookies}"
 cert_chain = "{t}/server.pem"
 private_key = "{t}/server.key"
 client_ca = "{t}/ca.pem"
-roles = {{ "client" = "write" }}
+roles = {{ "cn:client" = "write" }}
 
 [ledger]
 data_dir = "{data}"
