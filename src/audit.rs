@@ -320,6 +320,7 @@ pub fn start(settings: &Settings, metrics: AuditMetrics) -> io::Result<(Audit, A
     let thread = std::thread::Builder::new()
         .name("audit".to_owned())
         .spawn(move || {
+            crate::sandbox::seccomp::enter(crate::sandbox::Kind::Audit);
             if let Err(e) = run(file, &rx, &start_id, fsync, &writer_metrics) {
                 log::error!("FATAL: the audit log failed, stopping: {e}");
                 std::process::exit(EXIT_FATAL);
@@ -394,6 +395,8 @@ fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::sandbox_point(crate::sandbox::Kind::Audit);
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(record) = next {

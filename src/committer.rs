@@ -170,6 +170,7 @@ pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usiz
     let durability = config.ledger.durability.clone();
     let metrics = metrics.clone();
     let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
+        crate::sandbox::seccomp::enter(crate::sandbox::Kind::Ledger);
         if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
             // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
             // acknowledged; stop now rather than acknowledge anything after a lost write.
@@ -266,7 +267,10 @@ impl Checkpoints {
 
 /// The checkpoint writer thread: writes each job on its own storage handle and reports back.
 fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, done: Sender<Result<CheckpointJob, LedgerError>>) {
+    crate::sandbox::seccomp::enter(crate::sandbox::Kind::Checkpoint);
     for mut job in jobs {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::sandbox_point(crate::sandbox::Kind::Checkpoint);
         let started = Instant::now();
         let report = job.write(&mut storage).map(|()| job);
         match &report {

@@ -442,6 +442,7 @@ pub fn spawn_management_with(
     for i in 0..limits.connections_max {
         let (rx, metrics, open) = (rx.clone(), metrics.clone(), Arc::clone(&open));
         let handler = thread::Builder::new().name(format!("management-{i}")).stack_size(HANDLER_STACK_BYTES).spawn(move || {
+            crate::sandbox::seccomp::enter(crate::sandbox::Kind::Management);
             let mut buffer = vec![0u8; limits.request_bytes_max];
             for (stream, accepted) in rx {
                 let outcome = serve_one(&stream, accepted, &metrics, &limits, &mut buffer);
@@ -459,6 +460,7 @@ pub fn spawn_management_with(
         limits.request_timeout
     );
     let acceptor = thread::Builder::new().name("management".to_owned()).spawn(move || {
+        crate::sandbox::seccomp::enter(crate::sandbox::Kind::Management);
         let refused = metrics.management_connections.with_label_values(&[Outcome::Refused.label()]);
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
@@ -599,7 +601,11 @@ fn answer(head: &[u8], metrics: &Metrics) -> Vec<u8> {
         response("503 Service Unavailable", "text/plain", body.as_bytes())
     };
     match path {
-        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &metrics.render()),
+        "/metrics" => {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::sandbox_point(crate::sandbox::Kind::Management);
+            response("200 OK", "text/plain; version=0.0.4", &metrics.render())
+        }
         "/healthz" => match metrics.health.check() {
             Ok(()) => response("200 OK", "text/plain", b"ok\n"),
             Err(troubles) => unhealthy(troubles),

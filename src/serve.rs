@@ -45,6 +45,8 @@ const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>) -> Result<Stopped> {
     let started = Instant::now();
     let app = config.app()?;
+    // The SIGSYS handler before any thread or filter exists (docs/security.md).
+    crate::sandbox::seccomp::enable(config.sandbox.enabled).context("cannot prepare the sandbox")?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
     // others could read) refuses the start with a message, before the network is touched.
     let storage = if app == App::Ledger { Some(committer::open_data_dir(config, lab_home)?) } else { None };
@@ -180,6 +182,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         let label = port.queue_id().to_string();
         let watch = reloader.watch();
         workers.push(thread::Builder::new().name(format!("worker-q{label}")).spawn(move || {
+            crate::sandbox::seccomp::enter(crate::sandbox::Kind::Worker);
             // Every line this thread logs names its queue.
             let _span = tracing::info_span!("worker", queue = %label).entered();
             match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
@@ -207,6 +210,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             Err(_) => bail!("a worker died while starting"),
         }
     }
+    crate::sandbox::seccomp::confine(crate::sandbox::Kind::Main).context("cannot confine the main thread")?;
     metrics.ready.set(1);
     log::info!("ready in {:?}", started.elapsed());
     let serving = format!("serving {}:{} on {} queue(s)", config.service.address, config.service.port, queues.len());
@@ -222,6 +226,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::sandbox_point(crate::sandbox::Kind::Main);
             // RELOADING=1 before and READY=1 after, applied or refused (Type=notify-reload).
             notifier.reloading();
             let applied = reloader.reload(|edge| steering.configure_edge(edge));
