@@ -724,20 +724,23 @@ mod tests {
         unsafe { libc::close(fds[0]) };
         let mut status = 0;
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        (status, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// As [`in_confined_child`]: the child must have exited; its exit status.
+    fn exit_of_confined_child(filters: &Filters, call: fn()) -> (i32, String) {
+        let (status, stderr) = in_confined_child(filters, call);
         assert!(
             libc::WIFEXITED(status),
-            "the child did not exit normally: status {status:#x}"
+            "the child did not exit normally: status {status:#x}; {stderr}"
         );
-        (
-            libc::WEXITSTATUS(status),
-            String::from_utf8_lossy(&out).into_owned(),
-        )
+        (libc::WEXITSTATUS(status), stderr)
     }
 
     #[test]
     fn a_confined_worker_that_calls_execve_is_stopped_with_the_line() {
         let filters = Filters::compile_with(Kind::Worker, false).expect("compile");
-        let (status, stderr) = in_confined_child(&filters, || unsafe {
+        let (status, stderr) = exit_of_confined_child(&filters, || unsafe {
             let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
             let envp = [std::ptr::null()];
             libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -754,7 +757,7 @@ mod tests {
     #[test]
     fn a_confined_worker_cannot_map_executable_memory() {
         let filters = Filters::compile_with(Kind::Worker, false).expect("compile");
-        let (status, stderr) = in_confined_child(&filters, || unsafe {
+        let (status, stderr) = exit_of_confined_child(&filters, || unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 4096,
@@ -772,9 +775,23 @@ mod tests {
     }
 
     #[test]
+    fn abort_still_ends_a_confined_thread_with_sigabrt() {
+        // A panic aborts the process (health::install_panic_hook): under every filter the
+        // abort must be the C library's SIGABRT, not a sandbox stop.
+        for kind in Kind::ALL {
+            let filters = Filters::compile_with(kind, false).expect("compile");
+            let (status, stderr) = in_confined_child(&filters, || unsafe { libc::abort() });
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+                "{kind}: status {status:#x}; {stderr}"
+            );
+        }
+    }
+
+    #[test]
     fn a_confined_worker_may_make_its_allowed_calls() {
         let filters = Filters::compile_with(Kind::Worker, false).expect("compile");
-        let (status, stderr) = in_confined_child(&filters, || unsafe {
+        let (status, stderr) = exit_of_confined_child(&filters, || unsafe {
             libc::getpid();
             let page = libc::mmap(
                 std::ptr::null_mut(),
