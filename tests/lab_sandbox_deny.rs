@@ -374,11 +374,8 @@ fn count_by_kind(trace: &str) -> BTreeMap<&'static str, BTreeMap<String, u64>> {
         else {
             continue;
         };
-        if rest.starts_with("prctl(PR_GET_NAME, \"") {
-            let name = rest["prctl(PR_GET_NAME, \"".len()..]
-                .split('"')
-                .next()
-                .unwrap_or("");
+        if let Some(named) = rest.strip_prefix("prctl(PR_GET_NAME, \"") {
+            let name = named.split('"').next().unwrap_or("");
             names.insert(tid, name.to_owned());
         } else if rest.starts_with("prctl(PR_GET_NAME,") {
             naming.insert(tid);
@@ -420,7 +417,7 @@ fn detailed(call: &str, line: &str) -> String {
     let pick = |i: usize| {
         args.get(i)
             .map(|a| {
-                a.trim_end_matches(|c: char| c == ')' || c == ' ' || c == '<')
+                a.trim_end_matches([')', ' ', '<'])
                     .split(' ')
                     .next()
                     .unwrap_or("")

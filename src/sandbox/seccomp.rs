@@ -422,7 +422,7 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
                     libc::SYS_shutdown,
                 ],
             );
-            allow_values(&mut rules, libc::SYS_ioctl, 1, &[libc::FIONBIO as u64])?;
+            allow_values(&mut rules, libc::SYS_ioctl, 1, &[libc::FIONBIO])?;
             let mut timeouts = Vec::new();
             for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
                 let level = cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?;
