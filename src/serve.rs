@@ -210,7 +210,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             Err(_) => bail!("a worker died while starting"),
         }
     }
-    crate::sandbox::seccomp::confine(crate::sandbox::Kind::Main).context("cannot confine the main thread")?;
+    crate::sandbox::seccomp::enter(crate::sandbox::Kind::Main);
     metrics.ready.set(1);
     log::info!("ready in {:?}", started.elapsed());
     let serving = format!("serving {}:{} on {} queue(s)", config.service.address, config.service.port, queues.len());
