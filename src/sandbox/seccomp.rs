@@ -323,7 +323,7 @@ fn write_files(rules: &mut Rules) {
     #[cfg(target_arch = "x86_64")]
     allow(rules, &[libc::SYS_rename, libc::SYS_unlink]);
     #[cfg(not(target_arch = "x86_64"))]
-    allow(rules, &[libc::SYS_renameat, libc::SYS_unlinkat]);
+    allow(rules, &[libc::SYS_renameat2, libc::SYS_unlinkat]);
 }
 
 // bpf(2) commands (`enum bpf_cmd` in the kernel's uapi linux/bpf.h); the libc crate lacks them.
@@ -544,6 +544,9 @@ fn syscall_name(call: i64) -> Option<&'static str> {
             (libc::SYS_poll, "poll"),
             (libc::SYS_stat, "stat"),
             (libc::SYS_access, "access"),
+            (libc::SYS_chmod, "chmod"),
+            (libc::SYS_rename, "rename"),
+            (libc::SYS_unlink, "unlink"),
         ];
         if let Some((_, name)) = legacy.iter().find(|(n, _)| *n == call) {
             return Some(name);
@@ -599,7 +602,6 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_unlinkat, "unlinkat"),
     (libc::SYS_renameat2, "renameat2"),
     (libc::SYS_mkdirat, "mkdirat"),
-    (libc::SYS_chmod, "chmod"),
     (libc::SYS_fchmodat, "fchmodat"),
     (libc::SYS_fchownat, "fchownat"),
     (libc::SYS_read, "read"),
