@@ -12,7 +12,7 @@
 //! memory executable; `clone` only with the thread flags, and only for kinds that start a
 //! thread; `clone3` (whose flags sit in memory the filter cannot read) is answered ENOSYS so
 //! the C library falls back to `clone`; `bpf` only on the main thread and only for map
-//! lookups and updates; `ioctl` only for the requests measured.
+//! element commands; `ioctl`, `prctl`, `getsockopt`, `setsockopt` only for what was measured.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -102,13 +102,13 @@ impl Filters {
         Filters::compile_with(kind, measuring())
     }
 
-    fn compile_with(kind: Kind, allow_all: bool) -> io::Result<Filters> {
+    fn compile_with(kind: Kind, measure: bool) -> io::Result<Filters> {
         let arch = target_arch()?;
         let rules = allowlist(kind)?;
         // Measuring (a test-only switch): the filter is installed, so `strace` shows where
         // each thread confines itself, but a call outside the list is only logged by the
         // kernel (SECCOMP_RET_LOG), not stopped.
-        let mismatch = if allow_all {
+        let mismatch = if measure {
             SeccompAction::Log
         } else {
             SeccompAction::Trap
