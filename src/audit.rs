@@ -432,6 +432,8 @@ fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::sandbox_point(crate::sandbox::Kind::Audit);
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(record) = next {

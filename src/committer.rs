@@ -296,6 +296,8 @@ impl Checkpoints {
 /// The checkpoint writer thread: writes each job on its own storage handle and reports back.
 fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, done: Sender<Result<CheckpointJob, LedgerError>>) {
     for mut job in jobs {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::sandbox_point(crate::sandbox::Kind::Checkpoint);
         let started = Instant::now();
         let report = job.write(&mut storage).map(|()| job);
         match &report {

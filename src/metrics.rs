@@ -619,7 +619,11 @@ fn answer(head: &[u8], metrics: &Metrics) -> Vec<u8> {
         response("503 Service Unavailable", "text/plain", body.as_bytes())
     };
     match path {
-        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &metrics.render()),
+        "/metrics" => {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::sandbox_point(crate::sandbox::Kind::Management);
+            response("200 OK", "text/plain; version=0.0.4", &metrics.render())
+        }
         "/healthz" => match metrics.health.check() {
             Ok(()) => response("200 OK", "text/plain", b"ok\n"),
             Err(troubles) => unhealthy(troubles),

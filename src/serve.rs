@@ -58,6 +58,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         crate::sandbox::memlock::lock_all()?;
     }
     let app = config.app()?;
+    // The SIGSYS handler before any thread or filter exists (docs/security.md).
+    crate::sandbox::seccomp::enable(config.sandbox.enabled).context("cannot prepare the sandbox")?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
     // others could read) refuses the start with a message, before the network is touched.
     let storage = if app == App::Ledger { Some(committer::open_data_dir(config, lab_home)?) } else { None };
@@ -272,6 +274,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::sandbox_point(crate::sandbox::Kind::Main);
             // RELOADING=1 before and READY=1 after, applied or refused (Type=notify-reload).
             notifier.reloading();
             let applied = reloader.reload(|edge| steering.configure_edge(edge));

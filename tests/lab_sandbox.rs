@@ -18,10 +18,6 @@ use nix::unistd::Pid;
 
 const TWO_ACCOUNTS: &str = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
 
-/// Whether the per-thread seccomp filters are in (the seccomp part of the sandbox): then
-/// every thread must show `Seccomp: 2` too. Switched on when that part is merged.
-const SECCOMP_ASSERTED: bool = false;
-
 fn service(lab: &Lab) -> SocketAddr {
     SocketAddr::from((lab.spec.service_ipv4, PORT))
 }
@@ -89,11 +85,9 @@ fn assert_every_thread_confined(pid: Pid) {
     );
 }
 
-/// `Seccomp: 2` (a filter) in `status`, once [`SECCOMP_ASSERTED`] is on.
+/// `Seccomp: 2` (a filter) in `status`.
 fn assert_seccomp_filtered(name: &str, status: &str) {
-    if SECCOMP_ASSERTED {
-        assert_eq!(field(status, "Seccomp"), "2", "Seccomp of thread {name}");
-    }
+    assert_eq!(field(status, "Seccomp"), "2", "Seccomp of thread {name}");
 }
 
 /// `Max core file size` of /proc/PID/limits: soft and hard.

@@ -58,12 +58,10 @@ impl std::fmt::Display for Kind {
 
 /// The first thing every thread the appliance starts does: installs its [`Kind`]'s
 /// system-call allowlist ([`seccomp::confine`]). A thread that cannot be confined must not
-/// run: the process stops (exit status 70, like a failed WAL write).
+/// run: the process stops (exit status 72, `seccomp::EXIT_SANDBOX`).
 pub fn confine_thread(kind: Kind) {
-    if let Err(e) = seccomp::confine(kind) {
-        log::error!("FATAL: cannot confine the {kind} thread (seccomp): {e}");
-        std::process::exit(70);
-    }
+    // A failure stops the process with the sandbox's exit status (seccomp::EXIT_SANDBOX).
+    seccomp::enter(kind);
 }
 
 /// `[sandbox]`: the confinement after start-up. Restart-only.
