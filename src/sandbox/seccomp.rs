@@ -340,6 +340,12 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
         Kind::Main => {
             // Reload (SIGHUP): the configuration, certificate, key and CRL files.
             read_files(&mut rules);
+            // A reload's key in locked memory when the reserve locked at start is used up
+            // (tls-term's secret.rs); it then fits RLIMIT_MEMLOCK or fails the reload.
+            allow(&mut rules, &[libc::SYS_mlock]);
+            // The key file's owner rule compares with the user the process serves as (a
+            // reload, and the CRL timer's rebuild of the TLS settings).
+            allow(&mut rules, &[libc::SYS_geteuid, libc::SYS_getegid]);
             // systemd notifications (READY, RELOADING, WATCHDOG, STOPPING) on the socket
             // opened at start; not measured in the lab, which runs without systemd.
             allow(&mut rules, &[libc::SYS_sendto]);
@@ -561,6 +567,8 @@ fn syscall_name(call: i64) -> Option<&'static str> {
 const NAMES: &[(i64, &str)] = &[
     (libc::SYS_execve, "execve"),
     (libc::SYS_execveat, "execveat"),
+    (libc::SYS_geteuid, "geteuid"),
+    (libc::SYS_getegid, "getegid"),
     (libc::SYS_openat, "openat"),
     (libc::SYS_openat2, "openat2"),
     (libc::SYS_open_by_handle_at, "open_by_handle_at"),

@@ -296,9 +296,14 @@ listen = "{management}"
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.management, "/metrics")
-            .expect("scrape /metrics")
-            .1
+        match http_get(self.management, "/metrics") {
+            Ok((_, body)) => body,
+            // A server started with a log: its last words say why it does not answer.
+            Err(e) => match &self.log {
+                Some(log) => panic!("scrape /metrics: {e}; the server's log:\n{}", std::fs::read_to_string(log).unwrap_or_default()),
+                None => panic!("scrape /metrics: {e}"),
+            },
+        }
     }
 
     /// The value of one sample line of /metrics (the sum over label sets matching `filter`).
