@@ -996,7 +996,9 @@ fn tickets_are_sealed_by_the_locked_ticketer_with_the_configured_lifetime() {
     .unwrap();
     assert!(config.ticketer.enabled());
     assert_eq!(config.ticketer.lifetime(), 600);
-    assert!(format!("{:?}", config.ticketer).starts_with("Ticketer"));
+    // Ours, under the resumption max-age wrapper (crate::aging).
+    let ticketer = format!("{:?}", config.ticketer);
+    assert!(ticketer.starts_with("MaxAgeTickets") && ticketer.contains("inner: Ticketer"), "{ticketer}");
     let ticket = config.ticketer.encrypt(b"state").unwrap();
     assert_eq!(config.ticketer.decrypt(&ticket).unwrap(), b"state");
 }
