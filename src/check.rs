@@ -283,7 +283,7 @@ mod tests {
     fn the_service_user_must_resolve_and_reach_the_data_directory_and_the_tls_files() {
         use std::os::unix::fs::chown;
         let dir = tempfile::tempdir().unwrap();
-        let mut config = config_in(dir.path(), "roles = { client = \"write\" }");
+        let mut config = config_in(dir.path(), "roles = { \"cn:client\" = \"write\" }");
         std::fs::create_dir(dir.path().join("data")).unwrap();
         config.sandbox.user = "no-such-user-pantera".to_owned();
         let e = deep(&config, DataDir::Look, SystemTime::now()).unwrap_err().to_string();
