@@ -27,6 +27,8 @@ fn status_kb(pid: Pid, field: &str) -> u64 {
 /// One mapping of /proc/PID/smaps.
 #[derive(Debug, Default)]
 struct Mapping {
+    /// Read only through `Debug`, in failure messages.
+    #[allow(dead_code)]
     range: String,
     size_kb: u64,
     locked_kb: u64,
