@@ -6,8 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,24 +26,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64
-}
-
-/// The lab certificates in `dir/tls`, made before the server starts (as `Server` would make
-/// them), so CRLs and client certificates can be issued first.
-fn init_certs(lab: &Lab, dir: &Path) -> PathBuf {
-    let tls = dir.join("tls");
-    let out = Command::new(PANTERA)
-        .args(["certs", "init", "--dir"])
-        .arg(&tls)
-        .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
-        .output()
-        .expect("run pantera certs init");
-    assert!(
-        out.status.success(),
-        "certs init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tls
 }
 
 /// Issues a client certificate as `tls/{file}.pem` + `.key` and returns a client config for

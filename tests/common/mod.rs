@@ -144,18 +144,7 @@ impl Server {
 
     /// Writes the configuration and certificates; the process is not started.
     fn configure(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
-        let tls = dir.join("tls");
-        let out = Command::new(PANTERA)
-            .args(["certs", "init", "--dir"])
-            .arg(&tls)
-            .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
-            .output()
-            .expect("run pantera certs init");
-        assert!(
-            out.status.success(),
-            "certs init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let tls = init_certs(lab, dir);
         // `serve` opens only a formatted data directory: format it as an operator would.
         let data = dir.join("data");
         if !data.exists() {
@@ -654,4 +643,18 @@ pub fn rss_bytes(pid: Pid) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS");
     kib * 1024
+}
+
+/// The lab certificates in `dir/tls` (`pantera certs init`, kept when already there), as a
+/// server start makes them; a test that issues CRLs or client certificates first calls it.
+pub fn init_certs(lab: &Lab, dir: &Path) -> PathBuf {
+    let tls = dir.join("tls");
+    let out = Command::new(PANTERA)
+        .args(["certs", "init", "--dir"])
+        .arg(&tls)
+        .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
+        .output()
+        .expect("run pantera certs init");
+    assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+    tls
 }

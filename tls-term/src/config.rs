@@ -462,7 +462,12 @@ fn build(settings: &TlsSettings, previous: Option<&ServerConfig>) -> Result<Serv
 }
 
 fn check_exists(what: &'static str, path: &Path) -> Result<fs::Metadata, TlsError> {
-    fs::metadata(path).map_err(|source| match source.kind() {
+    fs::metadata(path).map_err(|source| file_error(what, path, source))
+}
+
+/// A file that cannot be opened or read: `Missing` when it is not there, else `Io`.
+pub(crate) fn file_error(what: &'static str, path: &Path, source: io::Error) -> TlsError {
+    match source.kind() {
         io::ErrorKind::NotFound => TlsError::Missing {
             what,
             path: path.to_owned(),
@@ -472,7 +477,7 @@ fn check_exists(what: &'static str, path: &Path) -> Result<fs::Metadata, TlsErro
             path: path.to_owned(),
             source,
         },
-    })
+    }
 }
 
 fn pem_error(what: &'static str, path: &Path, source: pem::Error) -> TlsError {

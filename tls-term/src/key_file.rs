@@ -124,17 +124,7 @@ impl PrivateKey {
 /// Opens the key file, checks it with [`check_key_file`], and decodes its first private key.
 pub fn load_private_key(path: &Path, owner: KeyOwner) -> Result<PrivateKey, TlsError> {
     const WHAT: &str = "private key";
-    let io_error = |source: io::Error| match source.kind() {
-        io::ErrorKind::NotFound => TlsError::Missing {
-            what: WHAT,
-            path: path.to_owned(),
-        },
-        _ => TlsError::Io {
-            what: WHAT,
-            path: path.to_owned(),
-            source,
-        },
-    };
+    let io_error = |source: io::Error| crate::config::file_error(WHAT, path, source);
     let locked = |source: io::Error| TlsError::LockedMemory {
         what: "the private key",
         source,

@@ -213,17 +213,7 @@ fn subject_of(cert: &CertificateDer<'_>) -> String {
 /// The CRLs of one file: PEM ("X509 CRL" sections, several allowed) or one DER CRL.
 fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     const WHAT: &str = "CRL";
-    let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TlsError::Missing {
-            what: WHAT,
-            path: path.to_owned(),
-        },
-        _ => TlsError::Io {
-            what: WHAT,
-            path: path.to_owned(),
-            source,
-        },
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| crate::config::file_error(WHAT, path, source))?;
     if meta.len() > CRL_FILE_BYTES_MAX {
         return Err(TlsError::BadCrl {
             path: path.to_owned(),
