@@ -1,7 +1,7 @@
 //! `api_cost`: the cost of the HTTP + JSON layer per transfer, without TLS and the ledger:
 //! decode a `POST /v1/transfers` request (fed in 16 KiB pieces, as TLS hands records over),
 //! map it to a command, render the reply and encode the response, for batches of 1, 100 and
-//! the maximum number of transfers. Figures only; docs/PERFORMANCE.md records a run.
+//! the maximum number of transfers. Figures only.
 //!
 //! ```text
 //! cargo run --release -p bench --bin api_cost

@@ -1,6 +1,6 @@
 //! `checkpoint`: how long a checkpoint holds the ledger thread, what recovery and a backup
 //! cost, at 1M (or `--transfers N`) transfers on real files. Figures only; docs/ledger.md
-//! ("Performance") records runs at 1M and 10M.
+//! ("Checkpoint pause, recovery and backup") records runs at 1M and 10M.
 //!
 //! ```text
 //! cargo run --release -p bench --bin checkpoint -- [--dir DIR] [--transfers N]

@@ -1,6 +1,6 @@
 //! `tls_cpu`: the server-side CPU time of TLS handshakes and of bulk transfer, in memory, one
 //! thread (`tls_term::Session` against a rustls client, no sockets). Figures only; docs/tls.md
-//! ("Cost") records a run.
+//! ("Figures") records a run.
 //!
 //! ```text
 //! cargo run --release -p bench --bin tls_cpu -- [--rounds N] [--bulk-mib N]
