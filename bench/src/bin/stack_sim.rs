@@ -195,11 +195,10 @@ fn bulk_transfer() -> Result<()> {
     let client = world.connect(36_000, 65535)?;
     let chunk = vec![0x5a_u8; 65535];
     let mut sent = 0usize;
-    let mut received = 0usize;
     let started = std::time::Instant::now();
     let frames_before = world.server.counters().rx_frames;
-    // `done` sees the count through a cell: `app` holds the only mutable borrow.
-    let received_cell = std::cell::Cell::new(0usize);
+    // Shared by `app`, which counts, and `done`, which reads.
+    let received = std::cell::Cell::new(0usize);
     world.run_until(
         "bulk transfer",
         Duration::from_secs(3600),
@@ -210,11 +209,10 @@ fn bulk_transfer() -> Result<()> {
                     .send_slice(&chunk[..(BYTES - sent).min(chunk.len())])
                     .map_err(|e| anyhow!("client send: {e:?}"))?;
             }
-            received += w.drain_server()?;
-            received_cell.set(received);
+            received.set(received.get() + w.drain_server()?);
             Ok(())
         },
-        |_| received_cell.get() == BYTES,
+        |_| received.get() == BYTES,
     )?;
     let elapsed = started.elapsed();
     let frames = world.server.counters().rx_frames - frames_before;
