@@ -482,7 +482,7 @@ impl<P: Port> Worker<P> {
         let ready = &mut self.ready;
         self.stack.take_ingress_ready(|id| ready.insert(id.slot()));
         // A full handshake budget evicts one of its members (the one waiting longest for its
-        // client: `Handshakes::over_budget`), never an established connection (design.md,
+        // client: `Handshakes::over_budget`), never an established connection (docs/design.md,
         // "Under attack"): reset, so its slot and buffers are free at once.
         while let Some(slot) = self.handshakes.over_budget() {
             // A candidate whose client has answered since the last walk is not abandoned: it

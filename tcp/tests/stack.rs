@@ -75,8 +75,6 @@ struct World {
     events: EventLedger,
     /// Events of the last step, for the test's application logic.
     fresh: Vec<Event>,
-    /// Check the stack's readiness sets at every step (a walk of the table: off in benches).
-    check: bool,
 }
 
 impl World {
@@ -101,7 +99,6 @@ impl World {
             now,
             events: EventLedger::default(),
             fresh: Vec::new(),
-            check: true,
         }
     }
 
@@ -128,9 +125,7 @@ impl World {
     /// One turn of both ends. True if anything moved.
     fn step(&mut self) -> bool {
         // Whatever the app did since the last step, no socket with work is left unvisited.
-        if self.check {
-            check_readiness(&mut self.server);
-        }
+        check_readiness(&mut self.server);
         let mut busy = self.server.poll(self.now, &mut self.link.port(Side::A));
         let (events, fresh) = (&mut self.events, &mut self.fresh);
         fresh.clear();
@@ -139,9 +134,7 @@ impl World {
             fresh.push(event);
         });
         busy |= !self.fresh.is_empty();
-        if self.check {
-            check_readiness(&mut self.server);
-        }
+        check_readiness(&mut self.server);
         busy |= self.client.poll(
             self.now,
             &mut self.link.port(Side::B),
@@ -918,180 +911,6 @@ fn half_open_handshakes_time_out_silently() {
     assert_eq!((counters.accepted, counters.closed), (1, 0));
     assert_eq!(world.server.connections(), 1);
     assert_eq!(world.events.opened.len(), 1);
-}
-
-// ---------------------------------------------------------------- benchmarks
-//
-// Figures, not assertions: `cargo test --release -p tcp --test stack bench -- --ignored
-// --nocapture`. Both ends run on the same core, so the figures are for client + server.
-
-#[test]
-#[ignore]
-fn bench_bulk_transfer() {
-    const BYTES: usize = 64 << 20;
-    let mut world = World::new(&server_config(), SimConfig::default());
-    world.check = false;
-    let client = world.connect(36_000, 65535);
-    let chunk = vec![0x5a_u8; 65535];
-    let mut sent = 0usize;
-    let received = std::cell::Cell::new(0usize);
-    let started = std::time::Instant::now();
-    let frames_before = world.server.counters().rx_frames;
-    let done = world.run_until(
-        Duration::from_secs(3600),
-        |w| {
-            let socket = w.client_socket(client);
-            if socket.can_send() && sent < BYTES {
-                sent += socket
-                    .send_slice(&chunk[..(BYTES - sent).min(chunk.len())])
-                    .unwrap();
-            }
-            let ids: Vec<ConnId> = w.events.open.keys().copied().collect();
-            for id in ids {
-                while w.server.can_recv(id) {
-                    let n = w.server.recv(id, |b| (b.len(), b.len())).unwrap();
-                    received.set(received.get() + n);
-                }
-            }
-        },
-        |_| received.get() == BYTES,
-    );
-    let elapsed = started.elapsed();
-    assert!(done);
-    let frames = world.server.counters().rx_frames - frames_before;
-    println!(
-        "bulk: {} MiB in {:?}: {:.0} MB/s, {} frames in, {:.2} us per frame in (client+server)",
-        BYTES >> 20,
-        elapsed,
-        BYTES as f64 / elapsed.as_secs_f64() / 1e6,
-        frames,
-        elapsed.as_secs_f64() * 1e6 / frames as f64
-    );
-}
-
-#[test]
-#[ignore]
-fn bench_service_walk_and_connection_rate() {
-    let config = StackConfig {
-        rx_buffer_bytes: 2048,
-        tx_buffer_bytes: 2048,
-        // Every simulated connection comes from the one client address.
-        connections_per_source_max: usize::MAX,
-        ..server_config()
-    };
-    let mut world = World::new(&config, SimConfig::default());
-    world.check = false;
-    // Connection rate: waves of 50 connects, each then closed by the client, server closes back.
-    let started = std::time::Instant::now();
-    let mut port = 40_000u16;
-    const WAVES: usize = 20;
-    for _ in 0..WAVES {
-        let handles: Vec<_> = (0..50)
-            .map(|_| {
-                port += 1;
-                world.connect(port, 1024)
-            })
-            .collect();
-        let target = world.events.opened.len() + 50;
-        assert!(
-            world.run_until(Duration::from_secs(5), no_app, |w| w.events.opened.len()
-                == target)
-        );
-        for &h in &handles {
-            world.client_socket(h).close();
-        }
-        let closed_target = world.events.closed.len() + 50;
-        assert!(world.run_until(
-            Duration::from_secs(5),
-            |w| {
-                let ids: Vec<ConnId> = w.events.open.keys().copied().collect();
-                for id in ids {
-                    if !w.server.may_recv(id) {
-                        w.server.close(id);
-                    }
-                }
-            },
-            |w| w.events.closed.len() == closed_target
-        ));
-        for h in handles {
-            world.client_sockets.remove(h);
-        }
-    }
-    let elapsed = started.elapsed();
-    println!(
-        "connections: {} opened+closed in {:?}: {:.0}/s (client+server, simulated link)",
-        WAVES * 50,
-        elapsed,
-        (WAVES * 50) as f64 / elapsed.as_secs_f64()
-    );
-
-    // The service walk over a full table: 1000 open connections of 1088 slots.
-    for i in 0..1000u16 {
-        world.connect(50_000 + i, 1024);
-        if i % 50 == 49 {
-            let target = world.events.open.len() + 50;
-            assert!(
-                world.run_until(Duration::from_secs(5), no_app, |w| w.events.open.len()
-                    == target)
-            );
-        }
-    }
-    const CALLS: u32 = 10_000;
-    let started = std::time::Instant::now();
-    for _ in 0..CALLS {
-        world.server.service(world.now, |_| {});
-    }
-    let per_call = started.elapsed() / CALLS;
-    println!(
-        "service(): {:?} per call with {} open of {} slots",
-        per_call,
-        world.server.connections(),
-        world.server.sockets_total()
-    );
-    let started = std::time::Instant::now();
-    for _ in 0..CALLS {
-        world.server.poll(world.now, &mut world.link.port(Side::A));
-    }
-    println!(
-        "poll() with nothing to do: {:?} per call",
-        started.elapsed() / CALLS
-    );
-
-    // One busy connection among the 1000 open: 64-byte round trips, timing only the
-    // server's poll and service (the client's smoltcp walks its own 1000 sockets).
-    let busy = world.connect(60_000, 1024);
-    assert!(world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections() == 1001));
-    let id = *world.events.opened.last().expect("opened");
-    const ROUNDS: u32 = 5_000;
-    let mut server_time = std::time::Duration::ZERO;
-    let mut buffer = [0u8; 64];
-    for _ in 0..ROUNDS {
-        world.client_socket(busy).send_slice(&[7; 64]).unwrap();
-        let mut echoed = 0;
-        while echoed < 64 {
-            let started = std::time::Instant::now();
-            world.server.poll(world.now, &mut world.link.port(Side::A));
-            world.server.service(world.now, |_| {});
-            if world.server.can_recv(id) {
-                let n = world.server.recv(id, |b| { let n = b.len().min(64); buffer[..n].copy_from_slice(&b[..n]); (n, n) }).unwrap();
-                world.server.send_slice(id, &buffer[..n]).unwrap();
-                world.server.poll(world.now, &mut world.link.port(Side::A));
-            }
-            server_time += started.elapsed();
-            world.client.poll(world.now, &mut world.link.port(Side::B), &mut world.client_sockets);
-            while let Ok(n) = world.client_socket(busy).recv_slice(&mut buffer) {
-                if n == 0 { break; }
-                echoed += n;
-            }
-            world.now += Duration::from_micros(100);
-        }
-    }
-    println!(
-        "one busy connection among {} open of {} slots: server poll+service {:?} per 64-byte round trip",
-        world.server.connections(),
-        world.server.sockets_total(),
-        server_time / ROUNDS
-    );
 }
 
 #[test]

@@ -40,7 +40,8 @@ commands:
   lab down             remove the lab
   test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
   demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
-  bench [NAME]         run the benchmarks (ledger, fairness, xsk, echo, https, conns, synflood; default all) in release mode";
+  bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim,
+                       xsk, echo, https, conns, synflood; default all) in release mode";
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -247,10 +248,25 @@ fn bench(name: &str) -> Result<()> {
     deps()?;
     // Each benchmark binary and the arguments of its full run. They share the standard lab
     // names, so they run one after another, never at once.
-    let all: [(&str, &[&str]); 7] = [("ledger", &[]), ("fairness", &[]), ("xsk", &["run"]), ("echo", &["run"]), ("https", &["run"]), ("conns", &[]), ("synflood", &[])];
+    let all: [(&str, &[&str]); 12] = [
+        ("ledger", &[]),
+        ("fairness", &[]),
+        ("checkpoint", &[]),
+        ("query_cost", &[]),
+        ("api_cost", &[]),
+        ("tls_cpu", &[]),
+        ("stack_sim", &[]),
+        ("xsk", &["run"]),
+        ("echo", &["run"]),
+        ("https", &["run"]),
+        ("conns", &[]),
+        ("synflood", &[]),
+    ];
+    // These run in memory or on files and need no lab.
+    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim"];
     let chosen: Vec<_> = all.iter().filter(|(n, _)| name == "all" || *n == name).collect();
     ensure!(!chosen.is_empty(), "unknown benchmark {name}; one of {:?}", all.map(|(n, _)| n));
-    ensure!(is_root() || name == "ledger" || name == "fairness", "the network benchmarks need root (XDP, namespaces)");
+    ensure!(is_root() || unprivileged.contains(&name), "the network benchmarks need root (XDP, namespaces)");
     status(cargo().args(["build", "--release", "--bins", "--package", "bench", "--package", "pantera"]))?;
     for (n, args) in chosen {
         println!("== bench {n}");

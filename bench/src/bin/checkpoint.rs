@@ -1,14 +1,13 @@
-//! How long a checkpoint holds the ledger thread, what recovery and a backup cost, at 1M and
-//! 10M transfers on real files. A benchmark, not a test (it asserts nothing about time); run
-//! it in release:
+//! `checkpoint`: how long a checkpoint holds the ledger thread, what recovery and a backup
+//! cost, at 1M (or `--transfers N`) transfers on real files. Figures only; docs/ledger.md
+//! ("Checkpoint pause, recovery and backup") records runs at 1M and 10M.
 //!
 //! ```text
-//! cargo test --release -p ledger-svc --test checkpoint_pause -- --ignored --nocapture
-//! LEDGER_PAUSE_TRANSFERS=10000000 cargo test --release -p ledger-svc --test checkpoint_pause -- --ignored --nocapture
+//! cargo run --release -p bench --bin checkpoint -- [--dir DIR] [--transfers N]
 //! ```
 //!
-//! Same workload as `bench --bin ledger`: 10,000 accounts, plain transfers between
-//! pseudo-random pairs, batches of 8189, `Durability::Fsync`, files under the target dir.
+//! Same workload as the `ledger` benchmark: 10,000 accounts, plain transfers between
+//! pseudo-random pairs, batches of 8189, `Durability::Fsync`, files under `--dir`.
 //! Prints, best, median and max of several rounds: recovery from the WAL alone; the first
 //! checkpoint (its writer replays the whole WAL); then rounds of `INTERVAL_BATCHES` batches
 //! followed by a checkpoint: `begin` (the only step on the ledger thread), `write` (writer
@@ -16,10 +15,26 @@
 //! batches of 500 transfers every 10 ms (a steady load that leaves the state near its size)
 //! alone, while a checkpoint is written and while a backup is taken by another thread; the
 //! backup and restore times; recovery from the newest checkpoint.
+#![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::{ensure, Context, Result};
+use clap::Parser;
 use ledger_svc::*;
+
+#[derive(Parser, Debug)]
+#[command(about = "Checkpoint pause, recovery and backup cost on real files")]
+struct Args {
+    /// Directory for the data, the backup and the restored copy (a real disk: fsynced).
+    /// Emptied at the start.
+    #[arg(long, default_value = "target/checkpoint-bench")]
+    dir: PathBuf,
+    /// Transfers in the state before the measurements.
+    #[arg(long, default_value_t = 1_000_000)]
+    transfers: usize,
+}
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 const ACCOUNTS: u128 = 10_000;
@@ -31,13 +46,6 @@ const LATENCY_BATCH: usize = 500;
 const LATENCY_PACE: Duration = Duration::from_millis(10);
 /// Samples of the quiet phases; the busy ones sample until the work ends, up to 10 times this.
 const LATENCY_SAMPLES: usize = 300;
-
-fn transfers_total() -> usize {
-    std::env::var("LEDGER_PAUSE_TRANSFERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
 
 fn accounts() -> Vec<Operation> {
     let all: Vec<Account> = (1..=ACCOUNTS)
@@ -107,12 +115,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[test]
-#[ignore = "benchmark: run in release with --ignored --nocapture"]
-fn checkpoint_pause_recovery_and_backup() {
-    let transfers_count = transfers_total();
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let data = root.path().join("data");
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.transfers > 0, "--transfers must be at least 1");
+    let transfers_count = args.transfers;
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("{}", args.dir.display()))?;
+    let data = args.dir.join("data");
     let config = LedgerConfig {
         checkpoint_every_batches: 0,
         accounts_capacity: ACCOUNTS as usize,
@@ -121,19 +130,19 @@ fn checkpoint_pause_recovery_and_backup() {
         transfers_capacity: transfers_count + transfers_count / 2 + 2_000_000,
         ..LedgerConfig::default()
     };
-    let mut ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
+    let mut ledger = Ledger::open(FileStorage::create(&data)?, config.clone())?;
     let mut now = NOW;
     let started = Instant::now();
     for op in accounts() {
         now += 1_000;
-        ledger.submit(now, &[op]).unwrap();
+        ledger.submit(now, &[op])?;
     }
     let mut next_id = 1u128;
     let mut left = transfers_count;
     while left > 0 {
         let n = left.min(BATCH_EVENTS_MAX);
         now += 1_000;
-        ledger.submit(now, &transfers(next_id, n)).unwrap();
+        ledger.submit(now, &transfers(next_id, n))?;
         next_id += n as u128;
         left -= n;
     }
@@ -156,21 +165,26 @@ fn checkpoint_pause_recovery_and_backup() {
     );
     drop(ledger);
     let started = Instant::now();
-    let mut ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
+    let mut ledger = Ledger::open(FileStorage::open(&data)?, config.clone())?;
     println!(
         "recovery from the WAL alone: {:.2} s ({} records)",
         started.elapsed().as_secs_f64(),
         ledger.recovery().records_replayed
     );
-    assert_eq!(ledger.state().state_hash(), hash);
+    ensure!(
+        ledger.state().state_hash() == hash,
+        "the recovered state differs from the state before"
+    );
 
     // The first checkpoint: its writer has no replica and replays the whole WAL.
-    let mut writer = ledger.storage().reopen().unwrap();
+    let mut writer = ledger.storage().reopen()?;
     let started = Instant::now();
-    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+    let mut job = ledger
+        .begin_checkpoint()?
+        .context("no checkpoint to take")?;
     let begin_first = started.elapsed();
     let started = Instant::now();
-    job.write(&mut writer).unwrap();
+    job.write(&mut writer)?;
     println!(
         "first checkpoint: begin {:.3} ms, write {:.2} s (replayed {} records, {:.1} MB written)",
         ms(begin_first),
@@ -182,7 +196,7 @@ fn checkpoint_pause_recovery_and_backup() {
         "resident memory with the writer's replica: {:.0} MB",
         rss_mb()
     );
-    ledger.finish_checkpoint(job).unwrap();
+    ledger.finish_checkpoint(job)?;
 
     let batch =
         |ledger: &mut Ledger<FileStorage>, now: &mut u64, next_id: &mut u128, events: usize| {
@@ -190,8 +204,8 @@ fn checkpoint_pause_recovery_and_backup() {
             *next_id += events as u128;
             *now += 1_000;
             let started = Instant::now();
-            ledger.submit(*now, &ops).unwrap();
-            started.elapsed()
+            ledger.submit(*now, &ops)?;
+            Ok::<_, anyhow::Error>(started.elapsed())
         };
 
     // Rounds: an interval of full batches, then a checkpoint written by another thread.
@@ -199,22 +213,24 @@ fn checkpoint_pause_recovery_and_backup() {
     let mut work = None;
     for _ in 0..ROUNDS {
         for _ in 0..INTERVAL_BATCHES {
-            batch(&mut ledger, &mut now, &mut next_id, BATCH_EVENTS_MAX);
+            batch(&mut ledger, &mut now, &mut next_id, BATCH_EVENTS_MAX)?;
         }
         let started = Instant::now();
-        let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+        let mut job = ledger
+            .begin_checkpoint()?
+            .context("no checkpoint to take")?;
         begin.push(started.elapsed());
-        let mut writer = ledger.storage().reopen().unwrap();
+        let mut writer = ledger.storage().reopen()?;
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
-            job.write(&mut writer).unwrap();
-            (job, started.elapsed())
+            job.write(&mut writer)?;
+            Ok::<_, anyhow::Error>((job, started.elapsed()))
         });
-        let (job, took) = thread.join().unwrap();
+        let (job, took) = joined(thread)?;
         write.push(took);
         work = Some(job.work());
         let started = Instant::now();
-        ledger.finish_checkpoint(job).unwrap();
+        ledger.finish_checkpoint(job)?;
         finish.push(started.elapsed());
     }
     println!(
@@ -235,51 +251,52 @@ fn checkpoint_pause_recovery_and_backup() {
         let mut samples = Vec::new();
         while busy() && samples.len() < 10 * LATENCY_SAMPLES {
             let started = Instant::now();
-            samples.push(batch(ledger, now, next_id, LATENCY_BATCH));
+            samples.push(batch(ledger, now, next_id, LATENCY_BATCH)?);
             if let Some(rest) = LATENCY_PACE.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }
         }
-        samples
+        Ok::<_, anyhow::Error>(samples)
     };
     let quiet = std::cell::Cell::new(0);
     let quiet_phase = || {
         quiet.set(quiet.get() + 1);
         quiet.get() <= LATENCY_SAMPLES
     };
-    let alone = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    let alone = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase)?;
     summary("submit 500 transfers, alone", alone);
 
-    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
-    let mut writer = ledger.storage().reopen().unwrap();
+    let mut job = ledger
+        .begin_checkpoint()?
+        .context("no checkpoint to take")?;
+    let mut writer = ledger.storage().reopen()?;
     let thread = std::thread::spawn(move || {
-        job.write(&mut writer).unwrap();
-        job
+        job.write(&mut writer)?;
+        Ok::<_, anyhow::Error>(job)
     });
     let during = paced(&mut ledger, &mut now, &mut next_id, &|| {
         !thread.is_finished()
-    });
-    ledger.finish_checkpoint(thread.join().unwrap()).unwrap();
+    })?;
+    ledger.finish_checkpoint(joined(thread)?)?;
     summary("submit 500 transfers, checkpoint being written", during);
 
-    let backup_dir = root.path().join("backup");
+    let backup_dir = args.dir.join("backup");
     let thread = {
         let data = data.clone();
         let backup_dir = backup_dir.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
             let manifest = ledger_svc::backup::take(
-                &mut FileStorage::open(&data).unwrap(),
-                &mut FileStorage::open(&backup_dir).unwrap(),
-            )
-            .unwrap();
-            (manifest, started.elapsed())
+                &mut FileStorage::open(&data)?,
+                &mut FileStorage::create(&backup_dir)?,
+            )?;
+            Ok::<_, anyhow::Error>((manifest, started.elapsed()))
         })
     };
     let backing_up = paced(&mut ledger, &mut now, &mut next_id, &|| {
         !thread.is_finished()
-    });
-    let (manifest, took) = thread.join().unwrap();
+    })?;
+    let (manifest, took) = joined(thread)?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     println!(
         "backup under load: {:.2} s for {:.1} MB in {} files, at batch {} (checkpoint {})",
@@ -291,7 +308,7 @@ fn checkpoint_pause_recovery_and_backup() {
     );
     summary("submit 500 transfers, backup being taken", backing_up);
     quiet.set(0);
-    let alone_after = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase);
+    let alone_after = paced(&mut ledger, &mut now, &mut next_id, &quiet_phase)?;
     summary("submit 500 transfers, alone (after)", alone_after);
     println!(
         "state at the end: {} transfers",
@@ -302,24 +319,37 @@ fn checkpoint_pause_recovery_and_backup() {
     let hash = ledger.state().state_hash();
     drop(ledger);
     let started = Instant::now();
-    let ledger = Ledger::open(FileStorage::open(&data).unwrap(), config.clone()).unwrap();
+    let ledger = Ledger::open(FileStorage::open(&data)?, config.clone())?;
     println!(
         "recovery from the checkpoint: {:.2} s (checkpoint {}, {} records after it)",
         started.elapsed().as_secs_f64(),
         ledger.recovery().checkpoint_sequence,
         ledger.recovery().records_replayed
     );
-    assert_eq!(ledger.state().state_hash(), hash);
+    ensure!(
+        ledger.state().state_hash() == hash,
+        "the recovered state differs from the state before"
+    );
     drop(ledger);
-    let restored = root.path().join("restored");
+    let restored = args.dir.join("restored");
     let started = Instant::now();
     ledger_svc::backup::restore(
-        &mut FileStorage::open(&backup_dir).unwrap(),
-        &mut FileStorage::open(&restored).unwrap(),
-    )
-    .unwrap();
+        &mut FileStorage::open(&backup_dir)?,
+        &mut FileStorage::create(&restored)?,
+    )?;
     println!(
         "restore (copy, verify, recover): {:.2} s",
         started.elapsed().as_secs_f64()
     );
+    // The data, the backup and the restored copy are several times the state: not left behind.
+    std::fs::remove_dir_all(&args.dir)
+        .with_context(|| format!("removing {}", args.dir.display()))?;
+    Ok(())
+}
+
+/// The result of a helper thread; its panic becomes an error.
+fn joined<T>(thread: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("a helper thread panicked"))?
 }

@@ -1,11 +1,15 @@
-//! What one query page costs on the ledger thread (`api::answer`: the walk and the copies, no
-//! JSON) and on the worker (`api::render`), at 1M transfers. Prints figures and asserts none
-//! (a test never asserts a wall-clock time). Run with
-//! `cargo test --release -p ledger-svc --test query_cost -- --ignored --nocapture`;
-//! the figures are in docs/ledger.md ("Query cost").
+//! `query_cost`: what one query page costs on the ledger thread (`api::answer`: the walk and
+//! the copies, no JSON) and on the worker (`api::render`), at 1M transfers. Figures only;
+//! docs/ledger.md ("Query cost") records a run.
+//!
+//! ```text
+//! cargo run --release -p bench --bin query_cost
+//! ```
+#![forbid(unsafe_code)]
 
 use std::time::Instant;
 
+use anyhow::{bail, ensure, Context, Result};
 use ledger_svc::api::{self, Action, Role, QUERY_SCAN_ROWS_MAX};
 use ledger_svc::http::{Method, Request, Version};
 use ledger_svc::*;
@@ -25,14 +29,18 @@ fn splitmix(state: &mut u64) -> u64 {
 /// 10,000 accounts (every tenth with `history`), 1M transfers between pseudo-random pairs with
 /// codes 1..=100 and user_data_128 0..1000; account 1 is on one transfer in 40 (25,000), so a
 /// filtered walk over its transfers can spend the whole scan budget.
-fn state() -> StateMachine {
+fn state() -> Result<StateMachine> {
     let mut sm = StateMachine::with_capacity(ACCOUNTS as usize, TRANSFERS as usize);
     let accounts: Vec<Account> = (1..=ACCOUNTS)
         .map(|id| Account {
             id,
             ledger: 1,
             code: 1,
-            flags: if id % 10 == 1 { AccountFlags::HISTORY } else { AccountFlags::empty() },
+            flags: if id % 10 == 1 {
+                AccountFlags::HISTORY
+            } else {
+                AccountFlags::empty()
+            },
             ..Account::default()
         })
         .collect();
@@ -47,7 +55,11 @@ fn state() -> StateMachine {
             .map(|_| {
                 id += 1;
                 let r = splitmix(&mut rng);
-                let dr = if id % 40 == 0 { 1 } else { 2 + (r % (ACCOUNTS as u64 - 1)) as u128 };
+                let dr = if id % 40 == 0 {
+                    1
+                } else {
+                    2 + (r % (ACCOUNTS as u64 - 1)) as u128
+                };
                 let cr = if dr == ACCOUNTS { 2 } else { dr + 1 };
                 Transfer {
                     id,
@@ -64,39 +76,82 @@ fn state() -> StateMachine {
         now += 1_000_000;
         sm.create_transfers(now, &batch);
     }
-    assert_eq!(sm.transfers_count() as u64, TRANSFERS);
-    sm
+    ensure!(
+        sm.transfers_count() as u64 == TRANSFERS,
+        "{} transfers created of {TRANSFERS}",
+        sm.transfers_count()
+    );
+    Ok(sm)
 }
 
-fn command(target: &str) -> api::Command {
-    let request = Request { method: Method::Get, target: target.into(), version: Version::Http11, keep_alive: true, body: Vec::new() };
+fn command(target: &str) -> Result<api::Command> {
+    let request = Request {
+        method: Method::Get,
+        target: target.into(),
+        version: Version::Http11,
+        keep_alive: true,
+        body: Vec::new(),
+    };
     match api::handle(&request, Role::Read) {
-        Action::Ledger(command) => command,
-        Action::Respond(response) => panic!("{target}: {}", String::from_utf8_lossy(&response.body)),
+        Action::Ledger(command) => Ok(command),
+        Action::Respond(response) => bail!("{target}: {}", String::from_utf8_lossy(&response.body)),
     }
 }
 
-#[test]
-#[ignore = "benchmark: run with --release --ignored --nocapture"]
-fn query_page_cost() {
+fn main() -> Result<()> {
     let started = Instant::now();
-    let sm = state();
-    println!("state: {} accounts, {} transfers, built in {:?}", sm.accounts_count(), sm.transfers_count(), started.elapsed());
+    let sm = state()?;
+    println!(
+        "state: {} accounts, {} transfers, built in {:?}",
+        sm.accounts_count(),
+        sm.transfers_count(),
+        started.elapsed()
+    );
     println!("scan budget QUERY_SCAN_ROWS_MAX = {QUERY_SCAN_ROWS_MAX}; {ROUNDS} rounds each");
     let cases = [
-        ("query_transfers, timestamp only, 181 rows", "/v1/transfers?limit=8189"),
-        ("query_transfers, timestamp range in the middle", "/v1/transfers?limit=8189&timestamp_min=1001000000&reversed=true"),
-        ("query_transfers, code matching 1 in 100", "/v1/transfers?code=7&limit=8189"),
-        ("query_transfers, user_data_128 matching 1 in 1000", "/v1/transfers?user_data_128=5&limit=8189"),
-        ("query_transfers, no match (whole budget)", "/v1/transfers?code=999&limit=8189"),
-        ("query_accounts, no match (all 10,000)", "/v1/accounts?ledger=2&limit=8189"),
-        ("account transfers, 25,000 on the account, 181 rows", "/v1/accounts/1/transfers?limit=8189"),
-        ("account transfers, no match (whole budget)", "/v1/accounts/1/transfers?code=999&limit=8189"),
-        ("account balances, history account, all rows", "/v1/accounts/11/balances?limit=8189"),
-        ("account balances, 25,000 on the account, 466 rows", "/v1/accounts/1/balances?limit=8189"),
+        (
+            "query_transfers, timestamp only, 181 rows",
+            "/v1/transfers?limit=8189",
+        ),
+        (
+            "query_transfers, timestamp range in the middle",
+            "/v1/transfers?limit=8189&timestamp_min=1001000000&reversed=true",
+        ),
+        (
+            "query_transfers, code matching 1 in 100",
+            "/v1/transfers?code=7&limit=8189",
+        ),
+        (
+            "query_transfers, user_data_128 matching 1 in 1000",
+            "/v1/transfers?user_data_128=5&limit=8189",
+        ),
+        (
+            "query_transfers, no match (whole budget)",
+            "/v1/transfers?code=999&limit=8189",
+        ),
+        (
+            "query_accounts, no match (all 10,000)",
+            "/v1/accounts?ledger=2&limit=8189",
+        ),
+        (
+            "account transfers, 25,000 on the account, 181 rows",
+            "/v1/accounts/1/transfers?limit=8189",
+        ),
+        (
+            "account transfers, no match (whole budget)",
+            "/v1/accounts/1/transfers?code=999&limit=8189",
+        ),
+        (
+            "account balances, history account, all rows",
+            "/v1/accounts/11/balances?limit=8189",
+        ),
+        (
+            "account balances, 25,000 on the account, 466 rows",
+            "/v1/accounts/1/balances?limit=8189",
+        ),
     ];
     for (name, target) in cases {
-        let command = command(target);
+        let command = command(target)?;
         let mut answer_us = Vec::with_capacity(ROUNDS);
         let mut render_us = Vec::with_capacity(ROUNDS);
         let mut rows = 0;
@@ -107,7 +162,8 @@ fn query_page_cost() {
             let t = Instant::now();
             let response = api::render(&reply);
             render_us.push(t.elapsed().as_secs_f64() * 1e6);
-            let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+            let page: Vec<serde_json::Value> = serde_json::from_slice(&response.body)
+                .with_context(|| format!("{name}: the page is not a JSON array"))?;
             rows = page.len();
         }
         answer_us.sort_by(f64::total_cmp);
@@ -120,5 +176,5 @@ fn query_page_cost() {
             render_us[ROUNDS / 2]
         );
     }
+    Ok(())
 }
-
