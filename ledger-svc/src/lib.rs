@@ -20,3 +20,4 @@ pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
 pub mod http;
 pub mod api;
 pub mod connection;
+pub mod committer;
