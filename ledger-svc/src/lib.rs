@@ -21,3 +21,4 @@ pub mod http;
 pub mod api;
 pub mod connection;
 pub mod committer;
+pub mod sim;
