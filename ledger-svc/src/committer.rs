@@ -305,4 +305,95 @@ mod tests {
         let _ = c.poll(1, &IDLE);
         c.committed(vec![]);
     }
+
+    // The ledger thread's wall-clock tests (a 2.5 s sleep for an expiry; "2 to 10 replies"
+    // around a failed checkpoint) as stepped tests with exact outcomes: the committer with a
+    // real ledger on a simulated disk, driven by hand.
+
+    use crate::model::{Transfer, TransferFlags};
+    use crate::model::PendingStatus;
+    use crate::{Ledger, LedgerConfig, SimStorage, Storage};
+
+    fn status(ledger: &Ledger<SimStorage>) -> LedgerStatus {
+        LedgerStatus { next_expiry_ns: ledger.state().poll_at(), checkpoint_due: ledger.checkpoint_due() }
+    }
+
+    /// Runs the committer's steps at `now_ns` until it has nothing to do; returns the tokens
+    /// released, or the first error.
+    fn turn(c: &mut Committer<u64>, ledger: &mut Ledger<SimStorage>, writer: &mut SimStorage, now_ns: u64) -> Result<Vec<u64>, crate::LedgerError> {
+        let mut released = Vec::new();
+        steps(c, ledger, writer, now_ns, &mut released)?;
+        Ok(released)
+    }
+
+    /// The steps of `turn`, collecting into `released` the replies sent before an error (of
+    /// a commit or a checkpoint write), which stops the turn.
+    fn steps(c: &mut Committer<u64>, ledger: &mut Ledger<SimStorage>, writer: &mut SimStorage, now_ns: u64, released: &mut Vec<u64>) -> Result<(), crate::LedgerError> {
+        while let Some(step) = c.poll(now_ns, &status(ledger)) {
+            match step {
+                Step::Commit { now_ns, ops } => c.committed(ledger.submit(now_ns, &ops)?),
+                Step::Release(r) => released.extend(r.iter().map(|r| r.token)),
+                Step::Answer(_) => {}
+                Step::BeginCheckpoint => {
+                    let mut job = ledger.begin_checkpoint()?.expect("none in flight");
+                    job.write(writer)?;
+                    ledger.finish_checkpoint(job)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_pending_transfer_expires_at_its_due_time_without_further_requests() {
+        let mut ledger = Ledger::open(SimStorage::new(), LedgerConfig::default()).expect("open");
+        let mut writer = ledger.storage().reopen().expect("reopen");
+        let mut c = Committer::new(CommitterConfig::new(8189, 64));
+        c.submit(0u64, accounts(&[1, 2]));
+        let pending = Transfer { id: 9, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, timeout: 1, flags: TransferFlags::PENDING, ..Transfer::default() };
+        c.submit(1, Command::Mutate(Operation::CreateTransfers(vec![pending])));
+        let t0 = 1_000_000_000_000;
+        assert_eq!(turn(&mut c, &mut ledger, &mut writer, t0).expect("turn"), vec![0, 1]);
+        let due = ledger.state().poll_at().expect("an expiry is scheduled");
+        let sequence = ledger.sequence();
+        // One nanosecond early: nothing happens.
+        assert_eq!(turn(&mut c, &mut ledger, &mut writer, due - 1).expect("turn"), Vec::<u64>::new());
+        assert_eq!(ledger.sequence(), sequence);
+        assert_eq!(ledger.state().pending_status(9), Some(PendingStatus::Pending));
+        // At the due time, with no request: one empty batch, and the transfer has expired.
+        assert_eq!(turn(&mut c, &mut ledger, &mut writer, due).expect("turn"), Vec::<u64>::new());
+        assert_eq!(ledger.sequence(), sequence + 1);
+        assert_eq!(ledger.state().pending_status(9), Some(PendingStatus::Expired));
+        assert_eq!(ledger.state().lookup_account(1).expect("account 1").debits_pending, 0);
+        assert!(c.is_idle());
+    }
+
+    #[test]
+    fn a_failed_checkpoint_write_stops_after_exactly_the_durable_replies() {
+        let config = LedgerConfig { checkpoint_every_batches: 2, ..LedgerConfig::default() };
+        let mut ledger = Ledger::open(SimStorage::new(), config.clone()).expect("open");
+        let mut writer = ledger.storage().reopen().expect("reopen");
+        writer.fail_after(0);
+        let mut c = Committer::new(CommitterConfig::new(8189, 64));
+        let mut released = Vec::new();
+        let mut error = None;
+        for id in 1..=10u64 {
+            c.submit(id, accounts(&[u128::from(id)]));
+            match steps(&mut c, &mut ledger, &mut writer, id * 1_000, &mut released) {
+                Ok(()) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        // Batch 2's replies go out, then the due checkpoint fails: fatal, before batch 3.
+        let error = error.expect("the checkpoint write fails");
+        assert!(error.is_fatal(), "{error}");
+        assert_eq!(released, vec![1, 2]);
+        assert_eq!(ledger.sequence(), 2);
+        let recovered = Ledger::open(ledger.storage().crash(&mut crate::storage::SimRng::new(7)), config).expect("recover");
+        assert_eq!(recovered.sequence(), 2);
+        assert!(recovered.state().lookup_account(2).is_some());
+    }
 }
