@@ -3,7 +3,9 @@
 //!
 //! Usage: sim [--seeds N] [--seed S] [--first S] [--bug NAME] [--verbose]
 //! Exit status 1 when any seed breaks an invariant; each failure is one line with its seed
-//! and the command that replays it.
+//! and the command that replays it. With `--bug NAME` (built with the `sim-bugs` feature)
+//! the expectation is reversed: it stops at the first seed that catches the injected bug and
+//! exits 0, or exits 1 if no seed catches it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -82,7 +84,15 @@ fn main() -> ExitCode {
             let what = if slow { format!("took {took:?}, over {SEED_WALL_MAX:?}") } else { report.violations.join("; ") };
             let bug_arg = bug.map(|b| format!(" --bug {}", bug_name(b))).unwrap_or_default();
             println!("FAIL seed {seed}: {what} (replay: cargo xtask sim --seed {seed}{bug_arg})");
+            if let Some(b) = bug {
+                println!("sim: the injected bug {} was caught by seed {seed} ({} seeds run, {:.1?})", bug_name(b), seed - first + 1, started.elapsed());
+                return ExitCode::SUCCESS;
+            }
         }
+    }
+    if let Some(b) = bug {
+        println!("sim: the injected bug {} was NOT caught in {seeds} seeds", bug_name(b));
+        return ExitCode::FAILURE;
     }
     println!(
         "sim: {seeds} seeds, {failures} failed, {steps} steps, {acknowledged} transfers acknowledged, {recoveries} recoveries ({refused} refused to start), in {:.1?}",

@@ -199,6 +199,8 @@ struct World {
     clients: Vec<Client>,
     next_id: u128,
     seen: BTreeMap<u128, Seen>,
+    /// Every transfer id a client sent.
+    sent: BTreeSet<u128>,
     accounts_acknowledged: BTreeSet<u128>,
     digest: u64,
     report: SimReport,
@@ -225,6 +227,7 @@ pub fn run(config: SimConfig) -> SimReport {
         clients,
         next_id: 1_000,
         seen: BTreeMap::new(),
+        sent: BTreeSet::new(),
         accounts_acknowledged: BTreeSet::new(),
         digest: 0xcbf2_9ce4_8422_2325,
         report,
@@ -577,6 +580,7 @@ impl World {
         }
         self.next_id += 1;
         let id = self.next_id;
+        self.sent.insert(id);
         if roll <= 2 && !self.clients[client].pending.is_empty() {
             let index = self.rng.below(self.clients[client].pending.len() as u64) as usize;
             let (pending_id, debit, credit, amount) = self.clients[client].pending.swap_remove(index);
@@ -683,6 +687,14 @@ impl World {
                 }
             }
         }
+        // Exactly once: the ledger holds no transfer that no client sent (a retry applied
+        // again would show up as one).
+        for t in state.transfers() {
+            if !self.sent.contains(&t.id) {
+                violations.push(format!("{when}: transfer {} is in the ledger but no client sent it", t.id));
+                break;
+            }
+        }
         for id in &self.accounts_acknowledged {
             if state.lookup_account(*id).is_none() {
                 violations.push(format!("{when}: acknowledged account {id} is missing"));
@@ -711,19 +723,23 @@ fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: 
     if bug == Some(Bug::SkipFsync) {
         return ledger.submit_without_sync(now_ns, ops);
     }
-    #[cfg_attr(not(feature = "sim-bugs"), allow(unused_mut))]
-    let mut replies = ledger.submit(now_ns, ops)?;
+    let replies = ledger.submit(now_ns, ops)?;
     #[cfg(feature = "sim-bugs")]
     if bug == Some(Bug::DoubleApply) {
-        for (reply, op) in replies.iter_mut().zip(ops) {
-            // The bug: a retry's "exists" is reported as a fresh "created".
-            if let (crate::model::OperationReply::CreateTransfers(results), Operation::CreateTransfers(_)) = (reply, op) {
-                for r in results.iter_mut() {
-                    if *r == crate::model::CreateTransferResult::Exists {
-                        *r = crate::model::CreateTransferResult::Ok;
+        // The bug: a retried transfer (the ledger answered "exists") is applied again, as a
+        // ledger without an id index would; its effect lands twice.
+        let mut again = Vec::new();
+        for (reply, op) in replies.iter().zip(ops) {
+            if let (crate::model::OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) = (reply, op) {
+                for (r, t) in results.iter().zip(events) {
+                    if *r == crate::model::CreateTransferResult::Exists && t.flags.is_empty() {
+                        again.push(crate::model::Transfer { id: t.id | (1 << 100), ..*t });
                     }
                 }
             }
+        }
+        if !again.is_empty() {
+            ledger.submit(now_ns, &[Operation::CreateTransfers(again)])?;
         }
     }
     let _ = bug;
