@@ -126,6 +126,8 @@ const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 /// A client resends its request (same ids) after this long without a reply.
 const RETRY_AFTER_MS: u64 = 300;
 const ACCOUNTS_PER_CLIENT: u128 = 3;
+/// How often the checker audits the running ledger's state.
+const AUDIT_EVERY_MS: u64 = 250;
 /// Starts refused in a row before the run ends (systemd's `Restart=on-failure` with a burst
 /// limit).
 const START_ATTEMPTS_MAX: u32 = 3;
@@ -318,6 +320,14 @@ impl World {
         self.serve();
         for client in 0..self.clients.len() {
             self.client_turn(client);
+        }
+        // The auditor also looks at the live state now and then, not only after recoveries.
+        if self.now % (AUDIT_EVERY_MS * MS) == 0 {
+            if let Some(server) = &self.server {
+                for v in self.check_state(&server.ledger, "live") {
+                    self.violation(v);
+                }
+            }
         }
     }
 
