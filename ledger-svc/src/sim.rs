@@ -378,6 +378,12 @@ impl World {
                 } else {
                     self.report.refused = true;
                     self.report.refusal = Some(error.to_string());
+                    // Refusing is right only for damage the faults made: the same disk read
+                    // without injected read errors must recover (crashes, torn writes and
+                    // failed fsyncs alone must never make an unrecoverable disk).
+                    if let Err(error) = Ledger::open(probe.clone(), ledger_config()) {
+                        self.violation(format!("the disk a crash left cannot be recovered even without read errors: {error}"));
+                    }
                 }
                 return;
             }
