@@ -385,7 +385,6 @@ impl World {
                         self.violation(format!("the disk a crash left cannot be recovered even without read errors: {error}"));
                     }
                 }
-                return;
             }
         }
     }
@@ -602,7 +601,6 @@ impl World {
             let (pending_id, debit, credit, amount) = self.clients[client].pending.swap_remove(index);
             let flag = if self.rng.chance(1, 2) { "post_pending_transfer" } else { "void_pending_transfer" };
             let body = format!(r#"[{{"id":"{id}","pending_id":"{pending_id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"flags":["{flag}"]}}]"#);
-            let amount = if flag == "void_pending_transfer" { amount } else { amount };
             return (Kind::Transfer { id, debit, credit, amount, pending: false, resolves: true }, post("/v1/transfers", &body));
         }
         let debit = self.account_id();
@@ -875,7 +873,7 @@ mod tests {
         let before = disk.files();
         let segment = before.keys().find(|n| crate::wal::parse_segment_name(n).is_some()).expect("a segment").clone();
         let flaky = FlakyRead { inner: disk.reopen().expect("reopen"), name: segment.clone(), flipped: false };
-        let refused = Ledger::open(flaky, ledger_config()).err().expect("unstable reads of the tail are refused");
+        let Err(refused) = Ledger::open(flaky, ledger_config()) else { panic!("unstable reads of the tail must be refused") };
         assert!(refused.to_string().contains("two reads"), "{refused}");
         assert_eq!(disk.files(), before, "a refused recovery cuts nothing");
         // The next start reads the disk right and recovers every acknowledged batch.
