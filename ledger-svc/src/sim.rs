@@ -55,11 +55,15 @@ pub struct SimConfig {
     pub requests_per_client: u64,
     /// An injected bug (only with the `sim-bugs` feature).
     pub bug: Option<Bug>,
+    /// Wall time a run may take; past it the run stops with a violation (a simulation that
+    /// stops making progress is a bug of its own). Checked between steps, so it bounds the
+    /// run only if each step ends.
+    pub wall_max: std::time::Duration,
 }
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        SimConfig { seed, steps: 6_000, clients: 4, requests_per_client: 60, bug: None }
+        SimConfig { seed, steps: 6_000, clients: 4, requests_per_client: 60, bug: None, wall_max: std::time::Duration::from_secs(20) }
     }
 }
 
@@ -234,9 +238,15 @@ pub fn run(config: SimConfig) -> SimReport {
         digest: 0xcbf2_9ce4_8422_2325,
         report,
     };
+    let started = std::time::Instant::now();
     for _ in 0..world.config.steps {
         world.step();
         world.report.steps += 1;
+        if world.report.steps % 256 == 0 && started.elapsed() > world.config.wall_max {
+            let why = format!("over its wall-time bound of {:?} after {} steps", world.config.wall_max, world.report.steps);
+            world.violation(why);
+            break;
+        }
         if world.report.refused || world.report.violations.len() >= 8 {
             break;
         }
