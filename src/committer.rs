@@ -405,9 +405,18 @@ fn commit_batches<S: Storage>(
         #[cfg(feature = "fault-injection")]
         crate::fault::ledger_batch();
         let mut started = Instant::now();
-        while let Some(step) = core.poll(now_ns(), &status(ledger)) {
+        // One batch per turn, as a turn always was: between two batches the heartbeat beats and
+        // new submissions join (a long run of expiry batches cannot hold the loop).
+        let mut committed = false;
+        loop {
+            let status = status(ledger);
+            if committed && !core.has_ready() && !status.checkpoint_due {
+                break;
+            }
+            let Some(step) = core.poll(now_ns(), &status) else { break };
             match step {
                 Step::Commit { now_ns, ops } => {
+                    committed = true;
                     started = Instant::now();
                     let op_replies = ledger.submit(now_ns, &ops)?;
                     core.committed(op_replies);

@@ -135,6 +135,11 @@ impl<T> Committer<T> {
         self.writes.is_empty() && self.reads.is_empty() && self.in_flight.is_none() && self.ready.is_empty()
     }
 
+    /// Steps already decided wait to be polled (a committed batch's `Release` and `Answer`).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// A batch was handed out and not reported yet.
     pub fn is_committing(&self) -> bool {
         self.in_flight.is_some()
