@@ -4,6 +4,11 @@
 //! batch to the WAL with one fsync (group commit), and only then releases the replies. Queries
 //! ride in the same drain and are answered after the batch, from the state it left.
 //!
+//! The policy (what joins a batch, when an empty batch expires pending transfers, when a
+//! checkpoint begins, which replies may go) is `ledger_svc::committer::Committer`, a sans-IO
+//! state machine the deterministic simulator runs too (docs/simulation.md); this thread is its
+//! driver: channels, the wall clock, real files and the checkpoint writer thread.
+//!
 //! Checkpoints stay off the commit path: after a batch's replies are released, if one is due,
 //! the ledger thread rolls the WAL and lists the files the checkpoint will supersede
 //! (`Ledger::begin_checkpoint`: no pass over the state) and hands the job to the checkpoint
