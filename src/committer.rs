@@ -4,6 +4,11 @@
 //! batch to the WAL with one fsync (group commit), and only then releases the replies. Queries
 //! ride in the same drain and are answered after the batch, from the state it left.
 //!
+//! The policy (what joins a batch, when an empty batch expires pending transfers, when a
+//! checkpoint begins, which replies may go) is `ledger_svc::committer::Committer`, a sans-IO
+//! state machine the deterministic simulator runs too (docs/simulation.md); this thread is its
+//! driver: channels, the wall clock, real files and the checkpoint writer thread.
+//!
 //! Checkpoints stay off the commit path: after a batch's replies are released, if one is due,
 //! the ledger thread rolls the WAL and lists the files the checkpoint will supersede
 //! (`Ledger::begin_checkpoint`: no pass over the state) and hands the job to the checkpoint
@@ -20,9 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger_svc::api::{self, Command, Reply};
+use ledger_svc::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use ledger_svc::ledger::CheckpointJob;
-use ledger_svc::wal::OPERATIONS_PER_RECORD_MAX;
-use ledger_svc::{FileStorage, Ledger, LedgerError, Operation, Storage};
+use ledger_svc::{FileStorage, Ledger, LedgerError, Storage};
 
 use crate::metrics::Metrics;
 
@@ -263,11 +268,8 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Begins a checkpoint if one is due and none is in flight, and queues it for the writer.
-    fn begin_if_due<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
-        if !ledger.checkpoint_due() {
-            return Ok(());
-        }
+    /// Begins the checkpoint the committer found due, and queues it for the writer.
+    fn begin<S: Storage>(&self, ledger: &mut Ledger<S>) -> Result<(), LedgerError> {
         let started = Instant::now();
         if let Some(job) = ledger.begin_checkpoint()? {
             self.metrics.ledger_checkpoint_begin_seconds.observe(started.elapsed().as_secs_f64());
@@ -357,33 +359,33 @@ fn commit_batches<S: Storage>(
     // Beaten on every turn, busy or idle: /healthz turns 503 if this thread stops turning
     // (a loop that never ends, a write that never returns). Dropped on a clean stop.
     let heartbeat = metrics.health.register("ledger");
-    let mut writes: Vec<Submission> = Vec::new();
-    let mut reads: Vec<Submission> = Vec::new();
-    let mut ops: Vec<Operation> = Vec::new();
-    let mut reply_tos: Vec<ReplyTo> = Vec::new();
+    // The policy (group commit, expiry, checkpoint scheduling, reply release) is the sans-IO
+    // committer's; this loop only moves submissions in, runs its steps on the real ledger and
+    // sends the replies out.
+    let mut core: Committer<ReplyTo> = Committer::new(CommitterConfig::new(batch_events_max, READS_PER_TURN_MAX));
     loop {
         heartbeat.beat();
         checkpoints.poll(ledger)?;
-        if rx.is_empty() {
+        if rx.is_empty() && core.is_idle() {
             // Idle: wait for a submission, the checkpoint writer's report, a due expiry or
             // the heartbeat tick. Pending transfers expire on the ledger's clock, which
-            // only moves with a batch: when one is due and no request comes, an empty
-            // batch moves it (and is logged, so replay expires the same transfers at the
+            // only moves with a batch: when one is due and no request comes, the committer
+            // commits an empty batch (logged, so replay expires the same transfers at the
             // same time).
-            let wait = match ledger.state().poll_at() {
+            let wait = match core.poll_at(&status(ledger)) {
                 None => HEARTBEAT_TICK,
                 Some(due_ns) => Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX).min(HEARTBEAT_TICK),
             };
             let timer = crossbeam_channel::after(wait);
             crossbeam_channel::select! {
                 recv(rx.writes) -> s => match s {
-                    Ok(s) => writes.push(s),
+                    Ok(s) => core.submit(s.reply_to, s.command),
                     // Every client is gone: stop once both queues are drained.
                     Err(_) if rx.is_empty() => break,
                     Err(_) => continue,
                 },
                 recv(rx.reads) -> s => match s {
-                    Ok(s) => reads.push(s),
+                    Ok(s) => core.submit(s.reply_to, s.command),
                     Err(_) if rx.is_empty() => break,
                     Err(_) => continue,
                 },
@@ -391,79 +393,77 @@ fn commit_batches<S: Storage>(
                     checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?;
                     continue;
                 },
-                recv(timer) -> _ => {
-                    if ledger.state().poll_at().is_some_and(|due| due <= now_ns()) {
-                        ledger.submit(now_ns(), &[])?;
-                        metrics.ledger_batches.inc();
-                        checkpoints.begin_if_due(ledger)?;
-                    }
-                    continue;
-                },
+                recv(timer) -> _ => {},
             }
         }
-        // Group commit: every mutation already waiting joins this batch, up to the bounds on
-        // events and on operations per WAL record (one more adds at most one operation and one
-        // request's events).
-        let mut events: usize = writes.iter().map(|s| command_events(&s.command)).sum();
-        while events < batch_events_max && writes.len() < OPERATIONS_PER_RECORD_MAX {
+        // Group commit: every mutation already waiting joins this turn's batch, up to the
+        // committer's bounds; the rest stays in the bounded queues.
+        while core.wants_write() {
             let Ok(submission) = rx.writes.try_recv() else { break };
-            events += command_events(&submission.command);
-            writes.push(submission);
+            core.submit(submission.reply_to, submission.command);
         }
-        while reads.len() < READS_PER_TURN_MAX {
+        while core.wants_read() {
             let Ok(submission) = rx.reads.try_recv() else { break };
-            reads.push(submission);
+            core.submit(submission.reply_to, submission.command);
         }
         metrics.ledger_queue_depth.set((rx.writes.len() + rx.reads.len()) as i64);
         #[cfg(feature = "fault-injection")]
         crate::fault::ledger_batch();
-        let started = Instant::now();
-        for submission in writes.drain(..) {
-            // LedgerClient::submit routes by kind: the writes queue carries only mutations.
-            let Command::Mutate(op) = submission.command else { unreachable!("a query in the writes queue") };
-            reply_tos.push(submission.reply_to);
-            ops.push(op);
+        let mut started = Instant::now();
+        // One batch per turn, as a turn always was: between two batches the heartbeat beats and
+        // new submissions join (a long run of expiry batches cannot hold the loop).
+        let mut committed = false;
+        loop {
+            let status = status(ledger);
+            if committed && !core.has_ready() && !status.checkpoint_due {
+                break;
+            }
+            let Some(step) = core.poll(now_ns(), &status) else { break };
+            match step {
+                Step::Commit { now_ns, ops } => {
+                    committed = true;
+                    started = Instant::now();
+                    let op_replies = ledger.submit(now_ns, &ops)?;
+                    core.committed(op_replies);
+                    metrics.ledger_batches.inc();
+                }
+                Step::Release(released) => {
+                    // The batch is durable: release its replies, in order.
+                    commit_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.ledger_batch_requests.observe(released.len() as f64);
+                    metrics.ledger_requests.inc_by(released.len() as u64);
+                    for r in released {
+                        let reply = api::reply_of(&r.reply, ledger.state(), &r.op);
+                        metrics.ledger.count_applied(&r.op, &reply);
+                        // A worker that has stopped no longer needs its replies.
+                        let _ = replies[r.token.worker].send(Completion { reply_to: r.token, reply });
+                    }
+                }
+                Step::Answer(reads) => {
+                    // From the state the turn's batch left.
+                    for (reply_to, command) in reads {
+                        let reply = api::answer(ledger.state(), &command);
+                        let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
+                        metrics.ledger.queries.inc();
+                    }
+                }
+                // After the replies: the encoding pause delays only requests still queued.
+                Step::BeginCheckpoint => checkpoints.begin(ledger)?,
+            }
         }
-        let op_replies = if ops.is_empty() { Vec::new() } else { ledger.submit(now_ns(), &ops)? };
-        assert_eq!(op_replies.len(), ops.len(), "one reply per operation");
-        // The batch is durable: release its replies, in order, then answer the turn's queries
-        // from the state it left.
-        for ((reply_to, op), op_reply) in reply_tos.drain(..).zip(&ops).zip(&op_replies) {
-            let reply = api::reply_of(op_reply, ledger.state(), op);
-            metrics.ledger.count_applied(op, &reply);
-            // A worker that has stopped no longer needs its replies.
-            let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
-        }
-        if !ops.is_empty() {
-            commit_seconds.observe(started.elapsed().as_secs_f64());
-            metrics.ledger_batches.inc();
-            metrics.ledger_batch_requests.observe(ops.len() as f64);
-            metrics.ledger_requests.inc_by(ops.len() as u64);
-        }
-        for submission in reads.drain(..) {
-            let reply = api::answer(ledger.state(), &submission.command);
-            let _ = replies[submission.reply_to.worker].send(Completion { reply_to: submission.reply_to, reply });
-            metrics.ledger.queries.inc();
-        }
-        ops.clear();
-        // After the replies: the encoding pause delays only requests still queued.
-        checkpoints.begin_if_due(ledger)?;
     }
     Ok(())
 }
 
-fn command_events(command: &Command) -> usize {
-    match command {
-        Command::Mutate(Operation::CreateAccounts(v)) => v.len(),
-        Command::Mutate(Operation::CreateTransfers(v)) => v.len(),
-        _ => 1,
-    }
+/// What the committer needs of the ledger before each step.
+fn status<S: Storage>(ledger: &Ledger<S>) -> LedgerStatus {
+    LedgerStatus { next_expiry_ns: ledger.state().poll_at(), checkpoint_due: ledger.checkpoint_due() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger_svc::{Account, SimStorage, Transfer};
+    use ledger_svc::{Account, Operation, SimStorage, Transfer};
 
     fn reply_to(seq: u64) -> ReplyTo {
         ReplyTo { worker: 0, slot: 3, generation: 1, seq }
@@ -537,40 +537,6 @@ mod tests {
         assert!(health.ages_ms().is_empty(), "a clean stop unregisters the heartbeat");
     }
 
-    #[test]
-    fn a_pending_transfer_expires_on_time_without_further_requests() {
-        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
-        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
-        let pending = Transfer {
-            id: 9,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 5,
-            ledger: 1,
-            code: 1,
-            timeout: 1,
-            flags: ledger_svc::TransferFlags::PENDING,
-            ..Transfer::default()
-        };
-        client.submit(Submission { reply_to: reply_to(1), command: Command::Mutate(Operation::CreateTransfers(vec![pending])) }).expect("room");
-        let ledger_thread = std::thread::spawn(move || {
-            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-            run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync").expect("run");
-            ledger
-        });
-        // Both replies arrive; then nothing is sent for longer than the 1 s timeout.
-        for _ in 0..2 {
-            let c = completions[0].recv_timeout(Duration::from_secs(10)).expect("reply");
-            assert_eq!(api::render(&c.reply).status, 200);
-        }
-        std::thread::sleep(Duration::from_millis(2_500));
-        drop(client);
-        let ledger = ledger_thread.join().expect("ledger thread");
-        let account = ledger.state().lookup_account(1).expect("account 1");
-        assert_eq!(account.debits_pending, 0, "the pending transfer expired while the ledger was idle");
-        assert_eq!(ledger.state().pending_status(9), Some(ledger_svc::PendingStatus::Expired));
-    }
-
     /// Runs the ledger thread on `storage` and submits `batches` single-account batches one at
     /// a time (each waits for its reply, so each is its own batch); returns the run's result,
     /// the ledger and the replies received.
@@ -619,60 +585,6 @@ mod tests {
         let recovered = Ledger::open(ledger.storage().crash_clean(), ledger.config().clone()).expect("recover");
         assert_eq!(recovered.recovery().checkpoint_sequence, newest);
         assert_eq!(recovered.state().state_hash(), ledger.state().state_hash());
-    }
-
-    /// SimStorage whose `reopen` handle (the checkpoint writer's) fails every call.
-    #[derive(Debug)]
-    struct FailingCheckpoints(SimStorage);
-
-    impl Storage for FailingCheckpoints {
-        fn list(&mut self) -> Result<Vec<String>, ledger_svc::StorageError> {
-            self.0.list()
-        }
-        fn read(&mut self, name: &str) -> Result<Vec<u8>, ledger_svc::StorageError> {
-            self.0.read(name)
-        }
-        fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), ledger_svc::StorageError> {
-            self.0.append(name, bytes)
-        }
-        fn sync(&mut self, name: &str) -> Result<(), ledger_svc::StorageError> {
-            self.0.sync(name)
-        }
-        fn truncate(&mut self, name: &str, len: u64) -> Result<(), ledger_svc::StorageError> {
-            self.0.truncate(name, len)
-        }
-        fn rename(&mut self, from: &str, to: &str) -> Result<(), ledger_svc::StorageError> {
-            self.0.rename(from, to)
-        }
-        fn remove(&mut self, name: &str) -> Result<(), ledger_svc::StorageError> {
-            self.0.remove(name)
-        }
-        fn sync_dir(&mut self) -> Result<(), ledger_svc::StorageError> {
-            self.0.sync_dir()
-        }
-        fn reopen(&self) -> Result<Self, ledger_svc::StorageError> {
-            let mut handle = self.0.reopen()?;
-            handle.fail_after(0);
-            Ok(FailingCheckpoints(handle))
-        }
-    }
-
-    #[test]
-    fn a_failed_checkpoint_write_stops_the_ledger_thread_and_loses_nothing_acknowledged() {
-        let (result, ledger, received) = run_one_by_one(FailingCheckpoints(SimStorage::new()), 2, 10);
-        let error = result.expect_err("a failed checkpoint write is fatal");
-        assert!(matches!(error, LedgerError::Storage(_)), "{error}");
-        assert!(error.is_fatal());
-        // The first checkpoint was due after batch 2; the ledger thread learns of the failure
-        // at its next turn, or at the latest when it waits for the checkpoint on stopping.
-        // Every reply sent was for a durable batch.
-        assert!((2..=10).contains(&received), "{received} replies");
-        assert_eq!(ledger.checkpoint_sequence(), 0);
-        let recovered = Ledger::open(ledger.storage().0.crash(&mut ledger_svc::storage::SimRng::new(7)), ledger.config().clone()).expect("recover");
-        assert!(recovered.sequence() >= received as u64);
-        for id in 1..=received as u128 {
-            assert!(recovered.state().lookup_account(id).is_some(), "acknowledged account {id} lost");
-        }
     }
 
     #[test]

@@ -639,6 +639,18 @@ impl<S: Storage> Ledger<S> {
             }
         }
         if let Some((name, offset, tail)) = torn {
+            // A torn tail and a durable record read back wrong look the same in one read; a
+            // transient read error does not repeat. Read the segment again before cutting
+            // anything: if the two reads disagree, the damage may be the disk's, not a crash's,
+            // and cutting could drop acknowledged batches: refuse (the simulator found this).
+            let again = storage.read(&name)?;
+            if again.len() as u64 != offset + tail.len() as u64 || again[offset as usize..] != tail[..] {
+                return Err(LedgerError::Corrupt {
+                    file: storage.describe(&name),
+                    offset,
+                    reason: "two reads of the damaged WAL tail differ: the disk returns unstable data, so the damage may hide acknowledged batches; nothing was cut".to_string(),
+                });
+            }
             let kept = keep_aside(&mut storage, &names, &name, offset, &tail)?;
             storage.truncate(&name, offset)?;
             storage.sync(&name)?;
@@ -714,6 +726,16 @@ impl<S: Storage> Ledger<S> {
         let replies = apply_batch(&mut self.state, now_ns, ops);
         self.sequence = sequence;
         Ok(replies)
+    }
+
+    /// The simulator's injected bug "skip the WAL fsync": `submit` as with
+    /// `Durability::None`. Compiled only with the `sim-bugs` feature (never in production).
+    #[cfg(feature = "sim-bugs")]
+    pub fn submit_without_sync(&mut self, now_ns: u64, ops: &[Operation]) -> Result<Vec<OperationReply>, LedgerError> {
+        let durability = std::mem::replace(&mut self.config.durability, Durability::None);
+        let result = self.submit(now_ns, ops);
+        self.config.durability = durability;
+        result
     }
 
     fn append_record(&mut self, sequence: u64, record: &[u8]) -> Result<(), StorageError> {

@@ -20,3 +20,5 @@ pub use ledger::{Durability, Ledger, LedgerConfig, LedgerError, RecoveryReport};
 pub mod http;
 pub mod api;
 pub mod connection;
+pub mod committer;
+pub mod sim;

@@ -306,6 +306,8 @@ struct SimDisk {
     dir: BTreeMap<String, usize>,
     /// The durable directory.
     dir_durable: BTreeMap<String, usize>,
+    /// Faults injected on this disk by any handle (a crash starts a new disk, and a new count).
+    faults_injected: DiskFaultCounts,
 }
 
 /// An in-memory disk for tests. Writes land in `current`; `sync` copies a file to `durable`.
@@ -323,8 +325,32 @@ pub struct SimStorage {
     /// Calls made through this handle.
     calls: u64,
     fail_after_calls: Option<u64>,
+    /// Random faults of this handle (the simulator's), if any.
+    faults: Option<DiskFaults>,
     /// Sector size for tearing.
     pub sector_bytes: usize,
+}
+
+/// Random faults a `SimStorage` handle injects, drawn from its own seeded PRNG so a
+/// simulation replays them exactly. Rates are per million calls of the kind.
+#[derive(Clone, Debug)]
+pub struct DiskFaults {
+    pub rng: SimRng,
+    /// `sync` fails (the kernel reports EIO: the dirty pages may be gone).
+    pub sync_failure_ppm: u64,
+    /// `read` returns the file with one bit flipped (the disk holds it intact: a transient
+    /// read error, or a latent sector error caught on the way up).
+    pub read_corruption_ppm: u64,
+    /// `append` fails with ENOSPC once the disk holds this many bytes.
+    pub capacity_bytes: Option<u64>,
+}
+
+/// Faults a `SimStorage` handle injected, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskFaultCounts {
+    pub sync_failures: u64,
+    pub read_corruptions: u64,
+    pub enospc: u64,
 }
 
 impl Default for SimStorage {
@@ -343,6 +369,7 @@ impl SimStorage {
             disk: Arc::new(Mutex::new(disk)),
             calls: 0,
             fail_after_calls: None,
+            faults: None,
             sector_bytes,
         }
     }
@@ -356,6 +383,33 @@ impl SimStorage {
     /// Every call through this handle after `calls` more calls fails with `StorageError::Fault`.
     pub fn fail_after(&mut self, calls: u64) {
         self.fail_after_calls = Some(self.calls + calls);
+    }
+
+    /// Injects random faults through this handle from now on (see [`DiskFaults`]).
+    pub fn inject(&mut self, faults: DiskFaults) {
+        self.faults = Some(faults);
+    }
+
+    /// The faults this handle injected so far.
+    pub fn fault_counts(&self) -> DiskFaultCounts {
+        self.disk().faults_injected
+    }
+
+    /// True when every byte of `name` as a read sees it would survive a crash (the file and
+    /// its name are synced, nothing written since): what the simulator checks before a
+    /// reply is released.
+    pub fn is_durable(&self, name: &str) -> bool {
+        let disk = self.disk();
+        match disk.dir.get(name) {
+            Some(&index) => disk.files[index].current == disk.files[index].durable && disk.dir_durable.get(name) == Some(&index),
+            None => true,
+        }
+    }
+
+    /// Bytes held by the files in the directory now.
+    pub fn used_bytes(&self) -> u64 {
+        let disk = self.disk();
+        disk.dir.values().map(|&i| disk.files[i].current.len() as u64).sum()
     }
 
     /// Storage calls made through this handle so far.
@@ -421,6 +475,7 @@ impl SimStorage {
             files,
             dir_durable: dir.clone(),
             dir,
+            faults_injected: DiskFaultCounts::default(),
         };
         Self::with_disk(disk, self.sector_bytes)
     }
@@ -497,6 +552,7 @@ impl Clone for SimStorage {
             disk: Arc::new(Mutex::new(self.disk().clone())),
             calls: self.calls,
             fail_after_calls: self.fail_after_calls,
+            faults: self.faults.clone(),
             sector_bytes: self.sector_bytes,
         }
     }
@@ -510,14 +566,36 @@ impl Storage for SimStorage {
 
     fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
         self.tick()?;
-        let disk = self.disk();
-        let index = disk.file(name)?;
-        Ok(disk.files[index].current.clone())
+        let mut bytes = {
+            let disk = self.disk();
+            let index = disk.file(name)?;
+            disk.files[index].current.clone()
+        };
+        if let Some(faults) = &mut self.faults {
+            if !bytes.is_empty() && faults.rng.chance(faults.read_corruption_ppm, 1_000_000) {
+                let offset = faults.rng.below(bytes.len() as u64) as usize;
+                bytes[offset] ^= 1 << faults.rng.below(8);
+                self.disk().faults_injected.read_corruptions += 1;
+            }
+        }
+        Ok(bytes)
     }
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
         check_name(name)?;
         self.tick()?;
+        if let Some(faults) = &mut self.faults {
+            if let Some(capacity) = faults.capacity_bytes {
+                let used = {
+                    let disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+                    disk.dir.values().map(|&i| disk.files[i].current.len() as u64).sum::<u64>()
+                };
+                if used + bytes.len() as u64 > capacity {
+                    self.disk().faults_injected.enospc += 1;
+                    return Err(StorageError::Fault("ENOSPC: no space left on the simulated disk"));
+                }
+            }
+        }
         let mut disk = self.disk();
         let index = match disk.dir.get(name) {
             Some(&index) => index,
@@ -534,6 +612,12 @@ impl Storage for SimStorage {
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
         self.tick()?;
+        if let Some(faults) = &mut self.faults {
+            if faults.rng.chance(faults.sync_failure_ppm, 1_000_000) {
+                self.disk().faults_injected.sync_failures += 1;
+                return Err(StorageError::Fault("fsync failed (EIO)"));
+            }
+        }
         let mut disk = self.disk();
         let index = disk.file(name)?;
         let file = &mut disk.files[index];
@@ -586,6 +670,7 @@ impl Storage for SimStorage {
             disk: Arc::clone(&self.disk),
             calls: 0,
             fail_after_calls: None,
+            faults: None,
             sector_bytes: self.sector_bytes,
         })
     }

@@ -40,6 +40,10 @@ commands:
   lab down             remove the lab
   test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
   demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
+  sim [--seeds N] [--seed S] [--bug NAME]
+                       the deterministic simulator (docs/simulation.md): N seeds (default 100),
+                       or replay seed S (its summary and trace digest); --bug NAME checks that
+                       an injected bug is caught
   bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim,
                        xsk, echo, https, conns, synflood; default all) in release mode";
 
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         ["test"] => test(),
+        ["sim", rest @ ..] => sim(rest),
         ["demo"] => demo(),
         ["bench"] => bench("all"),
         ["bench", name] => bench(name),
@@ -150,7 +155,40 @@ fn test() -> Result<()> {
     // unit tests, the patch's among them, run from its directory with its own lock file.
     status(cargo().args(["test", "--lib", "--manifest-path", "third_party/smoltcp/Cargo.toml"]))?;
     status(cargo().args(["test", "--package", "pantera", "--features", "fault-injection", "--", "--test-threads", "1"]))?;
+    sim_suite()?;
     Ok(())
+}
+
+/// Seeds `cargo xtask test` runs: about 30 s in a debug build on the 2-vCPU CI machine
+/// (docs/simulation.md has the measurement).
+const SIM_SEEDS_CI: &str = "1000";
+/// Seeds each injected bug may take to be caught in `cargo xtask test` (each is caught by
+/// the first seed today; the bound keeps a regression of the checker visible and short).
+const SIM_BUG_SEEDS_CI: &str = "50";
+
+/// The simulator's part of `cargo xtask test`: the seeds, then each injected bug must be
+/// caught. Timed, so the suite's log shows what it cost.
+fn sim_suite() -> Result<()> {
+    let started = std::time::Instant::now();
+    sim(&["--seeds", SIM_SEEDS_CI])?;
+    for bug in ["early-release", "skip-fsync", "double-apply"] {
+        sim(&["--bug", bug, "--seeds", SIM_BUG_SEEDS_CI])?;
+    }
+    println!("xtask: the simulator's step took {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// `cargo xtask sim ARGS`: runs ledger-svc's `sim` example (a debug build: the seeds are
+/// cheap, and the build shares the test profile's artifacts). `--bug` needs the test-only
+/// `sim-bugs` feature, compiled only for that run.
+fn sim(args: &[&str]) -> Result<()> {
+    let mut command = cargo();
+    command.args(["run", "--quiet", "--package", "ledger-svc", "--example", "sim"]);
+    if args.contains(&"--bug") {
+        command.args(["--features", "sim-bugs"]);
+    }
+    command.arg("--").args(args);
+    status(&mut command)
 }
 
 /// Waits until `url` answers 200 on the management listener, or the child exits.
