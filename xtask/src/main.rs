@@ -10,6 +10,8 @@ use std::{env, fs, thread};
 
 use anyhow::{bail, ensure, Context, Result};
 
+mod fuzz;
+
 #[path = "../../src/lab.rs"]
 #[allow(dead_code)]
 mod lab;
@@ -40,6 +42,8 @@ commands:
   lab down             remove the lab
   test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
   demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
+  fuzz --smoke [--seconds N]  build the fuzz targets, run each N s (default 15) (docs/fuzzing.md)
+  fuzz TARGET [--seconds N]   run one fuzz target (default 600 s); fuzz --seeds rewrites seeds
   bench [NAME]         run the benchmarks (ledger, fairness, xsk, echo, https, conns, synflood; default all) in release mode";
 
 fn main() -> Result<()> {
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
         }
         ["test"] => test(),
         ["demo"] => demo(),
+        ["fuzz", rest @ ..] => fuzz::main(rest),
         ["bench"] => bench("all"),
         ["bench", name] => bench(name),
         _ => {
