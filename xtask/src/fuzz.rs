@@ -79,15 +79,23 @@ pub fn main(args: &[&str]) -> Result<()> {
     let seconds = seconds.unwrap_or(if smoke { SMOKE_SECONDS } else { LONG_SECONDS });
     ensure!(seconds > 0, "--seconds must be at least 1");
     let started = Instant::now();
+    // Every target runs even after one fails, so one run reports every finding.
     let mut summary = Vec::new();
+    let mut failed = Vec::new();
     for (name, max_len) in chosen {
-        let execs = run(&bins, name, max_len, seconds)?;
-        summary.push((name, execs));
+        match run(&bins, name, max_len, seconds)? {
+            Ok(execs) => summary.push(format!("  {name:<14} {execs:>10} executions, no crash")),
+            Err(failure) => {
+                summary.push(format!("  {name:<14} FAILED: {failure}"));
+                failed.push(name);
+            }
+        }
     }
     println!("xtask fuzz: {} s per target, {:.0} s in all", seconds, started.elapsed().as_secs_f64());
-    for (name, execs) in summary {
-        println!("  {name:<14} {execs:>10} executions, no crash");
+    for line in summary {
+        println!("{line}");
     }
+    ensure!(failed.is_empty(), "fuzz targets failed: {}", failed.join(", "));
     Ok(())
 }
 
@@ -118,10 +126,10 @@ fn build() -> Result<PathBuf> {
     Ok(target_dir.join(triple).join("release"))
 }
 
-/// Runs one target for `seconds` over its checked-in seeds; returns its executions. New inputs
-/// go to a scratch corpus under target/fuzz, never into fuzz/corpus; a crash fails with the
-/// reproducer's path and the command that replays it.
-fn run(bins: &Path, name: &str, max_len: usize, seconds: u64) -> Result<u64> {
+/// Runs one target for `seconds` over its checked-in seeds; returns its executions, or for a
+/// crash, hang or memory blow-up the reproducer's path and the command that replays it. New
+/// inputs go to a scratch corpus under target/fuzz, never into fuzz/corpus.
+fn run(bins: &Path, name: &str, max_len: usize, seconds: u64) -> Result<Result<u64, String>> {
     let root = env::current_dir()?;
     let scratch = root.join("target/fuzz/corpus").join(name);
     let artifacts = root.join("target/fuzz/artifacts").join(name);
@@ -155,16 +163,16 @@ fn run(bins: &Path, name: &str, max_len: usize, seconds: u64) -> Result<u64> {
             .lines()
             .find_map(|l| l.split("Test unit written to ").nth(1))
             .unwrap_or("(none written)");
-        bail!(
-            "fuzz target {name} failed ({}); reproducer: {reproducer}; replay: {} {reproducer}",
+        return Ok(Err(format!(
+            "{}; reproducer: {reproducer}; replay: {} {reproducer}",
             out.status,
             bin.display()
-        );
+        )));
     }
     let execs = log
         .lines()
         .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
         .and_then(|n| n.trim().parse().ok())
         .context("libFuzzer printed no execution count")?;
-    Ok(execs)
+    Ok(Ok(execs))
 }
