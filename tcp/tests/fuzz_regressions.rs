@@ -1,7 +1,8 @@
 //! Inputs the `tcp_frames` fuzz target found (docs/fuzzing.md), replayed through the same
-//! harness: a mode byte, then records of `[flags][length: u16 LE][frame]`, delivered one per
-//! simulated 100 ms step with the stack polled and serviced after each, the application
-//! echoing what it reads. The readiness sets must miss no slot with work.
+//! harness: a mode byte, then records of `[flags][length: u16 LE][frame]`; the flags advance
+//! the simulated clock, fix checksums or acknowledge the stack's last SYN-ACK; the stack is
+//! polled and serviced after each frame, the application echoing what it reads. The readiness
+//! sets must miss no slot with work.
 
 use std::collections::HashSet;
 
@@ -123,13 +124,14 @@ fn replay(input: &[u8]) -> Option<(usize, Vec<usize>)> {
     None
 }
 
-/// A handshake, then 67.8 s with no poll (past the 60 s idle timeout), a request, and an ACK:
-/// after the idle-timeout close, slot 0 has a socket deadline the readiness sets do not cover.
-/// Without the pause (record 2's flags 0x03) the same input passes. NOT FIXED YET: ignored so
-/// the suite stays green; run with `--ignored` while fixing (docs/fuzzing.md, "Findings").
+/// A SYN whose handshake does not complete, then 67.8 s with no poll: the embryonic
+/// connection is aborted at its handshake timeout and its slot lingers; after the next frames
+/// that slot has a socket deadline the readiness sets do not cover. Without the pause (record
+/// 2's flags 0x03) the same input passes. NOT FIXED YET: ignored so the suite stays green; run
+/// with `--ignored` while fixing (docs/fuzzing.md, "Findings").
 #[test]
-#[ignore = "open bug: readiness after an idle-timeout close (docs/fuzzing.md)"]
-fn fin_out_of_window_after_echo() {
-    let input = include_bytes!("fuzz_inputs/readiness-fin-out-of-window");
+#[ignore = "open bug: readiness after a handshake-timeout abort (docs/fuzzing.md)"]
+fn readiness_after_a_handshake_timeout_abort() {
+    let input = include_bytes!("fuzz_inputs/readiness-handshake-timeout");
     assert_eq!(replay(input), None, "(frame, slots) the readiness sets would not visit");
 }
