@@ -492,7 +492,7 @@ impl<S: Storage> Ledger<S> {
         let mut report = RecoveryReport::default();
         let id_hash_key = config.id_hash_key.unwrap_or_else(IdHashKey::from_os);
         let (checkpoint_sequence, mut state) = match checkpoints.last() {
-            Some((_, name)) => {
+            Some((named, name)) => {
                 let bytes = storage.read(name)?;
                 let (sequence, state) =
                     checkpoint::read(&bytes, id_hash_key).map_err(|d| LedgerError::Corrupt {
@@ -500,6 +500,16 @@ impl<S: Storage> Ledger<S> {
                         offset: d.offset,
                         reason: d.reason.to_string(),
                     })?;
+                // The name chose this checkpoint as the newest and decides which segments are
+                // obsolete: a file whose content is another batch (renamed, or copied over) would
+                // replay the WAL from the wrong place. verify reports the same mismatch.
+                if sequence != *named {
+                    return Err(LedgerError::Corrupt {
+                        file: storage.describe(name),
+                        offset: 8,
+                        reason: format!("holds batch {sequence}, but its name says {named}"),
+                    });
+                }
                 (sequence, state)
             }
             None => {

@@ -10,6 +10,8 @@ use std::{env, fs, thread};
 
 use anyhow::{bail, ensure, Context, Result};
 
+mod fuzz;
+
 #[path = "../../src/lab.rs"]
 #[allow(dead_code)]
 mod lab;
@@ -44,6 +46,8 @@ commands:
                        the deterministic simulator (docs/simulation.md): N seeds (default 100),
                        or replay seed S (its summary and trace digest); --bug NAME checks that
                        an injected bug is caught
+  fuzz --smoke [--seconds N]  build the fuzz targets, run each N s (default 15) (docs/fuzzing.md)
+  fuzz TARGET [--seconds N]   run one fuzz target (default 600 s); fuzz --seeds rewrites seeds
   bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim,
                        xsk, echo, https, conns, synflood; default all) in release mode";
 
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
         ["test"] => test(),
         ["sim", rest @ ..] => sim(rest),
         ["demo"] => demo(),
+        ["fuzz", rest @ ..] => fuzz::main(rest),
         ["bench"] => bench("all"),
         ["bench", name] => bench(name),
         _ => {
