@@ -125,12 +125,12 @@ fn replay(input: &[u8]) -> Option<(usize, Vec<usize>)> {
 }
 
 /// A SYN whose handshake does not complete, then 67.8 s with no poll: the embryonic
-/// connection is aborted at its handshake timeout and its slot lingers; after the next frames
-/// that slot has a socket deadline the readiness sets do not cover. Without the pause (record
-/// 2's flags 0x03) the same input passes. NOT FIXED YET: ignored so the suite stays green; run
-/// with `--ignored` while fixing (docs/fuzzing.md, "Findings").
+/// connection is aborted at its handshake timeout, and its RST waits for the neighbour, whose
+/// cache entry expired meanwhile. A later frame from the same client revived the expired entry
+/// inside smoltcp (no fill the stack could see), so the waiting socket had work the readiness
+/// sets did not cover. Fixed in the smoltcp patch (third_party/smoltcp/PANTERA.md, section 4:
+/// an expired entry is never revived by a passing frame).
 #[test]
-#[ignore = "open bug: readiness after a handshake-timeout abort (docs/fuzzing.md)"]
 fn readiness_after_a_handshake_timeout_abort() {
     let input = include_bytes!("fuzz_inputs/readiness-handshake-timeout");
     assert_eq!(replay(input), None, "(frame, slots) the readiness sets would not visit");

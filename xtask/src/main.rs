@@ -40,7 +40,8 @@ commands:
   deps                 install the Debian packages the build and tests need; mount bpffs
   lab up [--queues N]  create the lab (netns pantera-client, veth pantera0/pantera1)
   lab down             remove the lab
-  test                 deps, then the whole suite (unit, property, in-memory and root lab tests)
+  test                 deps, then the whole suite (unit, property, in-memory and root lab tests,
+                       the simulator's seeds, each fuzz target's smoke run)
   demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
   sim [--seeds N] [--seed S] [--bug NAME]
                        the deterministic simulator (docs/simulation.md): N seeds (default 100),
@@ -161,6 +162,9 @@ fn test() -> Result<()> {
     status(cargo().args(["test", "--lib", "--manifest-path", "third_party/smoltcp/Cargo.toml"]))?;
     status(cargo().args(["test", "--package", "pantera", "--features", "fault-injection", "--", "--test-threads", "1"]))?;
     sim_suite()?;
+    // Every fuzz target for a bounded time from its checked-in corpus (docs/fuzzing.md): a
+    // crash, a panic or a broken invariant fails the suite with the input saved.
+    fuzz::main(&["--smoke"])?;
     Ok(())
 }
 

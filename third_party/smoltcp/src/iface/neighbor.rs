@@ -63,6 +63,9 @@ impl Cache {
         }
     }
 
+    /// Extends a live entry for a frame its neighbour sent. An entry that has expired stays
+    /// expired (Pantera patch): reviving it would make the neighbour known again behind the
+    /// back of whatever decides which sockets to poll once a neighbour is learned.
     pub fn reset_expiry_if_existing(
         &mut self,
         protocol_addr: IpAddress,
@@ -74,6 +77,7 @@ impl Cache {
             hardware_addr,
         }) = self.storage.get_mut(&protocol_addr)
             && source_hardware_addr == *hardware_addr
+            && timestamp < *expires_at
         {
             *expires_at = timestamp + Self::ENTRY_LIFETIME;
         }
@@ -281,6 +285,21 @@ mod test {
                 )
                 .found(),
         );
+    }
+
+    #[test]
+    fn test_reset_expiry_extends_a_live_entry_and_never_revives_an_expired_one() {
+        let mut cache = Cache::new();
+        let later = Instant::from_millis(0) + Cache::ENTRY_LIFETIME;
+
+        cache.fill(MOCK_IP_ADDR_1.into(), HADDR_A, Instant::from_millis(0));
+        // Live: a frame from the same hardware address extends it.
+        cache.reset_expiry_if_existing(MOCK_IP_ADDR_1.into(), HADDR_A, Instant::from_millis(1));
+        assert!(cache.lookup(&MOCK_IP_ADDR_1.into(), later).found());
+        // Expired: a frame from it leaves it expired (only a fill teaches it again).
+        let expired = later + Cache::ENTRY_LIFETIME;
+        cache.reset_expiry_if_existing(MOCK_IP_ADDR_1.into(), HADDR_A, expired);
+        assert!(!cache.lookup(&MOCK_IP_ADDR_1.into(), expired).found());
     }
 
     #[test]
