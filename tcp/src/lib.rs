@@ -21,6 +21,7 @@
 mod arp;
 pub mod config;
 mod cookie;
+pub mod frames;
 mod isn;
 mod neighbour;
 mod probe;

@@ -6,18 +6,11 @@ use std::net::Ipv4Addr;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpAddress, Ipv4Packet, TcpControl, TcpPacket, TcpRepr};
 use tcp::sim::{Side, SimConfig, SimLink};
 use tcp::{Event, Stack, StackConfig, SynCookieMode};
 
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-const PORT: u16 = 8443;
+use tcp::frames::{Segment, CLIENT_IP, CLIENT_MAC, PORT, SERVER_IP, SERVER_MAC};
 
 fn config(mode: SynCookieMode) -> StackConfig {
     StackConfig {
@@ -31,76 +24,6 @@ fn config(mode: SynCookieMode) -> StackConfig {
         rx_buffer_bytes: 4096,
         tx_buffer_bytes: 4096,
         ..StackConfig::default()
-    }
-}
-
-struct Segment<'a> {
-    mac: [u8; 6],
-    ip: Ipv4Addr,
-    port: u16,
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-    mss: Option<u16>,
-    window_scale: Option<u8>,
-    payload: &'a [u8],
-}
-
-impl Segment<'_> {
-    fn syn(ip: Ipv4Addr, port: u16, seq: u32) -> Segment<'static> {
-        Segment {
-            mac: CLIENT_MAC,
-            ip,
-            port,
-            control: TcpControl::Syn,
-            seq,
-            ack: None,
-            mss: Some(1460),
-            window_scale: Some(7),
-            payload: &[],
-        }
-    }
-
-    fn frame(&self) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: self.port,
-            dst_port: PORT,
-            control: self.control,
-            seq_number: TcpSeqNumber(self.seq as i32),
-            ack_number: self.ack.map(|ack| TcpSeqNumber(ack as i32)),
-            window_len: 4096,
-            window_scale: self.window_scale,
-            max_seg_size: self.mss,
-            sack_permitted: self.control == TcpControl::Syn,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: self.payload,
-        };
-        let ip_repr = Ipv4Repr {
-            src_addr: self.ip,
-            dst_addr: SERVER_IP,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let checksums = ChecksumCapabilities::default();
-        let mut frame = vec![0; 14 + ip_repr.buffer_len() + tcp.buffer_len()];
-        let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress(self.mac),
-            dst_addr: EthernetAddress(SERVER_MAC),
-            ethertype: EthernetProtocol::Ipv4,
-        }
-        .emit(&mut ethernet);
-        let mut ip_packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
-        ip_repr.emit(&mut ip_packet, &checksums);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(ip_packet.payload_mut()),
-            &IpAddress::Ipv4(self.ip),
-            &IpAddress::Ipv4(SERVER_IP),
-            &checksums,
-        );
-        frame
     }
 }
 

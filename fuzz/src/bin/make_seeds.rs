@@ -70,17 +70,11 @@ fn checksum(bytes: &[u8]) -> u16 {
 }
 
 fn tcp_seeds(dir: &Path) {
-    let syn = |port, seq| Segment {
-        src_port: port,
-        control: TcpControl::Syn,
-        seq,
-        ack: None,
-        mss: Some(1460),
-        window_scale: Some(7),
-        payload: &[],
-    };
+    let syn = |port, seq| Segment::syn(pantera_fuzz::CLIENT_IP, port, seq);
     let after = |port, seq, control, payload| Segment {
-        src_port: port,
+        mac: pantera_fuzz::CLIENT_MAC,
+        ip: pantera_fuzz::CLIENT_IP,
+        port,
         control,
         seq,
         ack: Some(0), // replaced by the harness: ACK_LAST_SYN_ACK
