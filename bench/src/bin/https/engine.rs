@@ -119,7 +119,11 @@ pub struct StartLine {
 impl StartLine {
     pub fn new(threads: usize) -> StartLine {
         // The threads and the merging thread.
-        StartLine { connected: Barrier::new(threads + 1), start: OnceLock::new(), go: Barrier::new(threads + 1) }
+        StartLine {
+            connected: Barrier::new(threads + 1),
+            start: OnceLock::new(),
+            go: Barrier::new(threads + 1),
+        }
     }
 }
 
@@ -181,7 +185,13 @@ struct Worker<'a, R: Requests> {
 }
 
 /// Runs thread `thread`'s connections from the start line to the end; reports go to `tx`.
-pub fn run_thread<R: Requests>(plan: &Plan, requests: &R, thread: usize, line: &StartLine, tx: &Sender<(usize, Report)>) {
+pub fn run_thread<R: Requests>(
+    plan: &Plan,
+    requests: &R,
+    thread: usize,
+    line: &StartLine,
+    tx: &Sender<(usize, Report)>,
+) {
     let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -207,8 +217,13 @@ pub fn run_thread<R: Requests>(plan: &Plan, requests: &R, thread: usize, line: &
             index,
             seq: 0,
             pacer: Pacer::new(
-                plan.rate_per_s.map(|r| Slots::share(r, plan.connections, index)),
-                if plan.new_connections { 1 } else { plan.pipeline },
+                plan.rate_per_s
+                    .map(|r| Slots::share(r, plan.connections, index)),
+                if plan.new_connections {
+                    1
+                } else {
+                    plan.pipeline
+                },
                 plan.budget(index),
             ),
             io: None,
@@ -242,10 +257,17 @@ pub fn run_thread<R: Requests>(plan: &Plan, requests: &R, thread: usize, line: &
     }
     line.connected.wait();
     line.go.wait();
-    w.start = *line.start.get().expect("the merging thread sets the start before `go`");
+    w.start = *line
+        .start
+        .get()
+        .expect("the merging thread sets the start before `go`");
     w.drive(&mut events, thread, tx);
     let now = w.now_ns();
-    let missed_slots = w.conns.iter().map(|c| c.pacer.missed_slots(now.min(w.end_ns))).sum();
+    let missed_slots = w
+        .conns
+        .iter()
+        .map(|c| c.pacer.missed_slots(now.min(w.end_ns)))
+        .sum();
     let connections_dead = w.conns.iter().filter(|c| c.dead).count();
     w.recorder.roll(now, |i| {
         let _ = tx.send((thread, Report::Interval(i)));
@@ -272,7 +294,11 @@ impl<R: Requests> Worker<'_, R> {
         for i in 0..self.conns.len() {
             self.connect(i, 0);
         }
-        while self.conns.iter().any(|c| matches!(c.phase, Phase::Connecting | Phase::Handshaking)) {
+        while self
+            .conns
+            .iter()
+            .any(|c| matches!(c.phase, Phase::Connecting | Phase::Handshaking))
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 for i in 0..self.conns.len() {
@@ -290,8 +316,7 @@ impl<R: Requests> Worker<'_, R> {
                 self.on_ready(i, 0, false);
             }
         }
-        // Handshakes before the start are not part of the run's figures.
-        self.recorder = Recorder::new();
+        // The warm-up's handshakes (and failed connects) stay in the first second's figures.
     }
 
     fn drive(&mut self, events: &mut Events, thread: usize, tx: &Sender<(usize, Report)>) {
@@ -361,8 +386,13 @@ impl<R: Requests> Worker<'_, R> {
         let timeout_ns = IO_TIMEOUT.as_nanos() as u64;
         let c = &self.conns[i];
         let stuck = match c.phase {
-            Phase::Connecting | Phase::Handshaking => now.saturating_sub(c.phase_since_ns) > timeout_ns,
-            Phase::Open => c.in_flight.front().is_some_and(|f| now.saturating_sub(f.sent_ns) > timeout_ns),
+            Phase::Connecting | Phase::Handshaking => {
+                now.saturating_sub(c.phase_since_ns) > timeout_ns
+            }
+            Phase::Open => c
+                .in_flight
+                .front()
+                .is_some_and(|f| now.saturating_sub(f.sent_ns) > timeout_ns),
             Phase::Idle => false,
         };
         if stuck || (drain_over && !c.in_flight.is_empty()) {
@@ -371,7 +401,12 @@ impl<R: Requests> Worker<'_, R> {
                 Phase::Handshaking => "TLS handshake",
                 _ => "reply",
             };
-            self.fail(i, now, ErrorKind::Timeout, &format!("no {what} within {IO_TIMEOUT:?}"));
+            self.fail(
+                i,
+                now,
+                ErrorKind::Timeout,
+                &format!("no {what} within {IO_TIMEOUT:?}"),
+            );
         }
     }
 
@@ -384,7 +419,9 @@ impl<R: Requests> Worker<'_, R> {
             let io = self.conns[i].io.as_ref().expect("checked above");
             match io.sock.take_error() {
                 Ok(None) => {}
-                Ok(Some(e)) | Err(e) => return self.fail(i, now, ErrorKind::Connect, &format!("connect: {e}")),
+                Ok(Some(e)) | Err(e) => {
+                    return self.fail(i, now, ErrorKind::Connect, &format!("connect: {e}"))
+                }
             }
             match io.sock.peer_addr() {
                 Ok(_) => {
@@ -409,7 +446,9 @@ impl<R: Requests> Worker<'_, R> {
     fn receive(&mut self, i: usize, now: u64) {
         let mut eof = false;
         loop {
-            let Some(io) = self.conns[i].io.as_mut() else { return };
+            let Some(io) = self.conns[i].io.as_mut() else {
+                return;
+            };
             // Edge-triggered: read until the socket would block.
             let mut drained = false;
             match io.tls.read_tls(&mut io.sock) {
@@ -447,7 +486,8 @@ impl<R: Requests> Worker<'_, R> {
             if c.phase == Phase::Handshaking && !io.tls.is_handshaking() {
                 c.phase = Phase::Open;
                 c.consecutive_errors = 0;
-                self.recorder.handshake(io.tls.handshake_kind() == Some(HandshakeKind::Resumed));
+                self.recorder
+                    .handshake(io.tls.handshake_kind() == Some(HandshakeKind::Resumed));
             }
             if !self.replies(i, now) {
                 return;
@@ -461,7 +501,12 @@ impl<R: Requests> Worker<'_, R> {
                 self.close(i);
                 self.schedule_reconnect(i, now);
             } else {
-                self.fail(i, now, ErrorKind::Io, "the server closed the connection with requests outstanding");
+                self.fail(
+                    i,
+                    now,
+                    ErrorKind::Io,
+                    "the server closed the connection with requests outstanding",
+                );
             }
         }
     }
@@ -475,7 +520,12 @@ impl<R: Requests> Worker<'_, R> {
                 Ok(Some(r)) => r,
                 Ok(None) => return true,
                 Err(e) => {
-                    self.fail(i, now, ErrorKind::BadResponse, &format!("bad response: {e}"));
+                    self.fail(
+                        i,
+                        now,
+                        ErrorKind::BadResponse,
+                        &format!("bad response: {e}"),
+                    );
                     return false;
                 }
             };
@@ -490,14 +540,26 @@ impl<R: Requests> Worker<'_, R> {
             self.recorder.answered(request.start_ns, now, verdict);
             self.last_end_ns = self.last_end_ns.max(now);
             if let Some(kind) = verdict {
-                self.note_error(|| format!("{} ({}): {}", response.status, kind.name(), String::from_utf8_lossy(&response.body)));
+                self.note_error(|| {
+                    format!(
+                        "{} ({}): {}",
+                        response.status,
+                        kind.name(),
+                        String::from_utf8_lossy(&response.body)
+                    )
+                });
             }
             if self.plan.new_connections || response.close {
                 // New-connection mode, or the server ends the connection: what else is in
                 // flight on it is lost.
                 let lost = self.conns[i].in_flight.len();
                 if lost > 0 {
-                    self.fail(i, now, ErrorKind::Io, "the server closed the connection with requests outstanding");
+                    self.fail(
+                        i,
+                        now,
+                        ErrorKind::Io,
+                        "the server closed the connection with requests outstanding",
+                    );
                 } else {
                     self.close(i);
                     if !self.plan.new_connections {
@@ -519,9 +581,16 @@ impl<R: Requests> Worker<'_, R> {
         if sending && c.io.is_none() {
             if self.plan.new_connections {
                 // A connection per request: the request's slot opens it.
-                let slot = if now >= c.retry_at_ns { c.pacer.poll_send(now) } else { None };
+                let slot = if now >= c.retry_at_ns {
+                    c.pacer.poll_send(now)
+                } else {
+                    None
+                };
                 if let Some(start_ns) = slot {
-                    c.in_flight.push_back(InFlight { start_ns, sent_ns: now });
+                    c.in_flight.push_back(InFlight {
+                        start_ns,
+                        sent_ns: now,
+                    });
                     self.connect(i, now);
                     if self.conns[i].io.is_some() {
                         self.write_request(i, true);
@@ -532,12 +601,15 @@ impl<R: Requests> Worker<'_, R> {
             }
         } else if sending && !self.plan.new_connections && c.phase != Phase::Connecting {
             while let Some(start_ns) = self.conns[i].pacer.poll_send(now) {
-                self.conns[i].in_flight.push_back(InFlight { start_ns, sent_ns: now });
+                self.conns[i].in_flight.push_back(InFlight {
+                    start_ns,
+                    sent_ns: now,
+                });
                 self.write_request(i, false);
             }
         }
         self.flush(i, now);
-        self.schedule_wake(i);
+        self.schedule_wake(i, now);
     }
 
     fn write_request(&mut self, i: usize, close: bool) {
@@ -572,15 +644,23 @@ impl<R: Requests> Worker<'_, R> {
         }
     }
 
-    /// Puts connection `i` in the wake-up heap for its next slot or reconnect, if any.
-    fn schedule_wake(&mut self, i: usize) {
+    /// Puts connection `i` in the wake-up heap for its next slot or reconnect, if any (none
+    /// after the end: nothing starts then).
+    fn schedule_wake(&mut self, i: usize, now: u64) {
+        if now >= self.end_ns {
+            return;
+        }
         let c = &mut self.conns[i];
         let at = if c.dead || c.phase == Phase::Connecting || !c.pacer_has_budget() {
             None
         } else if c.io.is_none() {
             // Not connected: a keep-alive connection reconnects after its backoff; in
             // new-connection mode the next slot opens one, not before the backoff either.
-            let due = if self.plan.new_connections { c.pacer.next_due_ns().unwrap_or(0) } else { 0 };
+            let due = if self.plan.new_connections {
+                c.pacer.next_due_ns().unwrap_or(0)
+            } else {
+                0
+            };
             Some(due.max(c.retry_at_ns))
         } else {
             c.pacer.next_due_ns()
@@ -599,12 +679,19 @@ impl<R: Requests> Worker<'_, R> {
             Ok(s) => s,
             Err(e) => return self.fail(i, now, ErrorKind::Connect, &format!("connect: {e}")),
         };
-        let tls = match ClientConnection::new(Arc::clone(&self.plan.tls), self.plan.server_name.clone()) {
+        let tls = match ClientConnection::new(
+            Arc::clone(&self.plan.tls),
+            self.plan.server_name.clone(),
+        ) {
             Ok(t) => t,
             Err(e) => return self.fail(i, now, ErrorKind::Tls, &format!("TLS client: {e}")),
         };
         let mut io = Io { sock, tls };
-        if let Err(e) = self.poll.registry().register(&mut io.sock, Token(i), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut io.sock,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             return self.fail(i, now, ErrorKind::Connect, &format!("epoll register: {e}"));
         }
         let c = &mut self.conns[i];
@@ -630,7 +717,7 @@ impl<R: Requests> Worker<'_, R> {
 
     fn schedule_reconnect(&mut self, i: usize, now: u64) {
         self.conns[i].retry_at_ns = now;
-        self.schedule_wake(i);
+        self.schedule_wake(i, now);
     }
 
     /// Connection `i` failed: its outstanding requests are errors of `kind`, it closes, and it
@@ -653,13 +740,15 @@ impl<R: Requests> Worker<'_, R> {
         if c.consecutive_errors >= CONSECUTIVE_ERRORS_MAX {
             c.dead = true;
             let index = c.index;
-            self.note_error(|| format!("connection {index} gave up after {CONSECUTIVE_ERRORS_MAX} errors in a row"));
+            self.note_error(|| {
+                format!("connection {index} gave up after {CONSECUTIVE_ERRORS_MAX} errors in a row")
+            });
             return;
         }
         c.retry_at_ns = now + RECONNECT_BACKOFF.as_nanos() as u64;
         // Its earlier wake-up (if any) is too early now.
         c.wake_ns = None;
-        self.schedule_wake(i);
+        self.schedule_wake(i, now);
     }
 
     fn note_error(&mut self, what: impl FnOnce() -> String) {

@@ -518,7 +518,7 @@ pub fn summary(r: &RunResult) -> String {
     );
     out += &format!("  TLS handshakes {} full, {} resumed; ledger check {}", r.handshakes.full, r.handshakes.resumed, r.ledger_check);
     if t.missed_slots > 0 {
-        out += &format!("; {} slots of the schedule never sent (the client fell behind)", t.missed_slots);
+        out += &format!("; {} slots of the schedule came while their connection was busy and were not sent", t.missed_slots);
     }
     out += "\n";
     if let Some(e) = &r.first_error {

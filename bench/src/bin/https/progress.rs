@@ -13,7 +13,9 @@ enum Display {
     Off,
     Bar(ProgressBar),
     /// Plain lines; the last whole second printed.
-    Lines { printed_second: u64 },
+    Lines {
+        printed_second: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -24,31 +26,51 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(enabled: bool, terminal: bool, duration: Duration, requests_total: Option<u64>) -> Progress {
+    pub fn new(
+        enabled: bool,
+        terminal: bool,
+        duration: Duration,
+        requests_total: Option<u64>,
+    ) -> Progress {
         let display = match (enabled, terminal) {
             (false, _) => Display::Off,
             (true, true) => {
                 // The bar counts milliseconds of the run (or requests, when bounded by a count).
                 let length = requests_total.unwrap_or(duration.as_millis() as u64);
-                let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr_with_hz(5));
-                let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+                let bar = ProgressBar::with_draw_target(
+                    Some(length),
+                    ProgressDrawTarget::stderr_with_hz(5),
+                );
+                let style =
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar());
                 bar.set_style(style);
                 Display::Bar(bar)
             }
             (true, false) => Display::Lines { printed_second: 0 },
         };
-        Progress { display, duration, requests_total }
+        Progress {
+            display,
+            duration,
+            requests_total,
+        }
     }
 
     fn line(&self, elapsed: Duration, m: &Merger) -> String {
         let t = &m.total;
         let secs = elapsed.as_secs_f64().max(1e-3);
         // The rate of the last finished second, else the mean so far.
-        let rate = m.series.last().map(|s| s.ok as f64).unwrap_or(t.ok as f64 / secs);
+        let rate = m
+            .series
+            .last()
+            .map(|s| s.ok as f64)
+            .unwrap_or(t.ok as f64 / secs);
         let left = match self.requests_total {
             Some(n) => format!("{} left", n.saturating_sub(t.ok + t.error_count())),
-            None => format!("{:.0} s left", self.duration.saturating_sub(elapsed).as_secs_f64().ceil()),
+            None => format!(
+                "{:.0} s left",
+                self.duration.saturating_sub(elapsed).as_secs_f64().ceil()
+            ),
         };
         format!(
             "{} ok, {:.0}/s, p99 {:.2} ms, {} errors, {left}",
@@ -74,7 +96,9 @@ impl Progress {
                 let second = elapsed.as_secs();
                 if second > *printed_second {
                     eprintln!("https load: {:>4} s: {}", second, self.line(elapsed, m));
-                    self.display = Display::Lines { printed_second: second };
+                    self.display = Display::Lines {
+                        printed_second: second,
+                    };
                 }
             }
         }

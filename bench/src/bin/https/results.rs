@@ -121,20 +121,32 @@ pub struct RunResult {
 
 impl RunResult {
     pub fn status_503(&self) -> u64 {
-        self.errors.get(ErrorKind::Status503.name()).copied().unwrap_or(0)
+        self.errors
+            .get(ErrorKind::Status503.name())
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn read(path: &PathBuf) -> Result<RunResult> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let r: RunResult = serde_json::from_str(&text).with_context(|| format!("{} is not an `https load --json` result", path.display()))?;
-        ensure!(r.format_version == FORMAT_VERSION, "{}: format version {} (this program reads {FORMAT_VERSION})", path.display(), r.format_version);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let r: RunResult = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an `https load --json` result", path.display()))?;
+        ensure!(
+            r.format_version == FORMAT_VERSION,
+            "{}: format version {} (this program reads {FORMAT_VERSION})",
+            path.display(),
+            r.format_version
+        );
         Ok(r)
     }
 }
 
 /// The quantiles of the stored latency curve: dense where tails are (1 − 10^(−k/4)), to 99.999 %.
 fn curve_quantiles() -> impl Iterator<Item = f64> {
-    (0..=20).map(|k| 1.0 - 10f64.powf(-f64::from(k) / 4.0)).chain(std::iter::once(1.0))
+    (0..=20)
+        .map(|k| 1.0 - 10f64.powf(-f64::from(k) / 4.0))
+        .chain(std::iter::once(1.0))
 }
 
 /// Merges the threads' seconds as they arrive. A second is final once every thread has
@@ -153,7 +165,13 @@ pub struct Merger {
 
 impl Merger {
     pub fn new(threads: usize) -> Merger {
-        Merger { latest: vec![None; threads], pending: BTreeMap::new(), series: Vec::new(), total: Interval::new(0), summaries: Vec::new() }
+        Merger {
+            latest: vec![None; threads],
+            pending: BTreeMap::new(),
+            series: Vec::new(),
+            total: Interval::new(0),
+            summaries: Vec::new(),
+        }
     }
 
     pub fn interval(&mut self, thread: usize, i: Interval) {
@@ -176,12 +194,17 @@ impl Merger {
 
     fn add(&mut self, i: Interval) {
         self.total.merge(&i);
-        self.pending.entry(i.second).or_insert_with(|| Interval::new(i.second)).merge(&i);
+        self.pending
+            .entry(i.second)
+            .or_insert_with(|| Interval::new(i.second))
+            .merge(&i);
     }
 
     fn finalize(&mut self) {
         // Nothing is final until every thread has reported something.
-        let Some(upto) = self.latest.iter().map(|l| l.unwrap_or(0)).min() else { return };
+        let Some(upto) = self.latest.iter().map(|l| l.unwrap_or(0)).min() else {
+            return;
+        };
         if self.latest.iter().any(Option::is_none) {
             return;
         }
@@ -189,7 +212,13 @@ impl Merger {
         for s in ready {
             let i = self.pending.remove(&s).expect("listed above");
             let p = Percentiles::of(&i.latency_us);
-            self.series.push(Second { second: s, ok: i.ok, errors: i.error_count(), p50_us: p.p50, p99_us: p.p99 });
+            self.series.push(Second {
+                second: s,
+                ok: i.ok,
+                errors: i.error_count(),
+                p50_us: p.p50,
+                p99_us: p.p99,
+            });
         }
         // A thread may report a second after a later one was finalized (it was quiet): merge
         // the series in order.
@@ -207,18 +236,35 @@ impl Merger {
     }
 
     /// The document, once every thread is done.
-    pub fn result(mut self, label: String, started_unix_s: u64, config: RunConfig, client_cpu_s: f64, ledger_check: String) -> RunResult {
+    pub fn result(
+        mut self,
+        label: String,
+        started_unix_s: u64,
+        config: RunConfig,
+        client_cpu_s: f64,
+        ledger_check: String,
+    ) -> RunResult {
         // Anything not final yet (a thread ended early) is final now.
         self.latest.iter_mut().for_each(|l| *l = Some(u64::MAX));
         self.finalize();
         let t = &self.total;
-        let last_end_ns = self.summaries.iter().map(|s| s.last_end_ns).max().unwrap_or(0);
+        let last_end_ns = self
+            .summaries
+            .iter()
+            .map(|s| s.last_end_ns)
+            .max()
+            .unwrap_or(0);
         let elapsed_s = last_end_ns as f64 / NANOS_PER_SECOND as f64;
-        let errors: BTreeMap<String, u64> = ErrorKind::ALL.iter().map(|k| (k.name().to_owned(), t.errors[*k as usize])).collect();
+        let errors: BTreeMap<String, u64> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.name().to_owned(), t.errors[*k as usize]))
+            .collect();
         let latency_curve = if t.latency_us.is_empty() {
             Vec::new()
         } else {
-            curve_quantiles().map(|q| (q, t.latency_us.value_at_quantile(q))).collect()
+            curve_quantiles()
+                .map(|q| (q, t.latency_us.value_at_quantile(q)))
+                .collect()
         };
         RunResult {
             format_version: FORMAT_VERSION,
@@ -230,7 +276,11 @@ impl Merger {
                 ok: t.ok,
                 errors: t.error_count(),
                 elapsed_s,
-                ok_per_s: if elapsed_s > 0.0 { t.ok as f64 / elapsed_s } else { 0.0 },
+                ok_per_s: if elapsed_s > 0.0 {
+                    t.ok as f64 / elapsed_s
+                } else {
+                    0.0
+                },
                 missed_slots: self.summaries.iter().map(|s| s.missed_slots).sum(),
                 connections_dead: self.summaries.iter().map(|s| s.connections_dead).sum(),
                 client_cpu_s,
@@ -240,7 +290,10 @@ impl Merger {
             latency_us: Percentiles::of(&t.latency_us),
             latency_curve,
             series: self.series,
-            handshakes: Handshakes { full: t.handshakes_full, resumed: t.handshakes_resumed },
+            handshakes: Handshakes {
+                full: t.handshakes_full,
+                resumed: t.handshakes_resumed,
+            },
             ledger_check,
         }
     }
@@ -266,7 +319,11 @@ pub struct CompareArgs {
 }
 
 pub fn compare(args: &CompareArgs) -> Result<()> {
-    let runs: Vec<RunResult> = args.files.iter().map(RunResult::read).collect::<Result<_>>()?;
+    let runs: Vec<RunResult> = args
+        .files
+        .iter()
+        .map(RunResult::read)
+        .collect::<Result<_>>()?;
     print!("{}", compare_table(&runs));
     if let Some(dir) = &args.plot_dir {
         for path in crate::plot::compare(dir, &runs)? {
@@ -297,9 +354,23 @@ pub fn compare_table(runs: &[RunResult]) -> String {
         ("max µs", |r| r.latency_us.max as f64, 0),
         ("mean µs", |r| r.latency_us.mean, 0),
         ("full handshakes/s", |r| per_s(r, r.handshakes.full), 0),
-        ("resumed handshakes/s", |r| per_s(r, r.handshakes.resumed), 0),
+        (
+            "resumed handshakes/s",
+            |r| per_s(r, r.handshakes.resumed),
+            0,
+        ),
         ("missed slots", |r| r.totals.missed_slots as f64, 0),
-        ("client CPU µs/req", |r| if r.totals.requests > 0 { r.totals.client_cpu_s * 1e6 / r.totals.requests as f64 } else { 0.0 }, 1),
+        (
+            "client CPU µs/req",
+            |r| {
+                if r.totals.requests > 0 {
+                    r.totals.client_cpu_s * 1e6 / r.totals.requests as f64
+                } else {
+                    0.0
+                }
+            },
+            1,
+        ),
         ("elapsed s", |r| r.totals.elapsed_s, 2),
     ];
     let mut out = String::new();
@@ -308,7 +379,12 @@ pub fn compare_table(runs: &[RunResult]) -> String {
         let _ = write!(out, " {} |", r.label.replace('|', "/"));
     }
     for r in &runs[1..] {
-        let _ = write!(out, " {} / {} |", r.label.replace('|', "/"), runs[0].label.replace('|', "/"));
+        let _ = write!(
+            out,
+            " {} / {} |",
+            r.label.replace('|', "/"),
+            runs[0].label.replace('|', "/")
+        );
     }
     out.push('\n');
     out.push_str("|---|");
@@ -322,8 +398,19 @@ pub fn compare_table(runs: &[RunResult]) -> String {
             Some(rate) => format!("open {rate:.0}/s"),
             None => "closed".to_owned(),
         };
-        let kind = if c.new_connections { if c.resume { "new conn, resumed" } else { "new conn" } } else { "keep-alive" };
-        format!("{} {} ×{} p{} {kind}, {lp}", c.target, c.workload, c.connections, c.pipeline)
+        let kind = if c.new_connections {
+            if c.resume {
+                "new conn, resumed"
+            } else {
+                "new conn"
+            }
+        } else {
+            "keep-alive"
+        };
+        format!(
+            "{} {} ×{} p{} {kind}, {lp}",
+            c.target, c.workload, c.connections, c.pipeline
+        )
     };
     let _ = write!(out, "| run |");
     for r in runs {
@@ -382,13 +469,46 @@ pub mod tests {
                 duration_s: 10.0,
                 requests: None,
             },
-            totals: Totals { requests: 1000, ok: 1000, errors: 0, elapsed_s: 2.0, ok_per_s, ..Totals::default() },
+            totals: Totals {
+                requests: 1000,
+                ok: 1000,
+                errors: 0,
+                elapsed_s: 2.0,
+                ok_per_s,
+                ..Totals::default()
+            },
             errors: BTreeMap::new(),
             first_error: None,
-            latency_us: Percentiles { count: 1000, mean: 10.0, p50: 5, p90: 8, p99: p99, p999: p99 * 2, max: p99 * 3 },
+            latency_us: Percentiles {
+                count: 1000,
+                mean: 10.0,
+                p50: 5,
+                p90: 8,
+                p99: p99,
+                p999: p99 * 2,
+                max: p99 * 3,
+            },
             latency_curve: vec![(0.0, 1), (0.5, 5), (0.99, p99), (1.0, p99 * 3)],
-            series: vec![Second { second: 0, ok: 500, errors: 0, p50_us: 5, p99_us: p99 }, Second { second: 1, ok: 500, errors: 0, p50_us: 5, p99_us: p99 }],
-            handshakes: Handshakes { full: 64, resumed: 0 },
+            series: vec![
+                Second {
+                    second: 0,
+                    ok: 500,
+                    errors: 0,
+                    p50_us: 5,
+                    p99_us: p99,
+                },
+                Second {
+                    second: 1,
+                    ok: 500,
+                    errors: 0,
+                    p50_us: 5,
+                    p99_us: p99,
+                },
+            ],
+            handshakes: Handshakes {
+                full: 64,
+                resumed: 0,
+            },
             ledger_check: "ok".into(),
         }
     }
@@ -403,7 +523,13 @@ pub mod tests {
     }
 
     fn summary(last: Interval, last_end_ns: u64) -> ThreadSummary {
-        ThreadSummary { last, last_end_ns, missed_slots: 1, connections_dead: 0, first_error: None }
+        ThreadSummary {
+            last,
+            last_end_ns,
+            missed_slots: 1,
+            connections_dead: 0,
+            first_error: None,
+        }
     }
 
     #[test]
@@ -420,8 +546,17 @@ pub mod tests {
         assert!(m.all_done());
         let config = sample("x", 0.0, 0).config;
         let r = m.result("run".into(), 7, config, 0.5, "ok".into());
-        assert_eq!(r.series.iter().map(|s| (s.second, s.ok)).collect::<Vec<_>>(), vec![(0, 15), (1, 4), (2, 2)]);
-        assert_eq!((r.totals.ok, r.totals.requests, r.totals.missed_slots), (21, 21, 2));
+        assert_eq!(
+            r.series
+                .iter()
+                .map(|s| (s.second, s.ok))
+                .collect::<Vec<_>>(),
+            vec![(0, 15), (1, 4), (2, 2)]
+        );
+        assert_eq!(
+            (r.totals.ok, r.totals.requests, r.totals.missed_slots),
+            (21, 21, 2)
+        );
         assert!((r.totals.elapsed_s - 2.5).abs() < 1e-9);
         assert!((r.totals.ok_per_s - 8.4).abs() < 1e-9);
         assert_eq!(r.latency_us.count, 21);
@@ -438,7 +573,10 @@ pub mod tests {
         let back: RunResult = serde_json::from_str(&text).expect("readable");
         assert_eq!(back, b);
         let table = compare_table(&[a, b]);
-        assert!(table.starts_with("| | nginx | pantera | pantera / nginx |\n"), "{table}");
+        assert!(
+            table.starts_with("| | nginx | pantera | pantera / nginx |\n"),
+            "{table}"
+        );
         assert!(table.contains("| ok/s | 1000 | 1500 | 1.50× |"), "{table}");
         assert!(table.contains("| p99 µs | 200 | 300 | 1.50× |"), "{table}");
         assert!(table.contains("| errors | 0 | 0 | – |"), "{table}");

@@ -22,7 +22,8 @@ pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 
 /// An empty latency histogram in microseconds, 1 µs to `LATENCY_US_MAX`.
 pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS).expect("constant bounds are valid")
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("constant bounds are valid")
 }
 
 /// A fixed schedule: slot `k` is intended at `offset_ns + k * interval_ns`.
@@ -49,7 +50,8 @@ impl Slots {
 
     /// The intended time of the next slot not yet taken.
     pub fn next_ns(&self) -> u64 {
-        self.offset_ns.saturating_add(self.next.saturating_mul(self.interval_ns))
+        self.offset_ns
+            .saturating_add(self.next.saturating_mul(self.interval_ns))
     }
 
     /// Takes the next slot and returns its intended time.
@@ -75,7 +77,12 @@ impl Pacer {
     /// Closed loop when `slots` is None.
     pub fn new(slots: Option<Slots>, pipeline: usize, budget: u64) -> Pacer {
         assert!(pipeline >= 1);
-        Pacer { slots, pipeline, in_flight: 0, budget }
+        Pacer {
+            slots,
+            pipeline,
+            in_flight: 0,
+            budget,
+        }
     }
 
     /// If a request may start now, takes it and returns the time its latency counts from:
@@ -119,7 +126,9 @@ impl Pacer {
     /// was busy until the end): the backlog the run left behind.
     pub fn missed_slots(&self, now_ns: u64) -> u64 {
         match &self.slots {
-            Some(s) if now_ns >= s.next_ns() => ((now_ns - s.next_ns()) / s.interval_ns + 1).min(self.budget),
+            Some(s) if now_ns >= s.next_ns() => {
+                ((now_ns - s.next_ns()) / s.interval_ns + 1).min(self.budget)
+            }
             _ => 0,
         }
     }
@@ -206,7 +215,9 @@ impl Interval {
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }
-        self.latency_us.add(&other.latency_us).expect("histograms of the same bounds");
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms of the same bounds");
         self.handshakes_full += other.handshakes_full;
         self.handshakes_resumed += other.handshakes_resumed;
     }
@@ -227,7 +238,9 @@ impl Default for Recorder {
 
 impl Recorder {
     pub fn new() -> Recorder {
-        Recorder { current: Interval::new(0) }
+        Recorder {
+            current: Interval::new(0),
+        }
     }
 
     /// Finished seconds before `now_ns`, oldest first (an empty one for each second without
@@ -250,7 +263,10 @@ impl Recorder {
     /// time in the open loop); `error` is None for an ok reply.
     pub fn answered(&mut self, start_ns: u64, answered_ns: u64, error: Option<ErrorKind>) {
         let us = (answered_ns.saturating_sub(start_ns) / 1000).clamp(1, LATENCY_US_MAX);
-        self.current.latency_us.record(us).expect("clamped into the bounds");
+        self.current
+            .latency_us
+            .record(us)
+            .expect("clamped into the bounds");
         match error {
             None => self.current.ok += 1,
             Some(kind) => self.failed(kind),
@@ -316,7 +332,11 @@ mod tests {
         // Sent late, at 3.5 ms: it still counts from its slot, 1 ms.
         assert_eq!(p.poll_send(3 * MS + MS / 2), Some(MS));
         p.on_done();
-        assert_eq!(p.missed_slots(3 * MS + MS / 2), 2, "slots of 2 and 3 ms are due, not sent");
+        assert_eq!(
+            p.missed_slots(3 * MS + MS / 2),
+            2,
+            "slots of 2 and 3 ms are due, not sent"
+        );
         assert_eq!(p.poll_send(3 * MS + MS / 2), Some(2 * MS));
     }
 
@@ -342,7 +362,11 @@ mod tests {
                     };
                     let answered = served_at + service_ns;
                     recorder.roll(answered, |i| seconds.push(i));
-                    recorder.answered(if from_actual_send { now } else { start_ns }, answered, None);
+                    recorder.answered(
+                        if from_actual_send { now } else { start_ns },
+                        answered,
+                        None,
+                    );
                     pacer.on_done();
                     now = answered;
                 }
@@ -354,7 +378,10 @@ mod tests {
             total.merge(i);
         }
         total.merge(&recorder.finish());
-        assert_eq!(total.ok, 1000, "every slot of the second was sent and answered");
+        assert_eq!(
+            total.ok, 1000,
+            "every slot of the second was sent and answered"
+        );
         total.latency_us
     }
 
@@ -365,11 +392,25 @@ mod tests {
         // came while that backlog drained (0.1 ms each): ~110 requests with latencies spread
         // from ~100 ms down to ~0.
         let delayed = h.count_between(1_000, LATENCY_US_MAX);
-        assert!((100..=120).contains(&delayed), "{delayed} requests over 1 ms");
+        assert!(
+            (100..=120).contains(&delayed),
+            "{delayed} requests over 1 ms"
+        );
         assert!(h.max() >= 99_000, "max {} µs", h.max());
-        assert!(h.count_between(50_000, LATENCY_US_MAX) >= 45, "half of them waited over 50 ms");
-        assert!(h.value_at_quantile(0.95) >= 40_000, "p95 {} µs", h.value_at_quantile(0.95));
-        assert!(h.value_at_quantile(0.50) < 1_000, "p50 {} µs", h.value_at_quantile(0.50));
+        assert!(
+            h.count_between(50_000, LATENCY_US_MAX) >= 45,
+            "half of them waited over 50 ms"
+        );
+        assert!(
+            h.value_at_quantile(0.95) >= 40_000,
+            "p95 {} µs",
+            h.value_at_quantile(0.95)
+        );
+        assert!(
+            h.value_at_quantile(0.50) < 1_000,
+            "p50 {} µs",
+            h.value_at_quantile(0.50)
+        );
         // Measured from the actual send, the same run hides the stall in one request.
         let naive = stalled_run(true);
         assert!(naive.count_between(1_000, LATENCY_US_MAX) <= 1);
@@ -383,7 +424,11 @@ mod tests {
         r.roll(10, |i| out.push(i));
         r.answered(0, 10 * 1000, None);
         r.roll(2 * NANOS_PER_SECOND + 5, |i| out.push(i));
-        r.answered(2 * NANOS_PER_SECOND, 2 * NANOS_PER_SECOND + 5_000_000, Some(ErrorKind::Status503));
+        r.answered(
+            2 * NANOS_PER_SECOND,
+            2 * NANOS_PER_SECOND + 5_000_000,
+            Some(ErrorKind::Status503),
+        );
         r.failed(ErrorKind::Io);
         r.handshake(true);
         assert_eq!(out.iter().map(|i| i.second).collect::<Vec<_>>(), vec![0, 1]);
@@ -394,7 +439,11 @@ mod tests {
         assert_eq!(last.errors[ErrorKind::Status503 as usize], 1);
         assert_eq!(last.errors[ErrorKind::Io as usize], 1);
         assert_eq!(last.error_count(), 2);
-        assert_eq!(last.latency_us.len(), 1, "a 503 has a latency, an I/O error has none");
+        assert_eq!(
+            last.latency_us.len(),
+            1,
+            "a 503 has a latency, an I/O error has none"
+        );
         assert!(last.latency_us.equivalent(last.latency_us.max(), 5_000));
         assert_eq!(last.handshakes_resumed, 1);
     }
