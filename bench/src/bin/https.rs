@@ -50,7 +50,7 @@ enum Commands {
     /// The whole comparison on a fresh lab (the default).
     Run(run::RunArgs),
     /// The load client: event-driven, mTLS, closed or open loop; usable alone.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// Results of `https load --json` side by side, with ratios to the first.
     Compare(results::CompareArgs),
 }

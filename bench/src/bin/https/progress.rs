@@ -56,15 +56,15 @@ impl Progress {
         }
     }
 
-    fn line(&self, elapsed: Duration, m: &Merger) -> String {
+    fn line(&self, elapsed: Duration, m: &Merger, done: bool) -> String {
         let t = &m.total;
         let secs = elapsed.as_secs_f64().max(1e-3);
-        // The rate of the last finished second, else the mean so far.
-        let rate = m
-            .series
-            .last()
-            .map(|s| s.ok as f64)
-            .unwrap_or(t.ok as f64 / secs);
+        // While running, the rate of the last finished second; at the end (whose last second is
+        // only the drain) and before the first, the mean.
+        let rate = match m.series.last() {
+            Some(s) if !done => s.ok as f64,
+            _ => t.ok as f64 / secs,
+        };
         let left = match self.requests_total {
             Some(n) => format!("{} left", n.saturating_sub(t.ok + t.error_count())),
             None => format!(
@@ -90,12 +90,16 @@ impl Progress {
                     None => elapsed.as_millis() as u64,
                 };
                 bar.set_position(position.min(bar.length().unwrap_or(u64::MAX)));
-                bar.set_message(self.line(elapsed, m));
+                bar.set_message(self.line(elapsed, m, false));
             }
             Display::Lines { printed_second } => {
                 let second = elapsed.as_secs();
                 if second > *printed_second {
-                    eprintln!("https load: {:>4} s: {}", second, self.line(elapsed, m));
+                    eprintln!(
+                        "https load: {:>4} s: {}",
+                        second,
+                        self.line(elapsed, m, false)
+                    );
                     self.display = Display::Lines {
                         printed_second: second,
                     };
@@ -106,7 +110,9 @@ impl Progress {
 
     pub fn finish(&mut self, elapsed: Duration, m: &Merger) {
         if let Display::Bar(bar) = &self.display {
-            bar.finish_with_message(self.line(elapsed, m));
+            bar.finish_with_message(self.line(elapsed, m, true));
+            // The bar's line stays; the summary starts on the next.
+            eprintln!();
         }
     }
 }
