@@ -182,6 +182,8 @@ struct Worker<'a, R: Requests> {
     first_error: Option<String>,
     scratch: Vec<u8>,
     chunk: Box<[u8; READ_CHUNK_BYTES]>,
+    /// The tokens of one poll's events (reused).
+    ready: Vec<usize>,
 }
 
 /// Runs thread `thread`'s connections from the start line to the end; reports go to `tx`.
@@ -250,6 +252,7 @@ pub fn run_thread<R: Requests>(
         first_error: None,
         scratch: Vec::with_capacity(1024),
         chunk: Box::new([0; READ_CHUNK_BYTES]),
+        ready: Vec::with_capacity(EVENTS_MAX),
     };
     let mut events = Events::with_capacity(EVENTS_MAX);
     if !plan.new_connections {
@@ -370,10 +373,13 @@ impl<R: Requests> Worker<'_, R> {
             }
             let now = self.now_ns();
             let sending = now < self.end_ns;
-            let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
-            for i in ready {
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(events.iter().map(|e| e.token().0));
+            for &i in &ready {
                 self.on_ready(i, now, sending);
             }
+            self.ready = ready;
         }
         // Polite endings: close_notify on what is still open.
         for i in 0..self.conns.len() {
@@ -686,6 +692,10 @@ impl<R: Requests> Worker<'_, R> {
             Ok(t) => t,
             Err(e) => return self.fail(i, now, ErrorKind::Tls, &format!("TLS client: {e}")),
         };
+        // The pipeline bounds what is queued (at most `--pipeline` requests), not rustls' default
+        // 64 KiB limit, which would refuse part of a deep pipeline's writes.
+        let mut tls = tls;
+        tls.set_buffer_limit(None);
         let mut io = Io { sock, tls };
         if let Err(e) = self.poll.registry().register(
             &mut io.sock,
