@@ -353,6 +353,15 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             eprintln!("https: wrote {}", path.display());
         }
     }
+    // The figures are out either way; the exit status says whether the run itself was sound
+    // (a script or the demo stops on it). Some errors under overload (503s) are a result, not
+    // a failure; nothing answered, or a ledger that does not add up, is.
+    ensure!(result.totals.ok > 0, "no request succeeded");
+    ensure!(
+        result.ledger_check == "ok" || result.ledger_check == "skipped",
+        "the ledger check failed: {}",
+        result.ledger_check
+    );
     Ok(())
 }
 

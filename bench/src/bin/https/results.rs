@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use hdrhistogram::Histogram;
@@ -127,7 +127,7 @@ impl RunResult {
             .unwrap_or(0)
     }
 
-    pub fn read(path: &PathBuf) -> Result<RunResult> {
+    pub fn read(path: &Path) -> Result<RunResult> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let r: RunResult = serde_json::from_str(&text)
@@ -322,7 +322,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     let runs: Vec<RunResult> = args
         .files
         .iter()
-        .map(RunResult::read)
+        .map(|f| RunResult::read(f))
         .collect::<Result<_>>()?;
     print!("{}", compare_table(&runs));
     if let Some(dir) = &args.plot_dir {
