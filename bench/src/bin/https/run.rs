@@ -439,8 +439,13 @@ fn phase_slug(phase: &Phase) -> String {
 /// against a later run) and two overlaid plots, under `dir` (docs/perf).
 fn write_plots(dir: &Path, durability: &str, results: &[(String, RunResult)]) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut slugs: Vec<&String> = results.iter().map(|(s, _)| s).collect();
-    slugs.dedup();
+    // The phases in the order they ran, each once (the results come server by server).
+    let mut slugs: Vec<&String> = Vec::new();
+    for (s, _) in results {
+        if !slugs.contains(&s) {
+            slugs.push(s);
+        }
+    }
     let suffix = if durability == "fsync" { String::new() } else { format!("-durability-{durability}") };
     for slug in slugs {
         let runs: Vec<RunResult> = results.iter().filter(|(s, _)| s == slug).map(|(_, r)| r.clone()).collect();
