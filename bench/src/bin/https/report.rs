@@ -23,21 +23,20 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    /// Reads the JSON line of `https load`.
-    pub fn from_json(line: &str) -> Option<LoadResult> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        Some(LoadResult {
-            requests: v.get("requests")?.as_u64()?,
-            ok: v.get("ok")?.as_u64()?,
-            errors: v.get("errors")?.as_u64()?,
-            status_503: v.get("status_503")?.as_u64()?,
-            ok_per_s: v.get("ok_per_s")?.as_f64()?,
-            p50_us: v.get("p50_us")?.as_u64()?,
-            p99_us: v.get("p99_us")?.as_u64()?,
-            p999_us: v.get("p999_us")?.as_u64()?,
-            ledger_check: v.get("ledger_check")?.as_str()?.to_owned(),
-            first_error: v.get("first_error").and_then(|e| e.as_str()).map(str::to_owned),
-        })
+    /// The figures of the table from a whole `https load` result.
+    pub fn from_run(r: &crate::results::RunResult) -> LoadResult {
+        LoadResult {
+            requests: r.totals.requests,
+            ok: r.totals.ok,
+            errors: r.totals.errors,
+            status_503: r.status_503(),
+            ok_per_s: r.totals.ok_per_s,
+            p50_us: r.latency_us.p50,
+            p99_us: r.latency_us.p99,
+            p999_us: r.latency_us.p999,
+            ledger_check: r.ledger_check.clone(),
+            first_error: r.first_error.clone(),
+        }
     }
 }
 
@@ -172,21 +171,37 @@ pub fn splice(doc: &str, name: &str, section: &str) -> String {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"target":"10.99.0.2:8443","mode":"keepalive","workload":"transfers","conns":16,"requests":1000,"ok":998,"errors":2,"status_503":2,"transport_errors":0,"first_error":"503 busy","elapsed_s":0.5,"ok_per_s":1996.0,"p50_us":400,"p99_us":2000,"p999_us":5000,"max_us":6000,"mean_us":500.0,"ledger_check":"ok"}"#;
+    fn line() -> LoadResult {
+        LoadResult {
+            requests: 1000,
+            ok: 998,
+            errors: 2,
+            status_503: 2,
+            ok_per_s: 1996.0,
+            p50_us: 400,
+            p99_us: 2000,
+            p999_us: 5000,
+            ledger_check: "ok".into(),
+            first_error: Some("503 busy".into()),
+        }
+    }
 
     #[test]
-    fn reads_the_load_line() {
-        let r = LoadResult::from_json(LINE).expect("valid line");
-        assert_eq!((r.requests, r.ok, r.errors, r.status_503, r.p99_us), (1000, 998, 2, 2, 2000));
-        assert_eq!(r.ledger_check, "ok");
-        assert_eq!(r.first_error.as_deref(), Some("503 busy"));
-        assert_eq!(LoadResult::from_json("{}"), None);
-        assert_eq!(LoadResult::from_json("not json"), None);
+    fn takes_the_table_figures_from_a_load_result() {
+        let mut full = crate::results::tests::sample("pantera", 1996.0, 2000);
+        full.totals.requests = 1000;
+        full.totals.ok = 998;
+        full.totals.errors = 2;
+        full.errors.insert("status_503".into(), 2);
+        full.first_error = Some("503 busy".into());
+        full.latency_us.p50 = 400;
+        full.latency_us.p999 = 5000;
+        assert_eq!(LoadResult::from_run(&full), line());
     }
 
     #[test]
     fn renders_rows_failures_and_notes() {
-        let ok = LoadResult::from_json(LINE).expect("valid line");
+        let ok = line();
         let rows = vec![
             Row { server: "pantera".into(), run: "keep-alive".into(), conns: 16, outcome: Ok(ok), cpu_us_per_request: Some(41.6) },
             Row { server: "nginx".into(), run: "keep-alive".into(), conns: 1, outcome: Err("no | route\nmore".into()), cpu_us_per_request: None },
@@ -201,7 +216,7 @@ mod tests {
 
     #[test]
     fn problems_name_failures_errors_and_bad_ledger_checks() {
-        let ok = LoadResult::from_json(LINE).expect("valid line");
+        let ok = line();
         let clean = LoadResult { errors: 0, status_503: 0, first_error: None, ..ok.clone() };
         let row = |outcome| Row { server: "s".into(), run: "r".into(), conns: 1, outcome, cpu_us_per_request: None };
         assert!(problems(&[row(Ok(clean.clone()))], &[]).is_empty());

@@ -14,13 +14,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pantera::lab::{Lab, LabSpec};
 
-use crate::load::Mode;
 use crate::process::{self, Server};
 use crate::report::{self, LoadResult, Row, ServerNotes};
+use crate::results::RunResult;
 
 /// How long a server may take from spawn to ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time a load run may take beyond its own `--max-seconds` (connects, the ledger check).
+/// Time a load run may take beyond its own `--duration` (connects, the drain, the ledger check).
 const LOAD_GRACE: Duration = Duration::from_secs(30);
 /// The appliance's port, on the lab's service address.
 const SERVICE_PORT: u16 = 8443;
@@ -87,6 +87,15 @@ pub struct RunArgs {
     pub peers: Vec<Peer>,
 }
 
+/// How a phase opens connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Open the connections once, then send every request on them.
+    Keepalive,
+    /// A new TCP connection and TLS handshake for every request.
+    Handshake,
+}
+
 /// One kind of load.
 #[derive(Clone, Copy, Debug)]
 struct Phase {
@@ -95,18 +104,35 @@ struct Phase {
     resume: bool,
     conns: usize,
     requests_per_conn: u64,
+    /// A ledger read (`GET /v1/accounts/{id}`) instead of a transfer; pantera servers only.
+    read: bool,
+    /// Open loop at this total rate; None: closed loop.
+    rate_per_s: Option<f64>,
 }
 
 fn phases(quick: bool) -> Vec<Phase> {
-    let k = |conns, requests_per_conn| Phase { label: "keep-alive", mode: Mode::Keepalive, resume: false, conns, requests_per_conn };
-    let full = |conns, requests_per_conn| Phase { label: "new conn, full handshake", mode: Mode::Handshake, resume: false, conns, requests_per_conn };
-    let resumed = |conns, requests_per_conn| Phase { label: "new conn, resumed", mode: Mode::Handshake, resume: true, conns, requests_per_conn };
+    let base = Phase { label: "keep-alive", mode: Mode::Keepalive, resume: false, conns: 1, requests_per_conn: 1, read: false, rate_per_s: None };
+    let k = |conns, requests_per_conn| Phase { conns, requests_per_conn, ..base };
+    let read = |conns, requests_per_conn| Phase { label: "ledger read", read: true, conns, requests_per_conn, ..base };
+    let open = |conns, requests_per_conn, rate| Phase { label: "keep-alive, open loop", conns, requests_per_conn, rate_per_s: Some(rate), ..base };
+    let full = |conns, requests_per_conn| Phase { label: "new conn, full handshake", mode: Mode::Handshake, conns, requests_per_conn, ..base };
+    let resumed = |conns, requests_per_conn| Phase { label: "new conn, resumed", mode: Mode::Handshake, resume: true, conns, requests_per_conn, ..base };
     // The counts are ceilings; a phase normally ends at its time limit (`phase_seconds`), so
-    // every server is measured over about the same time whatever its rate.
+    // every server is measured over about the same time whatever its rate. The open-loop
+    // phase offers every server the same rate, below what each sustains at 64 connections,
+    // so its latencies compare servers at equal load.
     if quick {
-        vec![k(1, 500), k(16, 100), k(64, 30), full(8, 50), resumed(8, 50)]
+        vec![k(1, 500), k(16, 100), k(64, 30), read(64, 30), open(64, 30, 1000.0), full(8, 50), resumed(8, 50)]
     } else {
-        vec![k(1, 200_000), k(16, 20_000), k(64, 8_000), full(16, 500), resumed(16, 500)]
+        vec![
+            k(1, 200_000),
+            k(16, 20_000),
+            k(64, 8_000),
+            read(64, 8_000),
+            open(64, 8_000, 20_000.0),
+            full(16, 500),
+            resumed(16, 500),
+        ]
     }
 }
 
@@ -192,11 +218,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         max_seconds: phase_seconds(args.quick),
     };
     let mut rows = Vec::new();
+    let mut results: Vec<(String, RunResult)> = Vec::new();
     let mut notes = Vec::new();
     for &peer in &args.peers {
         eprintln!("https: == {}", peer.label());
         let mut n = ServerNotes { server: peer.label().to_owned(), ..ServerNotes::default() };
-        if let Err(e) = measure(&ctx, peer, &mut rows, &mut n) {
+        if let Err(e) = measure(&ctx, peer, &mut rows, &mut results, &mut n) {
             eprintln!("https: {}: {e:#}", peer.label());
             n.failure = Some(format!("{e:#}"));
         }
@@ -222,6 +249,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let section = if args.durability == "none" { report::SECTION_DURABILITY_NONE } else { report::SECTION };
         fs::write(&args.docs, report::splice(&doc, section, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
         eprintln!("https: table written to {}", args.docs.display());
+        let dir = args.docs.parent().unwrap_or(Path::new(".")).join("perf");
+        if let Err(e) = write_plots(&dir, &args.durability, &results) {
+            eprintln!("https: plots: {e:#}");
+        }
     }
     // The table is written either way; the exit status says whether every figure in it is
     // one of a correct run.
@@ -244,7 +275,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
 }
 
 /// Starts one server, runs every phase against it, stops it.
-fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNotes) -> Result<()> {
+fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(String, RunResult)>, notes: &mut ServerNotes) -> Result<()> {
     // `--home` and `--durability` only when not the defaults, so the command lines stay the
     // documented ones.
     let mut common_args: Vec<String> = if ctx.args.home == Path::new(".pantera") {
@@ -308,12 +339,18 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
     eprintln!("https: {} ready in {:?}", peer.label(), ready);
 
     for phase in phases(ctx.args.quick) {
+        if phase.read && peer == Peer::Nginx {
+            // nginx returns its constant whatever is asked: a read phase would repeat the
+            // keep-alive one.
+            continue;
+        }
         // The lab is shared with anyone on the machine who can run `lab down`: say so plainly.
         if !Path::new("/run/netns").join(&ctx.lab.spec.netns).exists() {
             bail!("the lab's namespace {} disappeared during the run (removed by something else)", ctx.lab.spec.netns);
         }
         let before = process::cpu_ticks(server.pid());
-        let outcome = load(ctx, phase, target, workload);
+        let full = load(ctx, peer, phase, target, if phase.read { "read" } else { workload });
+        let outcome = full.as_ref().map(LoadResult::from_run).map_err(Clone::clone);
         let after = process::cpu_ticks(server.pid());
         let cpu_us_per_request = match &outcome {
             Ok(r) if r.requests > 0 => Some((after - before) as f64 * 1e6 / ctx.clock_ticks as f64 / r.requests as f64),
@@ -326,7 +363,14 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, notes: &mut ServerNot
             ),
             Err(e) => eprintln!("https:   {} x{}: failed: {e}", phase.label, phase.conns),
         }
-        rows.push(Row { server: peer.label().to_owned(), run: phase.label.to_owned(), conns: phase.conns, outcome, cpu_us_per_request });
+        let run = match phase.rate_per_s {
+            Some(rate) => format!("{} at {rate:.0}/s", phase.label),
+            None => phase.label.to_owned(),
+        };
+        if let Ok(r) = full {
+            results.push((phase_slug(&phase), r));
+        }
+        rows.push(Row { server: peer.label().to_owned(), run, conns: phase.conns, outcome, cpu_us_per_request });
         server.check_alive()?;
     }
 
@@ -379,26 +423,62 @@ fn metric_notes(text: &str) -> Vec<String> {
     lines
 }
 
-/// Runs `https load` inside the client namespace and reads its JSON line.
-fn load(ctx: &Ctx<'_>, phase: Phase, target: SocketAddr, workload: &str) -> Result<LoadResult, String> {
+/// A phase's name in file names: `keepalive-64`, `new-conn-resumed-16`, ...
+fn phase_slug(phase: &Phase) -> String {
+    let kind = match (phase.mode, phase.resume, phase.read, phase.rate_per_s.is_some()) {
+        (Mode::Handshake, false, _, _) => "new-conn-full",
+        (Mode::Handshake, true, _, _) => "new-conn-resumed",
+        (Mode::Keepalive, _, true, _) => "read",
+        (Mode::Keepalive, _, false, true) => "open-loop",
+        (Mode::Keepalive, _, false, false) => "keepalive",
+    };
+    format!("{kind}-{}", phase.conns)
+}
+
+/// For each phase, the servers' results side by side: the JSON documents (for `https compare`
+/// against a later run) and two overlaid plots, under `dir` (docs/perf).
+fn write_plots(dir: &Path, durability: &str, results: &[(String, RunResult)]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The phases in the order they ran, each once (the results come server by server).
+    let mut slugs: Vec<&String> = Vec::new();
+    for (s, _) in results {
+        if !slugs.contains(&s) {
+            slugs.push(s);
+        }
+    }
+    let suffix = if durability == "fsync" { String::new() } else { format!("-durability-{durability}") };
+    for slug in slugs {
+        let runs: Vec<RunResult> = results.iter().filter(|(s, _)| s == slug).map(|(_, r)| r.clone()).collect();
+        let name = format!("{slug}{suffix}");
+        for r in &runs {
+            let file = dir.join(format!("{name}-{}.json", crate::plot::slug(&r.label)));
+            fs::write(&file, serde_json::to_string_pretty(r)? + "\n").with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        for path in crate::plot::compare_named(dir, &name, &runs)? {
+            eprintln!("https: wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `https load` inside the client namespace and reads its JSON result.
+fn load(ctx: &Ctx<'_>, peer: Peer, phase: Phase, target: SocketAddr, workload: &str) -> Result<RunResult, String> {
     let tls = &ctx.tls_dir;
+    let json = ctx.tmp.join("load.json");
+    let _ = fs::remove_file(&json);
     let mut args: Vec<String> = vec![
         "netns".into(),
         "exec".into(),
         ctx.lab.spec.netns.clone(),
         ctx.me.display().to_string(),
         "load".into(),
+        "--quiet".into(),
         "--target".into(),
         target.to_string(),
-        "--conns".into(),
+        "--connections".into(),
         phase.conns.to_string(),
-        "--requests-per-conn".into(),
-        phase.requests_per_conn.to_string(),
-        "--mode".into(),
-        match phase.mode {
-            Mode::Keepalive => "keepalive".into(),
-            Mode::Handshake => "handshake".into(),
-        },
+        "--requests".into(),
+        (phase.conns as u64 * phase.requests_per_conn).to_string(),
         "--workload".into(),
         workload.into(),
         "--ca".into(),
@@ -407,11 +487,24 @@ fn load(ctx: &Ctx<'_>, phase: Phase, target: SocketAddr, workload: &str) -> Resu
         tls.join("client.pem").display().to_string(),
         "--key".into(),
         tls.join("client.key").display().to_string(),
-        "--max-seconds".into(),
-        ctx.max_seconds.to_string(),
+        "--duration".into(),
+        format!("{}s", ctx.max_seconds),
+        "--json".into(),
+        json.display().to_string(),
+        "--label".into(),
+        peer.label().to_owned(),
     ];
+    if workload != "constant" {
+        args.push("--setup-accounts".into());
+    }
+    if phase.mode == Mode::Handshake {
+        args.push("--new-connections".into());
+    }
     if phase.resume {
         args.push("--resume".into());
+    }
+    if let Some(rate) = phase.rate_per_s {
+        args.extend(["--rate".into(), format!("{rate}")]);
     }
     let log = ctx.tmp.join("load.out");
     let mut child = Server::spawn("https load", Path::new("ip"), &args, log.clone()).map_err(|e| e.to_string())?;
@@ -426,10 +519,12 @@ fn load(ctx: &Ctx<'_>, phase: Phase, target: SocketAddr, workload: &str) -> Resu
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(child);
-    let out = fs::read_to_string(&log).map_err(|e| e.to_string())?;
-    match out.lines().rev().find(|l| l.starts_with('{')).and_then(LoadResult::from_json) {
-        Some(r) => Ok(r),
-        None => Err(format!("no result from the load: {}", out.lines().last().unwrap_or("(no output)"))),
+    match RunResult::read(&json) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let out = fs::read_to_string(&log).unwrap_or_default();
+            Err(format!("no result from the load ({e:#}): {}", out.lines().last().unwrap_or("(no output)")))
+        }
     }
 }
 
@@ -497,7 +592,7 @@ mod tests {
     fn phases_are_bounded() {
         for quick in [true, false] {
             for p in phases(quick) {
-                assert!(p.conns >= 1 && p.conns <= crate::load::CONNS_MAX);
+                assert!(p.conns >= 1 && p.conns <= crate::load::CONNECTIONS_MAX);
                 assert!(p.conns as u64 * p.requests_per_conn <= 1_000_000);
                 if p.mode == Mode::Handshake {
                     // Two handshake phases of TIME_WAITs must fit the client's port range.
