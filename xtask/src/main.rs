@@ -42,14 +42,15 @@ commands:
   lab down             remove the lab
   test                 deps, then the whole suite (unit, property, in-memory and root lab tests,
                        the simulator's seeds, each fuzz target's smoke run)
-  demo                 deps, build, lab, serve, and a payment over mTLS from the client namespace
+  demo                 deps, build, lab, serve, a payment over mTLS from the client namespace,
+                       then 10 s of load with a live progress bar and a report
   sim [--seeds N] [--seed S] [--bug NAME]
                        the deterministic simulator (docs/simulation.md): N seeds (default 100),
                        or replay seed S (its summary and trace digest); --bug NAME checks that
                        an injected bug is caught
   fuzz --smoke [--seconds N]  build the fuzz targets, run each N s (default 15) (docs/fuzzing.md)
   fuzz TARGET [--seconds N]   run one fuzz target (default 600 s); fuzz --seeds rewrites seeds
-  bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim,
+  bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim, seccomp_cost,
                        xsk, echo, https, conns, synflood; default all) in release mode";
 
 fn main() -> Result<()> {
@@ -223,7 +224,8 @@ fn wait_ready(child: &mut Child, url: &str, timeout: Duration) -> Result<()> {
 fn demo() -> Result<()> {
     deps()?;
     ensure!(is_root(), "the demo needs root: it attaches XDP to the lab's veth");
-    status(cargo().args(["build", "--release", "--bin", "pantera"]))?;
+    // The appliance and the load tester (bench/, the `https` binary) the demo ends with.
+    status(cargo().args(["build", "--release", "--bin", "pantera", "--package", "bench", "--bin", "https"]))?;
     let spec = LabSpec::standard(1);
     let lab = Lab::create(&spec)?;
     let bin = "target/release/pantera";
@@ -238,7 +240,7 @@ fn demo() -> Result<()> {
         .arg(data)
         .spawn()
         .context("cannot start pantera")?;
-    let result = demo_requests(&lab, &mut server);
+    let result = demo_requests(&lab, &mut server).and_then(|()| demo_load(&lab));
     // SIGTERM: the appliance detaches its XDP program and stops cleanly.
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let st = server.wait()?;
@@ -291,11 +293,40 @@ fn demo_requests(lab: &Lab, server: &mut Child) -> Result<()> {
     Ok(())
 }
 
+/// The demo's last act: ten seconds of durable transfers through the appliance from the client
+/// namespace, with the load tester's progress bar and summary (rate, latency percentiles, the
+/// ledger's Σ debits = Σ credits over the accounts it used), then a few of the appliance's own
+/// counters.
+fn demo_load(lab: &Lab) -> Result<()> {
+    let root = workspace_root();
+    let target = format!("{}:8443", lab.spec.service_ipv4);
+    println!("\n== 10 s of load: POST /v1/transfers over mTLS, 32 keep-alive connections (bench: https load)");
+    let json = root.join(".pantera/demo-load.json");
+    let load = Command::new("ip")
+        .args(["netns", "exec", &lab.spec.netns])
+        .arg(root.join("target/release/https"))
+        .args(["load", "--target", &target, "--connections", "32", "--duration", "10s", "--setup-accounts", "--json"])
+        .arg(&json)
+        .current_dir(&root)
+        .status()
+        .context("cannot run the load tester")?;
+    ensure!(load.success(), "the load run failed ({load}); its figures are in {}", json.display());
+    println!("\n== the appliance's own count of it (127.0.0.1:9464/metrics, excerpt)");
+    let metrics = Command::new("curl").args(["-sf", "http://127.0.0.1:9464/metrics"]).output()?;
+    let shown = ["pantera_http_responses_total", "pantera_ledger_", "pantera_tls_handshakes", "pantera_xdp_packets_total"];
+    for line in String::from_utf8_lossy(&metrics.stdout).lines() {
+        if !line.starts_with('#') && !line.contains("_bucket") && shown.iter().any(|p| line.starts_with(p)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 fn bench(name: &str) -> Result<()> {
     deps()?;
     // Each benchmark binary and the arguments of its full run. They share the standard lab
     // names, so they run one after another, never at once.
-    let all: [(&str, &[&str]); 12] = [
+    let all: [(&str, &[&str]); 13] = [
         ("ledger", &[]),
         ("fairness", &[]),
         ("checkpoint", &[]),
@@ -303,6 +334,7 @@ fn bench(name: &str) -> Result<()> {
         ("api_cost", &[]),
         ("tls_cpu", &[]),
         ("stack_sim", &[]),
+        ("seccomp_cost", &[]),
         ("xsk", &["run"]),
         ("echo", &["run"]),
         ("https", &["run"]),
@@ -310,7 +342,7 @@ fn bench(name: &str) -> Result<()> {
         ("synflood", &[]),
     ];
     // These run in memory or on files and need no lab.
-    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim"];
+    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim", "seccomp_cost"];
     let chosen: Vec<_> = all.iter().filter(|(n, _)| name == "all" || *n == name).collect();
     ensure!(!chosen.is_empty(), "unknown benchmark {name}; one of {:?}", all.map(|(n, _)| n));
     ensure!(is_root() || unprivileged.contains(&name), "the network benchmarks need root (XDP, namespaces)");
