@@ -8,7 +8,8 @@
 //!
 //! Before the clock starts (not timed): the two accounts the transfers move money between are
 //! created (`--setup-accounts`) or read (`--accounts`), and keep-alive connections are opened.
-//! After the end: the ledger check (the credit account grew by exactly the `created` replies).
+//! After the end: the ledger check (the debit account's debits and the credit account's credits
+//! each grew by exactly the `created` replies: Σ debits = Σ credits over the run's accounts).
 
 use std::io::{self, IsTerminal as _, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -399,13 +400,13 @@ pub fn measure(args: &LoadArgs) -> Result<RunResult> {
     let setup_tls = client_config(&args.ca, &args.cert, &args.key, false)?;
     let client = Client { config: setup_tls, target: args.target, server_name: server_name.clone(), host: args.server_name.clone() };
     let ids = Ids::new(args.accounts);
-    let credits_before = match args.workload {
+    let posted_before = match args.workload {
         Workload::Constant => None,
         _ => {
             if args.setup_accounts {
                 setup_accounts(&client, ids)?;
             }
-            Some(credits_posted(&client, ids).context("cannot read the credit account before the run")?)
+            Some(posted(&client, ids).context("cannot read the run's accounts before the run")?)
         }
     };
     let plan = Plan {
@@ -426,10 +427,17 @@ pub fn measure(args: &LoadArgs) -> Result<RunResult> {
     let merger = drive(args, &plan, &requests)?;
     let client_cpu_s = crate::process::cpu_ticks(std::process::id()).saturating_sub(cpu_before) as f64
         / crate::process::clock_ticks_per_second() as f64;
-    let ledger_check = match (args.workload, credits_before) {
-        (Workload::Transfers, Some(before)) => match credits_posted(&client, ids) {
-            Ok(after) if after == before + merger.total.ok => "ok".to_owned(),
-            Ok(after) => format!("mismatch: credits_posted grew by {}, created replies {}", after.saturating_sub(before), merger.total.ok),
+    let ledger_check = match (args.workload, posted_before) {
+        (Workload::Transfers, Some(before)) => match posted(&client, ids) {
+            Ok(after) => {
+                let debits = after.debits.saturating_sub(before.debits);
+                let credits = after.credits.saturating_sub(before.credits);
+                if debits == credits && credits == merger.total.ok {
+                    "ok".to_owned()
+                } else {
+                    format!("mismatch: debits_posted grew by {debits}, credits_posted by {credits}, created replies {}", merger.total.ok)
+                }
+            }
             Err(e) => format!("error: {e:#}"),
         },
         _ => "skipped".to_owned(),
@@ -525,7 +533,11 @@ pub fn summary(r: &RunResult) -> String {
         ms(l.max),
         if c.rate_per_s.is_some() { " (from the intended send times)" } else { "" }
     );
-    out += &format!("  TLS handshakes {} full, {} resumed; ledger check {}", r.handshakes.full, r.handshakes.resumed, r.ledger_check);
+    let check = match r.ledger_check.as_str() {
+        "ok" => "ok (Σ debits = Σ credits over the run's accounts = created replies)",
+        other => other,
+    };
+    out += &format!("  TLS handshakes {} full, {} resumed; ledger check {check}", r.handshakes.full, r.handshakes.resumed);
     if t.missed_slots > 0 {
         out += &format!("; {} slots of the schedule came while their connection was busy and were not sent", t.missed_slots);
     }
@@ -552,19 +564,35 @@ fn setup_accounts(client: &Client, ids: Ids) -> Result<()> {
     Ok(())
 }
 
-/// The credit account's `credits_posted`. After the run it must have grown by exactly the
-/// `created` replies seen (each transfer moves 1): otherwise an acknowledged transfer was lost
-/// or an unacknowledged one applied twice (or someone else used the accounts meanwhile).
-fn credits_posted(client: &Client, ids: Ids) -> Result<u64> {
-    let path = format!("/v1/accounts/{}", ids.credit_account());
+/// What the run's transfers moved so far: the debit account's `debits_posted` and the credit
+/// account's `credits_posted`.
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    debits: u64,
+    credits: u64,
+}
+
+/// Reads both accounts. After the run each side must have grown by exactly the `created`
+/// replies seen (each transfer moves 1): otherwise an acknowledged transfer was lost, an
+/// unacknowledged one applied twice, a side moved without the other (or someone else used the
+/// accounts meanwhile).
+fn posted(client: &Client, ids: Ids) -> Result<Posted> {
+    Ok(Posted {
+        debits: account_field(client, ids.debit_account(), "debits_posted")?,
+        credits: account_field(client, ids.credit_account(), "credits_posted")?,
+    })
+}
+
+fn account_field(client: &Client, id: u128, field: &str) -> Result<u64> {
+    let path = format!("/v1/accounts/{id}");
     let mut conn = client.connect().with_context(|| format!("cannot connect to {}", client.target))?;
     let response = conn.exchange("GET", &path, &client.host, b"", false);
     conn.close();
     let response = response?;
     serde_json::from_slice::<serde_json::Value>(&response.body)
         .ok()
-        .and_then(|v| v.get("credits_posted")?.as_str()?.parse::<u64>().ok())
-        .with_context(|| format!("account {}: {} {}", ids.credit_account(), response.status, String::from_utf8_lossy(&response.body)))
+        .and_then(|v| v.get(field)?.as_str()?.parse::<u64>().ok())
+        .with_context(|| format!("account {id}: {} {}", response.status, String::from_utf8_lossy(&response.body)))
 }
 
 #[cfg(test)]
