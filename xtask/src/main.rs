@@ -291,7 +291,7 @@ fn bench(name: &str) -> Result<()> {
     deps()?;
     // Each benchmark binary and the arguments of its full run. They share the standard lab
     // names, so they run one after another, never at once.
-    let all: [(&str, &[&str]); 12] = [
+    let all: [(&str, &[&str]); 14] = [
         ("ledger", &[]),
         ("fairness", &[]),
         ("checkpoint", &[]),
@@ -304,9 +304,11 @@ fn bench(name: &str) -> Result<()> {
         ("https", &["run"]),
         ("conns", &[]),
         ("synflood", &[]),
+        ("startup", &[]),
+        ("alloc_cost", &[]),
     ];
     // These run in memory or on files and need no lab.
-    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim"];
+    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim", "alloc_cost"];
     let chosen: Vec<_> = all.iter().filter(|(n, _)| name == "all" || *n == name).collect();
     ensure!(!chosen.is_empty(), "unknown benchmark {name}; one of {:?}", all.map(|(n, _)| n));
     ensure!(is_root() || unprivileged.contains(&name), "the network benchmarks need root (XDP, namespaces)");
