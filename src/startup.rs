@@ -25,7 +25,11 @@ pub struct StartClock {
 impl StartClock {
     /// Starts the clock at `started` (the first instruction of `serve`).
     pub fn new(started: Instant) -> StartClock {
-        StartClock { started, last: started, steps: Vec::with_capacity(STEPS_MAX) }
+        StartClock {
+            started,
+            last: started,
+            steps: Vec::with_capacity(STEPS_MAX),
+        }
     }
 
     /// Ends the step `name` now: it took the time since the previous mark. Marking the same
@@ -69,9 +73,18 @@ impl StartClock {
     }
 
     fn try_publish(&self, metrics: &Metrics) -> prometheus::Result<()> {
-        let total = Gauge::new("start_seconds", "Seconds from the start of serve to ready, at this start.")?;
+        let total = Gauge::new(
+            "start_seconds",
+            "Seconds from the start of serve to ready, at this start.",
+        )?;
         total.set(self.total().as_secs_f64());
-        let steps = GaugeVec::new(Opts::new("start_step_seconds", "Seconds each start-up step took, at this start."), &["step"])?;
+        let steps = GaugeVec::new(
+            Opts::new(
+                "start_step_seconds",
+                "Seconds each start-up step took, at this start.",
+            ),
+            &["step"],
+        )?;
         for (name, took) in &self.steps {
             steps.with_label_values(&[name]).set(took.as_secs_f64());
         }
@@ -93,15 +106,26 @@ mod tests {
         clock.mark_at("socket", t0 + Duration::from_millis(5));
         clock.mark_at("socket", t0 + Duration::from_millis(6));
         assert_eq!(clock.total(), Duration::from_millis(6));
-        assert_eq!(clock.steps, vec![("config", Duration::from_millis(2)), ("socket", Duration::from_millis(4))]);
-        assert_eq!(clock.summary(), "ready in 6.0 ms: config 2.0 ms, socket 4.0 ms");
+        assert_eq!(
+            clock.steps,
+            vec![
+                ("config", Duration::from_millis(2)),
+                ("socket", Duration::from_millis(4))
+            ]
+        );
+        assert_eq!(
+            clock.summary(),
+            "ready in 6.0 ms: config 2.0 ms, socket 4.0 ms"
+        );
     }
 
     #[test]
     fn the_step_list_is_bounded() {
         let t0 = Instant::now();
         let mut clock = StartClock::new(t0);
-        let names: Vec<&'static str> = (0..STEPS_MAX + 5).map(|i| &*Box::leak(format!("s{i}").into_boxed_str())).collect();
+        let names: Vec<&'static str> = (0..STEPS_MAX + 5)
+            .map(|i| &*Box::leak(format!("s{i}").into_boxed_str()))
+            .collect();
         for (i, name) in names.iter().enumerate() {
             clock.mark_at(name, t0 + Duration::from_millis(i as u64 + 1));
         }
@@ -119,6 +143,9 @@ mod tests {
         clock.publish(&metrics);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         assert!(text.contains("pantera_start_seconds 0.003"), "{text}");
-        assert!(text.contains("pantera_start_step_seconds{step=\"tls\"} 0.003"), "{text}");
+        assert!(
+            text.contains("pantera_start_step_seconds{step=\"tls\"} 0.003"),
+            "{text}"
+        );
     }
 }

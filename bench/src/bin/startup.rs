@@ -29,7 +29,10 @@ const PROBE_INTERVAL: Duration = Duration::from_micros(200);
 const RUNS_MAX: usize = 1000;
 
 #[derive(Debug, Parser)]
-#[command(name = "startup", about = "Start-to-ready time of pantera serve on an empty data directory")]
+#[command(
+    name = "startup",
+    about = "Start-to-ready time of pantera serve on an empty data directory"
+)]
 struct Args {
     /// Starts measured; the median is reported.
     #[arg(long, default_value_t = 11)]
@@ -54,12 +57,24 @@ struct Run {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!((1..=RUNS_MAX).contains(&args.runs), "--runs must be 1..={RUNS_MAX}");
+    ensure!(
+        (1..=RUNS_MAX).contains(&args.runs),
+        "--runs must be 1..={RUNS_MAX}"
+    );
     let me = std::env::current_exe().context("cannot find this program's path")?;
-    let pantera = args.pantera.clone().unwrap_or_else(|| me.with_file_name("pantera"));
-    ensure!(pantera.exists(), "{} not found: build it first (cargo build --release -p pantera)", pantera.display());
+    let pantera = args
+        .pantera
+        .clone()
+        .unwrap_or_else(|| me.with_file_name("pantera"));
+    ensure!(
+        pantera.exists(),
+        "{} not found: build it first (cargo build --release -p pantera)",
+        pantera.display()
+    );
 
-    let tmp = tempfile::Builder::new().prefix("pantera-bench-startup-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("pantera-bench-startup-")
+        .tempdir()?;
     let lab = Lab::create(&LabSpec::unique("startup", 1)).context("cannot create the lab")?;
     let tls = tmp.path().join("tls");
     let out = Command::new(&pantera)
@@ -67,7 +82,11 @@ fn main() -> Result<()> {
         .arg(&tls)
         .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
         .output()?;
-    ensure!(out.status.success(), "pantera certs init: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "pantera certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let management = SocketAddr::from(([127, 0, 0, 1], free_port()?));
 
     let mut runs = Vec::with_capacity(args.runs);
@@ -75,23 +94,51 @@ fn main() -> Result<()> {
         let dir = tmp.path().join(format!("run{i}"));
         fs::create_dir_all(&dir)?;
         let data = dir.join("data");
-        let out = Command::new(&pantera).args(["format", "--cluster-id", "0", "--data-dir"]).arg(&data).output()?;
-        ensure!(out.status.success(), "pantera format: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&pantera)
+            .args(["format", "--cluster-id", "0", "--data-dir"])
+            .arg(&data)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "pantera format: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let config = dir.join("pantera.toml");
-        fs::write(&config, appliance_config(&lab, &tls, &data, management, args.lock_memory))?;
+        fs::write(
+            &config,
+            appliance_config(&lab, &tls, &data, management, args.lock_memory),
+        )?;
         let run = start_once(&pantera, &config, &dir.join("pantera.log"), management)?;
-        println!("run {i:>3}: ready {:>6.1} ms (serve's own clock {:>6.1} ms)", ms(run.ready), run.serve_ms);
+        println!(
+            "run {i:>3}: ready {:>6.1} ms (serve's own clock {:>6.1} ms)",
+            ms(run.ready),
+            run.serve_ms
+        );
         runs.push(run);
     }
 
     let mut ready: Vec<f64> = runs.iter().map(|r| ms(r.ready)).collect();
     let mut serve: Vec<f64> = runs.iter().map(|r| r.serve_ms).collect();
-    println!("## startup: {} starts on an empty data directory, 1 queue, lock_memory = {}", args.runs, args.lock_memory);
-    println!("spawn to /readyz 200: median {:.1} ms (min {:.1}, max {:.1})", median(&mut ready), min(&ready), max(&ready));
-    println!("inside serve (its \"ready in\"): median {:.1} ms", median(&mut serve));
+    println!(
+        "## startup: {} starts on an empty data directory, 1 queue, lock_memory = {}",
+        args.runs, args.lock_memory
+    );
+    println!(
+        "spawn to /readyz 200: median {:.1} ms (min {:.1}, max {:.1})",
+        median(&mut ready),
+        min(&ready),
+        max(&ready)
+    );
+    println!(
+        "inside serve (its \"ready in\"): median {:.1} ms",
+        median(&mut serve)
+    );
     println!("steps (median over the runs, in the order they run):");
     for (step, _) in &runs[0].steps {
-        let mut each: Vec<f64> = runs.iter().filter_map(|r| r.steps.iter().find(|(s, _)| s == step).map(|(_, v)| *v)).collect();
+        let mut each: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.steps.iter().find(|(s, _)| s == step).map(|(_, v)| *v))
+            .collect();
         println!("  {step:<36} {:>7.2} ms", median(&mut each));
     }
     Ok(())
@@ -116,16 +163,30 @@ fn start_once(pantera: &Path, config: &Path, log: &Path, management: SocketAddr)
             break started.elapsed();
         }
         if let Some(status) = guard.0.as_mut().expect("running").try_wait()? {
-            bail!("pantera serve exited before it was ready ({status}):\n{}", fs::read_to_string(log).unwrap_or_default());
+            bail!(
+                "pantera serve exited before it was ready ({status}):\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
         }
-        ensure!(started.elapsed() < READY_TIMEOUT, "pantera serve was not ready within {READY_TIMEOUT:?}");
+        ensure!(
+            started.elapsed() < READY_TIMEOUT,
+            "pantera serve was not ready within {READY_TIMEOUT:?}"
+        );
         std::thread::sleep(PROBE_INTERVAL);
     };
     guard.stop()?;
     let text = fs::read_to_string(log)?;
-    let line = text.lines().find_map(|l| l.find("ready in ").map(|at| &l[at..])).context("no \"ready in\" line in the log")?;
-    let (serve_ms, steps) = parse_ready_line(line).with_context(|| format!("cannot read the line {line:?}"))?;
-    Ok(Run { ready, steps, serve_ms })
+    let line = text
+        .lines()
+        .find_map(|l| l.find("ready in ").map(|at| &l[at..]))
+        .context("no \"ready in\" line in the log")?;
+    let (serve_ms, steps) =
+        parse_ready_line(line).with_context(|| format!("cannot read the line {line:?}"))?;
+    Ok(Run {
+        ready,
+        steps,
+        serve_ms,
+    })
 }
 
 /// "ready in 12.3 ms: a 1.0 ms, b c 0.2 ms" -> (12.3, [(a, 1.0), (b c, 0.2)]).
@@ -146,9 +207,13 @@ struct Stopper(Option<Child>);
 
 impl Stopper {
     fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.0.take() else { return Ok(()) };
+        let Some(mut child) = self.0.take() else {
+            return Ok(());
+        };
         // std sends only SIGKILL; `kill` keeps this crate free of unsafe code.
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if child.try_wait()?.is_some() {
@@ -169,9 +234,13 @@ impl Drop for Stopper {
 }
 
 fn readyz(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
@@ -179,10 +248,18 @@ fn readyz(addr: SocketAddr) -> bool {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-fn appliance_config(lab: &Lab, tls: &Path, data: &Path, management: SocketAddr, lock_memory: bool) -> String {
+fn appliance_config(
+    lab: &Lab,
+    tls: &Path,
+    data: &Path,
+    management: SocketAddr,
+    lock_memory: bool,
+) -> String {
     let t = tls.display();
     format!(
         r#"[dataplane]
@@ -241,9 +318,17 @@ mod tests {
 
     #[test]
     fn reads_the_ready_line() {
-        let (total, steps) = parse_ready_line("ready in 12.3 ms: data directory 1.0 ms, XDP load and attach 0.2 ms").expect("parses");
+        let (total, steps) =
+            parse_ready_line("ready in 12.3 ms: data directory 1.0 ms, XDP load and attach 0.2 ms")
+                .expect("parses");
         assert_eq!(total, 12.3);
-        assert_eq!(steps, vec![("data directory".to_owned(), 1.0), ("XDP load and attach".to_owned(), 0.2)]);
+        assert_eq!(
+            steps,
+            vec![
+                ("data directory".to_owned(), 1.0),
+                ("XDP load and attach".to_owned(), 0.2)
+            ]
+        );
         assert!(parse_ready_line("ready in 5 ms").is_none());
     }
 }
