@@ -263,6 +263,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     drop(ledger_parts);
     drop(audit);
     clock.mark("threads spawned");
+    // Only the workers hold senders now: one that dies before it reports ends the wait.
+    drop(worker_started_tx);
     for _ in 0..workers.len() {
         match worker_started_rx.recv() {
             Ok(Ok(())) => {}

@@ -40,6 +40,10 @@ struct Args {
     /// The pantera binary (default: next to this one).
     #[arg(long)]
     pantera: Option<PathBuf>,
+    /// Another pantera binary (say, a build of the previous commit) started alternately with
+    /// `--pantera`, run for run, so both see the same machine load; both are reported.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// `tls.lock_memory` of the appliance (mlockall at start; on by default, as in the
     /// appliance): `--lock-memory false` to compare.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -89,59 +93,46 @@ fn main() -> Result<()> {
     );
     let management = SocketAddr::from(([127, 0, 0, 1], free_port()?));
 
-    let mut runs = Vec::with_capacity(args.runs);
+    let mut binaries = vec![("pantera", pantera.clone())];
+    if let Some(baseline) = &args.baseline {
+        ensure!(baseline.exists(), "{} not found", baseline.display());
+        binaries.insert(0, ("baseline", baseline.clone()));
+    }
+    let mut runs: Vec<Vec<Run>> = binaries.iter().map(|_| Vec::with_capacity(args.runs)).collect();
     for i in 0..args.runs {
-        let dir = tmp.path().join(format!("run{i}"));
-        fs::create_dir_all(&dir)?;
-        let data = dir.join("data");
-        let out = Command::new(&pantera)
-            .args(["format", "--cluster-id", "0", "--data-dir"])
-            .arg(&data)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "pantera format: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let config = dir.join("pantera.toml");
-        fs::write(
-            &config,
-            appliance_config(&lab, &tls, &data, management, args.lock_memory),
-        )?;
-        let run = start_once(&pantera, &config, &dir.join("pantera.log"), management)?;
-        println!(
-            "run {i:>3}: ready {:>6.1} ms (serve's own clock {:>6.1} ms)",
-            ms(run.ready),
-            run.serve_ms
-        );
-        runs.push(run);
+        for (b, (name, binary)) in binaries.iter().enumerate() {
+            let dir = tmp.path().join(format!("{name}-run{i}"));
+            fs::create_dir_all(&dir)?;
+            let data = dir.join("data");
+            let out = Command::new(binary).args(["format", "--cluster-id", "0", "--data-dir"]).arg(&data).output()?;
+            ensure!(out.status.success(), "pantera format: {}", String::from_utf8_lossy(&out.stderr));
+            let config = dir.join("pantera.toml");
+            fs::write(&config, appliance_config(&lab, &tls, &data, management, args.lock_memory))?;
+            let run = start_once(binary, &config, &dir.join("pantera.log"), management)?;
+            println!("{name} run {i:>3}: ready {:>6.1} ms (serve's own clock {:>6.1} ms)", ms(run.ready), run.serve_ms);
+            runs[b].push(run);
+        }
     }
 
-    let mut ready: Vec<f64> = runs.iter().map(|r| ms(r.ready)).collect();
-    let mut serve: Vec<f64> = runs.iter().map(|r| r.serve_ms).collect();
-    println!(
-        "## startup: {} starts on an empty data directory, 1 queue, lock_memory = {}",
-        args.runs, args.lock_memory
-    );
-    println!(
-        "spawn to /readyz 200: median {:.1} ms (min {:.1}, max {:.1})",
-        median(&mut ready),
-        min(&ready),
-        max(&ready)
-    );
-    println!(
-        "inside serve (its \"ready in\"): median {:.1} ms",
-        median(&mut serve)
-    );
-    println!("steps (median over the runs, in the order they run):");
-    for (step, _) in &runs[0].steps {
-        let mut each: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.steps.iter().find(|(s, _)| s == step).map(|(_, v)| *v))
-            .collect();
-        println!("  {step:<36} {:>7.2} ms", median(&mut each));
+    println!("## startup: {} starts on an empty data directory, 1 queue, lock_memory = {}", args.runs, args.lock_memory);
+    for ((name, binary), runs) in binaries.iter().zip(&runs) {
+        report(name, binary, runs);
     }
     Ok(())
+}
+
+/// Prints the medians of one binary's runs.
+fn report(name: &str, binary: &Path, runs: &[Run]) {
+    let mut ready: Vec<f64> = runs.iter().map(|r| ms(r.ready)).collect();
+    let mut serve: Vec<f64> = runs.iter().map(|r| r.serve_ms).collect();
+    println!("### {name} ({})", binary.display());
+    println!("spawn to /readyz 200: median {:.1} ms (min {:.1}, max {:.1})", median(&mut ready), min(&ready), max(&ready));
+    println!("inside serve (its \"ready in\"): median {:.1} ms", median(&mut serve));
+    println!("steps (median over the runs, in the order they run):");
+    for (step, _) in &runs[0].steps {
+        let mut each: Vec<f64> = runs.iter().filter_map(|r| r.steps.iter().find(|(s, _)| s == step).map(|(_, v)| *v)).collect();
+        println!("  {step:<44} {:>7.2} ms", median(&mut each));
+    }
 }
 
 /// Starts the appliance, waits for /readyz 200, reads its breakdown, stops it.
@@ -189,16 +180,33 @@ fn start_once(pantera: &Path, config: &Path, log: &Path, management: SocketAddr)
     })
 }
 
-/// "ready in 12.3 ms: a 1.0 ms, b c 0.2 ms" -> (12.3, [(a, 1.0), (b c, 0.2)]).
+/// "ready in 12.3 ms: a 1.0 ms, b c 0.2 ms" -> (12.3, [(a, 1.0), (b c, 0.2)]). A step's name
+/// may hold ", ": a piece that does not end in a number of ms continues the next one's name.
 fn parse_ready_line(line: &str) -> Option<(f64, Vec<(String, f64)>)> {
     let rest = line.strip_prefix("ready in ")?;
     let (total, steps) = rest.split_once(" ms:")?;
     let mut out = Vec::new();
-    for step in steps.split(", ") {
-        let step = step.trim().strip_suffix(" ms")?;
-        let (name, value) = step.rsplit_once(' ')?;
-        out.push((name.to_owned(), value.parse().ok()?));
+    let mut name = String::new();
+    for piece in steps.split(", ") {
+        let piece = piece.trim();
+        let value = piece.strip_suffix(" ms").and_then(|p| p.rsplit_once(' ')).and_then(|(n, v)| Some((n, v.parse::<f64>().ok()?)));
+        match value {
+            Some((last, value)) => {
+                if !name.is_empty() {
+                    name.push_str(", ");
+                }
+                name.push_str(last);
+                out.push((std::mem::take(&mut name), value));
+            }
+            None => {
+                if !name.is_empty() {
+                    name.push_str(", ");
+                }
+                name.push_str(piece);
+            }
+        }
     }
+    (name.is_empty() && !out.is_empty()).then_some(())?;
     Some((total.parse().ok()?, out))
 }
 
@@ -330,5 +338,7 @@ mod tests {
             ]
         );
         assert!(parse_ready_line("ready in 5 ms").is_none());
+        let (_, steps) = parse_ready_line("ready in 3.0 ms: a, b 1.0 ms, c 2.0 ms").expect("parses");
+        assert_eq!(steps, vec![("a, b".to_owned(), 1.0), ("c".to_owned(), 2.0)]);
     }
 }
