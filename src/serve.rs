@@ -5,9 +5,8 @@
 //! runs first, in the main thread: configuration (validated) -> data directory opened and
 //! locked -> management listener bound -> TLS material -> ledger recovered (a corrupt WAL
 //! refuses the start before the network is touched) -> audit file opened -> a leftover XDP
-//! program detached -> AF_XDP sockets on every queue (UMEM mapped), on a short-lived thread
-//! joined before the drop, while the XDP program is attached -> sockets registered. Then
-//! the drop (`sandbox::privileges::drop`: user, capabilities,
+//! program detached -> AF_XDP sockets on every queue (UMEM mapped) -> XDP program attached
+//! and sockets registered. Then the drop (`sandbox::privileges::drop`: user, capabilities,
 //! no_new_privs, not dumpable, RLIMIT_CORE 0, Landlock), and only then the threads, which
 //! inherit it: management, ledger (and its checkpoint writer), audit writer, workers. Each
 //! confines itself with its system-call allowlist first thing; the main thread confines
@@ -144,6 +143,13 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     }
     clock.mark("XDP leftover check");
     let xsk_config = config.xsk_config();
+    let mut ports = Vec::with_capacity(queues.len());
+    for &q in &queues {
+        let port = dataplane::XskPort::open(&d.interface, q, &xsk_config)
+            .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
+        ports.push(port);
+    }
+    clock.mark("AF_XDP sockets and UMEM");
     let steer_config = dataplane::SteerConfig {
         ifname: d.interface.clone(),
         service_ipv4: config.service.address,
@@ -151,29 +157,19 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         mode: config.xdp_mode()?,
         edge: config.edge_config()?,
     };
-    // The two longest privileged steps are independent kernel work, so they overlap: the
-    // AF_XDP sockets (registering a UMEM makes the kernel pin every page of it) open on a
-    // short-lived thread while this one loads, verifies and attaches the XDP program. That
-    // thread is joined here, before the drop, which refuses to run beside any other thread
-    // (docs/security.md, "Privileges after start-up").
-    let (ports, mut steering) = thread::scope(|scope| -> Result<_> {
-        let opening = thread::Builder::new()
-            .name("xsk-open".to_owned())
-            .spawn_scoped(scope, || -> Result<Vec<dataplane::XskPort>> {
-                let mut ports = Vec::with_capacity(queues.len());
-                for &q in &queues {
-                    let port = dataplane::XskPort::open(&d.interface, q, &xsk_config)
-                        .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
-                    ports.push(port);
-                }
-                Ok(ports)
-            })
-            .context("cannot start the thread that opens the AF_XDP sockets")?;
-        let steering = attach_steering(&steer_config);
-        let ports = opening.join().map_err(|_| anyhow::anyhow!("the thread opening the AF_XDP sockets panicked"))?;
-        Ok((ports?, steering?))
-    })?;
-    clock.mark("AF_XDP sockets and XDP attach (overlapped)");
+    // The bpf_link of a process killed a moment ago is released by the kernel asynchronously;
+    // until then the interface reports it as held by a live link. Wait for it, bounded.
+    let busy_deadline = Instant::now() + LINK_BUSY_WAIT_MAX;
+    let mut steering = loop {
+        match dataplane::Steering::attach(&steer_config) {
+            Err(dataplane::DataplaneError::Busy { .. }) if Instant::now() < busy_deadline => {
+                log::info!("{} still holds another XDP link; retrying", d.interface);
+                thread::sleep(Duration::from_millis(50));
+            }
+            result => break result.with_context(|| format!("cannot attach the XDP program to {}", d.interface))?,
+        }
+    };
+    clock.mark("XDP load and attach");
     for port in &ports {
         steering.register(port.queue_id(), port)?;
     }
@@ -346,22 +342,6 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
 }
 
 /// Eight bytes from the kernel's CSPRNG.
-/// Loads and attaches the XDP program. The bpf_link of a process killed a moment ago is
-/// released by the kernel asynchronously; until then the interface reports it as held by a
-/// live link: wait for it, bounded.
-fn attach_steering(steer_config: &dataplane::SteerConfig) -> Result<dataplane::Steering> {
-    let busy_deadline = Instant::now() + LINK_BUSY_WAIT_MAX;
-    loop {
-        match dataplane::Steering::attach(steer_config) {
-            Err(dataplane::DataplaneError::Busy { .. }) if Instant::now() < busy_deadline => {
-                log::info!("{} still holds another XDP link; retrying", steer_config.ifname);
-                thread::sleep(Duration::from_millis(50));
-            }
-            result => return result.with_context(|| format!("cannot attach the XDP program to {}", steer_config.ifname)),
-        }
-    }
-}
-
 fn os_random_u64() -> std::io::Result<u64> {
     os_random().map(u64::from_ne_bytes)
 }
