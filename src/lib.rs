@@ -24,4 +24,5 @@ pub mod sandbox;
 pub mod notify;
 pub mod serve;
 pub mod shutdown;
+pub mod startup;
 pub mod worker;

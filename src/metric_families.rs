@@ -374,15 +374,23 @@ impl LedgerCounts {
             ledger_svc::Operation::CreateAccounts(_) => "create_accounts",
             ledger_svc::Operation::CreateTransfers(_) => "create_transfers",
         };
-        // Result codes are a small fixed set; most batches carry one or two of them.
-        let mut by_code: Vec<(&'static str, u64)> = Vec::new();
+        // Result codes are a small fixed set; most batches carry one or two of them. Counted
+        // on the stack (this runs for every reply on the ledger thread): a code past the first
+        // `CODES_MAX` distinct ones of a batch goes straight to its counter.
+        const CODES_MAX: usize = 8;
+        let mut by_code = [("", 0u64); CODES_MAX];
+        let mut codes = 0;
         for result in results {
-            match by_code.iter_mut().find(|(code, _)| *code == result.status) {
+            match by_code[..codes].iter_mut().find(|(code, _)| *code == result.status) {
                 Some((_, n)) => *n += 1,
-                None => by_code.push((result.status, 1)),
+                None if codes < CODES_MAX => {
+                    by_code[codes] = (result.status, 1);
+                    codes += 1;
+                }
+                None => self.events.with_label_values(&[name, result.status]).inc(),
             }
         }
-        for (code, n) in by_code {
+        for &(code, n) in &by_code[..codes] {
             self.events.with_label_values(&[name, code]).inc_by(n);
         }
     }
@@ -567,6 +575,21 @@ mod tests {
         assert_eq!(events("create_transfers", "ok"), 3);
         assert_eq!(events("create_transfers", "exceeds_credits"), 1);
         assert_eq!(events("create_accounts", "exceeds_credits"), 1);
+    }
+
+    #[test]
+    fn a_batch_with_more_distinct_codes_than_the_stack_holds_counts_them_all() {
+        use ledger_svc::api::{EventResult, Reply};
+        use ledger_svc::Operation;
+        let m = Metrics::new();
+        let codes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        // Each code twice, interleaved: codes past the eighth take the direct path.
+        let results: Vec<EventResult> =
+            codes.iter().chain(codes.iter()).map(|&status| EventResult { status, timestamp: None }).collect();
+        m.ledger.count_applied(&Operation::CreateTransfers(Vec::new()), &Reply::Created(results));
+        for code in codes {
+            assert_eq!(m.ledger.events.with_label_values(&["create_transfers", code]).get(), 2, "{code}");
+        }
     }
 
     #[test]

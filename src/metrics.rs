@@ -362,8 +362,9 @@ pub const MANAGEMENT_CONNECTIONS_MAX: usize = 4;
 pub const MANAGEMENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Request line and headers a management client may send; past it, 431 and close.
 pub const MANAGEMENT_REQUEST_BYTES_MAX: usize = 8 * 1024;
-/// How often the acceptor looks for new connections and at `stop` (the listener is
-/// non-blocking so a stop needs no wake-up connection): the most a request waits to be seen.
+/// How long the acceptor waits in poll(2) for a connection before it looks at `stop` again
+/// (a stop needs no wake-up connection). A connection wakes it at once: a readiness probe
+/// is answered as soon as the appliance is ready, not up to a sleep later.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// Stack of a handler thread: it parses a request line and copies a rendered page.
 const HANDLER_STACK_BYTES: usize = 256 * 1024;
@@ -442,6 +443,15 @@ pub fn bind_management(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Waits until `listener` has a connection to accept or `timeout` passes. An error (EINTR)
+/// only ends the wait early: the caller tries accept and waits again.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(listener), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, timeout);
+}
+
 /// The second half of [`spawn_management_with`]: serves on `listener` (from
 /// [`bind_management`]) until `stop` is set.
 pub fn spawn_management_on(
@@ -493,7 +503,7 @@ pub fn spawn_management_on(
                     metrics.management_connections_open.inc();
                     tx.try_send((stream, Instant::now())).expect("room for every open connection");
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener, ACCEPT_POLL),
                 Err(e) => {
                     log::warn!("management accept failed: {e}");
                     thread::sleep(ACCEPT_POLL);

@@ -53,16 +53,19 @@ const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 /// [`shutdown::EXIT_HARD_STOP`]).
 pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_>, config_file: Option<&Path>) -> Result<Stopped> {
     let started = Instant::now();
+    let mut clock = crate::startup::StartClock::new(started);
     // Before anything holding a key is allocated: from here every page is locked when touched.
     if config.tls.lock_memory {
         crate::sandbox::memlock::lock_all()?;
     }
+    clock.mark("mlockall");
     let app = config.app()?;
     // The SIGSYS handler before any thread or filter exists (docs/security.md).
     crate::sandbox::seccomp::enable(config.sandbox.enabled).context("cannot prepare the sandbox")?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
     // others could read) refuses the start with a message, before the network is touched.
     let storage = if app == App::Ledger { Some(committer::open_data_dir(config, lab_home)?) } else { None };
+    clock.mark("data directory");
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handlers")?;
@@ -78,6 +81,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     let mut reloader = Reloader::new(source, config.clone(), &metrics)?;
     // Bound now (a privileged port needs it), served once the privileges are dropped.
     let management_listener = metrics::bind_management(config.management.listen)?;
+    clock.mark("signals and management bind");
     let d = &config.dataplane;
 
     // The queues: as configured, or every rx queue of the interface (a queue without a socket
@@ -90,6 +94,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     };
     let mac = dataplane::interface_mac(&d.interface).with_context(|| format!("dataplane.interface {:?}", d.interface))?;
     let stack_config = config.stack_config(mac);
+    clock.mark("interface");
 
     // The ledger first: if its WAL is corrupt, refuse to start before touching the network.
     let mut recovered = None;
@@ -109,6 +114,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         }
         // The user the drop switches to can use the data directory and the TLS files.
         crate::check::service_user(config)?;
+        clock.mark("deep check");
         let tls_settings = config.tls_settings()?;
         let server_tls = tls_term::server_tls(&tls_settings).context("tls")?;
         crl_trust = server_tls.trust.clone();
@@ -118,7 +124,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         if let Err(e) = crate::metric_families::record_cert_expiry(&metrics, &tls_settings) {
             log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
         }
+        clock.mark("TLS load");
         recovered = Some(committer::recover(config, storage, queues.len(), &metrics)?);
+        clock.mark("ledger recovery");
         tls_parts = Some((tls, config.connection_limits(), Arc::new(config.client_policy(crl_trust.clone())?)));
     }
     // The audit log of the writes, once there is a ledger to write to: a file that cannot be
@@ -127,11 +135,13 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         Some(_) if config.audit.enabled => Some(crate::audit::open_from_config(config, &metrics)?),
         _ => None,
     };
+    clock.mark("audit open");
 
     // The dataplane: a leftover program from a killed run goes first.
     if dataplane::detach_leftover(&d.interface)? {
         log::warn!("removed an XDP program left on {} by an earlier run", d.interface);
     }
+    clock.mark("XDP leftover check");
     let xsk_config = config.xsk_config();
     let mut ports = Vec::with_capacity(queues.len());
     for &q in &queues {
@@ -139,6 +149,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
         ports.push(port);
     }
+    clock.mark("AF_XDP sockets and UMEM");
     let steer_config = dataplane::SteerConfig {
         ifname: d.interface.clone(),
         service_ipv4: config.service.address,
@@ -158,6 +169,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             result => break result.with_context(|| format!("cannot attach the XDP program to {}", d.interface))?,
         }
     };
+    clock.mark("XDP load and attach");
     for port in &ports {
         steering.register(port.queue_id(), port)?;
     }
@@ -172,10 +184,12 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // The first read of the XDP counters, before the drop: libbpf learns the number of
     // possible CPUs (for the per-CPU map) from /sys once, which the sandbox does not keep.
     crate::metric_families::sync_xdp(&metrics, &steering.counters());
+    clock.mark("XSK register and XDP counters");
 
     // Everything privileged is done: drop it before any other thread exists, so that every
     // thread started below inherits the drop (capabilities and Landlock are per thread).
     crate::sandbox::privileges::drop(config, config_file, &metrics).context("cannot drop the start-up privileges (sandbox)")?;
+    clock.mark("privilege drop");
 
     // The threads. The management listener answers through the whole drain (/readyz 503):
     // its own stop flag.
@@ -244,6 +258,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // Only the workers hold the ledger client now: when they stop, the ledger thread drains.
     drop(ledger_parts);
     drop(audit);
+    clock.mark("threads spawned");
+    // Only the workers hold senders now: one that dies before it reports ends the wait.
+    drop(worker_started_tx);
     for _ in 0..workers.len() {
         match worker_started_rx.recv() {
             Ok(Ok(())) => {}
@@ -254,10 +271,13 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             Err(_) => bail!("a worker died while starting"),
         }
     }
+    clock.mark("workers started");
     // Every thread runs confined: now the main thread's own allowlist.
     crate::sandbox::confine_thread(crate::sandbox::Kind::Main);
+    clock.mark("main thread confined");
+    clock.publish(&metrics);
     metrics.ready.set(1);
-    log::info!("ready in {:?}", started.elapsed());
+    log::info!("{}", clock.summary());
     let serving = format!("serving {}:{} on {} queue(s)", config.service.address, config.service.port, queues.len());
     notifier.ready(&serving);
 

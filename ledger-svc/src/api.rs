@@ -1035,9 +1035,24 @@ pub fn reply_of<L: LedgerView + ?Sized>(reply: &OperationReply, state: &L, opera
 
 /// Renders a typed reply as the HTTP response the client gets.
 pub fn render(reply: &Reply) -> Response {
+    render_into(reply, Vec::new())
+}
+
+/// As [`render`], writing the body into `body` (cleared first): a connection passes the
+/// buffer of an earlier response back in, so a reply costs no allocation once it has grown
+/// to size. An error reply (404, 500) renders into a buffer of its own.
+pub fn render_into(reply: &Reply, body: Vec<u8>) -> Response {
+    let mut spare = body;
+    spare.clear();
+    // The buffer, with room for about `bytes` more (a hint: it grows if a row is longer).
+    let mut buffer = |bytes: usize| {
+        let mut body = std::mem::take(&mut spare);
+        body.reserve(bytes);
+        body
+    };
     match reply {
         Reply::Created(results) => {
-            let mut body = Vec::with_capacity(2 + results.len() * 64);
+            let mut body = buffer(2 + results.len() * 64);
             body.push(b'[');
             for (index, result) in results.iter().enumerate() {
                 write_result(&mut body, index, result.status, result.timestamp);
@@ -1046,19 +1061,19 @@ pub fn render(reply: &Reply) -> Response {
             Response::json(200, body)
         }
         Reply::Account { account: Some(account), .. } => {
-            let mut body = Vec::with_capacity(512);
+            let mut body = buffer(512);
             write_account(&mut body, account);
             Response::json(200, body)
         }
         Reply::Account { id, account: None } => error_response(404, "account_not_found", &format!("no account with id {id}")),
         Reply::Transfer { transfer: Some(transfer), .. } => {
-            let mut body = Vec::with_capacity(512);
+            let mut body = buffer(512);
             write_transfer(&mut body, transfer);
             Response::json(200, body)
         }
         Reply::Transfer { id, transfer: None } => error_response(404, "transfer_not_found", &format!("no transfer with id {id}")),
         Reply::AccountTransfers { transfers, next } => {
-            let mut body = Vec::with_capacity(2 + transfers.len() * 400);
+            let mut body = buffer(2 + transfers.len() * 400);
             body.push(b'[');
             for (i, transfer) in transfers.iter().enumerate() {
                 if i > 0 {
@@ -1072,17 +1087,17 @@ pub fn render(reply: &Reply) -> Response {
             response
         }
         Reply::AccountBalances { balances, next } => {
-            let mut response = Response::json(200, json_array(balances, 200, write_balance));
+            let mut response = Response::json(200, json_array(buffer(2 + balances.len() * 200), balances, write_balance));
             response.next_page = next.as_ref().map(|f| account_filter_target("balances", f));
             response
         }
         Reply::Accounts { accounts, next } => {
-            let mut response = Response::json(200, json_array(accounts, 400, write_account));
+            let mut response = Response::json(200, json_array(buffer(2 + accounts.len() * 400), accounts, write_account));
             response.next_page = next.as_ref().map(|f| query_filter_target("accounts", f));
             response
         }
         Reply::Transfers { transfers, next } => {
-            let mut response = Response::json(200, json_array(transfers, 400, write_transfer));
+            let mut response = Response::json(200, json_array(buffer(2 + transfers.len() * 400), transfers, write_transfer));
             response.next_page = next.as_ref().map(|f| query_filter_target("transfers", f));
             response
         }
@@ -1090,8 +1105,7 @@ pub fn render(reply: &Reply) -> Response {
     }
 }
 
-fn json_array<T>(rows: &[T], row_bytes: usize, write: fn(&mut Vec<u8>, &T)) -> Vec<u8> {
-    let mut body = Vec::with_capacity(2 + rows.len() * row_bytes);
+fn json_array<T>(mut body: Vec<u8>, rows: &[T], write: fn(&mut Vec<u8>, &T)) -> Vec<u8> {
     body.push(b'[');
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {

@@ -45,6 +45,9 @@ const TLS_WRITE_CHUNK_BYTES: usize = 16 * 1024;
 const IDLE_OUTPUT_CAPACITY_MAX: usize = 4 * 1024;
 /// Bytes a ready response holds besides its body (status line and headers), for accounting.
 const RESPONSE_HEAD_BYTES_MAX: usize = 512;
+/// Capacity a request's or a reply's buffer may keep for reuse by the next one; a larger one
+/// (a big batch, a long page) is freed, so an idle connection holds no large buffer.
+const REUSED_BUFFER_CAPACITY_MAX: usize = 4 * 1024;
 
 /// Per-connection bounds (docs/limits.md, "HTTPS connection").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +288,11 @@ pub struct Connection {
     reading: bool,
     /// The `Content-Length` of the body being received, once admitted against the budget.
     body_reserved: usize,
+    /// The request being decoded into: its target and body buffers serve every request of
+    /// the connection (no allocation per request in steady state).
+    request: http::Request,
+    /// The body buffer of the last response sent, reused for the next reply rendered.
+    spare_body: Vec<u8>,
 }
 
 impl Connection {
@@ -316,6 +324,8 @@ impl Connection {
             phase_since: now,
             reading: true,
             body_reserved: 0,
+            request: http::Request::empty(),
+            spare_body: Vec::new(),
         })
     }
 
@@ -385,7 +395,8 @@ impl Connection {
     /// waits for (it failed meanwhile) is dropped.
     pub fn handle_reply(&mut self, now: Instant, seq: u64, reply: &Reply) {
         self.now = self.now.max(now);
-        self.complete(seq, Some(reply), || api::render(reply));
+        let body = std::mem::take(&mut self.spare_body);
+        self.complete(seq, Some(reply), move || api::render_into(reply, body));
     }
 
     /// The ledger's queue was full when submission `seq` was offered: the client gets 503 with
@@ -626,13 +637,23 @@ impl Connection {
             if self.decoder.poll_continue() {
                 self.out.extend_from_slice(http::CONTINUE_RESPONSE);
             }
-            match self.decoder.poll_request() {
-                Ok(Some(request)) => {
+            match self.decoder.poll_request_into(&mut self.request) {
+                Ok(true) => {
                     self.body_reserved = 0;
+                    // Taken out for `dispatch` (which needs the whole connection) and put back,
+                    // unless a big body made it large.
+                    let mut request = std::mem::replace(&mut self.request, http::Request::empty());
                     self.dispatch(&request);
+                    if request.body.capacity() > REUSED_BUFFER_CAPACITY_MAX {
+                        request.body = Vec::new();
+                    }
+                    if request.target.capacity() > REUSED_BUFFER_CAPACITY_MAX {
+                        request.target = String::new();
+                    }
+                    self.request = request;
                     self.set_phase(Phase::Idle, true);
                 }
-                Ok(None) => {
+                Ok(false) => {
                     if !self.admit_body() {
                         // The queue's budget has no room for this body yet: hold it back (its
                         // deadline waits too) until other connections drain.
@@ -784,6 +805,10 @@ impl Connection {
             response_bytes: self.out.len() - encoded_from,
             write: exchange.write,
         }));
+        // Its buffer serves the next reply rendered.
+        if self.spare_body.capacity() == 0 && response.body.capacity() <= REUSED_BUFFER_CAPACITY_MAX {
+            self.spare_body = response.body;
+        }
     }
 
     /// Hands encoded responses to TLS in pieces it accepts; the rest waits for room.

@@ -190,6 +190,12 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request with nothing in it, to be filled by [`RequestDecoder::poll_request_into`]
+    /// (which reuses its buffers, so a keep-alive connection allocates none per request).
+    pub fn empty() -> Request {
+        Request { method: Method::Get, target: String::new(), version: Version::Http11, keep_alive: true, body: Vec::new() }
+    }
+
     /// The target without its query.
     pub fn path(&self) -> &str {
         match self.target.find('?') {
@@ -427,7 +433,6 @@ struct InFlight {
 #[derive(Debug)]
 struct Head {
     method: Method,
-    target: String,
     version: Version,
     keep_alive: bool,
     expect_continue: bool,
@@ -462,6 +467,9 @@ pub struct RequestDecoder {
     buffer: Vec<u8>,
     start: usize,
     state: State,
+    /// The target of the request being decoded (parsed with its head); swapped into the
+    /// request yielded, so its buffer is reused from request to request.
+    target: String,
     /// Requests yielded whose responses are not written yet, oldest first.
     in_flight: VecDeque<InFlight>,
 }
@@ -480,6 +488,7 @@ impl RequestDecoder {
             buffer: Vec::new(),
             start: 0,
             state: State::Head { scanned: 0 },
+            target: String::new(),
             in_flight: VecDeque::with_capacity(limits.requests_in_flight_max),
         }
     }
@@ -595,8 +604,17 @@ impl RequestDecoder {
     /// The next complete request, `Ok(None)` when more bytes are needed (or the connection has
     /// ended), or the protocol error that ends the connection.
     pub fn poll_request(&mut self) -> Result<Option<Request>, HttpError> {
-        match self.poll_inner() {
-            Ok(request) => Ok(request),
+        let mut request = Request::empty();
+        Ok(self.poll_request_into(&mut request)?.then_some(request))
+    }
+
+    /// As [`poll_request`](Self::poll_request), into `request`: true when a request was
+    /// decoded into it. Its target and body buffers are reused (a body larger than the
+    /// idle buffer bound is handed over instead of copied), so a connection that keeps one
+    /// `Request` for its life allocates nothing per request here in steady state.
+    pub fn poll_request_into(&mut self, request: &mut Request) -> Result<bool, HttpError> {
+        match self.poll_inner(request) {
+            Ok(decoded) => Ok(decoded),
             Err(error) => {
                 self.state = State::Closed;
                 self.buffer = Vec::new();
@@ -606,10 +624,10 @@ impl RequestDecoder {
         }
     }
 
-    fn poll_inner(&mut self) -> Result<Option<Request>, HttpError> {
+    fn poll_inner(&mut self, request: &mut Request) -> Result<bool, HttpError> {
         loop {
             match &mut self.state {
-                State::Closed => return Ok(None),
+                State::Closed => return Ok(false),
                 State::Head { scanned } => {
                     // RFC 9112 §2.2: ignore empty lines received before the request line.
                     if *scanned <= self.start {
@@ -623,7 +641,7 @@ impl RequestDecoder {
                         *scanned = self.start;
                         if self.buffer[self.start..] == *b"\r" {
                             // Maybe the first half of one more empty line: decide on the next byte.
-                            return Ok(None);
+                            return Ok(false);
                         }
                     }
                     let from = scanned.saturating_sub(2).max(self.start);
@@ -634,14 +652,14 @@ impl RequestDecoder {
                                 limit: self.limits.header_bytes_max,
                             });
                         }
-                        return Ok(None);
+                        return Ok(false);
                     };
                     if end - self.start > self.limits.header_bytes_max {
                         return Err(HttpError::HeadTooLarge {
                             limit: self.limits.header_bytes_max,
                         });
                     }
-                    let (head, length) = parse_head(&self.buffer[self.start..end], &self.limits)?;
+                    let (head, length) = parse_head(&self.buffer[self.start..end], &self.limits, &mut self.target)?;
                     if self.in_flight.len() >= self.limits.requests_in_flight_max {
                         return Err(HttpError::TooManyInFlight {
                             limit: self.limits.requests_in_flight_max,
@@ -660,21 +678,22 @@ impl RequestDecoder {
                 State::Body { length, .. } => {
                     let length = *length;
                     if self.buffer.len() - self.start < length {
-                        return Ok(None);
+                        return Ok(false);
                     }
-                    let body = if self.start + length == self.buffer.len() && length > IDLE_BUFFER_CAPACITY_MAX {
+                    if self.start + length == self.buffer.len() && length > IDLE_BUFFER_CAPACITY_MAX {
                         // The body is the rest of the buffer (the usual case for a large batch):
                         // hand the buffer itself over instead of copying it, so a batch is never
                         // held twice, and the idle connection keeps no buffer at all.
                         let mut rest = std::mem::take(&mut self.buffer);
                         rest.drain(..self.start);
                         self.start = 0;
-                        rest
+                        request.body = rest;
                     } else {
-                        let body = self.buffer[self.start..self.start + length].to_vec();
+                        // A small body: copied into the request's own buffer, reused.
+                        request.body.clear();
+                        request.body.extend_from_slice(&self.buffer[self.start..self.start + length]);
                         self.start += length;
-                        body
-                    };
+                    }
                     let State::Body { head, .. } = std::mem::replace(
                         &mut self.state,
                         State::Head {
@@ -695,13 +714,11 @@ impl RequestDecoder {
                     if self.start == self.buffer.len() {
                         self.compact();
                     }
-                    return Ok(Some(Request {
-                        method: head.method,
-                        target: head.target,
-                        version: head.version,
-                        keep_alive: head.keep_alive,
-                        body,
-                    }));
+                    request.method = head.method;
+                    request.version = head.version;
+                    request.keep_alive = head.keep_alive;
+                    std::mem::swap(&mut request.target, &mut self.target);
+                    return Ok(true);
                 }
             }
         }
@@ -745,7 +762,8 @@ fn find_head_end(buffer: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Parses one request head (which ends with its empty line) and returns it with the body length.
-fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError> {
+/// The request target goes into `target` (cleared first; its buffer is reused).
+fn parse_head(bytes: &[u8], limits: &Limits, target: &mut String) -> Result<(Head, usize), HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_COUNT_CEILING];
     let mut request = httparse::Request::new(&mut headers[..limits.headers_count_max]);
     match request.parse(bytes) {
@@ -795,7 +813,7 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
     } else {
         Version::Http11
     };
-    let target = origin_form(path).ok_or(HttpError::Target)?;
+    origin_form(path, target).ok_or(HttpError::Target)?;
 
     let mut content_length: Option<u64> = None;
     let mut hosts = 0usize;
@@ -855,7 +873,6 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<(Head, usize), HttpError>
     Ok((
         Head {
             method,
-            target,
             version,
             keep_alive,
             expect_continue,
@@ -882,11 +899,14 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     Ok(length)
 }
 
-/// The origin-form of a request target. An absolute-form target, which a server must accept
-/// (RFC 9112 §3.2.2), is reduced to its path and query; other forms are refused.
-fn origin_form(target: &str) -> Option<String> {
+/// Writes the origin-form of a request target into `out` (cleared first). An absolute-form
+/// target, which a server must accept (RFC 9112 §3.2.2), is reduced to its path and query;
+/// other forms are refused (None).
+fn origin_form(target: &str, out: &mut String) -> Option<()> {
+    out.clear();
     if target.starts_with('/') {
-        return Some(target.to_owned());
+        out.push_str(target);
+        return Some(());
     }
     let lower = target
         .get(..8)
@@ -900,10 +920,14 @@ fn origin_form(target: &str) -> Option<String> {
         return None;
     };
     match rest.find(['/', '?']) {
-        Some(at) if rest.as_bytes()[at] == b'/' => Some(rest[at..].to_owned()),
-        Some(at) => Some(format!("/{}", &rest[at..])),
-        None => Some("/".to_owned()),
+        Some(at) if rest.as_bytes()[at] == b'/' => out.push_str(&rest[at..]),
+        Some(at) => {
+            out.push('/');
+            out.push_str(&rest[at..]);
+        }
+        None => out.push('/'),
     }
+    Some(())
 }
 
 #[cfg(test)]

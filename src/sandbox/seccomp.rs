@@ -429,6 +429,11 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
                 ],
             );
             allow_values(&mut rules, libc::SYS_ioctl, 1, &[libc::FIONBIO])?;
+            // The acceptor waits for a connection in poll(2) on the listener.
+            #[cfg(target_arch = "x86_64")]
+            allow(&mut rules, &[libc::SYS_poll]);
+            #[cfg(not(target_arch = "x86_64"))]
+            allow(&mut rules, &[libc::SYS_ppoll]);
             let mut timeouts = Vec::new();
             for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
                 let level = cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?;

@@ -51,7 +51,7 @@ commands:
   fuzz --smoke [--seconds N]  build the fuzz targets, run each N s (default 15) (docs/fuzzing.md)
   fuzz TARGET [--seconds N]   run one fuzz target (default 600 s); fuzz --seeds rewrites seeds
   bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim, seccomp_cost,
-                       xsk, echo, https, conns, synflood; default all) in release mode";
+                       alloc_cost, xsk, echo, https, conns, synflood, startup; default all) in release mode";
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -326,7 +326,7 @@ fn bench(name: &str) -> Result<()> {
     deps()?;
     // Each benchmark binary and the arguments of its full run. They share the standard lab
     // names, so they run one after another, never at once.
-    let all: [(&str, &[&str]); 13] = [
+    let all: [(&str, &[&str]); 15] = [
         ("ledger", &[]),
         ("fairness", &[]),
         ("checkpoint", &[]),
@@ -340,9 +340,12 @@ fn bench(name: &str) -> Result<()> {
         ("https", &["run"]),
         ("conns", &[]),
         ("synflood", &[]),
+        ("startup", &[]),
+        ("alloc_cost", &[]),
     ];
     // These run in memory or on files and need no lab.
-    let unprivileged = ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim", "seccomp_cost"];
+    let unprivileged =
+        ["ledger", "fairness", "checkpoint", "query_cost", "api_cost", "tls_cpu", "stack_sim", "seccomp_cost", "alloc_cost"];
     let chosen: Vec<_> = all.iter().filter(|(n, _)| name == "all" || *n == name).collect();
     ensure!(!chosen.is_empty(), "unknown benchmark {name}; one of {:?}", all.map(|(n, _)| n));
     ensure!(is_root() || unprivileged.contains(&name), "the network benchmarks need root (XDP, namespaces)");
