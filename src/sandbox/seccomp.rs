@@ -416,7 +416,9 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
         Kind::Checkpoint => write_files(&mut rules),
         // The WAL syncer opens nothing: the ledger thread hands it duplicated descriptors of
         // the segment (and of the directory for a new segment), which it syncs and closes.
-        Kind::Syncer => allow(&mut rules, &[libc::SYS_fdatasync, libc::SYS_fsync, libc::SYS_close]),
+        // fcntl: the standard library's debug builds check a descriptor is open (F_GETFD)
+        // before closing it.
+        Kind::Syncer => allow(&mut rules, &[libc::SYS_fdatasync, libc::SYS_fsync, libc::SYS_close, libc::SYS_fcntl]),
         Kind::Management => {
             // /metrics reads the process's own statistics from /proc.
             read_files(&mut rules);
