@@ -477,8 +477,9 @@ fn commit_batches<S: Storage>(
     syncer: &Syncer,
 ) -> Result<(), LedgerError> {
     let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
-    // Beaten on every turn, busy or idle: /healthz turns 503 if this thread stops turning
-    // (a loop that never ends, a write that never returns). Dropped on a clean stop.
+    // Beaten on every turn, busy or idle, with no WAL sync in flight: /healthz turns 503 if
+    // this thread stops turning (a loop that never ends, a write or a sync that never
+    // returns). Dropped on a clean stop.
     let heartbeat = metrics.health.register("ledger");
     // The policy (pipelined group commit, expiry, checkpoint scheduling, reply release) is the
     // sans-IO committer's; this loop only moves submissions in, runs its steps on the real
@@ -491,7 +492,13 @@ fn commit_batches<S: Storage>(
     let mut clients_gone = false;
     let never = crossbeam_channel::never();
     loop {
-        heartbeat.beat();
+        // Not while a WAL sync is in flight: the heartbeat stands for the commit path
+        // turning, and a sync that never returns must turn /healthz 503 as it did when the
+        // fsync ran on this thread. Under load a beat falls between one sync's report and
+        // the next sync's start (`run_steps` begins it after this).
+        if !core.is_syncing() {
+            heartbeat.beat();
+        }
         checkpoints.poll(ledger)?;
         syncer.poll(ledger, &mut core)?;
         // Group commit: every mutation already waiting joins the next batch, up to the
@@ -505,6 +512,11 @@ fn commit_batches<S: Storage>(
             core.submit(submission.reply_to, submission.command);
         }
         metrics.ledger_queue_depth.set((rx.writes.len() + rx.reads.len()) as i64);
+        // The fault switch's moment: a turn with work drained (a write or a read).
+        #[cfg(feature = "fault-injection")]
+        if !core.is_idle() {
+            crate::fault::ledger_batch();
+        }
         if run_steps(ledger, &mut core, replies, metrics, &commit_seconds, checkpoints, syncer, &mut started)? {
             continue;
         }
@@ -563,8 +575,6 @@ fn run_steps<S: Storage>(
         progressed = true;
         match step {
             Step::Write { now_ns, ops } => {
-                #[cfg(feature = "fault-injection")]
-                crate::fault::ledger_batch();
                 let began = Instant::now();
                 if core.is_syncing() {
                     metrics.ledger_sync.batches_overlapped.inc();
