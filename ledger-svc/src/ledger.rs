@@ -2,7 +2,11 @@
 //!
 //! `submit` applies a batch of operations, appends the batch (its inputs and its ledger time)
 //! as one WAL record, syncs once for the whole batch (group commit) and only then returns the
-//! replies. `open` recovers: newest checkpoint, then every later record replayed through the
+//! replies. The server's pipelined path splits that in two: `write` applies and appends without
+//! syncing, `begin_sync` hands out a `SyncJob` (run on another thread) covering every record
+//! written so far, and `sync_done` moves the durability watermark (`durable_sequence`) that
+//! replies are released up to; batch N+1 is written while N's sync runs (docs/ledger.md,
+//! "Pipelined group commit"). `open` recovers: newest checkpoint, then every later record replayed through the
 //! same deterministic code path, so the state equals the state after the last durable batch.
 //!
 //! Failure policy (TigerBeetle, and the PostgreSQL "fsyncgate" lesson): after a failed write

@@ -7,7 +7,10 @@
 //! - `sync` makes a file's bytes *and its name* durable (fdatasync, plus a directory fsync the
 //!   first time, since fdatasync alone does not persist a new directory entry);
 //! - `rename` and `remove` are durable only after `sync_dir`;
-//! - until synced, bytes may be lost or torn by a crash.
+//! - until synced, bytes may be lost or torn by a crash;
+//! - `sync_handle` gives a one-use [`FileSync`] that makes the bytes appended so far (and the
+//!   file's name) durable from another thread: the WAL syncer's, so the ledger thread writes
+//!   the next batch meanwhile.
 //!
 //! `FileStorage` and `data_dir` (the superblock and the directory checks) are the only code of
 //! this crate that does I/O.
