@@ -276,7 +276,7 @@ impl<T> Committer<T> {
             ops.push(op);
         }
         self.write_events -= events;
-        if ops.is_empty() && !status.next_expiry_ns.is_some_and(|due| due <= now_ns) {
+        if ops.is_empty() && status.next_expiry_ns.is_none_or(|due| due > now_ns) {
             return None;
         }
         self.writing = Some(Writing { tokens, ops: ops.clone() });
