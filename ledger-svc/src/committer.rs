@@ -731,6 +731,30 @@ mod tests {
         assert_eq!(c.poll(3, &status(&ledger)), None);
     }
 
+    /// The limit docs/ledger.md states ("Pipelined group commit", what a crash can leave):
+    /// with batch 3 written while batch 2 synced, a crash may tear record 2 and keep record 3
+    /// whole. Recovery refuses that (rule: "a valid record follows") rather than cut: safe,
+    /// since neither batch was acknowledged, but the start needs the operator's repair. A
+    /// recovery that learns the two-record tail must turn this into a cut at record 2.
+    #[test]
+    fn a_torn_record_behind_a_whole_pipelined_one_is_refused_and_nothing_acknowledged_is_cut() {
+        let account = |id| Operation::CreateAccounts(vec![Account { id, ledger: 1, code: 1, ..Account::default() }]);
+        let mut ledger = Ledger::open(SimStorage::new(), LedgerConfig::default()).expect("open");
+        ledger.write(1, &[account(1)]).expect("write 1");
+        let job = ledger.begin_sync().expect("begin").expect("batch 1");
+        assert_eq!(ledger.sync_done(job.run()).expect("synced"), 1);
+        let end_1 = ledger.wal_position().expect("a segment").1;
+        ledger.write(2, &[account(2)]).expect("write 2");
+        let _in_flight = ledger.begin_sync().expect("begin").expect("batch 2");
+        ledger.write(3, &[account(3)]).expect("write 3");
+        let segment = ledger.wal_position().expect("a segment").0.to_string();
+        let mut disk = ledger.storage().crash_clean();
+        disk.corrupt(&segment, end_1 as usize + 48).expect("tear record 2");
+        let refused = Ledger::open(disk, LedgerConfig::default()).expect_err("refused, not cut");
+        assert!(matches!(refused, crate::LedgerError::Corrupt { .. }), "{refused}");
+        assert!(refused.to_string().contains("valid record follows"), "{refused}");
+    }
+
     #[test]
     fn a_sync_covers_exactly_the_records_written_before_it_began() {
         let mut ledger = Ledger::open(SimStorage::new(), LedgerConfig::default()).expect("open");
