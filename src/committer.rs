@@ -1,8 +1,12 @@
 //! The ledger thread: the single writer (TigerBeetle's model).
 //!
 //! It drains submissions from every worker, applies everything waiting as one batch, appends the
-//! batch to the WAL with one fsync (group commit), and only then releases the replies. Queries
-//! ride in the same drain and are answered after the batch, from the state it left.
+//! batch to the WAL (group commit), and releases the replies only once a sync has made the batch
+//! durable. The sync runs on the WAL syncer thread (`wal-sync`), so while batch N's fdatasync is
+//! in flight the ledger thread applies and writes batch N+1 (a pipelined group commit,
+//! docs/ledger.md "Pipelined group commit"); replies still leave strictly after their own batch
+//! is durable, in order. Queries ride in the same drain and are answered after the batch, from
+//! the state it left; their answers too wait until that state is durable.
 //!
 //! The policy (what joins a batch, when an empty batch expires pending transfers, when a
 //! checkpoint begins, which replies may go) is `ledger_svc::committer::Committer`, a sans-IO
@@ -27,7 +31,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger_svc::api::{self, Command, Reply};
 use ledger_svc::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use ledger_svc::ledger::CheckpointJob;
-use ledger_svc::{FileStorage, Ledger, LedgerError, Storage};
+use ledger_svc::{FileStorage, Ledger, LedgerError, Storage, StorageError, SyncJob};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::metrics::Metrics;
 
@@ -197,7 +202,7 @@ pub fn recover(config: &crate::config::Config, storage: FileStorage, workers: us
 
 impl Recovered {
     /// The second half of [`start`]: starts the ledger thread (it starts the checkpoint
-    /// writer, `pantera-ckpt`).
+    /// writer, `pantera-ckpt`, and the WAL syncer, `wal-sync`).
     pub fn spawn(self) -> anyhow::Result<Started> {
         let Recovered { mut ledger, channels, batch_events_max, durability, metrics } = self;
         let Channels { client, submissions, replies_tx, replies_rx } = channels;
@@ -312,11 +317,115 @@ fn write_checkpoints<S: Storage>(mut storage: S, jobs: Receiver<CheckpointJob>, 
     }
 }
 
-/// Runs until every `LedgerClient` is dropped and the queue is drained, then waits for the
-/// checkpoint in flight, if any. Returns Err for a failed WAL append or fsync, or a failed
-/// checkpoint write, which the caller must treat as fatal: nothing of that batch was
-/// acknowledged, and the process stops rather than acknowledge data it may have lost.
-/// Checkpoints are written by a thread it spawns, on `ledger.storage().reopen()`.
+/// WAL syncs handed to the syncer thread and not reported yet: one (the committer never
+/// begins a second while one is in flight, so the queue never holds more).
+const SYNCS_IN_FLIGHT_MAX: usize = 1;
+
+/// The metrics of the pipelined group commit (registered beside the others in `metrics.rs`).
+#[derive(Clone, Debug)]
+pub struct SyncMetrics {
+    /// One WAL sync (fdatasync of the segments written since the last one) on the syncer.
+    pub fsync_seconds: Histogram,
+    /// WAL syncs completed (each covers one batch or more).
+    pub syncs: IntCounter,
+    /// Batches written and not yet durable (0, 1 or 2: `committer::BATCHES_UNSYNCED_MAX`).
+    pub batches_unsynced: IntGauge,
+    /// Batches applied and written while the previous batch's sync was in flight.
+    pub batches_overlapped: IntCounter,
+}
+
+impl SyncMetrics {
+    pub fn register(registry: &Registry) -> SyncMetrics {
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new("ledger_fsync_seconds", "Time of one WAL sync on the syncer thread (fdatasync of the segments written since the last one).")
+                .buckets(prometheus::exponential_buckets(10e-6, 2.0, 16).expect("valid")),
+        )
+        .expect("valid");
+        let syncs = IntCounter::new("ledger_syncs_total", "WAL syncs completed (each makes one batch or more durable).").expect("valid");
+        let batches_unsynced = IntGauge::new("ledger_batches_unsynced", "Batches written to the WAL and not yet durable (at most 2).").expect("valid");
+        let batches_overlapped =
+            IntCounter::new("ledger_batches_overlapped_total", "Batches applied and written while the previous batch's fsync was in flight.").expect("valid");
+        registry.register(Box::new(fsync_seconds.clone())).expect("unique");
+        registry.register(Box::new(syncs.clone())).expect("unique");
+        registry.register(Box::new(batches_unsynced.clone())).expect("unique");
+        registry.register(Box::new(batches_overlapped.clone())).expect("unique");
+        SyncMetrics { fsync_seconds, syncs, batches_unsynced, batches_overlapped }
+    }
+}
+
+/// What the syncer reports for one job: its result and how long it took.
+struct SyncReport {
+    result: Result<u64, StorageError>,
+    took: Duration,
+}
+
+/// The ledger thread's end of the WAL syncer.
+struct Syncer {
+    jobs: Sender<SyncJob>,
+    done: Receiver<SyncReport>,
+    metrics: SyncMetrics,
+}
+
+fn syncer_stopped() -> LedgerError {
+    LedgerError::SyncProtocol("the WAL syncer thread stopped unexpectedly")
+}
+
+impl Syncer {
+    /// Hands the committer's `Sync` to the syncer: a job covering every record written so
+    /// far, or, with nothing to sync (`Durability::None`), durable at once.
+    fn begin<S: Storage>(&self, ledger: &mut Ledger<S>, core: &mut Committer<ReplyTo>, upto: u64) -> Result<(), LedgerError> {
+        match ledger.begin_sync()? {
+            // Room is certain: at most one job is in flight and it was not.
+            Some(job) => self.jobs.try_send(job).map_err(|_| syncer_stopped()),
+            None => {
+                core.synced(upto);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a finished sync: the ledger's watermark moves and the committer releases
+    /// what it covers. A failed sync is fatal (the ledger is poisoned; nothing it covered,
+    /// nor anything written after it, is ever released).
+    fn finish<S: Storage>(&self, ledger: &mut Ledger<S>, core: &mut Committer<ReplyTo>, report: SyncReport) -> Result<(), LedgerError> {
+        self.metrics.fsync_seconds.observe(report.took.as_secs_f64());
+        let durable = ledger.sync_done(report.result)?;
+        self.metrics.syncs.inc();
+        core.synced(durable);
+        self.metrics.batches_unsynced.set(core.unsynced_batches() as i64);
+        Ok(())
+    }
+
+    /// Finishes the sync the syncer reported, if it did.
+    fn poll<S: Storage>(&self, ledger: &mut Ledger<S>, core: &mut Committer<ReplyTo>) -> Result<(), LedgerError> {
+        match self.done.try_recv() {
+            Ok(report) => self.finish(ledger, core, report),
+            Err(TryRecvError::Empty) => Ok(()),
+            Err(TryRecvError::Disconnected) => Err(syncer_stopped()),
+        }
+    }
+}
+
+/// The WAL syncer thread: runs each job (fdatasync on descriptors the ledger thread
+/// duplicated, so it opens nothing) and reports back.
+fn sync_wal(jobs: Receiver<SyncJob>, done: Sender<SyncReport>) {
+    for job in jobs {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::sandbox_point(crate::sandbox::Kind::Syncer);
+        let started = Instant::now();
+        let result = job.run();
+        if done.send(SyncReport { result, took: started.elapsed() }).is_err() {
+            break;
+        }
+    }
+}
+
+/// Runs until every `LedgerClient` is dropped and the queue is drained and every batch
+/// written is durable and released, then waits for the checkpoint in flight, if any. Returns
+/// Err for a failed WAL append or sync, or a failed checkpoint write, which the caller must
+/// treat as fatal: nothing written since the last durable batch was acknowledged, and the
+/// process stops rather than acknowledge data it may have lost. Checkpoints are written by a
+/// thread it spawns, on `ledger.storage().reopen()`; WAL syncs by another (`wal-sync`).
 pub fn run<S: Storage + Send>(
     ledger: &mut Ledger<S>,
     rx: &Queues,
@@ -336,16 +445,27 @@ pub fn run<S: Storage + Send>(
                 write_checkpoints(writer_storage, jobs_rx, done_tx)
             })
             .map_err(|e| LedgerError::CheckpointWriter(format!("spawn: {e}")))?;
+        let (sync_jobs_tx, sync_jobs_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
+        let (synced_tx, synced_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
+        std::thread::Builder::new()
+            .name("wal-sync".to_string())
+            .spawn_scoped(scope, move || {
+                crate::sandbox::confine_thread(crate::sandbox::Kind::Syncer);
+                sync_wal(sync_jobs_rx, synced_tx)
+            })
+            .map_err(|_| LedgerError::SyncProtocol("the WAL syncer thread could not start"))?;
         let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx, metrics: metrics.clone() };
-        let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints);
+        let syncer = Syncer { jobs: sync_jobs_tx, done: synced_rx, metrics: metrics.ledger_sync.clone() };
+        let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints, &syncer);
         // A clean stop leaves the newest checkpoint finished, so the next start replays little.
         result.and_then(|()| checkpoints.drain(ledger))
-        // Dropping `checkpoints` closes the writer's queue; the scope joins the writer, which
-        // ends after the job it holds, if any (after an error that job is abandoned: a crash
-        // at any point of a checkpoint recovers).
+        // Dropping `checkpoints` and `syncer` closes both threads' queues; the scope joins
+        // them, each after the job it holds, if any (after an error that job is abandoned:
+        // a crash at any point of a checkpoint or a sync recovers).
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn commit_batches<S: Storage>(
     ledger: &mut Ledger<S>,
     rx: &Queues,
@@ -354,49 +474,34 @@ fn commit_batches<S: Storage>(
     metrics: &Metrics,
     durability: &str,
     checkpoints: &Checkpoints,
+    syncer: &Syncer,
 ) -> Result<(), LedgerError> {
     let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
-    // Beaten on every turn, busy or idle: /healthz turns 503 if this thread stops turning
-    // (a loop that never ends, a write that never returns). Dropped on a clean stop.
+    // Beaten on every turn, busy or idle, with no WAL sync in flight: /healthz turns 503 if
+    // this thread stops turning (a loop that never ends, a write or a sync that never
+    // returns). Dropped on a clean stop.
     let heartbeat = metrics.health.register("ledger");
-    // The policy (group commit, expiry, checkpoint scheduling, reply release) is the sans-IO
-    // committer's; this loop only moves submissions in, runs its steps on the real ledger and
-    // sends the replies out.
+    // The policy (pipelined group commit, expiry, checkpoint scheduling, reply release) is the
+    // sans-IO committer's; this loop only moves submissions in, runs its steps on the real
+    // ledger and the syncer, and sends the replies out.
     let mut core: Committer<ReplyTo> = Committer::new(CommitterConfig::new(batch_events_max, READS_PER_TURN_MAX));
+    // When each batch with requests began (its write), until its replies go: the commit
+    // time a request waits, apply + write + sync (at most `BATCHES_UNSYNCED_MAX` entries).
+    let mut started: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+    // Every `LedgerClient` is gone: no more submissions will come (what is queued is drained).
+    let mut clients_gone = false;
+    let never = crossbeam_channel::never();
     loop {
-        heartbeat.beat();
-        checkpoints.poll(ledger)?;
-        if rx.is_empty() && core.is_idle() {
-            // Idle: wait for a submission, the checkpoint writer's report, a due expiry or
-            // the heartbeat tick. Pending transfers expire on the ledger's clock, which
-            // only moves with a batch: when one is due and no request comes, the committer
-            // commits an empty batch (logged, so replay expires the same transfers at the
-            // same time).
-            let wait = match core.poll_at(&status(ledger)) {
-                None => HEARTBEAT_TICK,
-                Some(due_ns) => Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX).min(HEARTBEAT_TICK),
-            };
-            let timer = crossbeam_channel::after(wait);
-            crossbeam_channel::select! {
-                recv(rx.writes) -> s => match s {
-                    Ok(s) => core.submit(s.reply_to, s.command),
-                    // Every client is gone: stop once both queues are drained.
-                    Err(_) if rx.is_empty() => break,
-                    Err(_) => continue,
-                },
-                recv(rx.reads) -> s => match s {
-                    Ok(s) => core.submit(s.reply_to, s.command),
-                    Err(_) if rx.is_empty() => break,
-                    Err(_) => continue,
-                },
-                recv(checkpoints.done) -> report => {
-                    checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?;
-                    continue;
-                },
-                recv(timer) -> _ => {},
-            }
+        // Not while a WAL sync is in flight: the heartbeat stands for the commit path
+        // turning, and a sync that never returns must turn /healthz 503 as it did when the
+        // fsync ran on this thread. Under load a beat falls between one sync's report and
+        // the next sync's start (`run_steps` begins it after this).
+        if !core.is_syncing() {
+            heartbeat.beat();
         }
-        // Group commit: every mutation already waiting joins this turn's batch, up to the
+        checkpoints.poll(ledger)?;
+        syncer.poll(ledger, &mut core)?;
+        // Group commit: every mutation already waiting joins the next batch, up to the
         // committer's bounds; the rest stays in the bounded queues.
         while core.wants_write() {
             let Ok(submission) = rx.writes.try_recv() else { break };
@@ -407,52 +512,123 @@ fn commit_batches<S: Storage>(
             core.submit(submission.reply_to, submission.command);
         }
         metrics.ledger_queue_depth.set((rx.writes.len() + rx.reads.len()) as i64);
+        // The fault switch's moment: a turn with work drained (a write or a read).
         #[cfg(feature = "fault-injection")]
-        crate::fault::ledger_batch();
-        let mut started = Instant::now();
-        // One batch per turn, as a turn always was: between two batches the heartbeat beats and
-        // new submissions join (a long run of expiry batches cannot hold the loop).
-        let mut committed = false;
-        loop {
-            let status = status(ledger);
-            if committed && !core.has_ready() && !status.checkpoint_due {
-                break;
-            }
-            let Some(step) = core.poll(now_ns(), &status) else { break };
-            match step {
-                Step::Commit { now_ns, ops } => {
-                    committed = true;
-                    started = Instant::now();
-                    let op_replies = ledger.submit(now_ns, &ops)?;
-                    core.committed(op_replies);
-                    metrics.ledger_batches.inc();
-                }
-                Step::Release(released) => {
-                    // The batch is durable: release its replies, in order.
-                    commit_seconds.observe(started.elapsed().as_secs_f64());
-                    metrics.ledger_batch_requests.observe(released.len() as f64);
-                    metrics.ledger_requests.inc_by(released.len() as u64);
-                    for r in released {
-                        let reply = api::reply_of(&r.reply, ledger.state(), &r.op);
-                        metrics.ledger.count_applied(&r.op, &reply);
-                        // A worker that has stopped no longer needs its replies.
-                        let _ = replies[r.token.worker].send(Completion { reply_to: r.token, reply });
-                    }
-                }
-                Step::Answer(reads) => {
-                    // From the state the turn's batch left.
-                    for (reply_to, command) in reads {
-                        let reply = api::answer(ledger.state(), &command);
-                        let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
-                        metrics.ledger.queries.inc();
-                    }
-                }
-                // After the replies: the encoding pause delays only requests still queued.
-                Step::BeginCheckpoint => checkpoints.begin(ledger)?,
-            }
+        if !core.is_idle() {
+            crate::fault::ledger_batch();
+        }
+        if run_steps(ledger, &mut core, replies, metrics, &commit_seconds, checkpoints, syncer, &mut started)? {
+            continue;
+        }
+        if clients_gone && rx.is_empty() && core.is_idle() {
+            // Every client is gone, the queues are drained, and every batch written is
+            // durable and released: a clean stop.
+            break;
+        }
+        // Nothing to do now: wait for a submission the committer has room for, the syncer's
+        // or the checkpoint writer's report, a due expiry or the heartbeat tick. Pending
+        // transfers expire on the ledger's clock, which only moves with a batch: when one is
+        // due and no request comes, the committer writes an empty batch (logged, so replay
+        // expires the same transfers at the same time).
+        let wait = match core.poll_at(&status(ledger)) {
+            Some(due_ns) if core.is_idle() => Duration::from_nanos(due_ns.saturating_sub(now_ns())).min(EXPIRY_WAIT_MAX).min(HEARTBEAT_TICK),
+            _ => HEARTBEAT_TICK,
+        };
+        let timer = crossbeam_channel::after(wait);
+        // A queue is watched only while the committer has room for what it holds, so the
+        // queues' bounds keep bounding what waits (a full batch is not grown past them).
+        let writes = if !clients_gone && core.wants_write() { &rx.writes } else { &never };
+        let reads = if !clients_gone && core.wants_read() { &rx.reads } else { &never };
+        crossbeam_channel::select! {
+            recv(writes) -> s => match s {
+                Ok(s) => core.submit(s.reply_to, s.command),
+                Err(_) => clients_gone = true,
+            },
+            recv(reads) -> s => match s {
+                Ok(s) => core.submit(s.reply_to, s.command),
+                Err(_) => clients_gone = true,
+            },
+            recv(syncer.done) -> report => syncer.finish(ledger, &mut core, report.map_err(|_| syncer_stopped())?)?,
+            recv(checkpoints.done) -> report => checkpoints.finish(ledger, report.map_err(|_| writer_stopped())?)?,
+            recv(timer) -> _ => {},
         }
     }
     Ok(())
+}
+
+/// Runs the committer's steps until it has nothing to do; returns whether it did anything.
+/// Bounded: at most `BATCHES_UNSYNCED_MAX` writes, and the answers and releases of what was
+/// drained.
+#[allow(clippy::too_many_arguments)]
+fn run_steps<S: Storage>(
+    ledger: &mut Ledger<S>,
+    core: &mut Committer<ReplyTo>,
+    replies: &[Sender<Completion>],
+    metrics: &Metrics,
+    commit_seconds: &Histogram,
+    checkpoints: &Checkpoints,
+    syncer: &Syncer,
+    started: &mut std::collections::VecDeque<(u64, Instant)>,
+) -> Result<bool, LedgerError> {
+    let mut progressed = false;
+    while let Some(step) = core.poll(now_ns(), &status(ledger)) {
+        progressed = true;
+        match step {
+            Step::Write { now_ns, ops } => {
+                let began = Instant::now();
+                if core.is_syncing() {
+                    metrics.ledger_sync.batches_overlapped.inc();
+                }
+                let op_replies = ledger.write(now_ns, &ops)?;
+                let sequence = ledger.sequence();
+                if !ops.is_empty() {
+                    started.push_back((sequence, began));
+                }
+                core.written(sequence, op_replies);
+                metrics.ledger_batches.inc();
+                metrics.ledger_sync.batches_unsynced.set(core.unsynced_batches() as i64);
+            }
+            Step::Sync { upto } => syncer.begin(ledger, core, upto)?,
+            Step::Release { sequence, replies: released } => {
+                // The batch is durable: release its replies, in order.
+                while let Some(&(batch, began)) = started.front() {
+                    if batch > sequence {
+                        break;
+                    }
+                    started.pop_front();
+                    if batch == sequence {
+                        commit_seconds.observe(began.elapsed().as_secs_f64());
+                    }
+                }
+                metrics.ledger_batch_requests.observe(released.len() as f64);
+                metrics.ledger_requests.inc_by(released.len() as u64);
+                for r in released {
+                    // A created object's timestamp never changes, so rendering from the state
+                    // of a later batch gives the reply the batch's own state would.
+                    let reply = api::reply_of(&r.reply, ledger.state(), &r.op);
+                    metrics.ledger.count_applied(&r.op, &reply);
+                    // A worker that has stopped no longer needs its replies.
+                    let _ = replies[r.token.worker].send(Completion { reply_to: r.token, reply });
+                }
+            }
+            Step::Answer(reads) => {
+                // From the state as it is now (every batch written); the committer holds the
+                // answers until that state is durable.
+                let answers = reads.into_iter().map(|(reply_to, command)| (reply_to, api::answer(ledger.state(), &command))).collect();
+                core.answered(answers);
+            }
+            Step::Deliver(answers) => {
+                for (reply_to, reply) in answers {
+                    let _ = replies[reply_to.worker].send(Completion { reply_to, reply });
+                    metrics.ledger.queries.inc();
+                }
+            }
+            // After the replies, with every batch durable: the encoding pause delays only
+            // requests still queued.
+            Step::BeginCheckpoint => checkpoints.begin(ledger)?,
+        }
+    }
+    Ok(progressed)
 }
 
 /// What the committer needs of the ledger before each step.
@@ -585,6 +761,55 @@ mod tests {
         let recovered = Ledger::open(ledger.storage().crash_clean(), ledger.config().clone()).expect("recover");
         assert_eq!(recovered.recovery().checkpoint_sequence, newest);
         assert_eq!(recovered.state().state_hash(), ledger.state().state_hash());
+    }
+
+    #[test]
+    fn a_failed_wal_sync_stops_the_thread_and_nothing_written_is_acknowledged() {
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
+        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+        // Every sync fails (EIO), on the syncer thread; the appends succeed.
+        ledger.storage_mut().inject(ledger_svc::storage::DiskFaults {
+            rng: ledger_svc::storage::SimRng::new(1),
+            sync_failure_ppm: 1_000_000,
+            read_corruption_ppm: 0,
+            capacity_bytes: None,
+        });
+        for id in 1..=4u128 {
+            client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+        }
+        client.submit(Submission { reply_to: reply_to(9), command: Command::LookupAccount(1) }).expect("room");
+        drop(client);
+        let metrics = Metrics::new();
+        let result = run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync");
+        assert!(result.is_err_and(|e| e.is_fatal()), "a failed WAL sync must stop the ledger thread");
+        assert!(ledger.sequence() >= 1, "a batch was written");
+        assert_eq!(ledger.durable_sequence(), 0);
+        assert_eq!(completions[0].try_iter().count(), 0, "no reply, not even a query's, for a state that is not durable");
+        assert_eq!(metrics.ledger_sync.syncs.get(), 0);
+    }
+
+    #[test]
+    fn many_submissions_are_released_in_order_after_their_syncs_and_the_stop_drains_the_pipeline() {
+        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(1024, 1);
+        let metrics = Metrics::new();
+        let thread_metrics = metrics.clone();
+        let ledger_thread = std::thread::spawn(move || {
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            run(&mut ledger, &rx, &replies, 8, &thread_metrics, "fsync").expect("run");
+            ledger
+        });
+        for id in 1..=200u128 {
+            client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+        }
+        drop(client);
+        let ledger = ledger_thread.join().expect("ledger thread");
+        // The clean stop came only after every batch written was durable and released.
+        assert_eq!(ledger.durable_sequence(), ledger.sequence());
+        let got: Vec<u64> = completions[0].try_iter().map(|c| c.reply_to.seq).collect();
+        assert_eq!(got, (1..=200).collect::<Vec<u64>>(), "every reply, in submission order");
+        assert!(metrics.ledger_batches.get() >= 25, "batches of at most 8 events");
+        assert!(metrics.ledger_sync.syncs.get() >= 1 && metrics.ledger_sync.syncs.get() <= metrics.ledger_batches.get());
+        assert_eq!(metrics.ledger_sync.batches_unsynced.get(), 0);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub ledger_recovery_cut_bytes: IntGauge,
     /// 1 when this start followed a clean stop (the clean-stop marker was found).
     pub ledger_recovery_clean_stop: IntGauge,
+    /// The pipelined group commit's WAL syncs (src/committer.rs).
+    pub ledger_sync: crate::committer::SyncMetrics,
     pub ready: IntGauge,
     /// The heartbeats of the worker and ledger threads, read by `/healthz` and `/readyz`.
     pub health: Health,
@@ -206,6 +208,7 @@ impl Metrics {
         let ready = gauge("ready", "1 once every worker runs and the ledger has recovered.");
         let ledger_recovery_cut_bytes = gauge("ledger_recovery_cut_bytes", "Bytes of a torn WAL tail cut (and kept aside) by recovery at this start.");
         let ledger_recovery_clean_stop = gauge("ledger_recovery_clean_stop", "1 when this start followed a clean stop.");
+        let ledger_sync = crate::committer::SyncMetrics::register(&registry);
         let healthy = gauge("healthy", "1 while every worker and ledger thread heartbeat is fresh.");
         let heartbeat_age_seconds =
             GaugeVec::new(Opts::new("heartbeat_age_seconds", "Seconds since the thread's last heartbeat."), &["thread"]).expect("valid");
@@ -246,6 +249,7 @@ impl Metrics {
             ledger_checkpoint_begin_seconds,
             ledger_recovery_cut_bytes,
             ledger_recovery_clean_stop,
+            ledger_sync,
             ready,
             health,
             healthy,

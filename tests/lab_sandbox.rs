@@ -58,6 +58,7 @@ fn assert_every_thread_confined(pid: Pid) {
         "worker-q0",
         "ledger",
         "pantera-ckpt",
+        "wal-sync",
         "audit",
         "management",
         "management-0",

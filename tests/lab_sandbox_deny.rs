@@ -83,8 +83,9 @@ fn expected_line(kind: &str, call: &str) -> String {
             "({kind}) made forbidden system call {} (execve); stopping",
             libc::SYS_execve
         ),
-        // The workers may not open anything: their filter stops the open itself.
-        ("worker", "open") => format!(
+        // The workers and the WAL syncer may not open anything: their filter stops the open
+        // itself.
+        ("worker" | "syncer", "open") => format!(
             "({kind}) made forbidden system call {} (openat); stopping",
             libc::SYS_openat
         ),
@@ -120,7 +121,7 @@ fn violation_stops_the_process(kind: &str, call: &str) {
             })
             .join();
         }
-        "ledger" | "checkpoint" | "audit" => {
+        "ledger" | "checkpoint" | "syncer" | "audit" => {
             // Not joined: once the process stops, the client waits for its read timeout.
             drop(writes(&lab, &tls, 4));
         }
@@ -192,6 +193,16 @@ fn execve_from_the_checkpoint_writer_stops_the_process() {
 #[test]
 fn open_from_the_checkpoint_writer_stops_the_process() {
     violation_stops_the_process("checkpoint", "open");
+}
+
+#[test]
+fn execve_from_the_wal_syncer_stops_the_process() {
+    violation_stops_the_process("syncer", "execve");
+}
+
+#[test]
+fn open_from_the_wal_syncer_stops_the_process() {
+    violation_stops_the_process("syncer", "open");
 }
 
 #[test]
@@ -285,6 +296,7 @@ fn a_normal_run_has_every_thread_confined_and_nothing_legitimate_denied() {
         "worker-q1",
         "ledger",
         "pantera-ckpt",
+        "wal-sync",
         "management",
         "management-0",
         "audit",
@@ -333,6 +345,7 @@ fn kind_of(name: &str) -> &'static str {
         n if n.starts_with("worker-q") => "worker",
         "ledger" => "ledger",
         "pantera-ckpt" => "checkpoint",
+        "wal-sync" => "syncer",
         n if n.starts_with("management") => "management",
         "audit" => "audit",
         _ => "main",
@@ -578,6 +591,7 @@ fn measure_syscalls() {
         "worker",
         "ledger",
         "checkpoint",
+        "syncer",
         "management",
         "audit",
     ] {

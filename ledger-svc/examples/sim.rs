@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut steps, mut failures, mut refused, mut acknowledged, mut recoveries) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut written, mut pipelined, mut mid_sync) = (0u64, 0u64, 0u64);
     let mut faults = FaultTally::default();
     for seed in first..first.saturating_add(seeds) {
         let seed_started = Instant::now();
@@ -64,6 +65,9 @@ fn main() -> ExitCode {
         steps += report.steps;
         acknowledged += report.acknowledged;
         recoveries += report.recoveries;
+        written += report.batches_written;
+        pipelined += report.batches_pipelined;
+        mid_sync += report.crashes_mid_sync;
         refused += u64::from(report.refused);
         faults.add(&report.faults);
         let slow = took > SEED_WALL_MAX;
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         "sim: {seeds} seeds, {failures} failed, {steps} steps, {acknowledged} transfers acknowledged, {recoveries} recoveries ({refused} refused to start), in {:.1?}",
         started.elapsed()
     );
+    println!("pipeline: {written} batches written, {pipelined} of them while the previous batch's sync was in flight; {mid_sync} crashes with a sync in flight");
     println!(
         "faults: {} crashes, {} fsync failures, {} read corruptions, {} ENOSPC, {} messages lost, {} duplicated, {} corrupted, {} partitions ({} in all)",
         faults.crashes, faults.sync_failures, faults.read_corruptions, faults.enospc, faults.lost, faults.duplicated, faults.corrupted, faults.partitions, faults.total()

@@ -2,7 +2,11 @@
 //!
 //! `submit` applies a batch of operations, appends the batch (its inputs and its ledger time)
 //! as one WAL record, syncs once for the whole batch (group commit) and only then returns the
-//! replies. `open` recovers: newest checkpoint, then every later record replayed through the
+//! replies. The server's pipelined path splits that in two: `write` applies and appends without
+//! syncing, `begin_sync` hands out a `SyncJob` (run on another thread) covering every record
+//! written so far, and `sync_done` moves the durability watermark (`durable_sequence`) that
+//! replies are released up to; batch N+1 is written while N's sync runs (docs/ledger.md,
+//! "Pipelined group commit"). `open` recovers: newest checkpoint, then every later record replayed through the
 //! same deterministic code path, so the state equals the state after the last durable batch.
 //!
 //! Failure policy (TigerBeetle, and the PostgreSQL "fsyncgate" lesson): after a failed write
@@ -45,7 +49,7 @@
 use crate::checkpoint::{self, parse_checkpoint_name, CHECKPOINT_TEMP_NAME};
 use crate::model::*;
 use crate::state_machine::{IdHashKey, StateMachine};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{FileSync, Storage, StorageError};
 use crate::wal::{self, ReadOutcome, SegmentReader, Verdict, OPERATIONS_PER_RECORD_MAX};
 
 /// When `submit` returns.
@@ -114,6 +118,10 @@ pub enum LedgerError {
     /// The checkpoint API was called out of order (a bug in the caller). Fatal.
     #[error("checkpoint protocol violated: {0}")]
     CheckpointProtocol(&'static str),
+    /// The pipelined sync API (`write`, `begin_sync`, `sync_done`) was called out of order
+    /// (a bug in the caller). Fatal.
+    #[error("WAL sync protocol violated: {0}")]
+    SyncProtocol(&'static str),
     /// The thread that writes checkpoints could not start or stopped. Fatal.
     #[error("checkpoint writer thread: {0}")]
     CheckpointWriter(String),
@@ -445,6 +453,32 @@ impl CheckpointJob {
     }
 }
 
+/// A sync of the WAL begun by `Ledger::begin_sync`: when run (on any thread, the ledger
+/// thread meanwhile writing the next batch), it makes every record up to batch `upto`
+/// durable; its result goes back to `Ledger::sync_done`. It holds one handle per segment
+/// written since the previous sync (two when a batch rolled the WAL), oldest first.
+#[derive(Debug)]
+pub struct SyncJob {
+    upto: u64,
+    files: Vec<Box<dyn FileSync>>,
+}
+
+impl SyncJob {
+    /// The last batch this sync makes durable.
+    pub fn upto(&self) -> u64 {
+        self.upto
+    }
+
+    /// Runs the fsyncs and gives back `upto` (pass the result to `Ledger::sync_done`). An
+    /// error is fatal, as any WAL sync's.
+    pub fn run(self) -> Result<u64, StorageError> {
+        for file in self.files {
+            file.sync()?;
+        }
+        Ok(self.upto)
+    }
+}
+
 /// The durable ledger. See the module documentation.
 #[derive(Debug)]
 pub struct Ledger<S: Storage> {
@@ -453,6 +487,14 @@ pub struct Ledger<S: Storage> {
     state: StateMachine,
     /// The sequence of the last batch logged.
     sequence: u64,
+    /// The sequence of the last batch known durable (`sequence` with `Durability::None`):
+    /// the watermark a pipelined caller releases replies up to.
+    durable: u64,
+    /// Segments holding records no sync has covered yet, oldest first (two at most in
+    /// practice: the one a batch rolled away from and the new one).
+    unsynced: Vec<String>,
+    /// The `upto` of the sync handed out by `begin_sync` and not reported yet.
+    sync_in_flight: Option<u64>,
     /// The segment being appended to and its size; `None` until the next append starts one.
     segment: Option<(String, u64)>,
     checkpoint_sequence: u64,
@@ -693,6 +735,9 @@ impl<S: Storage> Ledger<S> {
             config,
             state,
             sequence,
+            durable: sequence,
+            unsynced: Vec::new(),
+            sync_in_flight: None,
             segment,
             checkpoint_sequence,
             checkpoint_in_flight: None,
@@ -708,11 +753,107 @@ impl<S: Storage> Ledger<S> {
     /// clock monotonic: timestamps strictly increase even if `now_ns` goes backwards), appends
     /// them as one WAL record, syncs once (group commit), and returns the replies only after
     /// the record is durable. `Err` is fatal unless `!err.is_fatal()` (see the module docs).
+    /// Not while a pipelined sync is in flight (`begin_sync`): that is `SyncProtocol`.
     pub fn submit(
         &mut self,
         now_ns: u64,
         ops: &[Operation],
     ) -> Result<Vec<OperationReply>, LedgerError> {
+        if self.sync_in_flight.is_some() {
+            return Err(LedgerError::SyncProtocol("submit while a sync is in flight"));
+        }
+        let sequence = self.append_batch(now_ns, ops)?;
+        // Durable before applied: a failed sync leaves the state as it was.
+        self.sync_in_line(sequence)?;
+        Ok(self.apply(sequence, now_ns, ops))
+    }
+
+    /// The first half of a pipelined commit: applies the batch and appends its WAL record
+    /// like `submit`, but does not sync. The replies it returns must not reach a client before
+    /// `durable_sequence()` reaches this batch (`begin_sync`, `SyncJob::run` on another
+    /// thread, `sync_done`); meanwhile the next batches may be written. `Err` is fatal unless
+    /// `!err.is_fatal()`. With `Durability::None` the batch counts as durable at once.
+    pub fn write(
+        &mut self,
+        now_ns: u64,
+        ops: &[Operation],
+    ) -> Result<Vec<OperationReply>, LedgerError> {
+        let sequence = self.append_batch(now_ns, ops)?;
+        Ok(self.apply(sequence, now_ns, ops))
+    }
+
+    /// Begins a sync of every record written so far (fdatasync semantics: the handles are
+    /// taken after the writes returned, so they cover them): `Ok(None)` when every batch is
+    /// already durable. At most one sync is in flight; run the job, then call `sync_done`.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        if self.sync_in_flight.is_some() {
+            return Err(LedgerError::SyncProtocol("a second sync while one is in flight"));
+        }
+        if self.durable == self.sequence {
+            debug_assert!(self.unsynced.is_empty() || self.config.durability == Durability::None);
+            return Ok(None);
+        }
+        let mut files = Vec::with_capacity(self.unsynced.len());
+        for name in std::mem::take(&mut self.unsynced) {
+            match self.storage.sync_handle(&name) {
+                Ok(file) => files.push(file),
+                Err(error) => {
+                    self.poisoned = true;
+                    return Err(error.into());
+                }
+            }
+        }
+        self.sync_in_flight = Some(self.sequence);
+        Ok(Some(SyncJob { upto: self.sequence, files }))
+    }
+
+    /// Records the outcome of the sync `begin_sync` handed out (`SyncJob::run`'s result):
+    /// returns the new durability watermark, or the error, which is fatal (the ledger
+    /// poisons itself: nothing written since the last durable batch may be acknowledged).
+    pub fn sync_done(&mut self, result: Result<u64, StorageError>) -> Result<u64, LedgerError> {
+        let Some(expected) = self.sync_in_flight.take() else {
+            return Err(LedgerError::SyncProtocol("sync_done without a sync in flight"));
+        };
+        match result {
+            Ok(upto) if upto == expected => {
+                debug_assert!(upto <= self.sequence);
+                self.durable = self.durable.max(upto);
+                Ok(self.durable)
+            }
+            Ok(_) => {
+                self.poisoned = true;
+                Err(LedgerError::SyncProtocol("sync_done with another sync's result"))
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The last batch known durable: replies of batches up to it may be released.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable
+    }
+
+    /// True while a sync handed out by `begin_sync` has not been reported.
+    pub fn sync_in_flight(&self) -> bool {
+        self.sync_in_flight.is_some()
+    }
+
+    /// Where the WAL ends now: the segment appended to and its length (`None` before the
+    /// first append after `open` or a checkpoint). The simulator records it after each
+    /// write, to check that a batch's record is durable before its replies go.
+    pub fn wal_position(&self) -> Option<(&str, u64)> {
+        self.segment.as_ref().map(|(name, size)| (name.as_str(), *size))
+    }
+
+    /// Checks the bounds, then encodes and appends the next batch's record (no sync).
+    /// Returns its sequence; the caller applies it. A failed append poisons the ledger.
+    fn append_batch(&mut self, now_ns: u64, ops: &[Operation]) -> Result<u64, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -733,9 +874,33 @@ impl<S: Storage> Ledger<S> {
             return Err(error.into());
         }
         self.last_checksum = checksum;
+        Ok(sequence)
+    }
+
+    /// Applies the batch whose record `append_batch` appended as `sequence`.
+    fn apply(&mut self, sequence: u64, now_ns: u64, ops: &[Operation]) -> Vec<OperationReply> {
+        debug_assert_eq!(sequence, self.sequence + 1);
         let replies = apply_batch(&mut self.state, now_ns, ops);
         self.sequence = sequence;
-        Ok(replies)
+        if self.config.durability == Durability::None {
+            self.durable = sequence;
+        }
+        replies
+    }
+
+    /// Syncs every segment with unsynced records on this thread; then every batch up to
+    /// `upto` is durable. A failure poisons the ledger.
+    fn sync_in_line(&mut self, upto: u64) -> Result<(), LedgerError> {
+        for name in std::mem::take(&mut self.unsynced) {
+            if let Err(error) = self.storage.sync(&name) {
+                self.poisoned = true;
+                return Err(error.into());
+            }
+        }
+        if self.config.durability == Durability::Fsync {
+            self.durable = upto;
+        }
+        Ok(())
     }
 
     /// The simulator's injected bug "skip the WAL fsync": `submit` as with
@@ -744,6 +909,16 @@ impl<S: Storage> Ledger<S> {
     pub fn submit_without_sync(&mut self, now_ns: u64, ops: &[Operation]) -> Result<Vec<OperationReply>, LedgerError> {
         let durability = std::mem::replace(&mut self.config.durability, Durability::None);
         let result = self.submit(now_ns, ops);
+        self.config.durability = durability;
+        result
+    }
+
+    /// The same bug on the pipelined path: `write` as with `Durability::None`, so the batch
+    /// counts as durable at once and no sync covers it.
+    #[cfg(feature = "sim-bugs")]
+    pub fn write_without_sync(&mut self, now_ns: u64, ops: &[Operation]) -> Result<Vec<OperationReply>, LedgerError> {
+        let durability = std::mem::replace(&mut self.config.durability, Durability::None);
+        let result = self.write(now_ns, ops);
         self.config.durability = durability;
         result
     }
@@ -761,8 +936,10 @@ impl<S: Storage> Ledger<S> {
         let (name, size) = self.segment.as_mut().expect("set above");
         self.storage.append(name, record)?;
         *size += record.len() as u64;
-        if self.config.durability == Durability::Fsync {
-            self.storage.sync(name)?;
+        // The next sync (in line for `submit`, handed out by `begin_sync` for `write`)
+        // covers this segment.
+        if self.config.durability == Durability::Fsync && self.unsynced.last() != Some(name) {
+            self.unsynced.push(name.clone());
         }
         Ok(())
     }
@@ -797,6 +974,13 @@ impl<S: Storage> Ledger<S> {
         }
         if self.checkpoint_in_flight.is_some() {
             return Ok(None);
+        }
+        // The checkpoint of batch `sequence` would make durable, and let the writer remove
+        // the segments of, batches whose own sync has not returned: a failed sync could
+        // then not keep them from counting. The committer begins one only with every batch
+        // durable.
+        if self.sync_in_flight.is_some() || self.durable != self.sequence {
+            return Err(LedgerError::CheckpointProtocol("checkpoint begun while a batch is not durable"));
         }
         if self.config.durability == Durability::None {
             // The checkpoint must not claim batches that may not be on disk: otherwise a
@@ -909,6 +1093,11 @@ impl<S: Storage> Ledger<S> {
                 "close with a checkpoint in flight",
             ));
         }
+        if self.sync_in_flight.is_some() {
+            return Err(LedgerError::SyncProtocol("close with a sync in flight"));
+        }
+        let sequence = self.sequence;
+        self.sync_in_line(sequence)?;
         let (segment_first_sequence, segment_bytes) = match &self.segment {
             Some((name, size)) => {
                 self.storage.sync(name)?;

@@ -19,13 +19,13 @@ use crate::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use crate::http::{self, Limits, RequestDecoder, Response};
 use crate::model::{AccountFlags, Operation};
 use crate::storage::{DiskFaultCounts, DiskFaults, SimRng, SimStorage};
-use crate::{IdHashKey, Ledger, LedgerConfig, Storage, StorageError};
+use crate::{IdHashKey, Ledger, LedgerConfig, Storage, StorageError, SyncJob};
 
 /// A bug the simulator must catch: compiled only for tests of the simulator itself
 /// (feature `sim-bugs`), never in a production build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
-    /// Release a batch's replies before it is committed (before its fsync).
+    /// Release a batch's replies once it is written, before its fsync returned.
     EarlyRelease,
     /// Apply a retried transfer a second time (the retry's reply says "created" again).
     DoubleApply,
@@ -116,6 +116,13 @@ pub struct SimReport {
     /// Transfers acknowledged (`created` or `exists`).
     pub acknowledged: u64,
     pub recoveries: u64,
+    /// Batches written (WAL records appended by the committer's `Write` steps).
+    pub batches_written: u64,
+    /// Of those, batches written while the previous batch's sync was in flight (the
+    /// pipeline at work).
+    pub batches_pipelined: u64,
+    /// Crashes with a sync in flight (written batches whose durability was not known yet).
+    pub crashes_mid_sync: u64,
     /// The appliance refused to start from what its disk held (allowed: it serves nothing).
     pub refused: bool,
     /// Why it refused, if it did.
@@ -186,8 +193,12 @@ struct Seen {
 struct Server {
     ledger: Ledger<SimStorage>,
     committer: Committer<(usize, u64)>,
-    /// The batch being written: when its write and fsync complete, and its ledger time.
-    committing: Option<(u64, u64, Vec<Operation>)>,
+    /// The sync in flight (the syncer thread's): when it completes, the job, and the
+    /// committer's `upto`. Batches go on being written meanwhile.
+    syncing: Option<(u64, SyncJob, u64)>,
+    /// Where each written batch's WAL record ends (segment, bytes), until its replies go:
+    /// the checker's "durable before released".
+    written: BTreeMap<u64, (String, u64)>,
 }
 
 struct World {
@@ -215,7 +226,7 @@ struct World {
 /// Runs one seed to completion (bounded by `config.steps`).
 pub fn run(config: SimConfig) -> SimReport {
     let mut rng = SimRng::new(config.seed);
-    let report = SimReport { seed: config.seed, steps: 0, digest: 0, faults: FaultTally::default(), replies: 0, acknowledged: 0, recoveries: 0, refused: false, refusal: None, violations: Vec::new() };
+    let report = SimReport { seed: config.seed, steps: 0, digest: 0, faults: FaultTally::default(), replies: 0, acknowledged: 0, recoveries: 0, batches_written: 0, batches_pipelined: 0, crashes_mid_sync: 0, refused: false, refusal: None, violations: Vec::new() };
     let mut storage = SimStorage::new();
     storage.inject(disk_faults(&mut rng));
     let server = start(storage).expect("a fresh ledger on an empty disk opens");
@@ -287,7 +298,7 @@ fn ledger_config() -> LedgerConfig {
 
 fn start(storage: SimStorage) -> Result<Server, crate::LedgerError> {
     let ledger = Ledger::open(storage, ledger_config())?;
-    Ok(Server { ledger, committer: Committer::new(CommitterConfig::new(8189, 64)), committing: None })
+    Ok(Server { ledger, committer: Committer::new(CommitterConfig::new(8189, 64)), syncing: None, written: BTreeMap::new() })
 }
 
 fn status(ledger: &Ledger<SimStorage>) -> LedgerStatus {
@@ -345,6 +356,7 @@ impl World {
     fn crash(&mut self, why: &str) {
         let Some(server) = self.server.take() else { return };
         self.report.faults.crashes += 1;
+        self.report.crashes_mid_sync += u64::from(server.syncing.is_some());
         self.report.faults.add_disk(server.ledger.storage().fault_counts());
         let disk = server.ledger.storage().crash(&mut self.rng);
         let restart_at = self.now + (10 + self.rng.below(200)) * MS;
@@ -473,26 +485,29 @@ impl World {
         self.send(false, client, request, out);
     }
 
-    /// The appliance's turn: finish the batch being written, then run the committer's steps.
+    /// The appliance's turn: finish the sync in flight if its time has come, then run the
+    /// committer's steps (which write the next batches while a sync is in flight).
     fn serve(&mut self) {
         let now = self.now;
         let ledger_now = self.ledger_now();
         let bug = self.config.bug;
+        let early_release = bug == Some(Bug::EarlyRelease) && cfg!(feature = "sim-bugs");
         let Some(server) = &mut self.server else { return };
-        if let Some((done_at, batch_ns, ops)) = server.committing.take() {
+        if let Some((done_at, job, upto)) = server.syncing.take() {
             if done_at > now {
-                server.committing = Some((done_at, batch_ns, ops));
-                return;
-            }
-            let result = submit(&mut server.ledger, batch_ns, &ops, bug);
-            match result {
-                Ok(replies) => server.committer.committed(replies),
-                Err(error) => {
-                    // Fatal, as on the ledger thread: the process exits; nothing of the batch
-                    // was acknowledged.
-                    let why = format!("fatal {error}");
-                    self.crash(&why);
-                    return;
+                server.syncing = Some((done_at, job, upto));
+            } else {
+                match server.ledger.sync_done(job.run()) {
+                    // With the bug the committer was told at the start of the sync.
+                    Ok(_) if early_release => {}
+                    Ok(_) => server.committer.synced(upto),
+                    Err(error) => {
+                        // Fatal, as on the ledger thread: the process exits; nothing written
+                        // since the last durable batch was acknowledged.
+                        let why = format!("fatal {error}");
+                        self.crash(&why);
+                        return;
+                    }
                 }
             }
         }
@@ -503,36 +518,61 @@ impl World {
             let Some(server) = &mut self.server else { return };
             let Some(step) = server.committer.poll(ledger_now, &status(&server.ledger)) else { break };
             match step {
-                Step::Commit { now_ns, ops } => {
-                    // The write and its fsync take a while: more requests queue meanwhile
-                    // and join the next batch (group commit).
-                    let done_at = now + self.rng.below(4) * MS;
-                    if bug == Some(Bug::EarlyRelease) && cfg!(feature = "sim-bugs") {
-                        let replies = submit_unsynced(&mut server.ledger, now_ns, &ops);
-                        server.committer.committed(replies);
-                        server.committing = None;
-                        continue;
-                    }
-                    server.committing = Some((done_at, now_ns, ops));
-                    break;
-                }
-                Step::Release(released) => {
-                    // The checker: a reply leaves only when every byte of the WAL is durable.
-                    let storage = server.ledger.storage();
-                    let names = storage.files().into_keys().filter(|n| crate::wal::parse_segment_name(n).is_some());
-                    for name in names {
-                        if !storage.is_durable(&name) {
-                            violations.push(format!("reply released before {name} was durable"));
+                Step::Write { now_ns, ops } => match write(&mut server.ledger, now_ns, &ops, bug) {
+                    Ok(replies) => {
+                        self.report.batches_written += 1;
+                        self.report.batches_pipelined += u64::from(server.syncing.is_some());
+                        let sequence = server.ledger.sequence();
+                        server.committer.written(sequence, replies);
+                        if let Some((name, end)) = server.ledger.wal_position() {
+                            server.written.insert(sequence, (name.to_string(), end));
                         }
                     }
-                    for r in released {
+                    Err(error) => {
+                        fatal = Some(format!("write {error}"));
+                        break;
+                    }
+                },
+                Step::Sync { upto } => match server.ledger.begin_sync() {
+                    Ok(Some(job)) => {
+                        // The sync takes a while on its own thread: the next requests form
+                        // the next batch, written meanwhile (pipelined group commit).
+                        let done_at = now + self.rng.below(8) * MS;
+                        server.syncing = Some((done_at, job, upto));
+                        if early_release {
+                            // The bug: replies go once the batch is written.
+                            server.committer.synced(upto);
+                        }
+                    }
+                    // Nothing to sync (only with the skip-fsync bug): durable already.
+                    Ok(None) => server.committer.synced(upto),
+                    Err(error) => {
+                        fatal = Some(format!("sync {error}"));
+                        break;
+                    }
+                },
+                Step::Release { sequence, replies } => {
+                    // The checker: a batch's replies leave only when its WAL record is
+                    // durable (every byte up to its end, and the segment's name).
+                    let storage = server.ledger.storage();
+                    match server.written.get(&sequence) {
+                        Some((name, end)) if storage.durable_len(name) as u64 >= *end => {}
+                        Some((name, end)) => violations.push(format!("replies of batch {sequence} released before its record was durable ({name}: {} of {end} bytes)", storage.durable_len(name))),
+                        None => violations.push(format!("replies of batch {sequence} released, but no record of it was written")),
+                    }
+                    server.written.retain(|&s, _| s > sequence);
+                    for r in replies {
                         let reply = api::reply_of(&r.reply, server.ledger.state(), &r.op);
                         outgoing.push((r.token.0, r.token.1, api::render(&reply)));
                     }
                 }
                 Step::Answer(reads) => {
-                    for ((client, request), command) in reads {
-                        outgoing.push((client, request, api::query(server.ledger.state(), &command)));
+                    let answers = reads.into_iter().map(|(token, command)| (token, api::answer(server.ledger.state(), &command))).collect();
+                    server.committer.answered(answers);
+                }
+                Step::Deliver(answers) => {
+                    for ((client, request), reply) in answers {
+                        outgoing.push((client, request, api::render(&reply)));
                     }
                 }
                 Step::BeginCheckpoint => {
@@ -741,13 +781,14 @@ impl World {
     }
 }
 
-/// The ledger's commit, with the simulator's injected bugs (only with `sim-bugs`).
-fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
+/// The ledger's write (apply and append, no sync), with the simulator's injected bugs (only
+/// with `sim-bugs`).
+fn write(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
     #[cfg(feature = "sim-bugs")]
     if bug == Some(Bug::SkipFsync) {
-        return ledger.submit_without_sync(now_ns, ops);
+        return ledger.write_without_sync(now_ns, ops);
     }
-    let replies = ledger.submit(now_ns, ops)?;
+    let replies = ledger.write(now_ns, ops)?;
     #[cfg(feature = "sim-bugs")]
     if bug == Some(Bug::DoubleApply) {
         // The bug: a retried transfer (the ledger answered "exists") is applied again, as a
@@ -763,24 +804,11 @@ fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: 
             }
         }
         if !again.is_empty() {
-            ledger.submit(now_ns, &[Operation::CreateTransfers(again)])?;
+            ledger.write(now_ns, &[Operation::CreateTransfers(again)])?;
         }
     }
     let _ = bug;
     Ok(replies)
-}
-
-/// Early release (the bug): the replies come from applying the batch before the WAL has it.
-fn submit_unsynced(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation]) -> Vec<crate::model::OperationReply> {
-    #[cfg(feature = "sim-bugs")]
-    {
-        ledger.submit_without_sync(now_ns, ops).unwrap_or_default()
-    }
-    #[cfg(not(feature = "sim-bugs"))]
-    {
-        let _ = (ledger, now_ns, ops);
-        unreachable!("early release is a sim-bugs switch")
-    }
 }
 
 /// A checkpoint, written at once on a second handle (the writer thread's, here in line).
@@ -850,6 +878,9 @@ mod tests {
         fn sync(&mut self, name: &str) -> Result<(), StorageError> {
             self.inner.sync(name)
         }
+        fn sync_handle(&mut self, name: &str) -> Result<Box<dyn crate::FileSync>, StorageError> {
+            self.inner.sync_handle(name)
+        }
         fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
             self.inner.truncate(name, len)
         }
@@ -895,14 +926,19 @@ mod tests {
     #[test]
     fn a_few_seeds_pass_the_checker_and_exercise_faults() {
         let mut faults = FaultTally::default();
-        let mut acknowledged = 0;
+        let (mut acknowledged, mut pipelined, mut mid_sync) = (0, 0, 0);
         for seed in 0..8 {
             let report = run(SimConfig::new(seed));
             assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
             faults.add(&report.faults);
             acknowledged += report.acknowledged;
+            pipelined += report.batches_pipelined;
+            mid_sync += report.crashes_mid_sync;
         }
         assert!(acknowledged > 100, "{acknowledged} transfers acknowledged");
+        // The pipeline is exercised: batches written while a sync was in flight, and
+        // crashes that caught a sync in flight.
+        assert!(pipelined > 0 && mid_sync > 0, "{pipelined} batches pipelined, {mid_sync} crashes mid-sync");
         assert!(faults.crashes >= 8 && faults.lost > 0 && faults.duplicated > 0 && faults.corrupted > 0, "{faults:?}");
     }
 }

@@ -7,7 +7,10 @@
 //! - `sync` makes a file's bytes *and its name* durable (fdatasync, plus a directory fsync the
 //!   first time, since fdatasync alone does not persist a new directory entry);
 //! - `rename` and `remove` are durable only after `sync_dir`;
-//! - until synced, bytes may be lost or torn by a crash.
+//! - until synced, bytes may be lost or torn by a crash;
+//! - `sync_handle` gives a one-use [`FileSync`] that makes the bytes appended so far (and the
+//!   file's name) durable from another thread: the WAL syncer's, so the ledger thread writes
+//!   the next batch meanwhile.
 //!
 //! `FileStorage` and `data_dir` (the superblock and the directory checks) are the only code of
 //! this crate that does I/O.
@@ -70,12 +73,25 @@ pub trait Storage {
     fn close(&mut self, name: &str) {
         let _ = name;
     }
+    /// A handle that makes `name` durable from another thread (the WAL's syncer, so the
+    /// ledger thread applies and writes the next batch while this one's fsync runs). It
+    /// covers every byte appended to `name` before this call (fdatasync semantics: what is
+    /// written later may or may not be covered, and is never claimed), and the file's name
+    /// if it is new. `name` must exist.
+    fn sync_handle(&mut self, name: &str) -> Result<Box<dyn FileSync>, StorageError>;
     /// A second, independent handle on the same directory (for a checkpoint writer on
     /// another thread). Files it creates, renames or syncs are the same files this handle
     /// sees; it has its own open-file cache.
     fn reopen(&self) -> Result<Self, StorageError>
     where
         Self: Sized;
+}
+
+/// Makes one file durable, on any thread ([`Storage::sync_handle`]). Used once: `sync`
+/// consumes what it holds (a duplicated descriptor), so it is closed as soon as it is done.
+pub trait FileSync: Send + std::fmt::Debug {
+    /// Makes durable what the handle covers. An error is fatal for a WAL, as `Storage::sync`.
+    fn sync(self: Box<Self>) -> Result<(), StorageError>;
 }
 
 fn check_name(name: &str) -> Result<(), StorageError> {
@@ -261,8 +277,43 @@ impl Storage for FileStorage {
         self.files.remove(name);
     }
 
+    fn sync_handle(&mut self, name: &str) -> Result<Box<dyn FileSync>, StorageError> {
+        let path = self.dir.join(name);
+        let file = self.handle(name)?.try_clone();
+        let file = file.map_err(|e| self.io_error("dup", name, e))?;
+        // A new file's directory entry is made durable by the handle now, not by a later
+        // `sync` here: the syncer's fsync of the directory follows its fdatasync.
+        let dir = if self.created.remove(name) {
+            Some(self.dir_handle.try_clone().map_err(|e| self.io_error("dup", "", e))?)
+        } else {
+            None
+        };
+        Ok(Box::new(FileSyncHandle { file, dir, path }))
+    }
+
     fn reopen(&self) -> Result<Self, StorageError> {
         FileStorage::open(&self.dir)
+    }
+}
+
+/// `FileStorage`'s [`FileSync`]: duplicated descriptors of the file (and of the directory when
+/// the file is new), so the syncer thread opens nothing.
+#[derive(Debug)]
+struct FileSyncHandle {
+    file: File,
+    dir: Option<File>,
+    path: PathBuf,
+}
+
+impl FileSync for FileSyncHandle {
+    fn sync(self: Box<Self>) -> Result<(), StorageError> {
+        let io = |call, path: &Path, source| StorageError::Io { call, path: path.to_path_buf(), source };
+        self.file.sync_data().map_err(|e| io("fdatasync", &self.path, e))?;
+        if let Some(dir) = &self.dir {
+            let parent = self.path.parent().unwrap_or(Path::new(""));
+            dir.sync_all().map_err(|e| io("fsync", parent, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -406,6 +457,16 @@ impl SimStorage {
         }
     }
 
+    /// The bytes of `name` that would survive a crash now (0 when its name would not):
+    /// the simulator checks a batch's record ends within them before its replies go.
+    pub fn durable_len(&self, name: &str) -> usize {
+        let disk = self.disk();
+        match (disk.dir.get(name), disk.dir_durable.get(name)) {
+            (Some(&index), Some(&durable)) if index == durable => disk.files[index].durable.len(),
+            _ => 0,
+        }
+    }
+
     /// Bytes held by the files in the directory now.
     pub fn used_bytes(&self) -> u64 {
         let disk = self.disk();
@@ -536,6 +597,42 @@ impl SimStorage {
     }
 }
 
+/// `SimStorage`'s [`FileSync`]: when it runs, it makes durable exactly the bytes the file
+/// held when the handle was made, no more (the least an fdatasync promises, so a caller that
+/// claims a later write durable is caught), and the file's name.
+#[derive(Debug)]
+struct SimSync {
+    disk: Arc<Mutex<SimDisk>>,
+    name: String,
+    index: usize,
+    len: usize,
+    fails: bool,
+}
+
+impl FileSync for SimSync {
+    fn sync(self: Box<Self>) -> Result<(), StorageError> {
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.fails {
+            disk.faults_injected.sync_failures += 1;
+            return Err(StorageError::Fault("fsync failed (EIO)"));
+        }
+        let file = &mut disk.files[self.index];
+        let covered = self.len.min(file.current.len());
+        if covered >= file.durable.len() && file.current[..file.durable.len()] == file.durable[..] {
+            file.durable = file.current[..covered].to_vec();
+        } else if covered < file.durable.len() {
+            // Already durable past what this handle covers (a later sync ran first).
+        } else {
+            file.durable = file.current.clone();
+        }
+        // The name, unless the file was removed or renamed since (then it is not ours).
+        if disk.dir.get(&self.name) == Some(&self.index) {
+            disk.dir_durable.insert(self.name.clone(), self.index);
+        }
+        Ok(())
+    }
+}
+
 impl SimDisk {
     fn file(&self, name: &str) -> Result<usize, StorageError> {
         self.dir
@@ -663,6 +760,20 @@ impl Storage for SimStorage {
         let mut disk = self.disk();
         disk.dir_durable = disk.dir.clone();
         Ok(())
+    }
+
+    fn sync_handle(&mut self, name: &str) -> Result<Box<dyn FileSync>, StorageError> {
+        self.tick()?;
+        // The fault is drawn now, on the caller's thread, so a simulation replays it.
+        let fails = match &mut self.faults {
+            Some(faults) => faults.rng.chance(faults.sync_failure_ppm, 1_000_000),
+            None => false,
+        };
+        let disk = self.disk();
+        let index = disk.file(name)?;
+        let len = disk.files[index].current.len();
+        drop(disk);
+        Ok(Box::new(SimSync { disk: Arc::clone(&self.disk), name: name.to_string(), index, len, fails }))
     }
 
     fn reopen(&self) -> Result<Self, StorageError> {

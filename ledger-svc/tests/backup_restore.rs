@@ -262,6 +262,9 @@ impl Storage for RacingWriter {
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
         self.inner.sync(name)
     }
+    fn sync_handle(&mut self, name: &str) -> Result<Box<dyn ledger_svc::FileSync>, StorageError> {
+        self.inner.sync_handle(name)
+    }
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
         self.inner.truncate(name, len)
     }

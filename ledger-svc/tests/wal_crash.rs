@@ -45,6 +45,9 @@ impl Storage for Shared {
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
         self.0.borrow_mut().sync(name)
     }
+    fn sync_handle(&mut self, name: &str) -> Result<Box<dyn ledger_svc::FileSync>, StorageError> {
+        self.0.borrow_mut().sync_handle(name)
+    }
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
         self.0.borrow_mut().truncate(name, len)
     }

@@ -27,6 +27,8 @@ pub enum Kind {
     Ledger,
     /// `pantera-ckpt`: writes checkpoints into the data directory.
     Checkpoint,
+    /// `wal-sync`: the WAL's fdatasync, on descriptors the ledger thread hands it.
+    Syncer,
     /// `management` and `management-N`: /metrics, /healthz, /readyz.
     Management,
     /// `audit`: the audit log writer.
@@ -35,7 +37,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a fixed order (docs, tests).
-    pub const ALL: [Kind; 6] = [Kind::Main, Kind::Worker, Kind::Ledger, Kind::Checkpoint, Kind::Management, Kind::Audit];
+    pub const ALL: [Kind; 7] = [Kind::Main, Kind::Worker, Kind::Ledger, Kind::Checkpoint, Kind::Syncer, Kind::Management, Kind::Audit];
 
     /// The name used in configuration, logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Worker => "worker",
             Kind::Ledger => "ledger",
             Kind::Checkpoint => "checkpoint",
+            Kind::Syncer => "syncer",
             Kind::Management => "management",
             Kind::Audit => "audit",
         }

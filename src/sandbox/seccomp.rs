@@ -197,7 +197,7 @@ fn target_arch() -> io::Result<seccompiler::TargetArch> {
 }
 
 /// The kinds that start a thread after confining themselves: the ledger thread starts the
-/// checkpoint writer.
+/// checkpoint writer and the WAL syncer.
 fn spawns_threads(kind: Kind) -> bool {
     kind == Kind::Ledger
 }
@@ -414,6 +414,11 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
             )?;
         }
         Kind::Checkpoint => write_files(&mut rules),
+        // The WAL syncer opens nothing: the ledger thread hands it duplicated descriptors of
+        // the segment (and of the directory for a new segment), which it syncs and closes.
+        // fcntl: the standard library's debug builds check a descriptor is open (F_GETFD)
+        // before closing it.
+        Kind::Syncer => allow(&mut rules, &[libc::SYS_fdatasync, libc::SYS_fsync, libc::SYS_close, libc::SYS_fcntl]),
         Kind::Management => {
             // /metrics reads the process's own statistics from /proc.
             read_files(&mut rules);
@@ -686,9 +691,10 @@ mod tests {
                 kind == Kind::Management,
                 "{kind}: ioctl"
             );
+            // The workers and the WAL syncer open nothing after start-up.
             assert_eq!(
                 rules.contains_key(&libc::SYS_openat),
-                kind != Kind::Worker,
+                !matches!(kind, Kind::Worker | Kind::Syncer),
                 "{kind}: openat"
             );
         }
@@ -801,6 +807,26 @@ mod tests {
                 "{kind}: status {status:#x}; {stderr}"
             );
         }
+    }
+
+    #[test]
+    fn a_confined_syncer_may_sync_and_close_but_not_open() {
+        let filters = Filters::compile_with(Kind::Syncer, false).expect("compile");
+        // The descriptor would be a duplicate the ledger thread made; here the child's
+        // stderr (a pipe: fdatasync answers EINVAL, which is no sandbox stop).
+        let (status, stderr) = exit_of_confined_child(&filters, || unsafe {
+            libc::fdatasync(2);
+            libc::fsync(2);
+            libc::close(100);
+            libc::write(2, b"ok".as_ptr().cast(), 2);
+        });
+        assert_eq!((status, stderr.as_str()), (0, "ok"));
+        let (status, stderr) = exit_of_confined_child(&filters, || unsafe {
+            libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), libc::O_RDONLY);
+            libc::_exit(1);
+        });
+        assert_eq!(status, EXIT_SANDBOX, "stderr: {stderr}");
+        assert!(stderr.contains("(syncer) made forbidden system call") && stderr.contains("(openat)"), "{stderr}");
     }
 
     #[test]

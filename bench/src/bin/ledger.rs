@@ -6,6 +6,12 @@
 //! cargo run --release -p bench --bin ledger -- --adversarial [--dir DIR]
 //! ```
 //!
+//! The durable runs are made three ways on the same transfers: `Ledger::submit` (one record
+//! and one fdatasync per batch, in line), and the committer's pipeline as the ledger thread
+//! runs it (`Ledger::write`, syncs on a second thread) with at most 1 batch unsynced (each
+//! batch durable before the next is written) and with 2 (batch N+1 applied and written while
+//! batch N's fdatasync runs): the last two differ only in the pipeline's depth.
+//!
 //! `--adversarial` compares crafted ids with random ids instead (apply and WAL recovery of
 //! 32,768 accounts and 32,768 transfers per id family).
 //!
@@ -41,6 +47,9 @@ struct Args {
     /// Only the in-memory apply runs (for profiling).
     #[arg(long)]
     apply_only: bool,
+    /// Only the durable runs (submit, and the committer's pipeline at depth 1 and 2).
+    #[arg(long)]
+    durable_only: bool,
     /// Only the comparison of crafted ids with random ids (apply and recovery).
     #[arg(long)]
     adversarial: bool,
@@ -177,6 +186,87 @@ fn durable(args: &Args, batch_size: usize, dir: &std::path::Path) -> Result<(u64
         rate(total, elapsed),
         rate(ops.len(), elapsed),
         elapsed.as_secs_f64() * 1e6 / ops.len() as f64
+    );
+    Ok((ledger.state().state_hash(), total))
+}
+
+/// The durable run through the sans-IO committer and a syncer thread, as the ledger thread
+/// drives them: one operation per batch (as `durable`), at most `unsynced_max` batches
+/// written and not durable. Every batch's requests are waiting from the start (a client
+/// that never lets the ledger idle).
+fn durable_pipelined(args: &Args, batch_size: usize, dir: &std::path::Path, unsynced_max: usize) -> Result<(u64, usize)> {
+    use ledger_svc::api::Command;
+    use ledger_svc::committer::{Committer, CommitterConfig, LedgerStatus, Step};
+    let total = match batch_size {
+        1 => args.durable_single_batches,
+        100 => 100_000.min(args.transfers),
+        _ => args.transfers,
+    };
+    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
+    let storage = FileStorage::open(dir).context("open the WAL directory")?;
+    let mut ledger = Ledger::open(storage, config).context("open the ledger")?;
+    for chunk in accounts(args.accounts) {
+        ledger.submit(NOW, &[Operation::CreateAccounts(chunk)])?;
+    }
+    let events = transfers(1, total, args.accounts);
+    let ops: Vec<Operation> = events.chunks(batch_size).map(|c| Operation::CreateTransfers(c.to_vec())).collect();
+    let batches = ops.len();
+    let mut waiting = ops.into_iter().enumerate();
+    let mut core: Committer<usize> = Committer::new(CommitterConfig {
+        batch_events_max: batch_size,
+        operations_per_batch_max: 1,
+        reads_per_turn_max: 1,
+        batches_unsynced_max: unsynced_max,
+    });
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<SyncJob>(1);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let (elapsed, overlapped) = std::thread::scope(|scope| -> Result<(Duration, usize)> {
+        scope.spawn(move || {
+            for job in jobs_rx {
+                if done_tx.send(job.run()).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let (mut released, mut overlapped, mut batch_ns) = (0, 0, NOW);
+        while released < batches {
+            while core.wants_write() {
+                let Some((i, op)) = waiting.next() else { break };
+                core.submit(i, Command::Mutate(op));
+            }
+            let mut progressed = false;
+            while let Some(step) = core.poll(batch_ns + 1, &LedgerStatus::default()) {
+                progressed = true;
+                match step {
+                    Step::Write { now_ns, ops } => {
+                        overlapped += usize::from(core.is_syncing());
+                        let replies = ledger.write(now_ns, &ops)?;
+                        core.written(ledger.sequence(), replies);
+                        batch_ns += 1_000_000;
+                    }
+                    Step::Sync { upto } => match ledger.begin_sync()? {
+                        Some(job) => jobs_tx.send(job).map_err(|_| anyhow::anyhow!("the syncer stopped"))?,
+                        None => core.synced(upto),
+                    },
+                    Step::Release { replies, .. } => released += replies.len(),
+                    other => anyhow::bail!("unexpected step {other:?}"),
+                }
+            }
+            if !progressed {
+                let durable = ledger.sync_done(done_rx.recv().context("the syncer stopped")?)?;
+                core.synced(durable);
+            }
+        }
+        drop(jobs_tx);
+        Ok((start.elapsed(), overlapped))
+    })?;
+    println!(
+        "durable (pipeline, {unsynced_max} unsynced) batch {batch_size:>5}: {total:>8} transfers in {:>8.3} s = {:>10.0} transfers/s, {:>8.0} batches/s ({:.0} µs per batch; {overlapped} written during a sync)",
+        elapsed.as_secs_f64(),
+        rate(total, elapsed),
+        rate(batches, elapsed),
+        elapsed.as_secs_f64() * 1e6 / batches as f64
     );
     Ok((ledger.state().state_hash(), total))
 }
@@ -393,7 +483,9 @@ fn main() -> Result<()> {
         return adversarial(&args);
     }
     for batch_size in [1, 100, BATCH_EVENTS_MAX] {
-        apply_in_memory(&args, batch_size)?;
+        if !args.durable_only {
+            apply_in_memory(&args, batch_size)?;
+        }
     }
     if args.apply_only {
         return Ok(());
@@ -403,9 +495,19 @@ fn main() -> Result<()> {
     for batch_size in [1, 100, BATCH_EVENTS_MAX] {
         let run = tempfile::tempdir_in(&args.dir)?;
         let (hash, total) = durable(&args, batch_size, run.path())?;
+        // The same transfers through the committer's pipeline, without and with overlap;
+        // each must reach the same state.
+        for unsynced_max in [1, 2] {
+            let pipelined = tempfile::tempdir_in(&args.dir)?;
+            let (pipelined_hash, _) = durable_pipelined(&args, batch_size, pipelined.path(), unsynced_max)?;
+            anyhow::ensure!(pipelined_hash == hash, "the pipelined run (depth {unsynced_max}) reached another state");
+        }
         if batch_size == BATCH_EVENTS_MAX {
             last = Some((run, hash, total));
         }
+    }
+    if args.durable_only {
+        return Ok(());
     }
     let (run, hash, _) = last.expect("the 8189 run");
     // Drop the page cache's advantage as far as we can without root tricks: this measures
