@@ -495,6 +495,13 @@ pub struct Ledger<S: Storage> {
     unsynced: Vec<String>,
     /// The `upto` of the sync handed out by `begin_sync` and not reported yet.
     sync_in_flight: Option<u64>,
+    /// The last batch whose record is appended to the WAL (`sequence`, unless one is staged).
+    appended: u64,
+    /// A batch written (applied, record encoded) while an appended record was not yet
+    /// durable: its record waits here and is appended by the next `begin_sync`, so that the
+    /// WAL never holds a record behind one that is not durable (only the newest record can
+    /// be torn by a crash, the rule recovery relies on). One at most.
+    staged: Option<(u64, Vec<u8>)>,
     /// The segment being appended to and its size; `None` until the next append starts one.
     segment: Option<(String, u64)>,
     checkpoint_sequence: u64,
@@ -738,6 +745,8 @@ impl<S: Storage> Ledger<S> {
             durable: sequence,
             unsynced: Vec::new(),
             sync_in_flight: None,
+            appended: sequence,
+            staged: None,
             segment,
             checkpoint_sequence,
             checkpoint_in_flight: None,
@@ -759,8 +768,8 @@ impl<S: Storage> Ledger<S> {
         now_ns: u64,
         ops: &[Operation],
     ) -> Result<Vec<OperationReply>, LedgerError> {
-        if self.sync_in_flight.is_some() {
-            return Err(LedgerError::SyncProtocol("submit while a sync is in flight"));
+        if self.sync_in_flight.is_some() || self.staged.is_some() {
+            return Err(LedgerError::SyncProtocol("submit while a pipelined batch is not durable"));
         }
         let sequence = self.append_batch(now_ns, ops)?;
         // Durable before applied: a failed sync leaves the state as it was.
@@ -768,17 +777,33 @@ impl<S: Storage> Ledger<S> {
         Ok(self.apply(sequence, now_ns, ops))
     }
 
-    /// The first half of a pipelined commit: applies the batch and appends its WAL record
+    /// The first half of a pipelined commit: applies the batch and encodes its WAL record
     /// like `submit`, but does not sync. The replies it returns must not reach a client before
     /// `durable_sequence()` reaches this batch (`begin_sync`, `SyncJob::run` on another
-    /// thread, `sync_done`); meanwhile the next batches may be written. `Err` is fatal unless
+    /// thread, `sync_done`). The record is appended at once when every appended record is
+    /// durable; otherwise (the previous batch is syncing) it is staged, and the next
+    /// `begin_sync` appends it: a crash can then tear only the newest record, as with
+    /// `submit`. One batch may be staged (`SyncProtocol` for a second). `Err` is fatal unless
     /// `!err.is_fatal()`. With `Durability::None` the batch counts as durable at once.
     pub fn write(
         &mut self,
         now_ns: u64,
         ops: &[Operation],
     ) -> Result<Vec<OperationReply>, LedgerError> {
-        let sequence = self.append_batch(now_ns, ops)?;
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        let behind_unsynced = self.sync_in_flight.is_some() || self.appended > self.durable;
+        let sequence = if behind_unsynced && self.config.durability == Durability::Fsync {
+            if self.staged.is_some() {
+                return Err(LedgerError::SyncProtocol("a second batch written while one waits for a sync"));
+            }
+            let (sequence, record) = self.encode_batch(now_ns, ops)?;
+            self.staged = Some((sequence, record));
+            sequence
+        } else {
+            self.append_batch(now_ns, ops)?
+        };
         Ok(self.apply(sequence, now_ns, ops))
     }
 
@@ -795,6 +820,21 @@ impl<S: Storage> Ledger<S> {
         if self.durable == self.sequence {
             debug_assert!(self.unsynced.is_empty() || self.config.durability == Durability::None);
             return Ok(None);
+        }
+        // Every appended record is durable here unless the caller skipped a sync; a staged
+        // record goes to the disk now, and this sync covers it.
+        if let Some((sequence, record)) = self.staged.take() {
+            if self.appended > self.durable {
+                self.poisoned = true;
+                return Err(LedgerError::SyncProtocol("a staged record behind one not durable"));
+            }
+            let result = self.append_record(sequence, &record);
+            self.record = record;
+            if let Err(error) = result {
+                self.poisoned = true;
+                return Err(error.into());
+            }
+            self.appended = sequence;
         }
         let mut files = Vec::with_capacity(self.unsynced.len());
         for name in std::mem::take(&mut self.unsynced) {
@@ -844,9 +884,15 @@ impl<S: Storage> Ledger<S> {
         self.sync_in_flight.is_some()
     }
 
+    /// The last batch whose record is in the WAL (a staged one is not, until `begin_sync`).
+    pub fn appended_sequence(&self) -> u64 {
+        self.appended
+    }
+
     /// Where the WAL ends now: the segment appended to and its length (`None` before the
-    /// first append after `open` or a checkpoint). The simulator records it after each
-    /// write, to check that a batch's record is durable before its replies go.
+    /// first append after `open` or a checkpoint). The simulator records it for
+    /// `appended_sequence()` after each write and each `begin_sync`, to check that a batch's
+    /// record is durable before its replies go.
     pub fn wal_position(&self) -> Option<(&str, u64)> {
         self.segment.as_ref().map(|(name, size)| (name.as_str(), *size))
     }
@@ -854,6 +900,20 @@ impl<S: Storage> Ledger<S> {
     /// Checks the bounds, then encodes and appends the next batch's record (no sync).
     /// Returns its sequence; the caller applies it. A failed append poisons the ledger.
     fn append_batch(&mut self, now_ns: u64, ops: &[Operation]) -> Result<u64, LedgerError> {
+        let (sequence, record) = self.encode_batch(now_ns, ops)?;
+        let result = self.append_record(sequence, &record);
+        self.record = record;
+        if let Err(error) = result {
+            self.poisoned = true;
+            return Err(error.into());
+        }
+        self.appended = sequence;
+        Ok(sequence)
+    }
+
+    /// Checks the bounds and encodes the next batch's record (in the reused buffer, which
+    /// the caller puts back once appended), chained to the previous record.
+    fn encode_batch(&mut self, now_ns: u64, ops: &[Operation]) -> Result<(u64, Vec<u8>), LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -866,15 +926,8 @@ impl<S: Storage> Ledger<S> {
         }
         let sequence = self.sequence + 1;
         let mut record = std::mem::take(&mut self.record);
-        let checksum = wal::encode_record(&mut record, sequence, now_ns, self.last_checksum, ops);
-        let result = self.append_record(sequence, &record);
-        self.record = record;
-        if let Err(error) = result {
-            self.poisoned = true;
-            return Err(error.into());
-        }
-        self.last_checksum = checksum;
-        Ok(sequence)
+        self.last_checksum = wal::encode_record(&mut record, sequence, now_ns, self.last_checksum, ops);
+        Ok((sequence, record))
     }
 
     /// Applies the batch whose record `append_batch` appended as `sequence`.

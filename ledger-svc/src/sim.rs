@@ -357,6 +357,19 @@ impl World {
         let Some(server) = self.server.take() else { return };
         self.report.faults.crashes += 1;
         self.report.crashes_mid_sync += u64::from(server.syncing.is_some());
+        // The WAL's crash rule: at most one record (the newest) is not durable, so recovery
+        // can tell a torn write from damage (a record staged behind a syncing one is not on
+        // the disk yet).
+        let storage = server.ledger.storage();
+        let durable = server.ledger.durable_sequence();
+        let undurable = server
+            .written
+            .range(durable + 1..)
+            .filter(|(_, (name, end))| (storage.durable_len(name) as u64) < *end)
+            .count();
+        if undurable > 1 {
+            self.report.violations.push(format!("{undurable} WAL records not durable at a crash: a torn record could lie behind a whole one"));
+        }
         self.report.faults.add_disk(server.ledger.storage().fault_counts());
         let disk = server.ledger.storage().crash(&mut self.rng);
         let restart_at = self.now + (10 + self.rng.below(200)) * MS;
@@ -524,8 +537,12 @@ impl World {
                         self.report.batches_pipelined += u64::from(server.syncing.is_some());
                         let sequence = server.ledger.sequence();
                         server.committer.written(sequence, replies);
-                        if let Some((name, end)) = server.ledger.wal_position() {
-                            server.written.insert(sequence, (name.to_string(), end));
+                        // A record staged behind a syncing one reaches the WAL (and gets its
+                        // position) at the next begin_sync.
+                        if server.ledger.appended_sequence() == sequence {
+                            if let Some((name, end)) = server.ledger.wal_position() {
+                                server.written.insert(sequence, (name.to_string(), end));
+                            }
                         }
                     }
                     Err(error) => {
@@ -535,6 +552,10 @@ impl World {
                 },
                 Step::Sync { upto } => match server.ledger.begin_sync() {
                     Ok(Some(job)) => {
+                        let appended = server.ledger.appended_sequence();
+                        if let Some((name, end)) = server.ledger.wal_position() {
+                            server.written.insert(appended, (name.to_string(), end));
+                        }
                         // The sync takes a while on its own thread: the next requests form
                         // the next batch, written meanwhile (pipelined group commit).
                         let done_at = now + self.rng.below(8) * MS;
