@@ -24,4 +24,6 @@ pub mod sandbox;
 pub mod notify;
 pub mod serve;
 pub mod shutdown;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod worker;

@@ -266,7 +266,7 @@ pub fn run(config: SimConfig) -> SimReport {
     world.report
 }
 
-fn disk_faults(rng: &mut SimRng) -> DiskFaults {
+pub fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     DiskFaults {
         rng: SimRng::new(rng.next_u64()),
         sync_failure_ppm: 2_000,
@@ -275,7 +275,7 @@ fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     }
 }
 
-fn ledger_config() -> LedgerConfig {
+pub fn ledger_config() -> LedgerConfig {
     LedgerConfig {
         // Small, so runs roll segments and write checkpoints often.
         checkpoint_every_batches: 16,
@@ -784,7 +784,7 @@ fn submit_unsynced(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operatio
 }
 
 /// A checkpoint, written at once on a second handle (the writer thread's, here in line).
-fn checkpoint(ledger: &mut Ledger<SimStorage>) -> Result<(), crate::LedgerError> {
+pub fn checkpoint(ledger: &mut Ledger<SimStorage>) -> Result<(), crate::LedgerError> {
     let Some(mut job) = ledger.begin_checkpoint()? else { return Ok(()) };
     let mut writer = ledger.storage().reopen().map_err(|e: StorageError| crate::LedgerError::from(e))?;
     job.write(&mut writer)?;
