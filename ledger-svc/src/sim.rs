@@ -742,7 +742,7 @@ impl World {
 }
 
 /// The ledger's commit, with the simulator's injected bugs (only with `sim-bugs`).
-fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
+pub fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
     #[cfg(feature = "sim-bugs")]
     if bug == Some(Bug::SkipFsync) {
         return ledger.submit_without_sync(now_ns, ops);
@@ -771,7 +771,7 @@ fn submit(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: 
 }
 
 /// Early release (the bug): the replies come from applying the batch before the WAL has it.
-fn submit_unsynced(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation]) -> Vec<crate::model::OperationReply> {
+pub fn submit_unsynced(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation]) -> Vec<crate::model::OperationReply> {
     #[cfg(feature = "sim-bugs")]
     {
         ledger.submit_without_sync(now_ns, ops).unwrap_or_default()

@@ -25,6 +25,7 @@ use crossbeam_channel::Sender;
 use ledger_svc::api;
 use ledger_svc::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use ledger_svc::model::Operation;
+pub use ledger_svc::sim::Bug;
 use ledger_svc::sim_audit::Auditor;
 use ledger_svc::storage::{SimRng, SimStorage};
 use ledger_svc::{Ledger, Storage};
@@ -69,6 +70,8 @@ pub struct StackSimConfig {
     pub requests_per_client: u64,
     /// Wall time a run may take; past it the run stops with a violation.
     pub wall_max: Duration,
+    /// An injected bug the checker must catch (only with the `sim-bugs` feature).
+    pub bug: Option<Bug>,
 }
 
 impl StackSimConfig {
@@ -79,6 +82,7 @@ impl StackSimConfig {
             clients: 4,
             requests_per_client: 100,
             wall_max: Duration::from_secs(60),
+            bug: None,
         }
     }
 }
@@ -602,7 +606,7 @@ impl World {
                     "connections with work no event would have driven: {missed:?}"
                 ));
             }
-            let turn = ledger_turn(server, now_ms, ledger_ns, &mut self.rng);
+            let turn = ledger_turn(server, now_ms, ledger_ns, &mut self.rng, self.config.bug);
             let moved = turn.replies > 0;
             outcome.violations.extend(turn.violations);
             outcome.fatal = outcome.fatal.or(turn.fatal);
@@ -1004,6 +1008,7 @@ fn ledger_turn(
     now_ms: u64,
     ledger_ns: u64,
     rng: &mut SimRng,
+    bug: Option<Bug>,
 ) -> LedgerTurn {
     let mut turn = LedgerTurn::default();
     if let Some((done_at, batch_ns, ops)) = server.committing.take() {
@@ -1011,7 +1016,8 @@ fn ledger_turn(
             server.committing = Some((done_at, batch_ns, ops));
             return turn;
         }
-        match server.ledger.submit(batch_ns, &ops) {
+        // ledger-svc's simulator's commit: `Ledger::submit`, or an injected bug's variant.
+        match ledger_svc::sim::submit(&mut server.ledger, batch_ns, &ops, bug) {
             Ok(replies) => server.core.committed(replies),
             Err(error) => {
                 turn.fatal = Some(error.to_string());
@@ -1041,6 +1047,13 @@ fn ledger_turn(
         };
         match step {
             Step::Commit { now_ns, ops } => {
+                if bug == Some(Bug::EarlyRelease) && cfg!(feature = "sim-bugs") {
+                    // The bug: the replies come from a batch the WAL has not synced.
+                    let replies =
+                        ledger_svc::sim::submit_unsynced(&mut server.ledger, now_ns, &ops);
+                    server.core.committed(replies);
+                    continue;
+                }
                 // The write and its fsync take 0-3 ms: requests arriving meanwhile queue
                 // for the next batch (group commit).
                 server.committing = Some((now_ms + rng.below(4), now_ns, ops));
