@@ -12,12 +12,11 @@
 //! The checker (TigerBeetle's auditor idea) watches every reply and every recovery; see
 //! [`check_state`] and the `Violation` sites for the invariants.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::api::{self, Action};
 use crate::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use crate::http::{self, Limits, RequestDecoder, Response};
-use crate::model::{AccountFlags, Operation};
+use crate::model::Operation;
+use crate::sim_audit::Auditor;
 use crate::storage::{DiskFaultCounts, DiskFaults, SimRng, SimStorage};
 use crate::{IdHashKey, Ledger, LedgerConfig, Storage, StorageError};
 
@@ -173,16 +172,6 @@ struct Client {
     pending: Vec<(u128, u128, u128, u128)>,
 }
 
-/// What the checker knows of a transfer from the replies clients got.
-#[derive(Debug, Default)]
-struct Seen {
-    debit: u128,
-    credit: u128,
-    amount: Option<u128>,
-    created: u64,
-    acknowledged: bool,
-}
-
 struct Server {
     ledger: Ledger<SimStorage>,
     committer: Committer<(usize, u64)>,
@@ -204,10 +193,8 @@ struct World {
     partition_until: u64,
     clients: Vec<Client>,
     next_id: u128,
-    seen: BTreeMap<u128, Seen>,
-    /// Every transfer id a client sent.
-    sent: BTreeSet<u128>,
-    accounts_acknowledged: BTreeSet<u128>,
+    /// The checker: what clients were told (shared with the whole-appliance simulator).
+    audit: Auditor,
     digest: u64,
     report: SimReport,
 }
@@ -232,9 +219,7 @@ pub fn run(config: SimConfig) -> SimReport {
         partition_until: 0,
         clients,
         next_id: 1_000,
-        seen: BTreeMap::new(),
-        sent: BTreeSet::new(),
-        accounts_acknowledged: BTreeSet::new(),
+        audit: Auditor::new(),
         digest: 0xcbf2_9ce4_8422_2325,
         report,
     };
@@ -261,11 +246,12 @@ pub fn run(config: SimConfig) -> SimReport {
         let violations = world.check_state(&server.ledger, "end");
         world.report.violations.extend(violations);
     }
-    world.report.acknowledged = world.seen.values().filter(|s| s.acknowledged).count() as u64;
+    world.report.acknowledged = world.audit.acknowledged_count();
     world.report.digest = world.digest;
     world.report
 }
 
+/// The disk faults of one start (also the whole-appliance simulator's, `pantera::sim`).
 pub fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     DiskFaults {
         rng: SimRng::new(rng.next_u64()),
@@ -275,6 +261,7 @@ pub fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     }
 }
 
+/// The simulated ledger's configuration (also the whole-appliance simulator's).
 pub fn ledger_config() -> LedgerConfig {
     LedgerConfig {
         // Small, so runs roll segments and write checkpoints often.
@@ -596,7 +583,7 @@ impl World {
         }
         let roll = self.rng.below(10);
         if roll == 0 {
-            let known: Vec<u128> = self.seen.iter().filter(|(_, s)| s.acknowledged).map(|(id, _)| *id).collect();
+            let known: Vec<u128> = self.audit.acknowledged().collect();
             if !known.is_empty() {
                 let id = known[self.rng.below(known.len() as u64) as usize];
                 let bytes = format!("GET /v1/transfers/{id} HTTP/1.1\r\nHost: pantera\r\n\r\n").into_bytes();
@@ -605,7 +592,7 @@ impl World {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.sent.insert(id);
+        self.audit.sent_transfer(id);
         if roll <= 2 && !self.clients[client].pending.is_empty() {
             let index = self.rng.below(self.clients[client].pending.len() as u64) as usize;
             let (pending_id, debit, credit, amount) = self.clients[client].pending.swap_remove(index);
@@ -656,31 +643,16 @@ impl World {
                 if status == 200 {
                     for (index, s) in statuses(&body).into_iter().enumerate() {
                         if s == "created" || s == "exists" {
-                            self.accounts_acknowledged.insert(client as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128);
+                            self.audit.account_acknowledged(client as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128);
                         }
                     }
                 }
             }
             Kind::Transfer { id, debit, credit, amount, pending, resolves } => {
                 let s = if status == 200 { statuses(&body).into_iter().next().unwrap_or_default() } else { format!("http {status}") };
-                let seen = self.seen.entry(id).or_default();
-                seen.debit = debit;
-                seen.credit = credit;
-                seen.amount = if resolves { None } else { Some(amount) };
-                let mut problems = Vec::new();
-                if s == "created" {
-                    seen.created += 1;
-                    if seen.created > 1 {
-                        problems.push(format!("transfer {id} created twice (a retry applied again)"));
-                    }
-                } else if seen.created > 0 && s != "exists" {
-                    problems.push(format!("transfer {id}: a retry got {s:?} after \"created\" (TigerBeetle answers \"exists\")"));
-                }
-                if s == "created" || s == "exists" {
-                    seen.acknowledged = true;
-                    if pending && s == "created" {
-                        self.clients[client].pending.push((id, debit, credit, amount));
-                    }
+                let problems = self.audit.transfer_reply(id, debit, credit, if resolves { None } else { Some(amount) }, &s);
+                if pending && s == "created" {
+                    self.clients[client].pending.push((id, debit, credit, amount));
                 }
                 for p in problems {
                     self.violation(p);
@@ -696,48 +668,7 @@ impl World {
 
     /// The auditor's invariants over a ledger's state (live, or just recovered).
     fn check_state(&self, ledger: &Ledger<SimStorage>, when: &str) -> Vec<String> {
-        let mut violations = Vec::new();
-        let state = ledger.state();
-        for (id, seen) in &self.seen {
-            if !seen.acknowledged {
-                continue;
-            }
-            match state.lookup_transfer(*id) {
-                None => violations.push(format!("{when}: acknowledged transfer {id} is missing")),
-                Some(t) => {
-                    if t.debit_account_id != seen.debit || t.credit_account_id != seen.credit || seen.amount.is_some_and(|a| a != t.amount) {
-                        violations.push(format!("{when}: transfer {id} differs from what was acknowledged"));
-                    }
-                }
-            }
-        }
-        // Exactly once: the ledger holds no transfer that no client sent (a retry applied
-        // again would show up as one).
-        for t in state.transfers() {
-            if !self.sent.contains(&t.id) {
-                violations.push(format!("{when}: transfer {} is in the ledger but no client sent it", t.id));
-                break;
-            }
-        }
-        for id in &self.accounts_acknowledged {
-            if state.lookup_account(*id).is_none() {
-                violations.push(format!("{when}: acknowledged account {id} is missing"));
-            }
-        }
-        let (mut dp, mut dpo, mut cp, mut cpo) = (0u128, 0u128, 0u128, 0u128);
-        for a in state.accounts() {
-            dp += a.debits_pending;
-            dpo += a.debits_posted;
-            cp += a.credits_pending;
-            cpo += a.credits_posted;
-            if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) && a.debits_pending + a.debits_posted > a.credits_posted {
-                violations.push(format!("{when}: account {} is overdrawn past its limit", a.id));
-            }
-        }
-        if dp != cp || dpo != cpo {
-            violations.push(format!("{when}: debits ({dp} pending, {dpo} posted) differ from credits ({cp}, {cpo})"));
-        }
-        violations
+        self.audit.check_state(ledger.state(), when)
     }
 }
 

@@ -199,7 +199,7 @@ fn sim_suite() -> Result<()> {
 
 /// Whole-appliance seeds `cargo xtask test` runs: about 0.3 s each in a debug build here
 /// (docs/simulation.md has the measurement).
-const SIM_STACK_SEEDS_CI: &str = "40";
+const SIM_STACK_SEEDS_CI: &str = "30";
 
 /// `cargo xtask sim ARGS`: runs ledger-svc's `sim` example (a debug build: the seeds are
 /// cheap, and the build shares the test profile's artifacts). `--bug` needs the test-only
