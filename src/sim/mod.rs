@@ -504,9 +504,11 @@ impl World {
             .all(|c| c.made >= self.config.requests_per_client && c.request.is_none())
     }
 
-    /// Starts the appliance on `disk`: recovery, then a worker as `serve` makes one.
-    fn start(&mut self, disk: SimStorage) -> Result<Appliance, ledger_svc::LedgerError> {
-        let ledger = Ledger::open(disk, ledger_svc::sim::ledger_config())?;
+    /// Starts the appliance on `disk`: recovery (`Err(Refused)`: allowed, it serves
+    /// nothing), then a worker as `serve` makes one (`Err(Broken)`: a bug of the run).
+    fn start(&mut self, disk: SimStorage) -> Result<Appliance, StartError> {
+        let ledger =
+            Ledger::open(disk, ledger_svc::sim::ledger_config()).map_err(StartError::Refused)?;
         let committer::Channels {
             client,
             submissions,
@@ -538,9 +540,7 @@ impl World {
             0,
             self.instant(),
         )
-        .map_err(|e| {
-            ledger_svc::LedgerError::CheckpointWriter(format!("the worker did not start: {e}"))
-        })?;
+        .map_err(|e| StartError::Broken(format!("the worker did not start: {e}")))?;
         worker.simulate_handshake_step_cost(HANDSHAKE_STEP_COST);
         let core = Committer::new(CommitterConfig::new(
             config.ledger.batch_events_max,
@@ -662,7 +662,8 @@ impl World {
                 self.refusals = 0;
                 self.server = Some(server);
             }
-            Err(error) => {
+            Err(StartError::Broken(why)) => self.violation(why),
+            Err(StartError::Refused(error)) => {
                 self.report.faults.add_disk(probe.fault_counts());
                 self.trace(format!("refused {error}").as_bytes());
                 self.refusals += 1;
@@ -985,6 +986,24 @@ impl World {
                     ));
                 }
             }
+        }
+    }
+}
+
+/// Why the appliance did not start.
+#[derive(Debug)]
+enum StartError {
+    /// Recovery refused the disk.
+    Refused(ledger_svc::LedgerError),
+    /// Something that must never fail did (the worker's construction).
+    Broken(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Refused(e) => write!(f, "recovery refused: {e}"),
+            StartError::Broken(why) => f.write_str(why),
         }
     }
 }
