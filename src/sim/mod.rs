@@ -167,6 +167,8 @@ struct Wire {
     partition_until: i64,
     corrupted: u64,
     partitioned: u64,
+    /// Frames that reached the appliance while it was down.
+    to_dead: u64,
     digest: u64,
 }
 
@@ -407,7 +409,8 @@ pub fn run(config: StackSimConfig) -> StackReport {
     }
     let stats = world.wire.borrow().link.stats().clone();
     let wire = world.wire.borrow();
-    world.report.faults.frames_lost = stats.lost + stats.queue_full + wire.partitioned;
+    world.report.faults.frames_lost =
+        stats.lost + stats.queue_full + wire.partitioned + wire.to_dead;
     world.report.faults.frames_duplicated = stats.duplicated;
     world.report.faults.frames_reordered = stats.reordered;
     world.report.faults.frames_corrupted = wire.corrupted;
@@ -436,6 +439,7 @@ impl World {
             partition_until: 0,
             corrupted: 0,
             partitioned: 0,
+            to_dead: 0,
             digest: 0xcbf2_9ce4_8422_2325,
         }));
         // The simulated clock starts one second past the stack clock's origin, so the stack
@@ -594,7 +598,9 @@ impl World {
             // Nobody takes the frames sent to a dead appliance.
             let t = smoltcp_now(now);
             let mut wire = self.wire.borrow_mut();
-            while wire.link.take(Side::A, t).is_some() {}
+            while wire.link.take(Side::A, t).is_some() {
+                wire.to_dead += 1;
+            }
             return;
         };
         let mut outcome = LedgerTurn::default();
