@@ -52,3 +52,21 @@ fn a_few_seeds_pass_the_checker_under_faults_of_every_kind() {
         "{faults:?}"
     );
 }
+
+/// Each injected bug (feature `sim-bugs`) is caught by the checker within a few seeds.
+#[cfg(feature = "sim-bugs")]
+#[test]
+fn every_injected_bug_is_caught() {
+    use pantera::sim::Bug;
+    for bug in [Bug::EarlyRelease, Bug::SkipFsync, Bug::DoubleApply] {
+        let caught = (0..5).find(|&seed| {
+            !run(StackSimConfig {
+                bug: Some(bug),
+                ..StackSimConfig::new(seed)
+            })
+            .violations
+            .is_empty()
+        });
+        assert!(caught.is_some(), "{bug:?} was not caught in 5 seeds");
+    }
+}
