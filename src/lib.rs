@@ -24,5 +24,7 @@ pub mod sandbox;
 pub mod notify;
 pub mod serve;
 pub mod shutdown;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod startup;
 pub mod worker;

@@ -139,6 +139,8 @@ pub struct Worker<P: Port> {
     reloads: Option<crate::reload::Watch>,
     /// The stop's drain has begun here: connections that open are reset, the others drain.
     draining: bool,
+    /// Set by the simulator: the cost of a handshake step, instead of its wall time.
+    handshake_step_cost: Option<Duration>,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -174,13 +176,28 @@ impl<P: Port> Worker<P> {
     pub fn new(
         index: usize,
         queue_label: String,
-        mut port: P,
+        port: P,
         stack_config: &tcp::StackConfig,
         app: AppConfig,
         metrics: Metrics,
         busy_poll_turns: u32,
     ) -> Result<Worker<P>, tcp::ConfigError> {
-        let now = smoltcp_now(Instant::now());
+        Self::new_at(index, queue_label, port, stack_config, app, metrics, busy_poll_turns, Instant::now())
+    }
+
+    /// [`Worker::new`] at a given time: the simulator's clock instead of the wall clock.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_at(
+        index: usize,
+        queue_label: String,
+        mut port: P,
+        stack_config: &tcp::StackConfig,
+        app: AppConfig,
+        metrics: Metrics,
+        busy_poll_turns: u32,
+        now: Instant,
+    ) -> Result<Worker<P>, tcp::ConfigError> {
+        let now = smoltcp_now(now);
         let mut stack = Stack::new(stack_config, &mut port, now)?;
         // Announce our address so the first SYN of a client is not lost while we ARP (docs/facts.md).
         stack.announce(&mut port, now);
@@ -210,7 +227,14 @@ impl<P: Port> Worker<P> {
             turn_slots: Vec::with_capacity(slots),
             reloads: None,
             draining: false,
+            handshake_step_cost: None,
         })
+    }
+
+    /// Under simulation: every handshake step costs `cost` of the worker's time instead of
+    /// the wall time it took, so the handshakes' time share is decided by the seed alone.
+    pub fn simulate_handshake_step_cost(&mut self, cost: Duration) {
+        self.handshake_step_cost = Some(cost);
     }
 
     /// Takes the settings a configuration reload publishes (`crate::reload`), once per turn.
@@ -542,7 +566,7 @@ impl<P: Port> Worker<P> {
                 self.ready.insert(slot);
             }
             busy |= moved;
-            self.handshakes.step_done(started.elapsed());
+            self.handshakes.step_done(self.handshake_step_cost.unwrap_or_else(|| started.elapsed()));
         }
         busy
     }
@@ -773,7 +797,12 @@ fn conn_fields(stack: &Stack, id: ConnId) -> crate::logging::ConnFields {
 
 pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
     // smoltcp wants a monotonic clock; any fixed origin will do.
+    smoltcp::time::Instant::from_micros(now.saturating_duration_since(clock_origin()).as_micros() as i64)
+}
+
+/// The origin of the stack's clock (`smoltcp_now(clock_origin())` is 0): the simulator counts
+/// its time from here, so the stack sees the same times in every run of a seed.
+pub fn clock_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    smoltcp::time::Instant::from_micros(now.saturating_duration_since(origin).as_micros() as i64)
+    *ORIGIN.get_or_init(Instant::now)
 }

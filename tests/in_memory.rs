@@ -1,6 +1,12 @@
 //! The whole stack in memory, without root: a client smoltcp interface and rustls clients on one
 //! end of a simulated link that drops, reorders and duplicates frames; on the other end the
 //! appliance's own worker (userspace TCP, TLS, HTTP, API) and its ledger thread with a real WAL.
+//!
+//! On the wall clock, so not replayable: the deterministic whole-appliance simulator
+//! (`pantera::sim`, `cargo xtask sim --stack`) runs the same path with faults and a seed. This
+//! test stays for what the simulator replaces: the production crypto (ring's key exchange,
+//! the ECDSA certificates of `certs init`, resumption as configured) and the real ledger thread
+//! (`committer::run`: channels, files, the checkpoint writer thread).
 
 mod common;
 

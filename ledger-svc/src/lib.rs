@@ -22,3 +22,4 @@ pub mod api;
 pub mod connection;
 pub mod committer;
 pub mod sim;
+pub mod sim_audit;

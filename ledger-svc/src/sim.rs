@@ -12,12 +12,13 @@
 //! The checker (TigerBeetle's auditor idea) watches every reply and every recovery; see
 //! [`check_state`] and the `Violation` sites for the invariants.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::api::{self, Action};
 use crate::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use crate::http::{self, Limits, RequestDecoder, Response};
-use crate::model::{AccountFlags, Operation};
+use crate::model::Operation;
+use crate::sim_audit::Auditor;
 use crate::storage::{DiskFaultCounts, DiskFaults, SimRng, SimStorage};
 use crate::{IdHashKey, Ledger, LedgerConfig, Storage, StorageError, SyncJob};
 
@@ -180,16 +181,6 @@ struct Client {
     pending: Vec<(u128, u128, u128, u128)>,
 }
 
-/// What the checker knows of a transfer from the replies clients got.
-#[derive(Debug, Default)]
-struct Seen {
-    debit: u128,
-    credit: u128,
-    amount: Option<u128>,
-    created: u64,
-    acknowledged: bool,
-}
-
 struct Server {
     ledger: Ledger<SimStorage>,
     committer: Committer<(usize, u64)>,
@@ -215,10 +206,8 @@ struct World {
     partition_until: u64,
     clients: Vec<Client>,
     next_id: u128,
-    seen: BTreeMap<u128, Seen>,
-    /// Every transfer id a client sent.
-    sent: BTreeSet<u128>,
-    accounts_acknowledged: BTreeSet<u128>,
+    /// The checker: what clients were told (shared with the whole-appliance simulator).
+    audit: Auditor,
     digest: u64,
     report: SimReport,
 }
@@ -243,9 +232,7 @@ pub fn run(config: SimConfig) -> SimReport {
         partition_until: 0,
         clients,
         next_id: 1_000,
-        seen: BTreeMap::new(),
-        sent: BTreeSet::new(),
-        accounts_acknowledged: BTreeSet::new(),
+        audit: Auditor::new(),
         digest: 0xcbf2_9ce4_8422_2325,
         report,
     };
@@ -272,12 +259,13 @@ pub fn run(config: SimConfig) -> SimReport {
         let violations = world.check_state(&server.ledger, "end");
         world.report.violations.extend(violations);
     }
-    world.report.acknowledged = world.seen.values().filter(|s| s.acknowledged).count() as u64;
+    world.report.acknowledged = world.audit.acknowledged_count();
     world.report.digest = world.digest;
     world.report
 }
 
-fn disk_faults(rng: &mut SimRng) -> DiskFaults {
+/// The disk faults of one start (also the whole-appliance simulator's, `pantera::sim`).
+pub fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     DiskFaults {
         rng: SimRng::new(rng.next_u64()),
         sync_failure_ppm: 2_000,
@@ -286,7 +274,8 @@ fn disk_faults(rng: &mut SimRng) -> DiskFaults {
     }
 }
 
-fn ledger_config() -> LedgerConfig {
+/// The simulated ledger's configuration (also the whole-appliance simulator's).
+pub fn ledger_config() -> LedgerConfig {
     LedgerConfig {
         // Small, so runs roll segments and write checkpoints often.
         checkpoint_every_batches: 16,
@@ -657,7 +646,7 @@ impl World {
         }
         let roll = self.rng.below(10);
         if roll == 0 {
-            let known: Vec<u128> = self.seen.iter().filter(|(_, s)| s.acknowledged).map(|(id, _)| *id).collect();
+            let known: Vec<u128> = self.audit.acknowledged().collect();
             if !known.is_empty() {
                 let id = known[self.rng.below(known.len() as u64) as usize];
                 let bytes = format!("GET /v1/transfers/{id} HTTP/1.1\r\nHost: pantera\r\n\r\n").into_bytes();
@@ -666,7 +655,7 @@ impl World {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.sent.insert(id);
+        self.audit.sent_transfer(id);
         if roll <= 2 && !self.clients[client].pending.is_empty() {
             let index = self.rng.below(self.clients[client].pending.len() as u64) as usize;
             let (pending_id, debit, credit, amount) = self.clients[client].pending.swap_remove(index);
@@ -717,31 +706,16 @@ impl World {
                 if status == 200 {
                     for (index, s) in statuses(&body).into_iter().enumerate() {
                         if s == "created" || s == "exists" {
-                            self.accounts_acknowledged.insert(client as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128);
+                            self.audit.account_acknowledged(client as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128);
                         }
                     }
                 }
             }
             Kind::Transfer { id, debit, credit, amount, pending, resolves } => {
                 let s = if status == 200 { statuses(&body).into_iter().next().unwrap_or_default() } else { format!("http {status}") };
-                let seen = self.seen.entry(id).or_default();
-                seen.debit = debit;
-                seen.credit = credit;
-                seen.amount = if resolves { None } else { Some(amount) };
-                let mut problems = Vec::new();
-                if s == "created" {
-                    seen.created += 1;
-                    if seen.created > 1 {
-                        problems.push(format!("transfer {id} created twice (a retry applied again)"));
-                    }
-                } else if seen.created > 0 && s != "exists" {
-                    problems.push(format!("transfer {id}: a retry got {s:?} after \"created\" (TigerBeetle answers \"exists\")"));
-                }
-                if s == "created" || s == "exists" {
-                    seen.acknowledged = true;
-                    if pending && s == "created" {
-                        self.clients[client].pending.push((id, debit, credit, amount));
-                    }
+                let problems = self.audit.transfer_reply(id, debit, credit, if resolves { None } else { Some(amount) }, &s);
+                if pending && s == "created" {
+                    self.clients[client].pending.push((id, debit, credit, amount));
                 }
                 for p in problems {
                     self.violation(p);
@@ -757,83 +731,46 @@ impl World {
 
     /// The auditor's invariants over a ledger's state (live, or just recovered).
     fn check_state(&self, ledger: &Ledger<SimStorage>, when: &str) -> Vec<String> {
-        let mut violations = Vec::new();
-        let state = ledger.state();
-        for (id, seen) in &self.seen {
-            if !seen.acknowledged {
-                continue;
-            }
-            match state.lookup_transfer(*id) {
-                None => violations.push(format!("{when}: acknowledged transfer {id} is missing")),
-                Some(t) => {
-                    if t.debit_account_id != seen.debit || t.credit_account_id != seen.credit || seen.amount.is_some_and(|a| a != t.amount) {
-                        violations.push(format!("{when}: transfer {id} differs from what was acknowledged"));
-                    }
-                }
-            }
-        }
-        // Exactly once: the ledger holds no transfer that no client sent (a retry applied
-        // again would show up as one).
-        for t in state.transfers() {
-            if !self.sent.contains(&t.id) {
-                violations.push(format!("{when}: transfer {} is in the ledger but no client sent it", t.id));
-                break;
-            }
-        }
-        for id in &self.accounts_acknowledged {
-            if state.lookup_account(*id).is_none() {
-                violations.push(format!("{when}: acknowledged account {id} is missing"));
-            }
-        }
-        let (mut dp, mut dpo, mut cp, mut cpo) = (0u128, 0u128, 0u128, 0u128);
-        for a in state.accounts() {
-            dp += a.debits_pending;
-            dpo += a.debits_posted;
-            cp += a.credits_pending;
-            cpo += a.credits_posted;
-            if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) && a.debits_pending + a.debits_posted > a.credits_posted {
-                violations.push(format!("{when}: account {} is overdrawn past its limit", a.id));
-            }
-        }
-        if dp != cp || dpo != cpo {
-            violations.push(format!("{when}: debits ({dp} pending, {dpo} posted) differ from credits ({cp}, {cpo})"));
-        }
-        violations
+        self.audit.check_state(ledger.state(), when)
     }
 }
 
 /// The ledger's write (apply and append, no sync), with the simulator's injected bugs (only
 /// with `sim-bugs`).
-fn write(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
+pub fn write(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bug: Option<Bug>) -> Result<Vec<crate::model::OperationReply>, crate::LedgerError> {
     #[cfg(feature = "sim-bugs")]
     if bug == Some(Bug::SkipFsync) {
         return ledger.write_without_sync(now_ns, ops);
     }
-    let replies = ledger.write(now_ns, ops)?;
     #[cfg(feature = "sim-bugs")]
-    if bug == Some(Bug::DoubleApply) {
-        // The bug: a retried transfer (the ledger answered "exists") is applied again, as a
-        // ledger without an id index would; its effect lands twice.
+    if bug == Some(Bug::DoubleApply) && ops.len() < crate::wal::OPERATIONS_PER_RECORD_MAX {
+        // The bug: a retried transfer (one the ledger holds already) is applied again, as a
+        // ledger without an id index would; its effect lands twice. The copy rides in the
+        // same batch, as one more operation whose replies nobody gets.
         let mut again = Vec::new();
-        for (reply, op) in replies.iter().zip(ops) {
-            if let (crate::model::OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) = (reply, op) {
-                for (r, t) in results.iter().zip(events) {
-                    if *r == crate::model::CreateTransferResult::Exists && t.flags.is_empty() {
+        for op in ops {
+            if let Operation::CreateTransfers(events) = op {
+                for t in events {
+                    if t.flags.is_empty() && ledger.state().lookup_transfer(t.id).is_some() {
                         again.push(crate::model::Transfer { id: t.id | (1 << 100), ..*t });
                     }
                 }
             }
         }
         if !again.is_empty() {
-            ledger.write(now_ns, &[Operation::CreateTransfers(again)])?;
+            let mut with_copies = ops.to_vec();
+            with_copies.push(Operation::CreateTransfers(again));
+            let mut replies = ledger.write(now_ns, &with_copies)?;
+            replies.truncate(ops.len());
+            return Ok(replies);
         }
     }
     let _ = bug;
-    Ok(replies)
+    ledger.write(now_ns, ops)
 }
 
 /// A checkpoint, written at once on a second handle (the writer thread's, here in line).
-fn checkpoint(ledger: &mut Ledger<SimStorage>) -> Result<(), crate::LedgerError> {
+pub fn checkpoint(ledger: &mut Ledger<SimStorage>) -> Result<(), crate::LedgerError> {
     let Some(mut job) = ledger.begin_checkpoint()? else { return Ok(()) };
     let mut writer = ledger.storage().reopen().map_err(|e: StorageError| crate::LedgerError::from(e))?;
     job.write(&mut writer)?;

@@ -372,7 +372,16 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
 /// Like [`server_config`], and also returns the client trust the configuration verifies with
 /// (one load of the CA and CRL files for both).
 pub fn server_tls(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
-    build(settings, None)
+    build(settings, None, crypto_provider())
+}
+
+/// Like [`server_tls`], with another crypto provider: the deterministic simulator's, whose
+/// randomness and key exchange come from its seed. Production uses [`crypto_provider`].
+pub fn server_tls_with_provider(
+    settings: &TlsSettings,
+    provider: CryptoProvider,
+) -> Result<ServerTls, TlsError> {
+    build(settings, None, provider)
 }
 
 /// Like [`server_tls`], keeping the session cache and ticket keys of `previous`, a configuration
@@ -383,12 +392,16 @@ pub fn server_tls_keeping_sessions(
     settings: &TlsSettings,
     previous: &ServerConfig,
 ) -> Result<ServerTls, TlsError> {
-    build(settings, Some(previous))
+    build(settings, Some(previous), crypto_provider())
 }
 
-fn build(settings: &TlsSettings, previous: Option<&ServerConfig>) -> Result<ServerTls, TlsError> {
+fn build(
+    settings: &TlsSettings,
+    previous: Option<&ServerConfig>,
+    provider: CryptoProvider,
+) -> Result<ServerTls, TlsError> {
     settings.validate()?;
-    let provider = Arc::new(crypto_provider());
+    let provider = Arc::new(provider);
 
     let cert_chain = load_certs("certificate chain", &settings.cert_chain)?;
     let owner = settings.key_owner.unwrap_or_else(KeyOwner::current);

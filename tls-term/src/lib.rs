@@ -25,7 +25,7 @@ mod tickets;
 mod trust;
 
 pub use config::{
-    crypto_provider, load_certs, server_config, server_tls, server_tls_keeping_sessions, ServerTls,
+    crypto_provider, load_certs, server_config, server_tls, server_tls_keeping_sessions, server_tls_with_provider, ServerTls,
     SessionLimits, TlsError, TlsSettings, TlsVersion, ALLOWED_CIPHER_SUITES, ALPN_HTTP_1_1,
     HANDSHAKE_TIMEOUT_MS_DEFAULT, HANDSHAKE_TIMEOUT_MS_MAX, PLAINTEXT_BUFFER_BYTES_MAX_DEFAULT,
     PLAINTEXT_BUFFER_BYTES_MAX_LIMIT, PLAINTEXT_BUFFER_BYTES_MIN, RESUMPTION_MAX_AGE_S_DEFAULT,

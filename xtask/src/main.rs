@@ -44,10 +44,11 @@ commands:
                        the simulator's seeds, each fuzz target's smoke run)
   demo                 deps, build, lab, serve, a payment over mTLS from the client namespace,
                        then 10 s of load with a live progress bar and a report
-  sim [--seeds N] [--seed S] [--bug NAME]
+  sim [--stack] [--seeds N] [--seed S] [--bug NAME]
                        the deterministic simulator (docs/simulation.md): N seeds (default 100),
                        or replay seed S (its summary and trace digest); --bug NAME checks that
-                       an injected bug is caught
+                       an injected bug is caught; --stack: the whole appliance (TCP, TLS, HTTP,
+                       API, ledger; default 20 seeds) instead of the ledger path
   fuzz --smoke [--seconds N]  build the fuzz targets, run each N s (default 15) (docs/fuzzing.md)
   fuzz TARGET [--seconds N]   run one fuzz target (default 600 s); fuzz --seeds rewrites seeds
   bench [NAME]         run the benchmarks (ledger, fairness, checkpoint, query_cost, api_cost, tls_cpu, stack_sim, seccomp_cost,
@@ -185,14 +186,34 @@ fn sim_suite() -> Result<()> {
         sim(&["--bug", bug, "--seeds", SIM_BUG_SEEDS_CI])?;
     }
     println!("xtask: the simulator's step took {:.1?}", started.elapsed());
+    // The whole appliance: fewer seeds (each runs TCP and TLS too), a replay of the first
+    // (its digest must not change), then each injected bug. Its own build of the pantera
+    // crate (feature sim-bugs) is most of the time; the time printed includes it.
+    let started = std::time::Instant::now();
+    sim(&["--stack", "--seeds", SIM_STACK_SEEDS_CI, "--check-replay"])?;
+    for bug in ["early-release", "skip-fsync", "double-apply"] {
+        sim(&["--stack", "--bug", bug, "--seeds", SIM_BUG_SEEDS_CI])?;
+    }
+    println!("xtask: the whole-appliance simulator's step took {:.1?} (its build included)", started.elapsed());
     Ok(())
 }
+
+/// Whole-appliance seeds `cargo xtask test` runs: about 0.3 s each in a debug build here
+/// (docs/simulation.md has the measurement).
+const SIM_STACK_SEEDS_CI: &str = "30";
 
 /// `cargo xtask sim ARGS`: runs ledger-svc's `sim` example (a debug build: the seeds are
 /// cheap, and the build shares the test profile's artifacts). `--bug` needs the test-only
 /// `sim-bugs` feature, compiled only for that run.
 fn sim(args: &[&str]) -> Result<()> {
     let mut command = cargo();
+    if args.contains(&"--stack") {
+        // The whole appliance: pantera's `appliance_sim` example. Always built with the
+        // bug switches (off unless --bug): one build of the pantera crate instead of two.
+        command.args(["run", "--quiet", "--package", "pantera", "--features", "sim-bugs", "--example", "appliance_sim", "--"]);
+        command.args(args.iter().filter(|a| **a != "--stack"));
+        return status(&mut command);
+    }
     command.args(["run", "--quiet", "--package", "ledger-svc", "--example", "sim"]);
     if args.contains(&"--bug") {
         command.args(["--features", "sim-bugs"]);
