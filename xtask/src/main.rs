@@ -246,7 +246,8 @@ fn demo() -> Result<()> {
     deps()?;
     ensure!(is_root(), "the demo needs root: it attaches XDP to the lab's veth");
     // The appliance and the load tester (bench/, the `https` binary) the demo ends with.
-    status(cargo().args(["build", "--release", "--bin", "pantera", "--package", "bench", "--bin", "https"]))?;
+    status(cargo().args(["build", "--release", "--bin", "pantera"]))?;
+    status(cargo().args(["build", "--release", "--package", "bench", "--bin", "https"]))?;
     let spec = LabSpec::standard(1);
     let lab = Lab::create(&spec)?;
     let bin = "target/release/pantera";
