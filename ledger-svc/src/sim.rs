@@ -189,7 +189,7 @@ struct Server {
     syncing: Option<(u64, SyncJob, u64)>,
     /// Where each written batch's WAL record ends (segment, bytes), until its replies go:
     /// the checker's "durable before released".
-    written: BTreeMap<u64, (String, u64)>,
+    written: WalRecords,
 }
 
 struct World {
@@ -287,7 +287,7 @@ pub fn ledger_config() -> LedgerConfig {
 
 fn start(storage: SimStorage) -> Result<Server, crate::LedgerError> {
     let ledger = Ledger::open(storage, ledger_config())?;
-    Ok(Server { ledger, committer: Committer::new(CommitterConfig::new(8189, 64)), syncing: None, written: BTreeMap::new() })
+    Ok(Server { ledger, committer: Committer::new(CommitterConfig::new(8189, 64)), syncing: None, written: WalRecords::default() })
 }
 
 fn status(ledger: &Ledger<SimStorage>) -> LedgerStatus {
@@ -346,18 +346,8 @@ impl World {
         let Some(server) = self.server.take() else { return };
         self.report.faults.crashes += 1;
         self.report.crashes_mid_sync += u64::from(server.syncing.is_some());
-        // The WAL's crash rule: at most one record (the newest) is not durable, so recovery
-        // can tell a torn write from damage (a record staged behind a syncing one is not on
-        // the disk yet).
-        let storage = server.ledger.storage();
-        let durable = server.ledger.durable_sequence();
-        let undurable = server
-            .written
-            .range(durable + 1..)
-            .filter(|(_, (name, end))| (storage.durable_len(name) as u64) < *end)
-            .count();
-        if undurable > 1 {
-            self.report.violations.push(format!("{undurable} WAL records not durable at a crash: a torn record could lie behind a whole one"));
+        if let Some(violation) = server.written.check_crash(&server.ledger) {
+            self.report.violations.push(violation);
         }
         self.report.faults.add_disk(server.ledger.storage().fault_counts());
         let disk = server.ledger.storage().crash(&mut self.rng);
@@ -526,13 +516,7 @@ impl World {
                         self.report.batches_pipelined += u64::from(server.syncing.is_some());
                         let sequence = server.ledger.sequence();
                         server.committer.written(sequence, replies);
-                        // A record staged behind a syncing one reaches the WAL (and gets its
-                        // position) at the next begin_sync.
-                        if server.ledger.appended_sequence() == sequence {
-                            if let Some((name, end)) = server.ledger.wal_position() {
-                                server.written.insert(sequence, (name.to_string(), end));
-                            }
-                        }
+                        server.written.written(&server.ledger);
                     }
                     Err(error) => {
                         fatal = Some(format!("write {error}"));
@@ -541,10 +525,7 @@ impl World {
                 },
                 Step::Sync { upto } => match server.ledger.begin_sync() {
                     Ok(Some(job)) => {
-                        let appended = server.ledger.appended_sequence();
-                        if let Some((name, end)) = server.ledger.wal_position() {
-                            server.written.insert(appended, (name.to_string(), end));
-                        }
+                        server.written.sync_begun(&server.ledger);
                         // The sync takes a while on its own thread: the next requests form
                         // the next batch, written meanwhile (pipelined group commit).
                         let done_at = now + self.rng.below(8) * MS;
@@ -564,13 +545,7 @@ impl World {
                 Step::Release { sequence, replies } => {
                     // The checker: a batch's replies leave only when its WAL record is
                     // durable (every byte up to its end, and the segment's name).
-                    let storage = server.ledger.storage();
-                    match server.written.get(&sequence) {
-                        Some((name, end)) if storage.durable_len(name) as u64 >= *end => {}
-                        Some((name, end)) => violations.push(format!("replies of batch {sequence} released before its record was durable ({name}: {} of {end} bytes)", storage.durable_len(name))),
-                        None => violations.push(format!("replies of batch {sequence} released, but no record of it was written")),
-                    }
-                    server.written.retain(|&s, _| s > sequence);
+                    violations.extend(server.written.check_release(&server.ledger, sequence));
                     for r in replies {
                         let reply = api::reply_of(&r.reply, server.ledger.state(), &r.op);
                         outgoing.push((r.token.0, r.token.1, api::render(&reply)));
@@ -767,6 +742,53 @@ pub fn write(ledger: &mut Ledger<SimStorage>, now_ns: u64, ops: &[Operation], bu
     }
     let _ = bug;
     ledger.write(now_ns, ops)
+}
+
+/// Where each written batch's WAL record ends (segment, bytes), until its replies go: the
+/// checker's view of the pipelined commit, shared by both simulators.
+#[derive(Debug, Default)]
+pub struct WalRecords(BTreeMap<u64, (String, u64)>);
+
+impl WalRecords {
+    /// After a `write`: notes where the batch's record ends, if it was appended (a record
+    /// staged behind a syncing one reaches the WAL, and gets its position, at `begin_sync`).
+    pub fn written(&mut self, ledger: &Ledger<SimStorage>) {
+        if ledger.appended_sequence() == ledger.sequence() {
+            self.sync_begun(ledger);
+        }
+    }
+
+    /// After a `begin_sync`: notes where the last appended record ends.
+    pub fn sync_begun(&mut self, ledger: &Ledger<SimStorage>) {
+        if let Some((name, end)) = ledger.wal_position() {
+            self.0.insert(ledger.appended_sequence(), (name.to_string(), end));
+        }
+    }
+
+    /// Durable before released: batch `sequence`'s record must be on the disk to its end;
+    /// the records up to it are forgotten.
+    pub fn check_release(&mut self, ledger: &Ledger<SimStorage>, sequence: u64) -> Option<String> {
+        let storage = ledger.storage();
+        let violation = match self.0.get(&sequence) {
+            Some((name, end)) if storage.durable_len(name) as u64 >= *end => None,
+            Some((name, end)) => Some(format!("replies of batch {sequence} released before its record was durable ({name}: {} of {end} bytes)", storage.durable_len(name))),
+            None => Some(format!("replies of batch {sequence} released, but no record of it was written")),
+        };
+        self.0.retain(|&s, _| s > sequence);
+        violation
+    }
+
+    /// The WAL's crash rule (docs/ledger.md): at most the newest record is not durable, so
+    /// recovery can tell a torn write from damage.
+    pub fn check_crash(&self, ledger: &Ledger<SimStorage>) -> Option<String> {
+        let storage = ledger.storage();
+        let undurable = self
+            .0
+            .range(ledger.durable_sequence() + 1..)
+            .filter(|(_, (name, end))| (storage.durable_len(name) as u64) < *end)
+            .count();
+        (undurable > 1).then(|| format!("{undurable} WAL records not durable at a crash: a torn record could lie behind a whole one"))
+    }
 }
 
 /// A checkpoint, written at once on a second handle (the writer thread's, here in line).

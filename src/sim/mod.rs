@@ -300,7 +300,7 @@ struct Appliance {
     syncing: Option<(u64, ledger_svc::SyncJob, u64)>,
     /// Where each written batch's record ends in the WAL (segment, length), until released:
     /// the checker's "a batch's replies leave only when its record is durable".
-    written: std::collections::BTreeMap<u64, (String, u64)>,
+    written: ledger_svc::sim::WalRecords,
 }
 
 #[derive(Clone, Debug)]
@@ -564,7 +564,7 @@ impl World {
             queues: submissions,
             replies,
             syncing: None,
-            written: std::collections::BTreeMap::new(),
+            written: ledger_svc::sim::WalRecords::default(),
         })
     }
 
@@ -638,15 +638,8 @@ impl World {
             return;
         };
         self.report.faults.crashes += 1;
-        // The WAL's crash rule (docs/ledger.md): at most the newest record is not durable.
-        let storage = server.ledger.storage();
-        let undurable = server
-            .written
-            .range(server.ledger.durable_sequence() + 1..)
-            .filter(|(_, (name, end))| (storage.durable_len(name) as u64) < *end)
-            .count();
-        if undurable > 1 {
-            self.violation(format!("{undurable} WAL records not durable at a crash: a torn record could lie behind a whole one"));
+        if let Some(violation) = server.written.check_crash(&server.ledger) {
+            self.violation(violation);
         }
         self.report
             .faults
@@ -1094,12 +1087,7 @@ fn ledger_turn(
                 Ok(replies) => {
                     let sequence = server.ledger.sequence();
                     server.core.written(sequence, replies);
-                    // A record staged behind a syncing one reaches the WAL at the next sync.
-                    if server.ledger.appended_sequence() == sequence {
-                        if let Some((name, end)) = server.ledger.wal_position() {
-                            server.written.insert(sequence, (name.to_string(), end));
-                        }
-                    }
+                    server.written.written(&server.ledger);
                 }
                 Err(error) => {
                     turn.fatal = Some(format!("write {error}"));
@@ -1108,10 +1096,7 @@ fn ledger_turn(
             },
             Step::Sync { upto } => match server.ledger.begin_sync() {
                 Ok(Some(job)) => {
-                    let appended = server.ledger.appended_sequence();
-                    if let Some((name, end)) = server.ledger.wal_position() {
-                        server.written.insert(appended, (name.to_string(), end));
-                    }
+                    server.written.sync_begun(&server.ledger);
                     // The fsync takes 0-7 ms on its own thread; the next requests form the
                     // next batch meanwhile (pipelined group commit).
                     server.syncing = Some((now_ms + rng.below(8), job, upto));
@@ -1129,16 +1114,7 @@ fn ledger_turn(
             },
             Step::Release { sequence, replies } => {
                 // The checker: a batch's replies leave only when its WAL record is durable.
-                let storage = server.ledger.storage();
-                match server.written.get(&sequence) {
-                    Some((name, end)) if storage.durable_len(name) as u64 >= *end => {}
-                    Some((name, end)) => turn.violations.push(format!(
-                        "replies of batch {sequence} released before its record was durable ({name}: {} of {end} bytes)",
-                        storage.durable_len(name)
-                    )),
-                    None => turn.violations.push(format!("replies of batch {sequence} released, but no record of it was written")),
-                }
-                server.written.retain(|&s, _| s > sequence);
+                turn.violations.extend(server.written.check_release(&server.ledger, sequence));
                 for r in replies {
                     let reply = api::reply_of(&r.reply, server.ledger.state(), &r.op);
                     let _ = server.replies.send(Completion { reply_to: r.token, reply });
