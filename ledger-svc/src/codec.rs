@@ -161,6 +161,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends `account` in TigerBeetle's 128-byte wire layout (the TigerBeetle cluster backend
+/// sends these bytes as they are).
+pub fn write_account(bytes: &mut Vec<u8>, account: &Account) {
+    let mut writer = Writer { bytes: std::mem::take(bytes) };
+    writer.account(account);
+    *bytes = writer.bytes;
+}
+
+/// Appends `transfer` in TigerBeetle's 128-byte wire layout.
+pub fn write_transfer(bytes: &mut Vec<u8>, transfer: &Transfer) {
+    let mut writer = Writer { bytes: std::mem::take(bytes) };
+    writer.transfer(transfer);
+    *bytes = writer.bytes;
+}
+
+/// Reads one account from exactly [`EVENT_SIZE`] bytes; `None` for any other length.
+pub fn read_account(bytes: &[u8]) -> Option<Account> {
+    if bytes.len() != EVENT_SIZE {
+        return None;
+    }
+    Reader::new(bytes).account()
+}
+
+/// Reads one transfer from exactly [`EVENT_SIZE`] bytes; `None` for any other length.
+pub fn read_transfer(bytes: &[u8]) -> Option<Transfer> {
+    if bytes.len() != EVENT_SIZE {
+        return None;
+    }
+    Reader::new(bytes).transfer()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 pub mod model;
 pub use model::*;
 
-mod codec;
+pub mod codec;
 pub mod state_machine;
 pub use state_machine::{IdHashKey, QueryPage, StateMachine};
 pub mod storage;

@@ -1,0 +1,263 @@
+//! A TigerBeetle cluster on loopback for tests and benchmarks: formatted and started in a
+//! directory of its own, stopped and removed when the guard drops (also when a test panics).
+//!
+//! It runs the server `cargo xtask tigerbeetle build` installs (docs/cluster.md). Replicas are
+//! started with `--development` (no direct I/O requirement, the lab's disks) and with the
+//! memory options in [`START_OPTIONS`]: a replica's default caches take ~1.45 GiB, too much for
+//! three of them beside the test suite on the lab's machine.
+//!
+//! Only the processes this guard started are ever signalled, by their pid.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use std::{env, fs};
+
+use crate::ClusterError;
+
+/// The release every part of the cluster backend is pinned to (docs/cluster.md "Versions").
+pub const TIGERBEETLE_RELEASE: &str = "0.16.78";
+
+/// Options passed to every `tigerbeetle start` besides the addresses: small caches for tests.
+pub const START_OPTIONS: &[&str] = &["--development", "--experimental", "--limit-request=1MiB"];
+
+/// How long `tigerbeetle format` may take before the start is abandoned.
+const FORMAT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where `cargo xtask tigerbeetle build` installs the server, relative to the workspace.
+pub const SERVER_PATH: &str = "target/tigerbeetle/bin/tigerbeetle-0.16.78";
+
+/// The server binary: `PANTERA_TIGERBEETLE` if set, else the one `cargo xtask tigerbeetle
+/// build` installed under the workspace's target directory.
+pub fn server_binary() -> Result<PathBuf, ClusterError> {
+    if let Some(path) = env::var_os("PANTERA_TIGERBEETLE") {
+        return Ok(PathBuf::from(path));
+    }
+    // This crate lives one level below the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cluster/ has a parent");
+    let path = root.join(SERVER_PATH);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ClusterError::Connect(format!(
+            "no TigerBeetle server at {} (run `cargo xtask tigerbeetle build`, or set PANTERA_TIGERBEETLE)",
+            path.display()
+        )))
+    }
+}
+
+/// A running local cluster. Dropping it kills its replicas and removes its directory.
+#[derive(Debug)]
+pub struct LocalCluster {
+    binary: PathBuf,
+    dir: PathBuf,
+    cluster_id: u128,
+    ports: Vec<u16>,
+    replicas: Vec<Option<Child>>,
+}
+
+impl LocalCluster {
+    /// Formats and starts `replicas` replicas (1–6) on free loopback ports. Returns once the
+    /// processes run; whether the cluster serves yet is the caller's question
+    /// (`wait_ready` with the `tigerbeetle` feature).
+    pub fn start(replicas: u8) -> Result<LocalCluster, ClusterError> {
+        assert!((1..=6).contains(&replicas), "a TigerBeetle cluster has 1 to 6 replicas");
+        let binary = server_binary()?;
+        let dir = env::temp_dir().join(format!("pantera-tb-{}-{}", std::process::id(), unique()));
+        fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        // Free ports: bind port 0, note it, release it. Another process could take one in
+        // between; the replica then fails to start and the test says so.
+        let listeners: Vec<TcpListener> = (0..replicas)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| io("bind", Path::new("127.0.0.1:0"), e))?;
+        let ports = listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect();
+        drop(listeners);
+        let mut cluster = LocalCluster { binary, dir, cluster_id: 0, ports, replicas: Vec::new() };
+        for replica in 0..replicas {
+            cluster.format(replica)?;
+        }
+        for replica in 0..replicas {
+            let child = cluster.spawn(replica)?;
+            cluster.replicas.push(Some(child));
+        }
+        Ok(cluster)
+    }
+
+    pub fn cluster_id(&self) -> u128 {
+        self.cluster_id
+    }
+
+    /// `127.0.0.1:P0,127.0.0.1:P1,...`, in replica order: what clients and replicas are given.
+    pub fn addresses(&self) -> String {
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The pid of replica `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.replicas[i].as_ref().map(Child::id)
+    }
+
+    /// Kills replica `i` (SIGKILL, as a power cut would) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.replicas[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts replica `i` again on its data file.
+    pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.kill(i);
+        let child = self.spawn(i as u8)?;
+        self.replicas[i] = Some(child);
+        Ok(())
+    }
+
+    /// The directory holding the data files and logs (`replica-I.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn data_file(&self, replica: u8) -> PathBuf {
+        self.dir.join(format!("{}_{replica}.tigerbeetle", self.cluster_id))
+    }
+
+    fn format(&self, replica: u8) -> Result<(), ClusterError> {
+        let mut child = Command::new(&self.binary)
+            .arg("format")
+            .arg(format!("--cluster={}", self.cluster_id))
+            .arg(format!("--replica={replica}"))
+            .arg(format!("--replica-count={}", self.ports.len()))
+            .arg("--development")
+            .arg(self.data_file(replica))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io("run", &self.binary, e))?;
+        let deadline = Instant::now() + FORMAT_TIMEOUT;
+        loop {
+            match child.try_wait().map_err(|e| io("wait for", &self.binary, e))? {
+                Some(status) if status.success() => return Ok(()),
+                Some(status) => {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                    }
+                    return Err(ClusterError::Connect(format!("tigerbeetle format of replica {replica}: {status}: {}", stderr.trim())));
+                }
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ClusterError::Connect(format!("tigerbeetle format of replica {replica} took over {FORMAT_TIMEOUT:?}")));
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn spawn(&self, replica: u8) -> Result<Child, ClusterError> {
+        let log_path = self.dir.join(format!("replica-{replica}.log"));
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| io("open", &log_path, e))?;
+        let log_err = log.try_clone().map_err(|e| io("open", &log_path, e))?;
+        Command::new(&self.binary)
+            .arg("start")
+            .arg(format!("--addresses={}", self.addresses()))
+            .args(START_OPTIONS)
+            .arg(self.data_file(replica))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| io("start", &self.binary, e))
+    }
+}
+
+#[cfg(feature = "tigerbeetle")]
+impl LocalCluster {
+    /// Waits until the cluster answers a request (a lookup of one account), at most `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let mut client = crate::client::BlockingClient::connect(self.cluster_id, &self.addresses())?;
+        let mut body = Vec::new();
+        crate::wire::encode_ids(&[1], &mut body);
+        client.request(crate::wire::Op::LookupAccounts, body, timeout).map(drop)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.kill(i);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> ClusterError {
+    ClusterError::Connect(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// A number no other cluster of this process has used.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(all(test, feature = "tigerbeetle"))]
+mod tests {
+    use super::*;
+    use crate::client::BlockingClient;
+    use crate::wire::{self, Op};
+    use ledger_svc::model::{Account, CreateAccountResult, Operation, OperationReply};
+
+    const READY: Duration = Duration::from_secs(60);
+    const REQUEST: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn an_account_survives_a_replica_killed_and_restarted() {
+        let mut cluster = LocalCluster::start(1).expect("start");
+        cluster.wait_ready(READY).expect("ready");
+        let mut client = BlockingClient::connect(cluster.cluster_id(), &cluster.addresses()).expect("connect");
+        let account = Account { id: 42, ledger: 1, code: 1, ..Default::default() };
+        let mut body = Vec::new();
+        let op = wire::encode_operation(&Operation::CreateAccounts(vec![account]), &mut body);
+        let reply = client.request(op, body.clone(), REQUEST).expect("create");
+        assert_eq!(wire::create_results(op, 1, &reply).unwrap(), OperationReply::CreateAccounts(vec![CreateAccountResult::Ok]));
+        // The same event again: TigerBeetle's idempotency.
+        let reply = client.request(op, body, REQUEST).expect("create again");
+        assert_eq!(wire::create_results(op, 1, &reply).unwrap(), OperationReply::CreateAccounts(vec![CreateAccountResult::Exists]));
+        drop(client);
+
+        let pid = cluster.pid(0).expect("running");
+        cluster.kill(0);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "replica 0 was killed and reaped");
+        cluster.restart(0).expect("restart");
+        cluster.wait_ready(READY).expect("ready again");
+        let mut client = BlockingClient::connect(cluster.cluster_id(), &cluster.addresses()).expect("connect");
+        let mut ids = Vec::new();
+        wire::encode_ids(&[42, 43], &mut ids);
+        let reply = client.request(Op::LookupAccounts, ids, REQUEST).expect("lookup");
+        let found = wire::accounts(Op::LookupAccounts, &reply, 2).unwrap();
+        assert_eq!(found.len(), 1, "account 42 is durable, 43 never existed");
+        assert_eq!(found[0].id, 42);
+        assert_ne!(found[0].timestamp, 0, "the cluster assigned a timestamp");
+    }
+
+    #[test]
+    fn a_dropped_cluster_leaves_no_process_and_no_files() {
+        let cluster = LocalCluster::start(1).expect("start");
+        let pid = cluster.pid(0).expect("running");
+        let dir = cluster.dir().to_owned();
+        assert!(dir.exists());
+        drop(cluster);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!dir.exists());
+    }
+}
