@@ -119,6 +119,19 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The replica that leads the newest view any replica has logged entering (VSR: the
+    /// primary of view v is replica v mod n). A fresh cluster starts in view 0 without logging
+    /// a view change, so no such line means replica 0. A view change under way and not yet
+    /// logged is not seen: call it once the cluster serves.
+    pub fn primary(&self) -> usize {
+        let view = (0..self.replicas())
+            .filter_map(|i| fs::read_to_string(self.dir.join(format!("replica-{i}.log"))).ok())
+            .flat_map(|log| log.lines().filter_map(logged_view).collect::<Vec<_>>())
+            .max()
+            .unwrap_or(0);
+        (view % self.replicas() as u64) as usize
+    }
+
     /// The directory holding the data files and logs (`replica-I.log`).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -199,6 +212,14 @@ impl Drop for LocalCluster {
     }
 }
 
+/// The view a replica's log line says it entered in normal status:
+/// `...: transition_to_normal_from_view_change_status: view=A..B primary` gives B.
+fn logged_view(line: &str) -> Option<u64> {
+    let rest = line.split("transition_to_normal_from_view_change_status: view=").nth(1)?;
+    let range = rest.split_whitespace().next()?;
+    range.rsplit("..").next()?.parse().ok()
+}
+
 fn io(what: &str, path: &Path, e: std::io::Error) -> ClusterError {
     ClusterError::Connect(format!("cannot {what} {}: {e}", path.display()))
 }
@@ -208,6 +229,17 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn the_view_entered_is_read_from_a_replica_log_line() {
+        let line = "info(replica): 1: transition_to_normal_from_view_change_status: view=3..4 primary";
+        assert_eq!(super::logged_view(line), Some(4));
+        assert_eq!(super::logged_view("info(replica): 1: on_start_view_change: view=4 quorum received"), None);
+        assert_eq!(super::logged_view("transition_to_normal_from_view_change_status: view=x..y backup"), None);
+    }
 }
 
 #[cfg(all(test, feature = "tigerbeetle"))]
@@ -248,6 +280,25 @@ mod tests {
         assert_eq!(found.len(), 1, "account 42 is durable, 43 never existed");
         assert_eq!(found[0].id, 42);
         assert_ne!(found[0].timestamp, 0, "the cluster assigned a timestamp");
+    }
+
+    #[test]
+    fn three_replicas_elect_a_new_primary_when_the_primary_dies() {
+        let mut cluster = LocalCluster::start(3).expect("start");
+        cluster.wait_ready(READY).expect("ready");
+        let old = cluster.primary();
+        let mut client = BlockingClient::connect(cluster.cluster_id(), &cluster.addresses()).expect("connect");
+        let mut body = Vec::new();
+        let op = wire::encode_operation(&Operation::CreateAccounts(vec![Account { id: 7, ledger: 1, code: 1, ..Default::default() }]), &mut body);
+        let reply = client.request(op, body, REQUEST).expect("create");
+        assert_eq!(wire::create_results(op, 1, &reply).unwrap(), OperationReply::CreateAccounts(vec![CreateAccountResult::Ok]));
+        cluster.kill(old);
+        // The survivors' view change: the same session's next request waits for it.
+        let mut ids = Vec::new();
+        wire::encode_ids(&[7], &mut ids);
+        let reply = client.request(Op::LookupAccounts, ids, READY).expect("lookup after the view change");
+        assert_eq!(wire::accounts(Op::LookupAccounts, &reply, 1).unwrap().len(), 1);
+        assert_ne!(cluster.primary(), old, "a replica logged leading a newer view");
     }
 
     #[test]
