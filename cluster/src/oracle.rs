@@ -84,6 +84,10 @@ impl Rng {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Create(Operation),
+    /// Imported events whose `timestamp` fields are offsets after the newest object of the
+    /// side that runs them: each side adds its own newest timestamp (found with a query of
+    /// its own), so imports can follow objects whose timestamps the two clocks chose.
+    CreateImportedAfterNewest(Operation),
     LookupAccounts(Vec<u128>),
     LookupTransfers(Vec<u128>),
     GetAccountTransfers(AccountFilter),
@@ -96,7 +100,7 @@ impl Request {
     /// Events the request carries: its create events, its ids, or 1 for a filter.
     pub fn events(&self) -> usize {
         match self {
-            Request::Create(operation) => operation.len(),
+            Request::Create(operation) | Request::CreateImportedAfterNewest(operation) => operation.len(),
             Request::LookupAccounts(ids) | Request::LookupTransfers(ids) => ids.len(),
             _ => 1,
         }
@@ -117,6 +121,23 @@ pub trait Side {
     fn name(&self) -> &'static str;
     fn run(&mut self, request: &Request) -> Result<Answer, ClusterError>;
 }
+
+/// `operation` with `base` added to every event's timestamp (see
+/// [`Request::CreateImportedAfterNewest`]).
+pub fn after(operation: &Operation, base: u64) -> Operation {
+    match operation {
+        Operation::CreateAccounts(events) => Operation::CreateAccounts(
+            events.iter().map(|a| Account { timestamp: a.timestamp.saturating_add(base), ..*a }).collect(),
+        ),
+        Operation::CreateTransfers(events) => Operation::CreateTransfers(
+            events.iter().map(|t| Transfer { timestamp: t.timestamp.saturating_add(base), ..*t }).collect(),
+        ),
+    }
+}
+
+/// Imported timestamps below this were chosen by the workload itself and are compared; those
+/// above were offsets after each side's own newest object, and differ like any other.
+pub const IMPORTED_COMPARED_BELOW: u64 = 1 << 50;
 
 /// Nanoseconds since the Unix epoch, TigerBeetle's clock.
 pub fn wall_clock_ns() -> u64 {
@@ -166,6 +187,11 @@ impl Side for Embedded {
             Request::Create(Operation::CreateTransfers(events)) => {
                 Answer::Create(OperationReply::CreateTransfers(sm.create_transfers(now, events)))
             }
+            Request::CreateImportedAfterNewest(operation) => {
+                let newest = sm.accounts().last().map_or(0, |a| a.timestamp);
+                let newest = newest.max(sm.transfers().last().map_or(0, |t| t.timestamp));
+                return self.run(&Request::Create(after(operation, newest)));
+            }
             Request::LookupAccounts(ids) => Answer::Accounts(sm.lookup_accounts(ids)),
             Request::LookupTransfers(ids) => Answer::Transfers(sm.lookup_transfers(ids)),
             Request::GetAccountTransfers(filter) => Answer::Transfers(sm.get_account_transfers(filter)),
@@ -204,6 +230,19 @@ impl Side for Remote {
         // TigerBeetle never returns more rows than fit one reply, whatever the limit asks.
         let rows_max = |limit: u32| (limit as usize).min(BATCH_EVENTS_MAX);
         Ok(match request {
+            Request::CreateImportedAfterNewest(operation) => {
+                // The newest account and transfer: a reversed query without conditions.
+                let newest = QueryFilter { limit: 1, reversed: true, ..Default::default() };
+                let mut newest_timestamp = 0;
+                for request in [Request::QueryAccounts(newest), Request::QueryTransfers(newest)] {
+                    newest_timestamp = newest_timestamp.max(match self.run(&request)? {
+                        Answer::Accounts(rows) => rows.first().map_or(0, |a| a.timestamp),
+                        Answer::Transfers(rows) => rows.first().map_or(0, |t| t.timestamp),
+                        _ => 0,
+                    });
+                }
+                return self.run(&Request::Create(after(operation, newest_timestamp)));
+            }
             Request::Create(operation) => {
                 let op = wire::encode_operation(operation, &mut body);
                 let reply = self.client.request(op, body, self.timeout)?;
@@ -251,7 +290,8 @@ pub fn normalized(answer: &Answer) -> Answer {
         Answer::Accounts(rows) => Answer::Accounts(
             rows.iter()
                 .map(|a| {
-                    let timestamp = if a.flags.contains(AccountFlags::IMPORTED) { a.timestamp } else { 0 };
+                    let kept = a.flags.contains(AccountFlags::IMPORTED) && a.timestamp < IMPORTED_COMPARED_BELOW;
+                    let timestamp = if kept { a.timestamp } else { 0 };
                     Account { timestamp, ..*a }
                 })
                 .collect(),
@@ -259,7 +299,8 @@ pub fn normalized(answer: &Answer) -> Answer {
         Answer::Transfers(rows) => Answer::Transfers(
             rows.iter()
                 .map(|t| {
-                    let timestamp = if t.flags.contains(TransferFlags::IMPORTED) { t.timestamp } else { 0 };
+                    let kept = t.flags.contains(TransferFlags::IMPORTED) && t.timestamp < IMPORTED_COMPARED_BELOW;
+                    let timestamp = if kept { t.timestamp } else { 0 };
                     Transfer { timestamp, ..*t }
                 })
                 .collect(),
@@ -501,9 +542,10 @@ impl Workload {
             _ => {}
         }
         match self.rng.below(100) {
-            0..=7 => self.account_batch(),
-            8..=64 => self.transfer_batch(),
-            65..=71 => {
+            0..=6 => self.account_batch(),
+            7..=62 => self.transfer_batch(),
+            63..=66 => self.imported_after_newest(),
+            67..=71 => {
                 let ids = self.some_ids(true);
                 Request::LookupAccounts(ids)
             }
@@ -626,6 +668,58 @@ impl Workload {
             events.push(post);
         }
         Request::Create(Operation::CreateTransfers(events))
+    }
+
+    /// Imported accounts or transfers after each side's newest object (offsets 1, 2, ...),
+    /// with a repeated or zero offset now and then (`_must_not_regress` on both sides).
+    fn imported_after_newest(&mut self) -> Request {
+        let len = self.rng.range(1, 12) as usize;
+        let accounts = self.rng.chance(40);
+        let mut offset = 0u64;
+        let mut next_offset = |rng: &mut Rng| {
+            match rng.below(100) {
+                0..=4 => return 0,
+                5..=9 => {}
+                _ => offset += rng.range(1, 3),
+            }
+            offset
+        };
+        if accounts {
+            let events = (0..len)
+                .map(|_| {
+                    let mut a = self.fresh_account();
+                    a.flags.insert(AccountFlags::IMPORTED);
+                    a.timestamp = next_offset(&mut self.rng);
+                    *self.accounts.last_mut().expect("just sent") = a;
+                    a
+                })
+                .collect();
+            return Request::CreateImportedAfterNewest(Operation::CreateAccounts(events));
+        }
+        let events = (0..len)
+            .map(|_| {
+                let mut t = match self.rng.below(10) {
+                    0..=5 => {
+                        let (dr, cr) = self.two_accounts();
+                        self.fresh_plain(dr, cr)
+                    }
+                    6 | 7 => {
+                        let (dr, cr) = self.two_accounts();
+                        let mut t = self.fresh_plain(dr, cr);
+                        t.flags = TransferFlags::PENDING;
+                        self.pendings.push(t.id);
+                        t
+                    }
+                    8 => self.resolve(true),
+                    _ => self.resolve(false),
+                };
+                t.flags.insert(TransferFlags::IMPORTED);
+                t.timestamp = next_offset(&mut self.rng);
+                *self.transfers.last_mut().expect("just sent") = t;
+                t
+            })
+            .collect();
+        Request::CreateImportedAfterNewest(Operation::CreateTransfers(events))
     }
 
     // -- accounts -----------------------------------------------------------------------------
@@ -1171,6 +1265,10 @@ mod tests {
         let outcome = run_seed(11, 3000, &mut a, &mut b).expect("identical ledgers agree");
         assert!(outcome.events >= 3000);
         assert!(a.state().transfers_count() > 100, "the workload creates transfers");
+        // Imports after the newest object succeed too (not only the deliberate failures).
+        let late = |flags: TransferFlags, timestamp: u64| flags.contains(TransferFlags::IMPORTED) && timestamp > IMPORTED_COMPARED_BELOW;
+        assert!(a.state().transfers().iter().filter(|t| late(t.flags, t.timestamp)).count() > 5);
+        assert!(a.state().accounts().any(|x| x.flags.contains(AccountFlags::IMPORTED) && x.timestamp > IMPORTED_COMPARED_BELOW));
         // ... and a difference in a row is caught, timestamps aside.
         let row = Account { id: 1, ledger: 1, code: 1, timestamp: 5, ..Default::default() };
         let x = Answer::Accounts(vec![row]);
