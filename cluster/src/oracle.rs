@@ -436,11 +436,12 @@ pub fn run_seed(
     Ok(outcome)
 }
 
-/// Pending-transfer expiry on both sides: a pending transfer with a timeout of 1 s, a wait of
-/// `wait` (real time for the cluster; `advance` moves the embedded side's clock by the same
-/// amount), then a post of it and a void of it, which must both answer
-/// `pending_transfer_expired`, and both accounts must agree (the amount released). Ids are
-/// taken from `id_base` upwards. `wait` must exceed 1 s.
+/// Pending-transfer expiry on both sides: pending transfers with a timeout of 1 s (one of
+/// them closing its debit account, a `history` account), a wait of `wait` (real time for the
+/// cluster; `advance` moves the embedded side's clock by the same amount), then a post and a
+/// void of the expired one, which must both answer `pending_transfer_expired`, a transfer on
+/// the account the expiry reopened, and the accounts, transfers, balances and queries of both
+/// sides compared. Ids are taken from `id_base` upwards. `wait` must exceed 1 s.
 pub fn expiry_scenario(
     id_base: u128,
     wait: Duration,
@@ -449,38 +450,71 @@ pub fn expiry_scenario(
     mut advance: impl FnMut(&mut dyn Side, Duration),
 ) -> Result<Outcome, Box<Divergence>> {
     let seed = 0;
-    let (dr, cr, pending, kept) = (id_base, id_base + 1, id_base + 2, id_base + 3);
-    let account = |id| Account { id, ledger: 1, code: 1, ..Default::default() };
-    let transfer = |id, timeout| Transfer {
+    let (dr, cr, closing_dr) = (id_base, id_base + 1, id_base + 2);
+    let (pending, kept, closing) = (id_base + 10, id_base + 11, id_base + 12);
+    let account = |id, flags| Account { id, ledger: 1, code: 1, flags, ..Default::default() };
+    let transfer = |id, debit_account_id, timeout, flags| Transfer {
         id,
-        debit_account_id: dr,
+        debit_account_id,
         credit_account_id: cr,
         amount: 10,
         ledger: 1,
         code: 1,
         timeout,
-        flags: TransferFlags::PENDING,
+        flags,
         ..Default::default()
     };
-    let resolve = |id, flags| Transfer { id, pending_id: pending, amount: AMOUNT_MAX, flags, ..Default::default() };
-    let mut requests = vec![
-        Request::Create(Operation::CreateAccounts(vec![account(dr), account(cr)])),
-        Request::Create(Operation::CreateTransfers(vec![transfer(pending, 1), transfer(kept, u32::MAX)])),
-        Request::LookupAccounts(vec![dr, cr]),
+    // A post of the full amount (AMOUNT_MAX), a void of it (0).
+    let resolve = |id, flags: TransferFlags| Transfer {
+        id,
+        pending_id: pending,
+        amount: if flags.contains(TransferFlags::POST_PENDING_TRANSFER) { AMOUNT_MAX } else { 0 },
+        flags,
+        ..Default::default()
+    };
+    let history = AccountFlags::HISTORY;
+    let ids = vec![dr, cr, closing_dr];
+    let transfer_ids: Vec<u128> = (id_base + 10..id_base + 20).collect();
+    let filter = |account_id, reversed| AccountFilter {
+        account_id,
+        limit: 100,
+        debits: true,
+        credits: true,
+        reversed,
+        ..Default::default()
+    };
+    let before = vec![
+        Request::Create(Operation::CreateAccounts(vec![account(dr, history), account(cr, history), account(closing_dr, history)])),
+        Request::Create(Operation::CreateTransfers(vec![
+            transfer(pending, dr, 1, TransferFlags::PENDING),
+            transfer(kept, dr, u32::MAX, TransferFlags::PENDING),
+            transfer(closing, closing_dr, 1, TransferFlags::PENDING | TransferFlags::CLOSING_DEBIT),
+            // The closed account refuses a transfer until the closing one expires.
+            transfer(id_base + 13, closing_dr, 0, TransferFlags::empty()),
+        ])),
+        Request::LookupAccounts(ids.clone()),
+    ];
+    let after = vec![
+        Request::Create(Operation::CreateTransfers(vec![resolve(id_base + 14, TransferFlags::POST_PENDING_TRANSFER)])),
+        Request::Create(Operation::CreateTransfers(vec![resolve(id_base + 15, TransferFlags::VOID_PENDING_TRANSFER)])),
+        // The expiry reopened the account.
+        Request::Create(Operation::CreateTransfers(vec![transfer(id_base + 16, closing_dr, 0, TransferFlags::empty())])),
+        Request::LookupAccounts(ids.clone()),
+        Request::LookupTransfers(transfer_ids),
+        Request::GetAccountTransfers(filter(dr, false)),
+        Request::GetAccountBalances(filter(dr, false)),
+        Request::GetAccountBalances(filter(cr, true)),
+        Request::GetAccountBalances(filter(closing_dr, false)),
+        Request::QueryTransfers(QueryFilter { ledger: 1, limit: 100, ..Default::default() }),
     ];
     let mut outcome = Outcome::default();
-    for request in &requests {
+    for request in &before {
         let answer = compare_one(seed, outcome.requests, request, embedded, cluster)?;
         outcome.count(request, &answer);
     }
     std::thread::sleep(wait);
     advance(embedded, wait);
-    requests.clear();
-    requests.push(Request::Create(Operation::CreateTransfers(vec![resolve(id_base + 4, TransferFlags::POST_PENDING_TRANSFER)])));
-    requests.push(Request::Create(Operation::CreateTransfers(vec![resolve(id_base + 5, TransferFlags::VOID_PENDING_TRANSFER)])));
-    requests.push(Request::LookupAccounts(vec![dr, cr]));
-    requests.push(Request::LookupTransfers(vec![pending, kept, id_base + 4, id_base + 5]));
-    for request in &requests {
+    for request in &after {
         let answer = compare_one(seed, outcome.requests, request, embedded, cluster)?;
         outcome.count(request, &answer);
     }

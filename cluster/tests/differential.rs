@@ -91,9 +91,12 @@ fn a_pending_transfer_expires_alike_on_both() {
     // cluster's: `advance` has nothing to add.
     let outcome = oracle::expiry_scenario(1 << 100, Duration::from_millis(2_500), &mut embedded, &mut remote, |_, _| {})
         .unwrap_or_else(|divergence| panic!("expiry differs:\n{divergence}"));
-    assert!(outcome.requests >= 7);
     // Both answered alike; the embedded answer is what TigerBeetle's must be as well.
-    let post = oracle::Request::LookupAccounts(vec![1 << 100]);
-    let oracle::Answer::Accounts(rows) = embedded.run(&post).expect("lookup") else { unreachable!() };
+    assert_eq!(outcome.results.get("pending_transfer_expired"), Some(&2), "{:?}", outcome.results);
+    assert_eq!(outcome.results.get("debit_account_already_closed"), Some(&1), "{:?}", outcome.results);
+    let lookup = oracle::Request::LookupAccounts(vec![1 << 100, (1 << 100) + 2]);
+    let oracle::Answer::Accounts(rows) = embedded.run(&lookup).expect("lookup") else { unreachable!() };
     assert_eq!(rows[0].debits_pending, 10, "only the pending transfer without a timeout still holds its amount");
+    assert!(!rows[1].flags.contains(ledger_svc::model::AccountFlags::CLOSED), "the expiry reopened the account");
+    assert_eq!(rows[1].debits_posted, 10, "a transfer after the expiry went through");
 }
