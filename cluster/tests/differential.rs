@@ -100,3 +100,59 @@ fn a_pending_transfer_expires_alike_on_both() {
     assert!(!rows[1].flags.contains(ledger_svc::model::AccountFlags::CLOSED), "the expiry reopened the account");
     assert_eq!(rows[1].debits_posted, 10, "a transfer after the expiry went through");
 }
+
+/// The one difference the oracle found, and TigerBeetle's side of it (docs/ledger.md
+/// "Differential testing against TigerBeetle"): an imported post whose timestamp is older than
+/// its pending transfer stops a 0.16.78 replica (an assertion, `p.timestamp < timestamp`,
+/// checked before the `imported_event_timestamp_must_not_regress` it would otherwise answer),
+/// and the replica stops again when restarted, since it replays the request. The embedded
+/// ledger answers `imported_event_timestamp_must_not_regress`; the workload never sends such
+/// a post to the cluster. When a TigerBeetle release answers it instead, this test fails:
+/// then the workload may send it and the exclusion goes.
+#[test]
+fn tigerbeetle_0_16_78_stops_on_an_imported_post_older_than_its_pending_transfer() {
+    use ledger_svc::model::{
+        Account, CreateTransferResult, Operation, OperationReply, Transfer, TransferFlags, AMOUNT_MAX,
+    };
+    use oracle::{Answer, Request};
+
+    let cluster = LocalCluster::start(1).expect("start a 1-replica cluster");
+    cluster.wait_ready(READY).expect("the cluster serves");
+    let mut remote = Remote::connect(cluster.cluster_id(), &cluster.addresses(), Duration::from_secs(3)).expect("connect");
+    let mut embedded = Embedded::new();
+    let account = |id| Account { id, ledger: 1, code: 1, ..Default::default() };
+    let pending = Transfer {
+        id: 10,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 5,
+        ledger: 1,
+        code: 1,
+        flags: TransferFlags::PENDING,
+        ..Default::default()
+    };
+    // Imported, and older than the pending transfer it posts (which has the cluster's time).
+    let post = Transfer {
+        id: 11,
+        pending_id: 10,
+        amount: AMOUNT_MAX,
+        flags: TransferFlags::POST_PENDING_TRANSFER | TransferFlags::IMPORTED,
+        timestamp: oracle::IMPORT_BASE,
+        ..Default::default()
+    };
+    for request in [
+        Request::Create(Operation::CreateAccounts(vec![account(1), account(2)])),
+        Request::Create(Operation::CreateTransfers(vec![pending])),
+    ] {
+        assert_eq!(embedded.run(&request).expect("embedded"), remote.run(&request).expect("cluster"));
+    }
+    let request = Request::Create(Operation::CreateTransfers(vec![post]));
+    assert_eq!(
+        embedded.run(&request).expect("embedded"),
+        Answer::Create(OperationReply::CreateTransfers(vec![CreateTransferResult::ImportedEventTimestampMustNotRegress]))
+    );
+    assert!(remote.run(&request).is_err(), "TigerBeetle 0.16.78 answered the imported post: lift the exclusion");
+    let pid = cluster.pid(0).expect("started");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(status.is_empty() || status.contains("zombie"), "the replica stopped:\n{status}");
+}
