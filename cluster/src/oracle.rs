@@ -219,6 +219,51 @@ impl Remote {
 }
 
 #[cfg(feature = "tigerbeetle")]
+impl Remote {
+    /// Refuses to send a batch that would stop TigerBeetle 0.16.78 ([`stops_tigerbeetle_0_16_78`]),
+    /// so a workload that strays there fails with a clear message instead of a dead cluster.
+    fn refuse_what_stops_the_cluster(&mut self, events: &[Transfer]) -> Result<(), ClusterError> {
+        let pending_ids: Vec<u128> = events.iter().filter(|t| imported_resolve(t)).map(|t| t.pending_id).collect();
+        if pending_ids.is_empty() {
+            return Ok(());
+        }
+        let Answer::Transfers(found) = self.run(&Request::LookupTransfers(pending_ids))? else {
+            unreachable!("a lookup of transfers answers transfers")
+        };
+        let stored: HashMap<u128, u64> = found.iter().map(|t| (t.id, t.timestamp)).collect();
+        match stops_tigerbeetle_0_16_78(events, |id| stored.get(&id).copied()) {
+            Some(index) => Err(ClusterError::Packet(format!(
+                "not sent: event {index} is an imported post or void older than its pending transfer, which stops a TigerBeetle 0.16.78 replica"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn imported_resolve(t: &Transfer) -> bool {
+    t.flags.contains(TransferFlags::IMPORTED)
+        && t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+}
+
+/// The first event of a `create_transfers` batch that would stop a TigerBeetle 0.16.78
+/// replica, if any: an imported post or void whose timestamp is not after its pending
+/// transfer's. 0.16.78 asserts `p.timestamp < timestamp` before its
+/// `imported_event_timestamp_must_not_regress` check, so such an event stops the replica, and
+/// every replica stops again when it replays the request on restart. `stored` gives the
+/// timestamp of a transfer the cluster already holds; pending transfers earlier in the same
+/// batch count too. Conservative: it does not ask whether the event would fail an earlier check.
+pub fn stops_tigerbeetle_0_16_78(events: &[Transfer], stored: impl Fn(u128) -> Option<u64>) -> Option<usize> {
+    events.iter().enumerate().position(|(index, t)| {
+        if !imported_resolve(t) {
+            return false;
+        }
+        let in_batch = events[..index].iter().filter(|e| e.id == t.pending_id).map(|e| e.timestamp).max();
+        let pending_timestamp = in_batch.into_iter().chain(stored(t.pending_id)).max();
+        pending_timestamp.is_some_and(|p| p >= t.timestamp)
+    })
+}
+
+#[cfg(feature = "tigerbeetle")]
 impl Side for Remote {
     fn name(&self) -> &'static str {
         "tigerbeetle"
@@ -244,6 +289,9 @@ impl Side for Remote {
                 return self.run(&Request::Create(after(operation, newest_timestamp)));
             }
             Request::Create(operation) => {
+                if let Operation::CreateTransfers(events) = operation {
+                    self.refuse_what_stops_the_cluster(events)?;
+                }
                 let op = wire::encode_operation(operation, &mut body);
                 let reply = self.client.request(op, body, self.timeout)?;
                 Answer::Create(wire::create_results(op, operation.len(), &reply)?)
@@ -710,20 +758,21 @@ impl Workload {
         let len = self.rng.range(1, 12) as usize;
         let accounts = self.rng.chance(40);
         let mut offset = 0u64;
-        let mut next_offset = |rng: &mut Rng| {
+        // Mostly increasing; now and then repeated or zero (`_must_not_regress`).
+        let next_offset = |rng: &mut Rng, offset: &mut u64| {
             match rng.below(100) {
                 0..=4 => return 0,
                 5..=9 => {}
-                _ => offset += rng.range(1, 3),
+                _ => *offset += rng.range(1, 3),
             }
-            offset
+            *offset
         };
         if accounts {
             let events = (0..len)
                 .map(|_| {
                     let mut a = self.fresh_account();
                     a.flags.insert(AccountFlags::IMPORTED);
-                    a.timestamp = next_offset(&mut self.rng);
+                    a.timestamp = next_offset(&mut self.rng, &mut offset);
                     *self.accounts.last_mut().expect("just sent") = a;
                     a
                 })
@@ -748,7 +797,15 @@ impl Workload {
                     _ => self.resolve(false),
                 };
                 t.flags.insert(TransferFlags::IMPORTED);
-                t.timestamp = next_offset(&mut self.rng);
+                t.timestamp = if t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER) {
+                    // Strictly after every object before it, its pending transfer included:
+                    // TigerBeetle 0.16.78 stops on an imported post or void that is not
+                    // (see `stops_tigerbeetle_0_16_78`).
+                    offset += self.rng.range(1, 3);
+                    offset
+                } else {
+                    next_offset(&mut self.rng, &mut offset)
+                };
                 *self.transfers.last_mut().expect("just sent") = t;
                 t
             })
@@ -1130,6 +1187,15 @@ impl Workload {
         let n = self.transfers.len() as u64;
         let index = if self.rng.chance(60) { n - 1 - self.rng.below(n.min(100)) } else { self.rng.below(n) };
         let mut t = self.transfers[index as usize];
+        if t.flags.contains(TransferFlags::IMPORTED)
+            && t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+            && t.timestamp < IMPORT_BASE
+        {
+            // An offset import retried as is would be older than its pending transfer if the
+            // first attempt failed: TigerBeetle 0.16.78 stops on that. Retried unimported.
+            t.flags.remove(TransferFlags::IMPORTED);
+            t.timestamp = 0;
+        }
         match self.rng.below(14) {
             0..=4 => {}
             5 => t.flags = TransferFlags::from_bits_retain(t.flags.bits() ^ TransferFlags::LINKED.bits()),
@@ -1280,6 +1346,34 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn an_imported_post_older_than_its_pending_transfer_is_caught() {
+        let pending = Transfer { id: 10, flags: TransferFlags::PENDING | TransferFlags::IMPORTED, timestamp: 50, ..Default::default() };
+        let post = |timestamp| Transfer {
+            id: 11,
+            pending_id: 10,
+            flags: TransferFlags::POST_PENDING_TRANSFER | TransferFlags::IMPORTED,
+            timestamp,
+            ..Default::default()
+        };
+        assert_eq!(stops_tigerbeetle_0_16_78(&[pending, post(50)], |_| None), Some(1), "in the same batch");
+        assert_eq!(stops_tigerbeetle_0_16_78(&[pending, post(51)], |_| None), None);
+        assert_eq!(stops_tigerbeetle_0_16_78(&[post(51)], |_| Some(60)), Some(0), "stored");
+        assert_eq!(stops_tigerbeetle_0_16_78(&[post(61)], |_| Some(60)), None);
+        let unimported = Transfer { flags: TransferFlags::POST_PENDING_TRANSFER, ..post(0) };
+        assert_eq!(stops_tigerbeetle_0_16_78(&[unimported], |_| Some(60)), None, "only imports carry a timestamp");
+        // The workload never produces one.
+        for seed in 0..10 {
+            let mut w = Workload::new(seed);
+            for _ in 0..400 {
+                if let Request::Create(Operation::CreateTransfers(events)) = w.next_request() {
+                    let stored: HashMap<u128, u64> = w.transfers.iter().map(|t| (t.id, t.timestamp)).collect();
+                    assert_eq!(stops_tigerbeetle_0_16_78(&events, |id| stored.get(&id).copied().filter(|&t| t > 0)), None);
+                }
+            }
+        }
     }
 
     #[test]
