@@ -8,7 +8,9 @@
 //!   (pure, always compiled);
 //! - `client` (feature `tigerbeetle`): TigerBeetle's own client library, driven with tags and a
 //!   completion channel instead of async;
-//! - [`local`]: a cluster on loopback for tests and benchmarks, removed when dropped.
+//! - [`local`]: a cluster on loopback for tests and benchmarks, removed when dropped;
+//! - [`oracle`]: the differential oracle, one seeded workload run against the embedded ledger
+//!   and a TigerBeetle cluster with every answer compared.
 //!
 //! The client library is C built with zig from the pinned crate's vendored source, so it sits
 //! behind the `tigerbeetle` feature: a plain `cargo build` needs no zig.
@@ -16,6 +18,8 @@
 pub mod wire;
 
 pub mod local;
+
+pub mod oracle;
 
 #[cfg(feature = "tigerbeetle")]
 pub mod client;
