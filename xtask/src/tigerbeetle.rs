@@ -501,3 +501,51 @@ fn remove_dir_if_exists(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_refuses_bad_options_before_touching_anything() {
+        for args in [
+            &["up", "--replicas", "0"][..],
+            &["up", "--replicas", "7"],
+            &["up", "--replicas", "3", "--base-port", "65534"],
+            &["up", "--base-port", "80"],
+            &["up", "--replicas"],
+            &["up", "--queues", "2"],
+            &["sideways"],
+        ] {
+            let err = main(args).expect_err("refused");
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("--replicas") || text.contains("--base-port") || text.contains("option") || text.contains("usage"),
+                "{args:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_live_start_of_our_binary_counts_as_a_replica() {
+        // A stand-in replica: a shell whose argv is exactly "<server> start" (argv[0] set by
+        // hand, "start" a script in a directory of its own that sleeps).
+        let dir = env::temp_dir().join(format!("tbtool-xtask-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("start"), "sleep 30\n").unwrap();
+        let server = Path::new("/nonexistent/tigerbeetle-test");
+        let mut child = Command::new("sh").arg0(server).arg("start").current_dir(&dir).spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_our_replica(server, pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(is_our_replica(server, pid), "a live '<server> start'");
+        assert!(!is_our_replica(Path::new("/nonexistent/other"), pid), "another binary's pid is not ours");
+        assert!(!is_our_replica(server, std::process::id()), "this test is not a replica");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_our_replica(server, pid), "a reaped pid is nobody's");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
