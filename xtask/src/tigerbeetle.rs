@@ -64,7 +64,7 @@ const START_OPTIONS: &[&str] =
 
 /// How long `tigerbeetle format` of one replica may take (it takes well under a second).
 const FORMAT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `up` waits for the cluster to serve (a 3-replica cluster takes ~5–8 s).
+/// How long `up` waits for the cluster to serve (a 3-replica cluster takes ~5–11 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one readiness probe may take: the REPL's client retries forever, so each probe is
 /// killed at this deadline and the next one starts.
@@ -188,16 +188,15 @@ fn up(replicas: u8, base_port: u16) -> Result<()> {
         "a cluster from an earlier `up` is still running (pids {:?}); run `cargo xtask tigerbeetle down` first",
         running.iter().map(|(_, pid)| *pid).collect::<Vec<_>>()
     );
-    let dir = absolute(CLUSTER_DIR)?;
-    // Nothing of ours runs: whatever is left (data files, stale pid files, logs) is stale.
-    remove_dir_if_exists(&dir)?;
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-
     let ports: Vec<u16> = (0..u16::from(replicas)).map(|i| base_port + i).collect();
     for port in &ports {
         // A clear error now rather than a replica that dies with "address in use" later.
         TcpListener::bind(("127.0.0.1", *port)).with_context(|| format!("port {port} on 127.0.0.1 is taken"))?;
     }
+    let dir = absolute(CLUSTER_DIR)?;
+    // Nothing of ours runs: whatever is left (data files, stale pid files, logs) is stale.
+    remove_dir_if_exists(&dir)?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let addresses = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
 
     let started = Instant::now();
