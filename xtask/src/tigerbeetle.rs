@@ -101,18 +101,22 @@ pub fn main(args: &[&str]) -> Result<()> {
     }
 }
 
-/// Builds the server unless the installed one is already the pinned release; returns its
-/// absolute path. Each step prints what it did and how long it took.
+/// Installs the pinned zig unless it is there, and builds the server unless the installed one
+/// is already the pinned release; returns the server's absolute path. Each step prints what it
+/// did and how long it took.
+///
+/// zig is checked even when the server is cached: the `cluster` crate's client library is
+/// built with it (ZIG_PATH), so a target directory holding the server but not zig must still
+/// get zig.
 pub fn build() -> Result<PathBuf> {
-    let server = absolute(SERVER)?;
-    if server_release_matches(&server) {
-        println!("xtask tigerbeetle: {} is TigerBeetle {RELEASE} (cached)", server.display());
-        return Ok(server);
-    }
     let total = Instant::now();
-
     let zig = absolute(&format!("{ZIG_DIR}/ziglang/zig"))?;
+    let server = absolute(SERVER)?;
     if zig_version(&zig).as_deref() == Some(ZIG_VERSION) {
+        if server_release_matches(&server) {
+            println!("xtask tigerbeetle: zig {ZIG_VERSION} and TigerBeetle {RELEASE} at {} (cached)", server.display());
+            return Ok(server);
+        }
         println!("xtask tigerbeetle: zig {ZIG_VERSION} already at {}", zig.display());
     } else {
         let started = Instant::now();
@@ -124,6 +128,10 @@ pub fn build() -> Result<PathBuf> {
             zig.display()
         );
         println!("xtask tigerbeetle: installed zig {ZIG_VERSION} from PyPI ({:.1?})", started.elapsed());
+        if server_release_matches(&server) {
+            println!("xtask tigerbeetle: TigerBeetle {RELEASE} at {} (cached)", server.display());
+            return Ok(server);
+        }
     }
 
     let started = Instant::now();
@@ -448,7 +456,8 @@ fn install_zig() -> Result<()> {
     // --target installs into a plain directory: no virtual environment, and Debian's
     // "externally managed" guard does not apply. Only the wheel: never a build from source.
     crate::status(
-        pip.args(["install", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:", "--target"])
+        pip.args(["install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "--no-deps", "--only-binary=:all:"])
+            .arg("--target")
             .arg(&partial)
             .arg(format!("ziglang=={ZIG_VERSION}")),
     )?;
