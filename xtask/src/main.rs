@@ -11,6 +11,7 @@ use std::{env, fs, thread};
 use anyhow::{bail, ensure, Context, Result};
 
 mod fuzz;
+mod tigerbeetle;
 
 #[path = "../../src/lab.rs"]
 #[allow(dead_code)]
@@ -30,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // Benchmark peers.
     "nginx", "wrk",
+    // pip installs the pinned zig that builds TigerBeetle (`cargo xtask tigerbeetle build`).
+    "python3-pip",
     // `promtool check metrics` lints /metrics (tests/lab_metrics.rs).
     "prometheus",
 ];
@@ -71,10 +74,12 @@ fn main() -> Result<()> {
         ["sim", rest @ ..] => sim(rest),
         ["demo"] => demo(),
         ["fuzz", rest @ ..] => fuzz::main(rest),
+        ["tigerbeetle", rest @ ..] => tigerbeetle::main(rest),
         ["bench"] => bench("all"),
         ["bench", name] => bench(name),
         _ => {
-            eprintln!("{USAGE}");
+            // The tigerbeetle commands' lines live beside their code.
+            eprintln!("{USAGE}\n{}", tigerbeetle::USAGE);
             bail!("unknown command: {}", args.join(" "));
         }
     }
@@ -154,11 +159,20 @@ fn lab_up(queues: u32) -> Result<()> {
 
 fn test() -> Result<()> {
     deps()?;
+    // The pinned zig (the `cluster` crate's tb_client is built with it, through ZIG_PATH) and
+    // the TigerBeetle server its tests run: both cached under target/tigerbeetle/.
+    timed("the TigerBeetle server and zig (cached)", tigerbeetle::build)?;
     // Unit, property and in-memory tests of every crate, then the root lab tests, which make
     // their own namespaces and veth pairs. The lab tests start real servers: run them one at a
     // time so two of them do not fight over the machine's two cores. The pantera package is
     // tested with its fault switches compiled in (tests/lab_faults.rs needs them).
     status(cargo().args(["test", "--workspace", "--exclude", "pantera"]))?;
+    // The TigerBeetle client (C, built with zig; bindgen needs libclang) and the tests against
+    // real local clusters: a step of its own, so the workspace step keeps building `cluster`
+    // without the feature, as a plain `cargo build` does.
+    timed("cargo test -p cluster --features tigerbeetle", || {
+        status(cargo().args(["test", "--package", "cluster", "--features", "tigerbeetle"]))
+    })?;
     // The patched smoltcp (third_party/smoltcp/PANTERA.md) is not a workspace member: its own
     // unit tests, the patch's among them, run from its directory with its own lock file.
     status(cargo().args(["test", "--lib", "--manifest-path", "third_party/smoltcp/Cargo.toml"]))?;
@@ -168,6 +182,14 @@ fn test() -> Result<()> {
     // crash, a panic or a broken invariant fails the suite with the input saved.
     fuzz::main(&["--smoke"])?;
     Ok(())
+}
+
+/// Runs one step of the suite and prints how long it took.
+fn timed<T>(what: &str, step: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let result = step()?;
+    println!("xtask: {what} took {:.1?}", started.elapsed());
+    Ok(result)
 }
 
 /// Seeds `cargo xtask test` runs: about 30 s in a debug build on the 2-vCPU CI machine
