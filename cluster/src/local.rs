@@ -2,9 +2,11 @@
 //! directory of its own, stopped and removed when the guard drops (also when a test panics).
 //!
 //! It runs the server `cargo xtask tigerbeetle build` installs (docs/cluster.md). Replicas are
-//! started with `--development` (no direct I/O requirement, the lab's disks) and with the
-//! memory options in [`START_OPTIONS`]: a replica's default caches take ~1.45 GiB, too much for
-//! three of them beside the test suite on the lab's machine.
+//! started with [`START_OPTIONS`]: `--development` (no direct I/O requirement, the lab's disks;
+//! smallest caches), requests of up to 1 MiB (TigerBeetle's full 8189-event batch, which
+//! `--development` alone cuts to 32 KiB) and a 16 MiB manifest (~115 MiB less per replica than
+//! the default). A replica still takes ~1.7 GiB RSS, most of it fixed at compile time, and a
+//! 1.06 GiB data file (docs/cluster.md "Memory and disk per replica").
 //!
 //! Only the processes this guard started are ever signalled, by their pid.
 
@@ -19,8 +21,9 @@ use crate::ClusterError;
 /// The release every part of the cluster backend is pinned to (docs/cluster.md "Versions").
 pub const TIGERBEETLE_RELEASE: &str = "0.16.78";
 
-/// Options passed to every `tigerbeetle start` besides the addresses: small caches for tests.
-pub const START_OPTIONS: &[&str] = &["--development", "--experimental", "--limit-request=1MiB"];
+/// Options passed to every `tigerbeetle start` besides the addresses (the same as
+/// `cargo xtask tigerbeetle up`'s; all but `--development` need `--experimental`).
+pub const START_OPTIONS: &[&str] = &["--development", "--experimental", "--limit-request=1MiB", "--memory-lsm-manifest=16MiB"];
 
 /// How long `tigerbeetle format` may take before the start is abandoned.
 const FORMAT_TIMEOUT: Duration = Duration::from_secs(60);
