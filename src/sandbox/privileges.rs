@@ -66,7 +66,10 @@ pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
     let data_dir = config.ledger.data_dir.clone();
     let mut read_write = Vec::new();
     if ledger {
-        read_write.push(data_dir.clone());
+        // The TigerBeetle backend has no data directory (the audit log's path is then given).
+        if !data_dir.as_os_str().is_empty() {
+            read_write.push(data_dir.clone());
+        }
         if config.audit.enabled {
             read_write.push(parent_dir(&config.audit.path_for(&data_dir)));
         }

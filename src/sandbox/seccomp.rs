@@ -199,7 +199,7 @@ fn target_arch() -> io::Result<seccompiler::TargetArch> {
 /// The kinds that start a thread after confining themselves: the ledger thread starts the
 /// checkpoint writer and the WAL syncer.
 fn spawns_threads(kind: Kind) -> bool {
-    kind == Kind::Ledger
+    kind == Kind::Ledger || kind == Kind::Cluster
 }
 
 #[cfg(feature = "fault-injection")]
@@ -374,46 +374,41 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
             allow(&mut rules, &[libc::SYS_ppoll]);
             allow_values(&mut rules, libc::SYS_getsockopt, 1, &[libc::SOL_XDP as u64])?;
         }
+        Kind::Cluster => {
+            // The backend thread itself needs only the common list and the thread start; the
+            // rest is tb_client's I/O thread (one per client session), which inherits this
+            // filter: TCP sockets to the replicas, driven through io_uring (its rings are
+            // mmap'd shared, never executable), and a nanosleep-free timeout loop.
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_socket,
+                    libc::SYS_connect,
+                    libc::SYS_close,
+                    libc::SYS_setsockopt,
+                    libc::SYS_getsockopt,
+                    libc::SYS_shutdown,
+                    libc::SYS_io_uring_setup,
+                    libc::SYS_io_uring_enter,
+                    libc::SYS_io_uring_register,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_recvmsg,
+                    libc::SYS_sendmsg,
+                    libc::SYS_read,
+                    libc::SYS_eventfd2,
+                    libc::SYS_fcntl,
+                    libc::SYS_sched_getaffinity,
+                ],
+            );
+            thread_start(&mut rules)?;
+        }
         Kind::Ledger => {
             write_files(&mut rules);
             // Recovery's directory listing; cutting a torn tail.
             allow(&mut rules, &[libc::SYS_getdents64, libc::SYS_ftruncate]);
-            // Starts the checkpoint writer: a thread, nothing else (a process could escape
-            // the filters' per-thread bookkeeping).
-            let thread = (libc::CLONE_VM
-                | libc::CLONE_FS
-                | libc::CLONE_FILES
-                | libc::CLONE_SIGHAND
-                | libc::CLONE_THREAD) as u64;
-            let rule = SeccompRule::new(vec![cond(0, Len::Qword, Op::MaskedEq(thread), thread)?])
-                .map_err(compile_error)?;
-            rules.insert(libc::SYS_clone, vec![rule]);
-            // clone3 is in the allowlist so the stacked filter answers it ENOSYS (the C
-            // library then uses clone, whose flags the rule above checks).
-            allow(&mut rules, &[libc::SYS_clone3]);
-            // What the new thread does before it installs its own, narrower filter: the C
-            // library's thread start, naming, and the confinement itself.
-            allow(
-                &mut rules,
-                &[
-                    libc::SYS_set_robust_list,
-                    libc::SYS_rseq,
-                    libc::SYS_sched_getaffinity,
-                    libc::SYS_seccomp,
-                ],
-            );
-            allow_values(
-                &mut rules,
-                libc::SYS_prctl,
-                0,
-                &[
-                    libc::PR_SET_NAME as u64,
-                    libc::PR_GET_NAME as u64,
-                    libc::PR_SET_NO_NEW_PRIVS as u64,
-                ],
-            )?;
-        }
-        Kind::Checkpoint => write_files(&mut rules),
+            thread_start(&mut rules)?;
+        }        Kind::Checkpoint => write_files(&mut rules),
         // The WAL syncer opens nothing: the ledger thread hands it duplicated descriptors of
         // the segment (and of the directory for a new segment), which it syncs and closes.
         // fcntl: the standard library's debug builds check a descriptor is open (F_GETFD)
@@ -450,6 +445,47 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
         Kind::Audit => write_files(&mut rules),
     }
     Ok(rules)
+}
+
+
+/// Starting a thread (nothing else: a process could escape the filters' per-thread
+/// bookkeeping), and what the new thread does before it installs its own filter, if any.
+fn thread_start(rules: &mut Rules) -> io::Result<()> {
+    // The ledger thread starts the checkpoint writer and the WAL syncer; the cluster
+    // backend's thread starts tb_client's I/O threads.
+    let thread = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD) as u64;
+    let rule = SeccompRule::new(vec![cond(0, Len::Qword, Op::MaskedEq(thread), thread)?])
+        .map_err(compile_error)?;
+    rules.insert(libc::SYS_clone, vec![rule]);
+    // clone3 is in the allowlist so the stacked filter answers it ENOSYS (the C
+    // library then uses clone, whose flags the rule above checks).
+    allow(rules, &[libc::SYS_clone3]);
+    // What the new thread does before it installs its own, narrower filter: the C
+    // library's thread start, naming, and the confinement itself.
+    allow(
+        rules,
+        &[
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_seccomp,
+        ],
+    );
+    allow_values(
+        rules,
+        libc::SYS_prctl,
+        0,
+        &[
+            libc::PR_SET_NAME as u64,
+            libc::PR_GET_NAME as u64,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+        ],
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
