@@ -453,7 +453,8 @@ fn default_batch_events_max() -> usize {
     ledger_svc::BATCH_EVENTS_MAX * 4
 }
 
-const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
+/// `ledger.checkpoint_every_batches` when the file leaves it out.
+pub const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
 
 /// Edge defence in the XDP program (docs/operations.md "Edge defence"). Fields left out take
 /// `dataplane::EdgeConfig::default()`: SYN limit on and generous, no allowlist, stealth off.
@@ -1224,6 +1225,48 @@ cluster_id = 7
 
     fn error_of(text: &str) -> String {
         Config::parse(Path::new("t.toml"), text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn the_ledger_backend_is_embedded_by_default_and_tigerbeetle_needs_its_section() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.backend().expect("known"), Backend::Embedded);
+        let e = error_of(&GOOD.replace("data_dir = \"/var/lib/pantera/data\"\n", ""));
+        assert!(e.contains("ledger.data_dir") && e.contains("embedded"), "{e}");
+        let e = error_of(&GOOD.replace("[ledger]", "[ledger]\nbackend = \"postgres\""));
+        assert!(e.contains("ledger.backend") && e.contains("postgres"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+        assert!(e.contains("ledger.tigerbeetle") && e.contains("only with"), "{e}");
+        let tb = GOOD.replace("data_dir = \"/var/lib/pantera/data\"\n", "backend = \"tigerbeetle\"\n");
+        if !cfg!(feature = "tigerbeetle") {
+            let e = error_of(&format!("{tb}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+            assert!(e.contains("ledger.backend") && e.contains("--features tigerbeetle"), "{e}");
+            return;
+        }
+        let e = error_of(&tb);
+        assert!(e.contains("ledger.tigerbeetle") && e.contains("addresses"), "{e}");
+        // The audit log (on by default) lives beside the data directory unless named.
+        let e = error_of(&format!("{tb}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+        assert!(e.contains("audit.path"), "{e}");
+        let with = |keys: &str| format!("{tb}\n[ledger.tigerbeetle]\n{keys}\n[audit]\npath = \"/var/log/pantera/audit.log\"\n");
+        let c = Config::parse(Path::new("t.toml"), &with("addresses = \"10.0.0.1:3000,10.0.0.2:3000,3002\"")).expect("valid");
+        assert_eq!(c.backend().expect("known"), Backend::TigerBeetle);
+        let t = c.tigerbeetle().expect("checked");
+        assert_eq!((t.request_timeout_ms, t.sessions, t.batch_events_max, t.retry_after_s), (2_000, 4, 8189, 1));
+        assert_eq!(parse_tb_addresses(&t.addresses).expect("valid")[2], "127.0.0.1:3002".parse().unwrap());
+        for (keys, field) in [
+            ("addresses = \"db1:3000\"", "ledger.tigerbeetle.addresses"),
+            ("addresses = \"1,2,3,4,5,6,7\"", "ledger.tigerbeetle.addresses"),
+            ("addresses = \"3000\"\nsessions = 0", "ledger.tigerbeetle.sessions"),
+            ("addresses = \"3000\"\nsessions = 17", "ledger.tigerbeetle.sessions"),
+            ("addresses = \"3000\"\nbatch_events_max = 8190", "ledger.tigerbeetle.batch_events_max"),
+            ("addresses = \"3000\"\nrequest_timeout_ms = 10", "ledger.tigerbeetle.request_timeout_ms"),
+            ("addresses = \"3000\"\nretry_after_s = 0", "ledger.tigerbeetle.retry_after_s"),
+            ("addresses = \"3000\"\ntimeout = 1", "unknown field"),
+        ] {
+            let e = error_of(&with(keys));
+            assert!(e.contains(field), "{keys}: {e}");
+        }
     }
 
     #[test]
