@@ -210,8 +210,15 @@ fn a_dead_cluster_turns_into_503_and_not_ready_and_the_appliance_recovers_by_its
         1.0
     );
 
-    // A clean stop, with nothing denied by the sandbox on the way.
+    // The cluster goes away again, a request is waiting for it: the stop (SIGTERM) does not
+    // hang on the dead cluster (it waits at most one deadline for the request in flight), and
+    // nothing on the way is denied by the sandbox (tb_client's connection teardown included).
+    cluster.kill(0);
+    let (status, _, body) = call(&lab, &client, "POST", "/v1/transfers".into(), transfer(103, 1));
+    assert_eq!(status, 503, "{body}");
+    let stopping = Instant::now();
     let status = server.terminate();
+    println!("stopped with the cluster down in {:?}", stopping.elapsed());
     let log = server.log_text();
     assert!(status.success(), "exit {status}: {log}");
     assert!(

@@ -694,7 +694,7 @@ mod tests {
             assert!(!filters.allow.is_empty(), "{kind}");
             assert_eq!(
                 filters.clone3_enosys.is_some(),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}"
             );
         }
@@ -719,6 +719,12 @@ mod tests {
         for kind in Kind::ALL {
             let rules = allowlist(kind).expect("rules");
             for call in forbidden {
+                // The TigerBeetle client's threads open TCP sockets to the replicas (Landlock
+                // allows connecting to their ports only) and read their own process's memory
+                // (the rule pins the pid: checked below).
+                if kind == Kind::Cluster && (call == libc::SYS_socket || call == libc::SYS_process_vm_readv) {
+                    continue;
+                }
                 assert!(
                     !rules.contains_key(&call),
                     "{kind} allows {}",
@@ -732,13 +738,13 @@ mod tests {
             );
             assert_eq!(
                 rules.contains_key(&libc::SYS_clone),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}: clone"
             );
             // Only so the checkpoint writer it starts can narrow its own filter further.
             assert_eq!(
                 rules.contains_key(&libc::SYS_seccomp),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}: seccomp"
             );
             assert_eq!(
@@ -746,13 +752,16 @@ mod tests {
                 kind == Kind::Management,
                 "{kind}: ioctl"
             );
-            // The workers and the WAL syncer open nothing after start-up.
+            // The workers, the WAL syncer and the TigerBeetle backend open nothing after
+            // start-up.
             assert_eq!(
                 rules.contains_key(&libc::SYS_openat),
-                !matches!(kind, Kind::Worker | Kind::Syncer),
+                !matches!(kind, Kind::Worker | Kind::Syncer | Kind::Cluster),
                 "{kind}: openat"
             );
         }
+        let cluster = allowlist(Kind::Cluster).expect("rules");
+        assert_eq!(cluster[&libc::SYS_process_vm_readv].len(), 1, "process_vm_readv only with this process's pid");
     }
 
     #[test]
