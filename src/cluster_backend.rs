@@ -1241,6 +1241,9 @@ mod tests {
         );
     }
 
+    /// Each event's status and timestamp.
+    type Statuses = Vec<(&'static str, Option<u64>)>;
+
     #[test]
     fn dense_results_split_back_to_each_submission_in_order() {
         let t0 = Instant::now();
@@ -1276,7 +1279,7 @@ mod tests {
             Ok(transfer_rows(&[(1, 101), (3, 103), (5, 105)])),
             &mut out,
         );
-        let got: Vec<(u64, Vec<(&str, Option<u64>)>)> = replies(&mut out)
+        let got: Vec<(u64, Statuses)> = replies(&mut out)
             .into_iter()
             .map(|(seq, r)| match r {
                 Reply::Created(results) => (

@@ -169,8 +169,8 @@ pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usiz
 /// backend (src/cluster_backend.rs). Both take the same queues and send the same replies.
 #[derive(Debug)]
 pub enum Backend {
-    Embedded(Recovered),
-    TigerBeetle(crate::cluster_backend::Prepared),
+    Embedded(Box<Recovered>),
+    TigerBeetle(Box<crate::cluster_backend::Prepared>),
 }
 
 impl Backend {
@@ -196,8 +196,8 @@ pub fn open_storage(config: &crate::config::Config, lab_home: Option<&std::path:
 /// `storage` (what `open_storage` opened), or the TigerBeetle backend prepared.
 pub fn prepare(config: &crate::config::Config, storage: Option<FileStorage>, workers: usize, metrics: &Metrics) -> anyhow::Result<Backend> {
     match storage {
-        Some(storage) => Ok(Backend::Embedded(recover(config, storage, workers, metrics)?)),
-        None => Ok(Backend::TigerBeetle(crate::cluster_backend::prepare(config, workers, metrics)?)),
+        Some(storage) => Ok(Backend::Embedded(Box::new(recover(config, storage, workers, metrics)?))),
+        None => Ok(Backend::TigerBeetle(Box::new(crate::cluster_backend::prepare(config, workers, metrics)?))),
     }
 }
 

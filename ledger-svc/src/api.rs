@@ -1291,6 +1291,37 @@ fn write_result(out: &mut Vec<u8>, index: usize, name: &str, timestamp: Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_is_a_503_with_retry_after() {
+        let response = render(&Reply::Unavailable { retry_after_s: 4 });
+        assert_eq!((response.status, response.retry_after_s), (503, Some(4)));
+        let body = String::from_utf8(response.body).expect("utf-8");
+        assert!(body.contains("\"ledger_unavailable\""), "{body}");
+    }
+
+    #[test]
+    fn a_page_from_one_row_more_has_the_embedded_ledgers_page_and_next() {
+        let filter = AccountFilter { account_id: 1, limit: 2, debits: true, credits: true, ..AccountFilter::default() };
+        let command = Command::AccountTransfers(filter);
+        assert_eq!(page_probe_limit(&command), Some(3));
+        // Past the byte cap the page is the cap's rows, and one more is asked.
+        let wide = Command::QueryAccounts(QueryFilter { limit: 8189, ..QueryFilter::default() });
+        assert_eq!(page_probe_limit(&wide), Some(ACCOUNTS_PAGE_ROWS_MAX as u32 + 1));
+        assert_eq!(page_probe_limit(&Command::LookupAccount(1)), None);
+        let rows = |n: u64| (1..=n).map(|t| Transfer { id: u128::from(t), timestamp: t * 10, ..Transfer::default() }).collect::<Vec<_>>();
+        match page_reply(&command, PageRows::Transfers(rows(3))) {
+            Reply::AccountTransfers { transfers, next: Some(next) } => {
+                assert_eq!(transfers.len(), 2);
+                assert_eq!(next, next_account_page(&filter, 20), "resumes after the last row shown");
+            }
+            other => panic!("{other:?}"),
+        }
+        match page_reply(&command, PageRows::Transfers(rows(2))) {
+            Reply::AccountTransfers { transfers, next: None } => assert_eq!(transfers.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
     use crate::http::Version;
     use proptest::prelude::*;
 
