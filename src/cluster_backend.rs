@@ -247,6 +247,11 @@ impl Core {
         &self.stats
     }
 
+    /// The client session request `tag` was sent on, while it is in flight.
+    pub fn session_of(&self, tag: u64) -> Option<usize> {
+        self.requests.get(&tag).map(|r| r.session)
+    }
+
     /// The cluster answered request `tag` (or tb_client gave it back). Returns the request's
     /// operation and time in flight for the metrics, when the tag was known.
     pub fn completed(
@@ -945,12 +950,12 @@ pub mod driver {
         let heartbeat = metrics.health.register("ledger");
         let m = &metrics.cluster;
         m.reachable.set(0);
-        // Completions are bounded by the requests in flight: at most one per session.
+        // Completions are bounded by the requests in flight: at most one per session (and what
+        // a replaced session gives back as it closes).
         let (tx, completions) = crossbeam_channel::unbounded::<TbCompletion>();
-        let sessions = (0..config.sessions)
+        let mut sessions = (0..config.sessions)
             .map(|_| Client::connect_to(cluster_id, addresses, tx.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        drop(tx);
         log::info!(
             "ledger backend: TigerBeetle cluster {cluster_id} at {addresses}, {} client session(s)",
             sessions.len()
@@ -959,12 +964,21 @@ pub mod driver {
         let mut out = Vec::new();
         let mut clients_gone = false;
         let never = crossbeam_channel::never();
+        let mut arrived: Option<TbCompletion> = None;
         loop {
             heartbeat.beat();
             let now = Instant::now();
-            while let Ok(c) = completions.try_recv() {
+            while let Some(c) = arrived.take().or_else(|| completions.try_recv().ok()) {
+                // An evicted session (the cluster keeps a bounded number of client sessions and
+                // evicts the least recently used) fails every later request: open a new one.
+                let evicted = matches!(&c.result, Err(ClusterError::Packet(kind)) if kind.contains("ClientEvicted"));
+                let session = core.session_of(c.tag);
                 if let Some((_, took)) = core.completed(now, c.tag, c.result, &mut out) {
                     m.request_seconds.observe(took.as_secs_f64());
+                }
+                if let (true, Some(session)) = (evicted, session) {
+                    log::warn!("TigerBeetle client session {session} was evicted by the cluster; opening a new one");
+                    sessions[session] = Client::connect_to(cluster_id, addresses, tx.clone())?;
                 }
             }
             while core.has_room() {
@@ -1037,11 +1051,7 @@ pub mod driver {
             let reads = if room { &rx.reads } else { &never };
             let timer = crossbeam_channel::after(wait);
             crossbeam_channel::select! {
-                recv(completions) -> c => if let Ok(c) = c {
-                    if let Some((_, took)) = core.completed(Instant::now(), c.tag, c.result, &mut out) {
-                        m.request_seconds.observe(took.as_secs_f64());
-                    }
-                },
+                recv(completions) -> c => arrived = c.ok(),
                 recv(writes) -> s => match s {
                     Ok(s) => core.submit(Instant::now(), s),
                     Err(_) => clients_gone = true,

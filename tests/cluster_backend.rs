@@ -351,3 +351,115 @@ fn the_tigerbeetle_backend_answers_as_the_embedded_ledger_does() {
     );
     assert_eq!(metrics.cluster.deadline_expiries.get(), 0);
 }
+
+/// Transfers of one event each, pipelined through the backend thread at up to `WINDOW` in
+/// flight, against a 1-replica cluster: every one is created exactly once and the balances
+/// add up. Prints the rate and how many requests carried them (a figure, not asserted).
+#[test]
+fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
+    const TRANSFERS: u64 = 20_000;
+    const WINDOW: u64 = 2_000;
+    let cluster = LocalCluster::start(1).expect("start a 1-replica cluster");
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("the cluster serves");
+    let committer::Channels {
+        client,
+        submissions,
+        replies_tx,
+        replies_rx,
+    } = committer::channels(4_096, 1);
+    let metrics = Metrics::new();
+    let thread_metrics = metrics.clone();
+    let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
+    let config = CoreConfig {
+        sessions: 4,
+        batch_events_max: 8189,
+        request_timeout: Duration::from_secs(10),
+        retry_after_s: 1,
+        pending_max: PENDING_SUBMISSIONS_MAX,
+        probe_interval: PROBE_INTERVAL,
+    };
+    let thread = std::thread::spawn(move || {
+        driver::run(
+            cluster_id,
+            &addresses,
+            config,
+            &submissions,
+            &replies_tx,
+            &thread_metrics,
+        )
+    });
+    let completions = &replies_rx[0];
+    let accounts = Command::Mutate(Operation::CreateAccounts(vec![
+        account(1, AccountFlags::empty()),
+        account(2, AccountFlags::empty()),
+    ]));
+    client
+        .submit(Submission {
+            reply_to: reply_to(0),
+            command: accounts,
+        })
+        .expect("room");
+    completions
+        .recv_timeout(REPLY_WAIT)
+        .expect("accounts created");
+    let started = std::time::Instant::now();
+    let (mut sent, mut created) = (0u64, 0u64);
+    while created < TRANSFERS {
+        while sent < TRANSFERS && sent - created < WINDOW {
+            let command = transfers(vec![transfer(
+                1_000 + u128::from(sent),
+                1,
+                2,
+                1,
+                TransferFlags::empty(),
+            )]);
+            client
+                .submit(Submission {
+                    reply_to: reply_to(sent + 1),
+                    command,
+                })
+                .expect("the window fits the queue");
+            sent += 1;
+        }
+        let c = completions
+            .recv_timeout(REPLY_WAIT)
+            .expect("a reply within the wait");
+        match c.reply {
+            Reply::Created(results) if results.len() == 1 && results[0].status == "ok" => {
+                created += 1
+            }
+            other => panic!("transfer {}: {other:?}", c.reply_to.seq),
+        }
+    }
+    let took = started.elapsed();
+    client
+        .submit(Submission {
+            reply_to: reply_to(0),
+            command: Command::LookupAccount(1),
+        })
+        .expect("room");
+    match completions.recv_timeout(REPLY_WAIT).expect("lookup").reply {
+        Reply::Account {
+            account: Some(a), ..
+        } => assert_eq!(a.debits_posted, u128::from(TRANSFERS)),
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+    thread
+        .join()
+        .expect("the backend thread")
+        .expect("the sessions opened");
+    let requests = metrics
+        .cluster
+        .requests
+        .with_label_values(&["create_transfers"])
+        .get();
+    println!(
+        "{TRANSFERS} single-event transfers through the TigerBeetle backend (1 replica, {WINDOW} in flight): {:.0} transfers/s, {requests} create requests ({:.0} events each on average)",
+        TRANSFERS as f64 / took.as_secs_f64(),
+        TRANSFERS as f64 / requests as f64
+    );
+    assert_eq!(metrics.cluster.deadline_expiries.get(), 0);
+}
