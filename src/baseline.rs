@@ -45,7 +45,7 @@ const QUEUE_LABEL: &str = "kernel";
 pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen: SocketAddr, stop: Arc<AtomicBool>) -> Result<()> {
     let started = Instant::now();
     // The data directory first: a missing, unformatted or foreign one refuses the start.
-    let storage = committer::open_data_dir(config, lab_home)?;
+    let storage = committer::open_storage(config, lab_home)?;
     let metrics = Metrics::new();
     let management = metrics::spawn_management(config.management.listen, metrics.clone(), Arc::clone(&stop))?;
     // The deep check of `serve` and `check-config` (src/check.rs); its warnings go to the log.
@@ -60,7 +60,8 @@ pub fn serve_kernel(config: &Config, lab_home: Option<&std::path::Path>, listen:
     // The ledger exactly as `serve` runs it: recovered before the port opens. One reply
     // channel per connection slot: the committer routes a reply by `ReplyTo::worker`.
     let connections_max = config.tcp.connections_max;
-    let committer::Started { client, replies: reply_rx, thread: ledger_thread } = committer::start(config, storage, connections_max, &metrics)?;
+    let committer::Started { client, replies: reply_rx, thread: ledger_thread } =
+        committer::prepare(config, storage, connections_max, &metrics)?.spawn()?;
 
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;

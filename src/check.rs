@@ -69,7 +69,16 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
             }
         ));
     }
-    if data_dir == DataDir::Look {
+    if config.backend()? == crate::config::Backend::TigerBeetle {
+        // The cluster keeps the books: the embedded ledger's settings do not apply.
+        let l = &config.ledger;
+        if l.durability != "fsync" || l.checkpoint_every_batches != crate::config::LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT {
+            warnings.push(
+                "ledger.durability and ledger.checkpoint_every_batches apply to the embedded ledger only; with ledger.backend = \"tigerbeetle\" the cluster keeps the books".to_owned(),
+            );
+        }
+    }
+    if data_dir == DataDir::Look && config.backend()? == crate::config::Backend::Embedded {
         let dir = &config.ledger.data_dir;
         if let Err(e) = ledger_svc::data_dir::check(dir, Some(config.ledger.cluster_id)) {
             warnings.push(format!(
@@ -102,7 +111,7 @@ pub fn service_user(config: &Config) -> Result<(), ConfigError> {
     }
     let who = format!("sandbox.user {:?} (uid {}, gid {})", config.sandbox.user.trim(), user.uid, user.gid);
     let data_dir = &config.ledger.data_dir;
-    if data_dir.exists() {
+    if !data_dir.as_os_str().is_empty() && data_dir.exists() {
         reachable(data_dir, user, &who)?;
         need(data_dir, user, 0o7, &format!("{who} cannot write the data directory"))?;
         // What an earlier run as another user left there (WAL segments, checkpoints) must stay

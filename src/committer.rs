@@ -164,6 +164,43 @@ pub fn start(config: &crate::config::Config, storage: FileStorage, workers: usiz
     recover(config, storage, workers, metrics)?.spawn()
 }
 
+/// The configured ledger backend, its thread not started yet (`serve` drops its privileges in
+/// between): the embedded ledger recovered from its data directory, or the TigerBeetle
+/// backend (src/cluster_backend.rs). Both take the same queues and send the same replies.
+#[derive(Debug)]
+pub enum Backend {
+    Embedded(Box<Recovered>),
+    TigerBeetle(Box<crate::cluster_backend::Prepared>),
+}
+
+impl Backend {
+    /// Starts the backend's thread (`ledger`).
+    pub fn spawn(self) -> anyhow::Result<Started> {
+        match self {
+            Backend::Embedded(recovered) => recovered.spawn(),
+            Backend::TigerBeetle(prepared) => prepared.spawn(),
+        }
+    }
+}
+
+/// Opens the data directory when the configured backend has one (`open_data_dir`; the
+/// embedded ledger): call it before anything touches the network.
+pub fn open_storage(config: &crate::config::Config, lab_home: Option<&std::path::Path>) -> anyhow::Result<Option<FileStorage>> {
+    match config.backend()? {
+        crate::config::Backend::Embedded => open_data_dir(config, lab_home).map(Some),
+        crate::config::Backend::TigerBeetle => Ok(None),
+    }
+}
+
+/// The backend of `config` for `workers` workers: the embedded ledger recovered from
+/// `storage` (what `open_storage` opened), or the TigerBeetle backend prepared.
+pub fn prepare(config: &crate::config::Config, storage: Option<FileStorage>, workers: usize, metrics: &Metrics) -> anyhow::Result<Backend> {
+    match storage {
+        Some(storage) => Ok(Backend::Embedded(Box::new(recover(config, storage, workers, metrics)?))),
+        None => Ok(Backend::TigerBeetle(Box::new(crate::cluster_backend::prepare(config, workers, metrics)?))),
+    }
+}
+
 /// The recovered ledger, its thread not started yet (`serve` drops its privileges in between).
 #[derive(Debug)]
 pub struct Recovered {

@@ -333,9 +333,16 @@ impl Default for HttpSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSection {
+    /// Where the books live: "embedded" (default: the in-process ledger with its WAL in
+    /// `data_dir`) or "tigerbeetle" (a TigerBeetle cluster, `[ledger.tigerbeetle]`; the
+    /// appliance keeps no WAL and needs no data directory).
+    #[serde(default = "default_backend")]
+    pub backend: String,
     /// The formatted data directory (`pantera format`): superblock, WAL, checkpoints.
     /// `wal_dir`, its name before data directories were formatted, is accepted as an alias.
-    #[serde(alias = "wal_dir")]
+    /// Required with the embedded backend; with "tigerbeetle" it is optional and only the
+    /// default home of the audit log. Empty when not given.
+    #[serde(alias = "wal_dir", default)]
     pub data_dir: PathBuf,
     /// The cluster this ledger belongs to: `serve` refuses a data directory formatted for
     /// another. An integer, or a decimal string for values past 2^63 (u128, as TigerBeetle's
@@ -353,6 +360,60 @@ pub struct LedgerSection {
     /// Events applied in one group commit (the batch may hold several requests).
     #[serde(default = "default_batch_events_max")]
     pub batch_events_max: usize,
+    /// `[ledger.tigerbeetle]`: the cluster, with `backend = "tigerbeetle"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tigerbeetle: Option<TigerBeetleSection>,
+}
+
+/// `[ledger.tigerbeetle]`: how the appliance reaches its TigerBeetle cluster
+/// (docs/cluster-backend.md). `ledger.cluster_id` is the cluster's id.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TigerBeetleSection {
+    /// Every replica's address, in replica order, as TigerBeetle's `--addresses`:
+    /// comma-separated `ipv4:port` (or a bare port for 127.0.0.1).
+    pub addresses: String,
+    /// The deadline of each request to the cluster: past it, every submission waiting for it
+    /// is answered 503 `ledger_unavailable` with Retry-After.
+    #[serde(default = "default_tb_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Client sessions, each with at most one request in flight.
+    #[serde(default = "default_tb_sessions")]
+    pub sessions: usize,
+    /// Events joined into one create request (TigerBeetle's bound is 8189 for a 1 MiB request).
+    #[serde(default = "default_tb_batch_events_max")]
+    pub batch_events_max: usize,
+    /// `Retry-After` of a 503 `ledger_unavailable`.
+    #[serde(default = "default_tb_retry_after_s")]
+    pub retry_after_s: u32,
+}
+
+/// The bounds of `[ledger.tigerbeetle]` (docs/limits.md).
+pub const TB_SESSIONS_MAX: usize = 16;
+pub const TB_REQUEST_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 50..=60_000;
+pub const TB_RETRY_AFTER_S_MAX: u32 = 300;
+
+fn default_backend() -> String {
+    "embedded".to_owned()
+}
+fn default_tb_request_timeout_ms() -> u64 {
+    2_000
+}
+fn default_tb_sessions() -> usize {
+    4
+}
+fn default_tb_batch_events_max() -> usize {
+    ledger_svc::BATCH_EVENTS_MAX
+}
+fn default_tb_retry_after_s() -> u32 {
+    1
+}
+
+/// Which ledger serves the API (`ledger.backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    TigerBeetle,
 }
 
 /// A u128 from a TOML integer (TOML integers are i64) or a decimal string.
@@ -392,7 +453,8 @@ fn default_batch_events_max() -> usize {
     ledger_svc::BATCH_EVENTS_MAX * 4
 }
 
-const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
+/// `ledger.checkpoint_every_batches` when the file leaves it out.
+pub const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
 
 /// Edge defence in the XDP program (docs/operations.md "Edge defence"). Fields left out take
 /// `dataplane::EdgeConfig::default()`: SYN limit on and generous, no allowlist, stealth off.
@@ -510,6 +572,8 @@ impl Config {
             },
             http: HttpSection::default(),
             ledger: LedgerSection {
+                backend: default_backend(),
+                tigerbeetle: None,
                 data_dir: home.join("data"),
                 cluster_id: 0,
                 durability: default_durability(),
@@ -615,6 +679,25 @@ impl Config {
             return Err(invalid("http.queue_budget_bytes_max", "must be at least http.output_bytes_max"));
         }
         let l = &self.ledger;
+        match self.backend()? {
+            Backend::Embedded => {
+                if l.data_dir.as_os_str().is_empty() {
+                    return Err(invalid("ledger.data_dir", "is required with ledger.backend = \"embedded\" (the default)"));
+                }
+                if l.tigerbeetle.is_some() {
+                    return Err(invalid("ledger.tigerbeetle", "applies only with ledger.backend = \"tigerbeetle\""));
+                }
+            }
+            Backend::TigerBeetle => {
+                self.tigerbeetle()?;
+                if self.audit.enabled && self.audit.path.is_none() && l.data_dir.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "audit.path",
+                        "is required with ledger.backend = \"tigerbeetle\" and no ledger.data_dir (the audit log's default home)",
+                    ));
+                }
+            }
+        }
         self.durability()?;
         if l.checkpoint_every_batches == 0 {
             return Err(invalid("ledger.checkpoint_every_batches", "must be at least 1"));
@@ -669,6 +752,49 @@ impl Config {
             "echo" => Ok(App::Echo),
             other => Err(invalid("service.app", format!("{other:?} is not \"ledger\" or \"echo\""))),
         }
+    }
+
+    /// `ledger.backend`. A binary built without the `tigerbeetle` feature refuses
+    /// "tigerbeetle" and says how to build one that has it.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        match self.ledger.backend.as_str() {
+            "embedded" => Ok(Backend::Embedded),
+            "tigerbeetle" if cfg!(feature = "tigerbeetle") => Ok(Backend::TigerBeetle),
+            "tigerbeetle" => Err(invalid(
+                "ledger.backend",
+                "\"tigerbeetle\" needs a binary built with the `tigerbeetle` feature (`cargo xtask tigerbeetle build`, then `cargo build --release --features tigerbeetle`)",
+            )),
+            other => Err(invalid("ledger.backend", format!("{other:?} is not \"embedded\" or \"tigerbeetle\""))),
+        }
+    }
+
+    /// `[ledger.tigerbeetle]`, checked: required with `backend = "tigerbeetle"`.
+    pub fn tigerbeetle(&self) -> Result<&TigerBeetleSection, ConfigError> {
+        let t = self
+            .ledger
+            .tigerbeetle
+            .as_ref()
+            .ok_or_else(|| invalid("ledger.tigerbeetle", "is required with ledger.backend = \"tigerbeetle\" (at least `addresses`)"))?;
+        parse_tb_addresses(&t.addresses)?;
+        if !TB_REQUEST_TIMEOUT_MS_RANGE.contains(&t.request_timeout_ms) {
+            return Err(invalid(
+                "ledger.tigerbeetle.request_timeout_ms",
+                format!("must be {}..={}", TB_REQUEST_TIMEOUT_MS_RANGE.start(), TB_REQUEST_TIMEOUT_MS_RANGE.end()),
+            ));
+        }
+        if !(1..=TB_SESSIONS_MAX).contains(&t.sessions) {
+            return Err(invalid("ledger.tigerbeetle.sessions", format!("must be 1..={TB_SESSIONS_MAX}")));
+        }
+        if !(1..=ledger_svc::BATCH_EVENTS_MAX).contains(&t.batch_events_max) {
+            return Err(invalid(
+                "ledger.tigerbeetle.batch_events_max",
+                format!("must be 1..={} (the events of one 1 MiB TigerBeetle request)", ledger_svc::BATCH_EVENTS_MAX),
+            ));
+        }
+        if !(1..=TB_RETRY_AFTER_S_MAX).contains(&t.retry_after_s) {
+            return Err(invalid("ledger.tigerbeetle.retry_after_s", format!("must be 1..={TB_RETRY_AFTER_S_MAX}")));
+        }
+        Ok(t)
     }
 
     pub fn durability(&self) -> Result<ledger_svc::Durability, ConfigError> {
@@ -846,6 +972,31 @@ impl Config {
     pub fn crl_paths(&self) -> &[PathBuf] {
         &self.tls.crls
     }
+}
+
+/// The replica addresses of `ledger.tigerbeetle.addresses`: 1 to 6 of `ipv4:port` or a bare
+/// port (127.0.0.1), as TigerBeetle parses them (no host names: the client resolves nothing).
+pub fn parse_tb_addresses(text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let field = "ledger.tigerbeetle.addresses";
+    let addresses = text
+        .split(',')
+        .map(|a| {
+            let a = a.trim();
+            if let Ok(port) = a.parse::<u16>() {
+                return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            }
+            a.parse::<std::net::SocketAddrV4>()
+                .map(SocketAddr::V4)
+                .map_err(|_| invalid(field, format!("{a:?} is not an ipv4:port or a port (TigerBeetle takes addresses, not host names)")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !(1..=6).contains(&addresses.len()) {
+        return Err(invalid(field, "must list 1 to 6 replicas"));
+    }
+    if addresses.iter().any(|a| a.port() == 0) {
+        return Err(invalid(field, "port 0 is not an address"));
+    }
+    Ok(addresses)
 }
 
 /// Which application the workers run over TCP.
@@ -1074,6 +1225,48 @@ cluster_id = 7
 
     fn error_of(text: &str) -> String {
         Config::parse(Path::new("t.toml"), text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn the_ledger_backend_is_embedded_by_default_and_tigerbeetle_needs_its_section() {
+        let c = Config::parse(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.backend().expect("known"), Backend::Embedded);
+        let e = error_of(&GOOD.replace("data_dir = \"/var/lib/pantera/data\"\n", ""));
+        assert!(e.contains("ledger.data_dir") && e.contains("embedded"), "{e}");
+        let e = error_of(&GOOD.replace("[ledger]", "[ledger]\nbackend = \"postgres\""));
+        assert!(e.contains("ledger.backend") && e.contains("postgres"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+        assert!(e.contains("ledger.tigerbeetle") && e.contains("only with"), "{e}");
+        let tb = GOOD.replace("data_dir = \"/var/lib/pantera/data\"\n", "backend = \"tigerbeetle\"\n");
+        if !cfg!(feature = "tigerbeetle") {
+            let e = error_of(&format!("{tb}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+            assert!(e.contains("ledger.backend") && e.contains("--features tigerbeetle"), "{e}");
+            return;
+        }
+        let e = error_of(&tb);
+        assert!(e.contains("ledger.tigerbeetle") && e.contains("addresses"), "{e}");
+        // The audit log (on by default) lives beside the data directory unless named.
+        let e = error_of(&format!("{tb}\n[ledger.tigerbeetle]\naddresses = \"3000\"\n"));
+        assert!(e.contains("audit.path"), "{e}");
+        let with = |keys: &str| format!("{tb}\n[ledger.tigerbeetle]\n{keys}\n[audit]\npath = \"/var/log/pantera/audit.log\"\n");
+        let c = Config::parse(Path::new("t.toml"), &with("addresses = \"10.0.0.1:3000,10.0.0.2:3000,3002\"")).expect("valid");
+        assert_eq!(c.backend().expect("known"), Backend::TigerBeetle);
+        let t = c.tigerbeetle().expect("checked");
+        assert_eq!((t.request_timeout_ms, t.sessions, t.batch_events_max, t.retry_after_s), (2_000, 4, 8189, 1));
+        assert_eq!(parse_tb_addresses(&t.addresses).expect("valid")[2], "127.0.0.1:3002".parse().unwrap());
+        for (keys, field) in [
+            ("addresses = \"db1:3000\"", "ledger.tigerbeetle.addresses"),
+            ("addresses = \"1,2,3,4,5,6,7\"", "ledger.tigerbeetle.addresses"),
+            ("addresses = \"3000\"\nsessions = 0", "ledger.tigerbeetle.sessions"),
+            ("addresses = \"3000\"\nsessions = 17", "ledger.tigerbeetle.sessions"),
+            ("addresses = \"3000\"\nbatch_events_max = 8190", "ledger.tigerbeetle.batch_events_max"),
+            ("addresses = \"3000\"\nrequest_timeout_ms = 10", "ledger.tigerbeetle.request_timeout_ms"),
+            ("addresses = \"3000\"\nretry_after_s = 0", "ledger.tigerbeetle.retry_after_s"),
+            ("addresses = \"3000\"\ntimeout = 1", "unknown field"),
+        ] {
+            let e = error_of(&with(keys));
+            assert!(e.contains(field), "{keys}: {e}");
+        }
     }
 
     #[test]

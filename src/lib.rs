@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backup;
 pub mod baseline;
 pub mod check;
+pub mod cluster_backend;
 pub mod committer;
 pub mod config;
 pub mod crl;

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub ledger_recovery_clean_stop: IntGauge,
     /// The pipelined group commit's WAL syncs (src/committer.rs).
     pub ledger_sync: crate::committer::SyncMetrics,
+    /// The TigerBeetle backend's (`ledger.backend = "tigerbeetle"`).
+    pub cluster: crate::cluster_backend::ClusterMetrics,
     pub ready: IntGauge,
     /// The heartbeats of the worker and ledger threads, read by `/healthz` and `/readyz`.
     pub health: Health,
@@ -209,6 +211,7 @@ impl Metrics {
         let ledger_recovery_cut_bytes = gauge("ledger_recovery_cut_bytes", "Bytes of a torn WAL tail cut (and kept aside) by recovery at this start.");
         let ledger_recovery_clean_stop = gauge("ledger_recovery_clean_stop", "1 when this start followed a clean stop.");
         let ledger_sync = crate::committer::SyncMetrics::register(&registry);
+        let cluster = crate::cluster_backend::ClusterMetrics::register(&registry);
         let healthy = gauge("healthy", "1 while every worker and ledger thread heartbeat is fresh.");
         let heartbeat_age_seconds =
             GaugeVec::new(Opts::new("heartbeat_age_seconds", "Seconds since the thread's last heartbeat."), &["thread"]).expect("valid");
@@ -250,6 +253,7 @@ impl Metrics {
             ledger_recovery_cut_bytes,
             ledger_recovery_clean_stop,
             ledger_sync,
+            cluster,
             ready,
             health,
             healthy,
@@ -614,8 +618,9 @@ fn write_by(mut stream: &TcpStream, bytes: &[u8], deadline: Instant) -> std::io:
 ///
 /// - `/healthz`: 200 while every registered thread's heartbeat is fresh
 ///   (`health::HEARTBEAT_STALE_AFTER`), else 503 naming each stale or panicked thread.
-/// - `/readyz`: 200 while ready (the ledger recovered, every worker running, not stopping)
-///   and healthy, else 503 saying which.
+/// - `/readyz`: 200 while ready (the ledger recovered, every worker running, not stopping,
+///   and with the TigerBeetle backend the cluster answering) and healthy, else 503 saying
+///   which.
 fn answer(head: &[u8], metrics: &Metrics) -> Vec<u8> {
     let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
     let request_line = String::from_utf8_lossy(&head[..line_end]);
@@ -642,7 +647,12 @@ fn answer(head: &[u8], metrics: &Metrics) -> Vec<u8> {
             Ok(()) => response("200 OK", "text/plain", b"ok\n"),
             Err(troubles) => unhealthy(troubles),
         },
+        // With the TigerBeetle backend, not ready while the cluster does not answer (the
+        // process is fine: /healthz stays 200).
         "/readyz" => match (metrics.ready.get() == 1, metrics.health.check()) {
+            (true, Ok(())) if metrics.cluster.reachable.get() != 1 => {
+                response("503 Service Unavailable", "text/plain", b"not ready: the ledger's TigerBeetle cluster does not answer\n")
+            }
             (true, Ok(())) => response("200 OK", "text/plain", b"ready\n"),
             (false, _) => response("503 Service Unavailable", "text/plain", b"not ready\n"),
             (true, Err(troubles)) => unhealthy(troubles),

@@ -157,12 +157,14 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
         &new.ledger,
         "ledger",
         LedgerSection {
+            backend,
             data_dir,
             cluster_id,
             durability,
             checkpoint_every_batches,
             queue_depth_max,
             batch_events_max,
+            tigerbeetle,
         }
     );
     changed_fields!(

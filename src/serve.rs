@@ -64,7 +64,8 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     crate::sandbox::seccomp::enable(config.sandbox.enabled).context("cannot prepare the sandbox")?;
     // The data directory before anything else: a missing, unformatted or foreign one (or one
     // others could read) refuses the start with a message, before the network is touched.
-    let storage = if app == App::Ledger { Some(committer::open_data_dir(config, lab_home)?) } else { None };
+    // (The TigerBeetle backend has none: the cluster keeps the books.)
+    let storage = if app == App::Ledger { committer::open_storage(config, lab_home)? } else { None };
     clock.mark("data directory");
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -103,7 +104,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     // the sessions kept across CRL changes.
     let mut started_tls = None;
     let mut crl_trust = None;
-    if let Some(storage) = storage {
+    if app == App::Ledger {
         if let Some(home) = lab_home {
             ensure_lab_certificates(home, config)?;
         }
@@ -125,7 +126,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             log::warn!("cannot read the certificate expiry for the metrics: {e:#}");
         }
         clock.mark("TLS load");
-        recovered = Some(committer::recover(config, storage, queues.len(), &metrics)?);
+        recovered = Some(committer::prepare(config, storage, queues.len(), &metrics)?);
         clock.mark("ledger recovery");
         tls_parts = Some((tls, config.connection_limits(), Arc::new(config.client_policy(crl_trust.clone())?)));
     }

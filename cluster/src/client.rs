@@ -87,9 +87,15 @@ impl Client {
     /// submitted and not yet received.
     pub fn connect(cluster_id: u128, addresses: &str) -> Result<(Client, Receiver<Completion>), ClusterError> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        Ok((Client::connect_to(cluster_id, addresses, tx)?, rx))
+    }
+
+    /// As [`Client::connect`], delivering completions to `tx`: several sessions may share one
+    /// channel when their tags are distinct (the ledger backend's sessions do).
+    pub fn connect_to(cluster_id: u128, addresses: &str, tx: Sender<Completion>) -> Result<Client, ClusterError> {
         let inner = tb::Client::with_callback(cluster_id, addresses.as_bytes(), Box::new(Completions { tx }))
             .map_err(|e| ClusterError::Connect(format!("{:?}", e.kind())))?;
-        Ok((Client { inner }, rx))
+        Ok(Client { inner })
     }
 
     /// Queues one request; its completion arrives on the channel with `tag`.

@@ -901,6 +901,11 @@ pub enum Reply {
     Transfers { transfers: Vec<Transfer>, next: Option<QueryFilter> },
     /// A caller bug caught on the ledger thread: answered 500 rather than a panic there.
     Internal(&'static str),
+    /// The ledger did not answer within its deadline (a TigerBeetle cluster that is slow,
+    /// partitioned or down): 503 `ledger_unavailable` with `Retry-After`. Whether the request
+    /// was applied is unknown; the client retries with the same ids and gets `exists` for
+    /// what was.
+    Unavailable { retry_after_s: u32 },
 }
 
 /// The result of one event: TigerBeetle's result name and, for a created object, its timestamp.
@@ -1033,6 +1038,92 @@ pub fn reply_of<L: LedgerView + ?Sized>(reply: &OperationReply, state: &L, opera
     }
 }
 
+/// Rows a backend without a scan budget found for a query command (TigerBeetle's query
+/// operations): see [`page_probe_limit`] and [`page_reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageRows {
+    Transfers(Vec<Transfer>),
+    Balances(Vec<AccountBalance>),
+    Accounts(Vec<Account>),
+}
+
+/// The `limit` a backend that cannot report "more rows remain" (TigerBeetle) asks for to
+/// answer one page of a query command: one row more than the page shows, so that
+/// [`page_reply`] knows whether a next page exists. `None` for a command that is not a paged
+/// query.
+pub fn page_probe_limit(command: &Command) -> Option<u32> {
+    let rows = match command {
+        Command::AccountTransfers(filter) => page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX),
+        Command::AccountBalances(filter) => page_rows(filter.limit, BALANCES_PAGE_ROWS_MAX),
+        Command::QueryAccounts(filter) => page_rows(filter.limit, ACCOUNTS_PAGE_ROWS_MAX),
+        Command::QueryTransfers(filter) => page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX),
+        _ => return None,
+    };
+    Some(rows as u32 + 1)
+}
+
+/// The reply to a paged query command from the rows a backend found when asked for
+/// [`page_probe_limit`] rows: the page holds as many as the embedded ledger's page would, and
+/// when more were found `next` resumes after the last row shown, the same `next` (and so the
+/// same `Link`) [`answer`] builds. A mismatched command and rows is a caller bug:
+/// `Reply::Internal`.
+pub fn page_reply(command: &Command, rows: PageRows) -> Reply {
+    fn cut<T>(mut rows: Vec<T>, page: usize, timestamp: impl Fn(&T) -> u64) -> (Vec<T>, Option<u64>) {
+        if rows.len() > page {
+            rows.truncate(page);
+            let after = rows.last().map(&timestamp);
+            (rows, after)
+        } else {
+            (rows, None)
+        }
+    }
+    match (command, rows) {
+        (Command::AccountTransfers(filter), PageRows::Transfers(rows)) => {
+            let (transfers, after) = cut(rows, page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX), |t| t.timestamp);
+            Reply::AccountTransfers { transfers, next: after.map(|after| next_account_page(filter, after)) }
+        }
+        (Command::AccountBalances(filter), PageRows::Balances(rows)) => {
+            let (balances, after) = cut(rows, page_rows(filter.limit, BALANCES_PAGE_ROWS_MAX), |b| b.timestamp);
+            Reply::AccountBalances { balances, next: after.map(|after| next_account_page(filter, after)) }
+        }
+        (Command::QueryAccounts(filter), PageRows::Accounts(rows)) => {
+            let (accounts, after) = cut(rows, page_rows(filter.limit, ACCOUNTS_PAGE_ROWS_MAX), |a| a.timestamp);
+            Reply::Accounts { accounts, next: after.map(|after| next_query_page(filter, after)) }
+        }
+        (Command::QueryTransfers(filter), PageRows::Transfers(rows)) => {
+            let (transfers, after) = cut(rows, page_rows(filter.limit, ACCOUNT_TRANSFERS_PAGE_ROWS_MAX), |t| t.timestamp);
+            Reply::Transfers { transfers, next: after.map(|after| next_query_page(filter, after)) }
+        }
+        _ => {
+            debug_assert!(false, "page_reply: rows of another kind than the command's");
+            Reply::Internal("the ledger's rows do not match the query")
+        }
+    }
+}
+
+/// The reply to a create command from the dense results of its events, with the timestamp
+/// of each created object as `timestamp_of` finds it (a backend that reads them back after
+/// the operation was applied, as [`reply_of`] does from the state).
+pub fn created_reply(results: &OperationReply, operation: &Operation, timestamp_of: impl Fn(u128) -> Option<u64>) -> Reply {
+    match (results, operation) {
+        (OperationReply::CreateAccounts(results), Operation::CreateAccounts(events)) if results.len() == events.len() => Reply::Created(
+            results
+                .iter()
+                .zip(events)
+                .map(|(r, e)| EventResult { status: r.name(), timestamp: if *r == CreateAccountResult::Ok { timestamp_of(e.id) } else { None } })
+                .collect(),
+        ),
+        (OperationReply::CreateTransfers(results), Operation::CreateTransfers(events)) if results.len() == events.len() => Reply::Created(
+            results
+                .iter()
+                .zip(events)
+                .map(|(r, e)| EventResult { status: r.name(), timestamp: if *r == CreateTransferResult::Ok { timestamp_of(e.id) } else { None } })
+                .collect(),
+        ),
+        _ => Reply::Internal("the ledger's reply does not match the request"),
+    }
+}
+
 /// Renders a typed reply as the HTTP response the client gets.
 pub fn render(reply: &Reply) -> Response {
     render_into(reply, Vec::new())
@@ -1102,6 +1193,15 @@ pub fn render_into(reply: &Reply, body: Vec<u8>) -> Response {
             response
         }
         Reply::Internal(message) => error_response(500, "internal_error", message),
+        Reply::Unavailable { retry_after_s } => {
+            let mut response = error_response(
+                503,
+                "ledger_unavailable",
+                "the ledger did not answer in time; the request may or may not have been applied: retry it with the same ids after the indicated delay",
+            );
+            response.retry_after_s = Some(*retry_after_s);
+            response
+        }
     }
 }
 
@@ -1191,6 +1291,37 @@ fn write_result(out: &mut Vec<u8>, index: usize, name: &str, timestamp: Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_is_a_503_with_retry_after() {
+        let response = render(&Reply::Unavailable { retry_after_s: 4 });
+        assert_eq!((response.status, response.retry_after_s), (503, Some(4)));
+        let body = String::from_utf8(response.body).expect("utf-8");
+        assert!(body.contains("\"ledger_unavailable\""), "{body}");
+    }
+
+    #[test]
+    fn a_page_from_one_row_more_has_the_embedded_ledgers_page_and_next() {
+        let filter = AccountFilter { account_id: 1, limit: 2, debits: true, credits: true, ..AccountFilter::default() };
+        let command = Command::AccountTransfers(filter);
+        assert_eq!(page_probe_limit(&command), Some(3));
+        // Past the byte cap the page is the cap's rows, and one more is asked.
+        let wide = Command::QueryAccounts(QueryFilter { limit: 8189, ..QueryFilter::default() });
+        assert_eq!(page_probe_limit(&wide), Some(ACCOUNTS_PAGE_ROWS_MAX as u32 + 1));
+        assert_eq!(page_probe_limit(&Command::LookupAccount(1)), None);
+        let rows = |n: u64| (1..=n).map(|t| Transfer { id: u128::from(t), timestamp: t * 10, ..Transfer::default() }).collect::<Vec<_>>();
+        match page_reply(&command, PageRows::Transfers(rows(3))) {
+            Reply::AccountTransfers { transfers, next: Some(next) } => {
+                assert_eq!(transfers.len(), 2);
+                assert_eq!(next, next_account_page(&filter, 20), "resumes after the last row shown");
+            }
+            other => panic!("{other:?}"),
+        }
+        match page_reply(&command, PageRows::Transfers(rows(2))) {
+            Reply::AccountTransfers { transfers, next: None } => assert_eq!(transfers.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
     use crate::http::Version;
     use proptest::prelude::*;
 

@@ -33,11 +33,15 @@ pub enum Kind {
     Management,
     /// `audit`: the audit log writer.
     Audit,
+    /// `ledger` with `ledger.backend = "tigerbeetle"`: the backend thread and the I/O threads
+    /// of its TigerBeetle client sessions, which inherit its filter (TCP to the replicas
+    /// through io_uring).
+    Cluster,
 }
 
 impl Kind {
     /// Every kind, in a fixed order (docs, tests).
-    pub const ALL: [Kind; 7] = [Kind::Main, Kind::Worker, Kind::Ledger, Kind::Checkpoint, Kind::Syncer, Kind::Management, Kind::Audit];
+    pub const ALL: [Kind; 8] = [Kind::Main, Kind::Worker, Kind::Ledger, Kind::Checkpoint, Kind::Syncer, Kind::Management, Kind::Audit, Kind::Cluster];
 
     /// The name used in configuration, logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Syncer => "syncer",
             Kind::Management => "management",
             Kind::Audit => "audit",
+            Kind::Cluster => "cluster",
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct Paths {
     /// Directories (or files) it only reads: where the configuration and the TLS files live
     /// (a SIGHUP reload reads them again), and `/proc/<pid>` (the process metrics).
     pub read_only: Vec<PathBuf>,
+    /// TCP ports the process may connect to: the TigerBeetle replicas' with
+    /// `ledger.backend = "tigerbeetle"` (Landlock's network rules name ports, not addresses),
+    /// none otherwise.
+    pub connect_ports: Vec<u16>,
 }
 
 /// The files a SIGHUP reload reads again: the configuration file (when there is one) and the
@@ -66,7 +70,10 @@ pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
     let data_dir = config.ledger.data_dir.clone();
     let mut read_write = Vec::new();
     if ledger {
-        read_write.push(data_dir.clone());
+        // The TigerBeetle backend has no data directory (the audit log's path is then given).
+        if !data_dir.as_os_str().is_empty() {
+            read_write.push(data_dir.clone());
+        }
         if config.audit.enabled {
             read_write.push(parent_dir(&config.audit.path_for(&data_dir)));
         }
@@ -88,9 +95,22 @@ pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
     dedup(&mut read_write);
     dedup(&mut read_only);
     read_only.retain(|p| !read_write.contains(p));
+    let mut connect_ports: Vec<u16> = match config.backend() {
+        Ok(crate::config::Backend::TigerBeetle) if ledger => config
+            .ledger
+            .tigerbeetle
+            .as_ref()
+            .and_then(|t| crate::config::parse_tb_addresses(&t.addresses).ok())
+            .map(|addresses| addresses.iter().map(std::net::SocketAddr::port).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    connect_ports.sort_unstable();
+    connect_ports.dedup();
     Paths {
         read_write,
         read_only,
+        connect_ports,
     }
 }
 
@@ -254,11 +274,12 @@ pub fn drop(
     gauges.enabled.set(1);
     gauges.landlock_abi.set(i64::from(landlock_abi));
     log::info!(
-        "sandbox: running as uid {} gid {} with no capabilities, no_new_privs, not dumpable; Landlock ABI {landlock_abi}: read-write {:?}, read-only {:?}",
+        "sandbox: running as uid {} gid {} with no capabilities, no_new_privs, not dumpable; Landlock ABI {landlock_abi}: read-write {:?}, read-only {:?}, TCP connect to ports {:?}",
         target.uid,
         target.gid,
         paths.read_write,
-        paths.read_only
+        paths.read_only,
+        paths.connect_ports
     );
     Ok(Some(Dropped {
         landlock_abi,
@@ -406,7 +427,8 @@ fn prctl(option: libc::c_int, value: libc::c_ulong) -> io::Result<()> {
 
 /// The Landlock ruleset for `paths`, its rules' paths opened now. Every filesystem right of
 /// [`LANDLOCK_ABI`] is handled (denied unless a rule grants it), TCP bind and connect are
-/// handled with no rule (the only TCP socket, the management listener, is bound already), and
+/// handled with no rule for bind (the only listening socket, the management listener, is bound
+/// already) and a connect rule only for the TigerBeetle replicas' ports (`connect_ports`), and
 /// abstract Unix sockets and signals are scoped to the process.
 fn landlock_ruleset(paths: &Paths) -> Result<RulesetCreated, DropError> {
     let e = |e: landlock::RulesetError| DropError::Landlock(e.to_string());
@@ -433,6 +455,9 @@ fn landlock_ruleset(paths: &Paths) -> Result<RulesetCreated, DropError> {
                 .add_rule(landlock::PathBeneath::new(fd, access))
                 .map_err(e)?;
         }
+    }
+    for &port in &paths.connect_ports {
+        ruleset = ruleset.add_rule(landlock::NetPort::new(port, AccessNet::ConnectTcp)).map_err(e)?;
     }
     Ok(ruleset)
 }
@@ -579,9 +604,13 @@ mod tests {
         std::fs::write(outside.join("secret"), "not yours").expect("write");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
+        // A TigerBeetle replica's port: the one connect the ruleset allows.
+        let replica = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let replica_port = replica.local_addr().expect("addr").port();
         let kept = Paths {
             read_write: vec![data.clone()],
             read_only: vec![tls.clone()],
+            connect_ports: vec![replica_port],
         };
         let elsewhere = outside.clone();
         let confined = std::thread::spawn(move || {
@@ -604,6 +633,8 @@ mod tests {
             let read_outside = std::fs::read(outside.join("secret")).map(|_| ());
             let read_etc = std::fs::read("/etc/passwd").map(|_| ());
             let connect = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ());
+            let connect_replica = std::net::TcpStream::connect(("127.0.0.1", replica_port)).map(|_| ());
+            assert!(abi < 4 || connect_replica.is_ok(), "the replica's port is allowed: {connect_replica:?}");
             Some((abi, in_data, read_tls, denied(write_tls), denied(create_outside), denied(read_outside), denied(read_etc), denied(connect)))
         })
         .join()

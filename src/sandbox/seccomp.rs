@@ -53,9 +53,26 @@ thread_local! {
 pub fn enable(on: bool) -> io::Result<()> {
     if on {
         install_sigsys_handler()?;
+        pin_malloc_arena_limit();
     }
     ENABLED.store(on, Ordering::Release);
     Ok(())
+}
+
+/// glibc's malloc decides its arena limit lazily: the first time a thread needs a new arena
+/// past the eighth, it reads `/sys/devices/system/cpu/online`. A confined thread may not open
+/// files (nor may Landlock let it), so that read would stop the process; it happened to the
+/// TigerBeetle client's I/O threads, which allocate in the completion callback. Setting the
+/// limit now, to glibc's own default (8 arenas per CPU on 64-bit), leaves nothing to read
+/// later.
+fn pin_malloc_arena_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt with an integer option; called before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
 }
 
 /// Installs the allowlist of `kind` on the calling thread. Called first thing by every
@@ -199,7 +216,7 @@ fn target_arch() -> io::Result<seccompiler::TargetArch> {
 /// The kinds that start a thread after confining themselves: the ledger thread starts the
 /// checkpoint writer and the WAL syncer.
 fn spawns_threads(kind: Kind) -> bool {
-    kind == Kind::Ledger
+    kind == Kind::Ledger || kind == Kind::Cluster
 }
 
 #[cfg(feature = "fault-injection")]
@@ -374,46 +391,43 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
             allow(&mut rules, &[libc::SYS_ppoll]);
             allow_values(&mut rules, libc::SYS_getsockopt, 1, &[libc::SOL_XDP as u64])?;
         }
+        Kind::Cluster => {
+            // Measured with strace around a real cluster (the in-process backend test): the
+            // backend thread opens its client sessions (the kernel version check, one io_uring
+            // and one eventfd each) and starts one I/O thread per session; those inherit this
+            // filter and talk TCP to the replicas. Sockets are made with socket(2) and tuned
+            // with setsockopt(2); connect, send and receive go through io_uring (which seccomp
+            // does not see: Landlock's TCP connect rule, for the replicas' ports only, still
+            // applies to them), some sends directly with sendto(2). The rings are mmap'd
+            // shared, never executable (the common list's mmap rule).
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_uname,
+                    libc::SYS_io_uring_setup,
+                    libc::SYS_io_uring_enter,
+                    libc::SYS_eventfd2,
+                    libc::SYS_socket,
+                    libc::SYS_setsockopt,
+                    libc::SYS_sendto,
+                    libc::SYS_close,
+                    // TigerBeetle's message bus ends a broken connection with shutdown(2)
+                    // before closing it (a replica that died).
+                    libc::SYS_shutdown,
+                ],
+            );
+            // The client library's debug checks read a few words of this process's own memory
+            // through process_vm_readv (safe probing of a stack address); any other process
+            // is refused.
+            allow_values(&mut rules, libc::SYS_process_vm_readv, 0, &[u64::from(std::process::id())])?;
+            thread_start(&mut rules)?;
+        }
         Kind::Ledger => {
             write_files(&mut rules);
             // Recovery's directory listing; cutting a torn tail.
             allow(&mut rules, &[libc::SYS_getdents64, libc::SYS_ftruncate]);
-            // Starts the checkpoint writer: a thread, nothing else (a process could escape
-            // the filters' per-thread bookkeeping).
-            let thread = (libc::CLONE_VM
-                | libc::CLONE_FS
-                | libc::CLONE_FILES
-                | libc::CLONE_SIGHAND
-                | libc::CLONE_THREAD) as u64;
-            let rule = SeccompRule::new(vec![cond(0, Len::Qword, Op::MaskedEq(thread), thread)?])
-                .map_err(compile_error)?;
-            rules.insert(libc::SYS_clone, vec![rule]);
-            // clone3 is in the allowlist so the stacked filter answers it ENOSYS (the C
-            // library then uses clone, whose flags the rule above checks).
-            allow(&mut rules, &[libc::SYS_clone3]);
-            // What the new thread does before it installs its own, narrower filter: the C
-            // library's thread start, naming, and the confinement itself.
-            allow(
-                &mut rules,
-                &[
-                    libc::SYS_set_robust_list,
-                    libc::SYS_rseq,
-                    libc::SYS_sched_getaffinity,
-                    libc::SYS_seccomp,
-                ],
-            );
-            allow_values(
-                &mut rules,
-                libc::SYS_prctl,
-                0,
-                &[
-                    libc::PR_SET_NAME as u64,
-                    libc::PR_GET_NAME as u64,
-                    libc::PR_SET_NO_NEW_PRIVS as u64,
-                ],
-            )?;
-        }
-        Kind::Checkpoint => write_files(&mut rules),
+            thread_start(&mut rules)?;
+        }        Kind::Checkpoint => write_files(&mut rules),
         // The WAL syncer opens nothing: the ledger thread hands it duplicated descriptors of
         // the segment (and of the directory for a new segment), which it syncs and closes.
         // fcntl: the standard library's debug builds check a descriptor is open (F_GETFD)
@@ -450,6 +464,47 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
         Kind::Audit => write_files(&mut rules),
     }
     Ok(rules)
+}
+
+
+/// Starting a thread (nothing else: a process could escape the filters' per-thread
+/// bookkeeping), and what the new thread does before it installs its own filter, if any.
+fn thread_start(rules: &mut Rules) -> io::Result<()> {
+    // The ledger thread starts the checkpoint writer and the WAL syncer; the cluster
+    // backend's thread starts tb_client's I/O threads.
+    let thread = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD) as u64;
+    let rule = SeccompRule::new(vec![cond(0, Len::Qword, Op::MaskedEq(thread), thread)?])
+        .map_err(compile_error)?;
+    rules.insert(libc::SYS_clone, vec![rule]);
+    // clone3 is in the allowlist so the stacked filter answers it ENOSYS (the C
+    // library then uses clone, whose flags the rule above checks).
+    allow(rules, &[libc::SYS_clone3]);
+    // What the new thread does before it installs its own, narrower filter: the C
+    // library's thread start, naming, and the confinement itself.
+    allow(
+        rules,
+        &[
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_seccomp,
+        ],
+    );
+    allow_values(
+        rules,
+        libc::SYS_prctl,
+        0,
+        &[
+            libc::PR_SET_NAME as u64,
+            libc::PR_GET_NAME as u64,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+        ],
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,7 +694,7 @@ mod tests {
             assert!(!filters.allow.is_empty(), "{kind}");
             assert_eq!(
                 filters.clone3_enosys.is_some(),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}"
             );
         }
@@ -664,6 +719,12 @@ mod tests {
         for kind in Kind::ALL {
             let rules = allowlist(kind).expect("rules");
             for call in forbidden {
+                // The TigerBeetle client's threads open TCP sockets to the replicas (Landlock
+                // allows connecting to their ports only) and read their own process's memory
+                // (the rule pins the pid: checked below).
+                if kind == Kind::Cluster && (call == libc::SYS_socket || call == libc::SYS_process_vm_readv) {
+                    continue;
+                }
                 assert!(
                     !rules.contains_key(&call),
                     "{kind} allows {}",
@@ -677,13 +738,13 @@ mod tests {
             );
             assert_eq!(
                 rules.contains_key(&libc::SYS_clone),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}: clone"
             );
             // Only so the checkpoint writer it starts can narrow its own filter further.
             assert_eq!(
                 rules.contains_key(&libc::SYS_seccomp),
-                kind == Kind::Ledger,
+                matches!(kind, Kind::Ledger | Kind::Cluster),
                 "{kind}: seccomp"
             );
             assert_eq!(
@@ -691,13 +752,16 @@ mod tests {
                 kind == Kind::Management,
                 "{kind}: ioctl"
             );
-            // The workers and the WAL syncer open nothing after start-up.
+            // The workers, the WAL syncer and the TigerBeetle backend open nothing after
+            // start-up.
             assert_eq!(
                 rules.contains_key(&libc::SYS_openat),
-                !matches!(kind, Kind::Worker | Kind::Syncer),
+                !matches!(kind, Kind::Worker | Kind::Syncer | Kind::Cluster),
                 "{kind}: openat"
             );
         }
+        let cluster = allowlist(Kind::Cluster).expect("rules");
+        assert_eq!(cluster[&libc::SYS_process_vm_readv].len(), 1, "process_vm_readv only with this process's pid");
     }
 
     #[test]

@@ -108,7 +108,14 @@ impl Server {
     }
 
     /// As `start_with_env`, with extra lines for the `[tls]` section (`tls_toml`).
-    pub fn start_with_tls(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+    pub fn start_with_tls(
+        lab: &Lab,
+        dir: &Path,
+        app: &str,
+        tls_toml: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut server = Server::configure(lab, dir, app, tls_toml, extra_toml, env);
         server.spawn();
         server
@@ -125,7 +132,13 @@ impl Server {
 
     /// As `start_logged`, with extra environment for the process (e.g. `RUST_LOG` empty, so
     /// the configuration's `log.level` applies).
-    pub fn start_logged_with_env(lab: &Lab, dir: &Path, app: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+    pub fn start_logged_with_env(
+        lab: &Lab,
+        dir: &Path,
+        app: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut server = Server::configure(lab, dir, app, "", extra_toml, env);
         server.log = Some(dir.join("pantera.log"));
         server.spawn();
@@ -134,7 +147,8 @@ impl Server {
 
     /// The log written so far (`start_logged`).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged")).expect("read the log")
+        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged"))
+            .expect("read the log")
     }
 
     /// The configuration file the process reads (at start and on SIGHUP).
@@ -142,8 +156,32 @@ impl Server {
         &self.config_path
     }
 
+    /// As `start_logged`, with `edit` applied to the configuration file's text before the
+    /// start (keys of a section the template already has, such as `[ledger]`).
+    pub fn start_logged_edited(
+        lab: &Lab,
+        dir: &Path,
+        app: &str,
+        extra_toml: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Server {
+        let mut server = Server::configure(lab, dir, app, "", extra_toml, &[]);
+        let text = std::fs::read_to_string(&server.config_path).expect("read config");
+        std::fs::write(&server.config_path, edit(text)).expect("write config");
+        server.log = Some(dir.join("pantera.log"));
+        server.spawn();
+        server
+    }
+
     /// Writes the configuration and certificates; the process is not started.
-    fn configure(lab: &Lab, dir: &Path, app: &str, tls_toml: &str, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+    fn configure(
+        lab: &Lab,
+        dir: &Path,
+        app: &str,
+        tls_toml: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let tls = init_certs(lab, dir);
         // `serve` opens only a formatted data directory: format it as an operator would.
         let data = dir.join("data");
@@ -187,7 +225,11 @@ listen = "{management}"
         );
         // No grace period unless the test sets one: a stop in the other tests need not wait
         // for load balancers that are not there.
-        let config = if extra_toml.contains("[shutdown]") { config } else { config + "\n[shutdown]\ngrace_ms = 0\n" };
+        let config = if extra_toml.contains("[shutdown]") {
+            config
+        } else {
+            config + "\n[shutdown]\ngrace_ms = 0\n"
+        };
         let config_path = dir.join("pantera.toml");
         std::fs::write(&config_path, config).expect("write config");
         Server {
@@ -197,7 +239,10 @@ listen = "{management}"
             service: lab.spec.service_ipv4,
             interface: lab.spec.host_if.clone(),
             config_path,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: None,
         }
     }
@@ -216,7 +261,11 @@ listen = "{management}"
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if let Some(path) = &self.log {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the log file");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the log file");
             command.stderr(file);
         }
         let child = command.spawn().expect("start pantera serve");
@@ -264,7 +313,12 @@ listen = "{management}"
                 .try_wait()
                 .expect("try_wait")
             {
-                panic!("pantera exited before it was ready: {st}");
+                let log = self
+                    .log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .unwrap_or_default();
+                panic!("pantera exited before it was ready: {st}\n{log}");
             }
             if http_get(self.management, "/readyz")
                 .map(|(s, _)| s == 200)
@@ -289,7 +343,10 @@ listen = "{management}"
             Ok((_, body)) => body,
             // A server started with a log: its last words say why it does not answer.
             Err(e) => match &self.log {
-                Some(log) => panic!("scrape /metrics: {e}; the server's log:\n{}", std::fs::read_to_string(log).unwrap_or_default()),
+                Some(log) => panic!(
+                    "scrape /metrics: {e}; the server's log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ),
                 None => panic!("scrape /metrics: {e}"),
             },
         }
@@ -577,7 +634,11 @@ pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStrea
 /// As `connect_from`, from `local` when given (else the kernel's choice), with the socket's
 /// receive buffer set to `rcvbuf` bytes before the handshake when given (a tiny window: a
 /// client that does not read stops the server's output almost at once).
-pub fn connect_with(local: Option<Ipv4Addr>, rcvbuf: Option<usize>, to: SocketAddr) -> std::io::Result<TcpStream> {
+pub fn connect_with(
+    local: Option<Ipv4Addr>,
+    rcvbuf: Option<usize>,
+    to: SocketAddr,
+) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{
         bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
@@ -655,6 +716,10 @@ pub fn init_certs(lab: &Lab, dir: &Path) -> PathBuf {
         .args(["--service-ip", &lab.spec.service_ipv4.to_string()])
         .output()
         .expect("run pantera certs init");
-    assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tls
 }

@@ -176,7 +176,10 @@ fn test() -> Result<()> {
     // The patched smoltcp (third_party/smoltcp/PANTERA.md) is not a workspace member: its own
     // unit tests, the patch's among them, run from its directory with its own lock file.
     status(cargo().args(["test", "--lib", "--manifest-path", "third_party/smoltcp/Cargo.toml"]))?;
-    status(cargo().args(["test", "--package", "pantera", "--features", "fault-injection", "--", "--test-threads", "1"]))?;
+    // With the TigerBeetle backend compiled in (its client library needs the pinned zig, and
+    // its tests the server, both from `cargo xtask tigerbeetle build`): tests/cluster_backend.rs
+    // and tests/lab_cluster.rs run against a real cluster.
+    status(cargo().args(["test", "--package", "pantera", "--features", "fault-injection,tigerbeetle", "--", "--test-threads", "1"]))?;
     sim_suite()?;
     // Every fuzz target for a bounded time from its checked-in corpus (docs/fuzzing.md): a
     // crash, a panic or a broken invariant fails the suite with the input saved.
