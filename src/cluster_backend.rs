@@ -14,6 +14,13 @@
 //!   TigerBeetle would carry the open chain into the next submission's events, where the
 //!   embedded ledger answers `linked_event_chain_open` for it. Such a submission ends its
 //!   request, so both backends answer it the same.
+//!   Nor are submissions whose first events differ in `imported`: TigerBeetle takes a request's
+//!   first event to decide whether the whole batch is imported, the embedded ledger each
+//!   submission's.
+//! - Nothing that would stop the cluster is sent: a `create_transfers` request holding imported
+//!   posts or voids is preceded by a lookup of their pending transfers, and a submission whose
+//!   post or void is not after its pending transfer (`cluster::guard`) is answered
+//!   [`Reply::Refused`] (422) instead of being sent.
 //! - Order: a write request goes out only when nothing else is in flight, and reads only when
 //!   no write is in flight, so every request sees the writes submitted before it, as with the
 //!   embedded ledger (reads run concurrently across sessions).
@@ -380,16 +387,18 @@ impl Core {
                     );
                 }
             }
-            Stage::Guard(subs) => match wire::transfers(request.op, &body, wire::BATCH_EVENTS_MAX) {
-                Ok(rows) => {
-                    let stored: HashMap<u128, u64> =
-                        rows.iter().map(|t| (t.id, t.timestamp)).collect();
-                    // The write goes on the same session: nothing overtook the lookup, nothing
-                    // overtakes the write.
-                    self.guard(now, request.session, subs, &stored, out);
+            Stage::Guard(subs) => {
+                match wire::transfers(request.op, &body, wire::BATCH_EVENTS_MAX) {
+                    Ok(rows) => {
+                        let stored: HashMap<u128, u64> =
+                            rows.iter().map(|t| (t.id, t.timestamp)).collect();
+                        // The write goes on the same session: nothing overtook the lookup, nothing
+                        // overtakes the write.
+                        self.guard(now, request.session, subs, &stored, out);
+                    }
+                    Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
                 }
-                Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
-            },
+            }
             Stage::Timestamps { subs, results } => {
                 let timestamps: Result<HashMap<u128, u64>, _> = match request.op {
                     Op::LookupAccounts => wire::accounts(request.op, &body, wire::BATCH_EVENTS_MAX)
@@ -712,8 +721,11 @@ impl Core {
                     // nothing that would stop the cluster is sent (one more round trip, only
                     // for such requests).
                     let pending_ids = if op == Op::CreateTransfers {
-                        let all: Vec<Transfer> =
-                            transfer_events(&subs).into_iter().flatten().copied().collect();
+                        let all: Vec<Transfer> = transfer_events(&subs)
+                            .into_iter()
+                            .flatten()
+                            .copied()
+                            .collect();
                         cluster::guard::pending_ids_to_check(&all)
                     } else {
                         Vec::new()

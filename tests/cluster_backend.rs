@@ -698,8 +698,14 @@ fn an_imported_post_older_than_its_pending_transfer_is_refused_and_the_cluster_k
         Command::LookupTransfer(21),
         Command::LookupAccount(1),
     ]);
-    assert!(matches!(after[0], Reply::Transfer { transfer: None, .. }), "{after:?}");
-    assert!(matches!(after[1], Reply::Transfer { transfer: None, .. }), "{after:?}");
+    assert!(
+        matches!(after[0], Reply::Transfer { transfer: None, .. }),
+        "{after:?}"
+    );
+    assert!(
+        matches!(after[1], Reply::Transfer { transfer: None, .. }),
+        "{after:?}"
+    );
     match &after[2] {
         Reply::Account {
             account: Some(a), ..
@@ -755,7 +761,11 @@ fn submissions_joined_keep_their_own_imported_batch() {
             // Imported, then plain: both `ok` (the plain one gets the clock's timestamp).
             vec![
                 Command::LookupAccount(1),
-                transfers(vec![imported_transfer(30, base + 10, TransferFlags::empty())]),
+                transfers(vec![imported_transfer(
+                    30,
+                    base + 10,
+                    TransferFlags::empty(),
+                )]),
                 transfers(vec![transfer(31, 1, 2, 1, TransferFlags::empty())]),
             ],
             // Plain, then imported: the import is older than the plain transfers, so
@@ -763,12 +773,19 @@ fn submissions_joined_keep_their_own_imported_batch() {
             vec![
                 Command::LookupAccount(2),
                 transfers(vec![transfer(32, 1, 2, 1, TransferFlags::empty())]),
-                transfers(vec![imported_transfer(33, base + 20, TransferFlags::empty())]),
+                transfers(vec![imported_transfer(
+                    33,
+                    base + 20,
+                    TransferFlags::empty(),
+                )]),
             ],
         ]
     };
     let run = |backend: &mut Backend| -> Vec<Vec<Reply>> {
-        rounds().into_iter().map(|round| backend.ask(round)).collect()
+        rounds()
+            .into_iter()
+            .map(|round| backend.ask(round))
+            .collect()
     };
     let cluster = LocalCluster::start(1).expect("start a 1-replica cluster");
     cluster
@@ -784,7 +801,12 @@ fn submissions_joined_keep_their_own_imported_batch() {
     for (round, (ours, theirs)) in ours.iter().zip(&theirs).enumerate() {
         // The lookups only hold the writes back (the embedded ledger may answer them after
         // the writes): the writes' answers are compared.
-        for (i, (x, y)) in ours.iter().zip(theirs).enumerate().skip(usize::from(round > 0)) {
+        for (i, (x, y)) in ours
+            .iter()
+            .zip(theirs)
+            .enumerate()
+            .skip(usize::from(round > 0))
+        {
             assert_eq!(
                 without_timestamps(x, &mut a),
                 without_timestamps(y, &mut b),

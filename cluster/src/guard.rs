@@ -17,7 +17,8 @@ use ledger_svc::model::{Transfer, TransferFlags};
 /// transfer to compare it with.
 fn imported_resolve(t: &Transfer) -> bool {
     t.flags.contains(TransferFlags::IMPORTED)
-        && t.flags.intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+        && t.flags
+            .intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
 }
 
 /// Whether a `create_transfers` batch is imported: TigerBeetle decides it from the first event
@@ -25,7 +26,9 @@ fn imported_resolve(t: &Transfer) -> bool {
 /// `imported_event_not_expected` before it reaches the assertion. So only an imported batch can
 /// stop the cluster.
 fn batch_imported(events: &[Transfer]) -> bool {
-    events.first().is_some_and(|t| t.flags.contains(TransferFlags::IMPORTED))
+    events
+        .first()
+        .is_some_and(|t| t.flags.contains(TransferFlags::IMPORTED))
 }
 
 /// The pending transfers whose timestamps [`stops_tigerbeetle_0_16_78`] needs from the cluster,
@@ -35,7 +38,11 @@ pub fn pending_ids_to_check(events: &[Transfer]) -> Vec<u128> {
     if !batch_imported(events) {
         return Vec::new();
     }
-    let mut ids: Vec<u128> = events.iter().filter(|t| imported_resolve(t)).map(|t| t.pending_id).collect();
+    let mut ids: Vec<u128> = events
+        .iter()
+        .filter(|t| imported_resolve(t))
+        .map(|t| t.pending_id)
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -50,7 +57,10 @@ pub fn pending_ids_to_check(events: &[Transfer]) -> Vec<u128> {
 /// makes before the assertion (`exists`, `pending_transfer_not_found`, a broken linked chain,
 /// ...), so it may refuse an event the cluster would have answered with an error. It never
 /// lets through one that reaches the assertion.
-pub fn stops_tigerbeetle_0_16_78(events: &[Transfer], stored: impl Fn(u128) -> Option<u64>) -> Option<usize> {
+pub fn stops_tigerbeetle_0_16_78(
+    events: &[Transfer],
+    stored: impl Fn(u128) -> Option<u64>,
+) -> Option<usize> {
     if !batch_imported(events) {
         return None;
     }
@@ -58,7 +68,11 @@ pub fn stops_tigerbeetle_0_16_78(events: &[Transfer], stored: impl Fn(u128) -> O
         if !imported_resolve(t) {
             return false;
         }
-        let in_batch = events[..index].iter().filter(|e| e.id == t.pending_id).map(|e| e.timestamp).max();
+        let in_batch = events[..index]
+            .iter()
+            .filter(|e| e.id == t.pending_id)
+            .map(|e| e.timestamp)
+            .max();
         let pending_timestamp = in_batch.into_iter().chain(stored(t.pending_id)).max();
         pending_timestamp.is_some_and(|p| p >= t.timestamp)
     })
@@ -71,7 +85,10 @@ pub fn stops_tigerbeetle_0_16_78(events: &[Transfer], stored: impl Fn(u128) -> O
 /// exist). Every submission of the request must share its first event's `imported` flag (the
 /// backend joins only such submissions), so leaving one out does not change whether the batch
 /// is imported.
-pub fn stopping_events(submissions: &[&[Transfer]], stored: impl Fn(u128) -> Option<u64>) -> Vec<Option<usize>> {
+pub fn stopping_events(
+    submissions: &[&[Transfer]],
+    stored: impl Fn(u128) -> Option<u64>,
+) -> Vec<Option<usize>> {
     let mut kept: Vec<Transfer> = Vec::new();
     submissions
         .iter()
@@ -92,7 +109,12 @@ mod tests {
     use super::*;
 
     fn pending(id: u128, timestamp: u64) -> Transfer {
-        Transfer { id, flags: TransferFlags::PENDING | TransferFlags::IMPORTED, timestamp, ..Default::default() }
+        Transfer {
+            id,
+            flags: TransferFlags::PENDING | TransferFlags::IMPORTED,
+            timestamp,
+            ..Default::default()
+        }
     }
 
     fn post(id: u128, pending_id: u128, timestamp: u64) -> Transfer {
@@ -108,20 +130,57 @@ mod tests {
     #[test]
     fn an_imported_post_or_void_not_after_its_pending_transfer_is_caught() {
         let p = pending(10, 50);
-        assert_eq!(stops_tigerbeetle_0_16_78(&[p, post(11, 10, 50)], |_| None), Some(1), "in the same batch");
-        assert_eq!(stops_tigerbeetle_0_16_78(&[p, post(11, 10, 51)], |_| None), None);
-        assert_eq!(stops_tigerbeetle_0_16_78(&[post(11, 10, 51)], |_| Some(60)), Some(0), "stored");
-        assert_eq!(stops_tigerbeetle_0_16_78(&[post(11, 10, 61)], |_| Some(60)), None);
-        let void = Transfer { flags: TransferFlags::VOID_PENDING_TRANSFER | TransferFlags::IMPORTED, ..post(11, 10, 60) };
-        assert_eq!(stops_tigerbeetle_0_16_78(&[void], |_| Some(60)), Some(0), "a void too");
-        let unimported = Transfer { flags: TransferFlags::POST_PENDING_TRANSFER, ..post(11, 10, 0) };
-        assert_eq!(stops_tigerbeetle_0_16_78(&[unimported], |_| Some(60)), None, "only imports carry a timestamp");
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[p, post(11, 10, 50)], |_| None),
+            Some(1),
+            "in the same batch"
+        );
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[p, post(11, 10, 51)], |_| None),
+            None
+        );
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[post(11, 10, 51)], |_| Some(60)),
+            Some(0),
+            "stored"
+        );
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[post(11, 10, 61)], |_| Some(60)),
+            None
+        );
+        let void = Transfer {
+            flags: TransferFlags::VOID_PENDING_TRANSFER | TransferFlags::IMPORTED,
+            ..post(11, 10, 60)
+        };
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[void], |_| Some(60)),
+            Some(0),
+            "a void too"
+        );
+        let unimported = Transfer {
+            flags: TransferFlags::POST_PENDING_TRANSFER,
+            ..post(11, 10, 0)
+        };
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[unimported], |_| Some(60)),
+            None,
+            "only imports carry a timestamp"
+        );
         // In a batch whose first event is not imported, the import fails
         // `imported_event_not_expected` first.
-        let plain = Transfer { id: 9, ..Default::default() };
-        assert_eq!(stops_tigerbeetle_0_16_78(&[plain, post(11, 10, 51)], |_| Some(60)), None);
+        let plain = Transfer {
+            id: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            stops_tigerbeetle_0_16_78(&[plain, post(11, 10, 51)], |_| Some(60)),
+            None
+        );
         assert!(pending_ids_to_check(&[plain, post(11, 10, 51)]).is_empty());
-        assert_eq!(pending_ids_to_check(&[post(11, 10, 51), p, post(12, 10, 52), post(13, 7, 53)]), vec![7, 10]);
+        assert_eq!(
+            pending_ids_to_check(&[post(11, 10, 51), p, post(12, 10, 52), post(13, 7, 53)]),
+            vec![7, 10]
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use ledger_svc::model::{
 };
 use ledger_svc::state_machine::{StateMachine, TIMESTAMP_MAX};
 
+#[cfg(any(feature = "tigerbeetle", test))]
 use crate::guard::stops_tigerbeetle_0_16_78;
 use crate::ClusterError;
 
