@@ -14,6 +14,13 @@
 //!   TigerBeetle would carry the open chain into the next submission's events, where the
 //!   embedded ledger answers `linked_event_chain_open` for it. Such a submission ends its
 //!   request, so both backends answer it the same.
+//!   Nor are submissions whose first events differ in `imported`: TigerBeetle takes a request's
+//!   first event to decide whether the whole batch is imported, the embedded ledger each
+//!   submission's.
+//! - Nothing that would stop the cluster is sent: a `create_transfers` request holding imported
+//!   posts or voids is preceded by a lookup of their pending transfers, and a submission whose
+//!   post or void is not after its pending transfer (`cluster::guard`) is answered
+//!   [`Reply::Refused`] (422) instead of being sent.
 //! - Order: a write request goes out only when nothing else is in flight, and reads only when
 //!   no write is in flight, so every request sees the writes submitted before it, as with the
 //!   embedded ledger (reads run concurrently across sessions).
@@ -37,9 +44,13 @@ use std::time::{Duration, Instant};
 use cluster::wire::{self, Op};
 use cluster::ClusterError;
 use ledger_svc::api::{self, Command, PageRows, Reply};
-use ledger_svc::model::{AccountFlags, Operation, OperationReply, TransferFlags};
+use ledger_svc::model::{AccountFlags, Operation, OperationReply, Transfer, TransferFlags};
 
 use crate::committer::{ReplyTo, Submission};
+
+/// The error code of a submission refused because it would stop a TigerBeetle 0.16.78
+/// cluster (HTTP 422; docs/api.md).
+pub const REFUSED_CODE: &str = "tigerbeetle_0_16_78_limitation";
 
 /// Submissions the backend holds that are not yet in a request: beyond this it stops draining
 /// the submission queues (docs/limits.md).
@@ -48,6 +59,10 @@ pub const PENDING_SUBMISSIONS_MAX: usize = 4_096;
 /// How often an idle backend probes the cluster (a lookup of one id), so readiness follows
 /// the cluster without traffic.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The shortest time between two log lines about refused submissions (each line counts the
+/// refusals since the last one; the metric counts every one).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The policy's settings (from `[ledger.tigerbeetle]`).
 #[derive(Clone, Debug)]
@@ -85,6 +100,9 @@ pub struct Stats {
     pub late_replies: u64,
     /// Requests tb_client gave back without a reply, or whose reply broke the protocol.
     pub failed: u64,
+    /// Submissions refused because they would stop a TigerBeetle 0.16.78 cluster
+    /// (`cluster::guard`), answered [`Reply::Refused`] without being sent.
+    pub refused: u64,
 }
 
 struct Waiting {
@@ -96,6 +114,10 @@ struct Waiting {
 enum Stage {
     /// A create request: its submissions in order, each with its events.
     Create(Vec<(ReplyTo, Operation)>),
+    /// The lookup of pending transfers that goes before a `create_transfers` request holding
+    /// imported posts or voids, so none that would stop the cluster is sent
+    /// (`cluster::guard`).
+    Guard(Vec<(ReplyTo, Operation)>),
     /// The lookup of the created objects' timestamps that follows a create request.
     Timestamps {
         subs: Vec<(ReplyTo, Operation)>,
@@ -114,7 +136,7 @@ enum Stage {
 impl Stage {
     fn reply_tos(&self) -> Vec<ReplyTo> {
         match self {
-            Stage::Create(subs) | Stage::Timestamps { subs, .. } => {
+            Stage::Create(subs) | Stage::Guard(subs) | Stage::Timestamps { subs, .. } => {
                 subs.iter().map(|(r, _)| *r).collect()
             }
             Stage::LookupAccounts(subs) | Stage::LookupTransfers(subs) => {
@@ -150,6 +172,10 @@ pub struct Core {
     last_probe: Option<Instant>,
     stopping: bool,
     stats: Stats,
+    /// When a refusal was last logged, and how many came since: refusals are logged at most
+    /// once per [`REFUSAL_LOG_INTERVAL`], never once per request.
+    refusal_logged: Option<Instant>,
+    refusals_unlogged: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -174,6 +200,33 @@ fn ends_in_open_chain(operation: &Operation) -> bool {
     }
 }
 
+/// Whether the submission's first event is imported (`None` for an empty one). TigerBeetle
+/// decides from a request's first event whether the whole batch is imported
+/// (`batch_imported = events[0].flags.imported`), and answers an event that differs
+/// `imported_event_expected` or `imported_event_not_expected`; the embedded ledger decides it
+/// per submission. Only submissions whose first events agree are joined, so each decides for
+/// itself in both backends.
+fn first_imported(operation: &Operation) -> Option<bool> {
+    match operation {
+        Operation::CreateAccounts(events) => events
+            .first()
+            .map(|e| e.flags.contains(AccountFlags::IMPORTED)),
+        Operation::CreateTransfers(events) => events
+            .first()
+            .map(|e| e.flags.contains(TransferFlags::IMPORTED)),
+    }
+}
+
+/// The transfers of a request's submissions, one slice each.
+fn transfer_events(subs: &[(ReplyTo, Operation)]) -> Vec<&[Transfer]> {
+    subs.iter()
+        .map(|(_, operation)| match operation {
+            Operation::CreateTransfers(events) => events.as_slice(),
+            Operation::CreateAccounts(_) => &[],
+        })
+        .collect()
+}
+
 fn create_op(operation: &Operation) -> Op {
     match operation {
         Operation::CreateAccounts(_) => Op::CreateAccounts,
@@ -196,6 +249,8 @@ impl Core {
             last_probe: None,
             stopping: false,
             stats: Stats::default(),
+            refusal_logged: None,
+            refusals_unlogged: 0,
         }
     }
 
@@ -330,6 +385,18 @@ impl Core {
                         true,
                         out,
                     );
+                }
+            }
+            Stage::Guard(subs) => {
+                match wire::transfers(request.op, &body, wire::BATCH_EVENTS_MAX) {
+                    Ok(rows) => {
+                        let stored: HashMap<u128, u64> =
+                            rows.iter().map(|t| (t.id, t.timestamp)).collect();
+                        // The write goes on the same session: nothing overtook the lookup, nothing
+                        // overtakes the write.
+                        self.guard(now, request.session, subs, &stored, out);
+                    }
+                    Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
                 }
             }
             Stage::Timestamps { subs, results } => {
@@ -534,6 +601,70 @@ impl Core {
         });
     }
 
+    /// Sends the create request of `subs` (one kind, joined by [`Core::dispatch`]'s rules).
+    fn send_create(
+        &mut self,
+        now: Instant,
+        session: usize,
+        subs: Vec<(ReplyTo, Operation)>,
+        out: &mut Vec<Action>,
+    ) {
+        let op = create_op(&subs[0].1);
+        let events: usize = subs.iter().map(|(_, o)| o.len()).sum();
+        let mut body = Vec::with_capacity(events * ledger_svc::codec::EVENT_SIZE);
+        for (_, operation) in &subs {
+            wire::encode_operation(operation, &mut body);
+        }
+        self.send(now, session, op, body, Stage::Create(subs), true, out);
+    }
+
+    /// With the timestamps of the pending transfers the cluster holds: answers the submissions
+    /// that would stop the cluster [`Reply::Refused`] and sends the others' request.
+    fn guard(
+        &mut self,
+        now: Instant,
+        session: usize,
+        subs: Vec<(ReplyTo, Operation)>,
+        stored: &HashMap<u128, u64>,
+        out: &mut Vec<Action>,
+    ) {
+        let stopping =
+            cluster::guard::stopping_events(&transfer_events(&subs), |id| stored.get(&id).copied());
+        let mut kept = Vec::with_capacity(subs.len());
+        for ((reply_to, operation), stop) in subs.into_iter().zip(stopping) {
+            let Some(index) = stop else {
+                kept.push((reply_to, operation));
+                continue;
+            };
+            self.stats.refused += 1;
+            self.refusals_unlogged += 1;
+            out.push(Action::Reply {
+                reply_to,
+                reply: Reply::Refused {
+                    code: REFUSED_CODE,
+                    message: format!(
+                        "event {index} is an imported post or void whose timestamp is not after its pending transfer's: TigerBeetle 0.16.78 would stop on it, so nothing of this request was applied"
+                    ),
+                },
+            });
+        }
+        if self.refusals_unlogged > 0
+            && self
+                .refusal_logged
+                .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            log::warn!(
+                "refused {} submission(s) holding an imported post or void not after its pending transfer (it would stop the TigerBeetle 0.16.78 cluster; metric ledger_cluster_refused_total)",
+                self.refusals_unlogged
+            );
+            self.refusal_logged = Some(now);
+            self.refusals_unlogged = 0;
+        }
+        if !kept.is_empty() {
+            self.send_create(now, session, kept, out);
+        }
+    }
+
     /// Sends requests from the head of the pending submissions while a session is free and the
     /// order allows (a write alone; reads together, after the writes before them).
     fn dispatch(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -564,11 +695,13 @@ impl Core {
                     let op = create_op(&operation);
                     let mut events = operation.len();
                     let mut open = ends_in_open_chain(&operation);
+                    let imported = first_imported(&operation);
                     let mut subs = vec![(head.reply_to, operation)];
                     while !open {
                         let joins = match self.pending.front().map(|w| &w.command) {
                             Some(Command::Mutate(next)) => {
                                 create_op(next) == op
+                                    && first_imported(next) == imported
                                     && events + next.len() <= self.config.batch_events_max
                             }
                             _ => false,
@@ -584,11 +717,34 @@ impl Core {
                         open = ends_in_open_chain(&operation);
                         subs.push((next.reply_to, operation));
                     }
-                    let mut body = Vec::with_capacity(events * ledger_svc::codec::EVENT_SIZE);
-                    for (_, operation) in &subs {
-                        wire::encode_operation(operation, &mut body);
+                    // Imported posts or voids: their pending transfers' timestamps first, so
+                    // nothing that would stop the cluster is sent (one more round trip, only
+                    // for such requests).
+                    let pending_ids = if op == Op::CreateTransfers {
+                        let all: Vec<Transfer> = transfer_events(&subs)
+                            .into_iter()
+                            .flatten()
+                            .copied()
+                            .collect();
+                        cluster::guard::pending_ids_to_check(&all)
+                    } else {
+                        Vec::new()
+                    };
+                    if pending_ids.is_empty() {
+                        self.send_create(now, session, subs, out);
+                    } else {
+                        let mut body = Vec::with_capacity(pending_ids.len() * 16);
+                        wire::encode_ids(&pending_ids, &mut body);
+                        self.send(
+                            now,
+                            session,
+                            Op::LookupTransfers,
+                            body,
+                            Stage::Guard(subs),
+                            true,
+                            out,
+                        );
                     }
-                    self.send(now, session, op, body, Stage::Create(subs), true, out);
                 }
                 Command::LookupAccount(id) | Command::LookupTransfer(id) => {
                     let accounts = matches!(head.command, Command::LookupAccount(_));
@@ -737,6 +893,8 @@ pub struct ClusterMetrics {
     pub late_replies: prometheus::IntCounter,
     /// Requests that failed without a reply, or whose reply broke the protocol.
     pub failed: prometheus::IntCounter,
+    /// Submissions refused because they would stop a TigerBeetle 0.16.78 cluster.
+    pub refused: prometheus::IntCounter,
     /// Client sessions with a request in flight.
     pub in_flight: prometheus::IntGauge,
     /// 1 while the cluster answers (see `Core`'s reachability); read by `/readyz`.
@@ -782,6 +940,11 @@ impl ClusterMetrics {
             "TigerBeetle requests given back without a reply or with a malformed one.",
         )
         .expect("valid");
+        let refused = IntCounter::new(
+            "ledger_cluster_refused_total",
+            "Submissions refused (422) because they would stop a TigerBeetle 0.16.78 cluster.",
+        )
+        .expect("valid");
         let in_flight = IntGauge::new(
             "ledger_cluster_in_flight",
             "TigerBeetle client sessions with a request in flight.",
@@ -800,6 +963,7 @@ impl ClusterMetrics {
             Box::new(unavailable.clone()),
             Box::new(late_replies.clone()),
             Box::new(failed.clone()),
+            Box::new(refused.clone()),
             Box::new(in_flight.clone()),
             Box::new(reachable.clone()),
         ] {
@@ -812,6 +976,7 @@ impl ClusterMetrics {
             unavailable,
             late_replies,
             failed,
+            refused,
             in_flight,
             reachable,
         }
@@ -965,6 +1130,9 @@ pub mod driver {
         let mut clients_gone = false;
         let never = crossbeam_channel::never();
         let mut arrived: Option<TbCompletion> = None;
+        // What the metrics already count: replies (above) and `poll` (below) both move the
+        // core's counts, so the difference is taken once per turn against this.
+        let mut before = core.stats().clone();
         loop {
             heartbeat.beat();
             let now = Instant::now();
@@ -1007,7 +1175,6 @@ pub mod driver {
             if clients_gone {
                 core.stop();
             }
-            let before = core.stats().clone();
             core.poll(now, &mut out);
             for action in out.drain(..) {
                 match action {
@@ -1037,6 +1204,8 @@ pub mod driver {
             m.late_replies
                 .inc_by(after.late_replies - before.late_replies);
             m.failed.inc_by(after.failed - before.failed);
+            m.refused.inc_by(after.refused - before.refused);
+            before = after.clone();
             m.in_flight.set(core.in_flight() as i64);
             m.reachable.set(i64::from(core.reachable()));
             if clients_gone && rx.writes.is_empty() && rx.reads.is_empty() && core.is_idle() {
@@ -1557,5 +1726,127 @@ mod tests {
                 .any(|s| s.2 == 16 && s.1 == Op::LookupAccounts && s.0 > 1),
             "no probe after the stop"
         );
+    }
+
+    /// Completes write `tag` with every event created, and the timestamps' lookup after it.
+    fn finish_write(core: &mut Core, t0: Instant, tag: u64) {
+        let mut out = Vec::new();
+        core.completed(t0, tag, Ok(Vec::new()), &mut out);
+        if let Some((lookup, Op::LookupTransfers, _)) = sends(&out).first().copied() {
+            core.completed(t0, lookup, Ok(Vec::new()), &mut out);
+        }
+    }
+
+    fn imported(mut command: Command, timestamps: &[u64]) -> Command {
+        if let Command::Mutate(Operation::CreateTransfers(events)) = &mut command {
+            for (t, &timestamp) in events.iter_mut().zip(timestamps) {
+                t.flags.insert(TransferFlags::IMPORTED);
+                t.timestamp = timestamp;
+            }
+        }
+        command
+    }
+
+    #[test]
+    fn submissions_are_joined_only_when_their_first_events_agree_on_imported() {
+        let t0 = Instant::now();
+        let mut core = started(t0);
+        let mut out = Vec::new();
+        let commands = [
+            transfers(&[1], false),
+            imported(transfers(&[2, 3], false), &[10, 11]),
+            imported(transfers(&[4], false), &[12]),
+            transfers(&[5], false),
+        ];
+        for (seq, command) in commands.into_iter().enumerate() {
+            core.submit(
+                t0,
+                Submission {
+                    reply_to: to(seq as u64),
+                    command,
+                },
+            );
+        }
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            core.poll(t0, &mut out);
+            let sent = sends(&out);
+            assert_eq!(sent.len(), 1, "one write at a time: {out:?}");
+            sizes.push(sent[0].2 / 128);
+            out.clear();
+            finish_write(&mut core, t0, sent[0].0);
+        }
+        // TigerBeetle takes a request's first event to decide whether the batch is imported:
+        // the plain one alone, the two imported ones together, the plain one alone.
+        assert_eq!(sizes, vec![1, 3, 1]);
+        assert!(core.is_idle());
+    }
+
+    #[test]
+    fn a_submission_that_would_stop_the_cluster_is_refused_and_the_others_go() {
+        let t0 = Instant::now();
+        let mut core = started(t0);
+        let mut out = Vec::new();
+        let pending = {
+            let mut c = imported(transfers(&[10], false), &[100]);
+            if let Command::Mutate(Operation::CreateTransfers(events)) = &mut c {
+                events[0].flags.insert(TransferFlags::PENDING);
+            }
+            c
+        };
+        let post = |id: u128, pending_id: u128, timestamp: u64| {
+            Command::Mutate(Operation::CreateTransfers(vec![Transfer {
+                id,
+                pending_id,
+                flags: TransferFlags::POST_PENDING_TRANSFER | TransferFlags::IMPORTED,
+                timestamp,
+                ..Transfer::default()
+            }]))
+        };
+        // 2 posts 10 before its timestamp (in the same request); 3 posts 7, which the cluster
+        // holds, after its timestamp.
+        for (seq, command) in [(1, pending), (2, post(11, 10, 50)), (3, post(12, 7, 300))] {
+            core.submit(
+                t0,
+                Submission {
+                    reply_to: to(seq),
+                    command,
+                },
+            );
+        }
+        core.poll(t0, &mut out);
+        let lookup = sends(&out);
+        assert_eq!(
+            (lookup.len(), lookup[0].1, lookup[0].2),
+            (1, Op::LookupTransfers, 2 * 16),
+            "the pending transfers 7 and 10 first: {out:?}"
+        );
+        out.clear();
+        core.completed(t0, lookup[0].0, Ok(transfer_rows(&[(7, 200)])), &mut out);
+        let got = replies(&mut out);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            matches!(&got[0], (2, Reply::Refused { code: REFUSED_CODE, message }) if message.contains("event 0")),
+            "{got:?}"
+        );
+        let create = sends(&out);
+        assert_eq!(
+            (create.len(), create[0].1, create[0].2),
+            (1, Op::CreateTransfers, 2 * 128),
+            "1 and 3 go"
+        );
+        assert_eq!(core.stats().refused, 1);
+        // A request without imported posts or voids goes without the lookup.
+        out.clear();
+        finish_write(&mut core, t0, create[0].0);
+        core.submit(
+            t0,
+            Submission {
+                reply_to: to(4),
+                command: transfers(&[20], false),
+            },
+        );
+        core.poll(t0, &mut out);
+        assert_eq!(sends(&out)[0].1, Op::CreateTransfers);
     }
 }

@@ -219,7 +219,7 @@ fn without_timestamps(reply: &Reply, created_timestamps: &mut Vec<u64>) -> Reply
                 )
             });
         }
-        Reply::Internal(_) | Reply::Unavailable { .. } => {}
+        Reply::Internal(_) | Reply::Unavailable { .. } | Reply::Refused { .. } => {}
     }
     reply
 }
@@ -462,4 +462,363 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
         TRANSFERS as f64 / requests as f64
     );
     assert_eq!(metrics.cluster.deadline_expiries.get(), 0);
+}
+
+/// A backend thread in front of `cluster`, with `request_timeout` as its deadline.
+struct Backend {
+    client: LedgerClient,
+    completions: Receiver<Completion>,
+    thread: std::thread::JoinHandle<()>,
+    metrics: Metrics,
+    seq: u64,
+}
+
+impl Backend {
+    fn start(cluster: &LocalCluster, request_timeout: Duration) -> Backend {
+        let committer::Channels {
+            client,
+            submissions,
+            replies_tx,
+            mut replies_rx,
+        } = committer::channels(64, 1);
+        let metrics = Metrics::new();
+        let thread_metrics = metrics.clone();
+        let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
+        let config = CoreConfig {
+            sessions: 2,
+            batch_events_max: 8189,
+            request_timeout,
+            retry_after_s: 1,
+            pending_max: PENDING_SUBMISSIONS_MAX,
+            probe_interval: PROBE_INTERVAL,
+        };
+        let thread = std::thread::spawn(move || {
+            driver::run(
+                cluster_id,
+                &addresses,
+                config,
+                &submissions,
+                &replies_tx,
+                &thread_metrics,
+            )
+            .expect("the sessions opened")
+        });
+        Backend {
+            client,
+            completions: replies_rx.remove(0),
+            thread,
+            metrics,
+            seq: 0,
+        }
+    }
+
+    /// Submits `commands` together (joined where the rules allow) and returns their replies in
+    /// order.
+    fn ask(&mut self, commands: Vec<Command>) -> Vec<Reply> {
+        let first = self.seq;
+        let n = commands.len();
+        for command in commands {
+            self.client
+                .submit(Submission {
+                    reply_to: reply_to(self.seq),
+                    command,
+                })
+                .expect("room in the queue");
+            self.seq += 1;
+        }
+        let mut replies: Vec<Option<Reply>> = vec![None; n];
+        for _ in 0..n {
+            let c = self
+                .completions
+                .recv_timeout(REPLY_WAIT)
+                .expect("a reply within the wait");
+            replies[(c.reply_to.seq - first) as usize] = Some(c.reply);
+        }
+        replies.into_iter().map(|r| r.expect("one each")).collect()
+    }
+
+    fn stop(self) -> Metrics {
+        drop(self.client);
+        self.thread.join().expect("the ledger thread");
+        self.metrics
+    }
+
+    /// The embedded ledger thread, in memory, behind the same queues.
+    fn embedded() -> Backend {
+        let committer::Channels {
+            client,
+            submissions,
+            replies_tx,
+            mut replies_rx,
+        } = committer::channels(64, 1);
+        let metrics = Metrics::new();
+        let thread_metrics = metrics.clone();
+        let thread = std::thread::spawn(move || {
+            let mut ledger = ledger_svc::Ledger::open(
+                ledger_svc::SimStorage::new(),
+                ledger_svc::LedgerConfig::default(),
+            )
+            .expect("open");
+            committer::run(
+                &mut ledger,
+                &submissions,
+                &replies_tx,
+                8189,
+                &thread_metrics,
+                "fsync",
+            )
+            .expect("run");
+        });
+        Backend {
+            client,
+            completions: replies_rx.remove(0),
+            thread,
+            metrics,
+            seq: 0,
+        }
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
+fn statuses(reply: &Reply) -> Vec<&'static str> {
+    match reply {
+        Reply::Created(results) => results.iter().map(|e| e.status).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The base of the timestamps the attack imports: far in the past of the cluster's clock.
+const ATTACK_BASE: u64 = 1_000_000_000;
+
+fn imported_account(id: u128, timestamp: u64) -> Account {
+    Account {
+        flags: AccountFlags::IMPORTED,
+        timestamp,
+        ..account(id, AccountFlags::empty())
+    }
+}
+
+fn imported_transfer(id: u128, timestamp: u64, flags: TransferFlags) -> Transfer {
+    Transfer {
+        flags: flags | TransferFlags::IMPORTED,
+        timestamp,
+        ..transfer(id, 1, 2, 10, TransferFlags::empty())
+    }
+}
+
+fn imported_resolve(id: u128, pending_id: u128, timestamp: u64) -> Transfer {
+    Transfer {
+        id,
+        pending_id,
+        amount: u128::MAX,
+        flags: TransferFlags::POST_PENDING_TRANSFER | TransferFlags::IMPORTED,
+        timestamp,
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
+/// The attack of docs/cluster-backend.md "Requests that would stop the cluster": a client with
+/// the write role imports a pending transfer, then an imported post whose timestamp is before
+/// the pending transfer's (or both in one request). TigerBeetle 0.16.78 asserts the order before
+/// it checks the import's timestamp, so the replica stops, and stops again replaying the
+/// request at every restart. The backend refuses such a submission before it reaches the
+/// cluster: the replica still runs and still serves, and every other submission is answered.
+#[test]
+fn an_imported_post_older_than_its_pending_transfer_is_refused_and_the_cluster_keeps_serving() {
+    let cluster = LocalCluster::start(1).expect("start a 1-replica cluster");
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("the cluster serves");
+    let pid = cluster.pid(0).expect("replica 0 runs");
+    let mut backend = Backend::start(&cluster, Duration::from_secs(3));
+    let setup = backend.ask(vec![Command::Mutate(Operation::CreateAccounts(vec![
+        imported_account(1, ATTACK_BASE),
+        imported_account(2, ATTACK_BASE + 1),
+    ]))]);
+    assert_eq!(statuses(&setup[0]), ["ok", "ok"]);
+    let pending = backend.ask(vec![transfers(vec![imported_transfer(
+        10,
+        ATTACK_BASE + 100,
+        TransferFlags::PENDING,
+    )])]);
+    assert_eq!(statuses(&pending[0]), ["ok"]);
+
+    // The post is older than the pending transfer the cluster holds.
+    let attack = backend.ask(vec![transfers(vec![imported_resolve(
+        11,
+        10,
+        ATTACK_BASE + 50,
+    )])]);
+    let alive = runs(pid);
+    assert!(
+        !matches!(attack[0], Reply::Unavailable { .. }) && alive,
+        "the attack got {:?}; the replica {}",
+        attack[0],
+        if alive { "runs" } else { "has stopped" }
+    );
+    assert_refused(&attack[0]);
+
+    // Both in one submission, joined behind an innocent one, and followed by another: only the
+    // attack is refused.
+    let joined = backend.ask(vec![
+        transfers(vec![imported_transfer(
+            20,
+            ATTACK_BASE + 200,
+            TransferFlags::empty(),
+        )]),
+        transfers(vec![
+            imported_transfer(21, ATTACK_BASE + 300, TransferFlags::PENDING),
+            imported_resolve(22, 21, ATTACK_BASE + 300),
+        ]),
+        transfers(vec![imported_resolve(23, 10, ATTACK_BASE + 400)]),
+    ]);
+    assert!(runs(pid), "the replica has stopped: {joined:?}");
+    assert_eq!(statuses(&joined[0]), ["ok"]);
+    assert_refused(&joined[1]);
+    assert_eq!(
+        statuses(&joined[2]),
+        ["ok"],
+        "a post after its pending transfer goes through"
+    );
+
+    // The cluster still serves: nothing of the refused submissions was applied.
+    let after = backend.ask(vec![
+        Command::LookupTransfer(11),
+        Command::LookupTransfer(21),
+        Command::LookupAccount(1),
+    ]);
+    assert!(
+        matches!(after[0], Reply::Transfer { transfer: None, .. }),
+        "{after:?}"
+    );
+    assert!(
+        matches!(after[1], Reply::Transfer { transfer: None, .. }),
+        "{after:?}"
+    );
+    match &after[2] {
+        Reply::Account {
+            account: Some(a), ..
+        } => assert_eq!(
+            (a.debits_posted, a.debits_pending),
+            (20, 0),
+            "transfer 20 and the post of 10"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(runs(pid), "the replica has stopped");
+    let metrics = backend.stop();
+    assert_eq!(metrics.cluster.deadline_expiries.get(), 0);
+    assert_guarded(&metrics, 2);
+}
+
+fn assert_refused(reply: &Reply) {
+    match reply {
+        Reply::Refused { code, message } => {
+            assert_eq!(*code, "tigerbeetle_0_16_78_limitation");
+            assert!(message.contains("TigerBeetle 0.16.78"), "{message}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+fn assert_guarded(metrics: &Metrics, refused: u64) {
+    assert_eq!(metrics.cluster.refused.get(), refused);
+    // The guard's lookups: one before each request that held an imported post.
+    assert!(
+        metrics
+            .cluster
+            .requests
+            .with_label_values(&["lookup_transfers"])
+            .get()
+            >= 2
+    );
+}
+
+/// TigerBeetle decides from a request's first event whether the whole batch is imported; the
+/// embedded ledger decides it for each submission. Submissions whose first events differ in
+/// `imported` are queued behind a lookup (so they wait together and would be joined) and must
+/// get the embedded ledger's answers, not `imported_event_expected`/`_not_expected`.
+#[test]
+fn submissions_joined_keep_their_own_imported_batch() {
+    let base = ATTACK_BASE;
+    let rounds = || {
+        vec![
+            vec![Command::Mutate(Operation::CreateAccounts(vec![
+                imported_account(1, base),
+                imported_account(2, base + 1),
+            ]))],
+            // Imported, then plain: both `ok` (the plain one gets the clock's timestamp).
+            vec![
+                Command::LookupAccount(1),
+                transfers(vec![imported_transfer(
+                    30,
+                    base + 10,
+                    TransferFlags::empty(),
+                )]),
+                transfers(vec![transfer(31, 1, 2, 1, TransferFlags::empty())]),
+            ],
+            // Plain, then imported: the import is older than the plain transfers, so
+            // `imported_event_timestamp_must_not_regress` in its own batch.
+            vec![
+                Command::LookupAccount(2),
+                transfers(vec![transfer(32, 1, 2, 1, TransferFlags::empty())]),
+                transfers(vec![imported_transfer(
+                    33,
+                    base + 20,
+                    TransferFlags::empty(),
+                )]),
+            ],
+        ]
+    };
+    let run = |backend: &mut Backend| -> Vec<Vec<Reply>> {
+        rounds()
+            .into_iter()
+            .map(|round| backend.ask(round))
+            .collect()
+    };
+    let cluster = LocalCluster::start(1).expect("start a 1-replica cluster");
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .expect("the cluster serves");
+    let mut backend = Backend::start(&cluster, Duration::from_secs(10));
+    let ours = run(&mut backend);
+    backend.stop();
+    let mut embedded = Backend::embedded();
+    let theirs = run(&mut embedded);
+    embedded.stop();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (round, (ours, theirs)) in ours.iter().zip(&theirs).enumerate() {
+        // The lookups only hold the writes back (the embedded ledger may answer them after
+        // the writes): the writes' answers are compared.
+        for (i, (x, y)) in ours
+            .iter()
+            .zip(theirs)
+            .enumerate()
+            .skip(usize::from(round > 0))
+        {
+            assert_eq!(
+                without_timestamps(x, &mut a),
+                without_timestamps(y, &mut b),
+                "round {round}, reply {i}: TigerBeetle {x:?}, embedded {y:?}"
+            );
+        }
+    }
+    assert_eq!(statuses(&ours[1][1]), ["ok"]);
+    assert_eq!(statuses(&ours[1][2]), ["ok"]);
+    assert_eq!(statuses(&ours[2][1]), ["ok"]);
+    assert_eq!(
+        statuses(&ours[2][2]),
+        ["imported_event_timestamp_must_not_regress"]
+    );
 }

@@ -8,6 +8,8 @@
 //!   (pure, always compiled);
 //! - `client` (feature `tigerbeetle`): TigerBeetle's own client library, driven with tags and a
 //!   completion channel instead of async;
+//! - [`guard`]: the requests that would stop a TigerBeetle 0.16.78 cluster, found before they
+//!   are sent (pure, always compiled);
 //! - [`local`]: a cluster on loopback for tests and benchmarks, removed when dropped;
 //! - [`oracle`]: the differential oracle, one seeded workload run against the embedded ledger
 //!   and a TigerBeetle cluster with every answer compared.
@@ -16,6 +18,8 @@
 //! behind the `tigerbeetle` feature: a plain `cargo build` needs no zig.
 
 pub mod wire;
+
+pub mod guard;
 
 pub mod local;
 

@@ -906,6 +906,10 @@ pub enum Reply {
     /// was applied is unknown; the client retries with the same ids and gets `exists` for
     /// what was.
     Unavailable { retry_after_s: u32 },
+    /// The ledger refused the whole request without applying any of it, for a reason of the
+    /// backend rather than a result of TigerBeetle's (the TigerBeetle backend refuses an
+    /// imported post or void that would stop a TigerBeetle 0.16.78 cluster): 422 with `code`.
+    Refused { code: &'static str, message: String },
 }
 
 /// The result of one event: TigerBeetle's result name and, for a created object, its timestamp.
@@ -1193,6 +1197,7 @@ pub fn render_into(reply: &Reply, body: Vec<u8>) -> Response {
             response
         }
         Reply::Internal(message) => error_response(500, "internal_error", message),
+        Reply::Refused { code, message } => error_response(422, code, message),
         Reply::Unavailable { retry_after_s } => {
             let mut response = error_response(
                 503,
@@ -1298,6 +1303,14 @@ mod tests {
         assert_eq!((response.status, response.retry_after_s), (503, Some(4)));
         let body = String::from_utf8(response.body).expect("utf-8");
         assert!(body.contains("\"ledger_unavailable\""), "{body}");
+    }
+
+    #[test]
+    fn refused_is_a_422_with_its_code() {
+        let response = render(&Reply::Refused { code: "tigerbeetle_0_16_78_limitation", message: "event 0 ...".to_owned() });
+        assert_eq!((response.status, response.retry_after_s), (422, None));
+        let body = String::from_utf8(response.body).expect("utf-8");
+        assert_eq!(body, r#"{"error":{"code":"tigerbeetle_0_16_78_limitation","message":"event 0 ..."}}"#);
     }
 
     #[test]
