@@ -52,6 +52,15 @@ use crate::committer::{ReplyTo, Submission};
 /// cluster (HTTP 422; docs/api.md).
 pub const REFUSED_CODE: &str = "tigerbeetle_0_16_78_limitation";
 
+/// Why a submission holding an imported post or void is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The lookup showed it would stop the cluster (`imported_resolutions = "guard"`).
+    WouldStop,
+    /// Every one is refused (`imported_resolutions = "refuse"`, the default).
+    Outright,
+}
+
 /// Submissions the backend holds that are not yet in a request: beyond this it stops draining
 /// the submission queues (docs/limits.md).
 pub const PENDING_SUBMISSIONS_MAX: usize = 4_096;
@@ -73,6 +82,11 @@ pub struct CoreConfig {
     pub retry_after_s: u32,
     pub pending_max: usize,
     pub probe_interval: Duration,
+    /// `imported_resolutions = "guard"`: an imported post or void is sent unless a lookup of
+    /// its pending transfer shows it would stop the cluster. Otherwise ("refuse") every one is
+    /// refused unsent: another writer of the cluster (another appliance) could create the
+    /// pending transfer between the lookup and the create, which the guard cannot see.
+    pub guard_imported_resolutions: bool,
 }
 
 /// What the driver must do.
@@ -394,7 +408,7 @@ impl Core {
                             rows.iter().map(|t| (t.id, t.timestamp)).collect();
                         // The write goes on the same session: nothing overtook the lookup, nothing
                         // overtakes the write.
-                        self.guard(now, request.session, subs, &stored, out);
+                        self.guard(now, request.session, subs, &stored, Refusal::WouldStop, out);
                     }
                     Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
                 }
@@ -626,6 +640,7 @@ impl Core {
         session: usize,
         subs: Vec<(ReplyTo, Operation)>,
         stored: &HashMap<u128, u64>,
+        why: Refusal,
         out: &mut Vec<Action>,
     ) {
         let stopping =
@@ -642,9 +657,14 @@ impl Core {
                 reply_to,
                 reply: Reply::Refused {
                     code: REFUSED_CODE,
-                    message: format!(
-                        "event {index} is an imported post or void whose timestamp is not after its pending transfer's: TigerBeetle 0.16.78 would stop on it, so nothing of this request was applied"
-                    ),
+                    message: match why {
+                        Refusal::WouldStop => format!(
+                            "event {index} is an imported post or void whose timestamp is not after its pending transfer's: TigerBeetle 0.16.78 would stop on it, so nothing of this request was applied"
+                        ),
+                        Refusal::Outright => format!(
+                            "event {index} is an imported post or void, which this appliance does not send to a TigerBeetle 0.16.78 cluster (ledger.tigerbeetle.imported_resolutions = \"refuse\"): one whose timestamp is not after its pending transfer's stops every replica; nothing of this request was applied"
+                        ),
+                    },
                 },
             });
         }
@@ -732,6 +752,12 @@ impl Core {
                     };
                     if pending_ids.is_empty() {
                         self.send_create(now, session, subs, out);
+                    } else if !self.config.guard_imported_resolutions {
+                        // Refused outright: as if every pending transfer were newer than any
+                        // post or void of it.
+                        let stored: HashMap<u128, u64> =
+                            pending_ids.iter().map(|id| (*id, u64::MAX)).collect();
+                        self.guard(now, session, subs, &stored, Refusal::Outright, out);
                     } else {
                         let mut body = Vec::with_capacity(pending_ids.len() * 16);
                         wire::encode_ids(&pending_ids, &mut body);
@@ -1028,6 +1054,7 @@ pub fn prepare(
             retry_after_s: t.retry_after_s,
             pending_max: PENDING_SUBMISSIONS_MAX,
             probe_interval: PROBE_INTERVAL,
+            guard_imported_resolutions: t.imported_resolutions == "guard",
         },
         metrics: metrics.clone(),
     })
@@ -1253,6 +1280,7 @@ mod tests {
             retry_after_s: 3,
             pending_max: 64,
             probe_interval: Duration::from_millis(500),
+            guard_imported_resolutions: true,
         }
     }
 
@@ -1848,5 +1876,39 @@ mod tests {
         );
         core.poll(t0, &mut out);
         assert_eq!(sends(&out)[0].1, Op::CreateTransfers);
+    }
+
+    #[test]
+    fn by_default_every_imported_post_or_void_is_refused_unsent_and_the_rest_goes() {
+        let t0 = Instant::now();
+        let mut core = Core::new(CoreConfig { guard_imported_resolutions: false, ..config() });
+        core.submit(t0, Submission { reply_to: to(0), command: Command::LookupAccount(1) });
+        let mut out = Vec::new();
+        core.poll(t0, &mut out);
+        let probe_or_lookup = sends(&out)[0].0;
+        out.clear();
+        core.completed(t0, probe_or_lookup, Ok(Vec::new()), &mut out);
+        out.clear();
+        // An imported post well after its pending transfer: the guard would let it through,
+        // but another appliance could have created the pending transfer a moment ago.
+        let post = Command::Mutate(Operation::CreateTransfers(vec![Transfer {
+            id: 11,
+            pending_id: 10,
+            flags: TransferFlags::POST_PENDING_TRANSFER | TransferFlags::IMPORTED,
+            timestamp: 1_000_000,
+            ..Transfer::default()
+        }]));
+        let plain_imported = imported(transfers(&[12], false), &[1_000_001]);
+        core.submit(t0, Submission { reply_to: to(1), command: post });
+        core.submit(t0, Submission { reply_to: to(2), command: plain_imported });
+        core.poll(t0, &mut out);
+        let got = replies(&mut out);
+        assert!(
+            matches!(&got[..], [(1, Reply::Refused { code: REFUSED_CODE, message })] if message.contains("imported_resolutions")),
+            "{got:?}"
+        );
+        let sent = sends(&out);
+        assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 128), "no lookup; the other imported transfer goes: {out:?}");
+        assert_eq!(core.stats().refused, 1);
     }
 }

@@ -386,6 +386,13 @@ pub struct TigerBeetleSection {
     /// `Retry-After` of a 503 `ledger_unavailable`.
     #[serde(default = "default_tb_retry_after_s")]
     pub retry_after_s: u32,
+    /// Imported posts and voids of pending transfers: "refuse" (default: every one is answered
+    /// 422, since one whose timestamp is not after its pending transfer's stops every
+    /// TigerBeetle 0.16.78 replica for good) or "guard" (sent unless the backend's lookup of
+    /// the pending transfer shows it would stop the cluster; safe only while this appliance is
+    /// the cluster's only writer, docs/cluster-backend.md).
+    #[serde(default = "default_tb_imported_resolutions")]
+    pub imported_resolutions: String,
 }
 
 /// The bounds of `[ledger.tigerbeetle]` (docs/limits.md).
@@ -407,6 +414,9 @@ fn default_tb_batch_events_max() -> usize {
 }
 fn default_tb_retry_after_s() -> u32 {
     1
+}
+fn default_tb_imported_resolutions() -> String {
+    "refuse".to_owned()
 }
 
 /// Which ledger serves the API (`ledger.backend`).
@@ -793,6 +803,9 @@ impl Config {
         }
         if !(1..=TB_RETRY_AFTER_S_MAX).contains(&t.retry_after_s) {
             return Err(invalid("ledger.tigerbeetle.retry_after_s", format!("must be 1..={TB_RETRY_AFTER_S_MAX}")));
+        }
+        if !matches!(t.imported_resolutions.as_str(), "refuse" | "guard") {
+            return Err(invalid("ledger.tigerbeetle.imported_resolutions", format!("must be \"refuse\" or \"guard\", not {:?}", t.imported_resolutions)));
         }
         Ok(t)
     }
@@ -1262,6 +1275,7 @@ cluster_id = 7
             ("addresses = \"3000\"\nbatch_events_max = 8190", "ledger.tigerbeetle.batch_events_max"),
             ("addresses = \"3000\"\nrequest_timeout_ms = 10", "ledger.tigerbeetle.request_timeout_ms"),
             ("addresses = \"3000\"\nretry_after_s = 0", "ledger.tigerbeetle.retry_after_s"),
+            ("addresses = \"3000\"\nimported_resolutions = \"allow\"", "ledger.tigerbeetle.imported_resolutions"),
             ("addresses = \"3000\"\ntimeout = 1", "unknown field"),
         ] {
             let e = error_of(&with(keys));

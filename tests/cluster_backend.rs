@@ -275,6 +275,7 @@ fn the_tigerbeetle_backend_answers_as_the_embedded_ledger_does() {
         retry_after_s: 1,
         pending_max: PENDING_SUBMISSIONS_MAX,
         probe_interval: PROBE_INTERVAL,
+        guard_imported_resolutions: true,
     };
     let thread = std::thread::spawn(move || {
         driver::run(
@@ -379,6 +380,7 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
         retry_after_s: 1,
         pending_max: PENDING_SUBMISSIONS_MAX,
         probe_interval: PROBE_INTERVAL,
+        guard_imported_resolutions: true,
     };
     let thread = std::thread::spawn(move || {
         driver::run(
@@ -491,6 +493,7 @@ impl Backend {
             retry_after_s: 1,
             pending_max: PENDING_SUBMISSIONS_MAX,
             probe_interval: PROBE_INTERVAL,
+            guard_imported_resolutions: true,
         };
         let thread = std::thread::spawn(move || {
             driver::run(
