@@ -492,7 +492,8 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
     }
     let status = server.stop()?;
     if !status.success() {
-        notes.lines.push(format!("exit status {status} after SIGTERM"));
+        // The log goes with the run's temporary directory: keep its last line, which says why.
+        notes.lines.push(format!("{status} after SIGTERM (log: {})", process::tail(&server.log, 1).trim()));
     }
     drop(cluster);
     Ok(())
