@@ -395,6 +395,20 @@ pub struct TigerBeetleSection {
     pub imported_resolutions: String,
 }
 
+impl TigerBeetleSection {
+    /// The section with these addresses and every other key at its default (what
+    /// `pantera serve --tigerbeetle ADDRESSES` adds to a configuration without one).
+    pub fn with_addresses(addresses: &str) -> TigerBeetleSection {
+        TigerBeetleSection {
+            addresses: addresses.to_owned(),
+            request_timeout_ms: default_tb_request_timeout_ms(),
+            sessions: default_tb_sessions(),
+            batch_events_max: default_tb_batch_events_max(),
+            retry_after_s: default_tb_retry_after_s(),
+        }
+    }
+}
+
 /// The bounds of `[ledger.tigerbeetle]` (docs/limits.md).
 pub const TB_SESSIONS_MAX: usize = 16;
 pub const TB_REQUEST_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 50..=60_000;
@@ -1238,6 +1252,14 @@ cluster_id = 7
 
     fn error_of(text: &str) -> String {
         Config::parse(Path::new("t.toml"), text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn a_tigerbeetle_section_from_addresses_alone_has_the_parsed_defaults() {
+        // `serve --tigerbeetle ADDRESSES` builds the section in code; a file with only
+        // `addresses` must mean the same.
+        let parsed: TigerBeetleSection = toml::from_str("addresses = \"3000,3001\"").expect("valid");
+        assert_eq!(TigerBeetleSection::with_addresses("3000,3001"), parsed);
     }
 
     #[test]

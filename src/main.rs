@@ -50,6 +50,12 @@ struct ServeArgs {
     /// Override `dataplane.xdp_mode` (auto | native | generic).
     #[arg(long)]
     xdp_mode: Option<String>,
+    /// Keep the books in a TigerBeetle cluster: `ledger.backend = "tigerbeetle"` with these
+    /// `[ledger.tigerbeetle] addresses` (every replica, in replica order; the section's other
+    /// keys keep their values, or their defaults). Needs a binary built with the `tigerbeetle`
+    /// feature.
+    #[arg(long, value_name = "ADDRESSES")]
+    tigerbeetle: Option<String>,
 }
 
 impl ServeArgs {
@@ -80,6 +86,13 @@ impl ServeArgs {
         }
         if let Some(v) = &s.xdp_mode {
             cfg.dataplane.xdp_mode = v.clone();
+        }
+        if let Some(v) = &s.tigerbeetle {
+            cfg.ledger.backend = "tigerbeetle".to_owned();
+            match cfg.ledger.tigerbeetle.as_mut() {
+                Some(section) => section.addresses = v.clone(),
+                None => cfg.ledger.tigerbeetle = Some(pantera::config::TigerBeetleSection::with_addresses(v)),
+            }
         }
         cfg.validate()?;
         Ok(cfg)

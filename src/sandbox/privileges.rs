@@ -70,8 +70,11 @@ pub fn paths(config: &Config, config_file: Option<&Path>) -> Paths {
     let data_dir = config.ledger.data_dir.clone();
     let mut read_write = Vec::new();
     if ledger {
-        // The TigerBeetle backend has no data directory (the audit log's path is then given).
-        if !data_dir.as_os_str().is_empty() {
+        // The TigerBeetle backend opens no data directory: `ledger.data_dir` is then at most
+        // the audit log's default home, and may not exist (`serve --lab --tigerbeetle`), so
+        // only the audit log's directory is kept for it.
+        let embedded = !matches!(config.backend(), Ok(crate::config::Backend::TigerBeetle));
+        if embedded && !data_dir.as_os_str().is_empty() {
             read_write.push(data_dir.clone());
         }
         if config.audit.enabled {
@@ -509,6 +512,21 @@ pub fn confine_filesystem(paths: &Paths) -> Result<i32, DropError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn with_the_tigerbeetle_backend_landlock_keeps_the_audit_directory_but_no_data_directory() {
+        if !cfg!(feature = "tigerbeetle") {
+            // Without the feature the backend is refused at validation; nothing to confine.
+            return;
+        }
+        let mut config = Config::lab(Path::new("/srv/pantera"));
+        config.ledger.data_dir = PathBuf::from("/srv/pantera/data");
+        config.ledger.backend = "tigerbeetle".to_owned();
+        config.ledger.tigerbeetle = Some(crate::config::TigerBeetleSection::with_addresses("3000,3001"));
+        let kept = paths(&config, None);
+        assert_eq!(kept.read_write, [PathBuf::from("/srv/pantera")]);
+        assert_eq!(kept.connect_ports, [3000, 3001]);
+    }
 
     #[test]
     fn landlock_keeps_the_reload_files_directories_the_data_and_audit_directories_and_proc_self() {

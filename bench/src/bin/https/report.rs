@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 pub const SECTION: &str = "https";
 /// The section of a run with `ledger.durability = none` (the network path without the WAL).
 pub const SECTION_DURABILITY_NONE: &str = "https-durability-none";
+/// The section of `--ledger-backends`: the appliance with the embedded ledger and with
+/// TigerBeetle clusters.
+pub const SECTION_LEDGER_BACKENDS: &str = "https-ledger-backends";
 
 /// One load run's figures, as `https load` printed them.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,6 +5,11 @@
 //! read the server's CPU time around each phase, scrape its metrics, stop it. The three servers
 //! run one after the other on the same lab, never at the same time: they would share the two
 //! vCPUs with each other as well as with the client.
+//!
+//! With `--ledger-backends` it measures the appliance alone, once per ledger backend: the
+//! embedded ledger, then a 1-replica and a 3-replica TigerBeetle cluster on loopback
+//! (`cluster::local::LocalCluster`, started before the appliance and removed after it), with
+//! the same client and phases, into a section of its own.
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cluster::local::LocalCluster;
 use pantera::lab::{Lab, LabSpec};
 
 use crate::process::{self, Server};
@@ -20,6 +26,9 @@ use crate::results::RunResult;
 
 /// How long a server may take from spawn to ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same in front of a fresh TigerBeetle cluster: the appliance is ready once the cluster
+/// answers, which took 5–11 s on loopback (docs/cluster.md), more on a busy machine.
+const READY_TIMEOUT_CLUSTER: Duration = Duration::from_secs(120);
 /// Time a load run may take beyond its own `--duration` (connects, the drain, the ledger check).
 const LOAD_GRACE: Duration = Duration::from_secs(30);
 /// The appliance's port, on the lab's service address.
@@ -40,14 +49,39 @@ pub enum Peer {
     Kernel,
     /// nginx, 1 worker, returning a constant over TLS 1.3.
     Nginx,
+    /// `pantera serve --lab --tigerbeetle ...` in front of a 1-replica TigerBeetle cluster on
+    /// loopback (needs a pantera built with the `tigerbeetle` feature).
+    PanteraTb1,
+    /// The same in front of a 3-replica cluster.
+    PanteraTb3,
 }
 
 impl Peer {
-    fn label(self) -> &'static str {
+    fn label(self, ledger_backends: bool) -> &'static str {
+        if ledger_backends && self == Peer::Pantera {
+            // Beside the TigerBeetle rows, the row says which ledger it is.
+            return "pantera (AF_XDP), embedded ledger";
+        }
+        self.label_alone()
+    }
+
+    fn label_alone(self) -> &'static str {
         match self {
             Peer::Pantera => "pantera (AF_XDP)",
             Peer::Kernel => "pantera serve-kernel",
             Peer::Nginx => "nginx (constant)",
+            Peer::PanteraTb1 => "pantera (AF_XDP), TigerBeetle 1 replica",
+            Peer::PanteraTb3 => "pantera (AF_XDP), TigerBeetle 3 replicas",
+        }
+    }
+
+    /// The replicas of the TigerBeetle cluster the peer keeps its books in; None: its own WAL
+    /// (or no ledger at all).
+    fn cluster_replicas(self) -> Option<u8> {
+        match self {
+            Peer::PanteraTb1 => Some(1),
+            Peer::PanteraTb3 => Some(3),
+            Peer::Pantera | Peer::Kernel | Peer::Nginx => None,
         }
     }
 }
@@ -85,6 +119,23 @@ pub struct RunArgs {
     /// The servers to measure, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pantera,kernel,nginx")]
     pub peers: Vec<Peer>,
+    /// Measure the appliance with each ledger backend instead (peers `pantera`, `pantera-tb1`,
+    /// `pantera-tb3`: the embedded ledger, a 1-replica and a 3-replica TigerBeetle cluster on
+    /// loopback), keep-alive and read phases only, into a section of its own. Needs a pantera
+    /// built with the `tigerbeetle` feature and the server of `cargo xtask tigerbeetle build`.
+    #[arg(long, conflicts_with = "peers")]
+    pub ledger_backends: bool,
+}
+
+impl RunArgs {
+    /// The servers this run measures, in order.
+    fn peers(&self) -> Vec<Peer> {
+        if self.ledger_backends {
+            vec![Peer::Pantera, Peer::PanteraTb1, Peer::PanteraTb3]
+        } else {
+            self.peers.clone()
+        }
+    }
 }
 
 /// How a phase opens connections.
@@ -136,6 +187,13 @@ fn phases(quick: bool) -> Vec<Phase> {
     }
 }
 
+/// The phases of `--ledger-backends`: what tells the backends apart is the durable write path
+/// (one request in flight, then many sharing commits) and a read; the handshake and open-loop
+/// phases measure the network path, which is the same for all three.
+fn backend_phases(quick: bool) -> Vec<Phase> {
+    phases(quick).into_iter().filter(|p| p.mode == Mode::Keepalive && p.rate_per_s.is_none()).collect()
+}
+
 /// The time limit of one phase (`https load --max-seconds`).
 fn phase_seconds(quick: bool) -> u64 {
     if quick {
@@ -159,6 +217,7 @@ struct Ctx<'a> {
     tmp: &'a Path,
     clock_ticks: u64,
     max_seconds: u64,
+    phases: Vec<Phase>,
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -167,7 +226,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => me.with_file_name("pantera"),
     };
-    if args.peers.iter().any(|p| *p != Peer::Nginx) && !pantera.exists() {
+    let peers = args.peers();
+    if args.ledger_backends && args.durability != "fsync" {
+        bail!("--ledger-backends compares durable ledgers: it takes no --durability {}", args.durability);
+    }
+    if peers.iter().any(|p| *p != Peer::Nginx) && !pantera.exists() {
         bail!("{} not found: build it first (cargo build --release --bin pantera) or pass --pantera", pantera.display());
     }
     let spec = if args.private_lab { LabSpec::unique("bench", 1) } else { LabSpec::standard(1) };
@@ -181,7 +244,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     fs::create_dir_all(&args.home).with_context(|| format!("cannot create {}", args.home.display()))?;
     let home = args.home.canonicalize()?;
     let tls_dir = home.join("tls");
-    if args.peers.iter().any(|p| *p != Peer::Nginx) {
+    if peers.iter().any(|p| *p != Peer::Nginx) {
         // Its output is captured: stdout is the table's.
         let out = std::process::Command::new(&pantera)
             .args(["certs", "init", "--dir"])
@@ -216,15 +279,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         tmp: tmp.path(),
         clock_ticks: process::clock_ticks_per_second(),
         max_seconds: phase_seconds(args.quick),
+        phases: if args.ledger_backends { backend_phases(args.quick) } else { phases(args.quick) },
     };
     let mut rows = Vec::new();
     let mut results: Vec<(String, RunResult)> = Vec::new();
     let mut notes = Vec::new();
-    for &peer in &args.peers {
-        eprintln!("https: == {}", peer.label());
-        let mut n = ServerNotes { server: peer.label().to_owned(), ..ServerNotes::default() };
+    for &peer in &peers {
+        eprintln!("https: == {}", peer.label(args.ledger_backends));
+        let mut n = ServerNotes { server: peer.label(args.ledger_backends).to_owned(), ..ServerNotes::default() };
         if let Err(e) = measure(&ctx, peer, &mut rows, &mut results, &mut n) {
-            eprintln!("https: {}: {e:#}", peer.label());
+            eprintln!("https: {}: {e:#}", peer.label(args.ledger_backends));
             n.failure = Some(format!("{e:#}"));
         }
         notes.push(n);
@@ -233,11 +297,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     drop(ctx);
     drop(lab);
 
+    let what = if args.ledger_backends {
+        format!(
+            "ledger backends: embedded (durability fsync) and TigerBeetle {} on loopback",
+            cluster::local::TIGERBEETLE_RELEASE
+        )
+    } else {
+        format!("ledger durability {}", args.durability)
+    };
     let header = format!(
-        "### HTTPS, {} run of {}, ledger durability {} (commit {}, kernel {}, load average at start {})",
+        "### HTTPS, {} run of {}, {what} (commit {}, kernel {}, load average at start {})",
         if args.quick { "quick" } else { "full" },
         command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        args.durability,
         command_output("git", &["rev-parse", "--short", "HEAD"]),
         command_output("uname", &["-r"]),
         load_average,
@@ -246,11 +317,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("{table}");
     if !args.no_docs {
         let doc = fs::read_to_string(&args.docs).unwrap_or_default();
-        let section = if args.durability == "none" { report::SECTION_DURABILITY_NONE } else { report::SECTION };
+        let section = if args.ledger_backends {
+            report::SECTION_LEDGER_BACKENDS
+        } else if args.durability == "none" {
+            report::SECTION_DURABILITY_NONE
+        } else {
+            report::SECTION
+        };
         fs::write(&args.docs, report::splice(&doc, section, &table)).with_context(|| format!("cannot write {}", args.docs.display()))?;
         eprintln!("https: table written to {}", args.docs.display());
         let dir = args.docs.parent().unwrap_or(Path::new(".")).join("perf");
-        if let Err(e) = write_plots(&dir, &args.durability, &results) {
+        let suffix = if args.ledger_backends {
+            "-ledger-backends".to_owned()
+        } else if args.durability == "fsync" {
+            String::new()
+        } else {
+            format!("-durability-{}", args.durability)
+        };
+        if let Err(e) = write_plots(&dir, &suffix, &results) {
             eprintln!("https: plots: {e:#}");
         }
     }
@@ -286,16 +370,29 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
     if ctx.args.durability != "fsync" {
         common_args.extend(["--durability".to_owned(), ctx.args.durability.clone()]);
     }
+    // The cluster first (its replicas formatted and started), so that it outlives the
+    // appliance in front of it: locals drop in reverse order.
+    let cluster = match peer.cluster_replicas() {
+        Some(n) => {
+            let c = LocalCluster::start(n).with_context(|| format!("cannot start a {n}-replica TigerBeetle cluster"))?;
+            eprintln!("https: TigerBeetle cluster of {n} at {} ({})", c.addresses(), c.dir().display());
+            Some(c)
+        }
+        None => None,
+    };
     let (mut server, target, management, workload) = match peer {
-        Peer::Pantera => {
-            let wal = ctx.tmp.join("wal-pantera");
+        Peer::Pantera | Peer::PanteraTb1 | Peer::PanteraTb3 => {
+            let wal = ctx.tmp.join(format!("wal-{peer:?}").to_lowercase());
             let mut args = vec!["serve".to_owned(), "--lab".to_owned(), "--data-dir".to_owned(), wal.display().to_string()];
             args.extend(common_args);
+            if let Some(c) = &cluster {
+                args.extend(["--tigerbeetle".to_owned(), c.addresses()]);
+            }
             if ctx.args.private_lab {
                 let spec = &ctx.lab.spec;
                 args.extend(["--interface".to_owned(), spec.host_if.clone(), "--address".to_owned(), spec.service_ipv4.to_string()]);
             }
-            let s = Server::spawn("pantera serve", &ctx.pantera, &args, ctx.tmp.join("pantera.log"))?;
+            let s = Server::spawn("pantera serve", &ctx.pantera, &args, ctx.tmp.join(format!("{peer:?}.log").to_lowercase()))?;
             (s, ctx.service, Some(PANTERA_MANAGEMENT), "transfers")
         }
         Peer::Kernel => {
@@ -330,15 +427,23 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
     };
     let ready = match management {
         Some(m) => {
+            // In front of a cluster, /readyz says 503 until the cluster answers.
+            let timeout = if cluster.is_some() { READY_TIMEOUT_CLUSTER } else { READY_TIMEOUT };
             let addr: SocketAddr = m.parse().expect("valid literal");
-            server.wait_ready(READY_TIMEOUT, || matches!(process::http_get(addr, "/readyz"), Ok((200, _))))?
+            server.wait_ready(timeout, || matches!(process::http_get(addr, "/readyz"), Ok((200, _))))?
         }
         None => server.wait_ready(READY_TIMEOUT, || TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())?,
     };
     notes.ready_ms = Some(ready.as_secs_f64() * 1e3);
-    eprintln!("https: {} ready in {:?}", peer.label(), ready);
+    eprintln!("https: {} ready in {:?}", peer.label(ctx.args.ledger_backends), ready);
 
-    for phase in phases(ctx.args.quick) {
+    // The server's CPU time, with its cluster's replicas (the embedded ledger's work is inside
+    // the appliance; the cluster's is in the replicas).
+    let cpu_ticks = |server: &Server| {
+        let replicas: u64 = cluster.iter().flat_map(|c| (0..c.replicas()).filter_map(|i| c.pid(i))).map(process::cpu_ticks).sum();
+        process::cpu_ticks(server.pid()) + replicas
+    };
+    for &phase in &ctx.phases {
         if phase.read && peer == Peer::Nginx {
             // nginx returns its constant whatever is asked: a read phase would repeat the
             // keep-alive one.
@@ -348,10 +453,10 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
         if !Path::new("/run/netns").join(&ctx.lab.spec.netns).exists() {
             bail!("the lab's namespace {} disappeared during the run (removed by something else)", ctx.lab.spec.netns);
         }
-        let before = process::cpu_ticks(server.pid());
+        let before = cpu_ticks(&server);
         let full = load(ctx, peer, phase, target, if phase.read { "read" } else { workload });
         let outcome = full.as_ref().map(LoadResult::from_run).map_err(Clone::clone);
-        let after = process::cpu_ticks(server.pid());
+        let after = cpu_ticks(&server);
         let cpu_us_per_request = match &outcome {
             Ok(r) if r.requests > 0 => Some((after - before) as f64 * 1e6 / ctx.clock_ticks as f64 / r.requests as f64),
             _ => None,
@@ -370,7 +475,7 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
         if let Ok(r) = full {
             results.push((phase_slug(&phase), r));
         }
-        rows.push(Row { server: peer.label().to_owned(), run, conns: phase.conns, outcome, cpu_us_per_request });
+        rows.push(Row { server: peer.label(ctx.args.ledger_backends).to_owned(), run, conns: phase.conns, outcome, cpu_us_per_request });
         server.check_alive()?;
     }
 
@@ -387,8 +492,10 @@ fn measure(ctx: &Ctx<'_>, peer: Peer, rows: &mut Vec<Row>, results: &mut Vec<(St
     }
     let status = server.stop()?;
     if !status.success() {
-        notes.lines.push(format!("exit status {status} after SIGTERM"));
+        // The log goes with the run's temporary directory: keep its last line, which says why.
+        notes.lines.push(format!("{status} after SIGTERM (log: {})", process::tail(&server.log, 1).trim()));
     }
+    drop(cluster);
     Ok(())
 }
 
@@ -404,6 +511,15 @@ fn metric_notes(text: &str) -> Vec<String> {
     if let (Some(sum), Some(count)) = (m("pantera_ledger_commit_seconds_sum"), m("pantera_ledger_commit_seconds_count")) {
         if count > 0.0 {
             lines.push(format!("mean group commit (apply + WAL write + fsync if durable) {:.0} µs", sum / count * 1e6));
+        }
+    }
+    if let (Some(sum), Some(count)) = (m("pantera_ledger_cluster_request_seconds_sum"), m("pantera_ledger_cluster_request_seconds_count")) {
+        if count > 0.0 {
+            let events = m("pantera_ledger_requests_total").unwrap_or(0.0);
+            lines.push(format!(
+                "{count:.0} TigerBeetle requests for {events:.0} ledger requests; mean request (send to reply) {:.0} µs",
+                sum / count * 1e6
+            ));
         }
     }
     if let Some(h) = m("pantera_tls_handshakes_total") {
@@ -437,7 +553,7 @@ fn phase_slug(phase: &Phase) -> String {
 
 /// For each phase, the servers' results side by side: the JSON documents (for `https compare`
 /// against a later run) and two overlaid plots, under `dir` (docs/perf).
-fn write_plots(dir: &Path, durability: &str, results: &[(String, RunResult)]) -> Result<()> {
+fn write_plots(dir: &Path, suffix: &str, results: &[(String, RunResult)]) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The phases in the order they ran, each once (the results come server by server).
     let mut slugs: Vec<&String> = Vec::new();
@@ -446,7 +562,6 @@ fn write_plots(dir: &Path, durability: &str, results: &[(String, RunResult)]) ->
             slugs.push(s);
         }
     }
-    let suffix = if durability == "fsync" { String::new() } else { format!("-durability-{durability}") };
     for slug in slugs {
         let runs: Vec<RunResult> = results.iter().filter(|(s, _)| s == slug).map(|(_, r)| r.clone()).collect();
         let name = format!("{slug}{suffix}");
@@ -492,7 +607,7 @@ fn load(ctx: &Ctx<'_>, peer: Peer, phase: Phase, target: SocketAddr, workload: &
         "--json".into(),
         json.display().to_string(),
         "--label".into(),
-        peer.label().to_owned(),
+        peer.label(ctx.args.ledger_backends).to_owned(),
     ];
     if workload != "constant" {
         args.push("--setup-accounts".into());
@@ -599,6 +714,29 @@ mod tests {
                     assert!(p.conns as u64 * p.requests_per_conn <= 20_000);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_ledger_backends_run_measures_the_three_backends_on_the_durable_and_read_phases() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        use clap::Parser as _;
+        let run = Cli::try_parse_from(["https", "--ledger-backends"]).expect("valid").run;
+        assert_eq!(run.peers(), vec![Peer::Pantera, Peer::PanteraTb1, Peer::PanteraTb3]);
+        assert_eq!(Peer::PanteraTb3.cluster_replicas(), Some(3));
+        assert_ne!(Peer::Pantera.label(true), Peer::Pantera.label(false));
+        assert!(Cli::try_parse_from(["https", "--ledger-backends", "--peers", "nginx"]).is_err());
+        let plain = Cli::try_parse_from(["https", "--peers", "pantera-tb1,pantera"]).expect("valid").run;
+        assert_eq!(plain.peers(), vec![Peer::PanteraTb1, Peer::Pantera]);
+        for quick in [true, false] {
+            let p = backend_phases(quick);
+            assert!(p.iter().any(|p| !p.read && p.conns == 64), "{p:?}");
+            assert!(p.iter().any(|p| p.read), "{p:?}");
+            assert!(p.iter().all(|p| p.mode == Mode::Keepalive && p.rate_per_s.is_none()), "{p:?}");
         }
     }
 
