@@ -405,6 +405,7 @@ impl TigerBeetleSection {
             sessions: default_tb_sessions(),
             batch_events_max: default_tb_batch_events_max(),
             retry_after_s: default_tb_retry_after_s(),
+            imported_resolutions: default_tb_imported_resolutions(),
         }
     }
 }

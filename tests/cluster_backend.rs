@@ -135,35 +135,8 @@ fn rounds() -> Vec<Vec<Command>> {
 }
 
 /// Submits each round and collects its replies in submission order.
-fn exchange(client: &LedgerClient, completions: &Receiver<Completion>) -> Vec<Vec<Reply>> {
-    let mut seq = 0;
-    let mut all = Vec::new();
-    for round in rounds() {
-        let first = seq;
-        for command in round.iter().cloned() {
-            client
-                .submit(Submission {
-                    reply_to: reply_to(seq),
-                    command,
-                })
-                .expect("room in the queue");
-            seq += 1;
-        }
-        let mut replies: Vec<Option<Reply>> = vec![None; round.len()];
-        for _ in 0..round.len() {
-            let c = completions
-                .recv_timeout(REPLY_WAIT)
-                .expect("a reply within the wait");
-            replies[(c.reply_to.seq - first) as usize] = Some(c.reply);
-        }
-        all.push(
-            replies
-                .into_iter()
-                .map(|r| r.expect("one reply each"))
-                .collect(),
-        );
-    }
-    all
+fn exchange(backend: &mut Backend) -> Vec<Vec<Reply>> {
+    rounds().into_iter().map(|round| backend.ask(round)).collect()
 }
 
 /// The reply with its timestamps (and the paging bounds built from them) zeroed.
@@ -225,31 +198,9 @@ fn without_timestamps(reply: &Reply, created_timestamps: &mut Vec<u64>) -> Reply
 }
 
 fn embedded_replies() -> Vec<Vec<Reply>> {
-    let committer::Channels {
-        client,
-        submissions,
-        replies_tx,
-        replies_rx,
-    } = committer::channels(64, 1);
-    let thread = std::thread::spawn(move || {
-        let mut ledger = ledger_svc::Ledger::open(
-            ledger_svc::SimStorage::new(),
-            ledger_svc::LedgerConfig::default(),
-        )
-        .expect("open");
-        committer::run(
-            &mut ledger,
-            &submissions,
-            &replies_tx,
-            8189,
-            &Metrics::new(),
-            "fsync",
-        )
-        .expect("run");
-    });
-    let replies = exchange(&client, &replies_rx[0]);
-    drop(client);
-    thread.join().expect("the embedded ledger thread");
+    let mut embedded = Backend::embedded();
+    let replies = exchange(&mut embedded);
+    embedded.stop();
     replies
 }
 
@@ -259,40 +210,9 @@ fn the_tigerbeetle_backend_answers_as_the_embedded_ledger_does() {
     cluster
         .wait_ready(Duration::from_secs(60))
         .expect("the cluster serves");
-    let committer::Channels {
-        client,
-        submissions,
-        replies_tx,
-        replies_rx,
-    } = committer::channels(64, 1);
-    let metrics = Metrics::new();
-    let thread_metrics = metrics.clone();
-    let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
-    let config = CoreConfig {
-        sessions: 2,
-        batch_events_max: 8189,
-        request_timeout: Duration::from_secs(10),
-        retry_after_s: 1,
-        pending_max: PENDING_SUBMISSIONS_MAX,
-        probe_interval: PROBE_INTERVAL,
-        guard_imported_resolutions: true,
-    };
-    let thread = std::thread::spawn(move || {
-        driver::run(
-            cluster_id,
-            &addresses,
-            config,
-            &submissions,
-            &replies_tx,
-            &thread_metrics,
-        )
-    });
-    let cluster_replies = exchange(&client, &replies_rx[0]);
-    drop(client);
-    thread
-        .join()
-        .expect("the backend thread")
-        .expect("the sessions opened");
+    let mut backend = Backend::start_with(&cluster, backend_config(), 64);
+    let cluster_replies = exchange(&mut backend);
+    let metrics = backend.stop();
     let embedded = embedded_replies();
 
     let (mut cluster_timestamps, mut embedded_timestamps) = (Vec::new(), Vec::new());
@@ -364,35 +284,8 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
     cluster
         .wait_ready(Duration::from_secs(60))
         .expect("the cluster serves");
-    let committer::Channels {
-        client,
-        submissions,
-        replies_tx,
-        replies_rx,
-    } = committer::channels(4_096, 1);
-    let metrics = Metrics::new();
-    let thread_metrics = metrics.clone();
-    let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
-    let config = CoreConfig {
-        sessions: 4,
-        batch_events_max: 8189,
-        request_timeout: Duration::from_secs(10),
-        retry_after_s: 1,
-        pending_max: PENDING_SUBMISSIONS_MAX,
-        probe_interval: PROBE_INTERVAL,
-        guard_imported_resolutions: true,
-    };
-    let thread = std::thread::spawn(move || {
-        driver::run(
-            cluster_id,
-            &addresses,
-            config,
-            &submissions,
-            &replies_tx,
-            &thread_metrics,
-        )
-    });
-    let completions = &replies_rx[0];
+    let backend = Backend::start_with(&cluster, CoreConfig { sessions: 4, ..backend_config() }, 4_096);
+    let (client, completions) = (&backend.client, &backend.completions);
     let accounts = Command::Mutate(Operation::CreateAccounts(vec![
         account(1, AccountFlags::empty()),
         account(2, AccountFlags::empty()),
@@ -448,11 +341,7 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
         } => assert_eq!(a.debits_posted, u128::from(TRANSFERS)),
         other => panic!("{other:?}"),
     }
-    drop(client);
-    thread
-        .join()
-        .expect("the backend thread")
-        .expect("the sessions opened");
+    let metrics = backend.stop();
     let requests = metrics
         .cluster
         .requests
@@ -466,7 +355,21 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
     assert_eq!(metrics.cluster.deadline_expiries.get(), 0);
 }
 
-/// A backend thread in front of `cluster`, with `request_timeout` as its deadline.
+/// The backend's settings in these tests: a 10 s deadline (a slow shared machine must not turn
+/// into 503s), the guard for imported posts and voids on (the attack tests exercise it).
+fn backend_config() -> CoreConfig {
+    CoreConfig {
+        sessions: 2,
+        batch_events_max: 8189,
+        request_timeout: Duration::from_secs(10),
+        retry_after_s: 1,
+        pending_max: PENDING_SUBMISSIONS_MAX,
+        probe_interval: PROBE_INTERVAL,
+        guard_imported_resolutions: true,
+    }
+}
+
+/// A backend thread in front of a cluster (or the embedded ledger), and its end of the queues.
 struct Backend {
     client: LedgerClient,
     completions: Receiver<Completion>,
@@ -477,24 +380,20 @@ struct Backend {
 
 impl Backend {
     fn start(cluster: &LocalCluster, request_timeout: Duration) -> Backend {
+        Backend::start_with(cluster, CoreConfig { request_timeout, ..backend_config() }, 64)
+    }
+
+    /// A backend thread with `config` and submission queues of `queue_depth_max`.
+    fn start_with(cluster: &LocalCluster, config: CoreConfig, queue_depth_max: usize) -> Backend {
         let committer::Channels {
             client,
             submissions,
             replies_tx,
             mut replies_rx,
-        } = committer::channels(64, 1);
+        } = committer::channels(queue_depth_max, 1);
         let metrics = Metrics::new();
         let thread_metrics = metrics.clone();
         let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
-        let config = CoreConfig {
-            sessions: 2,
-            batch_events_max: 8189,
-            request_timeout,
-            retry_after_s: 1,
-            pending_max: PENDING_SUBMISSIONS_MAX,
-            probe_interval: PROBE_INTERVAL,
-            guard_imported_resolutions: true,
-        };
         let thread = std::thread::spawn(move || {
             driver::run(
                 cluster_id,
