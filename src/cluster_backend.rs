@@ -24,8 +24,11 @@
 //! - Order: a write request goes out only when nothing else is in flight, and reads only when
 //!   no write is in flight, so every request sees the writes submitted before it, as with the
 //!   embedded ledger (reads run concurrently across sessions).
-//! - Created objects carry their timestamps: TigerBeetle 0.16's create reply has none, so one
-//!   lookup of the created ids follows each create request before its replies leave.
+//! - Created objects carry their timestamps: TigerBeetle 0.16's create reply has none, but its
+//!   header carries the timestamp the request was prepared with, from which TigerBeetle derives
+//!   every event's (`T - n + i + 1` for event i of n, an imported event its own), so they are
+//!   computed; only a reply without it (never from the client library) falls back to one
+//!   lookup of the created ids before the replies leave.
 //! - Deadlines: every request and every waiting submission has one (`request_timeout`). Past
 //!   it, the waiting submissions are answered [`Reply::Unavailable`] (503 with Retry-After);
 //!   a reply that arrives later is dropped (the request may have been applied: a client that
@@ -330,6 +333,21 @@ impl Core {
         result: Result<Vec<u8>, ClusterError>,
         out: &mut Vec<Action>,
     ) -> Option<(Op, Duration)> {
+        self.completed_at(now, tag, result, 0, out)
+    }
+
+    /// As [`Core::completed`], with the reply header's timestamp (`reply_timestamp`, 0 if
+    /// unknown). With it, a create request's created timestamps are computed (each request
+    /// carries one batch: one packet per session at a time, so tb_client never merges two), and
+    /// no lookup follows; without it they are looked up.
+    pub fn completed_at(
+        &mut self,
+        now: Instant,
+        tag: u64,
+        result: Result<Vec<u8>, ClusterError>,
+        reply_timestamp: u64,
+        out: &mut Vec<Action>,
+    ) -> Option<(Op, Duration)> {
         let request = self.requests.remove(&tag)?;
         if self.busy[request.session] == Some(tag) {
             self.busy[request.session] = None;
@@ -380,6 +398,8 @@ impl Core {
                 let created = created_ids(&subs, &results);
                 if created.is_empty() {
                     answer_created(&subs, &results, &HashMap::new(), out);
+                } else if let Some(timestamps) = computed_timestamps(&subs, &results, reply_timestamp) {
+                    answer_created(&subs, &results, &timestamps, out);
                 } else {
                     // The timestamps of what was created, on the same session, before any
                     // reply leaves (the write stays in flight, so nothing overtakes it).
@@ -877,6 +897,49 @@ fn created_ids(subs: &[(ReplyTo, Operation)], results: &OperationReply) -> Vec<u
     }
 }
 
+/// The timestamps of the objects a one-batch create request of n events created, from the
+/// reply header's timestamp T: event i (counted over the whole request) got `T - n + i + 1`,
+/// an imported event its own (TigerBeetle 0.16.78's `execute_create`, and `execute_multi_batch`
+/// whose batch timestamp equals T for a request of one batch). None when T is unknown (0) or
+/// too small to hold the request: then they are looked up.
+fn computed_timestamps(
+    subs: &[(ReplyTo, Operation)],
+    results: &OperationReply,
+    reply_timestamp: u64,
+) -> Option<HashMap<u128, u64>> {
+    let n = subs.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
+    if reply_timestamp <= n {
+        return None;
+    }
+    let first = reply_timestamp - n + 1;
+    let mut timestamps = HashMap::new();
+    let mut index = 0u64;
+    for (_, operation) in subs {
+        match (operation, results) {
+            (Operation::CreateAccounts(events), OperationReply::CreateAccounts(r)) => {
+                for a in events {
+                    if r[index as usize] == ledger_svc::CreateAccountResult::Ok {
+                        let own = a.flags.contains(AccountFlags::IMPORTED);
+                        timestamps.insert(a.id, if own { a.timestamp } else { first + index });
+                    }
+                    index += 1;
+                }
+            }
+            (Operation::CreateTransfers(events), OperationReply::CreateTransfers(r)) => {
+                for t in events {
+                    if r[index as usize] == ledger_svc::CreateTransferResult::Ok {
+                        let own = t.flags.contains(TransferFlags::IMPORTED);
+                        timestamps.insert(t.id, if own { t.timestamp } else { first + index });
+                    }
+                    index += 1;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(timestamps)
+}
+
 /// Splits the dense results of one request back to its submissions, in order.
 fn answer_created(
     subs: &[(ReplyTo, Operation)],
@@ -1168,7 +1231,7 @@ pub mod driver {
                 // evicts the least recently used) fails every later request: open a new one.
                 let evicted = matches!(&c.result, Err(ClusterError::Packet(kind)) if kind.contains("ClientEvicted"));
                 let session = core.session_of(c.tag);
-                if let Some((_, took)) = core.completed(now, c.tag, c.result, &mut out) {
+                if let Some((_, took)) = core.completed_at(now, c.tag, c.result, c.timestamp, &mut out) {
                     m.request_seconds.observe(took.as_secs_f64());
                 }
                 if let (true, Some(session)) = (evicted, session) {
@@ -1910,5 +1973,31 @@ mod tests {
         let sent = sends(&out);
         assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 128), "no lookup; the other imported transfer goes: {out:?}");
         assert_eq!(core.stats().refused, 1);
+    }
+
+    #[test]
+    fn created_timestamps_come_from_the_reply_header_without_a_lookup() {
+        let t0 = Instant::now();
+        let mut core = started(t0);
+        let mut out = Vec::new();
+        // Two submissions joined into one request of three events; the middle one fails.
+        core.submit(t0, Submission { reply_to: to(1), command: transfers(&[1, 2], false) });
+        core.submit(t0, Submission { reply_to: to(2), command: transfers(&[3], false) });
+        core.poll(t0, &mut out);
+        let sent = sends(&out);
+        assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 3 * 128));
+        out.clear();
+        core.completed_at(t0, sent[0].0, Ok(sparse(&[(1, 21)])), 1_000, &mut out);
+        assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
+        let got = replies(&mut out);
+        let stamps: Vec<Vec<Option<u64>>> = got
+            .iter()
+            .map(|(_, reply)| match reply {
+                Reply::Created(results) => results.iter().map(|r| r.timestamp).collect(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Event i of n = 3 got 1000 - 3 + i + 1: 998, (999 failed), 1000.
+        assert_eq!(stamps, vec![vec![Some(998), None], vec![Some(1_000)]]);
     }
 }

@@ -301,6 +301,8 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
         .expect("accounts created");
     let started = std::time::Instant::now();
     let (mut sent, mut created) = (0u64, 0u64);
+    // (reply seq, the timestamp the reply gave): compared below with what the cluster holds.
+    let mut stamped = Vec::new();
     while created < TRANSFERS {
         while sent < TRANSFERS && sent - created < WINDOW {
             let command = transfers(vec![transfer(
@@ -323,7 +325,8 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
             .expect("a reply within the wait");
         match c.reply {
             Reply::Created(results) if results.len() == 1 && results[0].status == "ok" => {
-                created += 1
+                created += 1;
+                stamped.push((c.reply_to.seq, results[0].timestamp.expect("a created transfer's timestamp")));
             }
             other => panic!("transfer {}: {other:?}", c.reply_to.seq),
         }
@@ -340,6 +343,18 @@ fn pipelined_single_transfers_are_joined_into_requests_and_all_applied() {
             account: Some(a), ..
         } => assert_eq!(a.debits_posted, u128::from(TRANSFERS)),
         other => panic!("{other:?}"),
+    }
+    // The timestamps the replies gave (computed from each reply header) are the cluster's: a
+    // sample of them, looked up one by one.
+    for &(seq, timestamp) in stamped.iter().step_by(997) {
+        let id = 1_000 + u128::from(seq - 1);
+        client
+            .submit(Submission { reply_to: reply_to(0), command: Command::LookupTransfer(id) })
+            .expect("room");
+        match completions.recv_timeout(REPLY_WAIT).expect("lookup").reply {
+            Reply::Transfer { transfer: Some(t), .. } => assert_eq!(t.timestamp, timestamp, "transfer {id}"),
+            other => panic!("{other:?}"),
+        }
     }
     let metrics = backend.stop();
     let requests = metrics

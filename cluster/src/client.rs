@@ -28,6 +28,11 @@ pub struct Completion {
     pub op: Op,
     pub result: Result<Vec<u8>, ClusterError>,
     pub body: Vec<u8>,
+    /// The reply header's timestamp (ns since the Unix epoch; 0 without a reply): the
+    /// timestamp the cluster prepared the request with. A create request of one batch of n
+    /// events gives event i the timestamp `timestamp - n + i + 1` unless it is imported
+    /// (TigerBeetle 0.16.78's `execute_create`).
+    pub timestamp: u64,
 }
 
 /// What a packet carries through tb_client: the request bytes and our tag.
@@ -57,13 +62,17 @@ impl tb::Callbacks for Completions {
         let status = packet.status();
         let request = packet.into_user_data();
         let Request { tag, op, body } = *request;
+        let timestamp = reply
+            .as_ref()
+            .and_then(|r| r.timestamp.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
         let result = match (status, reply) {
             (Ok(()), Some(reply)) => Ok(reply.payload.to_vec()),
             (Err(e), _) => Err(ClusterError::Packet(format!("{:?}", e.kind()))),
             (Ok(()), None) => Err(ClusterError::Packet("no reply".to_owned())),
         };
         // The receiver is gone only while the owner shuts down: nothing waits for this reply.
-        let _ = self.tx.send(Completion { tag, op, result, body });
+        let _ = self.tx.send(Completion { tag, op, result, body, timestamp });
     }
 }
 
