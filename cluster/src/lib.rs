@@ -23,6 +23,8 @@ pub mod guard;
 
 pub mod local;
 
+pub mod pins;
+
 pub mod oracle;
 
 #[cfg(feature = "tigerbeetle")]

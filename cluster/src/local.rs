@@ -18,18 +18,10 @@ use std::{env, fs};
 
 use crate::ClusterError;
 
-/// The release every part of the cluster backend is pinned to (docs/cluster.md "Versions").
-pub const TIGERBEETLE_RELEASE: &str = "0.16.78";
-
-/// Options passed to every `tigerbeetle start` besides the addresses (the same as
-/// `cargo xtask tigerbeetle up`'s; all but `--development` need `--experimental`).
-pub const START_OPTIONS: &[&str] = &["--development", "--experimental", "--limit-request=1MiB", "--memory-lsm-manifest=16MiB"];
+pub use crate::pins::{RELEASE as TIGERBEETLE_RELEASE, SERVER_PATH, START_OPTIONS};
 
 /// How long `tigerbeetle format` may take before the start is abandoned.
 const FORMAT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Where `cargo xtask tigerbeetle build` installs the server, relative to the workspace.
-pub const SERVER_PATH: &str = "target/tigerbeetle/bin/tigerbeetle-0.16.78";
 
 /// The server binary: `PANTERA_TIGERBEETLE` if set, else the one `cargo xtask tigerbeetle
 /// build` installed under the workspace's target directory.

@@ -17,8 +17,11 @@ use std::{env, fs, thread};
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// The TigerBeetle release of the server and of the client the `cluster` crate links.
-const RELEASE: &str = "0.16.78";
+// The release, the server's path and the replicas' start options, shared with the test
+// clusters of the `cluster` crate (this crate cannot depend on it: std and anyhow only).
+#[path = "../../cluster/src/pins.rs"]
+mod pins;
+use pins::{RELEASE, SERVER_PATH as SERVER, START_OPTIONS};
 /// The commit of that release: the server reports it, and replicas compare it.
 const GIT_COMMIT: &str = "c3d9b09dc88e94dde9ac915c6e94a4c650332080";
 /// The oldest client release the server accepts (what TigerBeetle's own 0.16.78 release sets).
@@ -35,8 +38,6 @@ const ZIG_DIR: &str = "target/tigerbeetle/zig-0.14.1";
 const SOURCE_DIR: &str = "target/tigerbeetle/src-0.16.78";
 /// zig's global cache for the server build, kept beside the rest so `cargo clean` removes it.
 const ZIG_CACHE_DIR: &str = "target/tigerbeetle/zig-cache";
-/// The installed server (cluster/src/local.rs looks for it at the same path).
-const SERVER: &str = "target/tigerbeetle/bin/tigerbeetle-0.16.78";
 /// Data files, pid files and logs of the cluster `up` starts.
 const CLUSTER_DIR: &str = "target/tigerbeetle/cluster";
 
@@ -48,19 +49,6 @@ const REPLICAS_MAX: u8 = 6;
 /// 3000 and up).
 const BASE_PORT_DEFAULT: u16 = 3000;
 
-/// Options of every `tigerbeetle start`, besides the addresses and the data file:
-/// - `--development`: no direct I/O required (the lab's disks and tmpfs lack it) and small
-///   caches;
-/// - `--limit-request=1MiB`: `--development` would cut requests to 32 KiB (254 transfers), but
-///   the appliance's batches reach 8189 events (1 MiB), TigerBeetle's full size;
-/// - `--memory-lsm-manifest=16MiB`: the manifest's node pool is 128 MiB by default; 16 MiB
-///   (1024 nodes) is plenty for test and lab data and saves ~115 MiB of RSS per replica;
-/// - `--experimental`: the two `--limit`/`--memory` flags above require it.
-///
-/// Keep in step with `START_OPTIONS` in cluster/src/local.rs: replicas of one cluster must
-/// agree on the request size, and clients of the lab and of the tests see the same cluster.
-const START_OPTIONS: &[&str] =
-    &["--development", "--experimental", "--limit-request=1MiB", "--memory-lsm-manifest=16MiB"];
 
 /// How long `tigerbeetle format` of one replica may take (it takes well under a second).
 const FORMAT_TIMEOUT: Duration = Duration::from_secs(60);
