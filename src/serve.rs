@@ -46,6 +46,33 @@ const LINK_BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
 /// stop deadline is already near or past.
 const AUDIT_FLUSH_MAX: Duration = Duration::from_secs(2);
 
+/// One AF_XDP socket (and its UMEM) per queue.
+fn open_ports(interface: &str, queues: &[u32], xsk_config: &dataplane::XskConfig) -> Result<Vec<dataplane::XskPort>> {
+    let mut ports = Vec::with_capacity(queues.len());
+    for &q in queues {
+        let port = dataplane::XskPort::open(interface, q, xsk_config)
+            .with_context(|| format!("cannot open an AF_XDP socket on {interface} queue {q}"))?;
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// Loads the XDP program. The bpf_link of a process killed a moment ago is released by the
+/// kernel asynchronously; until then the interface reports it as held by a live link. Waits
+/// for it, bounded.
+fn load_steering(steer_config: &dataplane::SteerConfig) -> Result<dataplane::LoadedSteering> {
+    let busy_deadline = Instant::now() + LINK_BUSY_WAIT_MAX;
+    loop {
+        match dataplane::Steering::load(steer_config) {
+            Err(dataplane::DataplaneError::Busy { .. }) if Instant::now() < busy_deadline => {
+                log::info!("{} still holds another XDP link; retrying", steer_config.ifname);
+                thread::sleep(Duration::from_millis(50));
+            }
+            result => return result.with_context(|| format!("cannot load the XDP program for {}", steer_config.ifname)),
+        }
+    }
+}
+
 /// Runs the appliance until a stop signal. `source` reads the configuration again, as it was
 /// read for `config`, when SIGHUP asks for a reload; `config_file` is the file it reads (None
 /// with `--lab`), kept readable by the sandbox. Returns how the stop ended: `HardStop` when
@@ -144,13 +171,6 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     }
     clock.mark("XDP leftover check");
     let xsk_config = config.xsk_config();
-    let mut ports = Vec::with_capacity(queues.len());
-    for &q in &queues {
-        let port = dataplane::XskPort::open(&d.interface, q, &xsk_config)
-            .with_context(|| format!("cannot open an AF_XDP socket on {} queue {q}", d.interface))?;
-        ports.push(port);
-    }
-    clock.mark("AF_XDP sockets and UMEM");
     let steer_config = dataplane::SteerConfig {
         ifname: d.interface.clone(),
         service_ipv4: config.service.address,
@@ -158,19 +178,34 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         mode: config.xdp_mode()?,
         edge: config.edge_config()?,
     };
-    // The bpf_link of a process killed a moment ago is released by the kernel asynchronously;
-    // until then the interface reports it as held by a live link. Wait for it, bounded.
-    let busy_deadline = Instant::now() + LINK_BUSY_WAIT_MAX;
-    let mut steering = loop {
-        match dataplane::Steering::attach(&steer_config) {
-            Err(dataplane::DataplaneError::Busy { .. }) if Instant::now() < busy_deadline => {
-                log::info!("{} still holds another XDP link; retrying", d.interface);
-                thread::sleep(Duration::from_millis(50));
-            }
-            result => break result.with_context(|| format!("cannot attach the XDP program to {}", d.interface))?,
-        }
-    };
-    clock.mark("XDP load and attach");
+    // The program is loaded (verified) first, then the two slow kernel steps of a start run
+    // at once, being independent until the socket is put in the program's map: the link (on
+    // veth it waits in the kernel for the rings to be set up) on a second thread, the UMEM
+    // registration (the kernel pins every page of it) on this one. The load stays out of the
+    // overlap: it allocates, and the registration holds the address space while it pins. The
+    // thread is joined, and gone from /proc/self/task, before the privilege drop, which
+    // requires a single thread (docs/PERFORMANCE.md, "Start-to-ready").
+    let loaded = load_steering(&steer_config)?;
+    clock.mark("XDP load");
+    let (ports, steering) = thread::scope(|scope| {
+        let (running_tx, running_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let attach = thread::Builder::new()
+            .name("xdp-attach".to_owned())
+            .spawn_scoped(scope, move || {
+                // The thread's own start maps memory (its signal stack, its malloc arena): done
+                // by now, so the registration below does not hold it up.
+                let _ = running_tx.send(());
+                loaded.attach().with_context(|| format!("cannot attach the XDP program to {}", d.interface))
+            })
+            .context("cannot start the XDP attach thread")?;
+        let _ = running_rx.recv();
+        let ports = open_ports(&d.interface, &queues, &xsk_config);
+        let steering = attach.join().map_err(|_| anyhow::anyhow!("the XDP attach thread panicked"))?;
+        anyhow::Ok((ports, steering))
+    })?;
+    // A failed socket after a good attach drops the steering here, which detaches the program.
+    let (ports, mut steering) = (ports?, steering?);
+    clock.mark("AF_XDP sockets and UMEM, XDP attach");
     for port in &ports {
         steering.register(port.queue_id(), port)?;
     }

@@ -35,7 +35,7 @@ pub use error::DataplaneError;
 pub use iface::{interface_index, interface_mac, interface_mtu, interface_queues};
 pub use loader::{
     attached_program_id, detach_leftover, xdp_action, EdgeConfig, Ipv4Cidr, SteerConfig, SteerCounter, SteerProgram,
-    Steering, SynBucket, XdpMode, EDGE_CIDRS_MAX, SYN_BURST_PER_SOURCE_MAX, SYN_RATE_PER_SOURCE_MAX, SYN_SOURCES_MAX,
+    LoadedSteering, Steering, SynBucket, XdpMode, EDGE_CIDRS_MAX, SYN_BURST_PER_SOURCE_MAX, SYN_RATE_PER_SOURCE_MAX, SYN_SOURCES_MAX,
     SYN_SOURCES_MIN, XSKS_MAX,
 };
 pub use port::{XskConfig, XskPort, XskRxToken, XskStats, XskTxToken, ETHERNET_HEADER_BYTES};

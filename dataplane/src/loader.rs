@@ -5,6 +5,7 @@
 //! (libbpf-sys 1.5.1), and libbpf-rs 0.25 shares that exact copy; the program is plain C
 //! compiled by clang, the form the kernel's own samples and every XDP tutorial use.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -546,16 +547,30 @@ pub struct Steering {
     registered: Vec<u32>,
 }
 
-impl Steering {
-    /// Removes a leftover program from the interface, loads the steering program with
-    /// `config`'s service address and port, and attaches it in `config.mode`.
-    pub fn attach(config: &SteerConfig) -> Result<Self, DataplaneError> {
-        check_ifname(&config.ifname)?;
-        let ifindex = interface_index(&config.ifname)?;
-        detach_leftover(&config.ifname)?;
-        let program = SteerProgram::load(config.service_ipv4, config.service_port, &config.edge)?;
+/// The steering program loaded and verified, not yet attached: [`Steering::load`], then
+/// [`LoadedSteering::attach`]. Start-up splits the two so that the link, which waits in the
+/// kernel, overlaps with the UMEM registration (the load allocates, and would wait for the
+/// registration's hold on the address space instead).
+pub struct LoadedSteering {
+    program: SteerProgram,
+    ifname: String,
+    ifindex: u32,
+    mode: XdpMode,
+    /// The edge defence's description, for the log line of the attach.
+    edge: String,
+}
+
+impl fmt::Debug for LoadedSteering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedSteering").field("ifname", &self.ifname).field("ifindex", &self.ifindex).field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+impl LoadedSteering {
+    /// Attaches the loaded program in the configured mode (auto: native, else generic).
+    pub fn attach(self) -> Result<Steering, DataplaneError> {
+        let LoadedSteering { program, ifname, ifindex, mode, edge } = self;
         let prog_fd = program.prog_fd()?;
-        let ifname = config.ifname.clone();
         let attach = |mode: XdpMode, flags: u32| {
             sys::xdp_link_create(prog_fd, ifindex, flags).map_err(|source| DataplaneError::Attach {
                 ifname: ifname.clone(),
@@ -563,7 +578,7 @@ impl Steering {
                 source,
             })
         };
-        let (link, mode) = match config.mode {
+        let (link, mode) = match mode {
             XdpMode::Native => (attach(XdpMode::Native, sys::XDP_FLAGS_DRV_MODE)?, XdpMode::Native),
             XdpMode::Generic => (attach(XdpMode::Generic, sys::XDP_FLAGS_SKB_MODE)?, XdpMode::Generic),
             XdpMode::Auto => match attach(XdpMode::Native, sys::XDP_FLAGS_DRV_MODE) {
@@ -575,10 +590,28 @@ impl Steering {
             },
         };
         info!(
-            "steering {}:{} on {} (ifindex {ifindex}) in {mode} XDP mode; {}",
-            config.service_ipv4, config.service_port, config.ifname, config.edge
+            "steering {}:{} on {ifname} (ifindex {ifindex}) in {mode} XDP mode; {edge}",
+            program.service_ipv4, program.service_port
         );
         Ok(Steering { link, program, ifname, ifindex, mode, registered: Vec::new() })
+    }
+}
+
+impl Steering {
+    /// Removes a leftover program from the interface, loads the steering program with
+    /// `config`'s service address and port, and attaches it in `config.mode`.
+    pub fn attach(config: &SteerConfig) -> Result<Self, DataplaneError> {
+        Steering::load(config)?.attach()
+    }
+
+    /// The first half of [`Steering::attach`]: removes a leftover program from the interface
+    /// and loads (verifies) the steering program, without attaching it.
+    pub fn load(config: &SteerConfig) -> Result<LoadedSteering, DataplaneError> {
+        check_ifname(&config.ifname)?;
+        let ifindex = interface_index(&config.ifname)?;
+        detach_leftover(&config.ifname)?;
+        let program = SteerProgram::load(config.service_ipv4, config.service_port, &config.edge)?;
+        Ok(LoadedSteering { program, ifname: config.ifname.clone(), ifindex, mode: config.mode, edge: config.edge.to_string() })
     }
 
     /// Sends the service traffic of `queue_id` to `port`'s socket.

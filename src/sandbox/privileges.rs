@@ -212,7 +212,7 @@ pub fn drop(
         );
         return Ok(None);
     }
-    let threads = thread_count().map_err(step("counting the threads in /proc/self/task"))?;
+    let threads = single_thread().map_err(step("counting the threads in /proc/self/task"))?;
     if threads != 1 {
         return Err(DropError::Threads(threads));
     }
@@ -293,6 +293,23 @@ pub fn drop(
 /// The threads of this process.
 fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// How long the drop waits for threads already joined to leave /proc/self/task.
+const REAP_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The number of threads, once it is 1 or [`REAP_WAIT_MAX`] has passed. Start-up joins its
+/// helper thread (the XDP attach) just before the drop; a joined thread has finished, but the
+/// kernel removes its task a moment after the join returns.
+fn single_thread() -> io::Result<usize> {
+    let deadline = std::time::Instant::now() + REAP_WAIT_MAX;
+    loop {
+        let threads = thread_count()?;
+        if threads == 1 || std::time::Instant::now() >= deadline {
+            return Ok(threads);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
 }
 
 /// Supplementary groups to `user.gid` only, then the real, effective and saved gid and uid
