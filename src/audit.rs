@@ -1,14 +1,19 @@
 //! The audit log: one JSON line per write request (every POST, answered or refused), in its
 //! own file, written by its own thread (docs/operations.md, "Audit log").
 //!
-//! Each worker holds an [`Audit`] handle and sends one [`Record`] per write through a bounded
-//! channel once the response is queued; the writer thread ([`AuditWriter`]) turns records
-//! into lines, appends them with buffered writes, flushes after every batch it drains, syncs
-//! by the configured policy ([`Fsync`]) and rotates the file by size.
+//! Each worker holds an [`Audit`] handle and collects one [`Record`] per write once the
+//! response is queued; at the end of each of its turns (or at [`RECORDS_PER_SEND_MAX`]) it
+//! sends what it collected as one batch through a bounded channel, so a busy worker wakes the
+//! writer once per turn instead of once per write, and the channel costs one operation per
+//! batch. The writer thread ([`AuditWriter`]) turns records into lines, appends them with
+//! buffered writes, flushes after every batch it drains, syncs by the configured policy
+//! ([`Fsync`]), rotates the file by size, and hands the emptied batch back for reuse.
 //!
 //! Nothing is dropped. When the channel is full the worker blocks on the send until the
 //! writer makes room: every connection of that queue waits meanwhile, which is the point (a
-//! write must not outrun its audit record by more than the channel holds). The time spent
+//! write must not outrun its audit record by more than the channel and one turn hold). The
+//! channel's bound is `audit.channel_capacity` records, counted in whole batches of up to
+//! [`RECORDS_PER_SEND_MAX`] (so it holds at least that many records). The time spent
 //! waiting is counted in `pantera_audit_backpressure_seconds_total`, the records waiting in
 //! `pantera_audit_queue_depth`.
 //!
@@ -18,7 +23,8 @@
 //! and counted (`pantera_audit_errors_total`), and rotation is tried again later.
 //!
 //! What the log does not promise: a record is written after its response is queued, so the
-//! client may hold a reply whose record is still in the channel, in the writer's buffer, or
+//! client may hold a reply whose record is still in its worker's batch, in the channel, in
+//! the writer's buffer, or
 //! (with `fsync = "interval"` or `"never"`) in the page cache. A crash of the process loses
 //! the records in the channel and the buffer; a crash of the host loses, besides, what was
 //! not yet synced. A clean stop (SIGTERM) writes and syncs every record before exit.
@@ -28,7 +34,8 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +52,9 @@ use crate::config::ConfigError;
 /// Records the writer takes from the channel before it flushes: a flush (a write(2)) per
 /// batch, and a bound on how long a flush waits.
 const BATCH_RECORDS_MAX: usize = 1024;
+/// Records a worker collects before it sends them, even within a turn: the granularity of the
+/// channel's bound, and what one turn's batch can hold before it goes.
+pub const RECORDS_PER_SEND_MAX: usize = 64;
 /// The audit file and its rotated copies are readable by the service's user only: they name
 /// the clients and what they did.
 const FILE_MODE: u32 = 0o600;
@@ -216,28 +226,69 @@ pub struct Record {
     pub answered: Answered,
 }
 
-/// A worker's handle on the audit log. Clones share the channel and the sequence numbers.
-#[derive(Clone, Debug)]
+/// A worker's handle on the audit log. Clones share the channel and the sequence numbers;
+/// each collects its own batch ([`Audit::flush`] sends it, and so does dropping the handle).
+#[derive(Debug)]
 pub struct Audit {
-    tx: Sender<Record>,
+    tx: Sender<Vec<Record>>,
+    /// Batches the writer has emptied, for reuse: no allocation per batch in steady state.
+    recycled: Receiver<Vec<Record>>,
+    /// Records collected since the last send.
+    batch: RefCell<Vec<Record>>,
+    /// Records sent and not yet written, all handles (the queue-depth gauge).
+    waiting: Arc<AtomicI64>,
     queue: Arc<str>,
     seq: Arc<AtomicU64>,
     metrics: AuditMetrics,
 }
 
-impl Audit {
-    /// A handle for the worker of `queue`, numbering its records from 1.
-    pub fn for_queue(&self, queue: &str) -> Audit {
+impl Clone for Audit {
+    fn clone(&self) -> Audit {
         Audit {
             tx: self.tx.clone(),
-            queue: Arc::from(queue),
-            seq: Arc::new(AtomicU64::new(0)),
+            recycled: self.recycled.clone(),
+            batch: RefCell::new(Vec::new()),
+            waiting: Arc::clone(&self.waiting),
+            queue: Arc::clone(&self.queue),
+            seq: Arc::clone(&self.seq),
             metrics: self.metrics.clone(),
         }
     }
+}
 
-    /// Sends the record of a response if it answers a write; other responses are ignored.
-    /// Blocks while the channel is full (the wait is counted), never drops.
+/// The channel between the handles and the writer: `capacity` records in batches, and the
+/// way back for emptied batches.
+struct Channel {
+    tx: Sender<Vec<Record>>,
+    rx: Receiver<Vec<Record>>,
+    recycle_tx: Sender<Vec<Record>>,
+    recycled: Receiver<Vec<Record>>,
+}
+
+impl Channel {
+    fn new(capacity_records: usize) -> Channel {
+        let batches = capacity_records.div_ceil(RECORDS_PER_SEND_MAX).max(1);
+        Channel::with_batches(batches)
+    }
+
+    fn with_batches(batches: usize) -> Channel {
+        let (tx, rx) = crossbeam_channel::bounded(batches);
+        let (recycle_tx, recycled) = crossbeam_channel::bounded(batches);
+        Channel { tx, rx, recycle_tx, recycled }
+    }
+}
+
+impl Audit {
+    /// A handle for the worker of `queue`, numbering its records from 1.
+    pub fn for_queue(&self, queue: &str) -> Audit {
+        let mut audit = self.clone();
+        audit.queue = Arc::from(queue);
+        audit.seq = Arc::new(AtomicU64::new(0));
+        audit
+    }
+
+    /// Collects the record of a response if it answers a write; other responses are ignored.
+    /// The batch is sent at [`RECORDS_PER_SEND_MAX`] records, else by [`Audit::flush`].
     pub fn record(&self, peer: Option<SocketAddr>, answered: Answered) {
         if answered.write.is_none() {
             return;
@@ -250,11 +301,31 @@ impl Audit {
             peer,
             answered,
         };
-        let sent = match self.tx.try_send(record) {
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            batch.push(record);
+            batch.len() >= RECORDS_PER_SEND_MAX
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Sends the records collected so far as one batch (the worker calls this at the end of
+    /// every turn). Blocks while the channel is full (the wait is counted), never drops.
+    pub fn flush(&self) {
+        let mut batch = self.batch.borrow_mut();
+        if batch.is_empty() {
+            return;
+        }
+        let next = self.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(RECORDS_PER_SEND_MAX));
+        let full = std::mem::replace(&mut *batch, next);
+        let records = full.len() as i64;
+        let sent = match self.tx.try_send(full) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(record)) => {
+            Err(TrySendError::Full(full)) => {
                 let waited_from = Instant::now();
-                let sent = self.tx.send(record).map_err(|_| ());
+                let sent = self.tx.send(full).map_err(|_| ());
                 self.metrics
                     .backpressure_seconds
                     .inc_by(waited_from.elapsed().as_secs_f64());
@@ -268,7 +339,15 @@ impl Audit {
             log::error!("FATAL: the audit log writer is gone, stopping");
             std::process::exit(EXIT_FATAL);
         }
-        self.metrics.queue_depth.set(self.tx.len() as i64);
+        let waiting = self.waiting.fetch_add(records, Ordering::Relaxed) + records;
+        self.metrics.queue_depth.set(waiting);
+    }
+}
+
+impl Drop for Audit {
+    /// A handle's last records go with it: a worker that stops sends what its turn left.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -341,24 +420,20 @@ impl Opened {
     /// The second half of [`start`]: starts the writer thread.
     pub fn spawn(self) -> io::Result<(Audit, AuditWriter)> {
         let Opened { file, fsync, channel_capacity, metrics } = self;
-        let (tx, rx) = crossbeam_channel::bounded(channel_capacity);
+        let Channel { tx, rx, recycle_tx, recycled } = Channel::new(channel_capacity);
         let start_id = start_id(SystemTime::now());
-        let writer_metrics = metrics.clone();
+        let waiting = Arc::new(AtomicI64::new(0));
+        let writer = Writer { rx, recycle: recycle_tx, waiting: Arc::clone(&waiting), metrics: metrics.clone() };
         let thread = std::thread::Builder::new()
             .name("audit".to_owned())
             .spawn(move || {
                 crate::sandbox::confine_thread(crate::sandbox::Kind::Audit);
-                if let Err(e) = run(file, &rx, &start_id, fsync, &writer_metrics) {
+                if let Err(e) = run(file, &writer, &start_id, fsync) {
                     log::error!("FATAL: the audit log failed, stopping: {e}");
                     std::process::exit(EXIT_FATAL);
                 }
             })?;
-        let audit = Audit {
-            tx,
-            queue: Arc::from("-"),
-            seq: Arc::new(AtomicU64::new(0)),
-            metrics,
-        };
+        let audit = Audit::new(tx, recycled, waiting, metrics);
         Ok((audit, AuditWriter { thread }))
     }
 }
@@ -402,14 +477,40 @@ fn start_id(now: SystemTime) -> String {
     )
 }
 
-/// The writer's loop: a batch at a time until every handle is gone.
-fn run(
-    mut file: LogFile,
-    rx: &Receiver<Record>,
-    start_id: &str,
-    fsync: Fsync,
-    metrics: &AuditMetrics,
-) -> io::Result<()> {
+impl Audit {
+    fn new(tx: Sender<Vec<Record>>, recycled: Receiver<Vec<Record>>, waiting: Arc<AtomicI64>, metrics: AuditMetrics) -> Audit {
+        Audit {
+            tx,
+            recycled,
+            batch: RefCell::new(Vec::new()),
+            waiting,
+            queue: Arc::from("-"),
+            seq: Arc::new(AtomicU64::new(0)),
+            metrics,
+        }
+    }
+}
+
+/// The writer's ends: batches in, emptied batches back, the count of records waiting.
+struct Writer {
+    rx: Receiver<Vec<Record>>,
+    recycle: Sender<Vec<Record>>,
+    waiting: Arc<AtomicI64>,
+    metrics: AuditMetrics,
+}
+
+impl Writer {
+    /// An emptied batch goes back to the handles; when they hold enough spares it is freed.
+    fn recycle(&self, mut batch: Vec<Record>) {
+        self.waiting.fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        batch.clear();
+        let _ = self.recycle.try_send(batch);
+    }
+}
+
+/// The writer's loop: batches until every handle is gone.
+fn run(mut file: LogFile, writer: &Writer, start_id: &str, fsync: Fsync) -> io::Result<()> {
+    let (rx, metrics) = (&writer.rx, &writer.metrics);
     let mut line = Vec::with_capacity(512);
     let mut synced_at = Instant::now();
     let mut unsynced = false;
@@ -423,7 +524,7 @@ fn run(
             _ => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let first = match first {
-            Ok(record) => record,
+            Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => {
                 file.sync()?;
                 synced_at = Instant::now();
@@ -436,11 +537,14 @@ fn run(
         crate::fault::sandbox_point(crate::sandbox::Kind::Audit);
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(record) = next {
-            line.clear();
-            write_line(&mut line, start_id, &record).map_err(io::Error::other)?;
-            file.append(&line)?;
-            taken += 1;
+        while let Some(batch) = next {
+            for record in &batch {
+                line.clear();
+                write_line(&mut line, start_id, record).map_err(io::Error::other)?;
+                file.append(&line)?;
+            }
+            taken += batch.len();
+            writer.recycle(batch);
             next = if taken < BATCH_RECORDS_MAX {
                 rx.try_recv().ok()
             } else {
@@ -448,7 +552,7 @@ fn run(
             };
         }
         file.flush()?;
-        metrics.queue_depth.set(rx.len() as i64);
+        metrics.queue_depth.set(writer.waiting.load(Ordering::Relaxed));
         unsynced = true;
         let due = match fsync {
             Fsync::Batch => true,
@@ -854,18 +958,16 @@ mod tests {
         let registry = Registry::new();
         let m = AuditMetrics::register(&registry).expect("metrics");
         // A stalled writer: the channel's receiver is held, not read, until the test lets go.
-        let (tx, rx) = crossbeam_channel::bounded::<Record>(s.channel_capacity);
-        let audit = Audit {
-            tx,
-            queue: Arc::from("0"),
-            seq: Arc::new(AtomicU64::new(0)),
-            metrics: m.clone(),
-        };
+        // Room for two batches; the worker sends a batch of one record per turn.
+        let Channel { tx, rx, recycle_tx, recycled } = Channel::with_batches(2);
+        let waiting = Arc::new(AtomicI64::new(0));
+        let audit = Audit::new(tx, recycled, Arc::clone(&waiting), m.clone());
         let worker_audit = audit.for_queue("0");
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let worker = std::thread::spawn(move || {
             for _ in 0..5 {
                 worker_audit.record(None, answered(200, "client", vec![("ok", 1)]));
+                worker_audit.flush();
                 done_tx.send(()).expect("test alive");
             }
         });
@@ -883,7 +985,8 @@ mod tests {
         // The writer starts: every record arrives, in order, none dropped.
         let file = LogFile::open(&s, m.clone()).expect("open");
         drop(audit);
-        let writer = std::thread::spawn(move || run(file, &rx, "1", Fsync::Batch, &m));
+        let writer = Writer { rx, recycle: recycle_tx, waiting, metrics: m };
+        let writer = std::thread::spawn(move || run(file, &writer, "1", Fsync::Batch));
         worker.join().expect("worker");
         writer.join().expect("writer").expect("written");
         let text = std::fs::read_to_string(&s.path).expect("log");
@@ -911,19 +1014,50 @@ mod tests {
 
     #[test]
     fn a_response_that_is_not_a_write_is_not_recorded() {
-        let (tx, rx) = crossbeam_channel::bounded::<Record>(4);
-        let audit = Audit {
-            tx,
-            queue: Arc::from("0"),
-            seq: Arc::new(AtomicU64::new(0)),
-            metrics: metrics(),
-        };
+        let Channel { tx, rx, recycled, .. } = Channel::with_batches(4);
+        let audit = Audit::new(tx, recycled, Arc::new(AtomicI64::new(0)), metrics());
         let mut get = answered(200, "client", Vec::new());
         get.method = "GET";
         get.write = None;
         audit.record(None, get);
         audit.record(None, answered(200, "client", vec![("ok", 1)]));
-        assert_eq!(rx.try_iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        audit.flush();
+        assert_eq!(rx.try_iter().flatten().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_worker_sends_its_records_in_batches_in_order_and_the_last_with_the_handle() {
+        let Channel { tx, rx, recycle_tx, recycled } = Channel::with_batches(8);
+        let waiting = Arc::new(AtomicI64::new(0));
+        let audit = Audit::new(tx, recycled, Arc::clone(&waiting), metrics()).for_queue("0");
+        // A full batch goes by itself, within a turn.
+        for _ in 0..RECORDS_PER_SEND_MAX {
+            audit.record(None, answered(200, "client", vec![("ok", 1)]));
+        }
+        let first = rx.try_recv().expect("a full batch is sent at once");
+        assert_eq!(first.len(), RECORDS_PER_SEND_MAX);
+        assert!(first.iter().map(|r| r.seq).eq(1..=RECORDS_PER_SEND_MAX as u64));
+        assert_eq!(waiting.load(Ordering::Relaxed), RECORDS_PER_SEND_MAX as i64);
+        // Fewer wait for the end of the turn.
+        audit.record(None, answered(200, "client", vec![("ok", 1)]));
+        assert!(rx.try_recv().is_err(), "a partial batch waits for the flush");
+        audit.flush();
+        assert_eq!(rx.try_recv().expect("flushed").iter().map(|r| r.seq).collect::<Vec<_>>(), vec![65]);
+        audit.flush();
+        assert!(rx.try_recv().is_err(), "an empty batch is not sent");
+        // An emptied batch comes back and is reused; records left in a dropped handle are sent.
+        let writer = Writer { rx: rx.clone(), recycle: recycle_tx, waiting: Arc::clone(&waiting), metrics: metrics() };
+        writer.recycle(first);
+        assert_eq!(waiting.load(Ordering::Relaxed), 1);
+        assert_eq!(audit.recycled.len(), 1);
+        audit.record(None, answered(200, "client", vec![("ok", 1)]));
+        audit.flush();
+        assert_eq!(audit.recycled.len(), 0, "the emptied batch is the next one");
+        assert_eq!(rx.try_recv().expect("flushed").iter().map(|r| r.seq).collect::<Vec<_>>(), vec![66]);
+        audit.record(None, answered(200, "client", vec![("ok", 1)]));
+        drop(audit);
+        let last = rx.try_recv().expect("the dropped handle sent its record");
+        assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![67]);
     }
 
     #[test]

@@ -420,6 +420,12 @@ impl<P: Port> Worker<P> {
         busy |= self.handshake_steps(now);
         // Steps left waiting keep the worker turning: it must not sleep past them.
         busy |= self.handshakes.end_turn();
+        // The turn's audit records go to the writer as one batch (src/audit.rs).
+        if let AppConfig::Ledger(app) = &self.app {
+            if let Some(audit) = &app.audit {
+                audit.flush();
+            }
+        }
         busy || !self.ready.is_empty()
     }
 
@@ -760,9 +766,9 @@ impl HttpsConn {
         busy
     }
 
-    /// Counts the connection's events and sends each write's record to the audit log (which
-    /// may block this worker while the audit channel is full: src/audit.rs). Returns the
-    /// responses queued.
+    /// Counts the connection's events and adds each write's record to the turn's audit batch
+    /// (sending it may block this worker while the audit channel is full: src/audit.rs).
+    /// Returns the responses queued.
     fn record_events(&mut self, app: &LedgerApp, metrics: &Metrics, stack: &Stack) -> usize {
         let (id, peer) = (self.id, self.peer);
         let fields = || crate::logging::ConnFields { slot: id.slot(), peer: peer.or_else(|| conn_fields(stack, id).peer) };
