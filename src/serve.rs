@@ -205,7 +205,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
     })?;
     // A failed socket after a good attach drops the steering here, which detaches the program.
     let (ports, mut steering) = (ports?, steering?);
-    clock.mark("AF_XDP sockets and UMEM, XDP attach");
+    clock.mark("UMEM and XDP link");
     for port in &ports {
         steering.register(port.queue_id(), port)?;
     }
