@@ -91,6 +91,10 @@ pub struct LedgerApp {
 }
 /// Loop turns between metric publications.
 const METRICS_EVERY_TURNS: u32 = 1024;
+/// While ledger replies are awaited the worker idles between every commit's replies, thousands
+/// of times a second under load: it publishes its metrics (some forty labelled series) then at
+/// most this often. Before it sleeps with nothing awaited it always publishes.
+const METRICS_AWAITING_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
 /// While ledger replies are outstanding and no frame is waiting, the worker blocks on its
@@ -141,6 +145,8 @@ pub struct Worker<P: Port> {
     draining: bool,
     /// Set by the simulator: the cost of a handshake step, instead of its wall time.
     handshake_step_cost: Option<Duration>,
+    /// When the metrics were last published while idle.
+    metrics_published_at: Instant,
 }
 
 impl<P: Port> std::fmt::Debug for Worker<P> {
@@ -228,6 +234,7 @@ impl<P: Port> Worker<P> {
             reloads: None,
             draining: false,
             handshake_step_cost: None,
+            metrics_published_at: Instant::now(),
         })
     }
 
@@ -307,7 +314,10 @@ impl<P: Port> Worker<P> {
                 .unwrap_or(IDLE_WAIT_MAX)
                 .min(IDLE_WAIT_MAX);
             // The metrics stay fresh while idle too.
-            self.publish_metrics();
+            if self.outstanding == 0 || now.saturating_duration_since(self.metrics_published_at) >= METRICS_AWAITING_INTERVAL {
+                self.metrics_published_at = now;
+                self.publish_metrics();
+            }
             if self.outstanding > 0 {
                 if !self.port.pending() {
                     self.wait_for_reply(wait.min(REPLY_WAIT));
