@@ -29,7 +29,14 @@ pub enum Kind {
     Accounts,
     /// A transfer: its id, debit, credit, amount, whether it is pending, and whether it posts
     /// or voids a pending one.
-    Transfer { id: u128, debit: u128, credit: u128, amount: u128, pending: bool, resolves: bool },
+    Transfer {
+        id: u128,
+        debit: u128,
+        credit: u128,
+        amount: u128,
+        pending: bool,
+        resolves: bool,
+    },
     Lookup(u128),
 }
 
@@ -75,8 +82,15 @@ pub struct Workload {
 impl Workload {
     pub fn new(config: WorkloadConfig) -> Self {
         assert!(config.request_one_in > 0, "a chance of 1 in 0");
-        let clients = (0..config.clients).map(|_| ClientState::default()).collect();
-        Workload { config, clients, next_id: TRANSFER_ID_BASE, audit: Auditor::new() }
+        let clients = (0..config.clients)
+            .map(|_| ClientState::default())
+            .collect();
+        Workload {
+            config,
+            clients,
+            next_id: TRANSFER_ID_BASE,
+            audit: Auditor::new(),
+        }
     }
 
     /// The checker's record: what clients sent and were acknowledged.
@@ -103,7 +117,11 @@ impl Workload {
         let number = self.clients[client].made;
         self.clients[client].made += 1;
         let (kind, bytes) = self.make(rng, client, number);
-        Some(Request { number, kind, bytes })
+        Some(Request {
+            number,
+            kind,
+            bytes,
+        })
     }
 
     fn make(&mut self, rng: &mut SimRng, client: usize, number: u64) -> (Kind, Vec<u8>) {
@@ -135,11 +153,22 @@ impl Workload {
         if roll <= 2 && !pending.is_empty() {
             let index = rng.below(pending.len() as u64) as usize;
             let (pending_id, debit, credit, amount) = pending.swap_remove(index);
-            let flag = if rng.chance(1, 2) { "post_pending_transfer" } else { "void_pending_transfer" };
+            let flag = if rng.chance(1, 2) {
+                "post_pending_transfer"
+            } else {
+                "void_pending_transfer"
+            };
             let body = format!(
                 r#"[{{"id":"{id}","pending_id":"{pending_id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"flags":["{flag}"]}}]"#
             );
-            let kind = Kind::Transfer { id, debit, credit, amount, pending: false, resolves: true };
+            let kind = Kind::Transfer {
+                id,
+                debit,
+                credit,
+                amount,
+                pending: false,
+                resolves: true,
+            };
             return (kind, post("/v1/transfers", &body));
         }
         let debit = 1 + u128::from(rng.below(accounts as u64));
@@ -159,7 +188,14 @@ impl Workload {
                 r#"[{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1}}]"#
             )
         };
-        let kind = Kind::Transfer { id, debit, credit, amount, pending, resolves: false };
+        let kind = Kind::Transfer {
+            id,
+            debit,
+            credit,
+            amount,
+            pending,
+            resolves: false,
+        };
         (kind, post("/v1/transfers", &body))
     }
 
@@ -179,20 +215,33 @@ impl Workload {
                 }
                 Vec::new()
             }
-            Kind::Transfer { id, debit, credit, amount, pending, resolves } => {
+            Kind::Transfer {
+                id,
+                debit,
+                credit,
+                amount,
+                pending,
+                resolves,
+            } => {
                 let s = if status == 200 {
                     statuses(body).into_iter().next().unwrap_or_default()
                 } else {
                     format!("http {status}")
                 };
-                let problems = self.audit.transfer_reply(id, debit, credit, (!resolves).then_some(amount), &s);
+                let problems =
+                    self.audit
+                        .transfer_reply(id, debit, credit, (!resolves).then_some(amount), &s);
                 if pending && s == "created" {
-                    self.clients[client].pending.push((id, debit, credit, amount));
+                    self.clients[client]
+                        .pending
+                        .push((id, debit, credit, amount));
                 }
                 problems
             }
             Kind::Lookup(id) if status != 200 => {
-                vec![format!("lookup of acknowledged transfer {id} answered {status}")]
+                vec![format!(
+                    "lookup of acknowledged transfer {id} answered {status}"
+                )]
             }
             Kind::Lookup(_) => Vec::new(),
         }
@@ -212,7 +261,10 @@ fn statuses(body: &[u8]) -> Vec<String> {
     let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(body) else {
         return Vec::new();
     };
-    items.iter().filter_map(|i| i.get("status").and_then(|s| s.as_str()).map(str::to_string)).collect()
+    items
+        .iter()
+        .filter_map(|i| i.get("status").and_then(|s| s.as_str()).map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
@@ -220,7 +272,11 @@ mod tests {
     use super::*;
 
     fn config(request_one_in: u64) -> WorkloadConfig {
-        WorkloadConfig { clients: 2, requests_per_client: 40, request_one_in }
+        WorkloadConfig {
+            clients: 2,
+            requests_per_client: 40,
+            request_one_in,
+        }
     }
 
     /// Drives one client to the end, every transfer answered `created`.
@@ -230,10 +286,15 @@ mod tests {
         let mut made = Vec::new();
         while let Some(request) = workload.next_request(&mut rng, 0) {
             let body: &[u8] = match request.kind {
-                Kind::Accounts => br#"[{"status":"created"},{"status":"created"},{"status":"created"}]"#,
+                Kind::Accounts => {
+                    br#"[{"status":"created"},{"status":"created"},{"status":"created"}]"#
+                }
                 _ => br#"[{"status":"created"}]"#,
             };
-            assert!(workload.reply(0, &request.kind, 200, body).is_empty(), "{request:?}");
+            assert!(
+                workload.reply(0, &request.kind, 200, body).is_empty(),
+                "{request:?}"
+            );
             made.push(request);
         }
         made
@@ -244,17 +305,34 @@ mod tests {
         let requests = drive(7);
         assert_eq!(requests.len(), 40);
         assert_eq!(requests[0].kind, Kind::Accounts);
-        assert!(requests[0].bytes.starts_with(b"POST /v1/accounts HTTP/1.1\r\n"));
-        assert!(requests.iter().enumerate().all(|(i, r)| r.number == i as u64));
+        assert!(requests[0]
+            .bytes
+            .starts_with(b"POST /v1/accounts HTTP/1.1\r\n"));
+        assert!(requests
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.number == i as u64));
         let count = |f: &dyn Fn(&Kind) -> bool| requests.iter().filter(|r| f(&r.kind)).count();
         assert!(count(&|k| matches!(k, Kind::Lookup(_))) > 0);
         assert!(count(&|k| matches!(k, Kind::Transfer { pending: true, .. })) > 0);
         assert!(count(&|k| matches!(k, Kind::Transfer { resolves: true, .. })) > 0);
-        assert!(count(&|k| matches!(k, Kind::Transfer { pending: false, resolves: false, .. })) > 0);
+        assert!(
+            count(&|k| matches!(
+                k,
+                Kind::Transfer {
+                    pending: false,
+                    resolves: false,
+                    ..
+                }
+            )) > 0
+        );
         for r in &requests {
             if let Kind::Transfer { debit, credit, .. } = r.kind {
                 assert_ne!(debit, credit);
-                assert!((1..=6).contains(&debit) && (1..=6).contains(&credit), "{r:?}");
+                assert!(
+                    (1..=6).contains(&debit) && (1..=6).contains(&credit),
+                    "{r:?}"
+                );
             }
         }
     }
@@ -269,7 +347,10 @@ mod tests {
     #[test]
     fn an_idle_client_waits_one_in_n_turns_on_average() {
         let mut rng = SimRng::new(1);
-        let mut workload = Workload::new(WorkloadConfig { requests_per_client: 1_000, ..config(20) });
+        let mut workload = Workload::new(WorkloadConfig {
+            requests_per_client: 1_000,
+            ..config(20)
+        });
         let turns = 20_000;
         let mut made = 0;
         for _ in 0..turns {
@@ -277,17 +358,37 @@ mod tests {
             made += u64::from(workload.next_request(&mut rng, 1).is_some());
         }
         assert_eq!(workload.made(1), made);
-        assert!((800..1_200).contains(&made), "{made} requests in {turns} turns");
+        assert!(
+            (800..1_200).contains(&made),
+            "{made} requests in {turns} turns"
+        );
     }
 
     #[test]
     fn a_bad_reply_is_a_violation() {
         let mut workload = Workload::new(config(1));
         let lookup = workload.reply(0, &Kind::Lookup(1_001), 404, b"");
-        assert_eq!(lookup, vec!["lookup of acknowledged transfer 1001 answered 404".to_string()]);
-        let kind = Kind::Transfer { id: 1_001, debit: 1, credit: 2, amount: 5, pending: false, resolves: false };
-        assert!(workload.reply(0, &kind, 200, br#"[{"status":"created"}]"#).is_empty());
-        assert!(!workload.reply(0, &kind, 200, br#"[{"status":"created"}]"#).is_empty(), "created twice");
+        assert_eq!(
+            lookup,
+            vec!["lookup of acknowledged transfer 1001 answered 404".to_string()]
+        );
+        let kind = Kind::Transfer {
+            id: 1_001,
+            debit: 1,
+            credit: 2,
+            amount: 5,
+            pending: false,
+            resolves: false,
+        };
+        assert!(workload
+            .reply(0, &kind, 200, br#"[{"status":"created"}]"#)
+            .is_empty());
+        assert!(
+            !workload
+                .reply(0, &kind, 200, br#"[{"status":"created"}]"#)
+                .is_empty(),
+            "created twice"
+        );
         assert_eq!(workload.audit().acknowledged_count(), 1);
     }
 }
