@@ -23,3 +23,4 @@ pub mod connection;
 pub mod committer;
 pub mod sim;
 pub mod sim_audit;
+pub mod sim_workload;

@@ -18,7 +18,7 @@ use crate::api::{self, Action};
 use crate::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 use crate::http::{self, Limits, RequestDecoder, Response};
 use crate::model::Operation;
-use crate::sim_audit::Auditor;
+use crate::sim_workload::{Kind, Request, Workload, WorkloadConfig};
 use crate::storage::{DiskFaultCounts, DiskFaults, SimRng, SimStorage};
 use crate::{IdHashKey, Ledger, LedgerConfig, Storage, StorageError, SyncJob};
 
@@ -137,7 +137,9 @@ const MS: u64 = 1_000_000;
 const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 /// A client resends its request (same ids) after this long without a reply.
 const RETRY_AFTER_MS: u64 = 300;
-const ACCOUNTS_PER_CLIENT: u128 = 3;
+/// An idle client makes its next request with a chance of 1 in this per step (5 ms on
+/// average).
+const REQUEST_ONE_IN: u64 = 5;
 /// How often the checker audits the running ledger's state.
 const AUDIT_EVERY_MS: u64 = 250;
 /// Starts refused in a row before the run ends (systemd's `Restart=on-failure` with a burst
@@ -157,14 +159,6 @@ struct Message {
     crc: u32,
 }
 
-#[derive(Clone, Debug)]
-enum Kind {
-    Accounts,
-    /// A transfer: its id, debit, credit, amount, and whether it posts or voids a pending one.
-    Transfer { id: u128, debit: u128, credit: u128, amount: u128, pending: bool, resolves: bool },
-    Lookup(u128),
-}
-
 #[derive(Debug)]
 struct Outstanding {
     request: u64,
@@ -175,10 +169,7 @@ struct Outstanding {
 
 #[derive(Debug, Default)]
 struct Client {
-    made: u64,
     outstanding: Option<Outstanding>,
-    /// Pending transfers this client had acknowledged, to post or void later.
-    pending: Vec<(u128, u128, u128, u128)>,
 }
 
 struct Server {
@@ -205,9 +196,9 @@ struct World {
     order: u64,
     partition_until: u64,
     clients: Vec<Client>,
-    next_id: u128,
-    /// The checker: what clients were told (shared with the whole-appliance simulator).
-    audit: Auditor,
+    /// What the clients ask, and the checker's record of what they were told (both shared
+    /// with the whole-appliance simulator).
+    workload: Workload,
     digest: u64,
     report: SimReport,
 }
@@ -220,6 +211,7 @@ pub fn run(config: SimConfig) -> SimReport {
     storage.inject(disk_faults(&mut rng));
     let server = start(storage).expect("a fresh ledger on an empty disk opens");
     let clients = (0..config.clients).map(|_| Client::default()).collect();
+    let workload = Workload::new(WorkloadConfig { clients: config.clients, requests_per_client: config.requests_per_client, request_one_in: REQUEST_ONE_IN });
     let mut world = World {
         config,
         rng,
@@ -231,8 +223,7 @@ pub fn run(config: SimConfig) -> SimReport {
         order: 0,
         partition_until: 0,
         clients,
-        next_id: 1_000,
-        audit: Auditor::new(),
+        workload,
         digest: 0xcbf2_9ce4_8422_2325,
         report,
     };
@@ -259,7 +250,7 @@ pub fn run(config: SimConfig) -> SimReport {
         let violations = world.check_state(&server.ledger, "end");
         world.report.violations.extend(violations);
     }
-    world.report.acknowledged = world.audit.acknowledged_count();
+    world.report.acknowledged = world.workload.audit().acknowledged_count();
     world.report.digest = world.digest;
     world.report
 }
@@ -591,67 +582,10 @@ impl World {
             }
             return;
         }
-        let made = self.clients[client].made;
-        if made >= self.config.requests_per_client || !self.rng.chance(1, 5) {
-            return;
-        }
-        self.clients[client].made += 1;
-        let request = made;
-        let (kind, bytes) = self.next_request(client, made);
-        self.clients[client].outstanding = Some(Outstanding { request, bytes: bytes.clone(), kind, sent_at: now });
-        self.send(true, client, request, bytes);
-    }
-
-    fn account_id(&mut self) -> u128 {
-        let clients = self.config.clients as u128;
-        1 + self.rng.below((clients * ACCOUNTS_PER_CLIENT) as u64) as u128
-    }
-
-    fn next_request(&mut self, client: usize, made: u64) -> (Kind, Vec<u8>) {
-        if made == 0 {
-            // Its accounts; the first of each may not go overdrawn.
-            let base = client as u128 * ACCOUNTS_PER_CLIENT;
-            let body = format!(
-                r#"[{{"id":"{}","ledger":1,"code":1,"flags":["debits_must_not_exceed_credits"]}},{{"id":"{}","ledger":1,"code":1}},{{"id":"{}","ledger":1,"code":1}}]"#,
-                base + 1,
-                base + 2,
-                base + 3
-            );
-            return (Kind::Accounts, post("/v1/accounts", &body));
-        }
-        let roll = self.rng.below(10);
-        if roll == 0 {
-            let known: Vec<u128> = self.audit.acknowledged().collect();
-            if !known.is_empty() {
-                let id = known[self.rng.below(known.len() as u64) as usize];
-                let bytes = format!("GET /v1/transfers/{id} HTTP/1.1\r\nHost: pantera\r\n\r\n").into_bytes();
-                return (Kind::Lookup(id), bytes);
-            }
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        self.audit.sent_transfer(id);
-        if roll <= 2 && !self.clients[client].pending.is_empty() {
-            let index = self.rng.below(self.clients[client].pending.len() as u64) as usize;
-            let (pending_id, debit, credit, amount) = self.clients[client].pending.swap_remove(index);
-            let flag = if self.rng.chance(1, 2) { "post_pending_transfer" } else { "void_pending_transfer" };
-            let body = format!(r#"[{{"id":"{id}","pending_id":"{pending_id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"flags":["{flag}"]}}]"#);
-            return (Kind::Transfer { id, debit, credit, amount, pending: false, resolves: true }, post("/v1/transfers", &body));
-        }
-        let debit = self.account_id();
-        let mut credit = self.account_id();
-        if credit == debit {
-            credit = debit % (self.config.clients as u128 * ACCOUNTS_PER_CLIENT) + 1;
-        }
-        let amount = 1 + u128::from(self.rng.below(100));
-        let pending = roll <= 4;
-        let body = if pending {
-            let timeout = 1 + self.rng.below(3);
-            format!(r#"[{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"timeout":{timeout},"flags":["pending"]}}]"#)
-        } else {
-            format!(r#"[{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1}}]"#)
-        };
-        (Kind::Transfer { id, debit, credit, amount, pending, resolves: false }, post("/v1/transfers", &body))
+        let Some(request) = self.workload.next_request(&mut self.rng, client) else { return };
+        let Request { number, kind, bytes } = request;
+        self.clients[client].outstanding = Some(Outstanding { request: number, bytes: bytes.clone(), kind, sent_at: now });
+        self.send(true, client, number, bytes);
     }
 
     fn client_receive(&mut self, client: usize, request: u64, bytes: &[u8]) {
@@ -676,37 +610,14 @@ impl World {
         }
         self.clients[client].outstanding = None;
         self.report.replies += 1;
-        match kind {
-            Kind::Accounts => {
-                if status == 200 {
-                    for (index, s) in statuses(&body).into_iter().enumerate() {
-                        if s == "created" || s == "exists" {
-                            self.audit.account_acknowledged(client as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128);
-                        }
-                    }
-                }
-            }
-            Kind::Transfer { id, debit, credit, amount, pending, resolves } => {
-                let s = if status == 200 { statuses(&body).into_iter().next().unwrap_or_default() } else { format!("http {status}") };
-                let problems = self.audit.transfer_reply(id, debit, credit, if resolves { None } else { Some(amount) }, &s);
-                if pending && s == "created" {
-                    self.clients[client].pending.push((id, debit, credit, amount));
-                }
-                for p in problems {
-                    self.violation(p);
-                }
-            }
-            Kind::Lookup(id) => {
-                if status != 200 {
-                    self.violation(format!("lookup of acknowledged transfer {id} answered {status}"));
-                }
-            }
+        for problem in self.workload.reply(client, &kind, status, &body) {
+            self.violation(problem);
         }
     }
 
     /// The auditor's invariants over a ledger's state (live, or just recovered).
     fn check_state(&self, ledger: &Ledger<SimStorage>, when: &str) -> Vec<String> {
-        self.audit.check_state(ledger.state(), when)
+        self.workload.audit().check_state(ledger.state(), when)
     }
 }
 
@@ -799,20 +710,11 @@ pub fn checkpoint(ledger: &mut Ledger<SimStorage>) -> Result<(), crate::LedgerEr
     ledger.finish_checkpoint(job)
 }
 
-fn post(path: &str, body: &str) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: pantera\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-}
-
 fn parse_response(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&bytes[..end]).ok()?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, bytes[end + 4..].to_vec()))
-}
-
-fn statuses(body: &[u8]) -> Vec<String> {
-    let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(body) else { return Vec::new() };
-    items.iter().filter_map(|i| i.get("status").and_then(|s| s.as_str()).map(str::to_string)).collect()
 }
 
 #[cfg(test)]

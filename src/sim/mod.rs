@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 use ledger_svc::api;
 use ledger_svc::committer::{Committer, CommitterConfig, LedgerStatus, Step};
 pub use ledger_svc::sim::Bug;
-use ledger_svc::sim_audit::Auditor;
+use ledger_svc::sim_workload::{Kind, Workload, WorkloadConfig};
 use ledger_svc::storage::{SimRng, SimStorage};
 use ledger_svc::{Ledger, Storage};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
@@ -48,7 +48,9 @@ const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 /// A client gives up on a request after this long without its response: it drops the
 /// connection and sends the same bytes (same ids) on a new one.
 const RETRY_AFTER_MS: u64 = 3_000;
-const ACCOUNTS_PER_CLIENT: u128 = 3;
+/// An idle client makes its next request with a chance of 1 in this per step (20 ms on
+/// average: each request here also costs TCP and TLS work).
+const REQUEST_ONE_IN: u64 = 20;
 /// How often the checker audits the live ledger.
 const AUDIT_EVERY_MS: u64 = 250;
 /// Refused starts in a row before the run ends (the service manager's burst limit).
@@ -303,20 +305,6 @@ struct Appliance {
     written: ledger_svc::sim::WalRecords,
 }
 
-#[derive(Clone, Debug)]
-enum Kind {
-    Accounts,
-    Transfer {
-        id: u128,
-        debit: u128,
-        credit: u128,
-        amount: u128,
-        pending: bool,
-        resolves: bool,
-    },
-    Lookup(u128),
-}
-
 struct Request {
     bytes: Vec<u8>,
     kind: Kind,
@@ -335,10 +323,7 @@ struct ClientConn {
 #[derive(Default)]
 struct Client {
     conn: Option<ClientConn>,
-    made: u64,
     request: Option<Request>,
-    /// Pending transfers this client had acknowledged, to post or void later.
-    pending: Vec<(u128, u128, u128, u128)>,
     /// No new connection before then (ms): a failed one is not retried in a tight loop.
     connect_after: u64,
 }
@@ -358,8 +343,9 @@ struct World {
     sockets: SocketSet<'static>,
     clients: Vec<Client>,
     next_port: u16,
-    next_id: u128,
-    audit: Auditor,
+    /// What the clients ask, and the checker's record of what they were told (ledger-svc's,
+    /// shared with its simulator).
+    workload: Workload,
     report: StackReport,
 }
 
@@ -407,7 +393,10 @@ pub fn run(config: StackSimConfig) -> StackReport {
             .report
             .faults
             .add_disk(server.ledger.storage().fault_counts());
-        let violations = world.audit.check_state(server.ledger.state(), "end");
+        let violations = world
+            .workload
+            .audit()
+            .check_state(server.ledger.state(), "end");
         world.report.violations.extend(violations);
     }
     let stats = world.wire.borrow().link.stats().clone();
@@ -419,7 +408,7 @@ pub fn run(config: StackSimConfig) -> StackReport {
     world.report.faults.frames_corrupted = wire.corrupted;
     world.report.digest = wire.digest;
     drop(wire);
-    world.report.acknowledged = world.audit.acknowledged_count();
+    world.report.acknowledged = world.workload.audit().acknowledged_count();
     world.report.clone()
 }
 
@@ -463,6 +452,11 @@ impl World {
         let mut disk = SimStorage::new();
         disk.inject(ledger_svc::sim::disk_faults(&mut rng));
         let clients = (0..config.clients).map(|_| Client::default()).collect();
+        let workload = Workload::new(WorkloadConfig {
+            clients: config.clients,
+            requests_per_client: config.requests_per_client,
+            request_one_in: REQUEST_ONE_IN,
+        });
         let mut world = World {
             config,
             rng,
@@ -478,8 +472,7 @@ impl World {
             sockets: SocketSet::new(Vec::new()),
             clients,
             next_port: 40_000,
-            next_id: 1_000,
-            audit: Auditor::new(),
+            workload,
             report: StackReport::default(),
         };
         world.report.seed = world.config.seed;
@@ -508,7 +501,8 @@ impl World {
     fn done(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| c.made >= self.config.requests_per_client && c.request.is_none())
+            .enumerate()
+            .all(|(i, c)| self.workload.exhausted(i) && c.request.is_none())
     }
 
     /// Starts the appliance on `disk`: recovery (`Err(Refused)`: allowed, it serves
@@ -587,7 +581,7 @@ impl World {
         self.clients_turn();
         if self.now % AUDIT_EVERY_MS == 0 {
             if let Some(server) = &self.server {
-                for v in self.audit.check_state(server.ledger.state(), "live") {
+                for v in self.workload.audit().check_state(server.ledger.state(), "live") {
                     self.violation(v);
                 }
             }
@@ -666,7 +660,8 @@ impl World {
         match self.start(disk) {
             Ok(server) => {
                 for v in self
-                    .audit
+                    .workload
+                    .audit()
                     .check_state(server.ledger.state(), "after recovery")
                 {
                     self.violation(v);
@@ -709,18 +704,14 @@ impl World {
     fn client_turn(&mut self, c: usize) {
         let now = self.now;
         // A new request, now and then.
-        if self.clients[c].request.is_none()
-            && self.clients[c].made < self.config.requests_per_client
-            && self.rng.chance(1, 20)
-        {
-            let made = self.clients[c].made;
-            self.clients[c].made += 1;
-            let (kind, bytes) = self.next_request(c, made);
-            self.clients[c].request = Some(Request {
-                bytes,
-                kind,
-                sent_at: None,
-            });
+        if self.clients[c].request.is_none() {
+            if let Some(request) = self.workload.next_request(&mut self.rng, c) {
+                self.clients[c].request = Some(Request {
+                    bytes: request.bytes,
+                    kind: request.kind,
+                    sent_at: None,
+                });
+            }
         }
         // A request without its response for too long: the connection is given up, the same
         // bytes go out on a new one.
@@ -860,88 +851,6 @@ impl World {
         }
     }
 
-    fn next_request(&mut self, client: usize, made: u64) -> (Kind, Vec<u8>) {
-        let clients = self.config.clients as u128;
-        if made == 0 {
-            // Its accounts; the first of each may not go overdrawn.
-            let base = client as u128 * ACCOUNTS_PER_CLIENT;
-            let body = format!(
-                r#"[{{"id":"{}","ledger":1,"code":1,"flags":["debits_must_not_exceed_credits"]}},{{"id":"{}","ledger":1,"code":1}},{{"id":"{}","ledger":1,"code":1}}]"#,
-                base + 1,
-                base + 2,
-                base + 3
-            );
-            return (Kind::Accounts, post("/v1/accounts", &body));
-        }
-        let roll = self.rng.below(10);
-        if roll == 0 {
-            let known: Vec<u128> = self.audit.acknowledged().collect();
-            if !known.is_empty() {
-                let id = known[self.rng.below(known.len() as u64) as usize];
-                return (
-                    Kind::Lookup(id),
-                    format!("GET /v1/transfers/{id} HTTP/1.1\r\nHost: pantera\r\n\r\n")
-                        .into_bytes(),
-                );
-            }
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        self.audit.sent_transfer(id);
-        if roll <= 2 && !self.clients[client].pending.is_empty() {
-            let index = self.rng.below(self.clients[client].pending.len() as u64) as usize;
-            let (pending_id, debit, credit, amount) =
-                self.clients[client].pending.swap_remove(index);
-            let flag = if self.rng.chance(1, 2) {
-                "post_pending_transfer"
-            } else {
-                "void_pending_transfer"
-            };
-            let body = format!(
-                r#"[{{"id":"{id}","pending_id":"{pending_id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"flags":["{flag}"]}}]"#
-            );
-            return (
-                Kind::Transfer {
-                    id,
-                    debit,
-                    credit,
-                    amount,
-                    pending: false,
-                    resolves: true,
-                },
-                post("/v1/transfers", &body),
-            );
-        }
-        let debit = 1 + self.rng.below((clients * ACCOUNTS_PER_CLIENT) as u64) as u128;
-        let mut credit = 1 + self.rng.below((clients * ACCOUNTS_PER_CLIENT) as u64) as u128;
-        if credit == debit {
-            credit = debit % (clients * ACCOUNTS_PER_CLIENT) + 1;
-        }
-        let amount = 1 + u128::from(self.rng.below(100));
-        let pending = roll <= 4;
-        let body = if pending {
-            let timeout = 1 + self.rng.below(3);
-            format!(
-                r#"[{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1,"timeout":{timeout},"flags":["pending"]}}]"#
-            )
-        } else {
-            format!(
-                r#"[{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"{amount}","ledger":1,"code":1}}]"#
-            )
-        };
-        (
-            Kind::Transfer {
-                id,
-                debit,
-                credit,
-                amount,
-                pending,
-                resolves: false,
-            },
-            post("/v1/transfers", &body),
-        )
-    }
-
     /// A response reached client `c`: the checker looks at it.
     fn response(&mut self, c: usize, status: u16, body: &[u8]) {
         self.trace(format!("response {c} {status}").as_bytes());
@@ -957,48 +866,8 @@ impl World {
         let kind = request.kind.clone();
         self.clients[c].request = None;
         self.report.replies += 1;
-        match kind {
-            Kind::Accounts => {
-                if status == 200 {
-                    for (index, s) in statuses(body).into_iter().enumerate() {
-                        if s == "created" || s == "exists" {
-                            self.audit.account_acknowledged(
-                                c as u128 * ACCOUNTS_PER_CLIENT + 1 + index as u128,
-                            );
-                        }
-                    }
-                }
-            }
-            Kind::Transfer {
-                id,
-                debit,
-                credit,
-                amount,
-                pending,
-                resolves,
-            } => {
-                let s = if status == 200 {
-                    statuses(body).into_iter().next().unwrap_or_default()
-                } else {
-                    format!("http {status}")
-                };
-                for p in
-                    self.audit
-                        .transfer_reply(id, debit, credit, (!resolves).then_some(amount), &s)
-                {
-                    self.violation(p);
-                }
-                if pending && s == "created" {
-                    self.clients[c].pending.push((id, debit, credit, amount));
-                }
-            }
-            Kind::Lookup(id) => {
-                if status != 200 {
-                    self.violation(format!(
-                        "lookup of acknowledged transfer {id} answered {status}"
-                    ));
-                }
-            }
+        for problem in self.workload.reply(c, &kind, status, body) {
+            self.violation(problem);
         }
     }
 }
@@ -1194,10 +1063,6 @@ fn setup(random: &crypto::SeededRandom, seed: u64) -> anyhow::Result<Setup> {
     })
 }
 
-fn post(path: &str, body: &str) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: pantera\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-}
-
 /// (status, body, bytes used) of the first complete response in `buf`.
 fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
@@ -1212,16 +1077,6 @@ fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
         return None;
     }
     Some((status, buf[end..end + length].to_vec(), end + length))
-}
-
-fn statuses(body: &[u8]) -> Vec<String> {
-    let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(body) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|i| i.get("status").and_then(|s| s.as_str()).map(str::to_string))
-        .collect()
 }
 
 /// Totals over many runs, for the command line.
