@@ -52,6 +52,11 @@ use crate::config::ConfigError;
 /// Records the writer takes from the channel before it flushes: a flush (a write(2)) per
 /// batch, and a bound on how long a flush waits.
 const BATCH_RECORDS_MAX: usize = 1024;
+/// The writer wakes at most this often while records keep coming: what arrives meanwhile is
+/// written in one go. Records are not on any reply's path (a response never waits for its
+/// record), so the delay costs nothing but the wake-ups it saves: under load a worker ends a
+/// turn, and sends a batch, once per group commit, thousands of times a second.
+const WAKE_INTERVAL_MIN: Duration = Duration::from_millis(1);
 /// Records a worker collects before it sends them, even within a turn: the granularity of the
 /// channel's bound, and what one turn's batch can hold before it goes.
 pub const RECORDS_PER_SEND_MAX: usize = 64;
@@ -514,7 +519,16 @@ fn run(mut file: LogFile, writer: &Writer, start_id: &str, fsync: Fsync) -> io::
     let mut line = Vec::with_capacity(512);
     let mut synced_at = Instant::now();
     let mut unsynced = false;
+    let mut woke_at: Option<Instant> = None;
     loop {
+        // Not back to a blocking receive at once: a receiver blocked on an empty channel is
+        // woken by the next send, and the next, one futex wake and context switch each.
+        if let Some(woke_at) = woke_at {
+            let awake = woke_at.elapsed();
+            if awake < WAKE_INTERVAL_MIN {
+                std::thread::sleep(WAKE_INTERVAL_MIN - awake);
+            }
+        }
         // With an interval policy, wake when the data written last is due to be synced even
         // if no record comes.
         let first = match fsync {
@@ -523,6 +537,7 @@ fn run(mut file: LogFile, writer: &Writer, start_id: &str, fsync: Fsync) -> io::
             }
             _ => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
+        woke_at = Some(Instant::now());
         let first = match first {
             Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => {
