@@ -1911,19 +1911,26 @@ mod tests {
         assert_eq!(core.stats().refused, 1);
     }
 
-    #[test]
-    fn created_timestamps_come_from_the_reply_header_without_a_lookup() {
-        let t0 = Instant::now();
+    /// A started core with one request in flight: submissions 1 (transfers 1 and 2) and 2
+    /// (transfer 3) joined into one `create_transfers` of three events. Returns its tag.
+    fn three_events_in_flight(t0: Instant) -> (Core, u64) {
         let mut core = started(t0);
         let mut out = Vec::new();
-        // Two submissions joined into one request of three events; the middle one fails.
         core.submit(t0, Submission { reply_to: to(1), command: transfers(&[1, 2], false) });
         core.submit(t0, Submission { reply_to: to(2), command: transfers(&[3], false) });
         core.poll(t0, &mut out);
         let sent = sends(&out);
         assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 3 * 128));
-        out.clear();
-        core.completed(t0, sent[0].0, Ok(sparse(&[(1, 21)])), 1_000, &mut out);
+        (core, sent[0].0)
+    }
+
+    #[test]
+    fn created_timestamps_come_from_the_reply_header_without_a_lookup() {
+        let t0 = Instant::now();
+        // Two submissions joined into one request of three events; the middle one fails.
+        let (mut core, tag) = three_events_in_flight(t0);
+        let mut out = Vec::new();
+        core.completed(t0, tag, Ok(sparse(&[(1, 21)])), 1_000, &mut out);
         assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
         let got = replies(&mut out);
         let stamps: Vec<Vec<Option<u64>>> = got
@@ -1940,16 +1947,10 @@ mod tests {
     #[test]
     fn a_create_reply_whose_header_timestamp_cannot_hold_its_events_breaks_the_protocol() {
         let t0 = Instant::now();
-        let mut core = started(t0);
+        let (mut core, tag) = three_events_in_flight(t0);
         let mut out = Vec::new();
-        core.submit(t0, Submission { reply_to: to(1), command: transfers(&[1, 2], false) });
-        core.submit(t0, Submission { reply_to: to(2), command: transfers(&[3], false) });
-        core.poll(t0, &mut out);
-        let sent = sends(&out);
-        assert_eq!((sent.len(), sent[0].2), (1, 3 * 128));
-        out.clear();
         // Three events need a header timestamp above 3; 0 is a reply without one.
-        core.completed(t0, sent[0].0, Ok(Vec::new()), 3, &mut out);
+        core.completed(t0, tag, Ok(Vec::new()), 3, &mut out);
         assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
         assert_eq!(
             replies(&mut out),

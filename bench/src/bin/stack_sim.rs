@@ -100,6 +100,12 @@ fn no_app(_: &mut World) -> Result<()> {
     Ok(())
 }
 
+/// Steps, with no application, until connections asked for are open (`done`): an error after
+/// 5 s of simulated time.
+fn opens(world: &mut World, what: &str, done: impl FnMut(&mut World) -> bool) -> Result<()> {
+    run_until(world, what, Duration::from_secs(5), no_app, done)
+}
+
 /// 64 MiB from one client connection to the server, read as it arrives.
 fn bulk_transfer() -> Result<()> {
     const BYTES: usize = 64 << 20;
@@ -162,13 +168,9 @@ fn service_walk_and_connection_rate() -> Result<()> {
             handles.push(connect(&mut world, port, 1024)?);
         }
         let target = world.events.opened.len() + 50;
-        run_until(
-            &mut world,
-            "a wave of opens",
-            Duration::from_secs(5),
-            no_app,
-            |w| w.events.opened.len() == target,
-        )?;
+        opens(&mut world, "a wave of opens", |w| {
+            w.events.opened.len() == target
+        })?;
         for &h in &handles {
             world.client_socket(h).close();
         }
@@ -205,13 +207,9 @@ fn service_walk_and_connection_rate() -> Result<()> {
         connect(&mut world, 50_000 + i, 1024)?;
         if i % 50 == 49 {
             let target = world.events.open.len() + 50;
-            run_until(
-                &mut world,
-                "a wave of opens",
-                Duration::from_secs(5),
-                no_app,
-                |w| w.events.open.len() == target,
-            )?;
+            opens(&mut world, "a wave of opens", |w| {
+                w.events.open.len() == target
+            })?;
         }
     }
     const CALLS: u32 = 10_000;
@@ -238,13 +236,9 @@ fn service_walk_and_connection_rate() -> Result<()> {
     // One busy connection among the 1000 open: 64-byte round trips, timing only the
     // server's poll and service (the client's smoltcp walks its own 1000 sockets).
     let busy = connect(&mut world, 60_000, 1024)?;
-    run_until(
-        &mut world,
-        "the busy connection's open",
-        Duration::from_secs(5),
-        no_app,
-        |w| w.server.connections() == 1001,
-    )?;
+    opens(&mut world, "the busy connection's open", |w| {
+        w.server.connections() == 1001
+    })?;
     let id = *world.events.opened.last().context("no connection opened")?;
     const ROUNDS: u32 = 5_000;
     // Each round trip gets this much simulated time before it counts as lost.
