@@ -27,8 +27,7 @@
 //! - Created objects carry their timestamps: TigerBeetle 0.16's create reply has none, but its
 //!   header carries the timestamp the request was prepared with, from which TigerBeetle derives
 //!   every event's (`T - n + i + 1` for event i of n, an imported event its own), so they are
-//!   computed; only a reply without it (never from the client library) falls back to one
-//!   lookup of the created ids before the replies leave.
+//!   computed. A create reply without it (never from the client library) breaks the protocol.
 //! - Deadlines: every request and every waiting submission has one (`request_timeout`). Past
 //!   it, the waiting submissions are answered [`Reply::Unavailable`] (503 with Retry-After);
 //!   a reply that arrives later is dropped (the request may have been applied: a client that
@@ -135,11 +134,6 @@ enum Stage {
     /// imported posts or voids, so none that would stop the cluster is sent
     /// (`cluster::guard`).
     Guard(Vec<(ReplyTo, Operation)>),
-    /// The lookup of the created objects' timestamps that follows a create request.
-    Timestamps {
-        subs: Vec<(ReplyTo, Operation)>,
-        results: OperationReply,
-    },
     LookupAccounts(Vec<(ReplyTo, u128)>),
     LookupTransfers(Vec<(ReplyTo, u128)>),
     Query {
@@ -153,9 +147,7 @@ enum Stage {
 impl Stage {
     fn reply_tos(&self) -> Vec<ReplyTo> {
         match self {
-            Stage::Create(subs) | Stage::Guard(subs) | Stage::Timestamps { subs, .. } => {
-                subs.iter().map(|(r, _)| *r).collect()
-            }
+            Stage::Create(subs) | Stage::Guard(subs) => subs.iter().map(|(r, _)| *r).collect(),
             Stage::LookupAccounts(subs) | Stage::LookupTransfers(subs) => {
                 subs.iter().map(|(r, _)| *r).collect()
             }
@@ -324,23 +316,14 @@ impl Core {
         self.requests.get(&tag).map(|r| r.session)
     }
 
-    /// The cluster answered request `tag` (or tb_client gave it back). Returns the request's
-    /// operation and time in flight for the metrics, when the tag was known.
+    /// The cluster answered request `tag` (or tb_client gave it back), with the reply header's
+    /// timestamp (`reply_timestamp`, 0 without a reply). Returns the request's operation and
+    /// time in flight for the metrics, when the tag was known.
+    ///
+    /// A create request's created timestamps are computed from `reply_timestamp` (each request
+    /// carries one batch: one packet per session at a time, so tb_client never merges two); a
+    /// create reply whose header timestamp cannot hold its events breaks the protocol.
     pub fn completed(
-        &mut self,
-        now: Instant,
-        tag: u64,
-        result: Result<Vec<u8>, ClusterError>,
-        out: &mut Vec<Action>,
-    ) -> Option<(Op, Duration)> {
-        self.completed_at(now, tag, result, 0, out)
-    }
-
-    /// As [`Core::completed`], with the reply header's timestamp (`reply_timestamp`, 0 if
-    /// unknown). With it, a create request's created timestamps are computed (each request
-    /// carries one batch: one packet per session at a time, so tb_client never merges two), and
-    /// no lookup follows; without it they are looked up.
-    pub fn completed_at(
         &mut self,
         now: Instant,
         tag: u64,
@@ -395,30 +378,9 @@ impl Core {
                         return Some((request.op, took));
                     }
                 };
-                let created = created_ids(&subs, &results);
-                if created.is_empty() {
-                    answer_created(&subs, &results, &HashMap::new(), out);
-                } else if let Some(timestamps) = computed_timestamps(&subs, &results, reply_timestamp) {
-                    answer_created(&subs, &results, &timestamps, out);
-                } else {
-                    // The timestamps of what was created, on the same session, before any
-                    // reply leaves (the write stays in flight, so nothing overtakes it).
-                    let op = if request.op == Op::CreateAccounts {
-                        Op::LookupAccounts
-                    } else {
-                        Op::LookupTransfers
-                    };
-                    let mut body = Vec::with_capacity(created.len() * 16);
-                    wire::encode_ids(&created, &mut body);
-                    self.send(
-                        now,
-                        request.session,
-                        op,
-                        body,
-                        Stage::Timestamps { subs, results },
-                        true,
-                        out,
-                    );
+                match computed_timestamps(request.op, &subs, &results, reply_timestamp) {
+                    Ok(timestamps) => answer_created(&subs, &results, &timestamps, out),
+                    Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
                 }
             }
             Stage::Guard(subs) => {
@@ -430,18 +392,6 @@ impl Core {
                         // overtakes the write.
                         self.guard(now, request.session, subs, &stored, Refusal::WouldStop, out);
                     }
-                    Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
-                }
-            }
-            Stage::Timestamps { subs, results } => {
-                let timestamps: Result<HashMap<u128, u64>, _> = match request.op {
-                    Op::LookupAccounts => wire::accounts(request.op, &body, wire::BATCH_EVENTS_MAX)
-                        .map(|rows| rows.iter().map(|a| (a.id, a.timestamp)).collect()),
-                    _ => wire::transfers(request.op, &body, wire::BATCH_EVENTS_MAX)
-                        .map(|rows| rows.iter().map(|t| (t.id, t.timestamp)).collect()),
-                };
-                match timestamps {
-                    Ok(timestamps) => answer_created(&subs, &results, &timestamps, out),
                     Err(e) => protocol(self, e, subs.iter().map(|(r, _)| *r).collect(), out),
                 }
             }
@@ -875,41 +825,20 @@ impl Core {
     }
 }
 
-/// The ids of the events created (result `ok`), in request order.
-fn created_ids(subs: &[(ReplyTo, Operation)], results: &OperationReply) -> Vec<u128> {
-    let ids = subs.iter().flat_map(|(_, o)| -> Vec<u128> {
-        match o {
-            Operation::CreateAccounts(e) => e.iter().map(|a| a.id).collect(),
-            Operation::CreateTransfers(e) => e.iter().map(|t| t.id).collect(),
-        }
-    });
-    match results {
-        OperationReply::CreateAccounts(r) => ids
-            .zip(r)
-            .filter(|(_, r)| **r == ledger_svc::CreateAccountResult::Ok)
-            .map(|(id, _)| id)
-            .collect(),
-        OperationReply::CreateTransfers(r) => ids
-            .zip(r)
-            .filter(|(_, r)| **r == ledger_svc::CreateTransferResult::Ok)
-            .map(|(id, _)| id)
-            .collect(),
-    }
-}
-
 /// The timestamps of the objects a one-batch create request of n events created, from the
 /// reply header's timestamp T: event i (counted over the whole request) got `T - n + i + 1`,
 /// an imported event its own (TigerBeetle 0.16.78's `execute_create`, and `execute_multi_batch`
-/// whose batch timestamp equals T for a request of one batch). None when T is unknown (0) or
-/// too small to hold the request: then they are looked up.
+/// whose batch timestamp equals T for a request of one batch). A T too small to hold the
+/// request (0: no header timestamp) breaks the protocol.
 fn computed_timestamps(
+    op: Op,
     subs: &[(ReplyTo, Operation)],
     results: &OperationReply,
     reply_timestamp: u64,
-) -> Option<HashMap<u128, u64>> {
+) -> Result<HashMap<u128, u64>, wire::WireError> {
     let n = subs.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
     if reply_timestamp <= n {
-        return None;
+        return Err(wire::WireError::HeaderTimestamp { op, timestamp: reply_timestamp, events: n });
     }
     let first = reply_timestamp - n + 1;
     let mut timestamps = HashMap::new();
@@ -934,10 +863,11 @@ fn computed_timestamps(
                     index += 1;
                 }
             }
-            _ => return None,
+            // `wire::create_results` decodes the reply of the request's own operation.
+            _ => unreachable!("the results of {op:?} are of the request's kind"),
         }
     }
-    Some(timestamps)
+    Ok(timestamps)
 }
 
 /// Splits the dense results of one request back to its submissions, in order.
@@ -1231,7 +1161,7 @@ pub mod driver {
                 // evicts the least recently used) fails every later request: open a new one.
                 let evicted = matches!(&c.result, Err(ClusterError::Packet(kind)) if kind.contains("ClientEvicted"));
                 let session = core.session_of(c.tag);
-                if let Some((_, took)) = core.completed_at(now, c.tag, c.result, c.timestamp, &mut out) {
+                if let Some((_, took)) = core.completed(now, c.tag, c.result, c.timestamp, &mut out) {
                     m.request_seconds.observe(took.as_secs_f64());
                 }
                 if let (true, Some(session)) = (evicted, session) {
@@ -1375,6 +1305,10 @@ mod tests {
         Command::Mutate(Operation::CreateTransfers(events))
     }
 
+    /// The header timestamp of a reply whose timestamp nothing reads (a lookup's, a probe's,
+    /// a late one's): the client library gives every reply one.
+    const REPLY_TIMESTAMP: u64 = 1_000_000;
+
     fn sends(out: &[Action]) -> Vec<(u64, Op, usize)> {
         out.iter()
             .filter_map(|a| match a {
@@ -1404,7 +1338,7 @@ mod tests {
         let probe = sends(&out);
         assert_eq!(probe.len(), 1, "an idle core probes the cluster: {out:?}");
         assert_eq!(probe[0].1, Op::LookupAccounts);
-        core.completed(t0, probe[0].0, Ok(Vec::new()), &mut out);
+        core.completed(t0, probe[0].0, Ok(Vec::new()), REPLY_TIMESTAMP, &mut out);
         assert!(core.reachable());
         core
     }
@@ -1467,18 +1401,15 @@ mod tests {
         // TigerBeetle answers the open chain at the request's end: 11 failed, 12 open.
         let failed = CreateTransferResult::LinkedEventFailed.code();
         let open = CreateTransferResult::LinkedEventChainOpen.code();
+        // 10 was created: event 0 of 3 under the header timestamp 779 got 779 - 3 + 0 + 1.
         core.completed(
             t0,
             first[0].0,
             Ok(sparse(&[(1, failed), (2, open)])),
+            779,
             &mut out,
         );
-        // 10 was created: its timestamp is looked up before any reply leaves.
-        let lookup = sends(&out);
-        assert_eq!((lookup[0].1, lookup[0].2), (Op::LookupTransfers, 16));
-        assert!(replies(&mut out).is_empty());
-        out.clear();
-        core.completed(t0, lookup[0].0, Ok(transfer_rows(&[(10, 777)])), &mut out);
+        assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
         let got = replies(&mut out);
         let statuses = |r: &Reply| match r {
             Reply::Created(results) => results
@@ -1534,19 +1465,13 @@ mod tests {
         out.clear();
         let exceeds = CreateTransferResult::ExceedsCredits.code();
         let exists = CreateTransferResult::Exists.code();
+        // Ids 1, 3 and 5 were created, events 0, 2 and 4 of 6 under the header timestamp 106:
+        // 106 - 6 + i + 1.
         core.completed(
             t0,
             request[0].0,
             Ok(sparse(&[(1, exceeds), (3, exists), (5, exceeds)])),
-            &mut out,
-        );
-        let lookup = sends(&out);
-        assert_eq!(lookup[0].2, 3 * 16, "ids 1, 3 and 5 were created");
-        out.clear();
-        core.completed(
-            t0,
-            lookup[0].0,
-            Ok(transfer_rows(&[(1, 101), (3, 103), (5, 105)])),
+            106,
             &mut out,
         );
         let got: Vec<(u64, Statuses)> = replies(&mut out)
@@ -1639,7 +1564,13 @@ mod tests {
         out.clear();
         // The cluster returns: the late reply frees its session and marks the cluster
         // reachable, and answers nobody (its submission already had its 503).
-        core.completed(t0 + Duration::from_secs(7), write, Ok(Vec::new()), &mut out);
+        core.completed(
+            t0 + Duration::from_secs(7),
+            write,
+            Ok(Vec::new()),
+            REPLY_TIMESTAMP,
+            &mut out,
+        );
         assert!(out.is_empty(), "{out:?}");
         assert!(core.reachable());
         assert_eq!((core.stats().late_replies, core.in_flight()), (1, 1));
@@ -1692,7 +1623,7 @@ mod tests {
                 ..Account::default()
             },
         );
-        core.completed(t0, lookups[0].0, Ok(rows), &mut out);
+        core.completed(t0, lookups[0].0, Ok(rows), REPLY_TIMESTAMP, &mut out);
         let got = replies(&mut out);
         assert!(
             matches!(
@@ -1758,6 +1689,7 @@ mod tests {
             t0,
             tag,
             Ok(transfer_rows(&[(1, 10), (2, 20), (3, 30)])),
+            REPLY_TIMESTAMP,
             &mut out,
         );
         match replies(&mut out).pop() {
@@ -1819,13 +1751,11 @@ mod tests {
         );
     }
 
-    /// Completes write `tag` with every event created, and the timestamps' lookup after it.
+    /// Completes write `tag` with every event created.
     fn finish_write(core: &mut Core, t0: Instant, tag: u64) {
         let mut out = Vec::new();
-        core.completed(t0, tag, Ok(Vec::new()), &mut out);
-        if let Some((lookup, Op::LookupTransfers, _)) = sends(&out).first().copied() {
-            core.completed(t0, lookup, Ok(Vec::new()), &mut out);
-        }
+        core.completed(t0, tag, Ok(Vec::new()), REPLY_TIMESTAMP, &mut out);
+        assert!(sends(&out).is_empty(), "nothing follows a write: {out:?}");
     }
 
     fn imported(mut command: Command, timestamps: &[u64]) -> Command {
@@ -1913,7 +1843,13 @@ mod tests {
             "the pending transfers 7 and 10 first: {out:?}"
         );
         out.clear();
-        core.completed(t0, lookup[0].0, Ok(transfer_rows(&[(7, 200)])), &mut out);
+        core.completed(
+            t0,
+            lookup[0].0,
+            Ok(transfer_rows(&[(7, 200)])),
+            REPLY_TIMESTAMP,
+            &mut out,
+        );
         let got = replies(&mut out);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
@@ -1950,7 +1886,7 @@ mod tests {
         core.poll(t0, &mut out);
         let probe_or_lookup = sends(&out)[0].0;
         out.clear();
-        core.completed(t0, probe_or_lookup, Ok(Vec::new()), &mut out);
+        core.completed(t0, probe_or_lookup, Ok(Vec::new()), REPLY_TIMESTAMP, &mut out);
         out.clear();
         // An imported post well after its pending transfer: the guard would let it through,
         // but another appliance could have created the pending transfer a moment ago.
@@ -1975,19 +1911,26 @@ mod tests {
         assert_eq!(core.stats().refused, 1);
     }
 
-    #[test]
-    fn created_timestamps_come_from_the_reply_header_without_a_lookup() {
-        let t0 = Instant::now();
+    /// A started core with one request in flight: submissions 1 (transfers 1 and 2) and 2
+    /// (transfer 3) joined into one `create_transfers` of three events. Returns its tag.
+    fn three_events_in_flight(t0: Instant) -> (Core, u64) {
         let mut core = started(t0);
         let mut out = Vec::new();
-        // Two submissions joined into one request of three events; the middle one fails.
         core.submit(t0, Submission { reply_to: to(1), command: transfers(&[1, 2], false) });
         core.submit(t0, Submission { reply_to: to(2), command: transfers(&[3], false) });
         core.poll(t0, &mut out);
         let sent = sends(&out);
         assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 3 * 128));
-        out.clear();
-        core.completed_at(t0, sent[0].0, Ok(sparse(&[(1, 21)])), 1_000, &mut out);
+        (core, sent[0].0)
+    }
+
+    #[test]
+    fn created_timestamps_come_from_the_reply_header_without_a_lookup() {
+        let t0 = Instant::now();
+        // Two submissions joined into one request of three events; the middle one fails.
+        let (mut core, tag) = three_events_in_flight(t0);
+        let mut out = Vec::new();
+        core.completed(t0, tag, Ok(sparse(&[(1, 21)])), 1_000, &mut out);
         assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
         let got = replies(&mut out);
         let stamps: Vec<Vec<Option<u64>>> = got
@@ -1999,5 +1942,24 @@ mod tests {
             .collect();
         // Event i of n = 3 got 1000 - 3 + i + 1: 998, (999 failed), 1000.
         assert_eq!(stamps, vec![vec![Some(998), None], vec![Some(1_000)]]);
+    }
+
+    #[test]
+    fn a_create_reply_whose_header_timestamp_cannot_hold_its_events_breaks_the_protocol() {
+        let t0 = Instant::now();
+        let (mut core, tag) = three_events_in_flight(t0);
+        let mut out = Vec::new();
+        // Three events need a header timestamp above 3; 0 is a reply without one.
+        core.completed(t0, tag, Ok(Vec::new()), 3, &mut out);
+        assert!(sends(&out).is_empty(), "no lookup follows: {out:?}");
+        assert_eq!(
+            replies(&mut out),
+            vec![
+                (1, Reply::Internal("the TigerBeetle cluster's reply broke the protocol")),
+                (2, Reply::Internal("the TigerBeetle cluster's reply broke the protocol")),
+            ]
+        );
+        assert_eq!(core.stats().failed, 1);
+        assert!(core.is_idle(), "the session is free again");
     }
 }

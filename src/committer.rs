@@ -69,14 +69,35 @@ pub struct LedgerClient {
     reads: Sender<Submission>,
 }
 
+/// A submission the ledger did not take. Its command is dropped at once (the worker answers
+/// the request 503 with Retry-After from its own record of it), so a refusal hands back only
+/// which request it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the ledger's queue is full (request {} of slot {})", reply_to.seq, reply_to.slot)]
+    Full { reply_to: ReplyTo },
+    #[error("the ledger thread has stopped (request {} of slot {})", reply_to.seq, reply_to.slot)]
+    Stopped { reply_to: ReplyTo },
+}
+
+impl SubmitError {
+    /// The request the submission answers.
+    pub fn reply_to(&self) -> ReplyTo {
+        match self {
+            SubmitError::Full { reply_to } | SubmitError::Stopped { reply_to } => *reply_to,
+        }
+    }
+}
+
 impl LedgerClient {
-    /// Queues a command. When its queue is full the command is handed back, so the worker
+    /// Queues a command. When its queue is full the command is refused, so the worker
     /// answers 503 with Retry-After and memory stays bounded.
-    pub fn submit(&self, submission: Submission) -> Result<(), Submission> {
+    pub fn submit(&self, submission: Submission) -> Result<(), SubmitError> {
         let queue = if submission.command.is_mutation() { &self.writes } else { &self.reads };
         match queue.try_send(submission) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => Err(s),
+            Err(TrySendError::Full(s)) => Err(SubmitError::Full { reply_to: s.reply_to }),
+            Err(TrySendError::Disconnected(s)) => Err(SubmitError::Stopped { reply_to: s.reply_to }),
         }
     }
 }
@@ -687,13 +708,18 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_hands_the_submission_back() {
-        let Channels { client, submissions: _rx, replies_tx: _replies, replies_rx: _completions } = channels(1, 1);
+    fn a_full_queue_refuses_the_submission_and_names_it() {
+        let Channels { client, submissions: rx, replies_tx: _replies, replies_rx: _completions } = channels(1, 1);
         let first = Submission { reply_to: reply_to(0), command: Command::LookupAccount(1) };
         assert!(client.submit(first).is_ok());
         let second = Submission { reply_to: reply_to(1), command: Command::LookupAccount(2) };
         let back = client.submit(second).expect_err("the queue holds one");
-        assert_eq!(back.reply_to.seq, 1);
+        assert_eq!(back, SubmitError::Full { reply_to: reply_to(1) });
+        assert_eq!(back.reply_to().seq, 1);
+        // Once the ledger thread's ends are gone, a submission is refused as stopped.
+        drop(rx);
+        let third = Submission { reply_to: reply_to(2), command: accounts(&[1]) };
+        assert_eq!(client.submit(third), Err(SubmitError::Stopped { reply_to: reply_to(2) }));
     }
 
     #[test]

@@ -158,43 +158,36 @@ fn without_timestamps(reply: &Reply, created_timestamps: &mut Vec<u64>) -> Reply
         Reply::Transfer { transfer, .. } => transfer.iter_mut().for_each(|t| t.timestamp = 0),
         Reply::AccountTransfers { transfers, next } => {
             transfers.iter_mut().for_each(|t| t.timestamp = 0);
-            next.iter_mut().for_each(|f| {
-                (f.timestamp_min, f.timestamp_max) = (
-                    u64::from(f.timestamp_min != 0),
-                    u64::from(f.timestamp_max != 0),
-                )
-            });
+            next.iter_mut()
+                .for_each(|f| bounds_set(&mut f.timestamp_min, &mut f.timestamp_max));
         }
         Reply::AccountBalances { balances, next } => {
             balances.iter_mut().for_each(|b| b.timestamp = 0);
-            next.iter_mut().for_each(|f| {
-                (f.timestamp_min, f.timestamp_max) = (
-                    u64::from(f.timestamp_min != 0),
-                    u64::from(f.timestamp_max != 0),
-                )
-            });
+            next.iter_mut()
+                .for_each(|f| bounds_set(&mut f.timestamp_min, &mut f.timestamp_max));
         }
         Reply::Accounts { accounts, next } => {
             accounts.iter_mut().for_each(|a| a.timestamp = 0);
-            next.iter_mut().for_each(|f| {
-                (f.timestamp_min, f.timestamp_max) = (
-                    u64::from(f.timestamp_min != 0),
-                    u64::from(f.timestamp_max != 0),
-                )
-            });
+            next.iter_mut()
+                .for_each(|f| bounds_set(&mut f.timestamp_min, &mut f.timestamp_max));
         }
         Reply::Transfers { transfers, next } => {
             transfers.iter_mut().for_each(|t| t.timestamp = 0);
-            next.iter_mut().for_each(|f| {
-                (f.timestamp_min, f.timestamp_max) = (
-                    u64::from(f.timestamp_min != 0),
-                    u64::from(f.timestamp_max != 0),
-                )
-            });
+            next.iter_mut()
+                .for_each(|f| bounds_set(&mut f.timestamp_min, &mut f.timestamp_max));
         }
         Reply::Internal(_) | Reply::Unavailable { .. } | Reply::Refused { .. } => {}
     }
     reply
+}
+
+/// A next page's timestamp bounds, kept only as whether each is set: the bounds come from the
+/// rows' timestamps, which differ between the backends, but which bound a page sets does not.
+fn bounds_set(timestamp_min: &mut u64, timestamp_max: &mut u64) {
+    (*timestamp_min, *timestamp_max) = (
+        u64::from(*timestamp_min != 0),
+        u64::from(*timestamp_max != 0),
+    );
 }
 
 fn embedded_replies() -> Vec<Vec<Reply>> {

@@ -56,6 +56,10 @@ pub enum WireError {
     UnknownResult { op: Op, code: u32 },
     #[error("reply of {op:?} holds {rows} rows, more than the {limit} asked for")]
     TooManyRows { op: Op, rows: usize, limit: usize },
+    /// A create reply's header timestamp T gives its n events `T - n + 1 ..= T`, so it must
+    /// exceed n (0 is a reply without one).
+    #[error("reply of {op:?} carries the header timestamp {timestamp}, too small for its {events} events")]
+    HeaderTimestamp { op: Op, timestamp: u64, events: u64 },
 }
 
 /// Appends the body of a create operation (its events, 128 bytes each) and names the request.

@@ -27,6 +27,7 @@ mod neighbour;
 mod probe;
 mod ready;
 pub mod sim;
+pub mod sim_pair;
 mod stack;
 
 pub use arp::{write_gratuitous_arp, GRATUITOUS_ARP_FRAME_BYTES};

@@ -18,21 +18,17 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
 };
+use tcp::frames::{Segment, CLIENT_IP, CLIENT_MAC, PORT, SERVER_IP, SERVER_MAC};
 use tcp::sim::{Side, SimConfig, SimLink};
 use tcp::{ConnId, Event, Stack, StackConfig, SynCookieMode, NEIGHBOUR_LIFETIME, NEIGHBOUR_REFRESH};
 
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 254);
 /// An off-link client (TEST-NET-1, RFC 5737) and its own router.
 const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const REMOTE_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const PORT: u16 = 8443;
 /// An on-link attacker.
 const ATTACKER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
 
@@ -94,7 +90,25 @@ fn arp_reply(
 
 /// A TCP SYN to the service from `(mac, ip, port)`, checksums filled in.
 fn syn_frame(mac: [u8; 6], ip: Ipv4Addr, port: u16) -> Vec<u8> {
-    tcp_frame(mac, ip, port, TcpControl::Syn, None)
+    Segment {
+        mac,
+        ..Segment::syn(ip, port, 1000)
+    }
+    .frame()
+}
+
+/// A stray segment to the service from `(mac, ip, port)`: an ACK of nothing the stack sent,
+/// on no connection, checksums filled in.
+fn stray_ack_frame(mac: [u8; 6], ip: Ipv4Addr, port: u16) -> Vec<u8> {
+    Segment {
+        mac,
+        control: TcpControl::None,
+        ack: Some(1),
+        mss: None,
+        window_scale: None,
+        ..Segment::syn(ip, port, 1000)
+    }
+    .frame()
 }
 
 /// An ARP request from `(mac, ip)` for our address, broadcast.
@@ -133,55 +147,6 @@ fn echo_request(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     let mut ip_packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
     ip_repr.emit(&mut ip_packet, &checksums);
     icmp.emit(&mut Icmpv4Packet::new_unchecked(ip_packet.payload_mut()), &checksums);
-    frame
-}
-
-/// A TCP segment to the service from `(mac, ip, port)` with `control` and, if given, an ACK.
-fn tcp_frame(
-    mac: [u8; 6],
-    ip: Ipv4Addr,
-    port: u16,
-    control: TcpControl,
-    ack_number: Option<TcpSeqNumber>,
-) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: port,
-        dst_port: PORT,
-        control,
-        seq_number: TcpSeqNumber(1000),
-        ack_number,
-        window_len: 4096,
-        window_scale: None,
-        max_seg_size: Some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    let ip_repr = Ipv4Repr {
-        src_addr: ip,
-        dst_addr: SERVER_IP,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let checksums = ChecksumCapabilities::default();
-    let mut frame = vec![0; 14 + ip_repr.buffer_len() + tcp.buffer_len()];
-    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(mac),
-        dst_addr: EthernetAddress(SERVER_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut ethernet);
-    let mut ip_packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
-    ip_repr.emit(&mut ip_packet, &checksums);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(ip_packet.payload_mut()),
-        &IpAddress::Ipv4(ip),
-        &IpAddress::Ipv4(SERVER_IP),
-        &checksums,
-    );
     frame
 }
 
@@ -689,7 +654,7 @@ fn a_routed_frame_from_another_mac_does_not_rebind_the_gateway() {
             // A SYN "routed" from anywhere: used to rebind the gateway to its MAC.
             syn_frame(ATTACKER_MAC, elsewhere, 5555),
             // A segment of the live connection's four-tuple, from the attacker's MAC.
-            tcp_frame(ATTACKER_MAC, REMOTE_IP, 40_000, TcpControl::None, Some(TcpSeqNumber(1))),
+            stray_ack_frame(ATTACKER_MAC, REMOTE_IP, 40_000),
             // ARP claiming the gateway's address: an unsolicited reply and a request.
             arp_reply(ATTACKER_MAC, GATEWAY_IP, SERVER_MAC, SERVER_IP),
             arp_request(ATTACKER_MAC, GATEWAY_IP),
@@ -753,7 +718,7 @@ fn a_flood_from_spoofed_on_link_sources_does_not_evict_a_live_connections_neighb
         flood.push(echo_request(mac, ip));
         flood.push(arp_request(mac, ip));
         flood.push(arp_reply(mac, ip, SERVER_MAC, SERVER_IP));
-        flood.push(tcp_frame(mac, ip, 2000 + i, TcpControl::None, Some(TcpSeqNumber(1))));
+        flood.push(stray_ack_frame(mac, ip, 2000 + i));
     }
     // Claims on the client's own address from the attacker's MAC.
     flood.push(syn_frame(ATTACKER_MAC, CLIENT_IP, 41_000));

@@ -1,41 +1,26 @@
 //! End-to-end tests: the appliance's [`Stack`] on one end of a [`SimLink`], a client smoltcp
-//! `Interface` (built here directly) or hand-made frames on the other. Time is simulated: the
-//! tests jump it to the next deadline, so timeouts cost no wall-clock time.
+//! `Interface` (`tcp::sim_pair`) or hand-made frames on the other. Time is simulated: the tests
+//! jump it to the next deadline, so timeouts cost no wall-clock time.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp as stcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
 };
+use tcp::frames::{CLIENT_IP, CLIENT_MAC, SERVER_IP, SERVER_MAC};
 use tcp::sim::{Side, SimConfig, SimLink};
+use tcp::sim_pair::{server_config, Observer, SimPair};
 use tcp::{ConnError, ConnId, Event, Stack, StackConfig};
 
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-const PORT: u16 = 8443;
-
-fn server_config() -> StackConfig {
-    StackConfig {
-        mac: SERVER_MAC,
-        ipv4: SERVER_IP,
-        prefix_len: 24,
-        port: PORT,
-        random_seed: 0x5eed,
-        ..StackConfig::default()
-    }
-}
-
 /// Checks the event stream as it comes: every `Closed` follows exactly one `Opened` of the
-/// same id, and ids are never reused while open.
+/// same id, and ids are never reused while open. Around every turn it also checks that the
+/// stack visits only the sockets it was told about (segments, the caller, timers): none with
+/// work may be missing from its sets.
 #[derive(Default)]
 struct EventLedger {
     open: HashMap<ConnId, ()>,
@@ -43,8 +28,8 @@ struct EventLedger {
     closed: Vec<ConnId>,
 }
 
-impl EventLedger {
-    fn record(&mut self, event: Event) {
+impl Observer for EventLedger {
+    fn event(&mut self, event: Event) {
         match event {
             Event::Opened(id) => {
                 assert!(
@@ -63,131 +48,17 @@ impl EventLedger {
             }
         }
     }
+
+    fn check(&mut self, server: &mut Stack) {
+        let missed = server.readiness_violations();
+        assert!(missed.is_empty(), "slots with work the readiness sets would not visit: {missed:?}");
+    }
 }
 
 /// The appliance and a client interface over one simulated link.
-struct World {
-    link: SimLink,
-    server: Stack,
-    client: Interface,
-    client_sockets: SocketSet<'static>,
-    now: Instant,
-    events: EventLedger,
-    /// Events of the last step, for the test's application logic.
-    fresh: Vec<Event>,
-}
-
-impl World {
-    fn new(config: &StackConfig, sim: SimConfig) -> World {
-        let mut link = SimLink::new(sim);
-        let now = Instant::from_millis(1_000);
-        let mut server = Stack::new(config, &mut link.port(Side::A), now).expect("valid config");
-        assert!(server.announce(&mut link.port(Side::A), now));
-        let mut client_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(CLIENT_MAC)));
-        client_config.random_seed = 0xc11e;
-        let mut client = Interface::new(client_config, &mut link.port(Side::B), now);
-        client.update_ip_addrs(|addrs| {
-            addrs
-                .push(IpCidr::new(IpAddress::Ipv4(CLIENT_IP), 24))
-                .unwrap()
-        });
-        World {
-            link,
-            server,
-            client,
-            client_sockets: SocketSet::new(Vec::new()),
-            now,
-            events: EventLedger::default(),
-            fresh: Vec::new(),
-        }
-    }
-
-    /// Adds a client socket connecting to the service from `local_port`.
-    fn connect(&mut self, local_port: u16, buffer_bytes: usize) -> SocketHandle {
-        let mut socket = stcp::Socket::new(
-            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
-            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
-        );
-        socket
-            .connect(
-                self.client.context(),
-                (IpAddress::Ipv4(SERVER_IP), PORT),
-                local_port,
-            )
-            .unwrap();
-        self.client_sockets.add(socket)
-    }
-
-    fn client_socket(&mut self, handle: SocketHandle) -> &mut stcp::Socket<'static> {
-        self.client_sockets.get_mut::<stcp::Socket>(handle)
-    }
-
-    /// One turn of both ends. True if anything moved.
-    fn step(&mut self) -> bool {
-        // Whatever the app did since the last step, no socket with work is left unvisited.
-        check_readiness(&mut self.server);
-        let mut busy = self.server.poll(self.now, &mut self.link.port(Side::A));
-        let (events, fresh) = (&mut self.events, &mut self.fresh);
-        fresh.clear();
-        self.server.service(self.now, |event| {
-            events.record(event);
-            fresh.push(event);
-        });
-        busy |= !self.fresh.is_empty();
-        check_readiness(&mut self.server);
-        busy |= self.client.poll(
-            self.now,
-            &mut self.link.port(Side::B),
-            &mut self.client_sockets,
-        ) == PollResult::SocketStateChanged;
-        busy
-    }
-
-    /// Moves time to the next thing due (a frame, a timer), at least 1 ms on.
-    fn advance(&mut self) {
-        let candidates = [
-            self.server.poll_delay(self.now).map(|d| self.now + d),
-            self.client.poll_at(self.now, &self.client_sockets),
-            self.link.next_delivery(),
-        ];
-        let next = candidates.into_iter().flatten().min();
-        let floor = self.now + Duration::from_millis(1);
-        self.now = match next {
-            Some(next) if next > floor => next.min(self.now + Duration::from_secs(1)),
-            _ => floor,
-        };
-    }
-
-    /// Steps (running `app` after each step) until `done` or `limit` of simulated time.
-    fn run_until(
-        &mut self,
-        limit: Duration,
-        mut app: impl FnMut(&mut World),
-        mut done: impl FnMut(&mut World) -> bool,
-    ) -> bool {
-        let deadline = self.now + limit;
-        while self.now < deadline {
-            let busy = self.step();
-            app(self);
-            if done(self) {
-                return true;
-            }
-            if !busy {
-                self.advance();
-            }
-        }
-        false
-    }
-}
+type World = SimPair<EventLedger>;
 
 fn no_app(_: &mut World) {}
-
-/// The stack visits only the sockets it was told about (segments, the caller, timers): none
-/// with work may be missing from its sets.
-fn check_readiness(server: &mut Stack) {
-    let missed = server.readiness_violations();
-    assert!(missed.is_empty(), "slots with work the readiness sets would not visit: {missed:?}");
-}
 
 // ---------------------------------------------------------------- ARP and ICMP
 
@@ -360,9 +231,6 @@ fn malformed_frames_are_dropped_without_panic() {
 /// Echoes everything received on open connections; closes once the peer has closed and
 /// everything was sent back.
 fn echo_app(world: &mut World) {
-    for &event in &world.fresh {
-        if let Event::Opened(_) = event {}
-    }
     let ids: Vec<ConnId> = world.events.open.keys().copied().collect();
     for id in ids {
         let server = &mut world.server;
@@ -461,11 +329,11 @@ fn echo(
     client_buffer_bytes: usize,
 ) -> tcp::sim::SimStats {
     let seed = sim.seed;
-    let mut world = World::new(config, sim);
+    let mut world = World::new(config, sim).expect("valid config");
     let message: Vec<u8> = (0..message_len)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    let client = world.connect(40_000, client_buffer_bytes);
+    let client = world.connect(40_000, client_buffer_bytes).unwrap();
     let mut sent = 0;
     let mut echoed = Vec::with_capacity(message.len());
     let finished = world.run_until(
@@ -525,13 +393,13 @@ fn a_thousand_concurrent_connections_with_64_listeners() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     assert_eq!(world.server.sockets_total(), 1024 + 64);
     assert_eq!(world.server.listening(), 64);
     let mut handles = Vec::with_capacity(CLIENTS);
     for wave in 0..CLIENTS / WAVE {
         for i in 0..WAVE {
-            handles.push(world.connect((20_000 + wave * WAVE + i) as u16, 1024));
+            handles.push(world.connect((20_000 + wave * WAVE + i) as u16, 1024).unwrap());
         }
         let expected = handles.len();
         assert!(
@@ -580,10 +448,10 @@ fn connections_max_is_enforced_and_refusals_counted() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     let mut handles = Vec::new();
     for i in 0..8 {
-        handles.push(world.connect(30_000 + i, 1024));
+        handles.push(world.connect(30_000 + i, 1024).unwrap());
         assert!(
             world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
                 == i as usize + 1)
@@ -592,7 +460,7 @@ fn connections_max_is_enforced_and_refusals_counted() {
     assert_eq!(world.server.listening(), 0, "no socket listens at capacity");
 
     // The ninth is refused: smoltcp answers its SYN with an RST.
-    let ninth = world.connect(30_100, 1024);
+    let ninth = world.connect(30_100, 1024).unwrap();
     assert!(world.run_until(Duration::from_secs(5), no_app, |w| !w
         .client_socket(ninth)
         .is_open()));
@@ -607,7 +475,7 @@ fn connections_max_is_enforced_and_refusals_counted() {
             == 7)
     );
     assert_eq!(world.server.listening(), 1);
-    let tenth = world.connect(30_101, 1024);
+    let tenth = world.connect(30_101, 1024).unwrap();
     assert!(
         world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
             == 8)
@@ -626,14 +494,14 @@ fn a_burst_beyond_the_listen_pool_is_refused_and_counted() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     // Resolve ARP first so the whole burst reaches the server in one poll.
-    let first = world.connect(31_000, 1024);
+    let first = world.connect(31_000, 1024).unwrap();
     assert!(
         world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
             == 1)
     );
-    let burst: Vec<_> = (1..5).map(|i| world.connect(31_000 + i, 1024)).collect();
+    let burst: Vec<_> = (1..5).map(|i| world.connect(31_000 + i, 1024).unwrap()).collect();
     // Client sends four SYNs; the server polls once with two sockets listening.
     world.client.poll(
         world.now,
@@ -661,9 +529,9 @@ fn idle_connections_time_out_and_report_closed() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
-    let quiet = world.connect(32_000, 1024);
-    let chatty = world.connect(32_001, 1024);
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
+    let quiet = world.connect(32_000, 1024).unwrap();
+    let chatty = world.connect(32_001, 1024).unwrap();
     assert!(
         world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
             == 2)
@@ -716,10 +584,10 @@ fn every_ending_reports_closed_exactly_once() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     // 0: client closes first (we close after its FIN); 1: client resets; 2: we close first;
     // 3: we abort; 4: idle timeout.
-    let clients: Vec<_> = (0..5).map(|i| world.connect(33_000 + i, 1024)).collect();
+    let clients: Vec<_> = (0..5).map(|i| world.connect(33_000 + i, 1024).unwrap()).collect();
     assert!(
         world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
             == 5)
@@ -798,11 +666,11 @@ fn a_stale_id_never_touches_the_reused_slot() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     let mut first_id: Option<ConnId> = None;
     let mut reused: Option<ConnId> = None;
     for round in 0..6u16 {
-        let client = world.connect(34_000 + round, 1024);
+        let client = world.connect(34_000 + round, 1024).unwrap();
         assert!(
             world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
                 == 1)
@@ -873,16 +741,16 @@ fn half_open_handshakes_time_out_silently() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     // A full connection first, so ARP is resolved both ways.
-    world.connect(35_000, 1024);
+    world.connect(35_000, 1024).unwrap();
     assert!(
         world.run_until(Duration::from_secs(5), no_app, |w| w.server.connections()
             == 1)
     );
 
     // The SYN arrives, then the link goes dark: the client's ACK never does.
-    world.connect(35_001, 1024);
+    world.connect(35_001, 1024).unwrap();
     world.client.poll(
         world.now,
         &mut world.link.port(Side::B),
@@ -950,12 +818,12 @@ fn one_source_address_holds_at_most_its_share_of_the_table() {
         tx_buffer_bytes: 2048,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
     // 20 connections from the one client address, in waves the listener pool can take:
     // 10 are kept, 10 reset as their handshake completes.
     let mut handles = Vec::new();
     for wave in 0..4 {
-        handles.extend((0..5).map(|i| world.connect(30_000 + wave * 5 + i, 1024)));
+        handles.extend((0..5).map(|i| world.connect(30_000 + wave * 5 + i, 1024).unwrap()));
         world.run_until(Duration::from_millis(300), no_app, |_| false);
     }
     assert!(
@@ -981,8 +849,8 @@ fn a_connection_with_nothing_to_do_is_not_visited_and_one_whose_timer_comes_is()
         idle_timeout_ms: 600_000,
         ..server_config()
     };
-    let mut world = World::new(&config, SimConfig::default());
-    let clients: Vec<_> = (0..200).map(|i| world.connect(33_000 + i, 1024)).collect();
+    let mut world = World::new(&config, SimConfig::default()).expect("valid config");
+    let clients: Vec<_> = (0..200).map(|i| world.connect(33_000 + i, 1024).unwrap()).collect();
     assert!(world.run_until(Duration::from_secs(10), no_app, |w| w.server.connections() == 200));
     // Let the last ACKs and delayed-ACK timers play out.
     world.run_until(Duration::from_secs(2), no_app, |_| false);

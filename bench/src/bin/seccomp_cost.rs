@@ -91,8 +91,12 @@ impl Calls {
     }
 }
 
+/// A measuring thread's ends: ask it for a round, then read the round (or why it could not
+/// measure: a failed socket or filter, as text, since it crosses the thread).
+type RoundChannel = (mpsc::Sender<()>, mpsc::Receiver<Result<Round, String>>);
+
 /// A thread that runs a round each time it is asked, confined first if `confined`.
-fn spawn(confined: bool, calls: u32) -> Result<(mpsc::Sender<()>, mpsc::Receiver<Result<Round, String>>)> {
+fn spawn(confined: bool, calls: u32) -> Result<RoundChannel> {
     let (ask, asked) = mpsc::channel::<()>();
     let (tell, told) = mpsc::channel();
     // Compiled here, applied in the thread: as a worker does, and no allocation after it.

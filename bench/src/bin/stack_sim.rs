@@ -10,45 +10,21 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
-use smoltcp::socket::tcp as stcp;
-use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
-use tcp::sim::{Side, SimConfig, SimLink};
-use tcp::{ConnId, Event, Stack, StackConfig};
-
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-const PORT: u16 = 8443;
+use smoltcp::time::Duration;
+use tcp::sim::{Side, SimConfig};
+use tcp::sim_pair::{server_config, Observer, SimPair};
+use tcp::{ConnId, Event, StackConfig};
 
 fn main() -> Result<()> {
     bulk_transfer()?;
     service_walk_and_connection_rate()
 }
 
-fn server_config() -> StackConfig {
-    StackConfig {
-        mac: SERVER_MAC,
-        ipv4: SERVER_IP,
-        prefix_len: 24,
-        port: PORT,
-        random_seed: 0x5eed,
-        ..StackConfig::default()
-    }
-}
-
-/// The appliance and a client interface over one simulated link.
-struct World {
-    link: SimLink,
-    server: Stack,
-    client: Interface,
-    client_sockets: SocketSet<'static>,
-    now: Instant,
+/// The connections the stack reported, counted (no checks: they would cost time measured).
+#[derive(Default)]
+struct Connections {
     /// Connections the server reported open and not yet closed.
     open: HashSet<ConnId>,
     /// Every connection the server reported opened, in order.
@@ -56,150 +32,93 @@ struct World {
     closed: usize,
 }
 
-impl World {
-    fn new(config: &StackConfig) -> Result<World> {
-        let mut link = SimLink::new(SimConfig::default());
-        let now = Instant::from_millis(1_000);
-        let mut server = Stack::new(config, &mut link.port(Side::A), now)
-            .map_err(|e| anyhow!("stack config: {e:?}"))?;
-        ensure!(
-            server.announce(&mut link.port(Side::A), now),
-            "the gratuitous ARP was not sent"
-        );
-        let mut client_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(CLIENT_MAC)));
-        client_config.random_seed = 0xc11e;
-        let mut client = Interface::new(client_config, &mut link.port(Side::B), now);
-        client.update_ip_addrs(|addrs| {
-            // The interface starts with no address: room for one is certain.
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(CLIENT_IP), 24));
-        });
-        Ok(World {
-            link,
-            server,
-            client,
-            client_sockets: SocketSet::new(Vec::new()),
-            now,
-            open: HashSet::new(),
-            opened: Vec::new(),
-            closed: 0,
-        })
-    }
-
-    /// Adds a client socket connecting to the service from `local_port`.
-    fn connect(&mut self, local_port: u16, buffer_bytes: usize) -> Result<SocketHandle> {
-        let mut socket = stcp::Socket::new(
-            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
-            stcp::SocketBuffer::new(vec![0; buffer_bytes]),
-        );
-        socket
-            .connect(
-                self.client.context(),
-                (IpAddress::Ipv4(SERVER_IP), PORT),
-                local_port,
-            )
-            .map_err(|e| anyhow!("client connect from port {local_port}: {e:?}"))?;
-        Ok(self.client_sockets.add(socket))
-    }
-
-    fn client_socket(&mut self, handle: SocketHandle) -> &mut stcp::Socket<'static> {
-        self.client_sockets.get_mut::<stcp::Socket>(handle)
-    }
-
-    /// One turn of both ends. True if anything moved.
-    fn step(&mut self) -> bool {
-        let mut busy = self.server.poll(self.now, &mut self.link.port(Side::A));
-        let (open, opened, closed) = (&mut self.open, &mut self.opened, &mut self.closed);
-        self.server.service(self.now, |event| {
-            busy = true;
-            match event {
-                Event::Opened(id) => {
-                    open.insert(id);
-                    opened.push(id);
-                }
-                Event::Closed(id) => {
-                    open.remove(&id);
-                    *closed += 1;
-                }
+impl Observer for Connections {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Opened(id) => {
+                self.open.insert(id);
+                self.opened.push(id);
             }
-        });
-        busy |= self.client.poll(
-            self.now,
-            &mut self.link.port(Side::B),
-            &mut self.client_sockets,
-        ) == PollResult::SocketStateChanged;
-        busy
-    }
-
-    /// Moves time to the next thing due (a frame, a timer), at least 1 ms on.
-    fn advance(&mut self) {
-        let candidates = [
-            self.server.poll_delay(self.now).map(|d| self.now + d),
-            self.client.poll_at(self.now, &self.client_sockets),
-            self.link.next_delivery(),
-        ];
-        let next = candidates.into_iter().flatten().min();
-        let floor = self.now + Duration::from_millis(1);
-        self.now = match next {
-            Some(next) if next > floor => next.min(self.now + Duration::from_secs(1)),
-            _ => floor,
-        };
-    }
-
-    /// Steps (running `app` after each step) until `done` or `limit` of simulated time; an
-    /// error if `limit` passes first or `app` fails.
-    fn run_until(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        mut app: impl FnMut(&mut World) -> Result<()>,
-        mut done: impl FnMut(&mut World) -> bool,
-    ) -> Result<()> {
-        let deadline = self.now + limit;
-        while self.now < deadline {
-            let busy = self.step();
-            app(self)?;
-            if done(self) {
-                return Ok(());
-            }
-            if !busy {
-                self.advance();
+            Event::Closed(id) => {
+                self.open.remove(&id);
+                self.closed += 1;
             }
         }
-        Err(anyhow!("{what}: not done after {limit} of simulated time"))
     }
+}
 
-    /// Reads everything the server holds on its open connections; returns the bytes read.
-    fn drain_server(&mut self) -> Result<usize> {
-        let mut read = 0;
-        let ids: Vec<ConnId> = self.open.iter().copied().collect();
-        for id in ids {
-            while self.server.can_recv(id) {
-                read += self
-                    .server
-                    .recv(id, |b| (b.len(), b.len()))
-                    .map_err(|e| anyhow!("recv: {e:?}"))?;
-            }
+/// The appliance and a client interface over one simulated link.
+type World = SimPair<Connections>;
+
+fn new_world(config: &StackConfig) -> Result<World> {
+    World::new(config, SimConfig::default()).context("stack config")
+}
+
+/// Adds a client socket connecting to the service from `local_port`.
+fn connect(
+    world: &mut World,
+    local_port: u16,
+    buffer_bytes: usize,
+) -> Result<smoltcp::iface::SocketHandle> {
+    world
+        .connect(local_port, buffer_bytes)
+        .map_err(|e| anyhow!("client connect from port {local_port}: {e:?}"))
+}
+
+/// Steps (running `app` after each step) until `done` or `limit` of simulated time; an error
+/// if `limit` passes first or `app` fails.
+fn run_until(
+    world: &mut World,
+    what: &str,
+    limit: Duration,
+    app: impl FnMut(&mut World) -> Result<()>,
+    done: impl FnMut(&mut World) -> bool,
+) -> Result<()> {
+    ensure!(
+        world.try_run_until(limit, app, done)?,
+        "{what}: not done after {limit} of simulated time"
+    );
+    Ok(())
+}
+
+/// Reads everything the server holds on its open connections; returns the bytes read.
+fn drain_server(world: &mut World) -> Result<usize> {
+    let mut read = 0;
+    let ids: Vec<ConnId> = world.events.open.iter().copied().collect();
+    for id in ids {
+        while world.server.can_recv(id) {
+            read += world
+                .server
+                .recv(id, |b| (b.len(), b.len()))
+                .map_err(|e| anyhow!("recv: {e:?}"))?;
         }
-        Ok(read)
     }
+    Ok(read)
 }
 
 fn no_app(_: &mut World) -> Result<()> {
     Ok(())
 }
 
+/// Steps, with no application, until connections asked for are open (`done`): an error after
+/// 5 s of simulated time.
+fn opens(world: &mut World, what: &str, done: impl FnMut(&mut World) -> bool) -> Result<()> {
+    run_until(world, what, Duration::from_secs(5), no_app, done)
+}
+
 /// 64 MiB from one client connection to the server, read as it arrives.
 fn bulk_transfer() -> Result<()> {
     const BYTES: usize = 64 << 20;
-    let mut world = World::new(&server_config())?;
-    let client = world.connect(36_000, 65535)?;
+    let mut world = new_world(&server_config())?;
+    let client = connect(&mut world, 36_000, 65535)?;
     let chunk = vec![0x5a_u8; 65535];
     let mut sent = 0usize;
     let started = std::time::Instant::now();
     let frames_before = world.server.counters().rx_frames;
     // Shared by `app`, which counts, and `done`, which reads.
     let received = std::cell::Cell::new(0usize);
-    world.run_until(
+    run_until(
+        &mut world,
         "bulk transfer",
         Duration::from_secs(3600),
         |w| {
@@ -209,7 +128,7 @@ fn bulk_transfer() -> Result<()> {
                     .send_slice(&chunk[..(BYTES - sent).min(chunk.len())])
                     .map_err(|e| anyhow!("client send: {e:?}"))?;
             }
-            received.set(received.get() + w.drain_server()?);
+            received.set(received.get() + drain_server(w)?);
             Ok(())
         },
         |_| received.get() == BYTES,
@@ -237,7 +156,7 @@ fn service_walk_and_connection_rate() -> Result<()> {
         connections_per_source_max: usize::MAX,
         ..server_config()
     };
-    let mut world = World::new(&config)?;
+    let mut world = new_world(&config)?;
     // Connection rate: waves of 50 connects, each then closed by the client, server closes back.
     let started = std::time::Instant::now();
     let mut port = 40_000u16;
@@ -246,21 +165,22 @@ fn service_walk_and_connection_rate() -> Result<()> {
         let mut handles = Vec::with_capacity(50);
         for _ in 0..50 {
             port += 1;
-            handles.push(world.connect(port, 1024)?);
+            handles.push(connect(&mut world, port, 1024)?);
         }
-        let target = world.opened.len() + 50;
-        world.run_until("a wave of opens", Duration::from_secs(5), no_app, |w| {
-            w.opened.len() == target
+        let target = world.events.opened.len() + 50;
+        opens(&mut world, "a wave of opens", |w| {
+            w.events.opened.len() == target
         })?;
         for &h in &handles {
             world.client_socket(h).close();
         }
-        let closed_target = world.closed + 50;
-        world.run_until(
+        let closed_target = world.events.closed + 50;
+        run_until(
+            &mut world,
             "a wave of closes",
             Duration::from_secs(5),
             |w| {
-                let ids: Vec<ConnId> = w.open.iter().copied().collect();
+                let ids: Vec<ConnId> = w.events.open.iter().copied().collect();
                 for id in ids {
                     if !w.server.may_recv(id) {
                         w.server.close(id);
@@ -268,7 +188,7 @@ fn service_walk_and_connection_rate() -> Result<()> {
                 }
                 Ok(())
             },
-            |w| w.closed == closed_target,
+            |w| w.events.closed == closed_target,
         )?;
         for h in handles {
             world.client_sockets.remove(h);
@@ -284,11 +204,11 @@ fn service_walk_and_connection_rate() -> Result<()> {
 
     // The service walk over a full table: 1000 open connections of 1088 slots.
     for i in 0..1000u16 {
-        world.connect(50_000 + i, 1024)?;
+        connect(&mut world, 50_000 + i, 1024)?;
         if i % 50 == 49 {
-            let target = world.open.len() + 50;
-            world.run_until("a wave of opens", Duration::from_secs(5), no_app, |w| {
-                w.open.len() == target
+            let target = world.events.open.len() + 50;
+            opens(&mut world, "a wave of opens", |w| {
+                w.events.open.len() == target
             })?;
         }
     }
@@ -315,14 +235,11 @@ fn service_walk_and_connection_rate() -> Result<()> {
 
     // One busy connection among the 1000 open: 64-byte round trips, timing only the
     // server's poll and service (the client's smoltcp walks its own 1000 sockets).
-    let busy = world.connect(60_000, 1024)?;
-    world.run_until(
-        "the busy connection's open",
-        Duration::from_secs(5),
-        no_app,
-        |w| w.server.connections() == 1001,
-    )?;
-    let id = *world.opened.last().context("no connection opened")?;
+    let busy = connect(&mut world, 60_000, 1024)?;
+    opens(&mut world, "the busy connection's open", |w| {
+        w.server.connections() == 1001
+    })?;
+    let id = *world.events.opened.last().context("no connection opened")?;
     const ROUNDS: u32 = 5_000;
     // Each round trip gets this much simulated time before it counts as lost.
     const ROUND_TRIP_STEPS_MAX: u32 = 10_000;
