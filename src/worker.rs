@@ -121,8 +121,6 @@ pub struct Worker<P: Port> {
     scratch: Vec<u8>,
     /// Ledger submissions whose replies have not come back, over all connections.
     outstanding: usize,
-    /// The turn's commands for the ledger thread, sent together ([`Worker::submit_turn`]).
-    submissions: Vec<Submission>,
     /// A reply taken while waiting for one, handled on the next turn.
     parked: Option<Completion>,
     /// The connections whose TLS handshake is not done: their budget and their steps' FIFO.
@@ -226,7 +224,6 @@ impl<P: Port> Worker<P> {
             busy_poll_turns,
             scratch: vec![0; 64 * 1024],
             outstanding: 0,
-            submissions: Vec::with_capacity(slots),
             parked: None,
             handshakes: Handshakes::new(handshake_limits, slots),
             established_moved_at: None,
@@ -422,7 +419,6 @@ impl<P: Port> Worker<P> {
             busy |= self.drive_ready(slot as usize, now);
         }
         self.turn_slots = slots;
-        busy |= self.submit_turn(now);
         // Send what the connections wrote. This poll takes in frames too, so the listener pool
         // is re-armed after it as after the first one: smoltcp has no backlog (docs/facts.md).
         busy |= self.stack.poll(t, &mut self.port);
@@ -434,8 +430,6 @@ impl<P: Port> Worker<P> {
         busy |= self.handshake_steps(now);
         // Steps left waiting keep the worker turning: it must not sleep past them.
         busy |= self.handshakes.end_turn();
-        // A connection whose handshake step also read its first request.
-        busy |= self.submit_turn(now);
         // The turn's audit records go to the writer as one batch (src/audit.rs).
         if let AppConfig::Ledger(app) = &self.app {
             if let Some(audit) = &app.audit {
@@ -562,7 +556,7 @@ impl<P: Port> Worker<P> {
             }
             // Its deadline passed (or its session failed, or it is no longer handshaking):
             // `drive` without the ciphertext times it out, sends the alert and closes.
-            busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.submissions, false);
+            busy |= https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, false);
             self.handshakes.finished(slot);
         }
         busy
@@ -579,7 +573,7 @@ impl<P: Port> Worker<P> {
                 self.handshakes.finished(slot);
                 continue;
             };
-            let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.submissions, true);
+            let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
             if https.closed || !https.conn.is_handshaking() {
                 self.handshakes.finished(slot);
             }
@@ -599,33 +593,6 @@ impl<P: Port> Worker<P> {
         if self.parked.is_none() {
             self.parked = app.completions.recv_timeout(timeout).ok();
         }
-    }
-
-    /// Sends the commands the turn's connections produced to the ledger thread, back to back:
-    /// the ledger thread, blocked waiting for work, is woken once by the first and finds the
-    /// rest queued, so they join one group commit, instead of being woken (a futex wake and
-    /// a context switch) by each command as the connections produced them. A queue that is
-    /// full refuses the command: its connection answers 503 with Retry-After and is driven
-    /// again to send it. Returns whether a command was refused.
-    fn submit_turn(&mut self, now: Instant) -> bool {
-        let AppConfig::Ledger(app) = &self.app else { return false };
-        let mut refused = false;
-        for submission in self.submissions.drain(..) {
-            let reply_to = submission.reply_to;
-            match app.ledger.submit(submission) {
-                Ok(()) => self.outstanding += 1,
-                Err(_) => {
-                    refused = true;
-                    self.metrics.ledger_queue_full.inc();
-                    let Some(Some(Conn::Https(https))) = self.conns.get_mut(reply_to.slot) else { continue };
-                    if https.id.generation() == reply_to.generation {
-                        https.conn.handle_busy(now, reply_to.seq);
-                        self.ready.insert(reply_to.slot);
-                    }
-                }
-            }
-        }
-        refused
     }
 
     fn collect_completions(&mut self, now: Instant) -> bool {
@@ -656,7 +623,7 @@ impl<P: Port> Worker<P> {
                     // one request of a client that connects per request is the rest of its
                     // connection's cost, and must not hold the next clients' handshakes back.
                     let answered_before = https.responses > 0;
-                    let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.submissions, true);
+                    let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
                     if moved && answered_before {
                         self.established_moved_at = Some(now);
                     }
@@ -753,7 +720,7 @@ impl HttpsConn {
     /// Moves this connection forward as far as it can go now. Returns true if anything moved.
     /// `read`: whether to take ciphertext in (a pending handshake's waits for its step).
     #[allow(clippy::too_many_arguments)]
-    fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, submissions: &mut Vec<Submission>, read: bool) -> bool {
+    fn drive(&mut self, stack: &mut Stack, app: &LedgerApp, worker: usize, now: Instant, metrics: &Metrics, outstanding: &mut usize, read: bool) -> bool {
         if self.evicted {
             return false;
         }
@@ -785,12 +752,17 @@ impl HttpsConn {
         if conn.is_held_back() {
             conn.resume(now);
         }
-        // 2. Commands for the ledger thread, sent with the rest of the turn's
-        // (`Worker::submit_turn`).
+        // 2. Commands to the ledger thread.
         while let Some(s) = conn.poll_submission() {
             busy = true;
             let reply_to = ReplyTo { worker, slot: id.slot(), generation: id.generation(), seq: s.seq };
-            submissions.push(Submission { reply_to, command: s.command });
+            match app.ledger.submit(Submission { reply_to, command: s.command }) {
+                Ok(()) => *outstanding += 1,
+                Err(_) => {
+                    metrics.ledger_queue_full.inc();
+                    conn.handle_busy(now, s.seq);
+                }
+            }
         }
         // 3. Ciphertext out.
         busy |= self.flush(stack);
