@@ -261,26 +261,27 @@ impl Clone for Audit {
     }
 }
 
-/// The channel between the handles and the writer: `capacity` records in batches, and the
-/// way back for emptied batches.
-struct Channel {
-    tx: Sender<Vec<Record>>,
-    rx: Receiver<Vec<Record>>,
-    recycle_tx: Sender<Vec<Record>>,
-    recycled: Receiver<Vec<Record>>,
+/// The two ends of the channel between the handles and the writer, with room for `batches`
+/// batches (and as many emptied ones on the way back): the first handle, and the writer's.
+fn channel(batches: usize, metrics: AuditMetrics) -> (Audit, Writer) {
+    let (tx, rx) = crossbeam_channel::bounded(batches);
+    let (recycle, recycled) = crossbeam_channel::bounded(batches);
+    let waiting = Arc::new(AtomicI64::new(0));
+    let audit = Audit {
+        tx,
+        recycled,
+        batch: RefCell::new(Vec::new()),
+        waiting: Arc::clone(&waiting),
+        queue: Arc::from("-"),
+        seq: Arc::new(AtomicU64::new(0)),
+        metrics: metrics.clone(),
+    };
+    (audit, Writer { rx, recycle, waiting, metrics })
 }
 
-impl Channel {
-    fn new(capacity_records: usize) -> Channel {
-        let batches = capacity_records.div_ceil(RECORDS_PER_SEND_MAX).max(1);
-        Channel::with_batches(batches)
-    }
-
-    fn with_batches(batches: usize) -> Channel {
-        let (tx, rx) = crossbeam_channel::bounded(batches);
-        let (recycle_tx, recycled) = crossbeam_channel::bounded(batches);
-        Channel { tx, rx, recycle_tx, recycled }
-    }
+/// Batches of up to [`RECORDS_PER_SEND_MAX`] that hold `audit.channel_capacity` records.
+fn batches_for(capacity_records: usize) -> usize {
+    capacity_records.div_ceil(RECORDS_PER_SEND_MAX).max(1)
 }
 
 impl Audit {
@@ -425,10 +426,8 @@ impl Opened {
     /// The second half of [`start`]: starts the writer thread.
     pub fn spawn(self) -> io::Result<(Audit, AuditWriter)> {
         let Opened { file, fsync, channel_capacity, metrics } = self;
-        let Channel { tx, rx, recycle_tx, recycled } = Channel::new(channel_capacity);
+        let (audit, writer) = channel(batches_for(channel_capacity), metrics);
         let start_id = start_id(SystemTime::now());
-        let waiting = Arc::new(AtomicI64::new(0));
-        let writer = Writer { rx, recycle: recycle_tx, waiting: Arc::clone(&waiting), metrics: metrics.clone() };
         let thread = std::thread::Builder::new()
             .name("audit".to_owned())
             .spawn(move || {
@@ -438,7 +437,6 @@ impl Opened {
                     std::process::exit(EXIT_FATAL);
                 }
             })?;
-        let audit = Audit::new(tx, recycled, waiting, metrics);
         Ok((audit, AuditWriter { thread }))
     }
 }
@@ -480,20 +478,6 @@ fn start_id(now: SystemTime) -> String {
             .unwrap_or_default()
             .as_millis()
     )
-}
-
-impl Audit {
-    fn new(tx: Sender<Vec<Record>>, recycled: Receiver<Vec<Record>>, waiting: Arc<AtomicI64>, metrics: AuditMetrics) -> Audit {
-        Audit {
-            tx,
-            recycled,
-            batch: RefCell::new(Vec::new()),
-            waiting,
-            queue: Arc::from("-"),
-            seq: Arc::new(AtomicU64::new(0)),
-            metrics,
-        }
-    }
 }
 
 /// The writer's ends: batches in, emptied batches back, the count of records waiting.
@@ -974,9 +958,7 @@ mod tests {
         let m = AuditMetrics::register(&registry).expect("metrics");
         // A stalled writer: the channel's receiver is held, not read, until the test lets go.
         // Room for two batches; the worker sends a batch of one record per turn.
-        let Channel { tx, rx, recycle_tx, recycled } = Channel::with_batches(2);
-        let waiting = Arc::new(AtomicI64::new(0));
-        let audit = Audit::new(tx, recycled, Arc::clone(&waiting), m.clone());
+        let (audit, writer) = channel(2, m.clone());
         let worker_audit = audit.for_queue("0");
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let worker = std::thread::spawn(move || {
@@ -996,11 +978,10 @@ mod tests {
             done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
             "the third record waits for room"
         );
-        assert_eq!(rx.len(), 2);
+        assert_eq!(writer.rx.len(), 2);
         // The writer starts: every record arrives, in order, none dropped.
         let file = LogFile::open(&s, m.clone()).expect("open");
         drop(audit);
-        let writer = Writer { rx, recycle: recycle_tx, waiting, metrics: m };
         let writer = std::thread::spawn(move || run(file, &writer, "1", Fsync::Batch));
         worker.join().expect("worker");
         writer.join().expect("writer").expect("written");
@@ -1029,22 +1010,22 @@ mod tests {
 
     #[test]
     fn a_response_that_is_not_a_write_is_not_recorded() {
-        let Channel { tx, rx, recycled, .. } = Channel::with_batches(4);
-        let audit = Audit::new(tx, recycled, Arc::new(AtomicI64::new(0)), metrics());
+        let (audit, writer) = channel(4, metrics());
         let mut get = answered(200, "client", Vec::new());
         get.method = "GET";
         get.write = None;
         audit.record(None, get);
         audit.record(None, answered(200, "client", vec![("ok", 1)]));
         audit.flush();
-        assert_eq!(rx.try_iter().flatten().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(writer.rx.try_iter().flatten().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]
     fn a_worker_sends_its_records_in_batches_in_order_and_the_last_with_the_handle() {
-        let Channel { tx, rx, recycle_tx, recycled } = Channel::with_batches(8);
-        let waiting = Arc::new(AtomicI64::new(0));
-        let audit = Audit::new(tx, recycled, Arc::clone(&waiting), metrics()).for_queue("0");
+        let (first_handle, writer) = channel(8, metrics());
+        let audit = first_handle.for_queue("0");
+        drop(first_handle);
+        let (rx, waiting) = (writer.rx.clone(), Arc::clone(&writer.waiting));
         // A full batch goes by itself, within a turn.
         for _ in 0..RECORDS_PER_SEND_MAX {
             audit.record(None, answered(200, "client", vec![("ok", 1)]));
@@ -1061,7 +1042,6 @@ mod tests {
         audit.flush();
         assert!(rx.try_recv().is_err(), "an empty batch is not sent");
         // An emptied batch comes back and is reused; records left in a dropped handle are sent.
-        let writer = Writer { rx: rx.clone(), recycle: recycle_tx, waiting: Arc::clone(&waiting), metrics: metrics() };
         writer.recycle(first);
         assert_eq!(waiting.load(Ordering::Relaxed), 1);
         assert_eq!(audit.recycled.len(), 1);
