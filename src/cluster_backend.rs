@@ -1331,6 +1331,11 @@ mod tests {
     }
 
     /// A core that has answered one probe: the cluster is reachable, nothing in flight.
+    /// Submits `command` as request `seq` of the one worker (see [`to`]).
+    fn submit(core: &mut Core, now: Instant, seq: u64, command: Command) {
+        core.submit(now, Submission { reply_to: to(seq), command });
+    }
+
     fn started(t0: Instant) -> Core {
         let mut core = Core::new(config());
         let mut out = Vec::new();
@@ -1370,27 +1375,9 @@ mod tests {
         let t0 = Instant::now();
         let mut core = started(t0);
         let mut out = Vec::new();
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(1),
-                command: transfers(&[10], false),
-            },
-        );
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(2),
-                command: transfers(&[11, 12], true),
-            },
-        );
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(3),
-                command: transfers(&[13], false),
-            },
-        );
+        submit(&mut core, t0, 1, transfers(&[10], false));
+        submit(&mut core, t0, 2, transfers(&[11, 12], true));
+        submit(&mut core, t0, 3, transfers(&[13], false));
         core.poll(t0, &mut out);
         // 1 and 2 joined (3 events); 3 not joined after 2's open chain, and it waits: one
         // write in flight at a time.
@@ -1451,13 +1438,7 @@ mod tests {
         let mut core = started(t0);
         let mut out = Vec::new();
         for (seq, ids) in [(1, vec![1u128, 2]), (2, vec![3, 4, 5]), (3, vec![6])] {
-            core.submit(
-                t0,
-                Submission {
-                    reply_to: to(seq),
-                    command: transfers(&ids, false),
-                },
-            );
+            submit(&mut core, t0, seq, transfers(&ids, false));
         }
         core.poll(t0, &mut out);
         let request = sends(&out);
@@ -1502,25 +1483,13 @@ mod tests {
         let t0 = Instant::now();
         let mut core = started(t0);
         let mut out = Vec::new();
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(1),
-                command: transfers(&[1], false),
-            },
-        );
+        submit(&mut core, t0, 1, transfers(&[1], false));
         core.poll(t0, &mut out);
         let write = sends(&out)[0].0;
         out.clear();
         // Queued behind the write (reads wait for it): it waits from t0 + 1 s.
         let t1 = t0 + Duration::from_secs(1);
-        core.submit(
-            t1,
-            Submission {
-                reply_to: to(2),
-                command: Command::LookupAccount(5),
-            },
-        );
+        submit(&mut core, t1, 2, Command::LookupAccount(5));
         core.poll(t1, &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(
@@ -1545,13 +1514,7 @@ mod tests {
             replies(&mut out),
             vec![(2, Reply::Unavailable { retry_after_s: 3 })]
         );
-        core.submit(
-            t0 + Duration::from_secs(4),
-            Submission {
-                reply_to: to(3),
-                command: Command::LookupAccount(6),
-            },
-        );
+        submit(&mut core, t0 + Duration::from_secs(4), 3, Command::LookupAccount(6));
         core.poll(t0 + Duration::from_secs(4), &mut out);
         assert!(sends(&out).is_empty(), "no free session");
         core.poll(t0 + Duration::from_secs(6), &mut out);
@@ -1582,27 +1545,9 @@ mod tests {
         let t0 = Instant::now();
         let mut core = started(t0);
         let mut out = Vec::new();
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(1),
-                command: Command::LookupAccount(7),
-            },
-        );
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(2),
-                command: Command::LookupAccount(8),
-            },
-        );
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(3),
-                command: transfers(&[1], false),
-            },
-        );
+        submit(&mut core, t0, 1, Command::LookupAccount(7));
+        submit(&mut core, t0, 2, Command::LookupAccount(8));
+        submit(&mut core, t0, 3, transfers(&[1], false));
         core.poll(t0, &mut out);
         let lookups = sends(&out);
         assert_eq!(
@@ -1668,13 +1613,7 @@ mod tests {
             ..Default::default()
         };
         let command = Command::QueryTransfers(filter);
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(1),
-                command,
-            },
-        );
+        submit(&mut core, t0, 1, command);
         core.poll(t0, &mut out);
         let Some(Action::Send { tag, op, body, .. }) = out.pop() else {
             panic!("a request")
@@ -1721,20 +1660,8 @@ mod tests {
             pending_max: 2,
             ..config()
         });
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(1),
-                command: Command::LookupAccount(1),
-            },
-        );
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(2),
-                command: Command::LookupAccount(2),
-            },
-        );
+        submit(&mut core, t0, 1, Command::LookupAccount(1));
+        submit(&mut core, t0, 2, Command::LookupAccount(2));
         assert!(!core.has_room());
         let mut out = Vec::new();
         core.stop();
@@ -1780,13 +1707,7 @@ mod tests {
             transfers(&[5], false),
         ];
         for (seq, command) in commands.into_iter().enumerate() {
-            core.submit(
-                t0,
-                Submission {
-                    reply_to: to(seq as u64),
-                    command,
-                },
-            );
+            submit(&mut core, t0, seq as u64, command);
         }
         let mut sizes = Vec::new();
         for _ in 0..3 {
@@ -1827,13 +1748,7 @@ mod tests {
         // 2 posts 10 before its timestamp (in the same request); 3 posts 7, which the cluster
         // holds, after its timestamp.
         for (seq, command) in [(1, pending), (2, post(11, 10, 50)), (3, post(12, 7, 300))] {
-            core.submit(
-                t0,
-                Submission {
-                    reply_to: to(seq),
-                    command,
-                },
-            );
+            submit(&mut core, t0, seq, command);
         }
         core.poll(t0, &mut out);
         let lookup = sends(&out);
@@ -1866,13 +1781,7 @@ mod tests {
         // A request without imported posts or voids goes without the lookup.
         out.clear();
         finish_write(&mut core, t0, create[0].0);
-        core.submit(
-            t0,
-            Submission {
-                reply_to: to(4),
-                command: transfers(&[20], false),
-            },
-        );
+        submit(&mut core, t0, 4, transfers(&[20], false));
         core.poll(t0, &mut out);
         assert_eq!(sends(&out)[0].1, Op::CreateTransfers);
     }
@@ -1881,7 +1790,7 @@ mod tests {
     fn by_default_every_imported_post_or_void_is_refused_unsent_and_the_rest_goes() {
         let t0 = Instant::now();
         let mut core = Core::new(CoreConfig { guard_imported_resolutions: false, ..config() });
-        core.submit(t0, Submission { reply_to: to(0), command: Command::LookupAccount(1) });
+        submit(&mut core, t0, 0, Command::LookupAccount(1));
         let mut out = Vec::new();
         core.poll(t0, &mut out);
         let probe_or_lookup = sends(&out)[0].0;
@@ -1898,8 +1807,8 @@ mod tests {
             ..Transfer::default()
         }]));
         let plain_imported = imported(transfers(&[12], false), &[1_000_001]);
-        core.submit(t0, Submission { reply_to: to(1), command: post });
-        core.submit(t0, Submission { reply_to: to(2), command: plain_imported });
+        submit(&mut core, t0, 1, post);
+        submit(&mut core, t0, 2, plain_imported);
         core.poll(t0, &mut out);
         let got = replies(&mut out);
         assert!(
@@ -1916,8 +1825,8 @@ mod tests {
     fn three_events_in_flight(t0: Instant) -> (Core, u64) {
         let mut core = started(t0);
         let mut out = Vec::new();
-        core.submit(t0, Submission { reply_to: to(1), command: transfers(&[1, 2], false) });
-        core.submit(t0, Submission { reply_to: to(2), command: transfers(&[3], false) });
+        submit(&mut core, t0, 1, transfers(&[1, 2], false));
+        submit(&mut core, t0, 2, transfers(&[3], false));
         core.poll(t0, &mut out);
         let sent = sends(&out);
         assert_eq!((sent.len(), sent[0].1, sent[0].2), (1, Op::CreateTransfers, 3 * 128));

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use cluster::local::LocalCluster;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use ledger_svc::api::{Command, Reply};
 use ledger_svc::model::{
     Account, AccountFilter, AccountFlags, Operation, QueryFilter, Transfer, TransferFlags,
@@ -393,6 +393,19 @@ impl Backend {
 
     /// A backend thread with `config` and submission queues of `queue_depth_max`.
     fn start_with(cluster: &LocalCluster, config: CoreConfig, queue_depth_max: usize) -> Backend {
+        let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
+        Backend::spawn(queue_depth_max, move |submissions, replies_tx, metrics| {
+            driver::run(cluster_id, &addresses, config, &submissions, &replies_tx, &metrics)
+                .expect("the sessions opened")
+        })
+    }
+
+    /// The queues of one worker, and a thread that serves them with `run` (given the ledger
+    /// thread's ends and a handle on the metrics).
+    fn spawn(
+        queue_depth_max: usize,
+        run: impl FnOnce(committer::Queues, Vec<Sender<Completion>>, Metrics) + Send + 'static,
+    ) -> Backend {
         let committer::Channels {
             client,
             submissions,
@@ -401,18 +414,7 @@ impl Backend {
         } = committer::channels(queue_depth_max, 1);
         let metrics = Metrics::new();
         let thread_metrics = metrics.clone();
-        let (cluster_id, addresses) = (cluster.cluster_id(), cluster.addresses());
-        let thread = std::thread::spawn(move || {
-            driver::run(
-                cluster_id,
-                &addresses,
-                config,
-                &submissions,
-                &replies_tx,
-                &thread_metrics,
-            )
-            .expect("the sessions opened")
-        });
+        let thread = std::thread::spawn(move || run(submissions, replies_tx, thread_metrics));
         Backend {
             client,
             completions: replies_rx.remove(0),
@@ -455,37 +457,14 @@ impl Backend {
 
     /// The embedded ledger thread, in memory, behind the same queues.
     fn embedded() -> Backend {
-        let committer::Channels {
-            client,
-            submissions,
-            replies_tx,
-            mut replies_rx,
-        } = committer::channels(64, 1);
-        let metrics = Metrics::new();
-        let thread_metrics = metrics.clone();
-        let thread = std::thread::spawn(move || {
+        Backend::spawn(64, |submissions, replies_tx, metrics| {
             let mut ledger = ledger_svc::Ledger::open(
                 ledger_svc::SimStorage::new(),
                 ledger_svc::LedgerConfig::default(),
             )
             .expect("open");
-            committer::run(
-                &mut ledger,
-                &submissions,
-                &replies_tx,
-                8189,
-                &thread_metrics,
-                "fsync",
-            )
-            .expect("run");
-        });
-        Backend {
-            client,
-            completions: replies_rx.remove(0),
-            thread,
-            metrics,
-            seq: 0,
-        }
+            committer::run(&mut ledger, &submissions, &replies_tx, 8189, &metrics, "fsync").expect("run");
+        })
     }
 }
 
