@@ -179,9 +179,9 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         edge: config.edge_config()?,
     };
     // The program is loaded (verified) first, then the two slow kernel steps of a start run
-    // at once, being independent until the socket is put in the program's map: the link (on
-    // veth it waits in the kernel for the rings to be set up) on a second thread, the UMEM
-    // registration (the kernel pins every page of it) on this one. The load stays out of the
+    // at once, being independent until the socket is put in the program's map: the link (14 ms
+    // in the kernel on the lab's veth) on a second thread, the UMEM registration (the kernel
+    // pins every page of it) on this one. The load stays out of the
     // overlap: it allocates, and the registration holds the address space while it pins. The
     // thread is joined, and gone from /proc/self/task, before the privilege drop, which
     // requires a single thread (docs/PERFORMANCE.md, "Start-to-ready").
