@@ -227,8 +227,7 @@ pub fn prepare(config: &crate::config::Config, storage: Option<FileStorage>, wor
 pub struct Recovered {
     ledger: Ledger<FileStorage>,
     channels: Channels,
-    batch_events_max: usize,
-    durability: String,
+    settings: CommitSettings,
     metrics: Metrics,
 }
 
@@ -252,8 +251,7 @@ pub fn recover(config: &crate::config::Config, storage: FileStorage, workers: us
     Ok(Recovered {
         ledger,
         channels: channels(config.ledger.queue_depth_max, workers),
-        batch_events_max: config.ledger.batch_events_max,
-        durability: config.ledger.durability.clone(),
+        settings: CommitSettings::of(config),
         metrics: metrics.clone(),
     })
 }
@@ -262,11 +260,11 @@ impl Recovered {
     /// The second half of [`start`]: starts the ledger thread (it starts the checkpoint
     /// writer, `pantera-ckpt`, and the WAL syncer, `wal-sync`).
     pub fn spawn(self) -> anyhow::Result<Started> {
-        let Recovered { mut ledger, channels, batch_events_max, durability, metrics } = self;
+        let Recovered { mut ledger, channels, settings, metrics } = self;
         let Channels { client, submissions, replies_tx, replies_rx } = channels;
         let thread = std::thread::Builder::new().name("ledger".to_owned()).spawn(move || {
             crate::sandbox::confine_thread(crate::sandbox::Kind::Ledger);
-            if let Err(e) = run(&mut ledger, &submissions, &replies_tx, batch_events_max, &metrics, &durability) {
+            if let Err(e) = run(&mut ledger, &submissions, &replies_tx, &settings, &metrics) {
                 // docs/style.md: a failed WAL write or fsync is fatal. Nothing of the failed batch was
                 // acknowledged; stop now rather than acknowledge anything after a lost write.
                 log::error!("FATAL: the write-ahead log failed, stopping: {e}");
@@ -417,9 +415,12 @@ struct SyncReport {
     took: Duration,
 }
 
-/// The ledger thread's end of the WAL syncer.
+/// The ledger thread's end of the WAL syncs: the syncer thread's queues (pipeline depth 2),
+/// or none, and each sync runs on the ledger thread before the next batch (depth 1).
 struct Syncer {
-    jobs: Sender<SyncJob>,
+    /// The syncer thread's job queue; `None`: syncs run inline.
+    jobs: Option<Sender<SyncJob>>,
+    /// The syncer thread's reports (`never` when syncs run inline).
     done: Receiver<SyncReport>,
     metrics: SyncMetrics,
 }
@@ -429,13 +430,19 @@ fn syncer_stopped() -> LedgerError {
 }
 
 impl Syncer {
-    /// Hands the committer's `Sync` to the syncer: a job covering every record written so
-    /// far, or, with nothing to sync (`Durability::None`), durable at once.
+    /// Runs the committer's `Sync`: a job covering every record written so far, handed to
+    /// the syncer thread or run here; with nothing to sync (`Durability::None`), durable at
+    /// once.
     fn begin<S: Storage>(&self, ledger: &mut Ledger<S>, core: &mut Committer<ReplyTo>, upto: u64) -> Result<(), LedgerError> {
-        match ledger.begin_sync()? {
+        match (ledger.begin_sync()?, &self.jobs) {
             // Room is certain: at most one job is in flight and it was not.
-            Some(job) => self.jobs.try_send(job).map_err(|_| syncer_stopped()),
-            None => {
+            (Some(job), Some(jobs)) => jobs.try_send(job).map_err(|_| syncer_stopped()),
+            (Some(job), None) => {
+                let started = Instant::now();
+                let result = job.run();
+                self.finish(ledger, core, SyncReport { result, took: started.elapsed() })
+            }
+            (None, _) => {
                 core.synced(upto);
                 Ok(())
             }
@@ -478,19 +485,47 @@ fn sync_wal(jobs: Receiver<SyncJob>, done: Sender<SyncReport>) {
     }
 }
 
+/// How the ledger thread commits: `[ledger]`'s bounds, durability and pipeline depth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitSettings {
+    /// `ledger.batch_events_max`.
+    pub batch_events_max: usize,
+    /// `ledger.durability` ("fsync" or "none"): the label of `ledger_commit_seconds`.
+    pub durability: String,
+    /// `ledger.pipeline_depth`: 1, each WAL sync on the ledger thread before the next batch;
+    /// 2, on the WAL syncer thread while the next batch is applied and written.
+    pub pipeline_depth: usize,
+}
+
+impl CommitSettings {
+    /// The settings of `config`'s `[ledger]` (validated).
+    pub fn of(config: &crate::config::Config) -> CommitSettings {
+        CommitSettings {
+            batch_events_max: config.ledger.batch_events_max,
+            durability: config.ledger.durability.clone(),
+            pipeline_depth: config.ledger.pipeline_depth,
+        }
+    }
+
+    /// fsync durability at `pipeline_depth`, batches of at most `batch_events_max` events.
+    pub fn fsync(batch_events_max: usize, pipeline_depth: usize) -> CommitSettings {
+        CommitSettings { batch_events_max, durability: "fsync".to_owned(), pipeline_depth }
+    }
+}
+
 /// Runs until every `LedgerClient` is dropped and the queue is drained and every batch
 /// written is durable and released, then waits for the checkpoint in flight, if any. Returns
 /// Err for a failed WAL append or sync, or a failed checkpoint write, which the caller must
 /// treat as fatal: nothing written since the last durable batch was acknowledged, and the
 /// process stops rather than acknowledge data it may have lost. Checkpoints are written by a
-/// thread it spawns, on `ledger.storage().reopen()`; WAL syncs by another (`wal-sync`).
+/// thread it spawns, on `ledger.storage().reopen()`; at pipeline depth 2, WAL syncs by
+/// another (`wal-sync`).
 pub fn run<S: Storage + Send>(
     ledger: &mut Ledger<S>,
     rx: &Queues,
     replies: &[Sender<Completion>],
-    batch_events_max: usize,
+    settings: &CommitSettings,
     metrics: &Metrics,
-    durability: &str,
 ) -> Result<(), LedgerError> {
     let writer_storage = ledger.storage().reopen()?;
     std::thread::scope(|scope| {
@@ -503,18 +538,22 @@ pub fn run<S: Storage + Send>(
                 write_checkpoints(writer_storage, jobs_rx, done_tx)
             })
             .map_err(|e| LedgerError::CheckpointWriter(format!("spawn: {e}")))?;
-        let (sync_jobs_tx, sync_jobs_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
-        let (synced_tx, synced_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
-        std::thread::Builder::new()
-            .name("wal-sync".to_string())
-            .spawn_scoped(scope, move || {
-                crate::sandbox::confine_thread(crate::sandbox::Kind::Syncer);
-                sync_wal(sync_jobs_rx, synced_tx)
-            })
-            .map_err(|_| LedgerError::SyncProtocol("the WAL syncer thread could not start"))?;
+        let syncer = if settings.pipeline_depth > 1 {
+            let (sync_jobs_tx, sync_jobs_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
+            let (synced_tx, synced_rx) = crossbeam_channel::bounded(SYNCS_IN_FLIGHT_MAX);
+            std::thread::Builder::new()
+                .name("wal-sync".to_string())
+                .spawn_scoped(scope, move || {
+                    crate::sandbox::confine_thread(crate::sandbox::Kind::Syncer);
+                    sync_wal(sync_jobs_rx, synced_tx)
+                })
+                .map_err(|_| LedgerError::SyncProtocol("the WAL syncer thread could not start"))?;
+            Syncer { jobs: Some(sync_jobs_tx), done: synced_rx, metrics: metrics.ledger_sync.clone() }
+        } else {
+            Syncer { jobs: None, done: crossbeam_channel::never(), metrics: metrics.ledger_sync.clone() }
+        };
         let checkpoints = Checkpoints { jobs: jobs_tx, done: done_rx, metrics: metrics.clone() };
-        let syncer = Syncer { jobs: sync_jobs_tx, done: synced_rx, metrics: metrics.ledger_sync.clone() };
-        let result = commit_batches(ledger, rx, replies, batch_events_max, metrics, durability, &checkpoints, &syncer);
+        let result = commit_batches(ledger, rx, replies, settings, metrics, &checkpoints, &syncer);
         // A clean stop leaves the newest checkpoint finished, so the next start replays little.
         result.and_then(|()| checkpoints.drain(ledger))
         // Dropping `checkpoints` and `syncer` closes both threads' queues; the scope joins
@@ -523,18 +562,16 @@ pub fn run<S: Storage + Send>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn commit_batches<S: Storage>(
     ledger: &mut Ledger<S>,
     rx: &Queues,
     replies: &[Sender<Completion>],
-    batch_events_max: usize,
+    settings: &CommitSettings,
     metrics: &Metrics,
-    durability: &str,
     checkpoints: &Checkpoints,
     syncer: &Syncer,
 ) -> Result<(), LedgerError> {
-    let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[durability]);
+    let commit_seconds = metrics.ledger_commit_seconds.with_label_values(&[settings.durability.as_str()]);
     // Beaten on every turn, busy or idle, with no WAL sync in flight: /healthz turns 503 if
     // this thread stops turning (a loop that never ends, a write or a sync that never
     // returns). Dropped on a clean stop.
@@ -542,7 +579,10 @@ fn commit_batches<S: Storage>(
     // The policy (pipelined group commit, expiry, checkpoint scheduling, reply release) is the
     // sans-IO committer's; this loop only moves submissions in, runs its steps on the real
     // ledger and the syncer, and sends the replies out.
-    let mut core: Committer<ReplyTo> = Committer::new(CommitterConfig::new(batch_events_max, READS_PER_TURN_MAX));
+    let mut core: Committer<ReplyTo> = Committer::new(CommitterConfig {
+        batches_unsynced_max: settings.pipeline_depth,
+        ..CommitterConfig::new(settings.batch_events_max, READS_PER_TURN_MAX)
+    });
     // When each batch with requests began (its write), until its replies go: the commit
     // time a request waits, apply + write + sync (at most `BATCHES_UNSYNCED_MAX` entries).
     let mut started: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
@@ -551,9 +591,10 @@ fn commit_batches<S: Storage>(
     let never = crossbeam_channel::never();
     loop {
         // Not while a WAL sync is in flight: the heartbeat stands for the commit path
-        // turning, and a sync that never returns must turn /healthz 503 as it did when the
-        // fsync ran on this thread. Under load a beat falls between one sync's report and
-        // the next sync's start (`run_steps` begins it after this).
+        // turning, and a sync that never returns must turn /healthz 503 wherever it runs
+        // (at depth 1 it blocks this thread, so no beat comes either). Under load a beat
+        // falls between one sync's report and the next sync's start (`run_steps` begins it
+        // after this).
         if !core.is_syncing() {
             heartbeat.beat();
         }
@@ -724,29 +765,33 @@ mod tests {
 
     #[test]
     fn waiting_submissions_share_one_group_commit_and_replies_keep_their_order() {
-        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
-        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
-        client.submit(Submission { reply_to: reply_to(1), command: Command::LookupAccount(1) }).expect("room");
-        let transfer = Transfer { id: 9, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Transfer::default() };
-        client.submit(Submission { reply_to: reply_to(2), command: Command::Mutate(Operation::CreateTransfers(vec![transfer])) }).expect("room");
-        drop(client);
-        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-        let metrics = Metrics::new();
-        run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync").expect("run");
-        // Three submissions, two mutations: one batch, one WAL record, one sync.
-        assert_eq!(metrics.ledger_batches.get(), 1);
-        assert_eq!(ledger.sequence(), 1);
-        let got: Vec<Completion> = completions[0].try_iter().collect();
-        // The batch's replies first, in order, then the turn's queries.
-        assert_eq!(got.iter().map(|c| c.reply_to.seq).collect::<Vec<_>>(), vec![0, 2, 1]);
-        let responses: std::collections::BTreeMap<u64, ledger_svc::http::Response> = got.iter().map(|c| (c.reply_to.seq, api::render(&c.reply))).collect();
-        assert!(responses.values().all(|r| r.status == 200), "{got:?}");
-        let body = |i: u64| String::from_utf8(responses[&i].body.clone()).expect("utf-8");
-        assert!(body(0).contains("\"created\""), "{}", body(0));
-        assert!(body(2).contains("\"created\""), "{}", body(2));
-        // The query rode in the same drain and saw the state after the batch.
-        assert!(body(1).contains("\"debits_posted\":\"5\""), "{}", body(1));
-        assert_eq!(ledger.state().lookup_account(2).expect("account 2").credits_posted, 5);
+        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
+        // batch is written (2).
+        for depth in [1, 2] {
+            let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
+            client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
+            client.submit(Submission { reply_to: reply_to(1), command: Command::LookupAccount(1) }).expect("room");
+            let transfer = Transfer { id: 9, debit_account_id: 1, credit_account_id: 2, amount: 5, ledger: 1, code: 1, ..Transfer::default() };
+            client.submit(Submission { reply_to: reply_to(2), command: Command::Mutate(Operation::CreateTransfers(vec![transfer])) }).expect("room");
+            drop(client);
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            let metrics = Metrics::new();
+            run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8189, depth), &metrics).expect("run");
+            // Three submissions, two mutations: one batch, one WAL record, one sync.
+            assert_eq!(metrics.ledger_batches.get(), 1);
+            assert_eq!(ledger.sequence(), 1);
+            let got: Vec<Completion> = completions[0].try_iter().collect();
+            // The batch's replies first, in order, then the turn's queries.
+            assert_eq!(got.iter().map(|c| c.reply_to.seq).collect::<Vec<_>>(), vec![0, 2, 1]);
+            let responses: std::collections::BTreeMap<u64, ledger_svc::http::Response> = got.iter().map(|c| (c.reply_to.seq, api::render(&c.reply))).collect();
+            assert!(responses.values().all(|r| r.status == 200), "{got:?}");
+            let body = |i: u64| String::from_utf8(responses[&i].body.clone()).expect("utf-8");
+            assert!(body(0).contains("\"created\""), "{}", body(0));
+            assert!(body(2).contains("\"created\""), "{}", body(2));
+            // The query rode in the same drain and saw the state after the batch.
+            assert!(body(1).contains("\"debits_posted\":\"5\""), "{}", body(1));
+            assert_eq!(ledger.state().lookup_account(2).expect("account 2").credits_posted, 5);
+        }
     }
 
     #[test]
@@ -757,7 +802,7 @@ mod tests {
         let health = metrics.health.clone();
         let ledger_thread = std::thread::spawn(move || {
             let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-            run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync").expect("run");
+            run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8189, 2), &metrics).expect("run");
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while health.ages_ms().is_empty() {
@@ -779,12 +824,12 @@ mod tests {
     /// Runs the ledger thread on `storage` and submits `batches` single-account batches one at
     /// a time (each waits for its reply, so each is its own batch); returns the run's result,
     /// the ledger and the replies received.
-    fn run_one_by_one<S: Storage + Send + 'static>(storage: S, checkpoint_every_batches: u64, batches: u128) -> (Result<(), LedgerError>, Ledger<S>, usize) {
+    fn run_one_by_one<S: Storage + Send + 'static>(storage: S, pipeline_depth: usize, checkpoint_every_batches: u64, batches: u128) -> (Result<(), LedgerError>, Ledger<S>, usize) {
         let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
         let config = ledger_svc::LedgerConfig { checkpoint_every_batches, ..ledger_svc::LedgerConfig::default() };
         let ledger_thread = std::thread::spawn(move || {
             let mut ledger = Ledger::open(storage, config).expect("open");
-            let result = run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync");
+            let result = run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8189, pipeline_depth), &Metrics::new());
             (result, ledger)
         });
         let mut received = 0;
@@ -807,83 +852,102 @@ mod tests {
 
     #[test]
     fn checkpoints_are_written_off_the_ledger_thread_and_finished() {
-        let (result, mut ledger, received) = run_one_by_one(SimStorage::new(), 3, 20);
-        result.expect("run");
-        assert_eq!(received, 20);
-        assert_eq!(ledger.sequence(), 20);
-        // Every checkpoint begun was written and finished (the last one on the clean stop).
-        assert_eq!(ledger.checkpoint_in_flight(), None);
-        let newest = ledger.checkpoint_sequence();
-        assert!(newest >= 3, "checkpoint at {newest}");
-        let names = ledger.storage_mut().list().expect("list");
-        assert!(names.contains(&ledger_svc::checkpoint::checkpoint_name(newest)), "{names:?}");
-        for name in &names {
-            assert!(ledger_svc::wal::parse_segment_name(name).is_none_or(|first| first > newest), "{name} is superseded: {names:?}");
-            assert!(ledger_svc::checkpoint::parse_checkpoint_name(name).is_none_or(|s| s == newest), "{names:?}");
+        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
+        // batch is written (2).
+        for depth in [1, 2] {
+            let (result, mut ledger, received) = run_one_by_one(SimStorage::new(), depth, 3, 20);
+            result.expect("run");
+            assert_eq!(received, 20);
+            assert_eq!(ledger.sequence(), 20);
+            // Every checkpoint begun was written and finished (the last one on the clean stop).
+            assert_eq!(ledger.checkpoint_in_flight(), None);
+            let newest = ledger.checkpoint_sequence();
+            assert!(newest >= 3, "checkpoint at {newest}");
+            let names = ledger.storage_mut().list().expect("list");
+            assert!(names.contains(&ledger_svc::checkpoint::checkpoint_name(newest)), "{names:?}");
+            for name in &names {
+                assert!(ledger_svc::wal::parse_segment_name(name).is_none_or(|first| first > newest), "{name} is superseded: {names:?}");
+                assert!(ledger_svc::checkpoint::parse_checkpoint_name(name).is_none_or(|s| s == newest), "{names:?}");
+            }
+            let recovered = Ledger::open(ledger.storage().crash_clean(), ledger.config().clone()).expect("recover");
+            assert_eq!(recovered.recovery().checkpoint_sequence, newest);
+            assert_eq!(recovered.state().state_hash(), ledger.state().state_hash());
         }
-        let recovered = Ledger::open(ledger.storage().crash_clean(), ledger.config().clone()).expect("recover");
-        assert_eq!(recovered.recovery().checkpoint_sequence, newest);
-        assert_eq!(recovered.state().state_hash(), ledger.state().state_hash());
     }
 
     #[test]
     fn a_failed_wal_sync_stops_the_thread_and_nothing_written_is_acknowledged() {
-        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
-        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-        // Every sync fails (EIO), on the syncer thread; the appends succeed.
-        ledger.storage_mut().inject(ledger_svc::storage::DiskFaults {
-            rng: ledger_svc::storage::SimRng::new(1),
-            sync_failure_ppm: 1_000_000,
-            read_corruption_ppm: 0,
-            capacity_bytes: None,
-        });
-        for id in 1..=4u128 {
-            client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
+        // batch is written (2).
+        for depth in [1, 2] {
+            let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            // Every sync fails (EIO), on the syncer thread or this one; the appends succeed.
+            ledger.storage_mut().inject(ledger_svc::storage::DiskFaults {
+                rng: ledger_svc::storage::SimRng::new(1),
+                sync_failure_ppm: 1_000_000,
+                read_corruption_ppm: 0,
+                capacity_bytes: None,
+            });
+            for id in 1..=4u128 {
+                client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+            }
+            client.submit(Submission { reply_to: reply_to(9), command: Command::LookupAccount(1) }).expect("room");
+            drop(client);
+            let metrics = Metrics::new();
+            let result = run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8189, depth), &metrics);
+            assert!(result.is_err_and(|e| e.is_fatal()), "a failed WAL sync must stop the ledger thread");
+            assert!(ledger.sequence() >= 1, "a batch was written");
+            assert_eq!(ledger.durable_sequence(), 0);
+            assert_eq!(completions[0].try_iter().count(), 0, "no reply, not even a query's, for a state that is not durable");
+            assert_eq!(metrics.ledger_sync.syncs.get(), 0);
         }
-        client.submit(Submission { reply_to: reply_to(9), command: Command::LookupAccount(1) }).expect("room");
-        drop(client);
-        let metrics = Metrics::new();
-        let result = run(&mut ledger, &rx, &replies, 8189, &metrics, "fsync");
-        assert!(result.is_err_and(|e| e.is_fatal()), "a failed WAL sync must stop the ledger thread");
-        assert!(ledger.sequence() >= 1, "a batch was written");
-        assert_eq!(ledger.durable_sequence(), 0);
-        assert_eq!(completions[0].try_iter().count(), 0, "no reply, not even a query's, for a state that is not durable");
-        assert_eq!(metrics.ledger_sync.syncs.get(), 0);
     }
 
     #[test]
     fn many_submissions_are_released_in_order_after_their_syncs_and_the_stop_drains_the_pipeline() {
-        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(1024, 1);
-        let metrics = Metrics::new();
-        let thread_metrics = metrics.clone();
-        let ledger_thread = std::thread::spawn(move || {
-            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-            run(&mut ledger, &rx, &replies, 8, &thread_metrics, "fsync").expect("run");
-            ledger
-        });
-        for id in 1..=200u128 {
-            client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
+        // batch is written (2).
+        for depth in [1, 2] {
+            let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(1024, 1);
+            let metrics = Metrics::new();
+            let thread_metrics = metrics.clone();
+            let ledger_thread = std::thread::spawn(move || {
+                let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+                run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8, depth), &thread_metrics).expect("run");
+                ledger
+            });
+            for id in 1..=200u128 {
+                client.submit(Submission { reply_to: reply_to(id as u64), command: accounts(&[id]) }).expect("room");
+            }
+            drop(client);
+            let ledger = ledger_thread.join().expect("ledger thread");
+            // The clean stop came only after every batch written was durable and released.
+            assert_eq!(ledger.durable_sequence(), ledger.sequence());
+            let got: Vec<u64> = completions[0].try_iter().map(|c| c.reply_to.seq).collect();
+            assert_eq!(got, (1..=200).collect::<Vec<u64>>(), "every reply, in submission order");
+            assert!(metrics.ledger_batches.get() >= 25, "batches of at most 8 events");
+            assert!(metrics.ledger_sync.syncs.get() >= 1 && metrics.ledger_sync.syncs.get() <= metrics.ledger_batches.get());
+            assert_eq!(metrics.ledger_sync.batches_unsynced.get(), 0);
+            if depth == 1 {
+                assert_eq!(metrics.ledger_sync.batches_overlapped.get(), 0, "no batch is written while one syncs");
+            }
         }
-        drop(client);
-        let ledger = ledger_thread.join().expect("ledger thread");
-        // The clean stop came only after every batch written was durable and released.
-        assert_eq!(ledger.durable_sequence(), ledger.sequence());
-        let got: Vec<u64> = completions[0].try_iter().map(|c| c.reply_to.seq).collect();
-        assert_eq!(got, (1..=200).collect::<Vec<u64>>(), "every reply, in submission order");
-        assert!(metrics.ledger_batches.get() >= 25, "batches of at most 8 events");
-        assert!(metrics.ledger_sync.syncs.get() >= 1 && metrics.ledger_sync.syncs.get() <= metrics.ledger_batches.get());
-        assert_eq!(metrics.ledger_sync.batches_unsynced.get(), 0);
     }
 
     #[test]
     fn a_storage_failure_is_reported_and_nothing_is_acknowledged() {
-        let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
-        let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
-        ledger.storage_mut().fail_after(0);
-        client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1]) }).expect("room");
-        drop(client);
-        let result = run(&mut ledger, &rx, &replies, 8189, &Metrics::new(), "fsync");
-        assert!(result.is_err(), "a failed append must stop the ledger thread");
-        assert_eq!(completions[0].try_iter().count(), 0, "no reply for a batch that is not durable");
+        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
+        // batch is written (2).
+        for depth in [1, 2] {
+            let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
+            let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
+            ledger.storage_mut().fail_after(0);
+            client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1]) }).expect("room");
+            drop(client);
+            let result = run(&mut ledger, &rx, &replies, &CommitSettings::fsync(8189, depth), &Metrics::new());
+            assert!(result.is_err(), "a failed append must stop the ledger thread");
+            assert_eq!(completions[0].try_iter().count(), 0, "no reply for a batch that is not durable");
+        }
     }
 }

@@ -360,6 +360,12 @@ pub struct LedgerSection {
     /// Events applied in one group commit (the batch may hold several requests).
     #[serde(default = "default_batch_events_max")]
     pub batch_events_max: usize,
+    /// Batches written to the WAL and not yet durable, at most: 1 runs each batch's fsync on
+    /// the ledger thread before the next batch is applied; 2 runs it on the WAL syncer thread
+    /// (`wal-sync`) while the next batch is applied and written (docs/ledger.md "Pipelined
+    /// group commit"). Replies leave only after their batch is durable either way.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: usize,
     /// `[ledger.tigerbeetle]`: the cluster, with `backend = "tigerbeetle"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tigerbeetle: Option<TigerBeetleSection>,
@@ -477,6 +483,12 @@ fn default_queue_depth_max() -> usize {
 fn default_batch_events_max() -> usize {
     ledger_svc::BATCH_EVENTS_MAX * 4
 }
+fn default_pipeline_depth() -> usize {
+    LEDGER_PIPELINE_DEPTH_DEFAULT
+}
+
+/// `ledger.pipeline_depth` when the file leaves it out.
+pub const LEDGER_PIPELINE_DEPTH_DEFAULT: usize = 1;
 
 /// `ledger.checkpoint_every_batches` when the file leaves it out.
 pub const LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT: u64 = 4_096;
@@ -605,6 +617,7 @@ impl Config {
                 checkpoint_every_batches: default_checkpoint_every_batches(),
                 queue_depth_max: default_queue_depth_max(),
                 batch_events_max: default_batch_events_max(),
+                pipeline_depth: default_pipeline_depth(),
             },
             management: ManagementSection::default(),
             edge: EdgeSection::default(),
@@ -734,6 +747,12 @@ impl Config {
             return Err(invalid(
                 "ledger.batch_events_max",
                 format!("must be at least {} (one full request)", ledger_svc::BATCH_EVENTS_MAX),
+            ));
+        }
+        if !(1..=ledger_svc::committer::BATCHES_UNSYNCED_MAX).contains(&l.pipeline_depth) {
+            return Err(invalid(
+                "ledger.pipeline_depth",
+                format!("must be 1 (fsync on the ledger thread) or {} (fsync on the WAL syncer thread)", ledger_svc::committer::BATCHES_UNSYNCED_MAX),
             ));
         }
         self.edge_config()?;
@@ -1323,6 +1342,14 @@ cluster_id = 7
         assert!(e.contains("tls.resumption_max_age_s"), "{e}");
         let e = error_of(&GOOD.replace("[ledger]", "[ledger]\ndurability = \"sometimes\""));
         assert!(e.contains("ledger.durability"), "{e}");
+        for depth in [0, 3] {
+            let e = error_of(&GOOD.replace("[ledger]", &format!("[ledger]\npipeline_depth = {depth}")));
+            assert!(e.contains("ledger.pipeline_depth") && e.contains("must be 1"), "{e}");
+        }
+        for depth in [1, 2] {
+            let text = GOOD.replace("[ledger]", &format!("[ledger]\npipeline_depth = {depth}"));
+            assert_eq!(Config::parse(Path::new("t.toml"), &text).expect("valid").ledger.pipeline_depth, depth);
+        }
         let e = error_of(&GOOD.replace("[dataplane]", "[dataplane]\nxdp_mode = \"offload\""));
         assert!(e.contains("dataplane.xdp_mode"), "{e}");
         let e = error_of(&format!("{GOOD}\n[tcp]\nlisten_sockets = 8\nconnections_max = 64\nrx_buffer_bytes = 1048576\ntx_buffer_bytes = 65535\nidle_timeout_ms = 1000\n"));

@@ -164,6 +164,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
             checkpoint_every_batches,
             queue_depth_max,
             batch_events_max,
+            pipeline_depth,
             tigerbeetle,
         }
     );

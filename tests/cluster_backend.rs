@@ -463,7 +463,7 @@ impl Backend {
                 ledger_svc::LedgerConfig::default(),
             )
             .expect("open");
-            committer::run(&mut ledger, &submissions, &replies_tx, 8189, &metrics, "fsync").expect("run");
+            committer::run(&mut ledger, &submissions, &replies_tx, &committer::CommitSettings::fsync(8189, 2), &metrics).expect("run");
         })
     }
 }

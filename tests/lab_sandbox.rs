@@ -260,9 +260,10 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
     // Then what an operator does for a service user: the files become its own, and the
     // configuration names it (a name: the user database is read before the drop, and a reload
     // after it must not need it). A checkpoint after every batch and a small audit log make
-    // the checkpoint writer and the audit rotation create files as that user.
+    // the checkpoint writer and the audit rotation create files as that user; pipeline depth
+    // 2 starts the WAL syncer thread (depth 1, the default, syncs on the ledger thread).
     let config = std::fs::read_to_string(server.config_path()).expect("read config");
-    let config = config.replacen("[ledger]\n", "[ledger]\ncheckpoint_every_batches = 1\n", 1)
+    let config = config.replacen("[ledger]\n", "[ledger]\ncheckpoint_every_batches = 1\npipeline_depth = 2\n", 1)
         + "\n[sandbox]\nuser = \"nobody\"\n\n[audit]\nmax_bytes = 4096\n";
     std::fs::write(server.config_path(), config).expect("write config");
     let chown = Command::new("chown")

@@ -68,10 +68,16 @@ fn writes(
     })
 }
 
-/// Makes the ledger write a checkpoint every other batch (the default is far apart).
-fn frequent_checkpoints(config: &std::path::Path) {
+/// Makes the ledger write a checkpoint every other batch (the default is far apart) and sync
+/// the WAL on its syncer thread (pipeline depth 2; the default, 1, syncs on the ledger thread):
+/// every kind of thread runs.
+fn every_thread_busy(config: &std::path::Path) {
     let text = std::fs::read_to_string(config).expect("read config");
-    let text = text.replacen("[ledger]\n", "[ledger]\ncheckpoint_every_batches = 2\n", 1);
+    let text = text.replacen(
+        "[ledger]\n",
+        "[ledger]\ncheckpoint_every_batches = 2\npipeline_depth = 2\n",
+        1,
+    );
     assert!(text.contains("checkpoint_every_batches = 2"), "{text}");
     std::fs::write(config, text).expect("write config");
 }
@@ -103,13 +109,14 @@ fn violation_stops_the_process(kind: &str, call: &str) {
     let env = [("PANTERA_FAULT", fault.as_str())];
     let mut server = Server::start_logged_with_env(&lab, dir.path(), "ledger", "", &env);
     let tls = dir.path().join("tls");
-    if kind == "checkpoint" {
-        // A checkpoint within the first batches: restart with the setting.
+    if kind == "checkpoint" || kind == "syncer" {
+        // A checkpoint within the first batches, the WAL syncer thread: restart with the
+        // settings.
         assert!(
             server.terminate().success(),
             "a clean stop before the restart"
         );
-        frequent_checkpoints(server.config_path());
+        every_thread_busy(server.config_path());
         server.spawn();
     }
     // The moment of each kind (src/fault.rs).
@@ -262,7 +269,7 @@ fn a_normal_run_has_every_thread_confined_and_nothing_legitimate_denied() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_logged(&lab, dir.path(), "ledger", AUDIT_ROTATES);
     assert!(server.terminate().success());
-    frequent_checkpoints(server.config_path());
+    every_thread_busy(server.config_path());
     server.spawn();
     let tls = dir.path().join("tls");
     writes(&lab, &tls, 10)
@@ -522,7 +529,7 @@ fn measure_syscalls() {
         &[("PANTERA_FAULT", "seccomp-measure")],
     );
     assert!(server.terminate().success());
-    frequent_checkpoints(server.config_path());
+    every_thread_busy(server.config_path());
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let trace_path = target.join("syscalls.strace");
     let log_path = dir.path().join("pantera.log");

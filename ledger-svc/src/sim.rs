@@ -209,7 +209,7 @@ pub fn run(config: SimConfig) -> SimReport {
     let report = SimReport { seed: config.seed, steps: 0, digest: 0, faults: FaultTally::default(), replies: 0, acknowledged: 0, recoveries: 0, batches_written: 0, batches_pipelined: 0, crashes_mid_sync: 0, refused: false, refusal: None, violations: Vec::new() };
     let mut storage = SimStorage::new();
     storage.inject(disk_faults(&mut rng));
-    let server = start(storage).expect("a fresh ledger on an empty disk opens");
+    let server = start(storage, pipeline_depth(config.seed)).expect("a fresh ledger on an empty disk opens");
     let clients = (0..config.clients).map(|_| Client::default()).collect();
     let workload = Workload::new(WorkloadConfig { clients: config.clients, requests_per_client: config.requests_per_client, request_one_in: REQUEST_ONE_IN });
     let mut world = World {
@@ -276,9 +276,16 @@ pub fn ledger_config() -> LedgerConfig {
     }
 }
 
-fn start(storage: SimStorage) -> Result<Server, crate::LedgerError> {
+/// The commit pipeline of a run, by seed (the server's `ledger.pipeline_depth`): even seeds
+/// write the next batch while one syncs (2), odd seeds sync each batch before the next (1).
+pub fn pipeline_depth(seed: u64) -> usize {
+    2 - (seed % 2) as usize
+}
+
+fn start(storage: SimStorage, pipeline_depth: usize) -> Result<Server, crate::LedgerError> {
     let ledger = Ledger::open(storage, ledger_config())?;
-    Ok(Server { ledger, committer: Committer::new(CommitterConfig::new(8189, 64)), syncing: None, written: WalRecords::default() })
+    let config = CommitterConfig { batches_unsynced_max: pipeline_depth, ..CommitterConfig::new(8189, 64) };
+    Ok(Server { ledger, committer: Committer::new(config), syncing: None, written: WalRecords::default() })
 }
 
 fn status(ledger: &Ledger<SimStorage>) -> LedgerStatus {
@@ -357,7 +364,7 @@ impl World {
         disk.inject(faults);
         self.report.recoveries += 1;
         let probe = disk.reopen().expect("a simulated disk reopens");
-        let started = start(disk);
+        let started = start(disk, pipeline_depth(self.config.seed));
         if started.is_err() {
             // A running server's disk is counted when it crashes.
             self.report.faults.add_disk(probe.fault_counts());

@@ -543,10 +543,10 @@ impl World {
         )
         .map_err(|e| StartError::Broken(format!("the worker did not start: {e}")))?;
         worker.simulate_handshake_step_cost(HANDSHAKE_STEP_COST);
-        let core = Committer::new(CommitterConfig::new(
-            config.ledger.batch_events_max,
-            READS_PER_TURN_MAX,
-        ));
+        let core = Committer::new(CommitterConfig {
+            batches_unsynced_max: config.ledger.pipeline_depth,
+            ..CommitterConfig::new(config.ledger.batch_events_max, READS_PER_TURN_MAX)
+        });
         let replies = replies_tx
             .into_iter()
             .next()
@@ -1026,6 +1026,9 @@ fn setup(random: &crypto::SeededRandom, seed: u64) -> anyhow::Result<Setup> {
     std::fs::create_dir_all(&tls_dir).with_context(|| format!("create {}", tls_dir.display()))?;
     let mut config = Config::lab(&dir);
     config.tls.resumption_max_age_s = 0;
+    // Both commit pipelines, by seed, as the ledger-path simulator: even seeds write the next
+    // batch while one syncs (2), odd seeds sync each batch before the next (1).
+    config.ledger.pipeline_depth = ledger_svc::sim::pipeline_depth(seed);
     let certs = crypto::certs(random, IpAddr::V4(SERVER_IP)).context("the run's certificates")?;
     let write = |name: &str, text: &str| -> anyhow::Result<()> {
         let path = tls_dir.join(name);
