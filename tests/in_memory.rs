@@ -224,7 +224,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     let mut ledger = ledger_svc::Ledger::open(storage, config.ledger_config().expect("ledger config")).expect("open ledger");
     let committer::Channels { client: client_handle, submissions: rx, replies_tx: reply_tx, replies_rx: mut reply_rx } = committer::channels(64, 1);
     let m = metrics.clone();
-    let ledger_thread = std::thread::spawn(move || committer::run(&mut ledger, &rx, &reply_tx, 8189, &m, "fsync"));
+    let ledger_thread = std::thread::spawn(move || committer::run(&mut ledger, &rx, &reply_tx, &committer::CommitSettings::fsync(8189, pantera::config::LEDGER_PIPELINE_DEPTH_DEFAULT), &m));
 
     let link = Rc::new(RefCell::new(SimLink::new(SimConfig {
         seed: 7,

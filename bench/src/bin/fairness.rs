@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     let Channels { client, submissions, replies_tx, replies_rx } = committer::channels(4096, workers);
     let metrics = Metrics::new();
     let ledger_thread = thread::spawn(move || {
-        committer::run(&mut ledger, &submissions, &replies_tx, 32_756, &metrics, "fsync").expect("ledger thread");
+        committer::run(&mut ledger, &submissions, &replies_tx, &committer::CommitSettings::fsync(32_756, pantera::config::LEDGER_PIPELINE_DEPTH_DEFAULT), &metrics).expect("ledger thread");
     });
 
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(10_000_000));
