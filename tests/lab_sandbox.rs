@@ -49,6 +49,12 @@ fn threads(pid: Pid) -> Vec<(String, String)> {
     found
 }
 
+/// Pipeline depth 2, so the WAL syncer thread runs beside the others (at the default, 1, the
+/// ledger thread syncs and no syncer is started).
+fn with_syncer_thread(config: String) -> String {
+    config.replacen("[ledger]\n", "[ledger]\npipeline_depth = 2\n", 1)
+}
+
 /// What every thread of a serving appliance shows, whatever its user.
 fn assert_every_thread_confined(pid: Pid) {
     let threads = threads(pid);
@@ -162,7 +168,7 @@ fn serving_threads_hold_no_capability_and_reload_metrics_and_stop_still_work() {
     let stranger = lab.spec.peer_ipv4;
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = dir.path().join("tls");
-    let mut server = Server::start_logged(&lab, dir.path(), "ledger", "");
+    let mut server = Server::start_logged_edited(&lab, dir.path(), "ledger", "", with_syncer_thread);
     let pid = server.pid();
 
     assert_every_thread_confined(pid);
@@ -254,8 +260,13 @@ fn with_sandbox_user_the_process_serves_as_that_user_and_is_not_dumpable() {
     let lab = lab("sandboxu", 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = dir.path().join("tls");
-    // A first start as root writes the configuration, certificates and data directory.
+    // A first start as root writes the configuration, certificates and data directory. At
+    // the default pipeline depth (1) the ledger thread runs the WAL's fsyncs within its own
+    // filter (a write is answered, so they were allowed) and no syncer thread is started.
     let mut server = Server::start_logged(&lab, dir.path(), "ledger", "");
+    assert_eq!(write_and_read(&lab, &tls, lab.spec.peer_ipv4), Ok((200, 200)));
+    let names: Vec<String> = threads(server.pid()).into_iter().map(|(name, _)| name).collect();
+    assert!(names.iter().any(|n| n == "ledger") && !names.iter().any(|n| n == "wal-sync"), "{names:?}");
     assert!(server.terminate().success());
     // Then what an operator does for a service user: the files become its own, and the
     // configuration names it (a name: the user database is read before the drop, and a reload
@@ -387,7 +398,7 @@ fn started_as_a_user_with_only_the_units_ambient_capabilities_it_serves_and_clea
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = dir.path().join("tls");
     // Writes the configuration, certificates and data directory, and proves they serve.
-    let mut first = Server::start(&lab, dir.path(), "ledger", "");
+    let mut first = Server::start_logged_edited(&lab, dir.path(), "ledger", "", with_syncer_thread);
     assert!(first.terminate().success());
     let (config_path, management) = (first.config_path().to_owned(), first.management);
     drop(first);
