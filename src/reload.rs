@@ -118,6 +118,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
             umem_frames,
             ring_size,
             busy_poll_turns,
+            busy_poll_us,
         }
     );
     changed_fields!(

@@ -538,7 +538,7 @@ impl World {
             &self.setup.stack_config,
             app,
             Metrics::new(),
-            0,
+            crate::worker::BusyPoll::default(),
             self.instant(),
         )
         .map_err(|e| StartError::Broken(format!("the worker did not start: {e}")))?;
