@@ -74,10 +74,6 @@ pub struct DataplaneSection {
     /// Loop turns without work before a worker blocks in poll(2).
     #[serde(default = "default_busy_poll_turns")]
     pub busy_poll_turns: u32,
-    /// Microseconds after its last turn with work that a worker keeps turning before it
-    /// blocks (both this and `busy_poll_turns` must be spent; `worker::BusyPoll`).
-    #[serde(default = "default_busy_poll_us")]
-    pub busy_poll_us: u32,
 }
 
 fn default_xdp_mode() -> String {
@@ -92,14 +88,6 @@ fn default_ring_size() -> u32 {
 fn default_busy_poll_turns() -> u32 {
     64
 }
-fn default_busy_poll_us() -> u32 {
-    DATAPLANE_BUSY_POLL_US_DEFAULT
-}
-
-/// `dataplane.busy_poll_us` when the file leaves it out.
-pub const DATAPLANE_BUSY_POLL_US_DEFAULT: u32 = 200;
-/// The most `dataplane.busy_poll_us` may be: 100 ms, the longest a worker blocks anyway.
-pub const BUSY_POLL_US_MAX: u32 = 100_000;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -590,7 +578,6 @@ impl Config {
                 umem_frames: default_frame_count(),
                 ring_size: default_ring_size(),
                 busy_poll_turns: default_busy_poll_turns(),
-                busy_poll_us: default_busy_poll_us(),
             },
             service: ServiceSection {
                 address: spec.service_ipv4,
@@ -761,9 +748,6 @@ impl Config {
                 "ledger.batch_events_max",
                 format!("must be at least {} (one full request)", ledger_svc::BATCH_EVENTS_MAX),
             ));
-        }
-        if self.dataplane.busy_poll_us > BUSY_POLL_US_MAX {
-            return Err(invalid("dataplane.busy_poll_us", format!("must be at most {BUSY_POLL_US_MAX} (a worker turns this long after its last work before it sleeps)")));
         }
         if !(1..=ledger_svc::committer::BATCHES_UNSYNCED_MAX).contains(&l.pipeline_depth) {
             return Err(invalid(
@@ -1358,8 +1342,6 @@ cluster_id = 7
         assert!(e.contains("tls.resumption_max_age_s"), "{e}");
         let e = error_of(&GOOD.replace("[ledger]", "[ledger]\ndurability = \"sometimes\""));
         assert!(e.contains("ledger.durability"), "{e}");
-        let e = error_of(&GOOD.replace("[dataplane]", "[dataplane]\nbusy_poll_us = 100001"));
-        assert!(e.contains("dataplane.busy_poll_us"), "{e}");
         for depth in [0, 3] {
             let e = error_of(&GOOD.replace("[ledger]", &format!("[ledger]\npipeline_depth = {depth}")));
             assert!(e.contains("ledger.pipeline_depth") && e.contains("must be 1"), "{e}");

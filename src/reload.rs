@@ -118,7 +118,6 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
             umem_frames,
             ring_size,
             busy_poll_turns,
-            busy_poll_us,
         }
     );
     changed_fields!(

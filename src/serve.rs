@@ -271,7 +271,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
         // between queues or starts (seed 0 once gave every start the same ISNs).
         stack_config.random_seed = os_random_u64().context("cannot read randomness for the TCP stack's seed")?;
         stack_config.secret = os_random().context("cannot read randomness for the TCP stack's secret")?;
-        let busy_poll = crate::worker::BusyPoll { turns: d.busy_poll_turns, window: Duration::from_micros(u64::from(d.busy_poll_us)) };
+        let busy_poll_turns = d.busy_poll_turns;
         let started_tx = worker_started_tx.clone();
         let label = port.queue_id().to_string();
         let watch = reloader.watch();
@@ -279,7 +279,7 @@ pub fn serve(config: &Config, lab_home: Option<&Path>, source: reload::Source<'_
             crate::sandbox::confine_thread(crate::sandbox::Kind::Worker);
             // Every line this thread logs names its queue.
             let _span = tracing::info_span!("worker", queue = %label).entered();
-            match Worker::new(index, label, port, &stack_config, app, m, busy_poll) {
+            match Worker::new(index, label, port, &stack_config, app, m, busy_poll_turns) {
                 Ok(mut worker) => {
                     worker.watch_reloads(watch);
                     let _ = started_tx.send(Ok(()));

@@ -106,27 +106,6 @@ const REPLY_WAIT: Duration = Duration::from_micros(200);
 /// (`src/handshake.rs`).
 const CONTENDED_WINDOW: Duration = Duration::from_millis(10);
 
-/// How long a worker keeps turning with nothing to do before it blocks (in poll(2), or on its
-/// reply channel): until both bounds are spent, `turns` empty turns and `window` since the last
-/// turn that did work (`dataplane.busy_poll_turns`, `dataplane.busy_poll_us`). A blocked worker
-/// wakes late now and then on a busy machine (the lab: a p99 of ~3 ms at one connection against
-/// ~0.5 ms for one that keeps turning, docs/PERFORMANCE.md), so the next request of a keep-alive
-/// client is caught by turning for a client's round trip after each answer; an idle worker
-/// spends at most `window` before it sleeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BusyPoll {
-    pub turns: u32,
-    pub window: Duration,
-}
-
-impl BusyPoll {
-    /// True while a worker `idle_turns` empty turns and `since_busy` after its last turn with
-    /// work keeps turning.
-    pub fn spins(&self, idle_turns: u32, since_busy: Duration) -> bool {
-        idle_turns < self.turns || since_busy < self.window
-    }
-}
-
 pub struct Worker<P: Port> {
     pub index: usize,
     queue_label: String,
@@ -137,7 +116,7 @@ pub struct Worker<P: Port> {
     /// Slots of the open connections, in no particular order.
     active: Vec<u32>,
     metrics: Metrics,
-    busy_poll: BusyPoll,
+    busy_poll_turns: u32,
     /// Scratch space for the echo app.
     scratch: Vec<u8>,
     /// Ledger submissions whose replies have not come back, over all connections.
@@ -207,9 +186,9 @@ impl<P: Port> Worker<P> {
         stack_config: &tcp::StackConfig,
         app: AppConfig,
         metrics: Metrics,
-        busy_poll: BusyPoll,
+        busy_poll_turns: u32,
     ) -> Result<Worker<P>, tcp::ConfigError> {
-        Self::new_at(index, queue_label, port, stack_config, app, metrics, busy_poll, Instant::now())
+        Self::new_at(index, queue_label, port, stack_config, app, metrics, busy_poll_turns, Instant::now())
     }
 
     /// [`Worker::new`] at a given time: the simulator's clock instead of the wall clock.
@@ -221,7 +200,7 @@ impl<P: Port> Worker<P> {
         stack_config: &tcp::StackConfig,
         app: AppConfig,
         metrics: Metrics,
-        busy_poll: BusyPoll,
+        busy_poll_turns: u32,
         now: Instant,
     ) -> Result<Worker<P>, tcp::ConfigError> {
         let now = smoltcp_now(now);
@@ -242,7 +221,7 @@ impl<P: Port> Worker<P> {
             conns: (0..slots).map(|_| None).collect(),
             active: Vec::with_capacity(slots),
             metrics,
-            busy_poll,
+            busy_poll_turns,
             scratch: vec![0; 64 * 1024],
             outstanding: 0,
             parked: None,
@@ -292,7 +271,6 @@ impl<P: Port> Worker<P> {
         // if this worker stops turning. Unregistered when run returns.
         let heartbeat = self.metrics.health.register(format!("worker-q{}", self.queue_label));
         let mut idle_turns = 0u32;
-        let mut busy_at = Instant::now();
         let mut turns = 0u32;
         loop {
             match shutdown.phase() {
@@ -315,21 +293,17 @@ impl<P: Port> Worker<P> {
             self.take_reload();
             #[cfg(feature = "fault-injection")]
             crate::fault::worker_turn(self.stack.counters().accepted);
-            let now = Instant::now();
-            let busy = self.turn(now);
+            let busy = self.turn(Instant::now());
             turns = turns.wrapping_add(1);
             if turns % METRICS_EVERY_TURNS == 0 {
                 self.publish_metrics();
             }
             if busy {
                 idle_turns = 0;
-                busy_at = now;
                 continue;
             }
             idle_turns += 1;
-            // Also while ledger replies are awaited: on the lab, turning only while none is
-            // awaited (for the client's next request) gave the p99 of a blocked worker.
-            if self.busy_poll.spins(idle_turns, now.saturating_duration_since(busy_at)) {
+            if idle_turns < self.busy_poll_turns {
                 continue;
             }
             let now = Instant::now();
@@ -847,19 +821,4 @@ pub fn smoltcp_now(now: Instant) -> smoltcp::time::Instant {
 pub fn clock_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_worker_keeps_turning_until_both_busy_poll_bounds_are_spent() {
-        let busy_poll = BusyPoll { turns: 64, window: Duration::from_micros(200) };
-        assert!(busy_poll.spins(10, Duration::from_millis(5)), "empty turns left");
-        assert!(busy_poll.spins(1_000, Duration::from_micros(150)), "time left in the window");
-        assert!(!busy_poll.spins(64, Duration::from_micros(200)), "both spent: block");
-        // The simulator's and the in-memory tests' workers never turn idle.
-        assert!(!BusyPoll::default().spins(0, Duration::ZERO));
-    }
 }

@@ -251,7 +251,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     stack_config.connections_max = 16;
     stack_config.listen_sockets = 8;
     let server_end = End { link: Rc::clone(&link), side: Side::A };
-    let mut worker = Worker::new(0, "0".to_owned(), server_end, &stack_config, app, metrics, pantera::worker::BusyPoll::default()).expect("worker");
+    let mut worker = Worker::new(0, "0".to_owned(), server_end, &stack_config, app, metrics, 0).expect("worker");
 
     let mut client_end = End { link: Rc::clone(&link), side: Side::B };
     let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([0x02, 0, 0, 0, 0, 1])));

@@ -538,7 +538,7 @@ impl World {
             &self.setup.stack_config,
             app,
             Metrics::new(),
-            crate::worker::BusyPoll::default(),
+            0,
             self.instant(),
         )
         .map_err(|e| StartError::Broken(format!("the worker did not start: {e}")))?;
