@@ -2,10 +2,11 @@
 //!
 //! It drains submissions from every worker, applies everything waiting as one batch, appends the
 //! batch to the WAL (group commit), and releases the replies only once a sync has made the batch
-//! durable. The sync runs on the WAL syncer thread (`wal-sync`), so while batch N's fdatasync is
-//! in flight the ledger thread applies and writes batch N+1 (a pipelined group commit,
-//! docs/ledger.md "Pipelined group commit"); replies still leave strictly after their own batch
-//! is durable, in order. Queries ride in the same drain and are answered after the batch, from
+//! durable. At `ledger.pipeline_depth = 1` (the default) the sync runs on this thread before the
+//! next batch is written; at 2 it runs on the WAL syncer thread (`wal-sync`), so while batch N's
+//! fdatasync is in flight the ledger thread applies and writes batch N+1 (a pipelined group
+//! commit, docs/ledger.md "Pipelined group commit"). Either way replies leave strictly after
+//! their own batch is durable, in order. Queries ride in the same drain and are answered after the batch, from
 //! the state it left; their answers too wait until that state is durable.
 //!
 //! The policy (what joins a batch, when an empty batch expires pending transfers, when a
@@ -258,7 +259,7 @@ pub fn recover(config: &crate::config::Config, storage: FileStorage, workers: us
 
 impl Recovered {
     /// The second half of [`start`]: starts the ledger thread (it starts the checkpoint
-    /// writer, `pantera-ckpt`, and the WAL syncer, `wal-sync`).
+    /// writer, `pantera-ckpt`, and at pipeline depth 2 the WAL syncer, `wal-sync`).
     pub fn spawn(self) -> anyhow::Result<Started> {
         let Recovered { mut ledger, channels, settings, metrics } = self;
         let Channels { client, submissions, replies_tx, replies_rx } = channels;
@@ -380,7 +381,8 @@ const SYNCS_IN_FLIGHT_MAX: usize = 1;
 /// The metrics of the pipelined group commit (registered beside the others in `metrics.rs`).
 #[derive(Clone, Debug)]
 pub struct SyncMetrics {
-    /// One WAL sync (fdatasync of the segments written since the last one) on the syncer.
+    /// One WAL sync (fdatasync of the segments written since the last one), on whichever
+    /// thread runs it (`ledger.pipeline_depth`).
     pub fsync_seconds: Histogram,
     /// WAL syncs completed (each covers one batch or more).
     pub syncs: IntCounter,
@@ -393,7 +395,7 @@ pub struct SyncMetrics {
 impl SyncMetrics {
     pub fn register(registry: &Registry) -> SyncMetrics {
         let fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new("ledger_fsync_seconds", "Time of one WAL sync on the syncer thread (fdatasync of the segments written since the last one).")
+            HistogramOpts::new("ledger_fsync_seconds", "Time of one WAL sync, on the ledger thread (pipeline depth 1) or the syncer thread (depth 2): fdatasync of the segments written since the last one.")
                 .buckets(prometheus::exponential_buckets(10e-6, 2.0, 16).expect("valid")),
         )
         .expect("valid");
@@ -740,6 +742,10 @@ mod tests {
     use super::*;
     use ledger_svc::{Account, Operation, SimStorage, Transfer};
 
+    /// Both commit pipelines: each sync on the ledger thread (1), or on the syncer while the
+    /// next batch is written (2).
+    const PIPELINE_DEPTHS: [usize; 2] = [1, 2];
+
     fn reply_to(seq: u64) -> ReplyTo {
         ReplyTo { worker: 0, slot: 3, generation: 1, seq }
     }
@@ -765,9 +771,7 @@ mod tests {
 
     #[test]
     fn waiting_submissions_share_one_group_commit_and_replies_keep_their_order() {
-        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
-        // batch is written (2).
-        for depth in [1, 2] {
+        for depth in PIPELINE_DEPTHS {
             let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
             client.submit(Submission { reply_to: reply_to(0), command: accounts(&[1, 2]) }).expect("room");
             client.submit(Submission { reply_to: reply_to(1), command: Command::LookupAccount(1) }).expect("room");
@@ -852,9 +856,7 @@ mod tests {
 
     #[test]
     fn checkpoints_are_written_off_the_ledger_thread_and_finished() {
-        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
-        // batch is written (2).
-        for depth in [1, 2] {
+        for depth in PIPELINE_DEPTHS {
             let (result, mut ledger, received) = run_one_by_one(SimStorage::new(), depth, 3, 20);
             result.expect("run");
             assert_eq!(received, 20);
@@ -877,9 +879,7 @@ mod tests {
 
     #[test]
     fn a_failed_wal_sync_stops_the_thread_and_nothing_written_is_acknowledged() {
-        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
-        // batch is written (2).
-        for depth in [1, 2] {
+        for depth in PIPELINE_DEPTHS {
             let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
             let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
             // Every sync fails (EIO), on the syncer thread or this one; the appends succeed.
@@ -906,9 +906,7 @@ mod tests {
 
     #[test]
     fn many_submissions_are_released_in_order_after_their_syncs_and_the_stop_drains_the_pipeline() {
-        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
-        // batch is written (2).
-        for depth in [1, 2] {
+        for depth in PIPELINE_DEPTHS {
             let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(1024, 1);
             let metrics = Metrics::new();
             let thread_metrics = metrics.clone();
@@ -937,9 +935,7 @@ mod tests {
 
     #[test]
     fn a_storage_failure_is_reported_and_nothing_is_acknowledged() {
-        // Both commit pipelines: each sync on this thread (1), or on the syncer while the next
-        // batch is written (2).
-        for depth in [1, 2] {
+        for depth in PIPELINE_DEPTHS {
             let Channels { client, submissions: rx, replies_tx: replies, replies_rx: completions } = channels(16, 1);
             let mut ledger = Ledger::open(SimStorage::new(), ledger_svc::LedgerConfig::default()).expect("open");
             ledger.storage_mut().fail_after(0);
