@@ -71,7 +71,7 @@ pub struct DataplaneSection {
     pub umem_frames: u32,
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
-    /// Loop turns without work before a worker blocks in poll(2).
+    /// Loop turns without work before a worker blocks in ppoll(2).
     #[serde(default = "default_busy_poll_turns")]
     pub busy_poll_turns: u32,
 }

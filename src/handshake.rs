@@ -17,7 +17,11 @@
 //!   `time_share_percent` of the worker's time, measured (quinn-proto's `WorkLimiter` measures
 //!   work the same way): a credit grows with the time that passes and each step spends what
 //!   it took. When the established connections are quiet the share does not apply, so a
-//!   burst of honest connections (a restart, a failover) is served at full speed.
+//!   burst of honest connections (a restart, a failover) is served at full speed. The credit
+//!   is kept in nanoseconds: a worker turning every microsecond earns its share like one
+//!   turning every millisecond. Steps that wait only for credit tell the worker when it will
+//!   be earned ([`Handshakes::end_turn`]), so it sleeps until then instead of turning flat
+//!   out through the other 90 %.
 //!
 //! Sans-IO like the stages below it: slots, durations and instants come in, decisions go out;
 //! the worker does the aborting and the crypto. All state is allocated at start (links per
@@ -104,8 +108,12 @@ pub struct Handshakes {
     stepped: Vec<bool>,
     steps_this_turn: usize,
     contended: bool,
-    /// Handshake time the worker may still spend, in µs; a step may overdraw it once.
-    credit_us: i64,
+    /// Handshake time the worker may still spend, in hundredths of a nanosecond, so that what
+    /// a turn earns (its duration times the share in percent) is exact however short the
+    /// turn; a step may overdraw it once.
+    credit: i64,
+    /// What the steps took, in ns (the counters report µs).
+    step_time_ns: u64,
     last_turn: Option<Instant>,
     counters: HandshakeCounters,
 }
@@ -124,7 +132,8 @@ impl Handshakes {
             stepped: vec![false; slots],
             steps_this_turn: 0,
             contended: false,
-            credit_us: 0,
+            credit: 0,
+            step_time_ns: 0,
             last_turn: None,
             counters: HandshakeCounters::default(),
         }
@@ -202,18 +211,19 @@ impl Handshakes {
         self.last_turn = Some(now);
         self.steps_this_turn = 0;
         self.contended = contended;
-        let credit_max = CREDIT_MAX.as_micros() as i64;
+        let credit_max = CREDIT_MAX.as_nanos() as i64 * 100;
         if contended {
-            let earned = elapsed.as_micros() as i64 * i64::from(self.limits.time_share_percent) / 100;
-            self.credit_us = (self.credit_us + earned).min(credit_max);
+            let elapsed_ns = elapsed.as_nanos().min(i64::MAX as u128 / 100) as i64;
+            let earned = elapsed_ns * i64::from(self.limits.time_share_percent);
+            self.credit = (self.credit + earned).min(credit_max);
         } else {
-            self.credit_us = credit_max;
+            self.credit = credit_max;
         }
     }
 
     /// Whether [`Handshakes::next_step`] would give a step now.
     pub fn step_ready(&self) -> bool {
-        self.ready_len() > 0 && self.steps_this_turn < self.limits.steps_per_turn_max && !(self.contended && self.credit_us <= 0)
+        self.ready_len() > 0 && self.steps_this_turn < self.limits.steps_per_turn_max && !(self.contended && self.credit <= 0)
     }
 
     /// The next handshake step to run this turn: answered ones first, each FIFO oldest ready
@@ -234,18 +244,32 @@ impl Handshakes {
 
     /// What the last step took.
     pub fn step_done(&mut self, cost: Duration) {
-        let us = cost.as_micros().min(i64::MAX as u128) as i64;
-        self.credit_us -= us;
-        self.counters.step_time_us += us as u64;
+        // Capped at a second: a step stalled longer (a stopped process) must not silence the
+        // handshakes for ten times as long.
+        let ns = cost.as_nanos().min(1_000_000_000) as i64;
+        self.credit -= ns * 100;
+        self.step_time_ns += ns as u64;
+        self.counters.step_time_us = self.step_time_ns / 1_000;
     }
 
-    /// Ends the turn; true when steps still wait (the worker must not sleep past them).
-    pub fn end_turn(&mut self) -> bool {
-        let waiting = self.ready_len() > 0;
-        if waiting {
-            self.counters.turns_limited += 1;
+    /// Ends the turn. None when no step waits; else the instant the next one may run, which
+    /// the worker must not sleep past: the turn's start when it waits only on the per-turn
+    /// bound (or the share does not apply), so at once; when the share's credit is spent,
+    /// the instant the time passing will have earned it back (established connections that
+    /// go quiet before then lift the share sooner: the worker watches that itself).
+    pub fn end_turn(&mut self, now: Instant) -> Option<Instant> {
+        if self.ready_len() == 0 {
+            return None;
         }
-        waiting
+        self.counters.turns_limited += 1;
+        let start = self.last_turn.unwrap_or(now);
+        if !self.contended || self.credit > 0 {
+            return Some(start);
+        }
+        // The credit is positive once the time since the turn's start has earned the deficit
+        // and a hundredth of a nanosecond more; whole nanoseconds, rounded up.
+        let owed = (-self.credit) as u64 + 1;
+        Some(start + Duration::from_nanos(owed.div_ceil(u64::from(self.limits.time_share_percent))))
     }
 
     /// Handshakes in the budget now.
@@ -356,7 +380,7 @@ mod tests {
             stepped.push(slot);
             h.step_done(STEP);
         }
-        h.end_turn();
+        let _ = h.end_turn(now);
         stepped
     }
 
@@ -398,7 +422,7 @@ mod tests {
         let _ = h.ready(7);
         assert_eq!(turn(&mut h, t0 + Duration::from_millis(1), false), vec![5, 9, 2, 6]);
         assert_eq!(turn(&mut h, t0 + Duration::from_millis(2), false), vec![7]);
-        assert!(!h.end_turn(), "nothing waits");
+        assert_eq!(h.end_turn(t0 + Duration::from_millis(2)), None, "nothing waits");
         assert_eq!(h.counters().steps, 9);
     }
 
@@ -493,8 +517,70 @@ mod tests {
             let _ = h.ready(slot);
         }
         h.begin_turn(t0, true);
-        h.end_turn();
+        let _ = h.end_turn(t0);
         assert_eq!(turn(&mut h, t0 + Duration::from_secs(1), true).len(), 1);
+    }
+
+    #[test]
+    fn turns_a_fraction_of_a_microsecond_apart_still_earn_the_share() {
+        // A worker busy-polling turns every 0.7 µs or so. With the credit counted in whole
+        // microseconds each of those turns earned nothing and no handshake ever stepped
+        // while established connections were busy.
+        let mut h = Handshakes::new(limits(1024, 16, 10), 1024);
+        let t0 = Instant::now();
+        for slot in 0..1000 {
+            h.opened(slot);
+            let _ = h.ready(slot);
+        }
+        let (mut now, mut steps) = (t0, 0);
+        while now - t0 < Duration::from_millis(100) {
+            let stepped = turn(&mut h, now, true);
+            steps += stepped.len();
+            now += Duration::from_nanos(700) + STEP * stepped.len() as u32;
+        }
+        let share = (STEP * steps as u32).as_secs_f64() / (now - t0).as_secs_f64();
+        assert!((0.09..=0.11).contains(&share), "handshakes took {share:.3} of the time in {steps} steps");
+    }
+
+    #[test]
+    fn steps_waiting_for_credit_name_the_instant_it_is_earned_so_the_worker_can_sleep() {
+        for share_percent in [1, 3, 10, 33, 100] {
+            let mut h = Handshakes::new(limits(1024, 16, share_percent), 1024);
+            let t0 = Instant::now();
+            for slot in 0..100 {
+                h.opened(slot);
+                let _ = h.ready(slot);
+            }
+            // The worker turns only when end_turn says: no turn in between.
+            let (mut now, mut steps, mut turns) = (t0, 0, 0);
+            for _ in 0..100 {
+                if steps == 50 {
+                    break;
+                }
+                h.begin_turn(now, true);
+                turns += 1;
+                while h.next_step().is_some() {
+                    steps += 1;
+                    h.step_done(STEP);
+                }
+                let due = h.end_turn(now).expect("steps still wait");
+                assert!(due > now, "a busy worker's steps wait for credit, not for the next turn");
+                // A nanosecond earlier the credit is not there yet.
+                h.begin_turn(due - Duration::from_nanos(1), true);
+                assert!(!h.step_ready(), "share {share_percent}: due a nanosecond too late");
+                assert!(h.end_turn(due) > Some(due - Duration::from_nanos(1)));
+                now = due;
+            }
+            assert_eq!(steps, 50, "share {share_percent}: every turn at its due instant stepped");
+            assert!(turns <= steps + 1, "share {share_percent}: a turn per step, none wasted: {turns} turns");
+            let share = (STEP * steps as u32).as_secs_f64() / (now - t0).as_secs_f64();
+            let want = f64::from(share_percent) / 100.0;
+            assert!((share - want).abs() < want * 0.05 + 0.01, "share {share_percent}: handshakes took {share:.3} of the time");
+            // Quiet established connections lift the share: the steps wait for the next turn only.
+            h.begin_turn(now, false);
+            let _ = h.next_step();
+            assert_eq!(h.end_turn(now), Some(now), "uncontended, the per-turn bound only");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Loop: rx batch -> poll stack -> TLS -> HTTP decode -> submit to the ledger -> collect replies
 //! -> encode -> TLS -> stack -> tx batch. It busy-polls while there is work and blocks in
-//! poll(2) when idle, so an idle appliance burns no core.
+//! ppoll(2) when idle, so an idle appliance burns no core.
 //!
 //! The worker is generic over its port (`Port`): the AF_XDP socket in production, an in-memory
 //! link in the whole-stack test.
@@ -95,10 +95,10 @@ const METRICS_EVERY_TURNS: u32 = 1024;
 /// of times a second under load: it publishes its metrics (some forty labelled series) then at
 /// most this often. Before it sleeps with nothing awaited it always publishes.
 const METRICS_AWAITING_INTERVAL: Duration = Duration::from_millis(1);
-/// The longest a worker blocks in poll(2) while nothing is due, so shutdown is prompt.
+/// The longest a worker blocks in ppoll(2) while nothing is due, so shutdown is prompt.
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
 /// While ledger replies are outstanding and no frame is waiting, the worker blocks on its
-/// reply channel (a reply does not wake poll(2)) for at most this long before it looks at
+/// reply channel (a reply does not wake ppoll(2)) for at most this long before it looks at
 /// the rings again: an upper bound on the delay a frame arriving meanwhile can see.
 const REPLY_WAIT: Duration = Duration::from_micros(200);
 /// Established connections (answered at least once before) that moved within this long
@@ -127,6 +127,8 @@ pub struct Worker<P: Port> {
     handshakes: Handshakes,
     /// When an established connection last moved.
     established_moved_at: Option<Instant>,
+    /// Handshake steps wait for the time share's credit: the worker sleeps no later.
+    handshakes_due: Option<Instant>,
     /// The connections to drive at the next turn (docs/pipeline.md, "Work per turn"): a
     /// segment reached them, a ledger reply came, their timer came, they just opened, or
     /// they moved at their last drive (so may move again). The others are not looked at.
@@ -227,6 +229,7 @@ impl<P: Port> Worker<P> {
             parked: None,
             handshakes: Handshakes::new(handshake_limits, slots),
             established_moved_at: None,
+            handshakes_due: None,
             ready: tcp::SlotSet::new(slots),
             timers: tcp::Timers::new(slots),
             held: tcp::SlotSet::new(slots),
@@ -312,7 +315,8 @@ impl<P: Port> Worker<P> {
                 .poll_delay(smoltcp_now(now))
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .unwrap_or(IDLE_WAIT_MAX)
-                .min(IDLE_WAIT_MAX);
+                .min(IDLE_WAIT_MAX)
+                .min(self.handshakes_due.map_or(IDLE_WAIT_MAX, |due| due.saturating_duration_since(now)));
             // The metrics stay fresh while idle too.
             if self.outstanding == 0 || now.saturating_duration_since(self.metrics_published_at) >= METRICS_AWAITING_INTERVAL {
                 self.metrics_published_at = now;
@@ -428,8 +432,19 @@ impl<P: Port> Worker<P> {
         // left, so the crypto delays none of them; the flights they write leave at the next
         // turn's first poll, which follows at once (a step makes the turn busy).
         busy |= self.handshake_steps(now);
-        // Steps left waiting keep the worker turning: it must not sleep past them.
-        busy |= self.handshakes.end_turn();
+        // Steps left waiting: the worker turns again at once if only the per-turn bound held
+        // them back; if the time share did, it may sleep until the credit is earned or the
+        // established connections have been quiet long enough to lift the share, whichever
+        // comes first, but not past it.
+        self.handshakes_due = None;
+        match self.handshakes.end_turn(now) {
+            Some(due) if due <= now => busy = true,
+            Some(due) => {
+                let lifted = self.established_moved_at.map_or(now, |at| at + CONTENDED_WINDOW);
+                self.handshakes_due = Some(due.min(lifted));
+            }
+            None => {}
+        }
         // The turn's audit records go to the writer as one batch (src/audit.rs).
         if let AppConfig::Ledger(app) = &self.app {
             if let Some(audit) = &app.audit {
@@ -619,12 +634,13 @@ impl<P: Port> Worker<P> {
             Some(Conn::Https(https)) => {
                 let AppConfig::Ledger(app) = &self.app else { return false };
                 if !self.handshakes.is_pending(slot) {
-                    // Only a connection answered before counts as busy established work: the
-                    // one request of a client that connects per request is the rest of its
-                    // connection's cost, and must not hold the next clients' handshakes back.
-                    let answered_before = https.responses > 0;
+                    // Only a connection answering again counts as busy established work: the
+                    // one request of a client that connects per request, and its close, are
+                    // the rest of its connection's cost, and must not hold the next clients'
+                    // handshakes back.
+                    let answered = https.responses;
                     let moved = https.drive(&mut self.stack, app, self.index, now, &self.metrics, &mut self.outstanding, true);
-                    if moved && answered_before {
+                    if answered > 0 && https.responses > answered {
                         self.established_moved_at = Some(now);
                     }
                     return moved;

@@ -277,7 +277,7 @@ impl XskPort {
         !self.rx_ready.is_empty() || self.rings.rx_ready() > 0
     }
 
-    /// Blocks in poll(2) until the RX ring has frames or `timeout` passes; returns at once if
+    /// Blocks in ppoll(2) until the RX ring has frames or `timeout` passes; returns at once if
     /// frames are already waiting, or while TX frames are in flight (copy mode moves them only
     /// inside a syscall, 32 per call, so the worker must keep kicking rather than sleep). Run
     /// [`service`](Self::service) first, so that the fill ring is stocked (an empty fill ring
@@ -290,9 +290,8 @@ impl XskPort {
             self.flush_tx();
             return Ok(());
         }
-        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        self.rings.poll_rx(timeout_ms).map_err(|source| DataplaneError::Syscall {
-            call: "poll",
+        self.rings.poll_rx(timeout).map_err(|source| DataplaneError::Syscall {
+            call: "ppoll",
             ifname: self.ifname.clone(),
             source,
         })?;

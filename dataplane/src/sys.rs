@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -375,9 +376,26 @@ impl Rings {
         taken
     }
 
-    /// Blocks in poll(2) until the RX ring has frames or `timeout_ms` passes.
-    pub(crate) fn poll_rx(&mut self, timeout_ms: i32) -> io::Result<bool> {
-        self.rx.poll(timeout_ms)
+    /// Blocks in ppoll(2) until the RX ring has frames or `timeout` passes; true when it has.
+    /// Not poll(2): its timeout is whole milliseconds, so a worker due again in 0.9 ms (a TCP
+    /// timer, handshake steps waiting for their time share) would not sleep at all.
+    pub(crate) fn poll_rx(&mut self, timeout: Duration) -> io::Result<bool> {
+        let mut pollfd = libc::pollfd { fd: self.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // SAFETY: one valid pollfd and a timespec, both outliving the call; no signal mask.
+        let ready = unsafe { libc::ppoll(&mut pollfd, 1, &timeout, std::ptr::null()) };
+        match ready {
+            n if n > 0 => Ok(true),
+            0 => Ok(false),
+            _ => match io::Error::last_os_error() {
+                // A signal (the stop) ends the wait early: the caller looks again.
+                e if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+                e => Err(e),
+            },
+        }
     }
 
     pub(crate) fn statistics(&self) -> io::Result<XdpStatistics> {

@@ -381,14 +381,10 @@ fn allowlist(kind: Kind) -> io::Result<Rules> {
             )?;
         }
         Kind::Worker => {
-            // AF_XDP: kick the kernel (sendto), wait for frames (poll), read the ring offsets
-            // and the socket's drop counters (getsockopt at level SOL_XDP only). close: the
-            // socket, when the worker ends.
-            allow(&mut rules, &[libc::SYS_sendto, libc::SYS_close]);
-            #[cfg(target_arch = "x86_64")]
-            allow(&mut rules, &[libc::SYS_poll]);
-            #[cfg(not(target_arch = "x86_64"))]
-            allow(&mut rules, &[libc::SYS_ppoll]);
+            // AF_XDP: kick the kernel (sendto), wait for frames (ppoll: a timeout finer than
+            // poll's milliseconds), read the ring offsets and the socket's drop counters
+            // (getsockopt at level SOL_XDP only). close: the socket, when the worker ends.
+            allow(&mut rules, &[libc::SYS_sendto, libc::SYS_close, libc::SYS_ppoll]);
             allow_values(&mut rules, libc::SYS_getsockopt, 1, &[libc::SOL_XDP as u64])?;
         }
         Kind::Cluster => {

@@ -1,6 +1,6 @@
 //! `seccomp_cost`: what the worker's system-call allowlist (src/sandbox/seccomp.rs) adds to
 //! each system call a worker makes on its hot path: `sendto` (the AF_XDP transmit kick),
-//! `poll` (the wait) and `getsockopt(SOL_XDP)` (ring statistics, the filter checks an
+//! `ppoll` (the wait) and `getsockopt(SOL_XDP)` (ring statistics, the filter checks an
 //! argument). Figures only; docs/PERFORMANCE.md ("The sandbox's cost") records a run.
 //!
 //! Two threads take turns on the same calls, one confined with the worker's filters exactly
@@ -71,10 +71,11 @@ impl Calls {
         }
         let sendto = per_call(started.elapsed());
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let no_wait = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         let started = Instant::now();
         for _ in 0..calls {
-            // SAFETY: one valid pollfd, no wait.
-            unsafe { libc::poll(&mut pfd, 1, 0) };
+            // SAFETY: one valid pollfd and timespec, no wait, no signal mask: the worker's ppoll.
+            unsafe { libc::ppoll(&mut pfd, 1, &no_wait, std::ptr::null()) };
         }
         let poll = per_call(started.elapsed());
         // On a UDP socket SOL_XDP is answered with an error at once: the filter's argument
@@ -144,7 +145,7 @@ fn main() -> Result<()> {
     type Pick = fn(&Round) -> f64;
     let kinds: [(&str, Pick); 3] = [
         ("sendto (tx kick)", |r| r.sendto),
-        ("poll (no wait)", |r| r.poll),
+        ("ppoll (no wait)", |r| r.poll),
         ("getsockopt(SOL_XDP)", |r| r.getsockopt),
     ];
     for (name, pick) in kinds {
