@@ -473,6 +473,13 @@ impl<P: Port> Worker<P> {
         moved
     }
 
+    /// When an established connection last answered again (a second or later response on
+    /// one connection): for 10 ms after it the handshakes' time share applies. For tests.
+    #[doc(hidden)]
+    pub fn established_busy_at(&self) -> Option<Instant> {
+        self.established_moved_at
+    }
+
     /// Connections that may move although none of their events came (`ready`), found by
     /// driving every open connection: empty unless there is a bug. For tests.
     #[doc(hidden)]
