@@ -72,9 +72,12 @@ pub fn deep(config: &Config, data_dir: DataDir, now: SystemTime) -> Result<Vec<S
     if config.backend()? == crate::config::Backend::TigerBeetle {
         // The cluster keeps the books: the embedded ledger's settings do not apply.
         let l = &config.ledger;
-        if l.durability != "fsync" || l.checkpoint_every_batches != crate::config::LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT {
+        if l.durability != "fsync"
+            || l.checkpoint_every_batches != crate::config::LEDGER_CHECKPOINT_EVERY_BATCHES_DEFAULT
+            || l.checkpoint_every_events != crate::config::LEDGER_CHECKPOINT_EVERY_EVENTS_DEFAULT
+        {
             warnings.push(
-                "ledger.durability and ledger.checkpoint_every_batches apply to the embedded ledger only; with ledger.backend = \"tigerbeetle\" the cluster keeps the books".to_owned(),
+                "ledger.durability, ledger.checkpoint_every_batches and ledger.checkpoint_every_events apply to the embedded ledger only; with ledger.backend = \"tigerbeetle\" the cluster keeps the books".to_owned(),
             );
         }
     }

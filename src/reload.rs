@@ -162,6 +162,7 @@ pub fn restart_fields(running: &Config, new: &Config) -> Vec<&'static str> {
             cluster_id,
             durability,
             checkpoint_every_batches,
+            checkpoint_every_events,
             queue_depth_max,
             batch_events_max,
             pipeline_depth,

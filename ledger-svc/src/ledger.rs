@@ -70,6 +70,11 @@ pub struct LedgerConfig {
     /// Write a checkpoint every this many batches (0: never), bounding the WAL that recovery
     /// replays and letting older segments be removed.
     pub checkpoint_every_batches: u64,
+    /// Also write one once this many events (accounts and transfers) were logged since the
+    /// last (0: no bound by events). Replay costs per event, so this is what bounds recovery
+    /// time when batches are large; the bound by batches then keeps the per-record cost of
+    /// many small batches in check, and can be set far higher than a bound by batches alone.
+    pub checkpoint_every_events: u64,
     /// Start a new segment once the current one holds at least this many bytes.
     pub segment_bytes_max: u64,
     /// Accounts and transfers to allocate room for at start.
@@ -85,6 +90,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             durability: Durability::Fsync,
             checkpoint_every_batches: 1024,
+            checkpoint_every_events: 0,
             segment_bytes_max: 64 * 1024 * 1024,
             accounts_capacity: 0,
             transfers_capacity: 0,
@@ -505,6 +511,11 @@ pub struct Ledger<S: Storage> {
     /// The segment being appended to and its size; `None` until the next append starts one.
     segment: Option<(String, u64)>,
     checkpoint_sequence: u64,
+    /// Events in the batches logged since `open`'s checkpoint (those replayed included), and
+    /// their count at the newest checkpoint's batch and at the one in flight.
+    events_logged: u64,
+    checkpoint_events: u64,
+    checkpoint_begun_events: u64,
     /// The sequence of the checkpoint begun and not yet finished.
     checkpoint_in_flight: Option<u64>,
     /// The checkpoint writer's replica of the state (at `checkpoint_sequence`), lent to each
@@ -749,6 +760,9 @@ impl<S: Storage> Ledger<S> {
             staged: None,
             segment,
             checkpoint_sequence,
+            events_logged: report.events_replayed,
+            checkpoint_events: 0,
+            checkpoint_begun_events: 0,
             checkpoint_in_flight: None,
             replica: None,
             poisoned: false,
@@ -935,6 +949,7 @@ impl<S: Storage> Ledger<S> {
         debug_assert_eq!(sequence, self.sequence + 1);
         let replies = apply_batch(&mut self.state, now_ns, ops);
         self.sequence = sequence;
+        self.events_logged += ops.iter().map(|op| op.len() as u64).sum::<u64>();
         if self.config.durability == Durability::None {
             self.durable = sequence;
         }
@@ -997,13 +1012,15 @@ impl<S: Storage> Ledger<S> {
         Ok(())
     }
 
-    /// True when `checkpoint_every_batches` batches were logged since the last checkpoint
-    /// and none is in flight: the caller should `begin_checkpoint` (`submit` never does).
+    /// True when `checkpoint_every_batches` batches, or `checkpoint_every_events` events,
+    /// were logged since the last checkpoint and none is in flight: the caller should
+    /// `begin_checkpoint` (`submit` never does).
     pub fn checkpoint_due(&self) -> bool {
+        let (batches, events) = (self.config.checkpoint_every_batches, self.config.checkpoint_every_events);
         !self.poisoned
             && self.checkpoint_in_flight.is_none()
-            && self.config.checkpoint_every_batches > 0
-            && self.sequence - self.checkpoint_sequence >= self.config.checkpoint_every_batches
+            && ((batches > 0 && self.sequence - self.checkpoint_sequence >= batches)
+                || (events > 0 && self.events_logged - self.checkpoint_events >= events))
     }
 
     /// The sequence of the checkpoint begun and not yet finished, if any.
@@ -1074,6 +1091,7 @@ impl<S: Storage> Ledger<S> {
             .as_ref()
             .is_none_or(|r| r.sequence == self.checkpoint_sequence));
         self.checkpoint_in_flight = Some(self.sequence);
+        self.checkpoint_begun_events = self.events_logged;
         Ok(Some(CheckpointJob {
             sequence: self.sequence,
             base_sequence: self.checkpoint_sequence,
@@ -1108,6 +1126,7 @@ impl<S: Storage> Ledger<S> {
         }
         self.checkpoint_in_flight = None;
         self.checkpoint_sequence = job.sequence;
+        self.checkpoint_events = self.checkpoint_begun_events;
         self.replica = job.replica;
         Ok(())
     }

@@ -268,8 +268,10 @@ pub fn disk_faults(rng: &mut SimRng) -> DiskFaults {
 /// The simulated ledger's configuration (also the whole-appliance simulator's).
 pub fn ledger_config() -> LedgerConfig {
     LedgerConfig {
-        // Small, so runs roll segments and write checkpoints often.
+        // Small, so runs roll segments and write checkpoints often; by events too, so that
+        // batches of many events bring them sooner (both bounds are exercised).
         checkpoint_every_batches: 16,
+        checkpoint_every_events: 64,
         segment_bytes_max: 16 * 1024,
         id_hash_key: Some(IdHashKey::new([1, 2, 3, 4])),
         ..LedgerConfig::default()

@@ -295,3 +295,40 @@ fn the_encoded_checkpoint_reads_back_and_the_next_one_supersedes_it() {
         vec![checkpoint::checkpoint_name(12)]
     );
 }
+
+/// Replay costs per event: with a bound by events, large batches bring the checkpoint sooner
+/// than the bound by batches would, counting from the checkpoint's own batch (events logged
+/// while it is in flight count toward the next), and across a restart (the events replayed
+/// after the newest checkpoint count too).
+#[test]
+fn a_checkpoint_is_due_after_the_bound_by_events_as_well_as_by_batches() {
+    let config = || LedgerConfig {
+        checkpoint_every_batches: 1000,
+        checkpoint_every_events: 12,
+        ..config()
+    };
+    let mut ledger = Ledger::open(SimStorage::new(), config()).unwrap();
+    ledger.submit(NOW, &[accounts()]).unwrap(); // 4 events
+    submit(&mut ledger, 0); // 9
+    assert!(!ledger.checkpoint_due(), "9 events of 12");
+    submit(&mut ledger, 1); // 14
+    assert!(ledger.checkpoint_due(), "14 events of 12, 3 batches of 1000");
+    let mut writer = ledger.storage().reopen().unwrap();
+    let mut job = ledger.begin_checkpoint().unwrap().unwrap();
+    submit(&mut ledger, 2); // 5 after the checkpoint's batch
+    assert!(!ledger.checkpoint_due(), "one in flight");
+    job.write(&mut writer).unwrap();
+    ledger.finish_checkpoint(job).unwrap();
+    assert!(!ledger.checkpoint_due(), "5 events since the checkpoint");
+    submit(&mut ledger, 3); // 10
+    assert!(!ledger.checkpoint_due(), "10 events since the checkpoint");
+    submit(&mut ledger, 4); // 15
+    assert!(ledger.checkpoint_due(), "15 events since the checkpoint");
+    // A restart replays the 15 events after the checkpoint: still due.
+    let recovered = Ledger::open(ledger.into_storage().crash(&mut SimRng::new(5)), config()).unwrap();
+    assert_eq!(recovered.recovery().events_replayed, 15);
+    assert!(recovered.checkpoint_due(), "the replayed events count");
+    // Without the bound by events, 6 batches of 1000 are not due.
+    let ledger = Ledger::open(recovered.into_storage(), LedgerConfig { checkpoint_every_events: 0, ..config() }).unwrap();
+    assert!(!ledger.checkpoint_due());
+}
