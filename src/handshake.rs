@@ -372,6 +372,31 @@ mod tests {
         HandshakeLimits { pending_max, steps_per_turn_max, time_share_percent }
     }
 
+    /// A budget with `n` handshakes opened and ready to step.
+    fn ready_handshakes(limits: HandshakeLimits, n: usize) -> Handshakes {
+        let mut h = Handshakes::new(limits, 1024);
+        for slot in 0..n {
+            h.opened(slot);
+            let _ = h.ready(slot);
+        }
+        h
+    }
+
+    /// Turns under contention, `gap` of established work apart plus the steps' `STEP` each,
+    /// for `turns` turns or until `span` has passed; returns (steps, their share of the time).
+    fn contended(h: &mut Handshakes, t0: Instant, gap: Duration, turns: usize, span: Duration) -> (usize, f64) {
+        let (mut now, mut steps) = (t0, 0);
+        for _ in 0..turns {
+            if now - t0 >= span {
+                break;
+            }
+            let stepped = turn(h, now, true).len();
+            steps += stepped;
+            now += gap + STEP * stepped as u32;
+        }
+        (steps, (STEP * steps as u32).as_secs_f64() / (now - t0).as_secs_f64())
+    }
+
     /// Runs one turn at `now`; returns the slots stepped, each costing `STEP`.
     fn turn(h: &mut Handshakes, now: Instant, contended: bool) -> Vec<usize> {
         h.begin_turn(now, contended);
@@ -493,29 +518,14 @@ mod tests {
 
     #[test]
     fn under_contention_handshakes_take_their_share_of_the_time_and_still_progress() {
-        let mut h = Handshakes::new(limits(1024, 4, 25), 1024);
+        let mut h = ready_handshakes(limits(1024, 4, 25), 1000);
         let t0 = Instant::now();
-        for slot in 0..1000 {
-            h.opened(slot);
-            let _ = h.ready(slot);
-        }
         // 2,000 turns of 100 µs of established work each, plus whatever the steps take.
-        let (mut now, mut steps) = (t0, 0);
-        for _ in 0..2000 {
-            let stepped = turn(&mut h, now, true);
-            steps += stepped.len();
-            now += Duration::from_micros(100) + STEP * stepped.len() as u32;
-        }
-        let handshake_time = STEP * steps as u32;
-        let share = handshake_time.as_secs_f64() / (now - t0).as_secs_f64();
+        let (steps, share) = contended(&mut h, t0, Duration::from_micros(100), 2000, Duration::MAX);
         assert!((0.22..=0.28).contains(&share), "handshakes took {share:.3} of the time");
         assert!(steps > 200, "handshakes kept completing: {steps}");
         // Never more than one step at a time (the saved-up credit is less than a step).
-        let mut h = Handshakes::new(limits(1024, 4, 25), 1024);
-        for slot in 0..10 {
-            h.opened(slot);
-            let _ = h.ready(slot);
-        }
+        let mut h = ready_handshakes(limits(1024, 4, 25), 10);
         h.begin_turn(t0, true);
         let _ = h.end_turn(t0);
         assert_eq!(turn(&mut h, t0 + Duration::from_secs(1), true).len(), 1);
@@ -526,31 +536,16 @@ mod tests {
         // A worker busy-polling turns every 0.7 µs or so. With the credit counted in whole
         // microseconds each of those turns earned nothing and no handshake ever stepped
         // while established connections were busy.
-        let mut h = Handshakes::new(limits(1024, 16, 10), 1024);
-        let t0 = Instant::now();
-        for slot in 0..1000 {
-            h.opened(slot);
-            let _ = h.ready(slot);
-        }
-        let (mut now, mut steps) = (t0, 0);
-        while now - t0 < Duration::from_millis(100) {
-            let stepped = turn(&mut h, now, true);
-            steps += stepped.len();
-            now += Duration::from_nanos(700) + STEP * stepped.len() as u32;
-        }
-        let share = (STEP * steps as u32).as_secs_f64() / (now - t0).as_secs_f64();
+        let mut h = ready_handshakes(limits(1024, 16, 10), 1000);
+        let (steps, share) = contended(&mut h, Instant::now(), Duration::from_nanos(700), usize::MAX, Duration::from_millis(100));
         assert!((0.09..=0.11).contains(&share), "handshakes took {share:.3} of the time in {steps} steps");
     }
 
     #[test]
     fn steps_waiting_for_credit_name_the_instant_it_is_earned_so_the_worker_can_sleep() {
         for share_percent in [1, 3, 10, 33, 100] {
-            let mut h = Handshakes::new(limits(1024, 16, share_percent), 1024);
+            let mut h = ready_handshakes(limits(1024, 16, share_percent), 100);
             let t0 = Instant::now();
-            for slot in 0..100 {
-                h.opened(slot);
-                let _ = h.ready(slot);
-            }
             // The worker turns only when end_turn says: no turn in between.
             let (mut now, mut steps, mut turns) = (t0, 0, 0);
             for _ in 0..100 {
@@ -585,12 +580,8 @@ mod tests {
 
     #[test]
     fn when_established_connections_are_quiet_handshakes_run_at_full_speed() {
-        let mut h = Handshakes::new(limits(1024, 4, 25), 1024);
+        let mut h = ready_handshakes(limits(1024, 4, 25), 100);
         let t0 = Instant::now();
-        for slot in 0..100 {
-            h.opened(slot);
-            let _ = h.ready(slot);
-        }
         let mut now = t0;
         let mut steps = 0;
         for _ in 0..25 {

@@ -195,20 +195,13 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: pantera\r\n\r\n")
 }
 
-/// Runs both ends until every client is done (bounded by `limit`).
-fn run(
-    worker: &mut Worker<End>,
-    iface: &mut Interface,
-    client_end: &mut End,
-    sockets: &mut SocketSet<'_>,
-    clients: &mut [Client],
-    limit: Duration,
-) {
-    run_until(worker, iface, client_end, sockets, clients, limit, |clients, _| clients.iter().all(Client::done));
+/// `run`'s usual end: every client has its answers.
+fn all_done(clients: &[Client], _: &SocketSet<'_>) -> bool {
+    clients.iter().all(Client::done)
 }
 
 /// Runs both ends until `finished` (bounded by `limit`).
-fn run_until(
+fn run(
     worker: &mut Worker<End>,
     iface: &mut Interface,
     client_end: &mut End,
@@ -307,7 +300,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
         ..SimConfig::default()
     });
     let mut setup = vec![connect(&mut iface, &mut sockets, &tls_config, 40_000, vec![post("/v1/accounts", r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#)])];
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut setup, Duration::from_secs(60));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut setup, Duration::from_secs(60), all_done);
     assert_eq!(setup[0].responses[0].0, 200, "{:?}", setup[0].responses);
 
     let mut clients: Vec<Client> = (0..CONNS)
@@ -321,7 +314,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
             connect(&mut iface, &mut sockets, &tls_config, 41_000 + c as u16, requests)
         })
         .collect();
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut clients, Duration::from_secs(120));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut clients, Duration::from_secs(120), all_done);
     for c in &clients {
         assert_eq!(c.responses.len(), PER_CONN);
         for (status, body) in &c.responses {
@@ -332,7 +325,7 @@ fn transfers_complete_through_the_whole_stack_over_a_lossy_reordering_link() {
     let expected: usize = CONNS * (1..=PER_CONN).sum::<usize>();
 
     let mut check = vec![connect(&mut iface, &mut sockets, &tls_config, 42_000, vec![get("/v1/accounts/1"), get("/v1/accounts/2")])];
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut check, Duration::from_secs(60));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut check, Duration::from_secs(60), all_done);
     let debit: serde_json::Value = serde_json::from_str(&check[0].responses[0].1).expect("json");
     let credit: serde_json::Value = serde_json::from_str(&check[0].responses[1].1).expect("json");
     assert_eq!(debit["debits_posted"], expected.to_string());
@@ -361,22 +354,22 @@ fn only_a_connection_answering_again_makes_the_handshakes_keep_to_their_share() 
             connect(&mut iface, &mut sockets, &tls_config, 40_000 + c as u16, vec![request])
         })
         .collect();
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once[..1], Duration::from_secs(60));
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once, Duration::from_secs(60));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once[..1], Duration::from_secs(60), all_done);
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once, Duration::from_secs(60), all_done);
     for c in &mut once {
         assert_eq!(c.responses.iter().map(|r| r.0).collect::<Vec<_>>(), vec![200], "{:?}", c.responses);
         c.close(&mut sockets);
     }
-    run_until(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once, Duration::from_secs(60), |clients, sockets| {
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut once, Duration::from_secs(60), |clients, sockets| {
         clients.iter().all(|c| c.closed(sockets))
     });
     assert_eq!(worker.established_busy_at(), None, "a connection answered once, then closing, counted as busy");
     // A keep-alive connection: its first answer does not count, its second does.
     let mut kept = vec![connect(&mut iface, &mut sockets, &tls_config, 41_000, vec![transfer(200)])];
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut kept, Duration::from_secs(60));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut kept, Duration::from_secs(60), all_done);
     assert_eq!(worker.established_busy_at(), None, "a first answer counted as busy");
     kept[0].requests.push_back(transfer(201));
-    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut kept, Duration::from_secs(60));
+    run(&mut worker, &mut iface, &mut client_end, &mut sockets, &mut kept, Duration::from_secs(60), all_done);
     assert_eq!(kept[0].responses.iter().map(|r| r.0).collect::<Vec<_>>(), vec![200, 200]);
     assert!(worker.established_busy_at().is_some(), "a second answer on one connection is busy established work");
     drop(worker);
