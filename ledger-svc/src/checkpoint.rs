@@ -21,6 +21,8 @@ pub const CHECKPOINT_MAGIC: [u8; 4] = *b"PCKP";
 const TRAILER_MAGIC: [u8; 4] = *b"PEND";
 pub const CHECKPOINT_VERSION: u32 = 1;
 const HEADER_SIZE: usize = 16;
+/// Where the encoded state starts in a checkpoint file (after its header).
+pub const STATE_OFFSET: u64 = HEADER_SIZE as u64;
 pub(crate) const TRAILER_SIZE: usize = 16;
 pub const CHECKPOINT_TEMP_NAME: &str = "checkpoint.tmp";
 

@@ -313,7 +313,7 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
     let mut resync = false;
     let mut last_record: Option<(u64, u32)> = None;
     let segments_count = segment_names.len();
-    for (position, (_, name)) in segment_names.iter().enumerate() {
+    for (position, (named, name)) in segment_names.iter().enumerate() {
         let bytes = storage.read(name)?;
         let mut info = SegmentInfo {
             name: (*name).clone(),
@@ -374,10 +374,17 @@ pub fn verify<S: Storage>(storage: &mut S) -> Result<Report, StorageError> {
                     body,
                 } => {
                     info.records += 1;
+                    let first = info.first_sequence.is_none();
                     info.first_sequence.get_or_insert(header.sequence);
                     info.last_sequence = Some(header.sequence);
                     last_record = Some((header.sequence, header.checksum_header));
                     let mut problems = Vec::new();
+                    if first && header.sequence != *named {
+                        problems.push(format!(
+                            "the segment's first record is batch {}, but its name says {named} (renamed or copied over another?); start-up refuses it",
+                            header.sequence
+                        ));
+                    }
                     if let Some(p) = previous.filter(|&p| header.parent != 0 && header.parent != p)
                     {
                         problems.push(format!(
