@@ -353,27 +353,43 @@ fn recovery_under_another_id_hash_key_gives_the_same_state() {
     );
 }
 
+/// The fuzz regressions' ledger: accounts and a batch of transfers, checkpointed or not.
+fn two_batches(checkpointed: bool) -> (SimStorage, LedgerConfig) {
+    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
+    let mut ledger = Ledger::open(SimStorage::new(), config.clone()).unwrap();
+    ledger.submit(NOW, &[common::accounts(4, 10)]).unwrap();
+    ledger.submit(NOW + 1, &[transfers(1, 3)]).unwrap();
+    if checkpointed {
+        ledger.checkpoint().unwrap();
+    }
+    (ledger.into_storage(), config)
+}
+
+/// The first file of `storage` whose name `parse` takes.
+fn file_named(storage: &mut SimStorage, parse: fn(&str) -> Option<u64>) -> String {
+    storage.list().unwrap().into_iter().find(|n| parse(n).is_some()).unwrap()
+}
+
+/// Recovery's refusal: the offset and reason of its `Corrupt`.
+fn refusal(storage: SimStorage, config: LedgerConfig) -> (u64, String) {
+    match Ledger::open(storage, config) {
+        Err(LedgerError::Corrupt { offset, reason, .. }) => (offset, reason),
+        other => panic!("expected Corrupt, got {:?}", other.map(|l| l.sequence())),
+    }
+}
+
 /// Found by the `wal_recovery` fuzz target (docs/fuzzing.md): a checkpoint whose name says a
 /// later batch than it holds was taken as the newest and the WAL replayed from its content,
 /// while `verify` reported the mismatch. Recovery now refuses it with the same finding.
 #[test]
 fn a_checkpoint_whose_name_disagrees_with_its_content_is_refused() {
-    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
-    let mut ledger = Ledger::open(SimStorage::new(), config.clone()).unwrap();
-    ledger.submit(NOW, &[common::accounts(4, 10)]).unwrap();
-    ledger.submit(NOW + 1, &[transfers(1, 3)]).unwrap();
-    ledger.checkpoint().unwrap();
-    let mut storage = ledger.into_storage();
-    let held = storage.list().unwrap().into_iter().find(|n| checkpoint::parse_checkpoint_name(n).is_some()).unwrap();
+    let (mut storage, config) = two_batches(true);
+    let held = file_named(&mut storage, checkpoint::parse_checkpoint_name);
     let sequence = checkpoint::parse_checkpoint_name(&held).unwrap();
     storage.rename(&held, &checkpoint::checkpoint_name(sequence + 2)).unwrap();
-    match Ledger::open(storage, config) {
-        Err(LedgerError::Corrupt { offset, reason, .. }) => {
-            assert_eq!(offset, 8);
-            assert_eq!(reason, format!("holds batch {sequence}, but its name says {}", sequence + 2));
-        }
-        other => panic!("expected Corrupt, got {:?}", other.map(|l| l.sequence())),
-    }
+    let (offset, reason) = refusal(storage, config);
+    assert_eq!(offset, 8);
+    assert_eq!(reason, format!("holds batch {sequence}, but its name says {}", sequence + 2));
 }
 
 /// A checkpoint whose checksum holds but whose books do not balance (account 1's
@@ -381,13 +397,8 @@ fn a_checkpoint_whose_name_disagrees_with_its_content_is_refused() {
 /// refused, naming the finding, instead of served.
 #[test]
 fn a_checkpoint_whose_books_do_not_balance_is_refused() {
-    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
-    let mut ledger = Ledger::open(SimStorage::new(), config.clone()).unwrap();
-    ledger.submit(NOW, &[common::accounts(4, 10)]).unwrap();
-    ledger.submit(NOW + 1, &[transfers(1, 3)]).unwrap();
-    ledger.checkpoint().unwrap();
-    let mut storage = ledger.into_storage();
-    let name = storage.list().unwrap().into_iter().find(|n| checkpoint::parse_checkpoint_name(n).is_some()).unwrap();
+    let (mut storage, config) = two_batches(true);
+    let name = file_named(&mut storage, checkpoint::parse_checkpoint_name);
     let mut bytes = storage.read(&name).unwrap();
     // The state: its clock (8), the account count (8), then account 1: id, debits_pending,
     // debits_posted, credits_pending, credits_posted (16 each).
@@ -400,14 +411,10 @@ fn a_checkpoint_whose_books_do_not_balance_is_refused() {
     bytes[trailer + 8..trailer + 12].copy_from_slice(&crc.to_le_bytes());
     storage.remove(&name).unwrap();
     storage.append(&name, &bytes).unwrap();
-    match Ledger::open(storage, config) {
-        Err(LedgerError::Corrupt { offset, reason, .. }) => {
-            assert_eq!(offset, checkpoint::STATE_OFFSET);
-            assert!(reason.starts_with("its state breaks the ledger's invariants: "), "{reason}");
-            assert!(reason.contains("credits_posted"), "{reason}");
-        }
-        other => panic!("expected Corrupt, got {:?}", other.map(|l| l.sequence())),
-    }
+    let (offset, reason) = refusal(storage, config);
+    assert_eq!(offset, checkpoint::STATE_OFFSET);
+    assert!(reason.starts_with("its state breaks the ledger's invariants: "), "{reason}");
+    assert!(reason.contains("credits_posted"), "{reason}");
 }
 
 /// A segment is named after its first record's batch, and the names order the replay: one
@@ -416,12 +423,8 @@ fn a_checkpoint_whose_books_do_not_balance_is_refused() {
 /// checkpoint, and the clean stop then placed the WAL's end in the wrong segment).
 #[test]
 fn a_segment_whose_name_disagrees_with_its_first_record_is_refused() {
-    let config = LedgerConfig { checkpoint_every_batches: 0, ..LedgerConfig::default() };
-    let mut ledger = Ledger::open(SimStorage::new(), config.clone()).unwrap();
-    ledger.submit(NOW, &[common::accounts(4, 10)]).unwrap();
-    ledger.submit(NOW + 1, &[transfers(1, 3)]).unwrap();
-    let mut storage = ledger.into_storage();
-    let segment = storage.list().unwrap().into_iter().find(|n| wal::parse_segment_name(n).is_some()).unwrap();
+    let (mut storage, config) = two_batches(false);
+    let segment = file_named(&mut storage, wal::parse_segment_name);
     assert_eq!(wal::parse_segment_name(&segment), Some(1));
     storage.rename(&segment, &wal::segment_name(5)).unwrap();
     let report = verify::verify(&mut storage).unwrap();
@@ -430,11 +433,5 @@ fn a_segment_whose_name_disagrees_with_its_first_record_is_refused() {
         "{:?}",
         report.findings
     );
-    match Ledger::open(storage, config) {
-        Err(LedgerError::Corrupt { offset, reason, .. }) => {
-            assert_eq!(offset, 0);
-            assert_eq!(reason, "its first record is batch 1, but its name says 5");
-        }
-        other => panic!("expected Corrupt, got {:?}", other.map(|l| l.sequence())),
-    }
+    assert_eq!(refusal(storage, config), (0, "its first record is batch 1, but its name says 5".to_owned()));
 }
