@@ -249,7 +249,6 @@ impl Handshakes {
         let ns = cost.as_nanos().min(1_000_000_000) as i64;
         self.credit -= ns * 100;
         self.step_time_ns += ns as u64;
-        self.counters.step_time_us = self.step_time_ns / 1_000;
     }
 
     /// Ends the turn. None when no step waits; else the instant the next one may run, which
@@ -283,7 +282,7 @@ impl Handshakes {
     }
 
     pub fn counters(&self) -> HandshakeCounters {
-        self.counters
+        HandshakeCounters { step_time_us: self.step_time_ns / 1_000, ..self.counters }
     }
 }
 

@@ -266,6 +266,9 @@ fn keep_aside<S: Storage>(
 #[derive(Debug)]
 pub struct CheckpointJob {
     sequence: u64,
+    /// The ledger's `events_logged` at `sequence`: where its bound by events counts from once
+    /// this checkpoint is finished.
+    events_logged: u64,
     /// The newest durable checkpoint when the job began (0: none): where the replica starts
     /// when the ledger had none to lend (the first checkpoint after `open`).
     base_sequence: u64,
@@ -512,10 +515,9 @@ pub struct Ledger<S: Storage> {
     segment: Option<(String, u64)>,
     checkpoint_sequence: u64,
     /// Events in the batches logged since `open`'s checkpoint (those replayed included), and
-    /// their count at the newest checkpoint's batch and at the one in flight.
+    /// their count at the newest checkpoint's batch.
     events_logged: u64,
     checkpoint_events: u64,
-    checkpoint_begun_events: u64,
     /// The sequence of the checkpoint begun and not yet finished.
     checkpoint_in_flight: Option<u64>,
     /// The checkpoint writer's replica of the state (at `checkpoint_sequence`), lent to each
@@ -783,7 +785,6 @@ impl<S: Storage> Ledger<S> {
             checkpoint_sequence,
             events_logged: report.events_replayed,
             checkpoint_events: 0,
-            checkpoint_begun_events: 0,
             checkpoint_in_flight: None,
             replica: None,
             poisoned: false,
@@ -1112,9 +1113,9 @@ impl<S: Storage> Ledger<S> {
             .as_ref()
             .is_none_or(|r| r.sequence == self.checkpoint_sequence));
         self.checkpoint_in_flight = Some(self.sequence);
-        self.checkpoint_begun_events = self.events_logged;
         Ok(Some(CheckpointJob {
             sequence: self.sequence,
+            events_logged: self.events_logged,
             base_sequence: self.checkpoint_sequence,
             id_hash_key: self.state.id_hash_key(),
             replica,
@@ -1147,7 +1148,7 @@ impl<S: Storage> Ledger<S> {
         }
         self.checkpoint_in_flight = None;
         self.checkpoint_sequence = job.sequence;
-        self.checkpoint_events = self.checkpoint_begun_events;
+        self.checkpoint_events = job.events_logged;
         self.replica = job.replica;
         Ok(())
     }
